@@ -1,0 +1,1 @@
+"""longattn benchmarks (run from the repository root: ``python -m bench``)."""

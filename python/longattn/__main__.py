@@ -1,0 +1,5 @@
+"""``python -m longattn``: print ``longattn.info()``."""
+
+from . import info
+
+info()

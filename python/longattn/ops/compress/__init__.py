@@ -1,0 +1,3 @@
+from .interface import compress_pool
+
+__all__ = ["compress_pool"]

@@ -1,0 +1,145 @@
+"""Reference lightning indexer (pure PyTorch, fp32). See README.md for the math and the ordering.
+
+Scores are produced block by block: a block is (a group of query tokens of one sequence) x (a range
+of entries), so no [T, N] tensor is ever held by ``indexer_topk``. One (token, entry) pair costs
+``Hi * 4 * 2 + 40`` bytes of temporaries (the per-head relu(q.k) values and their weighted sum, the
+masks and the sort keys); block sizes keep that within ``longattn.memory.chunk_budget_bytes()`` and,
+for speed, the per-head scores of a block near ``CACHE_TILE_BYTES``. Entries beyond a group's largest ``visible_end`` are never
+scored, so decode cost follows the visible context, not the pool size.
+
+Top-k is exact and deterministic: each score is packed with its entry id into one int64 sort key
+(order-preserving float bits in the high 32 bits, ``0xFFFFFFFF - id`` in the low 32 bits), so
+``torch.topk`` over keys sorts by score descending, then id ascending, and the running top-k of the
+blocks merges by a second ``topk`` over [running | block].
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from ...memory import chunk_budget_bytes, rows_per_chunk
+
+NEG_INF = float("-inf")
+NO_KEY = torch.iinfo(torch.int64).min  # sort key of an entry that must never be selected
+_LOW32 = 0xFFFFFFFF
+CACHE_TILE_BYTES = 1 << 20  # per-head scores of one block; measured fastest on a 2-core x86 CPU
+MIN_ENTRIES = 256
+
+
+class _Entries:
+    """Where entry j of a query token lives: a flat pool (entry j = row j) or a block table."""
+
+    def __init__(self, index_k, block_table, seq_ids):
+        self.paged = block_table is not None
+        if self.paged:
+            self.num_pages, self.page_size, di = index_k.shape
+            self.rows = index_k.reshape(-1, di)
+            self.block_table = block_table.long()
+            self.seq_ids = seq_ids.long()
+            self.num_entries = block_table.shape[1] * self.page_size
+        else:
+            self.rows = index_k
+            self.num_entries = index_k.shape[0]
+
+    def rows_of(self, seq: Optional[int], j0: int, j1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """fp32 key rows of entries [j0, j1) of sequence ``seq`` and whether each is a real row
+        (rows without a valid slot are read from slot 0 and must be masked by the caller)."""
+        if not self.paged:
+            keys = self.rows[j0:j1].to(torch.float32)
+            return keys, torch.ones(j1 - j0, dtype=torch.bool, device=keys.device)
+        j = torch.arange(j0, j1, device=self.rows.device)
+        if seq is None or not (0 <= seq < self.block_table.shape[0]):
+            ok = torch.zeros_like(j, dtype=torch.bool)
+            return self.rows.new_zeros(j1 - j0, self.rows.shape[1], dtype=torch.float32), ok
+        pages = self.block_table[seq, j // self.page_size]
+        ok = (pages >= 0) & (pages < self.num_pages)
+        slots = torch.where(ok, pages * self.page_size + j % self.page_size, torch.zeros_like(j))
+        return self.rows.index_select(0, slots).to(torch.float32), ok
+
+    def groups(self, t0: int, t1: int) -> Iterator[Tuple[torch.Tensor, Optional[int]]]:
+        """Token ids of [t0, t1) grouped by sequence (one group when not paged)."""
+        tokens = torch.arange(t0, t1, device=self.rows.device)
+        if not self.paged:
+            yield tokens, None
+            return
+        seqs = self.seq_ids[t0:t1]
+        for s in torch.unique(seqs).tolist():
+            yield tokens[seqs == s], int(s)
+
+
+def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=None, pair_bytes: int = 0):
+    """Yield (tokens [Tg] long, j0, j1, scores [Tg, j1-j0] fp32, usable [Tg, j1-j0] bool).
+
+    ``usable`` is False for entries that are invisible (j >= visible_end) or have no valid slot; their
+    score is -inf. Usable entries keep whatever score they have (possibly -inf from overflow).
+    """
+    T, Hi, Di = q.shape
+    entries = _Entries(index_k, block_table, seq_ids)
+    vis = visible_end.long().clamp(0, entries.num_entries)
+    per_pair = Hi * 4 * 2 + 24 + pair_bytes
+    budget = chunk_budget_bytes()
+    # Token chunks leave room for at least MIN_ENTRIES entries per block within the budget.
+    tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4, T, budget)
+    for t0 in range(0, T, tokens_per_step):
+        t1 = min(T, t0 + tokens_per_step)
+        for tokens, seq in entries.groups(t0, t1):
+            n_vis = int(vis[tokens].max()) if tokens.numel() else 0
+            if n_vis == 0:
+                continue
+            tg = len(tokens)
+            # Block width: the per-head scores of a block fit in ~CACHE_TILE_BYTES (fast on CPU caches),
+            # never below MIN_ENTRIES and never above the budget.
+            width = max(MIN_ENTRIES, CACHE_TILE_BYTES // (tg * Hi * 4))
+            width = min(width, max(1, budget // (tg * per_pair)))
+            q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
+            w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
+            vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
+            for j0 in range(0, n_vis, width):
+                j1 = min(n_vis, j0 + width)
+                keys, ok = entries.rows_of(seq, j0, j1)  # [Nc, Di] fp32, [Nc] bool
+                per_head = torch.relu_(q_g @ keys.T).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
+                scores = torch.bmm(w_g, per_head).squeeze(1)  # [Tg, Nc]
+                j = torch.arange(j0, j1, device=q.device)
+                usable = (j.unsqueeze(0) < vis_g) & ok.unsqueeze(0)
+                yield tokens, j0, j1, scores.masked_fill_(~usable, NEG_INF), usable
+
+
+def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tensor:
+    """int64 keys whose descending order is (score desc, entry id asc); unusable entries get NO_KEY."""
+    bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0 (a tie)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    ids = torch.arange(j0, j0 + scores.shape[1], device=scores.device)
+    keys = ordered * (1 << 32) + (_LOW32 - ids)
+    return keys.masked_fill_(~usable, NO_KEY)
+
+
+def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None):
+    T = q.shape[0]
+    n = index_k.shape[0] if block_table is None else block_table.shape[1] * index_k.shape[1]
+    out = torch.full((T, n), NEG_INF, dtype=torch.float32, device=q.device)
+    for tokens, j0, j1, scores, _ in score_blocks(q, weights, index_k, visible_end, block_table, seq_ids):
+        out[tokens, j0:j1] = scores
+    return out
+
+
+def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
+    T = q.shape[0]
+    best = torch.full((T, topk), NO_KEY, dtype=torch.int64, device=q.device)  # running top-k keys
+    for tokens, j0, _, scores, usable in score_blocks(
+        q, weights, index_k, visible_end, block_table, seq_ids, pair_bytes=16
+    ):
+        merged = torch.cat([best[tokens], sort_keys(scores, usable, j0)], dim=1)
+        best[tokens] = torch.topk(merged, topk, dim=1, sorted=True).values
+    selected = best != NO_KEY
+    ids = _LOW32 - (best & _LOW32)
+    lengths = selected.sum(dim=1).to(torch.int32)
+    if return_slots and block_table is not None and block_table.shape[0] > 0:
+        page_size = index_k.shape[1]
+        rows = block_table.long()[seq_ids.long().clamp(0, block_table.shape[0] - 1)]  # [T, max_pages]
+        pages = torch.gather(rows, 1, torch.where(selected, ids // page_size, torch.zeros_like(ids)))
+        ids = pages * page_size + ids % page_size
+    indices = torch.where(selected, ids, torch.full_like(ids, -1)).to(torch.int32)
+    return indices, lengths
+

@@ -1,0 +1,116 @@
+"""Reference sparse attention (pure PyTorch, fp32 accumulation). See README.md for the math.
+
+Work is split into chunks of query tokens and, inside a token chunk, chunks of keys. One key of one
+token costs ``D * (4 + pool element size)`` bytes (the gathered row, then its fp32 copy) plus
+``3 * H * 4`` bytes (logits and probabilities); chunks are sized so that this stays within
+``longattn.memory.chunk_budget_bytes()``. Partial results of key chunks (and of the two streams) are
+combined with the exact ``merge_states_fp32`` rule, so chunking changes only rounding.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from ...memory import rows_per_chunk
+from ..combine.reference import merge_states_fp32, sink_factor
+
+NEG_INF = float("-inf")
+
+
+def gather_rows(kv, slots: torch.Tensor) -> torch.Tensor:
+    """Rows ``kv[slots]`` as fp32; ``slots`` holds valid slot ids only. ``kv`` is a float row view
+    ``[num_slots, D]`` or a pool object with ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool)."""
+    if isinstance(kv, torch.Tensor):
+        return kv.index_select(0, slots).to(torch.float32)
+    return kv.gather_rows(slots)
+
+
+def _num_slots(kv) -> int:
+    return kv.shape[0] if isinstance(kv, torch.Tensor) else kv.num_slots
+
+
+def _row_bytes(kv, head_dim: int) -> int:
+    return head_dim * (kv.element_size() if isinstance(kv, torch.Tensor) else 4)
+
+
+def attend_chunk(
+    q: torch.Tensor,
+    kv,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q [Tc, H, D] fp32 over the valid keys of idx [Tc, Kc] (valid [Tc, Kc] bool).
+
+    Returns out [Tc, H, D] fp32 (normalised over this chunk's keys) and lse [Tc, H] fp32 (-inf where
+    a row has no valid key, with out 0 there).
+    """
+    Tc, H, D = q.shape
+    Kc = idx.shape[1]
+    if Kc == 0 or not bool(valid.any()):
+        return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
+    slots = torch.where(valid, idx, torch.zeros_like(idx)).reshape(-1).long()
+    keys = gather_rows(kv, slots).view(Tc, Kc, D)  # [Tc, Kc, D]; invalid positions hold row 0, masked
+    logits = torch.bmm(q, keys.transpose(1, 2)).mul_(scale)  # [Tc, H, Kc]
+    logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
+    lse = torch.logsumexp(logits, dim=-1)  # [Tc, H]
+    lse_safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+    probs = torch.exp(logits.sub_(lse_safe.unsqueeze(-1)))  # exp(-inf) = 0 for masked keys
+    return torch.bmm(probs, keys), lse
+
+
+def _valid_mask(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """Which entries of the index block idx (columns k0.. of the rows) count as keys."""
+    valid = (idx >= 0) & (idx < _num_slots(kv))
+    if lengths is not None:
+        cols = torch.arange(k0, k0 + idx.shape[1], device=idx.device)
+        valid &= cols.unsqueeze(0) < lengths.unsqueeze(1)
+    return valid
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    kv,
+    indices: torch.Tensor,
+    topk_length: Optional[torch.Tensor],
+    extra_kv,
+    extra_indices: Optional[torch.Tensor],
+    extra_topk_length: Optional[torch.Tensor],
+    attn_sink: Optional[torch.Tensor],
+    softmax_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    T, H, D = q.shape
+    streams: List[Tuple[object, torch.Tensor, Optional[torch.Tensor]]] = [(kv, indices, topk_length)]
+    if extra_indices is not None:
+        streams.append((extra_kv, extra_indices, extra_topk_length))
+
+    out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(T, H, dtype=torch.float32, device=q.device)
+    if T == 0:
+        return out, lse
+
+    # Chunk sizes: keys per token chunk step, then tokens so that tokens x keys fit the budget.
+    max_k = max(max(1, s[1].shape[1]) for s in streams)
+    per_key = max(_row_bytes(s[0], D) for s in streams) + D * 4 + 3 * H * 4
+    keys_per_step = rows_per_chunk(per_key, max_k)
+    per_token = per_key * keys_per_step + 3 * H * D * 4
+    tokens_per_step = rows_per_chunk(per_token, T)
+
+    for t0 in range(0, T, tokens_per_step):
+        t1 = min(T, t0 + tokens_per_step)
+        q_c = q[t0:t1].to(torch.float32)
+        acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        for pool, idx, lengths in streams:
+            lengths_c = None if lengths is None else lengths[t0:t1]
+            for k0 in range(0, max(1, idx.shape[1]), keys_per_step):
+                idx_c = idx[t0:t1, k0 : k0 + keys_per_step]
+                part = attend_chunk(q_c, pool, idx_c, _valid_mask(pool, idx_c, k0, lengths_c), softmax_scale)
+                acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
+        o_c, lse_c = acc
+        if attn_sink is not None:
+            o_c = o_c * sink_factor(lse_c, attn_sink).unsqueeze(-1)
+        out[t0:t1] = o_c.to(q.dtype)
+        lse[t0:t1] = lse_c
+    return out, lse
