@@ -10,11 +10,20 @@ EXPECTED = {
     "indexer_logits",
     "indexer_topk",
     "compress_pool",
+    "compress_kv",
+    "append_kv",
+    "quantize_kv_fp8",
+    "dequantize_kv_fp8",
+    "Fp8KVPool",
+    "CacheManager",
+    "HybridAttention",
     "BackendError",
     "info",
     "configs",
     "debug",
     "memory",
+    "cache",
+    "rope",
 }
 
 

@@ -2,16 +2,21 @@
 
 Ops (each dispatches to a backend; see ``longattn.info()``):
     sparse_attention, merge_attention_states, apply_attention_sink,
-    indexer_logits, indexer_topk, compress_pool
+    indexer_logits, indexer_topk, compress_pool, compress_kv, append_kv
+Layer: HybridAttention over paged caches (CacheManager plans a step once for all layers).
 
 ``import longattn`` compiles nothing and imports only torch.
 """
 
-from . import configs, debug, memory
+from . import cache, configs, debug, memory, rope
 from ._info import info
 from .backends import BackendError
+from .cache import CacheManager, Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
+from .layers import HybridAttention
 from .ops import (
+    append_kv,
     apply_attention_sink,
+    compress_kv,
     compress_pool,
     indexer_logits,
     indexer_topk,
@@ -29,9 +34,18 @@ __all__ = [
     "indexer_logits",
     "indexer_topk",
     "compress_pool",
+    "compress_kv",
+    "append_kv",
+    "quantize_kv_fp8",
+    "dequantize_kv_fp8",
+    "Fp8KVPool",
+    "CacheManager",
+    "HybridAttention",
     "BackendError",
     "info",
     "configs",
     "debug",
     "memory",
+    "cache",
+    "rope",
 ]

@@ -6,6 +6,7 @@ chunked under ``longattn.memory``'s budget (see each op's ``reference.py``).
 
 from __future__ import annotations
 
+from ..ops.append import reference as append
 from ..ops.combine import reference as combine
 from ..ops.compress import reference as compress
 from ..ops.indexer import reference as indexer
@@ -23,5 +24,7 @@ BACKEND = Backend(
         "indexer_logits": OpImpl(indexer.indexer_logits),
         "indexer_topk": OpImpl(indexer.indexer_topk),
         "compress_pool": OpImpl(compress.compress_pool),
+        "compress_kv": OpImpl(compress.compress_kv),
+        "append_kv": OpImpl(append.append_kv),
     },
 )

@@ -53,3 +53,103 @@ def compress_pool(a: torch.Tensor, b: torch.Tensor, ratio: int, overlap: bool) -
             values = torch.cat([prev_a, own_a], dim=1)
         out[e0:e1] = pool_slots(scores, values)
     return out
+
+
+# --- stateful, paged compressor ---------------------------------------------------------------------
+
+
+def _pool_rows(pool) -> int:
+    return pool.num_slots if not isinstance(pool, torch.Tensor) else pool.shape[0] * pool.shape[1]
+
+
+def _paged_slots(block_table: torch.Tensor, rows: torch.Tensor, logical: torch.Tensor, page_size: int, num_pages: int):
+    """Slots of logical positions ``logical`` [...] of batch rows ``rows`` [...] and whether they exist."""
+    max_pages = block_table.shape[1]
+    lp = logical // page_size
+    in_table = (lp >= 0) & (lp < max_pages) & (rows >= 0) & (rows < block_table.shape[0])
+    pages = block_table[rows.clamp(0, max(0, block_table.shape[0] - 1)), lp.clamp(0, max(0, max_pages - 1))].long()
+    ok = in_table & (pages >= 0) & (pages < num_pages)
+    return torch.where(ok, pages * page_size + logical % page_size, torch.zeros_like(pages)), ok
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(torch.float32)
+
+
+def compress_kv(
+    a,
+    b,
+    positions,
+    token_rows,
+    ratio,
+    overlap,
+    state,
+    state_block_table,
+    out,
+    out_block_table,
+    norm_weight,
+    eps,
+    rope_inv_freq,
+):
+    from ...rope import apply_rope  # local: keeps ops importable without the layer helpers
+
+    T, width = a.shape
+    c = 2 if overlap else 1
+    d = width // c
+    ring = c * ratio  # state ring positions per sequence
+    s_pages, s_page, _ = state.shape
+    state_rows = state.view(-1, state.shape[-1])  # [slots, 2 * c * d]: a | b
+    positions = positions.long()
+    token_rows = token_rows.long()
+    tok = torch.arange(T, device=a.device)
+
+    # First position of each token's chunk: tokens of one sequence are consecutive in the batch.
+    new_seq = torch.ones(T, dtype=torch.bool, device=a.device)
+    if T > 1:
+        new_seq[1:] = token_rows[1:] != token_rows[:-1]
+    chunk_start_tok = torch.cummax(torch.where(new_seq, tok, torch.zeros_like(tok)), 0).values
+    chunk_start_pos = positions[chunk_start_tok]
+
+    # 1. Entries emitted by this batch: tokens at the last position of a block.
+    emit = ((positions + 1) % ratio == 0).nonzero().squeeze(1)
+    per_entry = ring * width * 4 * 4 + d * 4 * 4
+    step = rows_per_chunk(per_entry, max(1, emit.numel()))
+    for e0 in range(0, emit.numel(), step):
+        e_tok = emit[e0 : e0 + step]
+        p = positions[e_tok]
+        q = p.unsqueeze(1) - ring + 1 + torch.arange(ring, device=a.device)  # [E, ring] source positions
+        from_batch = q >= chunk_start_pos[e_tok].unsqueeze(1)
+        batch_tok = (e_tok.unsqueeze(1) - (p.unsqueeze(1) - q)).clamp(0, max(0, T - 1))
+        ring_slots, ring_ok = _paged_slots(
+            state_block_table, token_rows[e_tok].unsqueeze(1).expand_as(q), q % ring, s_page, s_pages
+        )
+        valid = (q >= 0) & (from_batch | ring_ok)
+        a_rows = torch.where(from_batch.unsqueeze(-1), a.to(torch.float32)[batch_tok], state_rows[ring_slots, :width])
+        b_rows = torch.where(from_batch.unsqueeze(-1), b.to(torch.float32)[batch_tok], state_rows[ring_slots, width:])
+        b_rows = b_rows.masked_fill(~valid.unsqueeze(-1), NEG_INF)
+        a_rows = a_rows.masked_fill(~valid.unsqueeze(-1), 0.0)
+        if overlap:  # previous block: half A; own block: half B
+            scores = torch.cat([b_rows[:, :ratio, :d], b_rows[:, ratio:, d:]], dim=1)
+            values = torch.cat([a_rows[:, :ratio, :d], a_rows[:, ratio:, d:]], dim=1)
+        else:
+            scores, values = b_rows, a_rows
+        entry = pool_slots(scores, values)  # [E, d]
+        j = p // ratio
+        entry = apply_rope(rms_norm(entry, norm_weight, eps), j * ratio, rope_inv_freq)
+        page_size = out.page_size if not isinstance(out, torch.Tensor) else out.shape[1]
+        num_pages = out.num_pages if not isinstance(out, torch.Tensor) else out.shape[0]
+        slots, ok = _paged_slots(out_block_table, token_rows[e_tok], j, page_size, num_pages)
+        if isinstance(out, torch.Tensor):
+            out.view(-1, out.shape[-1]).index_copy_(0, slots[ok], entry[ok].to(out.dtype))
+        else:
+            out.write_rows(slots[ok], entry[ok])
+
+    # 2. State: keep the last `ring` tokens of every sequence (each ring slot written at most once).
+    last_tok = torch.ones(T, dtype=torch.bool, device=a.device)  # last token of its chunk
+    if T > 1:
+        last_tok[:-1] = new_seq[1:]
+    chunk_end_tok = torch.flip(torch.cummin(torch.flip(torch.where(last_tok, tok, torch.full_like(tok, T)), [0]), 0).values, [0])
+    keep = positions > positions[chunk_end_tok] - ring
+    slots, ok = _paged_slots(state_block_table, token_rows, positions % ring, s_page, s_pages)
+    keep &= ok
+    state_rows.index_copy_(0, slots[keep], torch.cat([a, b], dim=1).to(torch.float32)[keep])

@@ -1,0 +1,20 @@
+"""Paged KV caches: page allocation and step plans (``CacheManager``), the FP8 pool format."""
+
+from .allocator import PageAllocator
+from .errors import CacheError, CacheFullError, UnknownSequenceError
+from .fp8 import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
+from .manager import CacheManager, CompressedPlan, StepPlan, ring_capacity
+
+__all__ = [
+    "CacheManager",
+    "StepPlan",
+    "CompressedPlan",
+    "PageAllocator",
+    "CacheError",
+    "CacheFullError",
+    "UnknownSequenceError",
+    "Fp8KVPool",
+    "quantize_kv_fp8",
+    "dequantize_kv_fp8",
+    "ring_capacity",
+]

@@ -1,0 +1,3 @@
+from .hybrid_attention import HybridAttention
+
+__all__ = ["HybridAttention"]

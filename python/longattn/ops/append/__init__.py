@@ -1,0 +1,3 @@
+from .interface import append_kv
+
+__all__ = ["append_kv"]

@@ -1,0 +1,132 @@
+"""HybridAttention: any split of sequences into prefill chunks and decode steps, mixed across
+sequences in one batch, gives the same outputs, equal to the dense-mask float64 formulation."""
+
+import random
+
+import pytest
+import torch
+
+import longattn
+from longattn.cache import CacheManager
+from longattn.configs import LayerConfig, RopeConfig, YarnConfig
+from tests.layers.dense_layer import dense_layer, indexer_margin
+from tests.tolerance import U32, attention_bounds
+
+RATIO = {"swa": 0, "csa": 4, "hca": 8}
+D, H, W = 32, 3, 8
+
+
+def tiny_layer(kind, topk=3):
+    rope = RopeConfig(10000.0) if kind == "swa" else RopeConfig(160000.0, YarnConfig(16, 64, 32, 1))
+    return LayerConfig(
+        index=0, kind=kind, compress_ratio=RATIO[kind], n_heads=H, head_dim=D, rope_dim=8, window=W,
+        index_n_heads=2, index_head_dim=16, index_topk=topk, rope=rope, eps=1e-6,
+    )  # fmt: skip
+
+
+def make_manager(layer, page_size, pages=128):
+    r = layer.compress_ratio
+    return CacheManager(
+        ratios=(r,) if r else (),
+        page_size=page_size,
+        num_window_pages=pages,
+        num_compressed_pages={r: pages} if r else {},
+        num_state_pages={r: pages} if r else {},
+        window=layer.window,
+    )
+
+
+def make_sequence(layer, S, g):
+    c = 2 if layer.overlap else 1
+    seq = dict(q=torch.randn(S, H, D, generator=g), kv=torch.randn(S, D, generator=g))
+    if layer.compress_ratio:
+        seq.update(compress_a=torch.randn(S, c * D, generator=g), compress_b=torch.randn(S, c * D, generator=g) * 2)
+    if layer.uses_indexer:
+        Hi, Di = layer.index_n_heads, layer.index_head_dim
+        seq.update(
+            index_q=torch.randn(S, Hi, Di, generator=g),
+            index_weights=torch.randn(S, Hi, generator=g),
+            index_a=torch.randn(S, 2 * Di, generator=g),
+            index_b=torch.randn(S, 2 * Di, generator=g) * 2,
+        )
+    return seq
+
+
+def run_schedule(layer, page_size, seqs, schedule, weights):
+    """schedule: list of steps, each a list of (seq name, n tokens). Returns outputs per sequence."""
+    m = make_manager(layer, page_size)
+    att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32, **weights)
+    done = {name: 0 for name in seqs}
+    outs = {name: torch.full_like(s["q"], float("nan")) for name, s in seqs.items()}
+    for step in schedule:
+        for name, _ in step:
+            if name not in m:
+                m.add_sequence(name)
+        ids = [name for name, _ in step]
+        counts = [n for _, n in step]
+        cu = torch.tensor([0] + counts).cumsum(0)
+        plan = m.plan(ids, cu)
+        inputs = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
+        out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
+        for (nm, n), t0 in zip(step, cu[:-1].tolist()):
+            outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
+            done[nm] += n
+    return outs
+
+
+def schedules(lengths, rng):
+    names = list(lengths)
+    one_prefill = [[(nm, lengths[nm]) for nm in names]]
+    # random chunked prefill, sequences mixed in each step
+    left, chunked = dict(lengths), []
+    while any(left.values()):
+        step = []
+        for nm in rng.sample(names, len(names)):
+            if left[nm] and rng.random() < 0.8:
+                n = min(left[nm], rng.randint(1, 11))
+                step.append((nm, n))
+                left[nm] -= n
+        if step:
+            chunked.append(step)
+    # prefill then token-by-token decode, interleaved (sequences start decoding at different times)
+    left, decode = dict(lengths), []
+    first = {nm: rng.randint(1, lengths[nm]) for nm in names}
+    while any(left.values()):
+        step = []
+        for nm in names:
+            if not left[nm] or rng.random() < 0.3:
+                continue
+            n = first.pop(nm) if nm in first else 1
+            step.append((nm, n))
+            left[nm] -= n
+        if step:
+            decode.append(step)
+    return {"one_prefill": one_prefill, "chunked": chunked, "decode": decode}
+
+
+@pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+def test_splits_agree_and_match_dense_float64(kind, page_size):
+    layer = tiny_layer(kind)
+    g = torch.Generator().manual_seed(7 + page_size)
+    lengths = {"a": 37, "b": 21, "c": 9}
+    seqs = {nm: make_sequence(layer, S, g) for nm, S in lengths.items()}
+    weights = dict(
+        attn_sink=torch.randn(H, generator=g),
+        compress_norm_weight=1 + 0.1 * torch.randn(D, generator=g),
+        index_norm_weight=1 + 0.1 * torch.randn(layer.index_head_dim, generator=g),
+    )
+    for nm, s in seqs.items():  # a top-k decided by a near tie would not be a fair comparison
+        assert indexer_margin(layer, s, weights["index_norm_weight"]) > 1e-4, nm
+    results = {how: run_schedule(layer, page_size, seqs, sched, weights) for how, sched in schedules(lengths, random.Random(page_size)).items()}
+    for nm, s in seqs.items():
+        ref = dense_layer(layer, s, weights["attn_sink"], weights["compress_norm_weight"], weights["index_norm_weight"])
+        # fp32 pipeline vs float64: the attention bound over the union of keys, plus a few ulps of the
+        # compressed entries (RMS-normalised, so O(1)) feeding both logits and values.
+        out_atol, _, _ = attention_bounds(s["q"], torch.cat([s["kv"], torch.ones(1, D) * 4]), layer.softmax_scale, 200, torch.float32, True)
+        for how, outs in results.items():
+            assert not torch.isnan(outs[nm]).any(), f"{how}: unwritten outputs"
+            err = (outs[nm].double() - ref).abs().max().item()
+            assert err <= out_atol + 64 * U32, f"{kind} {how} seq {nm}: error {err:.2e} vs dense float64"
+        for how in ("chunked", "decode"):
+            torch.testing.assert_close(results[how][nm], results["one_prefill"][nm], atol=1e-5, rtol=0)
