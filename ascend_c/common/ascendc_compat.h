@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+// The single switch header every longattn Ascend C kernel includes.
+//
+//   -DLONGATTN_ASCEND_EMU  -> the clean-room CPU emulator (ascend_c/emu), compiled with g++;
+//   otherwise              -> the real toolchain header "kernel_operator.h" (bisheng, CANN).
+//
+// API level: kernels are written against CANN 8.5.0 names (the level triton-ascend 3.2.0 pins).
+// Calls renamed in later CANN releases go through the aliases in namespace longattn_compat below,
+// so that a newer toolkit only needs LONGATTN_CANN_VERSION bumped here.
+#pragma once
+
+// CANN API level, encoded as major*10000 + minor*100 + patch.
+#ifndef LONGATTN_CANN_VERSION
+#define LONGATTN_CANN_VERSION 80500
+#endif
+
+#if defined(LONGATTN_ASCEND_EMU)
+#include "../emu/ascendc_emu.h"
+#else
+#include "kernel_operator.h"
+#endif
+
+namespace longattn_compat {
+
+// CompareScalar (8.5) -> Compares (9.0).
+template <typename T, typename U>
+__aicore__ inline void CompareScalar(const AscendC::LocalTensor<U>& dst, const AscendC::LocalTensor<T>& src0,
+                                     const T src1Scalar, AscendC::CMPMODE cmpMode, uint32_t count)
+{
+#if LONGATTN_CANN_VERSION >= 90000 && !defined(LONGATTN_ASCEND_EMU)
+    AscendC::Compares(dst, src0, src1Scalar, cmpMode, count);
+#else
+    AscendC::CompareScalar(dst, src0, src1Scalar, cmpMode, count);
+#endif
+}
+
+// WholeReduceMax/Sum (<= 9.0) -> ReduceRepeat<ReduceType::MAX/SUM> (9.1).
+template <typename T>
+__aicore__ inline void WholeReduceMax(const AscendC::LocalTensor<T>& dst, const AscendC::LocalTensor<T>& src,
+                                      int32_t mask, int32_t repeatTime, int32_t dstRepStride, int32_t srcBlkStride,
+                                      int32_t srcRepStride,
+                                      AscendC::ReduceOrder order = AscendC::ReduceOrder::ORDER_VALUE_INDEX)
+{
+#if LONGATTN_CANN_VERSION >= 90100 && !defined(LONGATTN_ASCEND_EMU)
+    AscendC::ReduceRepeat<AscendC::ReduceType::MAX>(dst, src, mask, repeatTime, dstRepStride, srcBlkStride,
+                                                    srcRepStride, order);
+#else
+    AscendC::WholeReduceMax(dst, src, mask, repeatTime, dstRepStride, srcBlkStride, srcRepStride, order);
+#endif
+}
+template <typename T>
+__aicore__ inline void WholeReduceSum(const AscendC::LocalTensor<T>& dst, const AscendC::LocalTensor<T>& src,
+                                      int32_t mask, int32_t repeatTime, int32_t dstRepStride, int32_t srcBlkStride,
+                                      int32_t srcRepStride)
+{
+#if LONGATTN_CANN_VERSION >= 90100 && !defined(LONGATTN_ASCEND_EMU)
+    AscendC::ReduceRepeat<AscendC::ReduceType::SUM>(dst, src, mask, repeatTime, dstRepStride, srcBlkStride,
+                                                    srcRepStride);
+#else
+    AscendC::WholeReduceSum(dst, src, mask, repeatTime, dstRepStride, srcBlkStride, srcRepStride);
+#endif
+}
+
+// InitConstValue (8.5) -> Fill (9.0).
+template <typename T>
+__aicore__ inline void InitConstValue(const AscendC::LocalTensor<T>& dst, const AscendC::InitConstValueParams<T>& p)
+{
+#if LONGATTN_CANN_VERSION >= 90000 && !defined(LONGATTN_ASCEND_EMU)
+    AscendC::Fill(dst, p);
+#else
+    AscendC::InitConstValue(dst, p);
+#endif
+}
+
+// SetAtomicNone (8.5) -> DisableDmaAtomic (9.0).
+__aicore__ inline void SetAtomicNone()
+{
+#if LONGATTN_CANN_VERSION >= 90000 && !defined(LONGATTN_ASCEND_EMU)
+    AscendC::DisableDmaAtomic();
+#else
+    AscendC::SetAtomicNone();
+#endif
+}
+
+}  // namespace longattn_compat
