@@ -59,19 +59,26 @@ class CompressedPlan:
     block_table: torch.Tensor  # [B, max_pages] int32 (-1: no page); compressed + indexer pools
     state_block_table: torch.Tensor  # [B, ring_pages] int32: compressor ring pages
     page_size: int
+    # Largest visible_end of the step (a Python int, known when the plan is built on the host, so
+    # that no layer needs a device sync or a data-dependent shape to size its index rows).
+    max_visible: Optional[int] = None
     _all_rows: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def all_visible(self, token_rows: torch.Tensor, t0: int = 0, t1: Optional[int] = None):
         """(indices [t1-t0, K] int32 slots of every visible entry, lengths [t1-t0] int32) for HCA.
 
-        K = the largest visible count in the range; rows are -1 padded. The full range is cached.
+        K = ``max_visible`` (the largest visible count of the step; else of the range); rows are -1
+        padded. The full range is cached.
         """
         full = t0 == 0 and (t1 is None or t1 == token_rows.shape[0])
         if full and self._all_rows is not None:
             return self._all_rows
         t1 = token_rows.shape[0] if t1 is None else t1
         vis = self.visible_end[t0:t1]
-        K = int(vis.max()) if vis.numel() else 0
+        if self.max_visible is not None:
+            K = self.max_visible
+        else:
+            K = int(vis.max()) if vis.numel() else 0
         j = torch.arange(K, device=vis.device)
         rows = token_rows[t0:t1].long()
         pages = self.block_table.long()[rows][:, j // self.page_size] if K else vis.new_zeros(t1 - t0, 0).long()
@@ -308,12 +315,14 @@ class CacheManager:
             for i, s in enumerate(seqs):
                 bt[i, : len(s.compressed_pages[r])] = torch.tensor(s.compressed_pages[r], dtype=torch.int32)
                 sbt[i] = torch.tensor(s.state_pages[r], dtype=torch.int32)
+            visible_end = ((positions + 1) // r).to(torch.int32)  # positions are on the host here
             compressed[r] = CompressedPlan(
                 ratio=r,
-                visible_end=((positions + 1) // r).to(torch.int32).to(dev),
+                visible_end=visible_end.to(dev),
                 block_table=bt.to(dev),
                 state_block_table=sbt.to(dev),
                 page_size=ps,
+                max_visible=int(visible_end.max()) if visible_end.numel() else 0,
             )
             max_page[f"compressed:{r}"] = int(bt.max())
             max_page[f"state:{r}"] = int(sbt.max())

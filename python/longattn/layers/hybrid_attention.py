@@ -239,12 +239,16 @@ class HybridAttention:
 
         # HCA: every visible entry; index rows are built per token chunk to bound their memory.
         T = plan.num_tokens
-        K = int(cp.visible_end.max()) if T else 0
-        out = torch.empty_like(q)
-        for t0, t1 in token_chunks(T, 4 * (K + L.window) + 1):
+        K = cp.max_visible if cp.max_visible is not None else (int(cp.visible_end.max()) if T else 0)
+        chunks = token_chunks(T, 4 * (K + L.window) + 1)
+        if len(chunks) <= 1:  # (no scatter into a preallocated output: keeps the step graph functional)
+            rows, lengths = cp.all_visible(plan.token_rows)
+            return self._attend(q, plan, rows, lengths, attn_sink)
+        outs = []
+        for t0, t1 in chunks:
             rows, lengths = cp.all_visible(plan.token_rows, t0, t1)
-            out[t0:t1] = self._attend(q[t0:t1], plan, rows, lengths, attn_sink, t0, t1)
-        return out
+            outs.append(self._attend(q[t0:t1], plan, rows, lengths, attn_sink, t0, t1))
+        return torch.cat(outs)
 
     __call__ = forward
 

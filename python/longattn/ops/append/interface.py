@@ -8,6 +8,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from ...backends import registry
+from .. import custom_ops
 
 
 def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor, *, backend: Optional[str] = None) -> None:
@@ -36,5 +37,9 @@ def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor, *, backend: 
         chk.fail(f"`pool` must be a float tensor pool or a KV pool object, got {type(pool).__name__}", TypeError)
     chk.tensor("slot_mapping", slot_mapping, ("T",), INDEX_DTYPES)
     chk.dim("slot_mapping", slot_mapping, 0, rows.shape[0], "one slot per row of rows")
+    if custom_ops.use_custom_op(rows, pool) and custom_ops.is_schema_pool(pool):
+        pool_t, page_size = custom_ops.pool_to_schema(pool)
+        custom_ops.append_kv(pool_t, page_size, rows, slot_mapping, backend)
+        return
     args = dict(pool=pool, rows=rows, slot_mapping=slot_mapping)
     registry.select("append_kv", rows.device, args, backend)(**args)

@@ -8,6 +8,7 @@ import torch
 
 from ..._checks import ArgChecker
 from ...backends import registry
+from .. import custom_ops
 
 
 def merge_attention_states(
@@ -40,6 +41,8 @@ def merge_attention_states(
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if lse.shape != out_a.shape[:2]:
             chk.fail(f"`{name}` must be [T, H] = {list(out_a.shape[:2])} (from out_a), got {list(lse.shape)}")
+    if custom_ops.use_custom_op(out_a, lse_a, out_b, lse_b):
+        return custom_ops.merge_attention_states(out_a, lse_a, out_b, lse_b, backend)
     args = dict(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     return registry.select("merge_attention_states", out_a.device, args, backend)(**args)
 
@@ -59,5 +62,7 @@ def apply_attention_sink(
     if lse.shape != out.shape[:2]:
         chk.fail(f"`lse` must be [T, H] = {list(out.shape[:2])} (from out), got {list(lse.shape)}")
     chk.dim("attn_sink", attn_sink, 0, out.shape[1], "one sink per head of out")
+    if custom_ops.use_custom_op(out, lse, attn_sink):
+        return custom_ops.apply_attention_sink(out, lse, attn_sink, backend)
     args = dict(out=out, lse=lse, attn_sink=attn_sink)
     return registry.select("apply_attention_sink", out.device, args, backend)(**args)

@@ -8,6 +8,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from ...backends import registry
+from .. import custom_ops
 
 
 def compress_pool(
@@ -39,6 +40,8 @@ def compress_pool(
         chk.fail(f"`overlap` must be a bool, got {type(overlap).__name__}", TypeError)
     if overlap and a.shape[1] % 2:
         chk.fail(f"with overlap, `a` must have an even width 2*d (halves A and B), got {a.shape[1]}")
+    if custom_ops.use_custom_op(a, b):
+        return custom_ops.compress_pool(a, b, ratio, overlap, backend)
     args = dict(a=a, b=b, ratio=ratio, overlap=overlap)
     return registry.select("compress_pool", a.device, args, backend)(**args)
 
@@ -132,6 +135,13 @@ def compress_kv(
     chk.tensor("rope_inv_freq", rope_inv_freq, ("rope_dim/2",))
     if 2 * rope_inv_freq.shape[0] > d:
         chk.fail(f"`rope_inv_freq` rotates {2 * rope_inv_freq.shape[0]} dims, more than d={d}")
+    if custom_ops.use_custom_op(a, b, norm_weight) and custom_ops.is_schema_pool(out):
+        out_t, out_ps = custom_ops.pool_to_schema(out)
+        custom_ops.compress_kv(
+            a, b, positions, token_rows, ratio, overlap, state, state_block_table, out_t, out_ps,
+            out_block_table, norm_weight, eps, rope_inv_freq, backend,
+        )  # fmt: skip
+        return
     args = dict(
         a=a,
         b=b,

@@ -8,6 +8,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from ...backends import registry
+from .. import custom_ops
 
 
 def _check(op, q, weights, index_k, visible_end, block_table, seq_ids) -> ArgChecker:
@@ -53,6 +54,8 @@ def indexer_logits(
     paged. See ``indexer_topk`` for the arguments.
     """
     _check("indexer_logits", q, weights, index_k, visible_end, block_table, seq_ids)
+    if custom_ops.use_custom_op(q, weights, index_k):
+        return custom_ops.indexer_logits(q, weights, index_k, visible_end, block_table, seq_ids, backend)
     args = dict(q=q, weights=weights, index_k=index_k, visible_end=visible_end, block_table=block_table, seq_ids=seq_ids)
     return registry.select("indexer_logits", q.device, args, backend)(**args)
 
@@ -92,6 +95,10 @@ def indexer_topk(
     topk = chk.positive_int("topk", topk)
     if not isinstance(return_slots, bool):
         chk.fail(f"`return_slots` must be a bool, got {type(return_slots).__name__}", TypeError)
+    if custom_ops.use_custom_op(q, weights, index_k):
+        return custom_ops.indexer_topk(
+            q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots, backend
+        )
     args = dict(
         q=q,
         weights=weights,

@@ -8,6 +8,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from ...backends import registry
+from .. import custom_ops
 
 OP = "sparse_attention"
 
@@ -119,4 +120,13 @@ def sparse_attention(
         attn_sink=attn_sink,
         softmax_scale=scale,
     )
+    if custom_ops.use_custom_op(q, kv, extra_kv, attn_sink) and custom_ops.is_schema_pool(kv) and (
+        extra_kv is None or custom_ops.is_schema_pool(extra_kv)
+    ):
+        kv_t, kv_ps = custom_ops.pool_to_schema(kv)
+        extra_t, extra_ps = (None, 0) if extra_kv is None else custom_ops.pool_to_schema(extra_kv)
+        return custom_ops.sparse_attention(
+            q, kv_t, kv_ps, indices, topk_length, extra_t, extra_ps, extra_indices, extra_topk_length,
+            attn_sink, scale, backend,
+        )  # fmt: skip
     return registry.select(OP, q.device, args, backend)(**args)

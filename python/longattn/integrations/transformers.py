@@ -1,0 +1,281 @@
+"""Run a Hugging Face transformers DeepSeek-V4 model on longattn's kernels and paged caches.
+
+    from longattn.integrations.transformers import swap_attention
+    swap_attention(model)                    # every DeepseekV4Attention -> longattn.nn.DeepseekV4Attention
+    out = model.generate(input_ids, max_new_tokens=32)
+
+Needs ``transformers`` (``pip install longattn[transformers]``; DeepSeek-V4 exists from 5.8.0, parity
+is tested with 5.24.0). ``import longattn`` never imports this module or transformers.
+
+What ``swap_attention`` does:
+
+1. replaces each transformers ``DeepseekV4Attention`` by a ``longattn.nn.DeepseekV4Attention`` that
+   takes over its parameters (``load_state_dict(..., assign=True)``: same tensors, no copy);
+2. makes ``generate`` create a ``LongattnCache`` (our ``CacheManager`` and paged pools, one
+   sequence per batch row, sized for the batch and ``max_length``) instead of a ``DynamicCache``;
+3. hooks the base model's forward so each forward is one planned step of that cache (the 2-D
+   attention mask tells which positions are padding); a forward without a cache gets a one-shot one.
+
+Limits (each raises a clear error rather than computing something else):
+
+- one sequence per batch row for the cache's lifetime; the batch size is fixed by the first step;
+- padding: positions with attention-mask 0 are not tokens of their row (not cached, output 0), so
+  left-padded batches give each row its unpadded result; 4-D or dict masks are not supported;
+- no beam search, assisted/speculative decoding or cache cropping (``reorder_cache``, ``crop`` and
+  batch re-indexing raise NotImplementedError); no ``StaticCache`` / ``torch.compile`` of generate;
+- a cache passed by the user must be a ``LongattnCache`` (a ``DynamicCache`` raises TypeError);
+- the whole prompt is one prefill step, so the window pool is sized for ``batch * max_length`` rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import List, Optional
+
+import torch
+from transformers.cache_utils import Cache
+
+from ..nn import DeepseekV4Attention, PagedKVCache
+
+try:  # transformers >= 4.56
+    from transformers.cache_utils import CacheLayerMixin as _LayerBase
+except ImportError:  # pragma: no cover
+    _LayerBase = object
+
+__all__ = ["swap_attention", "LongattnCache", "longattn_modules"]
+
+
+def longattn_modules(model) -> List[DeepseekV4Attention]:
+    """The longattn attention modules of ``model`` (after ``swap_attention``), in layer order."""
+    mods = [m for m in model.modules() if isinstance(m, DeepseekV4Attention)]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+class _LongattnCacheLayer(_LayerBase):
+    """Per-layer placeholder seen by transformers' generic code (masks, lengths); the real state lives
+    in the owning ``LongattnCache``."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self, owner: "LongattnCache"):
+        if _LayerBase is not object:
+            super().__init__()
+        self._owner = owner
+        self.is_initialized = True
+        self.keys = self.values = None
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # pragma: no cover - never called
+        pass
+
+    def update(self, *args, **kwargs):
+        raise NotImplementedError("LongattnCache layers hold no keys/values; the longattn attention modules use them")
+
+    def get_seq_length(self) -> int:
+        return self._owner.columns
+
+    def get_max_length(self) -> int:
+        return self._owner.max_context
+
+    def get_max_cache_shape(self) -> int:  # the name of get_max_length before transformers 5.10
+        return self._owner.max_context
+
+    def get_mask_sizes(self, query_length: int):
+        # The 4-D mask transformers builds is not used by longattn's layers: keep it minimal.
+        return query_length, max(0, self._owner.columns - query_length)
+
+    def reset(self) -> None:
+        pass
+
+    def offload(self):
+        pass
+
+    def prefetch(self):
+        pass
+
+
+def _unsupported(what: str):
+    def method(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"LongattnCache does not support {what} (no beam search, assisted decoding or cache rollback)"
+        )
+
+    return method
+
+
+class LongattnCache(PagedKVCache, Cache):
+    """A transformers ``Cache`` backed by longattn's paged caches (``PagedKVCache``).
+
+    Args:
+        model: a transformers DeepSeek-V4 model after ``swap_attention`` (or its base model).
+        max_batch_size: batch rows (one sequence each).
+        max_context: longest sequence (prompt + new tokens), e.g. ``generate``'s ``max_length``.
+        page_size, kv_format ("float" | "fp8"), kv_dtype, backend, max_step_tokens: see ``PagedKVCache``.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch_size: int,
+        max_context: int,
+        page_size: int = 64,
+        kv_format: str = "float",
+        kv_dtype: Optional[torch.dtype] = None,
+        backend: Optional[str] = None,
+        max_step_tokens: Optional[int] = None,
+    ):
+        mods = longattn_modules(model)
+        if not mods:
+            raise ValueError(
+                "LongattnCache: the model has no longattn attention modules; call swap_attention(model) first"
+            )
+        device = next(mods[0].parameters()).device
+        PagedKVCache.__init__(
+            self,
+            [m.layer for m in mods],
+            max_batch_size=max_batch_size,
+            max_context=max_context,
+            page_size=page_size,
+            max_step_tokens=max_step_tokens,
+            kv_format=kv_format,
+            kv_dtype=kv_dtype,
+            backend=backend,
+            device=device,
+        )
+        n_layers = max(m.layer_idx for m in mods) + 1
+        Cache.__init__(self, layers=[_LongattnCacheLayer(self) for _ in range(n_layers)])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.columns
+
+    def get_max_length(self, layer_idx: Optional[int] = None) -> int:
+        return self.max_context
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0):
+        return query_length, max(0, self.columns - query_length)
+
+    def reset(self) -> None:
+        PagedKVCache.reset(self)
+
+    @property
+    def max_batch_size(self) -> int:  # a Cache property in some transformers versions
+        return self.max_seqs
+
+    @property
+    def max_cache_len(self) -> int:
+        return self.max_context
+
+    reorder_cache = _unsupported("reorder_cache (beam search)")
+    crop = _unsupported("crop")
+    batch_repeat_interleave = _unsupported("batch_repeat_interleave")
+    batch_select_indices = _unsupported("batch_select_indices")
+
+    def activate_past_recording(self):  # only needed by rollback-capable caches
+        pass
+
+    def __repr__(self) -> str:
+        return (
+            f"LongattnCache(rows={self.num_rows}, columns={self.columns}, layers={sorted(self.layer_configs)}, "
+            f"page_size={self.manager.page_size}, kv_format={self.kv_format!r})"
+        )
+
+
+# --- the swap ----------------------------------------------------------------------------------------------
+
+
+def _hf_classes():
+    from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
+
+    return hf.DeepseekV4Attention, hf.DeepseekV4Model
+
+
+def _cache_kwarg(fn) -> str:
+    """transformers renamed the forward argument ``past_key_values`` to ``cache`` (5.24)."""
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _make_pre_hook(options: dict, key: str):
+    def pre_hook(module, args, kwargs):
+        cache = kwargs.get(key)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        ref = ids if ids is not None else kwargs.get("inputs_embeds")
+        if ref is None:
+            return None
+        B, S = ref.shape[:2]
+        if cache is None:  # a forward without a cache: a one-shot cache for this call
+            cache = LongattnCache(module, max_batch_size=B, max_context=max(S, 1), **options)
+            kwargs[key] = cache
+        if isinstance(cache, LongattnCache):
+            mask = kwargs.get("attention_mask")
+            cache.begin_step(B, S, mask)
+        return args, kwargs
+
+    return pre_hook
+
+
+def _prepare_cache_for_generation(self, *args, **kwargs):
+    """``generate``'s cache set-up, bound to a swapped model: a ``LongattnCache`` where transformers
+    would build a ``DynamicCache`` (a bound method, so ``copy.deepcopy(model)`` rebinds it)."""
+    original = type(self)._prepare_cache_for_generation
+    bound = inspect.signature(original).bind(self, *args, **kwargs)
+    gen_config = bound.arguments["generation_config"]
+    model_kwargs = bound.arguments["model_kwargs"]
+    key = _cache_kwarg(self.forward)  # the model_kwargs name generate uses for the cache
+    if (
+        model_kwargs.get(key) is None
+        and gen_config.use_cache is not False
+        and getattr(gen_config, "cache_implementation", None) in (None, "dynamic")
+    ):
+        if (getattr(gen_config, "num_beams", 1) or 1) > 1:
+            raise NotImplementedError("longattn's cache does not support beam search (num_beams > 1)")
+        batch = bound.arguments["batch_size"] * max(1, getattr(gen_config, "num_return_sequences", 1) or 1)
+        max_context = int(bound.arguments["max_cache_length"])
+        model_kwargs[key] = LongattnCache(self, max_batch_size=batch, max_context=max_context, **self._longattn_options)
+        return None
+    return original(self, *args, **kwargs)
+
+
+def swap_attention(
+    model,
+    *,
+    page_size: int = 64,
+    kv_format: str = "float",
+    kv_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+):
+    """Replace every transformers ``DeepseekV4Attention`` of ``model`` by longattn's, keeping weights.
+
+    Returns ``model`` (changed in place). ``page_size``, ``kv_format``, ``kv_dtype`` and ``backend``
+    configure the caches that ``generate`` (and cache-less forwards) create.
+    """
+    HFAttention, HFModel = _hf_classes()
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, HFAttention):
+            ours = DeepseekV4Attention(module.config, module.layer_idx)
+            ours.load_state_dict(module.state_dict(), strict=True, assign=True)
+            param = next(module.parameters())
+            ours.rope_inv_freq = ours.rope_inv_freq.to(param.device)
+            ours.train(module.training)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, ours)
+            swapped += 1
+    if not swapped and not longattn_modules(model):
+        raise ValueError(f"swap_attention: {type(model).__name__} has no transformers DeepseekV4Attention module")
+    options = dict(page_size=page_size, kv_format=kv_format, kv_dtype=kv_dtype, backend=backend)
+    bases = [m for m in model.modules() if isinstance(m, HFModel)]
+    for base in bases:
+        if getattr(base, "_longattn_hook", None) is not None:
+            base._longattn_hook.remove()
+        base._longattn_hook = base.register_forward_pre_hook(
+            _make_pre_hook(options, _cache_kwarg(base.forward)), with_kwargs=True
+        )
+    if hasattr(model, "_prepare_cache_for_generation"):  # generate: build a LongattnCache
+        model._longattn_options = options
+        model._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, model)
+    return model

@@ -1,0 +1,351 @@
+"""``longattn.nn.DeepseekV4Attention``: one DeepSeek-V4 attention layer (SWA, CSA or HCA) as an nn.Module.
+
+The full layer math around the package's kernels (deepseek-v4-attention.md section 2, README.md here):
+
+    cq  = RMSNorm_w(q_a_proj(x))                          q low-rank projection + norm
+    q   = rope(rms(q_b_proj(cq).view(H, D)))              weightless per-head RMS norm, RoPE on the last dims
+    kv  = rope(RMSNorm_w(kv_proj(x)))                     the one latent K = V row
+    a,b = compressor.kv_proj(x), compressor.gate_proj(x) + position_bias[p % ratio]      CSA / HCA
+    indexer (CSA): q_I = rope(indexer.q_b_proj(cq)), w = weights_proj(x) / sqrt(Hi * Di),
+                   indexer compressor a_I, b_I                                            CSA
+    o   = HybridAttention(...)                            window + compressed + sink, one softmax (paged)
+    y   = o_b_proj(grouped o_a_proj(rope^-1(o)))          inverse RoPE, grouped low-rank output projection
+
+Parameter names and shapes are those of the Hugging Face transformers ``DeepseekV4Attention`` state
+dict (``q_a_proj``, ``q_a_norm``, ``q_b_proj``, ``kv_proj``, ``kv_norm``, ``o_a_proj``, ``o_b_proj``,
+``sinks``, ``compressor.{kv_proj, gate_proj, position_bias, kv_norm}``,
+``compressor.indexer.{kv_proj, gate_proj, position_bias, kv_norm, q_b_proj, scorer.weights_proj}``), so
+``module.load_state_dict(hf_attention.state_dict())`` works. The caches are the package's paged pools:
+a ``PagedKVCache`` (one ``CacheManager`` and one ``HybridAttention`` per layer) maps batch rows to
+sequences. Numerics follow transformers' eager implementation; README.md lists where that differs from
+DeepSeek's reference code and what we do.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..cache.manager import StepPlan
+from ..configs import CSA_RATIO, LayerConfig, ModelConfig, RopeConfig, YarnConfig, kind_of_ratio
+from ..layers import HybridAttention
+from ..rope import apply_rope, inv_freq
+
+_LAYER_TYPES = {
+    "sliding_attention": "swa",
+    "compressed_sparse_attention": "csa",
+    "heavily_compressed_attention": "hca",
+}
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+
+def _rope_from_params(params: dict, what: str) -> RopeConfig:
+    """A transformers rope-parameters dict ({"rope_type", "rope_theta", "factor", ...}) as a RopeConfig."""
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = float(params["rope_theta"])
+    if rope_type == "default":
+        return RopeConfig(theta)
+    if rope_type != "yarn":
+        raise NotImplementedError(
+            f"DeepseekV4Attention: {what} RoPE type {rope_type!r} is not supported (default, yarn)"
+        )
+    factor = params.get("attention_factor")
+    if factor is not None and float(factor) != 1.0:
+        # DeepSeek's reference applies no YaRN mscale to cos/sin (transformers forces 1.0 for V4 too).
+        raise NotImplementedError(f"DeepseekV4Attention: {what} YaRN attention_factor {factor} != 1 is not supported")
+    return RopeConfig(
+        theta,
+        YarnConfig(
+            factor=float(params["factor"]),
+            original_max_position=int(params["original_max_position_embeddings"]),
+            beta_fast=float(params.get("beta_fast") or 32),
+            beta_slow=float(params.get("beta_slow") or 1),
+        ),
+    )
+
+
+def layer_config(config, layer_idx: int) -> LayerConfig:
+    """The ``LayerConfig`` of decoder layer ``layer_idx`` of a DeepSeek-V4 config.
+
+    ``config`` is a transformers ``DeepseekV4Config`` (or any object with its attribute names:
+    ``layer_types``/``compress_rates`` or a per-layer ``compress_ratios`` list, ``rope_parameters`` or
+    ``rope_theta``/``compress_rope_theta``/``rope_scaling``) or a ``longattn.configs.ModelConfig``.
+    """
+    if isinstance(config, ModelConfig):
+        return config.layer(layer_idx)
+    head_dim = int(config.head_dim)
+    rope_dim = getattr(config, "qk_rope_head_dim", None)
+    if rope_dim is None:
+        rope_dim = int(head_dim * (getattr(config, "partial_rotary_factor", None) or 64 / 512))
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        kind = _LAYER_TYPES.get(layer_types[layer_idx])
+        if kind is None:
+            raise ValueError(f"DeepseekV4Attention: unknown layer type {layer_types[layer_idx]!r}")
+        ratio = 0 if kind == "swa" else int(config.compress_rates[layer_types[layer_idx]])
+    else:
+        ratio = int(config.compress_ratios[layer_idx])
+        kind = kind_of_ratio(ratio)
+    if kind == "csa" and ratio != CSA_RATIO:
+        raise NotImplementedError(f"DeepseekV4Attention: CSA layers with compress rate {ratio} (only {CSA_RATIO})")
+    if kind == "hca" and ratio in (0, CSA_RATIO):
+        raise NotImplementedError(f"DeepseekV4Attention: HCA layers with compress rate {ratio} (4 means CSA here)")
+
+    params = getattr(config, "rope_parameters", None) or {}
+    if isinstance(params.get("main"), dict) and isinstance(params.get("compress"), dict):
+        rope = _rope_from_params(
+            params["main" if kind == "swa" else "compress"], "main" if kind == "swa" else "compress"
+        )
+    elif kind == "swa":
+        rope = RopeConfig(float(config.rope_theta))  # ratio-0 layers: plain RoPE (section 3)
+    else:
+        scaling = getattr(config, "rope_scaling", None) or params
+        theta = float(getattr(config, "compress_rope_theta", config.rope_theta))
+        rope = _rope_from_params({**scaling, "rope_theta": theta}, "compress") if scaling else RopeConfig(theta)
+    return LayerConfig(
+        index=layer_idx,
+        kind=kind,
+        compress_ratio=ratio,
+        n_heads=int(config.num_attention_heads),
+        head_dim=head_dim,
+        rope_dim=int(rope_dim),
+        window=int(config.sliding_window),
+        index_n_heads=int(config.index_n_heads),
+        index_head_dim=int(config.index_head_dim),
+        index_topk=int(config.index_topk),
+        rope=rope,
+        eps=float(config.rms_norm_eps),
+    )
+
+
+def _dims(config):
+    if isinstance(config, ModelConfig):
+        return config.dim, config.q_lora_rank, config.o_groups, config.o_lora_rank
+    return int(config.hidden_size), int(config.q_lora_rank), int(config.o_groups), int(config.o_lora_rank)
+
+
+# --- building blocks --------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Weighted RMSNorm computed in fp32 (weight kept in fp32), cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * x).to(dtype)
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    return nn.Linear(n_in, n_out, bias=False)
+
+
+class Compressor(nn.Module):
+    """The attention compressor's weights (``kv_proj``, ``gate_proj`` ``[c*D, dim]``, ``position_bias``
+    ``[ratio, c*D]`` fp32, ``kv_norm`` ``[D]``); c = 2 for the overlapping CSA compressor."""
+
+    def __init__(self, dim: int, head_dim: int, ratio: int, overlap: bool, eps: float):
+        super().__init__()
+        width = (2 if overlap else 1) * head_dim
+        self.ratio = ratio
+        self.kv_proj = _linear(dim, width)
+        self.gate_proj = _linear(dim, width)
+        self.position_bias = nn.Parameter(torch.zeros(ratio, width, dtype=torch.float32))
+        self.kv_norm = RMSNorm(head_dim, eps)
+
+    def inputs(self, x: torch.Tensor, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-token compressor values ``a`` and scores ``b`` (+ position bias ``APE[p % ratio]``), fp32."""
+        x = x.to(self.kv_proj.weight.dtype)  # checkpoints keep the compressor projections in fp32
+        a = self.kv_proj(x).to(torch.float32)
+        b = self.gate_proj(x).to(torch.float32) + self.position_bias.to(torch.float32)[positions % self.ratio]
+        return a, b
+
+
+class IndexerScorer(nn.Module):
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.weights_proj = _linear(dim, n_heads)
+
+
+class Indexer(Compressor):
+    """The lightning indexer of a CSA layer: its compressor (``kv_proj``, ``gate_proj``,
+    ``position_bias``, ``kv_norm`` at ``index_head_dim``), ``q_b_proj`` and ``scorer.weights_proj``."""
+
+    def __init__(self, dim: int, q_lora_rank: int, n_heads: int, head_dim: int, eps: float):
+        super().__init__(dim, head_dim, CSA_RATIO, True, eps)
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.q_b_proj = _linear(q_lora_rank, n_heads * head_dim)
+        self.scorer = IndexerScorer(dim, n_heads)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # transformers 5.8 / 5.9 kept the head weights at ``indexer.weights_proj`` (later ``scorer.``).
+        old = prefix + "weights_proj.weight"
+        if old in state_dict and prefix + "scorer.weights_proj.weight" not in state_dict:
+            state_dict[prefix + "scorer.weights_proj.weight"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class CSACompressor(Compressor):
+    def __init__(self, dim, q_lora_rank, L: LayerConfig):
+        super().__init__(dim, L.head_dim, L.compress_ratio, True, L.eps)
+        self.indexer = Indexer(dim, q_lora_rank, L.index_n_heads, L.index_head_dim, L.eps)
+
+
+# --- the layer ----------------------------------------------------------------------------------------------
+
+
+class DeepseekV4Attention(nn.Module):
+    """One DeepSeek-V4 attention layer over the package's paged caches.
+
+    Args:
+        config: a transformers ``DeepseekV4Config`` (or an object with its attributes) or a
+            ``longattn.configs.ModelConfig`` (e.g. ``longattn.configs.V4_FLASH``).
+        layer_idx: the decoder layer; its type (SWA / CSA / HCA) and RoPE table come from the config.
+
+    Two entry points:
+
+    - ``forward(hidden_states [B, S, dim], position_embeddings=None, position_ids=None,
+      attention_mask=None, cache=None, **kwargs) -> (out [B, S, dim], None)``: the transformers
+      attention-module signature (``position_embeddings`` and the 4-D mask are not used: RoPE tables
+      and visibility are the layer's own). ``cache`` is a ``PagedKVCache`` (one sequence per batch
+      row); ``None`` runs a one-shot prefill from position 0.
+    - ``forward_paged(hidden_states [T, dim], plan, cache_layer) -> [T, dim]``: a ragged batch
+      (prefill chunks and decode tokens of many sequences) with a ``CacheManager`` plan and this
+      layer's ``HybridAttention`` (``make_cache_layer``). This is what ``torch.compile`` can take whole.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        L = layer_config(config, layer_idx)
+        dim, q_lora_rank, o_groups, o_lora_rank = _dims(config)
+        if L.n_heads % o_groups:
+            raise ValueError(f"DeepseekV4Attention: {L.n_heads} heads are not a multiple of o_groups={o_groups}")
+        if L.rope_dim % 2 or L.rope_dim > min(L.head_dim, L.index_head_dim):
+            raise ValueError(f"DeepseekV4Attention: rope dim {L.rope_dim} must be even and fit the head dims")
+        self.config, self.layer_idx, self.layer = config, layer_idx, L
+        self.layer_type = {
+            "swa": "sliding_attention",
+            "csa": "compressed_sparse_attention",
+            "hca": "heavily_compressed_attention",
+        }[L.kind]
+        self.num_heads, self.head_dim, self.o_groups, self.eps = L.n_heads, L.head_dim, o_groups, L.eps
+        self.scaling = L.softmax_scale
+
+        self.q_a_proj = _linear(dim, q_lora_rank)
+        self.q_a_norm = RMSNorm(q_lora_rank, L.eps)
+        self.q_b_proj = _linear(q_lora_rank, L.n_heads * L.head_dim)
+        self.kv_proj = _linear(dim, L.head_dim)
+        self.kv_norm = RMSNorm(L.head_dim, L.eps)
+        self.o_a_proj = _linear(L.n_heads * L.head_dim // o_groups, o_groups * o_lora_rank)  # grouped
+        self.o_b_proj = _linear(o_groups * o_lora_rank, dim)
+        self.sinks = nn.Parameter(torch.zeros(L.n_heads, dtype=torch.float32))
+        if L.kind == "csa":
+            self.compressor = CSACompressor(dim, q_lora_rank, L)
+        elif L.kind == "hca":
+            self.compressor = Compressor(dim, L.head_dim, L.compress_ratio, False, L.eps)
+        else:
+            self.compressor = None
+        # The layer's RoPE table (theta 10000 plain for SWA, 160000 + YaRN for CSA/HCA in V4).
+        self.register_buffer("rope_inv_freq", inv_freq(L.rope, L.rope_dim), persistent=False)
+
+    @property
+    def kind(self) -> str:
+        return self.layer.kind
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, kind={self.kind}, ratio={self.layer.compress_ratio}"
+
+    def make_cache_layer(
+        self, manager, *, kv_dtype=torch.bfloat16, kv_format: str = "float", backend=None
+    ) -> HybridAttention:
+        """This layer's paged pools (window, compressed, indexer keys, compressor states) on ``manager``."""
+        return HybridAttention(self.layer, manager, kv_dtype=kv_dtype, kv_format=kv_format, backend=backend)
+
+    # -- the math ------------------------------------------------------------------------------------------
+    def forward_paged(self, hidden_states: torch.Tensor, plan: StepPlan, cache_layer: HybridAttention) -> torch.Tensor:
+        """Ragged batch ``hidden_states [T, dim]`` (tokens in ``plan`` order) -> ``[T, dim]``.
+
+        Writes the step's rows into ``cache_layer``'s pools (window, compressed, indexer keys,
+        compressor states) and attends; ``plan`` is the ``CacheManager.plan`` of the step.
+        """
+        L = self.layer
+        x = hidden_states
+        T = x.shape[0]
+        pos = plan.positions
+        freqs = self.rope_inv_freq
+        head_pos = pos.unsqueeze(1)  # broadcast over heads
+
+        cq = self.q_a_norm(self.q_a_proj(x))
+        q = self.q_b_proj(cq).view(T, L.n_heads, L.head_dim)
+        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
+        q = apply_rope(q, head_pos, freqs)
+        kv = apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs)
+
+        extra = {}
+        if self.compressor is not None:
+            a, b = self.compressor.inputs(x, pos)
+            extra.update(compress_a=a, compress_b=b, compress_norm_weight=self.compressor.kv_norm.weight)
+        if L.kind == "csa":
+            idx = self.compressor.indexer
+            ia, ib = idx.inputs(x, pos)
+            iq = apply_rope(idx.q_b_proj(cq).view(T, idx.n_heads, idx.head_dim), head_pos, freqs)
+            # score = sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)
+            wp = idx.scorer.weights_proj
+            iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+            extra.update(index_q=iq, index_weights=iw, index_a=ia, index_b=ib, index_norm_weight=idx.kv_norm.weight)
+
+        o = cache_layer(plan, q, kv, attn_sink=self.sinks, **extra)  # [T, H, D]
+        o = apply_rope(o, head_pos, freqs, inverse=True)
+        return self._output_projection(o)
+
+    def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
+        """Grouped low-rank projection: group g of heads -> o_a_proj block g -> concat -> o_b_proj."""
+        T, G = o.shape[0], self.o_groups
+        grouped = o.reshape(T, G, -1).transpose(0, 1)  # [G, T, H/G * D]
+        w = self.o_a_proj.weight.view(G, -1, grouped.shape[-1]).transpose(1, 2)  # [G, H/G * D, r]
+        z = torch.bmm(grouped.to(w.dtype), w).transpose(0, 1).reshape(T, -1)  # [T, G * r]
+        return self.o_b_proj(z)
+
+    # -- transformers-compatible entry point ---------------------------------------------------------------
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings=None,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask=None,
+        cache=None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        from .paged_cache import PagedKVCache
+
+        cache = cache if cache is not None else past_key_values
+        if hidden_states.dim() != 3:
+            raise ValueError(f"DeepseekV4Attention: hidden_states must be [B, S, dim], got {list(hidden_states.shape)}")
+        B, S, dim = hidden_states.shape
+        if cache is None:  # one-shot prefill from position 0, nothing kept
+            cache = PagedKVCache([self.layer], max_batch_size=B, max_context=max(S, 1), device=hidden_states.device)
+        if not isinstance(cache, PagedKVCache):
+            raise TypeError(
+                f"DeepseekV4Attention (longattn) runs on a longattn.nn.PagedKVCache, got {type(cache).__name__}; "
+                "with transformers use longattn.integrations.transformers.swap_attention(model), which makes "
+                "generate create one (or pass cache=LongattnCache(model, ...))"
+            )
+        plan, layer, rows = cache.layer_step(self, B, S, hidden_states.dtype)
+        x = hidden_states.reshape(B * S, dim)
+        if rows is not None:  # padding: only the real tokens are sequence tokens
+            x = x.index_select(0, rows)
+        y = self.forward_paged(x, plan, layer)
+        if rows is not None:
+            y = y.new_zeros(B * S, y.shape[-1]).index_copy_(0, rows, y)
+        return y.view(B, S, -1), None

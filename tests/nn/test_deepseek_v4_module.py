@@ -1,0 +1,119 @@
+"""longattn.nn.DeepseekV4Attention and PagedKVCache without transformers: cache consistency, padding,
+configuration and errors. (Parity with transformers: test_transformers_parity.py.)"""
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from longattn.configs import V4_FLASH, ModelConfig, RopeConfig, YarnConfig
+from longattn.nn import DeepseekV4Attention, PagedKVCache, layer_config
+
+TINY = ModelConfig(
+    name="tiny", dim=32, n_layers=3, n_heads=4, q_lora_rank=16, o_groups=2, o_lora_rank=8, index_topk=3,
+    compress_ratios=(0, 4, 8, 0), head_dim=32, rope_dim=8, window=8, index_n_heads=8, index_head_dim=16,
+)  # fmt: skip
+
+
+def tiny_layer(idx, seed=0):
+    m = DeepseekV4Attention(TINY, idx).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return m
+
+
+def test_import_longattn_nn_does_not_import_transformers():
+    code = "import sys, longattn, longattn.nn, longattn.integrations; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_chunked_prefill_and_decode_equal_one_prefill(idx):
+    m = tiny_layer(idx)
+    x = torch.randn(2, 29, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, _ = m(x)  # one-shot cache
+        cache = PagedKVCache([m.layer], max_batch_size=2, max_context=29, page_size=3)
+        parts = [m(x[:, a:b], cache=cache)[0] for a, b in ((0, 11), (11, 12), (12, 20), (20, 21), (21, 29))]
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-5, rtol=0)
+    assert cache.seq_lengths() == [29, 29] and cache.columns == 29
+
+
+@pytest.mark.parametrize("idx", [1, 2], ids=["csa", "hca"])
+def test_padding_positions_are_not_tokens(idx):
+    m = tiny_layer(idx)
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(1, 19, 32, generator=g), torch.randn(1, 12, 32, generator=g)
+    x = torch.zeros(2, 19, 32)
+    x[0], x[1, 7:] = a[0], b[0]
+    x[1, :7] = 1e3  # garbage in pad positions must not matter
+    mask = torch.ones(2, 19, dtype=torch.long)
+    mask[1, :7] = 0
+    with torch.no_grad():
+        cache = PagedKVCache([m.layer], max_batch_size=2, max_context=24, page_size=4)
+        cache.begin_step(2, 19, mask)
+        y, _ = m(x, cache=cache)
+        ya, _ = m(a)
+        yb, _ = m(b)
+    assert cache.seq_lengths() == [19, 12]
+    torch.testing.assert_close(y[0], ya[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[1, 7:], yb[0], atol=1e-5, rtol=0)
+    assert torch.equal(y[1, :7], torch.zeros(7, 32))
+
+
+def test_v4_flash_layers_from_the_preset():
+    kinds = [DeepseekV4Attention(V4_FLASH, i).kind for i in (0, 2, 3)]
+    assert kinds == ["swa", "csa", "hca"]
+    m = DeepseekV4Attention(V4_FLASH, 2)
+    assert m.layer.rope.yarn is not None and m.rope_inv_freq.shape == (32,)
+    assert tuple(m.compressor.indexer.q_b_proj.weight.shape) == (64 * 128, 1024)
+    assert tuple(m.o_a_proj.weight.shape) == (8 * 1024, 64 * 512 // 8)
+
+
+def hf_like(**kw):
+    base = dict(
+        hidden_size=32, num_attention_heads=4, head_dim=32, q_lora_rank=16, o_groups=2, o_lora_rank=8,
+        rms_norm_eps=1e-6, sliding_window=8, index_n_heads=2, index_head_dim=16, index_topk=3,
+        rope_theta=10000.0, compress_rope_theta=160000.0, qk_rope_head_dim=8, compress_ratios=[0, 4, 128],
+        rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
+                      "beta_fast": 32, "beta_slow": 1},
+    )  # fmt: skip
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def test_config_with_the_reference_keys():
+    """DeepSeek's own config.json names (compress_ratios, rope_scaling) work as well as transformers'."""
+    cfg = hf_like()
+    assert [layer_config(cfg, i).kind for i in range(3)] == ["swa", "csa", "hca"]
+    assert layer_config(cfg, 0).rope == RopeConfig(10000.0)
+    assert layer_config(cfg, 2).rope == RopeConfig(160000.0, YarnConfig(16.0, 65536, 32.0, 1.0))
+
+
+def test_unsupported_configs_are_refused():
+    with pytest.raises(NotImplementedError, match="CSA layers with compress rate 8"):
+        layer_config(
+            hf_like(layer_types=["compressed_sparse_attention"], compress_rates={"compressed_sparse_attention": 8}), 0
+        )
+    with pytest.raises(NotImplementedError, match="attention_factor"):
+        layer_config(hf_like(rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
+                                           "attention_factor": 1.3}), 1)  # fmt: skip
+
+
+def test_cache_errors():
+    m, other = tiny_layer(1), tiny_layer(2)
+    cache = PagedKVCache([m.layer], max_batch_size=2, max_context=16, page_size=4)
+    with pytest.raises(TypeError, match="PagedKVCache"), torch.no_grad():
+        m(torch.randn(1, 3, 32), cache=object())
+    with torch.no_grad():
+        m(torch.randn(2, 3, 32), cache=cache)
+        with pytest.raises(ValueError, match="serves 2 batch rows"):
+            m(torch.randn(1, 1, 32), cache=cache)
+        with pytest.raises(ValueError, match="layer 2 was not declared"):
+            other(torch.randn(2, 1, 32), cache=cache)
+    with pytest.raises(ValueError, match="holds 2 sequences"), torch.no_grad():
+        m(torch.randn(3, 1, 32), cache=PagedKVCache([m.layer], max_batch_size=2, max_context=16))

@@ -1,0 +1,284 @@
+"""longattn.nn.DeepseekV4Attention against transformers' eager DeepSeek-V4 implementation (CPU, fp32).
+
+A tiny random DeepSeek-V4 (3 layers: SWA, CSA, HCA; hidden 64, 4 heads of 32 dims, RoPE on the last 8,
+window 16, indexer 8 x 16 top-4) built locally, with the real compress rates 4 / 128 and the real
+RoPE tables (theta 10000 plain; 160000 with YaRN factor 16 over 65536, beta 32/1). Prompts of 300
+tokens cross 75 CSA and 2 HCA block boundaries; generation adds 40 more.
+
+Tolerance (layer outputs on prefill). Both implementations evaluate the same function in fp32 with
+different operation orders (gathers vs dense masks, chunked softmax merges, pooling formulas), so
+neither is "the" answer; the truth is a float64 evaluation written from the spec (tests/nn/dense_v4.py).
+The rule is the project's (style.md rule 3, flash-attention's test rule), applied both ways: each
+implementation's error against the truth is at most twice the other's, plus a few fp32 roundings of
+the output (8 u |y|max, u = 2^-24) for an exceptionally lucky one. So neither can be wrong while the
+other is right, and |longattn - transformers| <= 3 x the smaller error + that floor (asserted too).
+Nothing here is a tuned constant. The indexer's top-4 is precondition-checked to have a relative
+score gap > 1e-4 at its boundary in float64 (exact ties count as 0: the two implementations break
+ties differently, see python/longattn/nn/README.md), so no fp32 rounding can change the selection.
+"""
+
+import inspect
+
+import pytest
+import torch
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install longattn[transformers])"
+)
+try:
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM, DynamicCache
+    from transformers.masking_utils import create_sliding_window_causal_mask
+    from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
+except ImportError as exc:  # transformers older than 5.8 has no DeepSeek-V4
+    pytest.skip(f"this transformers ({transformers.__version__}) has no DeepSeek-V4: {exc}", allow_module_level=True)
+
+from packaging.version import Version  # noqa: E402
+
+if Version(transformers.__version__) < Version("5.9.0"):
+    pytest.skip(
+        f"transformers {transformers.__version__}: its eager DeepSeek-V4 lets prefill queries see compressed "
+        "entries of later blocks (fixed in 5.9); parity is defined against >= 5.9 (tested: 5.24.0)",
+        allow_module_level=True,
+    )
+
+from longattn.integrations.transformers import LongattnCache, swap_attention  # noqa: E402
+from longattn.nn import DeepseekV4Attention  # noqa: E402
+
+from tests.nn.dense_v4 import dense_v4_layer, topk_margin  # noqa: E402
+
+U32 = 2.0**-24
+KINDS = ["swa", "csa", "hca"]
+PROMPT, NEW = 300, 40
+
+
+def tiny_config(**overrides):
+    kw = dict(
+        vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, head_dim=32,
+        partial_rotary_factor=0.25, q_lora_rank=32, o_groups=2, o_lora_rank=16,
+        index_n_heads=8, index_head_dim=16, index_topk=4, sliding_window=16,
+        layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
+        rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536,
+                         "beta_fast": 32, "beta_slow": 1},
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, hc_mult=2,
+        eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    kw.update(overrides)
+    cfg = DeepseekV4Config(**kw)
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def randomize_attention(module, g):
+    """O(1) activations everywhere (the default init of 0.02 would make attention nearly uniform)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+            else:  # sinks, position biases
+                p.copy_(torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    m = DeepseekV4ForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in m.model.layers:
+        randomize_attention(layer.self_attn, g)
+    with torch.no_grad():
+        m.model.embed_tokens.weight.normal_(0, 1, generator=g)
+    return m
+
+
+def hf_layer_forward(hf_attn, rotary, x):
+    B, S, _ = x.shape
+    pid = torch.arange(S).unsqueeze(0).expand(B, -1)
+    pe = {"main": rotary(x, pid, "main"), "compress": rotary(x, pid, "compress")}
+    mask_kw = "cache" if "cache" in _params(create_sliding_window_causal_mask) else "past_key_values"
+    mask = create_sliding_window_causal_mask(
+        config=hf_attn.config, inputs_embeds=x, attention_mask=None, position_ids=pid, **{mask_kw: None}
+    )
+    return hf_attn(x, pe, pid, mask, **{_cache_kw(hf_attn.forward): None})[0]
+
+
+def _params(fn):
+    return inspect.signature(fn).parameters
+
+
+def _cache_kw(fn):
+    return "cache" if "cache" in _params(fn) else "past_key_values"  # renamed in transformers 5.24
+
+
+# --- layer outputs on prefill -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_prefill_matches_transformers_eager(model, kind):
+    idx = KINDS.index(kind)
+    hf_attn = model.model.layers[idx].self_attn
+    assert isinstance(hf_attn, hf.DeepseekV4Attention)
+    ours = DeepseekV4Attention(model.config, idx)
+    ours.load_state_dict(hf_attn.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(10 + idx)
+    x = torch.randn(2, PROMPT, model.config.hidden_size, generator=g)
+    for b in range(2):
+        assert topk_margin(ours, x[b]) > 1e-4, "the float64 top-k is decided by a near tie: pick another seed"
+    with torch.no_grad():
+        ref = hf_layer_forward(hf_attn, model.model.rotary_emb, x)
+        out, _ = ours(x)
+    truth = torch.stack([dense_v4_layer(ours, x[b]) for b in range(2)])
+    err_hf = (ref.double() - truth).abs().max().item()
+    err_ours = (out.double() - truth).abs().max().item()
+    diff = (out - ref).abs().max().item()
+    floor = 8 * U32 * truth.abs().max().item()
+    print(
+        f"{kind}: max |longattn - transformers| = {diff:.3e}; "
+        f"vs float64: longattn {err_ours:.3e}, transformers {err_hf:.3e}"
+    )
+    assert err_ours <= 2 * err_hf + floor, (kind, err_ours, err_hf)
+    assert err_hf <= 2 * err_ours + floor, (kind, err_ours, err_hf)
+    assert diff <= 3 * min(err_hf, err_ours) + floor, (kind, diff, err_hf, err_ours)
+
+
+def test_state_dict_names_and_shapes_match_transformers(model):
+    for idx, layer in enumerate(model.model.layers):
+        ours = DeepseekV4Attention(model.config, idx)
+        theirs = {k.replace("indexer.weights_proj", "indexer.scorer.weights_proj"): v  # name before 5.10
+                  for k, v in layer.self_attn.state_dict().items()}  # fmt: skip
+        assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in theirs.items()
+        }
+
+
+def test_older_indexer_key_loads(model):
+    """transformers 5.8 / 5.9 stored the indexer head weights at ``indexer.weights_proj``."""
+    sd = dict(model.model.layers[1].self_attn.state_dict())
+    if "compressor.indexer.scorer.weights_proj.weight" in sd:
+        sd["compressor.indexer.weights_proj.weight"] = sd.pop("compressor.indexer.scorer.weights_proj.weight")
+    ours = DeepseekV4Attention(model.config, 1)
+    ours.load_state_dict(sd, strict=True)
+    assert torch.equal(ours.compressor.indexer.scorer.weights_proj.weight, sd["compressor.indexer.weights_proj.weight"])
+
+
+# --- generation --------------------------------------------------------------------------------------------
+
+
+def _generate(m, ids, **kw):
+    return m.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def swapped_pair(model):
+    """(transformers-eager model, the same model with longattn attention) sharing every weight."""
+    import copy
+
+    ours = swap_attention(copy.deepcopy(model), page_size=16)
+    return model, ours
+
+
+def test_swap_keeps_weights_and_replaces_every_attention(swapped_pair):
+    theirs, ours = swapped_pair
+    mods = [layer.self_attn for layer in ours.model.layers]
+    assert all(isinstance(m, DeepseekV4Attention) for m in mods)
+    assert [m.kind for m in mods] == KINDS
+    for a, b in zip(theirs.model.layers, ours.model.layers):
+        sa, sb = a.self_attn.state_dict(), b.self_attn.state_dict()
+        assert all(
+            torch.equal(v, sb[k.replace("indexer.weights_proj", "indexer.scorer.weights_proj")]) for k, v in sa.items()
+        )
+
+
+def test_greedy_generation_tokens_identical(swapped_pair):
+    theirs, ours = swapped_pair
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 128, (2, PROMPT), generator=g)
+    ref = _generate(theirs, ids)
+    out = _generate(ours, ids)
+    assert out.shape == (2, PROMPT + NEW)
+    n_same = int((out[:, PROMPT:] == ref[:, PROMPT:]).all(0).long().cumprod(0).sum())
+    print(f"greedy: {n_same} of {NEW} new tokens identical for both rows")
+    assert torch.equal(out, ref)
+
+
+def test_four_indexer_heads_differ_only_by_tie_breaking():
+    """With 4 indexer heads some tokens have all-negative head weights: every visible score is <= 0 and
+    the all-clipped entries tie at exactly 0 at the top-k boundary. longattn breaks ties toward the
+    smaller entry id, transformers' ``Tensor.topk`` unspecified; made to break them like longattn, the
+    transformers model generates exactly longattn's tokens."""
+    import copy
+
+    torch.manual_seed(0)
+    m = DeepseekV4ForCausalLM(tiny_config(index_n_heads=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in m.model.layers:
+        randomize_attention(layer.self_attn, g)
+    with torch.no_grad():
+        m.model.embed_tokens.weight.normal_(0, 1, generator=g)
+    ours = swap_attention(copy.deepcopy(m), page_size=16)
+    ids = torch.randint(1, 128, (2, PROMPT), generator=torch.Generator().manual_seed(5))
+    out = _generate(ours, ids)
+
+    def topk_ties_to_smaller_index(self, k, dim=-1, largest=True, sorted=True):
+        values, indices = torch.sort(self, dim=dim, descending=largest, stable=True)
+        return torch.return_types.topk((values.narrow(dim, 0, k), indices.narrow(dim, 0, k)))
+
+    original = torch.Tensor.topk
+    torch.Tensor.topk = topk_ties_to_smaller_index  # used by transformers' indexer only (generate uses argmax)
+    try:
+        ref = _generate(m, ids)
+    finally:
+        torch.Tensor.topk = original
+    assert torch.equal(out, ref)
+
+
+def test_generation_with_an_explicit_cache_continues(swapped_pair):
+    """A user-made LongattnCache: prefill+decode in one generate, then a second generate continues it."""
+    theirs, ours = swapped_pair
+    g = torch.Generator().manual_seed(6)
+    ids = torch.randint(1, 128, (1, 140), generator=g)
+    ref = theirs.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    cache = LongattnCache(ours, max_batch_size=1, max_context=160, page_size=8)
+    kw = {_cache_kw(ours.forward): cache}
+    first = ours.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False, **kw)
+    assert cache.seq_lengths() == [144] and cache.get_seq_length() == 144  # the last token is not fed yet
+    second = ours.generate(first, max_new_tokens=7, min_new_tokens=7, do_sample=False, **kw)
+    assert torch.equal(second, ref)
+
+
+def test_left_padded_batch_equals_each_row_alone(swapped_pair):
+    """Padding positions are not tokens: every row of a left-padded batch generates what it generates
+    alone (transformers' eager implementation pools pad positions into compressed entries instead)."""
+    _, ours = swapped_pair
+    g = torch.Generator().manual_seed(7)
+    long_ids = torch.randint(1, 128, (1, 150), generator=g)
+    short_ids = torch.randint(1, 128, (1, 133), generator=g)
+    batch = torch.zeros(2, 150, dtype=torch.long)
+    mask = torch.zeros(2, 150, dtype=torch.long)
+    batch[0], mask[0] = long_ids[0], 1
+    batch[1, 17:], mask[1, 17:] = short_ids[0], 1
+    out = ours.generate(batch, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    alone = [ours.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False) for ids in (long_ids, short_ids)]
+    assert torch.equal(out[0, 150:], alone[0][0, 150:])
+    assert torch.equal(out[1, 150:], alone[1][0, 133:])
+
+
+def test_forward_without_cache_matches_eager(swapped_pair):
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (2, 40), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        a = theirs(ids, use_cache=False).logits
+        b = ours(ids, use_cache=False).logits
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_unsupported_uses_raise_clearly(swapped_pair):
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (1, 8))
+    with pytest.raises(TypeError, match="PagedKVCache"), torch.no_grad():
+        ours(ids, **{_cache_kw(ours.forward): DynamicCache(config=ours.config)})
+    with pytest.raises(NotImplementedError, match="beam"):
+        ours.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False)
