@@ -1,12 +1,17 @@
-# The Triton interpreter must be selected before anything imports triton (toolchain.md).
+# Without a GPU, Triton kernels run in the interpreter, which must be selected before anything
+# imports triton (toolchain.md). `import torch` does not import triton; the first op call may (through
+# torch._dynamo), so this has to happen here. On a CUDA machine the kernels run natively unless
+# TRITON_INTERPRET is set explicitly.
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import random  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 _real_empty = torch.empty
 _real_empty_like = torch.empty_like

@@ -227,12 +227,11 @@ def _indexer_entries(index_k, block_table, seq_ids, T):
         sid = [0] * T
     else:
         sid = _int_list(seq_ids)
-    for b in sid:
-        if not 0 <= b < B:
-            raise ValueError(f"seq_id {b} outside block_table rows [0, {B})")
     N = max_pages * page
 
     def slot_of(t, j):
+        if not 0 <= sid[t] < B:  # api: a sequence id outside the block table selects nothing
+            return None
         pid = bt[sid[t]][j // page]
         if not 0 <= pid < P:
             return None

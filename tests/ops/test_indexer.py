@@ -112,8 +112,11 @@ def test_invalid_sequence_id_selects_nothing():
     q, w, _ = int_inputs(2, 2, 4, 1)
     pool = torch.randn(4, 2, 4)
     bt = torch.arange(4, dtype=torch.int32).view(1, 4)
-    idx, lengths = longattn.indexer_topk(q, w, pool, torch.tensor([8, 8]), 3, block_table=bt, seq_ids=torch.tensor([0, 5]))
+    seq = torch.tensor([0, 5])
+    idx, lengths = longattn.indexer_topk(q, w, pool, torch.tensor([8, 8]), 3, block_table=bt, seq_ids=seq)
     assert lengths.tolist() == [3, 0] and idx[1].tolist() == [-1, -1, -1]
+    ref_idx, ref_len = oracle.indexer_topk(q, w, pool, torch.tensor([8, 8]), 3, block_table=bt, seq_ids=seq)
+    assert torch.equal(idx.long(), ref_idx) and torch.equal(lengths.long(), ref_len)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

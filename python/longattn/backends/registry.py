@@ -30,6 +30,7 @@ ENV_VAR = "LONGATTN_BACKEND"
 # name -> module that defines ``BACKEND: Backend`` (imported on first use).
 _MODULES: Dict[str, str] = {
     "reference": "longattn.backends.reference",
+    "triton": "longattn.backends.triton",
 }
 
 # Default preference per torch device type.

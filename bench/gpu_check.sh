@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# GPU check of the Triton backend, for the `device` tool (one H200; torch 2.11 + triton 3.6.0 + pytest
+# preinstalled; no internet). Run from the repository root:   bash bench/gpu_check.sh
+# Writes under $OUT (default .device_out/): env.txt, pytest-<shard>.log / junit-<shard>.xml /
+# pytest-<shard>.rc, summary.txt, triton_grid.json (+ .log), bench/ (the bench CLI's JSON, if present).
+# Total wall time is bounded (~7 min): every step runs under `timeout` with what is left of the budget.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/.device_out}"
+mkdir -p "$OUT"
+BUDGET_S="${BUDGET_S:-440}"
+START=$(date +%s)
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# The package from the working tree (no pip, no build): python/ for longattn, the root for tests/ and bench/.
+export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Compiled kernels on the GPU: tests/conftest.py defaults TRITON_INTERPRET to 1 only when it is unset.
+export TRITON_INTERPRET=0
+export PYTHONDONTWRITEBYTECODE=1
+
+{
+  echo "== nvidia-smi"; nvidia-smi || true
+  echo "== versions"
+  python - <<'EOF'
+import platform, sys
+import torch
+print("python", platform.python_version(), sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, "SMs", p.multi_processor_count, "mem GiB", round(p.total_memory / 2**30, 1))
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as exc:
+    print("triton import failed:", exc)
+try:
+    import pytest
+    print("pytest", pytest.__version__)
+except Exception as exc:
+    print("pytest import failed:", exc)
+EOF
+  echo "== longattn.info()"
+  python -m longattn || true
+} 2>&1 | tee "$OUT/env.txt"
+
+# ---- 1. the Triton test-suite on the GPU, in parallel shards (compile-bound: one process per shard) ----
+run_shard() {
+  local name=$1; shift
+  local rc=0
+  timeout "$SHARD_TIMEOUT" python -m pytest "$@" -q -rfEs -p no:cacheprovider \
+    --junitxml="$OUT/junit-$name.xml" >"$OUT/pytest-$name.log" 2>&1 || rc=$?
+  echo "$rc" >"$OUT/pytest-$name.rc"
+}
+SHARD_TIMEOUT=$(( $(left) - 180 ))
+[ "$SHARD_TIMEOUT" -gt 300 ] && SHARD_TIMEOUT=300
+echo "== tests (shards in parallel, timeout ${SHARD_TIMEOUT}s)"
+T=tests/triton
+run_shard sparse_api  $T/test_triton_sparse_attention.py -k "cases_public_api" &
+run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
+run_shard sparse_rest $T/test_triton_sparse_attention.py -k "not cases_public_api and not cases_split_kv" &
+run_shard indexer     $T/test_triton_indexer.py &
+run_shard combine     $T/test_triton_combine.py $T/test_triton_backend.py &
+wait
+{
+  echo "== test summary ($(( $(date +%s) - START ))s elapsed)"
+  for f in "$OUT"/pytest-*.log; do
+    n=$(basename "$f" .log)
+    echo "-- ${n#pytest-}: rc=$(cat "$OUT/${n}.rc" 2>/dev/null || echo '?')"
+    tail -n 25 "$f"
+  done
+} 2>&1 | tee "$OUT/summary.txt"
+
+# ---- 2. the benchmark grid of the Triton kernels (ms, TFLOP/s, GB/s, fractions of measured ceilings) ----
+GRID_TIMEOUT=$(( $(left) - 60 ))
+if [ "$GRID_TIMEOUT" -gt 30 ]; then
+  [ "$GRID_TIMEOUT" -gt 200 ] && GRID_TIMEOUT=200
+  echo "== bench/triton_grid.py (timeout ${GRID_TIMEOUT}s)"
+  rc=0
+  timeout "$GRID_TIMEOUT" python bench/triton_grid.py --out "$OUT/triton_grid.json" 2>&1 | tee "$OUT/triton_grid.log" || rc=$?
+  echo "triton_grid rc=$rc" | tee -a "$OUT/summary.txt"
+else
+  echo "== skipping bench/triton_grid.py: no time left" | tee -a "$OUT/summary.txt"
+fi
+
+# ---- 3. the package benchmark CLI (if this checkout has it), with what is left ----
+BENCH_TIMEOUT=$(( $(left) - 5 ))
+if python -m bench --help 2>/dev/null | grep -q -- "--backends"; then
+  if [ "$BENCH_TIMEOUT" -gt 45 ]; then
+    echo "== python -m bench (timeout ${BENCH_TIMEOUT}s)"
+    rc=0
+    timeout "$BENCH_TIMEOUT" python -m bench --device cuda --backends triton reference --out "$OUT/bench" \
+      --ops sparse_attention indexer_topk merge_attention_states --no-plots 2>&1 | tee "$OUT/bench.log" || rc=$?
+    echo "bench rc=$rc" | tee -a "$OUT/summary.txt"
+  else
+    echo "== skipping python -m bench: no time left" | tee -a "$OUT/summary.txt"
+  fi
+else
+  echo "== python -m bench has no --backends option here; bench/triton_grid.py is the grid" | tee -a "$OUT/summary.txt"
+fi
+echo "== done in $(( $(date +%s) - START ))s; outputs in $OUT" | tee -a "$OUT/summary.txt"

@@ -1,0 +1,248 @@
+"""A small GPU benchmark grid of the Triton backend (and the reference on the same device).
+
+    python bench/triton_grid.py --out results.json [--quick] [--no-sweep]
+
+Cases (DeepSeek-V4 decode shapes, bf16, D = 512):
+- sparse decode CSA: H = 128, 128 window keys + 1,024 compressed keys per token (T = 1, 64);
+- sparse decode HCA: H = 128, 128 + 8,192 keys (T = 1, 16);
+- sparse decode CSA with an FP8 compressed pool (T = 64);
+- indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8).
+Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
+against the reference (max abs error), and reported as ms, TFLOP/s and GB/s with fractions of the
+ceilings measured in the same run (device-to-device copy bandwidth, bf16 matmul throughput). The
+sparse kernel's tile configuration is also swept on two cases (``--no-sweep`` skips it).
+
+FLOPs (FlashMLA convention): attention 2 * T * H * keys * (D + D); indexer 2 * T * Hi * N * Di.
+Bytes: attention = gathered rows (T * keys * D * 2, rows re-read by other tokens counted again) +
+indices + q + out; indexer = T * N * Di * 2 (every key read once per token) + q, w, outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+import longattn  # noqa: E402
+
+
+def bench_ms(fn, quick=False):
+    import triton.testing
+
+    return float(
+        triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, return_mode="median")
+    )
+
+
+def ceilings(device, quick=False):
+    n = (256 if quick else 1024) << 20  # bytes
+    src = torch.empty(n // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src), quick)
+    copy_gbs = 2 * n / (ms * 1e-3) / 1e9
+    m = 8192
+    a = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    b = torch.randn(m, m, device=device, dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ b, quick)
+    mm_tflops = 2 * m**3 / (ms * 1e-3) / 1e12
+    return {"copy_GBps": copy_gbs, "bf16_matmul_TFLOPs": mm_tflops}
+
+
+def sparse_case(device, T, H, D, window, comp_keys, pool="bf16", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n_win, n_comp = 4 * window * max(T, 1), max(4 * comp_keys, 16384)
+    q = torch.randn(T, H, D, generator=g).to(device, torch.bfloat16)
+    kv = torch.randn(n_win, D, generator=g).to(device, torch.bfloat16)
+    comp = torch.randn(n_comp, D, generator=g).to(device, torch.bfloat16)
+    if pool == "fp8":
+        from longattn.cache import quantize_kv_fp8
+
+        page = 64
+        comp = quantize_kv_fp8(comp[: n_comp // page * page].view(-1, page, D))
+        n_comp = comp.num_slots
+    win = torch.randint(0, n_win, (T, window), generator=g).int().to(device)
+    cidx = torch.randint(0, n_comp, (T, comp_keys), generator=g).int().to(device)
+    sink = torch.randn(H, generator=g).to(device)
+    args = dict(q=q, kv=kv, indices=win, extra_kv=comp, extra_indices=cidx, attn_sink=sink)
+    keys = window + comp_keys
+    row_bytes = D * 2 if pool == "bf16" else 584
+    flops = 2 * T * H * keys * (D + D)
+    nbytes = T * (window * D * 2 + comp_keys * row_bytes) + T * keys * 4 + 2 * T * H * D * 2
+    return args, flops, nbytes
+
+
+def indexer_case(device, T, N, Hi=64, Di=128, topk=512, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(T, Hi, Di, generator=g).to(device, torch.bfloat16)
+    w = torch.randn(T, Hi, generator=g).to(device)
+    k = torch.randn(N, Di, generator=g).to(device, torch.bfloat16)
+    ve = torch.full((T,), N, dtype=torch.int32, device=device)
+    flops = 2 * T * Hi * N * Di
+    nbytes = T * N * Di * 2 + T * Hi * (Di * 2 + 4) + T * topk * 4
+    return (q, w, k, ve, topk), flops, nbytes
+
+
+def record(name, backend, ms, flops, nbytes, ceil, err=None, extra=None):
+    r = {
+        "case": name,
+        "backend": backend,
+        "ms": ms,
+        "TFLOPs": flops / (ms * 1e-3) / 1e12,
+        "GBps": nbytes / (ms * 1e-3) / 1e9,
+        "flops": flops,
+        "bytes": nbytes,
+    }
+    r["frac_bf16_peak"] = r["TFLOPs"] / ceil["bf16_matmul_TFLOPs"]
+    r["frac_copy_bw"] = r["GBps"] / ceil["copy_GBps"]
+    if err is not None:
+        r["max_abs_err_vs_reference"] = err
+    if extra:
+        r.update(extra)
+    print(
+        f"  {name:44s} {backend:9s} {ms:9.4f} ms {r['TFLOPs']:8.2f} TFLOP/s ({100 * r['frac_bf16_peak']:5.1f}%) "
+        f"{r['GBps']:8.1f} GB/s ({100 * r['frac_copy_bw']:5.1f}%)" + ("" if err is None else f"  err {err:.2e}"),
+        flush=True,
+    )
+    return r
+
+
+def run_sparse(name, args, flops, nbytes, ceil, quick, results):
+    out_t, lse_t = longattn.sparse_attention(**args, backend="triton")
+    out_r, lse_r = longattn.sparse_attention(**args, backend="reference")
+    err = float((out_t.float() - out_r.float()).abs().max())
+    lse_err = float((lse_t - lse_r).abs().max())
+    ms = bench_ms(lambda: longattn.sparse_attention(**args, backend="triton"), quick)
+    results.append(record(name, "triton", ms, flops, nbytes, ceil, err, {"lse_err": lse_err}))
+    ms = bench_ms(lambda: longattn.sparse_attention(**args, backend="reference"), quick)
+    results.append(record(name, "reference", ms, flops, nbytes, ceil))
+
+
+def sweep_sparse(name, args, flops, nbytes, ceil, quick, results):
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+
+    canon = dict(
+        q=args["q"],
+        kv=args["kv"],
+        indices=args["indices"],
+        topk_length=None,
+        extra_kv=args["extra_kv"],
+        extra_indices=args["extra_indices"],
+        extra_topk_length=None,
+        attn_sink=args["attn_sink"],
+        softmax_scale=args["q"].shape[-1] ** -0.5,
+    )
+    ref, _ = longattn.sparse_attention(**args, backend="reference")
+    for bh, bn, nw, ns in [
+        (16, 32, 4, 2),
+        (32, 32, 8, 1),
+        (32, 32, 8, 2),
+        (32, 64, 8, 1),
+        (64, 32, 8, 1),
+        (64, 16, 8, 1),
+    ]:
+        cfg = dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+        try:
+            out, _ = tsa.sparse_attention(**canon, config=cfg)
+            err = float((out.float() - ref.float()).abs().max())
+            ms = bench_ms(lambda cfg=cfg: tsa.sparse_attention(**canon, config=cfg), quick)
+            results.append(
+                record(f"{name} cfg={bh},{bn},{nw},{ns}", "triton", ms, flops, nbytes, ceil, err, {"config": cfg})
+            )
+        except Exception as exc:  # a config may not compile / fit shared memory
+            print(f"  {name} cfg={cfg}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            results.append({"case": f"{name} cfg={bh},{bn},{nw},{ns}", "backend": "triton", "error": repr(exc)[:500]})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/out/triton_grid.json")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-sweep", action="store_true")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("triton_grid: needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+
+    device = torch.device("cuda")
+    t0 = time.time()
+    doc = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "results": [],
+    }
+    ceil = ceilings(device, a.quick)
+    doc["ceilings"] = ceil
+    print(
+        f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['bf16_matmul_TFLOPs']:.0f} TFLOP/s", flush=True
+    )
+    res = doc["results"]
+    cases = [
+        ("sparse decode CSA H=128 128+1024 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=1024)),
+        ("sparse decode CSA H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024)),
+        ("sparse decode HCA H=128 128+8192 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=8192)),
+        ("sparse decode HCA H=128 128+8192 T=16", dict(T=16, H=128, D=512, window=128, comp_keys=8192)),
+        ("sparse decode CSA fp8 H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024, pool="fp8")),
+    ]
+    for name, kw in cases:
+        try:
+            args, flops, nbytes = sparse_case(device, **kw)
+            run_sparse(name, args, flops, nbytes, ceil, a.quick, res)
+        except Exception:
+            traceback.print_exc()
+            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+    for T in (1, 8):
+        name = f"indexer top-512 decode N=262144 T={T}"
+        try:
+            (q, w, k, ve, topk), flops, nbytes = indexer_case(device, T, 262_144)
+            it, lt = longattn.indexer_topk(q, w, k, ve, topk, backend="triton")
+            ir, lr = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
+            same = float((it == ir).float().mean())
+            ms = bench_ms(lambda ia=(q, w, k, ve, topk): longattn.indexer_topk(*ia, backend="triton"), a.quick)
+            res.append(
+                record(
+                    name,
+                    "triton",
+                    ms,
+                    flops,
+                    nbytes,
+                    ceil,
+                    None,
+                    {"same_indices_fraction": same, "lengths_equal": bool(torch.equal(lt, lr))},
+                )
+            )
+            ms = bench_ms(lambda ia=(q, w, k, ve, topk): longattn.indexer_topk(*ia, backend="reference"), a.quick)
+            res.append(record(name, "reference", ms, flops, nbytes, ceil))
+        except Exception:
+            traceback.print_exc()
+            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+    if not a.no_sweep:
+        for name, kw in cases[1:3]:
+            try:
+                args, flops, nbytes = sparse_case(device, **kw)
+                sweep_sparse(name, args, flops, nbytes, ceil, a.quick, res)
+            except Exception:
+                traceback.print_exc()
+                res.append({"case": name + " sweep", "error": traceback.format_exc()[-2000:]})
+    doc["wall_s"] = time.time() - t0
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"wrote {a.out} ({doc['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

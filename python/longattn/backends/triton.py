@@ -1,0 +1,134 @@
+"""The Triton backend: fused GPU kernels for sparse attention, the lightning indexer and the combine ops.
+
+Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` in the environment (set before triton is first
+imported) it also runs on CPU tensors through the Triton interpreter (slow; for tests). The kernels
+live next to their ops (``ops/*/triton_*.py``) and are imported on first use, so importing this
+module (e.g. from ``longattn.info()``) does not import triton.
+
+Each op's ``reasons`` lists what the kernels do not support for a call; the dispatcher then falls
+back to the reference with a warning (or, with ``backend="triton"``, raises and says why).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import List
+
+import torch
+
+from .base import Backend, OpImpl
+
+MAX_HEAD_DIM = 1024  # = triton_sparse_attention.MAX_HEAD_DIM (kept here so reasons() needs no triton)
+MAX_TOPK = 2048  # = triton_indexer.MAX_TOPK
+FP8_HEAD_DIM = 512
+FP8_DATA_BYTES, FP8_SCALE_BYTES = 576, 8
+FP8_MIN_CAPABILITY = (8, 9)  # e4m3 -> float conversions in hardware (Ada / Hopper and later)
+
+_KERNELS = {
+    "sparse_attention": "longattn.ops.sparse_attention.triton_sparse_attention",
+    "indexer": "longattn.ops.indexer.triton_indexer",
+    "combine": "longattn.ops.combine.triton_combine",
+}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _unavailable():
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'longattn[triton]')"
+    if not interpreting() and not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU tensors)"
+    return None
+
+
+def _kernels(name: str):
+    return importlib.import_module(_KERNELS[name])
+
+
+# ---------------------------------------------------------------------------------------------------
+# what the kernels cannot do
+# ---------------------------------------------------------------------------------------------------
+def fp8_pool_problem(kv) -> str:
+    """Why the kernel cannot read this pool object ('' when it can): the FP8 MODEL1 record of
+    ``longattn.cache.Fp8KVPool``, recognised by duck typing (data / page_size / page_bytes / num_slots /
+    head_dim)."""
+    name = type(kv).__name__
+    data = getattr(kv, "data", None)
+    if not isinstance(data, torch.Tensor) or not all(
+        hasattr(kv, a) for a in ("page_size", "page_bytes", "num_slots", "head_dim")
+    ):
+        return f"cannot read {name} pools (float tensor pools and FP8 pools with data/page_size/page_bytes only)"
+    if data.dtype != torch.uint8 or data.dim() != 2 or not data.is_contiguous():
+        return f"{name}.data must be a contiguous uint8 [num_pages, page_bytes] tensor"
+    page_size, page_bytes = int(kv.page_size), int(kv.page_bytes)
+    if int(kv.head_dim) != FP8_HEAD_DIM:
+        return f"FP8 pools need head_dim {FP8_HEAD_DIM}, got {kv.head_dim}"
+    if page_bytes % FP8_DATA_BYTES or page_bytes < page_size * (FP8_DATA_BYTES + FP8_SCALE_BYTES):
+        return f"{name}.page_bytes={page_bytes} is not a MODEL1 page of {page_size} records"
+    if data.shape[1] != page_bytes or int(kv.num_slots) > data.shape[0] * page_size:
+        return f"{name}.data shape {list(data.shape)} does not match page_bytes / num_slots"
+    return ""
+
+
+def _sparse_attention_reasons(q, kv, extra_kv=None, **_) -> List[str]:
+    reasons = []
+    D = q.shape[-1]
+    if D > MAX_HEAD_DIM:
+        reasons.append(f"head dim D={D} > {MAX_HEAD_DIM} (the [heads, D] accumulator must fit on chip)")
+    for name, pool in (("kv", kv), ("extra_kv", extra_kv)):
+        if pool is not None and not isinstance(pool, torch.Tensor):
+            problem = fp8_pool_problem(pool)
+            if not problem and q.device.type == "cuda" and not interpreting():
+                if torch.cuda.get_device_capability(q.device) < FP8_MIN_CAPABILITY:
+                    problem = "FP8 pools need a GPU with native e4m3 conversion (compute capability >= 8.9)"
+            if problem:
+                reasons.append(f"`{name}`: {problem}")
+    return reasons
+
+
+def _indexer_topk_reasons(topk, **_) -> List[str]:
+    if topk > MAX_TOPK:
+        return [f"topk={topk} > {MAX_TOPK} (the running top-k list is kept in registers)"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# entry points (import the kernels on first call)
+# ---------------------------------------------------------------------------------------------------
+def _sparse_attention(**args):
+    return _kernels("sparse_attention").sparse_attention(**args)
+
+
+def _merge_attention_states(**args):
+    return _kernels("combine").merge_attention_states(**args)
+
+
+def _apply_attention_sink(**args):
+    return _kernels("combine").apply_attention_sink(**args)
+
+
+def _indexer_logits(**args):
+    return _kernels("indexer").indexer_logits(**args)
+
+
+def _indexer_topk(**args):
+    return _kernels("indexer").indexer_topk(**args)
+
+
+BACKEND = Backend(
+    name="triton",
+    description="fused Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1)",
+    device_types=("cuda", "cpu") if interpreting() else ("cuda",),
+    ops={
+        "sparse_attention": OpImpl(_sparse_attention, _sparse_attention_reasons),
+        "merge_attention_states": OpImpl(_merge_attention_states),
+        "apply_attention_sink": OpImpl(_apply_attention_sink),
+        "indexer_logits": OpImpl(_indexer_logits),
+        "indexer_topk": OpImpl(_indexer_topk, _indexer_topk_reasons),
+    },
+    unavailable=_unavailable(),
+)

@@ -1,0 +1,167 @@
+"""Triton kernels for ``merge_attention_states`` and ``apply_attention_sink`` (elementwise).
+
+One program per (token, block of BLOCK_H heads); the head dim is walked in BLOCK_D chunks. All math
+is fp32, exactly the reference formulas (README.md); a side whose lse is -inf is never read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_NEG_INF = tl.constexpr(float("-inf"))
+BLOCK_H_MAX = 16
+BLOCK_D_MAX = 128
+
+
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+_BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
+_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
+
+
+@triton.jit
+def _cast_out(x, DST: tl.constexpr):
+    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
+    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
+    if _INTERPRET and DST == tl.bfloat16:
+        b_bits = x.to(tl.int32, bitcast=True)
+        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
+        x = b_bits.to(tl.float32, bitcast=True)
+    return x.to(DST)
+
+
+@triton.jit(do_not_specialize=["H"])
+def _merge_states_kernel(
+    p_oa,
+    stride_oa_t,
+    stride_oa_h,
+    stride_oa_d,
+    p_la,
+    stride_la_t,
+    stride_la_h,
+    p_ob,
+    stride_ob_t,
+    stride_ob_h,
+    stride_ob_d,
+    p_lb,
+    stride_lb_t,
+    stride_lb_h,
+    p_out,
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    p_lse,
+    stride_l_t,
+    stride_l_h,
+    H,
+    D,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    # [BLOCK_H]
+    b_la = tl.load(p_la + i_t * stride_la_t + i_h * stride_la_h, mask=m_h, other=_NEG_INF).to(tl.float32)
+    b_lb = tl.load(p_lb + i_t * stride_lb_t + i_h * stride_lb_h, mask=m_h, other=_NEG_INF).to(tl.float32)
+    b_m = tl.maximum(b_la, b_lb)
+    m_empty = b_m == _NEG_INF
+    b_m_safe = tl.where(m_empty, 0.0, b_m)
+    b_wa = tl.exp(b_la - b_m_safe)  # exp(-inf) = 0: an empty side weighs nothing
+    b_wb = tl.exp(b_lb - b_m_safe)
+    b_total = tl.where(m_empty, 1.0, b_wa + b_wb)
+    b_ca = b_wa / b_total
+    b_cb = b_wb / b_total
+    m_a = m_h & (b_wa > 0.0)
+    m_b = m_h & (b_wb > 0.0)
+    tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, tl.where(m_empty, b_m, b_m_safe + tl.log(b_total)),
+             mask=m_h)
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        # [BLOCK_H, BLOCK_D]; a side with weight 0 is not loaded
+        b_oa = tl.load(p_oa + i_t * stride_oa_t + i_h[:, None] * stride_oa_h + o_d[None, :] * stride_oa_d,
+                       mask=m_a[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+        b_ob = tl.load(p_ob + i_t * stride_ob_t + i_h[:, None] * stride_ob_h + o_d[None, :] * stride_ob_d,
+                       mask=m_b[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+        b_o = b_oa * b_ca[:, None] + b_ob * b_cb[:, None]
+        tl.store(p_out + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d,
+                 _cast_out(b_o, p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+
+
+@triton.jit(do_not_specialize=["H"])
+def _apply_sink_kernel(
+    p_o,
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    p_lse,
+    stride_l_t,
+    stride_l_h,
+    p_sink,
+    stride_s,
+    p_out,
+    stride_r_t,
+    stride_r_h,
+    stride_r_d,
+    H,
+    D,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    # [BLOCK_H]: g = sigmoid(lse - sink) = 1 / (1 + exp(sink - lse)); 0 where lse = -inf
+    b_lse = tl.load(p_lse + i_t * stride_l_t + i_h * stride_l_h, mask=m_h, other=_NEG_INF).to(tl.float32)
+    b_sink = tl.load(p_sink + i_h * stride_s, mask=m_h, other=0.0).to(tl.float32)
+    m_empty = b_lse == _NEG_INF
+    b_g = tl.where(m_empty, 0.0, 1.0 / (1.0 + tl.exp(b_sink - tl.where(m_empty, 0.0, b_lse))))
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_hd = m_h[:, None] & (o_d < D)[None, :]
+        # [BLOCK_H, BLOCK_D]
+        b_o = tl.load(p_o + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d, mask=m_hd,
+                      other=0.0).to(tl.float32)
+        tl.store(p_out + i_t * stride_r_t + i_h[:, None] * stride_r_h + o_d[None, :] * stride_r_d,
+                 _cast_out(b_o * b_g[:, None], p_out.dtype.element_ty), mask=m_hd)
+
+
+def _blocks(H: int, D: int):
+    return min(BLOCK_H_MAX, triton.next_power_of_2(max(H, 1))), min(BLOCK_D_MAX, triton.next_power_of_2(max(D, 1)))
+
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b):
+    T, H, D = out_a.shape
+    out = torch.empty(T, H, D, dtype=out_a.dtype, device=out_a.device)
+    lse = torch.empty(T, H, dtype=torch.float32, device=out_a.device)
+    if out.numel() == 0:
+        if T * H:  # D == 0: only the lse is defined
+            from .reference import merge_states_fp32
+
+            lse.copy_(merge_states_fp32(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())[1])
+        return out, lse
+    bh, bd = _blocks(H, D)
+    _merge_states_kernel[(T, triton.cdiv(H, bh))](
+        out_a, *out_a.stride(), lse_a, *lse_a.stride(),
+        out_b, *out_b.stride(), lse_b, *lse_b.stride(),
+        out, *out.stride(), lse, *lse.stride(),
+        H, D, BLOCK_H=bh, BLOCK_D=bd,
+    )  # fmt: skip
+    return out, lse
+
+
+def apply_attention_sink(out, lse, attn_sink):
+    T, H, D = out.shape
+    res = torch.empty(T, H, D, dtype=out.dtype, device=out.device)
+    if res.numel() == 0:
+        return res
+    bh, bd = _blocks(H, D)
+    _apply_sink_kernel[(T, triton.cdiv(H, bh))](
+        out, *out.stride(), lse, *lse.stride(), attn_sink, attn_sink.stride(0),
+        res, *res.stride(), H, D, BLOCK_H=bh, BLOCK_D=bd,
+    )  # fmt: skip
+    return res

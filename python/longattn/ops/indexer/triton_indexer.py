@@ -1,0 +1,607 @@
+"""Triton kernels for the lightning indexer: ``indexer_logits`` and the fused ``indexer_topk``.
+
+``indexer_topk`` never writes a score row: each program of ``_indexer_topk_partial_kernel`` scores a
+range of entries of one query token, ``BLOCK_N`` entries per step (``Q K^T`` on the tensor cores,
+relu, weighted sum over heads), packs every score with its entry id into an int64 sort key and keeps
+the running top-``TOPK_P2`` keys of its range in registers. ``_indexer_topk_merge_kernel`` then
+merges the per-range lists ``FANIN`` at a time (a tree of launches) and writes the indices.
+
+Sort key (the reference's, so the order is identical): ``ordered(score) << 32 | (0xFFFFFFFF - id)``,
+where ``ordered`` maps the fp32 bits to a signed int that is monotone in the float value (-0.0 is
+first turned into +0.0); unusable entries (invisible, or no valid slot) get ``NO_KEY = INT64_MIN``.
+Descending keys = score descending, then id ascending. A top-k of the union of disjoint ranges is the
+top-k of the union of their top-k lists, so the result is exact.
+
+Merging a chunk into the running list (both power-of-two sizes, the chunk padded with ``NO_KEY``):
+``tl.topk(join(running, chunk), TOPK_P2)`` (a bitonic top-k) on GPUs. A chunk whose best key does not
+beat the running list's worst key is skipped, which after the first ranks is the common case. Under
+the interpreter the same merge is done by ranking (``_topk_by_rank``: O(n^2) compares, vectorised in
+numpy, ~100x faster there than the bitonic network, which runs op by op in Python); both give the
+same exact result and the tests run the bitonic network on small cases too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+_NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
+_SIGN_FLIP = tl.constexpr(0x7FFFFFFF)  # negative floats: flip magnitude bits -> monotone order
+_HIGH = tl.constexpr(2**32)  # keys: ordered(score) * 2^32 + (2^32 - 1 - id); int64 arithmetic only
+_NEG_INF = tl.constexpr(float("-inf"))
+
+MIN_DOT = 16
+FANIN = 8  # lists merged per program per merge level
+WORKSPACE_BYTES = 256 << 20  # cap on the partial-list workspace (T x ranges x TOPK_P2 int64)
+CPU_NOTIONAL_SMS = 4
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return CPU_NOTIONAL_SMS
+
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def compute_dtype(q: torch.Tensor, index_k: torch.Tensor) -> torch.dtype:
+    if interpreting() or q.dtype == torch.float32 or q.dtype != index_k.dtype:
+        return torch.float32
+    return q.dtype
+
+
+def default_config(Hi: int, Di: int, device: torch.device) -> dict:
+    """Tile sizes (README.md). ``LONGATTN_TRITON_INDEXER_CFG`` = "BLOCK_N,num_warps,num_stages"
+    overrides them for tuning."""
+    block_hi = max(MIN_DOT, min(64, triton.next_power_of_2(Hi)))
+    block_di = max(MIN_DOT, min(128, triton.next_power_of_2(Di)))
+    env = os.environ.get("LONGATTN_TRITON_INDEXER_CFG")
+    if env:
+        bn, nw, ns = (int(v) for v in env.split(","))
+        return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+    if device.type != "cuda" or interpreting():
+        return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=4, num_stages=1)
+    # sm_90 offline compiles: 64 heads x 128 dims x 32 entries with a running top-2048 list: 224
+    # registers, no spills at 8 warps (64 entries or 4 warps spill)
+    return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# device helpers
+# ---------------------------------------------------------------------------------------------------
+@triton.jit
+def _entry_rows(
+    o_j,
+    m_j,
+    p_bt_row,
+    stride_bt_p,
+    seq_ok,
+    page_size,
+    num_pages,
+    stride_kp,
+    stride_ko,
+    stride_kn,
+    PAGED: tl.constexpr,
+):
+    """Row offsets ([BLOCK_N] int64) of entries ``o_j`` and whether each has a valid slot."""
+    if PAGED:
+        o_j64 = o_j.to(tl.int64)
+        m_pg = m_j & seq_ok
+        b_page = tl.load(p_bt_row + (o_j64 // page_size) * stride_bt_p, mask=m_pg, other=-1).to(tl.int64)
+        m_row = m_pg & (b_page >= 0) & (b_page < num_pages)
+        o_row = tl.where(m_row, b_page, 0) * stride_kp + (o_j64 % page_size) * stride_ko
+    else:
+        m_row = m_j
+        o_row = tl.where(m_j, o_j, 0).to(tl.int64) * stride_kn
+    return o_row, m_row
+
+
+@triton.jit
+def _score_entries(
+    b_q,
+    b_w,
+    p_q_t,
+    stride_qh,
+    stride_qd,
+    p_w_t,
+    stride_wh,
+    p_k,
+    o_row,
+    m_row,
+    stride_kd,
+    Hi,
+    Di,
+    BLOCK_HI: tl.constexpr,
+    BLOCK_DI: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    CDT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0)."""
+    if ONE_TILE:
+        # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
+        o_d = tl.arange(0, BLOCK_DI)
+        # [BLOCK_N, BLOCK_DI]
+        b_k = tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & (o_d < Di)[None, :],
+                      other=0.0).to(CDT)
+        # [BLOCK_HI, BLOCK_N]
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+        return tl.sum(b_w[:, None] * tl.maximum(b_s, 0.0), 0)
+    else:
+        b_score = tl.zeros([BLOCK_N], tl.float32)
+        for h0 in range(0, Hi, BLOCK_HI):
+            i_h = h0 + tl.arange(0, BLOCK_HI)
+            m_h = i_h < Hi
+            # [BLOCK_HI, BLOCK_N]
+            b_s = tl.zeros([BLOCK_HI, BLOCK_N], tl.float32)
+            for d0 in range(0, Di, BLOCK_DI):
+                o_d = d0 + tl.arange(0, BLOCK_DI)
+                m_d = o_d < Di
+                # [BLOCK_HI, BLOCK_DI]
+                b_qc = tl.load(p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+                               mask=m_h[:, None] & m_d[None, :], other=0.0).to(CDT)
+                # [BLOCK_N, BLOCK_DI]
+                b_k = tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & m_d[None, :],
+                              other=0.0).to(CDT)
+                b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
+            # [BLOCK_HI]
+            b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
+            b_score += tl.sum(b_wc[:, None] * tl.maximum(b_s, 0.0), 0)
+        return b_score
+
+
+@triton.jit
+def _sort_keys(b_score, o_j, m_use):
+    """int64 keys whose descending order is (score desc, id asc); unusable entries -> NO_KEY."""
+    b_bits = b_score.to(tl.int32, bitcast=True)
+    b_bits = tl.where(b_score == 0.0, 0, b_bits)  # -0.0 ties with +0.0
+    b_ord = tl.where(b_bits < 0, b_bits ^ _SIGN_FLIP, b_bits).to(tl.int64)
+    b_key = b_ord * _HIGH + ((_HIGH - o_j.to(tl.int64)) - 1)
+    return tl.where(m_use, b_key, _NO_KEY)
+
+
+@triton.jit
+def _topk_by_rank(b_x, K: tl.constexpr, N: tl.constexpr):
+    """Top-K of keys [N] (sorted descending) by ranking: rank_i = #keys that beat key i (equal keys,
+    i.e. NO_KEY, ordered by position), then out[r] = the key of rank r. O(N^2) compares: used under
+    the interpreter, where it is vectorised numpy while tl.topk's bitonic network runs in Python."""
+    o_i = tl.arange(0, N)
+    # [N, N]: key j beats key i
+    m_beats = (b_x[None, :] > b_x[:, None]) | ((b_x[None, :] == b_x[:, None]) & (o_i[None, :] < o_i[:, None]))
+    b_rank = tl.sum(m_beats.to(tl.int32), 1)  # [N], a permutation of 0..N-1
+    o_r = tl.arange(0, K)
+    # [N, K] one-hot by rank
+    return tl.sum(tl.where(b_rank[:, None] == o_r[None, :], b_x[:, None], 0), 0)
+
+
+@triton.jit
+def _merge_topk(b_run, b_new, K: tl.constexpr, C: tl.constexpr, BITONIC: tl.constexpr):
+    """Top-K (sorted descending) of the union of the running keys [K] and new keys [C]."""
+    if C > K:
+        if BITONIC:
+            b_add = tl.topk(b_new, K)
+        else:
+            b_add = _topk_by_rank(b_new, K, C)
+    elif C < K:
+        # pad the chunk to [K] with NO_KEY: keep one replica of the broadcast rows
+        b_tiled = tl.broadcast_to(b_new[None, :], [K // C, C])
+        b_add = tl.reshape(tl.where(tl.arange(0, K // C)[:, None] == 0, b_tiled, _NO_KEY), [K])
+    else:
+        b_add = b_new
+    b_both = tl.reshape(tl.join(b_run, b_add), [2 * K])
+    if BITONIC:
+        return tl.topk(b_both, K)
+    else:
+        return _topk_by_rank(b_both, K, 2 * K)
+
+
+@triton.jit
+def _write_topk(
+    b_run,
+    i_t,
+    p_out_idx,
+    stride_oi,
+    p_out_len,
+    topk,
+    p_bt_row,
+    stride_bt_p,
+    seq_ok,
+    page_size,
+    TO_SLOTS: tl.constexpr,
+    TOPK_P2: tl.constexpr,
+):
+    """indices[t, :topk] (-1 padded, int32) and lengths[t] from the sorted keys [TOPK_P2]."""
+    o_k = tl.arange(0, TOPK_P2)
+    m_k = o_k < topk
+    m_sel = (b_run != _NO_KEY) & m_k
+    b_low = b_run - ((b_run >> 32) << 32)  # low 32 bits, as a non-negative int64
+    b_id = (_HIGH - b_low) - 1  # [TOPK_P2] int64 entry ids
+    if TO_SLOTS:
+        b_page = tl.load(p_bt_row + (b_id // page_size) * stride_bt_p, mask=m_sel & seq_ok, other=0).to(tl.int64)
+        b_id = b_page * page_size + b_id % page_size
+    tl.store(p_out_idx + i_t * stride_oi + o_k, tl.where(m_sel, b_id, -1).to(tl.int32), mask=m_k)
+    tl.store(p_out_len + i_t, tl.sum(m_sel.to(tl.int32), 0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------
+@triton.jit(
+    do_not_specialize=[
+        "num_seqs",
+        "num_pages",
+        "page_size",
+        "num_entries",
+        "entries_per_prog",
+        "stride_ws_t",
+        "stride_ws_b",
+        "stride_oi",
+        "topk",
+        "Hi",
+        "Di",
+    ]
+)
+def _indexer_topk_partial_kernel(
+    p_q,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    p_w,
+    stride_wt,
+    stride_wh,
+    p_k,
+    stride_kp,
+    stride_ko,
+    stride_kn,
+    stride_kd,
+    p_bt,
+    stride_bt_b,
+    stride_bt_p,
+    p_seq,
+    num_seqs,
+    num_pages,
+    page_size,
+    p_vis,
+    num_entries,
+    entries_per_prog,
+    p_ws,
+    stride_ws_t,
+    stride_ws_b,
+    p_out_idx,
+    stride_oi,
+    p_out_len,
+    topk,
+    Hi,
+    Di,
+    PAGED: tl.constexpr,
+    FINAL: tl.constexpr,
+    TO_SLOTS: tl.constexpr,
+    TOPK_P2: tl.constexpr,
+    BLOCK_HI: tl.constexpr,
+    BLOCK_DI: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+    CDT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BITONIC: tl.constexpr,
+):
+    """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t."""
+    i_t = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
+    j_lo = i_b * entries_per_prog
+    j_hi = tl.minimum(j_lo + entries_per_prog, n_vis)
+
+    p_bt_row = p_bt
+    seq_ok = j_lo >= 0
+    if PAGED:
+        i_seq = tl.load(p_seq + i_t).to(tl.int64)
+        seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
+        p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+
+    p_q_t = p_q + i_t * stride_qt
+    p_w_t = p_w + i_t * stride_wt
+    i_h = tl.arange(0, BLOCK_HI)
+    o_d = tl.arange(0, BLOCK_DI)
+    if ONE_TILE:
+        # [BLOCK_HI, BLOCK_DI], [BLOCK_HI]
+        b_q = tl.load(p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+                      mask=(i_h < Hi)[:, None] & (o_d < Di)[None, :], other=0.0).to(CDT)
+        b_w = tl.load(p_w_t + i_h * stride_wh, mask=i_h < Hi, other=0.0).to(tl.float32)
+    else:
+        b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
+        b_w = tl.zeros([BLOCK_HI], tl.float32)
+
+    # [TOPK_P2] running keys, sorted descending
+    b_run = tl.full([TOPK_P2], _NO_KEY, tl.int64)
+    for j0 in range(j_lo, j_hi, BLOCK_N):
+        o_j = j0 + tl.arange(0, BLOCK_N)
+        m_j = o_j < j_hi
+        o_row, m_row = _entry_rows(o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages,
+                                   stride_kp, stride_ko, stride_kn, PAGED)
+        # [BLOCK_N]
+        b_score = _score_entries(b_q, b_w, p_q_t, stride_qh, stride_qd, p_w_t, stride_wh, p_k, o_row, m_row,
+                                 stride_kd, Hi, Di, BLOCK_HI, BLOCK_DI, BLOCK_N, ONE_TILE, CDT, DOT_PREC)
+        b_key = _sort_keys(b_score, o_j, m_row)
+        if tl.max(b_key, 0) > tl.min(b_run, 0):
+            b_run = _merge_topk(b_run, b_key, TOPK_P2, BLOCK_N, BITONIC)
+
+    if FINAL:
+        _write_topk(b_run, i_t, p_out_idx, stride_oi, p_out_len, topk, p_bt_row, stride_bt_p, seq_ok, page_size,
+                    TO_SLOTS, TOPK_P2)
+    else:
+        if j_lo < n_vis:  # ranges past visible_end write nothing; the merge never reads them
+            tl.store(p_ws + i_t * stride_ws_t + i_b * stride_ws_b + tl.arange(0, TOPK_P2), b_run)
+
+
+@triton.jit(
+    do_not_specialize=[
+        "stride_in_t",
+        "stride_in_b",
+        "stride_out_t",
+        "stride_out_b",
+        "num_entries",
+        "list_span",
+        "num_seqs",
+        "page_size",
+        "stride_oi",
+        "topk",
+    ]
+)
+def _indexer_topk_merge_kernel(
+    p_ws_in,
+    stride_in_t,
+    stride_in_b,
+    p_ws_out,
+    stride_out_t,
+    stride_out_b,
+    p_vis,
+    num_entries,
+    list_span,
+    p_bt,
+    stride_bt_b,
+    stride_bt_p,
+    p_seq,
+    num_seqs,
+    page_size,
+    p_out_idx,
+    stride_oi,
+    p_out_len,
+    topk,
+    FANIN_C: tl.constexpr,
+    PAGED: tl.constexpr,
+    FINAL: tl.constexpr,
+    TO_SLOTS: tl.constexpr,
+    TOPK_P2: tl.constexpr,
+    BITONIC: tl.constexpr,
+):
+    """Program (t, g): top-TOPK_P2 of input lists [g * FANIN, (g + 1) * FANIN) of token t. Input list b
+    covers entries [b * list_span, (b + 1) * list_span); lists past visible_end do not exist."""
+    i_t = tl.program_id(0).to(tl.int64)
+    i_g = tl.program_id(1).to(tl.int64)
+    n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
+    n_lists = tl.cdiv(n_vis, list_span)
+    b_lo = i_g * FANIN_C
+    b_hi = tl.minimum(b_lo + FANIN_C, n_lists)
+    o_k = tl.arange(0, TOPK_P2)
+    # [TOPK_P2]
+    b_run = tl.full([TOPK_P2], _NO_KEY, tl.int64)
+    for i_b in range(b_lo, b_hi):
+        b_new = tl.load(p_ws_in + i_t * stride_in_t + i_b * stride_in_b + o_k)
+        if tl.max(b_new, 0) > tl.min(b_run, 0):
+            b_run = _merge_topk(b_run, b_new, TOPK_P2, TOPK_P2, BITONIC)
+    if FINAL:
+        p_bt_row = p_bt
+        seq_ok = b_lo >= 0
+        if PAGED:
+            i_seq = tl.load(p_seq + i_t).to(tl.int64)
+            seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
+            p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+        _write_topk(b_run, i_t, p_out_idx, stride_oi, p_out_len, topk, p_bt_row, stride_bt_p, seq_ok, page_size,
+                    TO_SLOTS, TOPK_P2)
+    else:
+        if b_lo < n_lists:
+            tl.store(p_ws_out + i_t * stride_out_t + i_g * stride_out_b + o_k, b_run)
+
+
+@triton.jit(
+    do_not_specialize=[
+        "num_seqs",
+        "num_pages",
+        "page_size",
+        "num_entries",
+        "stride_out_t",
+        "Hi",
+        "Di",
+    ]
+)
+def _indexer_logits_kernel(
+    p_q,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    p_w,
+    stride_wt,
+    stride_wh,
+    p_k,
+    stride_kp,
+    stride_ko,
+    stride_kn,
+    stride_kd,
+    p_bt,
+    stride_bt_b,
+    stride_bt_p,
+    p_seq,
+    num_seqs,
+    num_pages,
+    page_size,
+    p_vis,
+    num_entries,
+    p_out,
+    stride_out_t,
+    Hi,
+    Di,
+    PAGED: tl.constexpr,
+    BLOCK_HI: tl.constexpr,
+    BLOCK_DI: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CDT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Program (t, c): scores of entries [c * BLOCK_N, (c + 1) * BLOCK_N) of token t; -inf if unusable."""
+    i_t = tl.program_id(0).to(tl.int64)
+    o_j = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_out = o_j < num_entries
+    n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
+    m_j = o_j < n_vis
+    p_bt_row = p_bt
+    seq_ok = n_vis >= 0
+    if PAGED:
+        i_seq = tl.load(p_seq + i_t).to(tl.int64)
+        seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
+        p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+    o_row, m_row = _entry_rows(o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages,
+                               stride_kp, stride_ko, stride_kn, PAGED)
+    b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
+    b_w = tl.zeros([BLOCK_HI], tl.float32)
+    # [BLOCK_N]
+    b_score = _score_entries(b_q, b_w, p_q + i_t * stride_qt, stride_qh, stride_qd, p_w + i_t * stride_wt, stride_wh,
+                             p_k, o_row, m_row, stride_kd, Hi, Di, BLOCK_HI, BLOCK_DI, BLOCK_N, False, CDT, DOT_PREC)
+    tl.store(p_out + i_t * stride_out_t + o_j, tl.where(m_row, b_score, _NEG_INF), mask=m_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------------
+def _pool_args(index_k, block_table, seq_ids):
+    """Uniform description of flat / paged index keys: (num_entries, stride_kp, stride_ko, stride_kn,
+    stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged)."""
+    device = index_k.device
+    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    if block_table is None:
+        return (index_k.shape[0], 0, 0, index_k.stride(0), index_k.stride(1), dummy, 0, 0, dummy, 0, 0, 1, False)
+    P, page, _ = index_k.shape
+    B, max_pages = block_table.shape
+    bt = block_table if block_table.numel() else dummy
+    return (max_pages * page, index_k.stride(0), index_k.stride(1), 0, index_k.stride(2), bt,
+            block_table.stride(0) if block_table.numel() else 0, block_table.stride(1) if block_table.numel() else 0,
+            seq_ids, B, P, page, True)  # fmt: skip
+
+
+def _nonempty(x: torch.Tensor) -> torch.Tensor:
+    return x if x.numel() else torch.zeros(1, dtype=x.dtype, device=x.device)
+
+
+def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None, config=None):
+    T, Hi, Di = q.shape
+    visible_end = visible_end.contiguous()  # [T] vectors are read with unit stride
+    seq_ids = seq_ids.contiguous() if seq_ids is not None else None
+    pa = _pool_args(index_k, block_table, seq_ids)
+    n = pa[0]
+    out = torch.empty(T, n, dtype=torch.float32, device=q.device)
+    if T == 0 or n == 0:
+        return out
+    cfg = dict(config) if config is not None else default_config(Hi, Di, q.device)
+    cdt = compute_dtype(q, index_k)
+    grid = (T, triton.cdiv(n, cfg["BLOCK_N"]))
+    _indexer_logits_kernel[grid](
+        q, q.stride(0), q.stride(1), q.stride(2),
+        weights, weights.stride(0), weights.stride(1),
+        _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+        pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
+        visible_end, n, out, out.stride(0), Hi, Di,
+        PAGED=pa[12], BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=cfg["BLOCK_N"],
+        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+    )  # fmt: skip
+    return out
+
+
+def choose_entries_per_program(T: int, num_entries: int, topk_p2: int, block_n: int, device) -> int:
+    """Range of entries per partial program: enough programs to fill the SMs ~4x, ranges of at least
+    4 x TOPK_P2 entries (so a range really reduces its entries), and a bounded workspace."""
+    sms = _num_sms(device)
+    min_range = max(4 * topk_p2, 4 * block_n)
+    ranges = max(1, min(triton.cdiv(4 * sms, max(T, 1)), triton.cdiv(num_entries, min_range)))
+    ranges = min(ranges, max(1, WORKSPACE_BYTES // max(1, T * topk_p2 * 8)), 65535)
+    per = triton.cdiv(triton.cdiv(num_entries, ranges), block_n) * block_n
+    return max(block_n, per)
+
+
+def indexer_topk(
+    q,
+    weights,
+    index_k,
+    visible_end,
+    topk,
+    block_table=None,
+    seq_ids=None,
+    return_slots=False,
+    entries_per_program: Optional[int] = None,
+    config: Optional[dict] = None,
+    bitonic: Optional[bool] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernels (canonical op args; ``entries_per_program``, ``config`` and ``bitonic``
+    (the merge network: tl.topk, default off the interpreter) override the defaults)."""
+    T, Hi, Di = q.shape
+    device = q.device
+    indices = torch.empty(T, topk, dtype=torch.int32, device=device)
+    lengths = torch.empty(T, dtype=torch.int32, device=device)
+    if T == 0:
+        return indices, lengths
+    visible_end = visible_end.contiguous()  # [T] vectors are read with unit stride
+    seq_ids = seq_ids.contiguous() if seq_ids is not None else None
+    pa = _pool_args(index_k, block_table, seq_ids)
+    n = pa[0]
+    paged = pa[12]
+    to_slots = bool(return_slots and paged)
+    cfg = dict(config) if config is not None else default_config(Hi, Di, device)
+    cdt = compute_dtype(q, index_k)
+    topk_p2 = max(2, triton.next_power_of_2(topk))
+    bitonic = (not interpreting()) if bitonic is None else bool(bitonic)
+    block_n = cfg["BLOCK_N"]
+    if entries_per_program is None:
+        entries_per_program = choose_entries_per_program(T, n, topk_p2, block_n, device)
+    per = max(1, int(entries_per_program))
+    ranges = max(1, triton.cdiv(n, per))
+    final = ranges == 1
+    one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
+    ws = torch.empty(T, ranges, topk_p2, dtype=torch.int64, device=device) if not final else indices
+    _indexer_topk_partial_kernel[(T, ranges)](
+        q, q.stride(0), q.stride(1), q.stride(2),
+        weights, weights.stride(0), weights.stride(1),
+        _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+        pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
+        visible_end, n, per,
+        ws, ws.stride(0), ws.stride(1) if not final else 0,
+        indices, indices.stride(0), lengths, topk, Hi, Di,
+        PAGED=paged, FINAL=final, TO_SLOTS=to_slots, TOPK_P2=topk_p2,
+        BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
+        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=bitonic,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+    )  # fmt: skip
+    span = per
+    while not final:
+        groups = triton.cdiv(ranges, FANIN)
+        final = groups == 1
+        out_ws = torch.empty(T, groups, topk_p2, dtype=torch.int64, device=device) if not final else ws
+        _indexer_topk_merge_kernel[(T, groups)](
+            ws, ws.stride(0), ws.stride(1), out_ws, out_ws.stride(0), out_ws.stride(1),
+            visible_end, n, span,
+            pa[5], pa[6], pa[7], pa[8], pa[9], pa[11],
+            indices, indices.stride(0), lengths, topk,
+            FANIN_C=FANIN, PAGED=paged, FINAL=final, TO_SLOTS=to_slots, TOPK_P2=topk_p2, BITONIC=bitonic,
+            num_warps=4,
+        )  # fmt: skip
+        ws, ranges, span = out_ws, groups, span * FANIN
+    return indices, lengths

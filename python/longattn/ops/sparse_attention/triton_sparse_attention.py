@@ -1,0 +1,609 @@
+"""Triton kernels for ``sparse_attention`` (see README.md, section "Triton kernel").
+
+One kernel serves prefill and decode: a program owns one query token, a block of ``BLOCK_H`` query
+heads (the M dimension of its matmuls, like FlashMLA: every gathered KV row is loaded once per token
+and head block, not once per head) and one split of the token's index rows (both streams back to
+back). It gathers ``BLOCK_N`` rows per step with masked loads (an index is used iff
+``0 <= idx < num_slots`` and its position is below ``topk_length``; nothing else is dereferenced),
+computes ``Q K^T`` and ``P V`` with fp32 accumulation and an online softmax in base 2.
+
+The head dim is tiled in a main power-of-two tile ``BLOCK_D0`` and an optional masked tail
+``BLOCK_D1`` (576 = 512 + 64, 100 = 64 + 64 masked, ...), both for ``Q K^T`` and the ``P V``
+accumulator. With one split the kernel writes the final ``out`` (sink applied) and ``lse``; with
+several splits it writes fp32 partials (out, base-2 lse, no sink) to workspaces and
+``_combine_splits_kernel`` merges them with the math of ``merge_attention_states`` (splits whose lse
+is -inf are never read), then applies the sink.
+
+Interpreter (``TRITON_INTERPRET=1``): bf16/fp16 arithmetic is unreliable there, so loaded values are
+cast to fp32 at once and every dot runs in fp32; on a GPU low-precision inputs stay in their dtype
+for the tensor-core dots (``P`` is rounded to that dtype before ``P V``, as in FlashAttention).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------------------
+# constants
+# ---------------------------------------------------------------------------------------------------
+_LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): logits are scaled into base 2 once
+_LN2 = tl.constexpr(0.6931471805599453)  # ln(2): base-2 lse back to the natural-log lse
+_NEG_INF = tl.constexpr(float("-inf"))
+# FP8 pool record (FlashMLA MODEL1 / vLLM fp8_ds_mla): 448 e4m3 + 64 bf16 per 576-B data row,
+# then 8-B scale rows (7 UE8M0 bytes, one per 64 nope dims) after the page's data rows.
+FP8_DATA_BYTES = 576
+FP8_SCALE_BYTES = 8
+FP8_NOPE = 448
+FP8_TILE = 64
+FP8_HEAD_DIM = 512
+_FP8_DATA_BYTES = tl.constexpr(FP8_DATA_BYTES)
+_FP8_SCALE_BYTES = tl.constexpr(FP8_SCALE_BYTES)
+_FP8_NOPE = tl.constexpr(FP8_NOPE)
+_FP8_TILE = tl.constexpr(FP8_TILE)
+_FP32_EXP_SHIFT = tl.constexpr(23)  # (byte << 23) as fp32 bits = 2 ** (byte - 127): the UE8M0 scale
+
+MIN_DOT = 16  # smallest M / N / K of a tl.dot on NVIDIA GPUs
+MAX_SPLITS = 64
+MIN_KEYS_PER_SPLIT = 256  # a split's partial (H x D fp32) must not cost more traffic than its keys
+CPU_NOTIONAL_SMS = 4  # interpreter: pretend 4 SMs so long rows still exercise split-KV
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(1, x).bit_length() - 1)
+
+
+def head_dim_tiles(D: int) -> Tuple[int, int]:
+    """(BLOCK_D0, BLOCK_D1): main power-of-two tile and masked tail tile (0 = no tail)."""
+    d0 = max(MIN_DOT, _pow2_floor(D))
+    rest = D - d0
+    d1 = max(MIN_DOT, triton.next_power_of_2(rest)) if rest > 0 else 0
+    return d0, d1
+
+
+def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
+    """Tile sizes per problem (README.md). Chosen from offline sm_90 compiles (ptxas register / spill
+    reports; no GPU timing yet): the largest head block whose [BLOCK_H, D] fp32 accumulator fits the
+    registers without spilling. ``LONGATTN_TRITON_SPARSE_CFG`` = "BLOCK_H,BLOCK_N,num_warps,num_stages"
+    overrides them (for tuning on a GPU; bench/triton_grid.py sweeps a few)."""
+    env = os.environ.get("LONGATTN_TRITON_SPARSE_CFG")
+    if env:
+        bh, bn, nw, ns = (int(v) for v in env.split(","))
+        return dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+    h_tile = max(MIN_DOT, min(64, triton.next_power_of_2(H)))
+    if device.type != "cuda" or interpreting():
+        # Interpreter: small key blocks so that short test rows still span several blocks.
+        return dict(BLOCK_H=h_tile, BLOCK_N=16, num_warps=4, num_stages=1)
+    if compute_dtype == torch.float32:
+        return dict(BLOCK_H=MIN_DOT, BLOCK_N=32, num_warps=8, num_stages=1)
+    d_total = sum(head_dim_tiles(D))
+    if d_total <= 128:  # wgmma with M = 64 heads
+        return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
+    if d_total <= 256:
+        return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
+    # D = 512 / 576: the [BLOCK_H, D] fp32 accumulator dominates the register file (64 heads spill)
+    return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return CPU_NOTIONAL_SMS
+
+
+def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
+    """Split-KV heuristic: split only when the (token, head block) programs cannot fill the SMs
+    (decode), into at most enough splits for one wave, each covering >= MIN_KEYS_PER_SPLIT keys."""
+    sms = _num_sms(device)
+    if programs >= sms or max_keys <= MIN_KEYS_PER_SPLIT:
+        return 1
+    by_sms = triton.cdiv(sms, programs)
+    by_keys = max(1, max_keys // max(MIN_KEYS_PER_SPLIT, block_n))
+    return max(1, min(by_sms, by_keys, MAX_SPLITS))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # as triton itself: read at import
+_BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
+_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
+
+
+@triton.jit
+def _cast_out(x, DST: tl.constexpr):
+    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
+    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
+    if _INTERPRET and DST == tl.bfloat16:
+        b_bits = x.to(tl.int32, bitcast=True)
+        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
+        x = b_bits.to(tl.float32, bitcast=True)
+    return x.to(DST)
+
+
+@triton.jit
+def _load_kv_rows(
+    p_kv,
+    p_kv16,
+    i_slot,
+    m_n,
+    o_d,
+    m_d,
+    stride_row,
+    stride_d,
+    page_size,
+    page_bytes,
+    IS_FP8: tl.constexpr,
+    CDT: tl.constexpr,
+):
+    """Rows ``i_slot`` ([BLOCK_N] int64, 0 where masked) at columns ``o_d``; masked -> 0."""
+    m_nd = m_n[:, None] & m_d[None, :]
+    if IS_FP8:
+        i_page = i_slot // page_size
+        i_off = i_slot % page_size
+        o_data = i_page * page_bytes + i_off * _FP8_DATA_BYTES  # [BLOCK_N] byte offset of the row
+        o_scale = i_page * page_bytes + page_size * _FP8_DATA_BYTES + i_off * _FP8_SCALE_BYTES
+        m_nope = m_nd & (o_d < _FP8_NOPE)[None, :]
+        m_rope = m_nd & (o_d >= _FP8_NOPE)[None, :]
+        # [BLOCK_N, BLOCK_D] e4m3 bytes and their UE8M0 scale bytes
+        b_raw = tl.load(p_kv + o_data[:, None] + o_d[None, :], mask=m_nope, other=0)
+        b_sc = tl.load(p_kv + o_scale[:, None] + (o_d // _FP8_TILE)[None, :], mask=m_nope, other=127)
+        b_scale = (b_sc.to(tl.int32) << _FP32_EXP_SHIFT).to(tl.float32, bitcast=True)
+        b_nope = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * b_scale
+        # [BLOCK_N, BLOCK_D] bf16 rope values (bf16 view of the same bytes; data rows are even)
+        o_rope16 = (o_data + _FP8_NOPE) // 2
+        b_rope = tl.load(p_kv16 + o_rope16[:, None] + (o_d - _FP8_NOPE)[None, :], mask=m_rope, other=0.0)
+        b_k = tl.where((o_d < _FP8_NOPE)[None, :], b_nope, b_rope.to(tl.float32))
+        return b_k.to(CDT)
+    else:
+        p_rows = p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d
+        return tl.load(p_rows, mask=m_nd, other=0.0).to(CDT)
+
+
+@triton.jit
+def _attend_stream(
+    b_q0,
+    b_q1,
+    b_m,
+    b_l,
+    b_acc0,
+    b_acc1,
+    p_kv,
+    p_kv16,
+    stride_row,
+    stride_d,
+    num_slots,
+    page_size,
+    page_bytes,
+    p_idx_row,
+    stride_ik,
+    n_pos,
+    blk_lo,
+    blk_hi,
+    o_d0,
+    m_d0,
+    o_d1,
+    m_d1,
+    qk_scale,
+    IS_FP8: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CDT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Online softmax over key blocks [blk_lo, blk_hi) of one index row (positions < n_pos)."""
+    for i_blk in range(blk_lo, blk_hi):
+        o_n = i_blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < n_pos
+        # [BLOCK_N] slots; invalid ones (out of range, -1, past topk_length) are masked, never read
+        b_idx = tl.load(p_idx_row + o_n.to(tl.int64) * stride_ik, mask=m_n, other=-1).to(tl.int64)
+        m_n = m_n & (b_idx >= 0) & (b_idx < num_slots)
+        i_slot = tl.where(m_n, b_idx, 0)
+        # [BLOCK_N, BLOCK_D0]
+        b_k0 = _load_kv_rows(p_kv, p_kv16, i_slot, m_n, o_d0, m_d0, stride_row, stride_d, page_size, page_bytes,
+                             IS_FP8, CDT)
+        # [BLOCK_H, BLOCK_N]
+        b_s = tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PREC)
+        if HAS_TAIL:
+            # [BLOCK_N, BLOCK_D1]
+            b_k1 = _load_kv_rows(p_kv, p_kv16, i_slot, m_n, o_d1, m_d1, stride_row, stride_d, page_size,
+                                 page_bytes, IS_FP8, CDT)
+            b_s += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PREC)
+        b_s = tl.where(m_n[None, :], b_s * qk_scale, _NEG_INF)
+        # [BLOCK_H]
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, b_m_new)  # no key yet: keep exp2 finite
+        b_alpha = tl.exp2(b_m - b_m_safe)
+        # [BLOCK_H, BLOCK_N]
+        b_p = tl.exp2(b_s - b_m_safe[:, None])
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_acc0 = b_acc0 * b_alpha[:, None] + tl.dot(_cast_out(b_p, CDT), b_k0, input_precision=DOT_PREC)
+        if HAS_TAIL:
+            b_acc1 = b_acc1 * b_alpha[:, None] + tl.dot(_cast_out(b_p, CDT), b_k1, input_precision=DOT_PREC)
+        b_m = b_m_new
+    return b_m, b_l, b_acc0, b_acc1
+
+
+@triton.jit(
+    do_not_specialize=[
+        "num_slots",
+        "kv_page_size",
+        "kv_page_bytes",
+        "stride_it",
+        "K1",
+        "num_slots2",
+        "ekv_page_size",
+        "ekv_page_bytes",
+        "stride_eit",
+        "K2",
+        "T",
+        "H",
+    ]
+)
+def _sparse_attn_fwd_kernel(
+    p_q,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    # stream 1
+    p_kv,
+    p_kv16,
+    stride_kv_row,
+    stride_kv_d,
+    num_slots,
+    kv_page_size,
+    kv_page_bytes,
+    p_idx,
+    stride_it,
+    stride_ik,
+    K1,
+    p_len,
+    # stream 2 (extra)
+    p_ekv,
+    p_ekv16,
+    stride_ekv_row,
+    stride_ekv_d,
+    num_slots2,
+    ekv_page_size,
+    ekv_page_bytes,
+    p_eidx,
+    stride_eit,
+    stride_eik,
+    K2,
+    p_elen,
+    # sink, outputs, split workspaces
+    p_sink,
+    p_out,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    p_lse,
+    stride_lt,
+    stride_lh,
+    p_ws_out,
+    p_ws_lse,
+    T,
+    H,
+    D,
+    qk_scale,
+    HAS_LEN: tl.constexpr,
+    HAS_EXTRA: tl.constexpr,
+    HAS_ELEN: tl.constexpr,
+    HAS_SINK: tl.constexpr,
+    KV_FP8: tl.constexpr,
+    EKV_FP8: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D0: tl.constexpr,
+    BLOCK_D1: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
+    CDT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_t = tl.program_id(0).to(tl.int64)
+    i_hb = tl.program_id(1)
+    i_split = tl.program_id(2).to(tl.int64)
+    num_splits = tl.num_programs(2)
+
+    i_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    o_d0 = tl.arange(0, BLOCK_D0)
+    m_d0 = o_d0 < D
+    o_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+    m_d1 = o_d1 < D
+
+    p_q_t = p_q + i_t * stride_qt + i_h[:, None] * stride_qh
+    # [BLOCK_H, BLOCK_D0]
+    b_q0 = tl.load(p_q_t + o_d0[None, :] * stride_qd, mask=m_h[:, None] & m_d0[None, :], other=0.0).to(CDT)
+    if HAS_TAIL:
+        # [BLOCK_H, BLOCK_D1]
+        b_q1 = tl.load(p_q_t + o_d1[None, :] * stride_qd, mask=m_h[:, None] & m_d1[None, :], other=0.0).to(CDT)
+    else:
+        b_q1 = tl.zeros([BLOCK_H, BLOCK_D1], CDT)
+
+    # Key blocks of this token: stream 1 then stream 2, split evenly over the splits.
+    n1 = K1
+    if HAS_LEN:
+        n1 = tl.minimum(tl.maximum(tl.load(p_len + i_t).to(tl.int64), 0), K1)
+    nb1 = tl.cdiv(n1, BLOCK_N)
+    n2 = 0
+    if HAS_EXTRA:
+        n2 = K2
+        if HAS_ELEN:
+            n2 = tl.minimum(tl.maximum(tl.load(p_elen + i_t).to(tl.int64), 0), K2)
+    nb2 = tl.cdiv(n2, BLOCK_N)
+    per_split = tl.cdiv(nb1 + nb2, num_splits)
+    blk_lo = i_split * per_split
+    blk_hi = tl.minimum(blk_lo + per_split, nb1 + nb2)
+
+    # [BLOCK_H]
+    b_m = tl.full([BLOCK_H], _NEG_INF, tl.float32)
+    b_l = tl.zeros([BLOCK_H], tl.float32)
+    # [BLOCK_H, BLOCK_D0], [BLOCK_H, BLOCK_D1]
+    b_acc0 = tl.zeros([BLOCK_H, BLOCK_D0], tl.float32)
+    b_acc1 = tl.zeros([BLOCK_H, BLOCK_D1], tl.float32)
+
+    b_m, b_l, b_acc0, b_acc1 = _attend_stream(
+        b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
+        p_kv, p_kv16, stride_kv_row, stride_kv_d, num_slots, kv_page_size, kv_page_bytes,
+        p_idx + i_t * stride_it, stride_ik, n1,
+        tl.minimum(blk_lo, nb1), tl.minimum(blk_hi, nb1),
+        o_d0, m_d0, o_d1, m_d1, qk_scale,
+        KV_FP8, HAS_TAIL, BLOCK_N, CDT, DOT_PREC,
+    )  # fmt: skip
+    if HAS_EXTRA:
+        b_m, b_l, b_acc0, b_acc1 = _attend_stream(
+            b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
+            p_ekv, p_ekv16, stride_ekv_row, stride_ekv_d, num_slots2, ekv_page_size, ekv_page_bytes,
+            p_eidx + i_t * stride_eit, stride_eik, n2,
+            tl.maximum(blk_lo - nb1, 0), tl.maximum(blk_hi - nb1, 0),
+            o_d0, m_d0, o_d1, m_d1, qk_scale,
+            EKV_FP8, HAS_TAIL, BLOCK_N, CDT, DOT_PREC,
+        )  # fmt: skip
+
+    m_has = b_l > 0.0  # [BLOCK_H]: the split / row saw at least one key
+    b_l_safe = tl.where(m_has, b_l, 1.0)
+    b_lse2 = tl.where(m_has, b_m + tl.log2(b_l_safe), _NEG_INF)  # base-2 lse
+    b_inv = tl.where(m_has, 1.0 / b_l_safe, 0.0)
+    if SPLIT:
+        # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. A split without keys
+        # writes only its lse (-inf); its out stays unwritten and is never read.
+        o_row = (i_split * T + i_t) * H + i_h  # [BLOCK_H] int64
+        tl.store(p_ws_lse + o_row, b_lse2, mask=m_h)
+        m_w = (m_h & m_has)[:, None]
+        tl.store(p_ws_out + o_row[:, None] * D + o_d0[None, :], b_acc0 * b_inv[:, None], mask=m_w & m_d0[None, :])
+        if HAS_TAIL:
+            tl.store(p_ws_out + o_row[:, None] * D + o_d1[None, :], b_acc1 * b_inv[:, None],
+                     mask=m_w & m_d1[None, :])
+    else:
+        b_g = b_inv
+        if HAS_SINK:
+            # g = exp(lse) / (exp(lse) + exp(sink)) = 1 / (1 + 2^(sink * log2e - lse2)); 0 for empty rows
+            b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
+            b_lse2_safe = tl.where(m_has, b_lse2, 0.0)
+            b_g = tl.where(m_has, b_inv / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)), 0.0)
+        p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh
+        tl.store(p_o + o_d0[None, :] * stride_od, _cast_out(b_acc0 * b_g[:, None], p_out.dtype.element_ty),
+                 mask=m_h[:, None] & m_d0[None, :])
+        if HAS_TAIL:
+            tl.store(p_o + o_d1[None, :] * stride_od, _cast_out(b_acc1 * b_g[:, None], p_out.dtype.element_ty),
+                     mask=m_h[:, None] & m_d1[None, :])
+        tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=m_h)
+
+
+@triton.jit(do_not_specialize=["T", "H", "num_splits"])
+def _combine_splits_kernel(
+    p_ws_out,
+    p_ws_lse,
+    p_sink,
+    p_out,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    p_lse,
+    stride_lt,
+    stride_lh,
+    T,
+    H,
+    D,
+    num_splits,
+    HAS_SINK: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """merge_attention_states over the splits (n-way, base 2), then the sink; one program per
+    (token, head block), the head dim in BLOCK_D chunks. Splits with lse = -inf are never read."""
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = i_h < H
+    o_s = tl.arange(0, BLOCK_S).to(tl.int64)
+    m_s = o_s < num_splits
+    # [BLOCK_H, BLOCK_S] base-2 lse of every split
+    o_hs = (o_s[None, :] * T + i_t) * H + i_h[:, None]
+    b_lse_s = tl.load(p_ws_lse + o_hs, mask=m_h[:, None] & m_s[None, :], other=_NEG_INF)
+    # [BLOCK_H]
+    b_m = tl.max(b_lse_s, 1)
+    m_empty = b_m == _NEG_INF
+    b_m_safe = tl.where(m_empty, 0.0, b_m)
+    b_total = tl.sum(tl.exp2(b_lse_s - b_m_safe[:, None]), 1)  # >= 1 unless empty
+    b_total_safe = tl.where(m_empty, 1.0, b_total)
+    b_lse2 = tl.where(m_empty, _NEG_INF, b_m_safe + tl.log2(b_total_safe))
+    b_g = 1.0 / b_total_safe
+    if HAS_SINK:
+        b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
+        b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
+        b_g = tl.where(m_empty, 0.0, b_g / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
+    tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=m_h)
+    for d0 in range(0, D, BLOCK_D):
+        o_d = d0 + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        # [BLOCK_H, BLOCK_D]
+        b_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        for i_s in range(0, num_splits):
+            o_row = (i_s * T + i_t) * H + i_h  # [BLOCK_H] int64
+            b_w = tl.exp2(tl.load(p_ws_lse + o_row, mask=m_h, other=_NEG_INF) - b_m_safe)  # [BLOCK_H]
+            m_read = (m_h & (b_w > 0.0))[:, None] & m_d[None, :]  # an empty split (w = 0) is never read
+            # [BLOCK_H, BLOCK_D]
+            b_o = tl.load(p_ws_out + o_row[:, None] * D + o_d[None, :], mask=m_read, other=0.0)
+            b_acc += b_o * b_w[:, None]
+        p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh + o_d[None, :] * stride_od
+        tl.store(p_o, _cast_out(b_acc * b_g[:, None], p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# launcher
+# ---------------------------------------------------------------------------------------------------
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _dummy(device) -> torch.Tensor:
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def _stream_args(kv, device):
+    """(p_kv, p_kv16, stride_row, stride_d, num_slots, page_size, page_bytes, is_fp8) of one pool."""
+    if isinstance(kv, torch.Tensor):
+        num_slots = kv.shape[0]
+        if kv.numel() == 0:  # never read (no index is valid); a real pointer for the launcher
+            return torch.zeros(1, dtype=kv.dtype, device=device), None, 0, 0, 0, 1, 0, False
+        return kv, None, kv.stride(0), kv.stride(1), num_slots, 1, 0, False
+    data = kv.data
+    if data.numel() == 0:  # an FP8 pool without pages: no index is valid
+        return torch.zeros(1, dtype=torch.float32, device=device), None, 0, 0, 0, 1, 0, False
+    p16 = data.view(-1).view(torch.bfloat16)  # page_bytes is a multiple of 576: even sizes
+    return data, p16, 0, 0, int(kv.num_slots), int(kv.page_size), int(kv.page_bytes), True
+
+
+def _index_args(idx: torch.Tensor, device):
+    if idx.numel() == 0:
+        return _dummy(device), 0, 0
+    return idx, idx.stride(0), idx.stride(1)
+
+
+def compute_dtype(q: torch.Tensor, pools) -> torch.dtype:
+    """dtype of the dot operands: fp32 under the interpreter, for fp32 inputs or mixed dtypes;
+    else the inputs' bf16/fp16 (an FP8 pool's rows are exact in bf16, not in fp16)."""
+    if interpreting() or q.dtype == torch.float32:
+        return torch.float32
+    for kv in pools:
+        if isinstance(kv, torch.Tensor):
+            if kv.dtype != q.dtype:
+                return torch.float32
+        elif q.dtype != torch.bfloat16:
+            return torch.float32
+    return q.dtype
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    kv,
+    indices: torch.Tensor,
+    topk_length: Optional[torch.Tensor],
+    extra_kv,
+    extra_indices: Optional[torch.Tensor],
+    extra_topk_length: Optional[torch.Tensor],
+    attn_sink: Optional[torch.Tensor],
+    softmax_scale: float,
+    num_splits: Optional[int] = None,
+    config: Optional[dict] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernels (canonical args of the op; ``num_splits`` / ``config`` override the
+    heuristics, for tests and tuning)."""
+    T, H, D = q.shape
+    device = q.device
+    out = torch.empty(T, H, D, dtype=q.dtype, device=device)
+    lse = torch.empty(T, H, dtype=torch.float32, device=device)
+    if T == 0:
+        return out, lse
+    has_extra = extra_indices is not None
+    pools = [kv] + ([extra_kv] if has_extra else [])
+    cdt = compute_dtype(q, pools)
+    fp8 = any(not isinstance(p, torch.Tensor) for p in pools)
+    cfg = dict(config) if config is not None else default_config(H, D, cdt, device, fp8)
+    block_h, block_n = cfg["BLOCK_H"], cfg["BLOCK_N"]
+    block_d0, block_d1 = head_dim_tiles(D)
+    head_blocks = triton.cdiv(H, block_h)
+
+    K1 = indices.shape[1]
+    K2 = extra_indices.shape[1] if has_extra else 0
+    if num_splits is None:
+        num_splits = choose_num_splits(T * head_blocks, K1 + K2, block_n, device)
+    num_splits = max(1, min(int(num_splits), 65535))
+
+    s1 = _stream_args(kv, device)
+    i1 = _index_args(indices, device)
+    if has_extra:
+        s2 = _stream_args(extra_kv, device)
+        i2 = _index_args(extra_indices, device)
+    else:
+        s2, i2 = s1, i1
+    dummy = _dummy(device)
+    s1 = (s1[0], s1[1] if s1[1] is not None else s1[0]) + s1[2:]
+    s2 = (s2[0], s2[1] if s2[1] is not None else s2[0]) + s2[2:]
+
+    split = num_splits > 1
+    if split:
+        ws_out = torch.empty(num_splits, T, H, D, dtype=torch.float32, device=device)
+        ws_lse = torch.empty(num_splits, T, H, dtype=torch.float32, device=device)
+    else:
+        ws_out = ws_lse = dummy
+    sink = attn_sink.contiguous() if attn_sink is not None else dummy
+    # [T] / [H] vectors are read with unit stride
+    topk_length = topk_length.contiguous() if topk_length is not None else None
+    extra_topk_length = extra_topk_length.contiguous() if extra_topk_length is not None else None
+    prec = "ieee" if cdt == torch.float32 else None
+
+    grid = (T, head_blocks, num_splits)
+    _sparse_attn_fwd_kernel[grid](
+        q, q.stride(0), q.stride(1), q.stride(2),
+        s1[0], s1[1], s1[2], s1[3], s1[4], s1[5], s1[6],
+        i1[0], i1[1], i1[2], K1, topk_length if topk_length is not None else dummy,
+        s2[0], s2[1], s2[2], s2[3], s2[4], s2[5], s2[6],
+        i2[0], i2[1], i2[2], K2, extra_topk_length if extra_topk_length is not None else dummy,
+        sink,
+        out, out.stride(0), out.stride(1), out.stride(2),
+        lse, lse.stride(0), lse.stride(1),
+        ws_out, ws_lse,
+        T, H, D, float(softmax_scale) * math.log2(math.e),
+        HAS_LEN=topk_length is not None,
+        HAS_EXTRA=has_extra,
+        HAS_ELEN=has_extra and extra_topk_length is not None,
+        HAS_SINK=attn_sink is not None,
+        KV_FP8=s1[7],
+        EKV_FP8=has_extra and s2[7],
+        SPLIT=split,
+        BLOCK_H=block_h,
+        BLOCK_N=block_n,
+        BLOCK_D0=block_d0,
+        BLOCK_D1=max(block_d1, MIN_DOT),
+        HAS_TAIL=block_d1 > 0,
+        CDT=_TL_DTYPE[cdt],
+        DOT_PREC=prec,
+        num_warps=cfg.get("num_warps", 4),
+        num_stages=cfg.get("num_stages", 1),
+    )  # fmt: skip
+    if split:
+        combine_h = min(16, triton.next_power_of_2(H))
+        _combine_splits_kernel[(T, triton.cdiv(H, combine_h))](
+            ws_out, ws_lse, sink,
+            out, out.stride(0), out.stride(1), out.stride(2),
+            lse, lse.stride(0), lse.stride(1),
+            T, H, D, num_splits,
+            HAS_SINK=attn_sink is not None,
+            BLOCK_H=combine_h,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            BLOCK_D=min(128, triton.next_power_of_2(D)),
+            num_warps=4,
+        )  # fmt: skip
+    return out, lse

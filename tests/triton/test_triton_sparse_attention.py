@@ -1,0 +1,386 @@
+"""Triton sparse_attention vs the float64 oracle (and the reference where the oracle is too slow).
+
+fp32: the derived bound (tests/tolerance.py). bf16/fp16: the low-precision 2x rule (tests/triton).
+Every case runs with the heuristic split count and with forced split-KV (partials + combine kernel),
+including more splits than key blocks (empty splits, whose partial outputs stay NaN-poisoned and must
+never be read).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.cases import INT32_MAX, SPARSE_CASES, SparseCase, make_sparse_inputs
+from tests.ops.test_sparse_attention import check_against_oracle, oracle_of
+from tests.tolerance import assert_close, attention_bounds
+from tests.triton import (
+    CAN_RUN,
+    DEVICE,
+    SKIP_REASON,
+    assert_lowp_rule,
+    canonical,
+    lowp_sparse_attention,
+    to_device,
+)
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
+
+if CAN_RUN:
+    import longattn
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+
+
+def run_kernel(args, num_splits=None, config=None):
+    return tsa.sparse_attention(**canonical(args), num_splits=num_splits, config=config)
+
+
+def check(out, lse, args, what):
+    """fp32: derived bound on out and lse; bf16/fp16: 2x rule on out, derived bound on lse."""
+    q = args["q"]
+    if q.dtype == torch.float32:
+        check_against_oracle(out, lse, args, what)
+        return
+    ref_out, ref_lse = oracle_of(_oracle_args(args))
+    rows = [_rows(args["kv"], q.shape[-1])] + (
+        [_rows(args["extra_kv"], q.shape[-1])] if args.get("extra_kv") is not None else []
+    )
+    rows = torch.cat([r.double().cpu() for r in rows])
+    num_keys = args["indices"].shape[1] + (
+        args["extra_indices"].shape[1] if args.get("extra_indices") is not None else 0
+    )
+    _, _, lse_atol = attention_bounds(
+        q.cpu(), rows, args.get("softmax_scale") or q.shape[-1] ** -0.5, num_keys, q.dtype
+    )
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert_close(lse, ref_lse, lse_atol, 0.0, f"{what}: lse")
+    assert_lowp_rule(out, ref_out, lowp_sparse_attention(args), f"{what}: out")
+
+
+def _rows(kv, D):
+    if isinstance(kv, torch.Tensor):
+        return kv.reshape(-1, D)
+    from longattn.cache import dequantize_kv_fp8
+
+    return dequantize_kv_fp8(kv).reshape(-1, D)
+
+
+def _oracle_args(args):
+    D = args["q"].shape[-1]
+    a = dict(args)
+    a["kv"] = _rows(args["kv"], D)
+    if args.get("extra_kv") is not None:
+        a["extra_kv"] = _rows(args["extra_kv"], D)
+    return a
+
+
+# ---------------------------------------------------------------------------------------------------
+# the shared adversarial cases (tests/ops/cases.py), through the public API and with forced splits
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=str)
+def test_cases_public_api(case: SparseCase):
+    args = to_device(make_sparse_inputs(case))
+    out, lse = longattn.sparse_attention(**args, backend="triton")
+    check(out, lse, args, case.name)
+
+
+@pytest.mark.parametrize("num_splits", [2, 5])
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=str)
+def test_cases_split_kv(case: SparseCase, num_splits):
+    args = to_device(make_sparse_inputs(case))
+    out, lse = run_kernel(args, num_splits=num_splits)
+    check(out, lse, args, f"{case.name} splits={num_splits}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernel stress: heads, head dims, long rows, empty splits, sentinels
+# ---------------------------------------------------------------------------------------------------
+STRESS = [
+    SparseCase("h1_d64", T=2, H=1, D=64, N=70, K=40, lengths="partial", sink="finite"),
+    SparseCase("h3_d128", T=2, H=3, D=128, N=70, K=40, N2=30, K2=20, sink="mixed"),
+    SparseCase("h7_d256", T=2, H=7, D=256, N=50, K=35, N2=20, K2=9, lengths="partial"),
+    SparseCase("h64_d512_bf16", T=2, H=64, D=512, N=60, K=33, N2=25, K2=17, dtype=torch.bfloat16, sink="finite"),
+    SparseCase("h128_d576", T=1, H=128, D=576, N=40, K=20, N2=10, K2=5, sink="finite"),
+    SparseCase("h5_d576_bf16", T=2, H=5, D=576, N=40, K=24, dtype=torch.bfloat16, lengths="partial"),
+    SparseCase("h3_d100_tail", T=2, H=3, D=100, N=30, K=20, N2=9, K2=7),
+    SparseCase("h3_d8_tiny", T=2, H=3, D=8, N=20, K=18, sink="finite"),
+    SparseCase("fp16_d256_two", T=2, H=6, D=256, N=40, K=30, N2=20, K2=12, dtype=torch.float16, sink="mixed"),
+    SparseCase("huge_two_splits", T=2, H=4, D=64, N=50, K=40, N2=20, K2=30, magnitude=40.0, pattern="in_range"),
+    SparseCase("all_invalid_long", T=2, H=4, D=64, N=30, K=50, N2=10, K2=40, pattern="all_invalid", sink="finite"),
+    SparseCase("len_zero_long", T=2, H=4, D=64, N=30, K=50, N2=10, K2=40, lengths="zero", sink="mixed"),
+]
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 3, 16])
+@pytest.mark.parametrize("case", STRESS, ids=str)
+def test_stress(case: SparseCase, num_splits):
+    args = to_device(make_sparse_inputs(case))
+    out, lse = run_kernel(args, num_splits=num_splits)
+    check(out, lse, args, f"{case.name} splits={num_splits}")
+
+
+@pytest.mark.parametrize("block_n", [16, 32, 64])
+def test_block_sizes(block_n):
+    """Different key blocks and a head block smaller than H (several head blocks per token)."""
+    args = to_device(make_sparse_inputs(SparseCase("b", T=2, H=37, D=96, N=80, K=70, N2=20, K2=11, sink="finite")))
+    cfg = dict(BLOCK_H=16, BLOCK_N=block_n, num_warps=4, num_stages=1)
+    for splits in (1, 4):
+        out, lse = run_kernel(args, num_splits=splits, config=cfg)
+        check(out, lse, args, f"block_n={block_n} splits={splits}")
+
+
+def test_invalid_indices_never_read():
+    """The pool sits inside a larger tensor whose rows around it are NaN: reading slot -1, -2, N or
+    N + k (instead of masking them) would put NaN into the output."""
+    T, H, D, N = 3, 4, 64, 40
+    big = torch.full((N + 20, D), float("nan"))
+    big[10 : 10 + N] = torch.randn(N, D)
+    kv = big[10 : 10 + N]
+    idx = torch.randint(0, N, (T, 24)).int()
+    idx[:, ::3] = torch.tensor([-1, -2, -10, N, N + 1, N + 9, INT32_MAX, -(2**31)] * 1)[
+        torch.randint(0, 8, (T, 8))
+    ].int()
+    lengths = torch.tensor([24, 13, 0], dtype=torch.int32)
+    big2 = torch.full((30, D), float("nan"))
+    big2[5:15] = torch.randn(10, D)
+    eidx = torch.tensor([[0, 9, 10, -1, 11], [3, -5, 10, 2, 12], [20, 4, -1, 10, 1]], dtype=torch.int32)
+    args = dict(
+        q=torch.randn(T, H, D),
+        kv=kv,
+        indices=idx,
+        topk_length=lengths,
+        extra_kv=big2[5:15],
+        extra_indices=eidx,
+        extra_topk_length=None,
+        attn_sink=torch.randn(H),
+        softmax_scale=None,
+    )
+    args = to_device(args)
+    if DEVICE != "cpu":  # keep the NaN neighbours on the device too
+        bigd = big.to(DEVICE)
+        big2d = big2.to(DEVICE)
+        args["kv"], args["extra_kv"] = bigd[10 : 10 + N], big2d[5:15]
+    for splits in (1, 3):
+        out, lse = run_kernel(args, num_splits=splits)
+        assert torch.isfinite(out).all() and not torch.isnan(lse).any()
+        check_against_oracle(out, lse, args, f"sentinel splits={splits}")
+
+
+def test_strided_and_noncontiguous_inputs():
+    """q with arbitrary strides, a pool whose rows are strided (a column slice of a wider tensor),
+    int64 indices and lengths with a non-unit stride."""
+    T, H, D, N = 3, 5, 64, 40
+    q = torch.randn(H, T, D).transpose(0, 1)  # [T, H, D], non-contiguous
+    wide = torch.randn(N, 3 * D)
+    kv = wide[:, D : 2 * D]  # row stride 3D
+    idx = torch.randint(-2, N + 2, (T, 2 * 20)).long()[:, ::2]  # column stride 2
+    lengths = torch.tensor([[20, 0], [7, 0], [15, 0]]).long()[:, 0]
+    args = to_device(dict(q=q, kv=kv, indices=idx, topk_length=lengths, attn_sink=None, softmax_scale=0.2))
+    if DEVICE != "cpu":
+        args["kv"] = wide.to(DEVICE)[:, D : 2 * D]
+    out, lse = longattn.sparse_attention(**args, backend="triton")
+    check_against_oracle(out, lse, args, "strided")
+
+
+def test_split_of_empty_rows_and_partial_rows():
+    """More splits than blocks, rows whose only keys are in the last block, rows with no keys."""
+    T, H, D, N, K = 4, 3, 64, 50, 64
+    idx = torch.full((T, K), -1, dtype=torch.int32)
+    idx[0, -1] = 7  # one key, in the last block
+    idx[1, 0] = 3  # one key, in the first block
+    idx[3] = torch.arange(K) % N  # full row
+    args = to_device(
+        dict(
+            q=torch.randn(T, H, D),
+            kv=torch.randn(N, D),
+            indices=idx,
+            topk_length=None,
+            attn_sink=torch.tensor([0.5, float("inf"), float("-inf")]),
+            softmax_scale=None,
+        )
+    )
+    for splits in (1, 2, 4, 7, 32):
+        out, lse = run_kernel(args, num_splits=splits)
+        check_against_oracle(out, lse, args, f"splits={splits}")
+        assert torch.all(out[2] == 0) and torch.all(torch.isneginf(lse[2]))
+
+
+def test_split_heuristic():
+    dev = torch.device(DEVICE)
+    assert tsa.choose_num_splits(programs=10_000, max_keys=8320, block_n=32, device=dev) == 1  # prefill
+    assert tsa.choose_num_splits(programs=1, max_keys=100, block_n=32, device=dev) == 1  # short rows
+    s = tsa.choose_num_splits(programs=1, max_keys=8320, block_n=32, device=dev)  # HCA decode
+    assert 1 < s <= min(tsa.MAX_SPLITS, 8320 // tsa.MIN_KEYS_PER_SPLIT)
+    assert tsa.head_dim_tiles(512) == (512, 0) and tsa.head_dim_tiles(576) == (512, 64)
+    assert tsa.head_dim_tiles(100) == (64, 64) and tsa.head_dim_tiles(8) == (16, 0)
+
+
+def test_merge_of_split_calls_equals_whole():
+    """Triton partials (no sink) + Triton merge + Triton sink == one Triton call with the sink."""
+    T, H, D, N, K = 4, 6, 64, 40, 24
+    q, kv = torch.randn(T, H, D), torch.randn(N, D)
+    idx = torch.stack([torch.randperm(N)[:K] for _ in range(T)]).int()
+    idx[1, :] = -1
+    idx[2, :12] = -1
+    sink = torch.randn(H)
+    q, kv, idx, sink = (x.to(DEVICE) for x in (q, kv, idx, sink))
+    whole, lse_whole = longattn.sparse_attention(q, kv, idx, attn_sink=sink, backend="triton")
+    a, lse_a = longattn.sparse_attention(q, kv, idx[:, :12], backend="triton")
+    b, lse_b = longattn.sparse_attention(q, kv, idx[:, 12:], backend="triton")
+    merged, lse_m = longattn.merge_attention_states(a, lse_a, b, lse_b, backend="triton")
+    torch.testing.assert_close(lse_m, lse_whole, atol=1e-5, rtol=1e-5)
+    sunk = longattn.apply_attention_sink(merged, lse_m, sink, backend="triton")
+    torch.testing.assert_close(sunk, whole, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# FP8 pool (longattn.cache.Fp8KVPool, read by duck typing)
+# ---------------------------------------------------------------------------------------------------
+def _fp8_pool(P, page, g, surround=False):
+    from longattn.cache import Fp8KVPool, quantize_kv_fp8
+    from longattn.cache.fp8 import page_bytes
+
+    kv = torch.randn(P, page, 512, generator=g) * torch.logspace(-5, 3, 512)  # many scale ranges
+    kv.view(-1, 512)[0, :64] = 448.0 * 2.0**3
+    kv.view(-1, 512)[1, :448] = -1e-30  # tiny negatives (e4m3 subnormals / zero)
+    pool = quantize_kv_fp8(kv.to(DEVICE))
+    if surround:  # the same bytes inside a buffer of NaN-ish pages (0x7F = e4m3 NaN)
+        pb = page_bytes(page)
+        big = torch.full((P + 2, pb), 0x7F, dtype=torch.uint8, device=DEVICE)
+        big[1 : P + 1] = pool.data
+        pool = Fp8KVPool(big[1 : P + 1], page)
+    return pool
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("page", [1, 7, 64])
+def test_fp8_pool(dtype, page):
+    g = torch.Generator().manual_seed(page)
+    P = max(2, 80 // page)
+    pool = _fp8_pool(P, page, g, surround=True)
+    T, H = 3, 5
+    n = pool.num_slots
+    idx = torch.randint(-3, n + 3, (T, 40), generator=g).int()
+    idx[0, 0], idx[1, 0] = INT32_MAX, -(2**31)
+    ekv = torch.randn(30, 512, generator=g)
+    eidx = torch.randint(-1, 30, (T, 9), generator=g).int()
+    args = dict(
+        q=torch.randn(T, H, 512, generator=g).to(dtype),
+        indices=idx.to(DEVICE),
+        topk_length=None,
+        extra_kv=ekv.to(dtype).to(DEVICE),
+        extra_indices=eidx.to(DEVICE),
+        extra_topk_length=None,
+        attn_sink=torch.randn(H, generator=g).to(DEVICE),
+        softmax_scale=None,
+    )
+    args["q"] = args["q"].to(DEVICE)
+    args["kv"] = pool
+    for splits in (None, 3):
+        out, lse = (
+            longattn.sparse_attention(**args, backend="triton")
+            if splits is None
+            else run_kernel(args, num_splits=splits)
+        )
+        assert torch.isfinite(out).all()
+        check(out, lse, _oracle_args(args) if dtype == torch.float32 else args, f"fp8 page={page} {dtype}")
+
+
+def test_fp8_pool_as_second_stream():
+    g = torch.Generator().manual_seed(3)
+    pool = _fp8_pool(4, 16, g)
+    T, H = 2, 64
+    args = dict(
+        q=torch.randn(T, H, 512, generator=g).bfloat16().to(DEVICE),
+        kv=torch.randn(20, 512, generator=g).bfloat16().to(DEVICE),
+        indices=torch.randint(0, 20, (T, 16), generator=g).int().to(DEVICE),
+        topk_length=None,
+        extra_kv=pool,
+        extra_indices=torch.randint(-2, 66, (T, 40), generator=g).int().to(DEVICE),
+        extra_topk_length=torch.tensor([40, 17], dtype=torch.int32, device=DEVICE),
+        attn_sink=None,
+        softmax_scale=None,
+    )
+    for splits in (1, 4):
+        out, lse = run_kernel(args, num_splits=splits)
+        check(out, lse, args, f"fp8 extra splits={splits}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# larger shapes (interpreter: tens of seconds)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hca_decode_shape_vs_reference(dtype):
+    """V4 HCA decode: 128 window keys + 8192 compressed keys, D = 512, H = 16, heuristic splits;
+    compared with the reference backend (fp32 math) under the derived bound / 2x rule."""
+    T, H, D = 2, 16, 512
+    g = torch.Generator().manual_seed(1)
+    kv, comp = torch.randn(256, D, generator=g), torch.randn(9000, D, generator=g)
+    q = torch.randn(T, H, D, generator=g)
+    win = torch.randint(0, 256, (T, 128), generator=g).int()
+    cidx = torch.randint(-100, 9100, (T, 8192), generator=g).int()
+    clen = torch.tensor([8192, 5000], dtype=torch.int32)
+    args = to_device(
+        dict(
+            q=q.to(dtype),
+            kv=kv.to(dtype),
+            indices=win,
+            topk_length=None,
+            extra_kv=comp.to(dtype),
+            extra_indices=cidx,
+            extra_topk_length=clen,
+            attn_sink=torch.randn(H, generator=g),
+            softmax_scale=None,
+        )
+    )
+    out, lse = longattn.sparse_attention(**args, backend="triton")
+    ref_out, ref_lse = longattn.sparse_attention(
+        **{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}, backend="reference"
+    )
+    torch.testing.assert_close(lse.cpu(), ref_lse, atol=2e-4, rtol=1e-5)
+    tol = 2e-5 if dtype == torch.float32 else 2 * 2.0**-8
+    torch.testing.assert_close(
+        out.float().cpu(), ref_out.float(), atol=tol * float(ref_out.float().abs().max()), rtol=tol
+    )
+
+
+@pytest.mark.slow
+def test_many_heads_long_rows_oracle():
+    case = SparseCase(
+        "h128_long",
+        T=2,
+        H=128,
+        D=512,
+        N=300,
+        K=200,
+        N2=80,
+        K2=64,
+        lengths="partial",
+        sink="mixed",
+        dtype=torch.bfloat16,
+    )
+    args = to_device(make_sparse_inputs(case))
+    for splits in (None, 6):
+        out, lse = run_kernel(args, num_splits=splits)
+        check(out, lse, args, f"h128 long splits={splits}")
+
+
+def test_fp8_pool_without_pages():
+    from longattn.cache import Fp8KVPool
+
+    g = torch.Generator().manual_seed(4)
+    idx = torch.tensor([[0, -1, 5], [3, 2, 1]], dtype=torch.int32, device=DEVICE)
+    args = dict(
+        q=torch.randn(2, 3, 512, generator=g).to(DEVICE),
+        kv=Fp8KVPool.empty(0, 4, device=DEVICE),
+        indices=idx,
+        topk_length=None,
+        extra_kv=torch.randn(5, 512, generator=g).to(DEVICE),
+        extra_indices=idx,
+        extra_topk_length=None,
+        attn_sink=None,
+        softmax_scale=None,
+    )
+    out, lse = longattn.sparse_attention(**args, backend="triton")
+    check_against_oracle(out, lse, dict(args, kv=torch.zeros(0, 512, device=DEVICE)), "empty fp8 pool")
