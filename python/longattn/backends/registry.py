@@ -31,6 +31,8 @@ ENV_VAR = "LONGATTN_BACKEND"
 _MODULES: Dict[str, str] = {
     "reference": "longattn.backends.reference",
     "triton": "longattn.backends.triton",
+    "ascend_sim": "longattn.backends.ascend_sim",
+    "ascend": "longattn.backends.ascend",
 }
 
 # Default preference per torch device type.

@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: Apache-2.0
+// sparse_attention, vector side (the two AIVs of an AI core). Per block of 64 valid keys:
+//   V0  gather: each AIV takes 32 of the block's key rows (DataCopyPad per row, straight from the
+//       pool; invalid indices are skipped by the cursor and never dereferenced) and writes them to
+//       wsKv[buf] (fp32: also V^T to wsVt[buf] via an in-UB Gather transpose); CrossCoreSetFlag KV.
+//       The gather of block b+1 is issued before the softmax of block b (prefetch).
+//   V1  online softmax of its query-head rows of S (FlashAttention-2): scale, padding keys -> -inf,
+//       row max (WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new), p = exp(s - m_new)
+//       (Brcb + repeat-form Sub), l = l * alpha + rowsum (WholeReduceSum); P (cast to the input
+//       dtype) -> wsP[buf]; CrossCoreSetFlag P.
+//   V2  acc = acc * alpha + P.V (repeat-form Mul with the Brcb'd alpha, then Add).
+// End of a task: lse = m + ln(l), out = acc * g / l with g = 1 / (1 + exp(sink - lse)) (the sink is a
+// zero-valued virtual key, excluded from lse), cast to the output dtype.
+#pragma once
+
+#include "sparse_attention_common.h"
+
+namespace longattn_ascend {
+namespace sa {
+
+template <typename T>
+class SparseAttentionVector {
+public:
+    static constexpr uint32_t NB = kSaBlockKeys;
+    static constexpr uint32_t HALF_NB = NB / 2;
+
+    __aicore__ inline void Init(GM_ADDR kv0, GM_ADDR kv1, GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1,
+                                GM_ADDR sink, GM_ADDR out, GM_ADDR lse, GM_ADDR ws, const SparseAttentionTiling& t)
+    {
+        using namespace AscendC;
+        t_ = t;
+        sub_ = static_cast<uint32_t>(GetSubBlockIdx());
+        core_ = static_cast<uint32_t>(GetBlockIdx() / GetSubBlockNum());  // AI core of this AIV
+        cursor_.Init(idx0, len0, idx1, len1, t_);
+        const uint32_t D = t.headDim, mg = t.headsPerTask, sz = sizeof(T);
+        kvGm_[0].SetGlobalBuffer((__gm__ T*)kv0, static_cast<uint64_t>(t.numSlots0) * D);
+        kvGm_[1].SetGlobalBuffer((__gm__ T*)kv1, static_cast<uint64_t>(t.numSlots1) * D);
+        outGm_.SetGlobalBuffer((__gm__ T*)out, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
+        lseGm_.SetGlobalBuffer((__gm__ float*)lse, static_cast<uint64_t>(t.numTokens) * t.numHeads);
+        if (t.hasSink) sinkGm_.SetGlobalBuffer((__gm__ float*)sink, t.numHeads);
+        __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
+        for (uint32_t b = 0; b < 2; ++b) {
+            wsKv_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff) + b * NB * D, NB * D);
+            wsVt_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff) + b * D * NB, D * NB);
+            wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mg * NB, mg * NB);
+            wsP_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsPOff) + b * mg * NB, mg * NB);
+            wsO_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsOOff) + b * mg * D, mg * D);
+        }
+        const uint32_t mh = t.aivRowsMax, mh8 = AlignUpU(mh, 8), g = t.gatherRows, r = t.outRows;
+        pipe_.InitBuffer(accBuf_, mh * D * 4);
+        pipe_.InitBuffer(sQue_, 1, mh * NB * 4);
+        pipe_.InitBuffer(pQue_, 1, mh * NB * sz);
+        pipe_.InitBuffer(colBuf_, mh * NB * 4);
+        pipe_.InitBuffer(maskBuf_, AlignUpU(mh * NB, 256) / 8);
+        pipe_.InitBuffer(vecBuf_, 10 * AlignUpU(mh8 * 4, 32));
+        pipe_.InitBuffer(brcbBuf_, 3 * AlignUpU(mh8 * 8 * 4, 32));
+        pipe_.InitBuffer(oQue_, 2, r * D * 4);
+        pipe_.InitBuffer(outQue_, 2, r * D * sz);
+        pipe_.InitBuffer(lseQue_, 1, mh8 * 4);
+        pipe_.InitBuffer(sinkQue_, 1, mh8 * 4);
+        pipe_.InitBuffer(gQue_, 2, g * D * sz);
+        if constexpr (sizeof(T) == 4) {
+            pipe_.InitBuffer(tQue_, 1, D * g * 4);
+            pipe_.InitBuffer(offBuf_, D * g * 4);
+        }
+        acc_ = accBuf_.Get<float>();
+        col_ = colBuf_.Get<float>();
+        mask_ = maskBuf_.Get<uint8_t>();
+        const uint32_t vs = AlignUpU(mh8 * 4, 32) / 4;
+        LocalTensor<float> v = vecBuf_.Get<float>();
+        m_ = v[0];
+        mNew_ = v[vs];
+        l_ = v[2 * vs];
+        alpha_ = v[3 * vs];
+        rowMax_ = v[4 * vs];
+        rowSum_ = v[5 * vs];
+        lse_ = v[6 * vs];
+        sinkV_ = v[7 * vs];
+        factor_ = v[8 * vs];
+        tmp_ = v[9 * vs];
+        const uint32_t bs = AlignUpU(mh8 * 8 * 4, 32) / 4;
+        LocalTensor<float> bb = brcbBuf_.Get<float>();
+        mB_ = bb[0];
+        alphaB_ = bb[bs];
+        factorB_ = bb[2 * bs];
+        // Column index of every element of an S tile (padding keys are masked by comparing with nb).
+        CreateVecIndex(col_, 0.0f, NB);
+        for (uint32_t i = 1; i < mh; ++i) DataCopy(col_[i * NB], col_, NB);
+        if constexpr (sizeof(T) == 4) {
+            // Transpose offsets (bytes) of a [g, D] gather tile -> [D, g]: element (d, r) <- (r, d).
+            LocalTensor<uint32_t> off = offBuf_.Get<uint32_t>();
+            for (uint32_t d = 0; d < D; ++d)
+                for (uint32_t i = 0; i < g; ++i) off.SetValue(d * g + i, (i * D + d) * 4u);
+        }
+    }
+
+    __aicore__ inline void Process()
+    {
+        uint32_t seq = 0;
+        for (uint32_t task = core_; task < t_.numTasks; task += t_.blockDim) {
+            const Task tk = MakeTask(task, t_);
+            const uint32_t half = CeilDivU(tk.heads, 2);
+            const uint32_t row0 = sub_ == 0 ? 0 : half, mh = sub_ == 0 ? half : tk.heads - half;
+            const uint32_t nv = cursor_.CountValid(tk.token);
+            if (nv == 0) {
+                WriteEmpty(tk, row0, mh);
+                continue;
+            }
+            const uint32_t nBlk = CeilDivU(nv, NB);
+            StartTask(tk, row0, mh);
+            GatherBlock(seq, BlockKeys(0, nv));
+            for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
+                if (b + 1 < nBlk) GatherBlock(seq + 1, BlockKeys(b + 1, nv));
+                Softmax(seq, BlockKeys(b, nv), row0, mh);
+                Rescale(seq, row0, mh);
+            }
+            Finish(tk, row0, mh);
+        }
+    }
+
+private:
+    static __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) { return MinU(NB, nv - b * NB); }
+
+    __aicore__ inline void StartTask(const Task& tk, uint32_t row0, uint32_t mh)
+    {
+        using namespace AscendC;
+        if (mh == 0) return;
+        Duplicate(m_, kNegInf, mh);
+        Duplicate(l_, 0.0f, mh);
+        Duplicate(acc_, 0.0f, mh * t_.headDim);
+        if (t_.hasSink) {  // sink logits of this AIV's heads (MTE2 -> V)
+            LocalTensor<float> in = sinkQue_.AllocTensor<float>();
+            DataCopyPad(in, sinkGm_[tk.head0 + row0], DataCopyExtParams(1, mh * 4, 0, 0, 0),
+                        DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+            sinkQue_.EnQue(in);
+            in = sinkQue_.DeQue<float>();
+            Adds(sinkV_, in, 0.0f, mh);
+            sinkQue_.FreeTensor(in);
+        }
+    }
+
+    // V0: rows [32*sub, 32*sub + 32) of the next nb valid keys -> wsKv[buf] (+ wsVt[buf] for fp32).
+    __aicore__ inline void GatherBlock(uint32_t seq, uint32_t nb)
+    {
+        using namespace AscendC;
+        const uint32_t buf = seq % 2, D = t_.headDim, g = t_.gatherRows;
+        const uint32_t lo = MinU(nb, sub_ * HALF_NB), hi = MinU(nb, lo + HALF_NB);
+        uint32_t stream = 0, slot = 0;
+        for (uint32_t i = 0; i < lo; ++i) cursor_.Next(stream, slot);  // the other AIV's rows
+        for (uint32_t r0 = lo; r0 < hi; r0 += g) {
+            const uint32_t rows = MinU(g, hi - r0);
+            LocalTensor<T> tile = gQue_.AllocTensor<T>();
+            for (uint32_t r = 0; r < rows; ++r) {
+                cursor_.Next(stream, slot);
+                DataCopyPad(tile[r * D], kvGm_[stream][static_cast<uint64_t>(slot) * D],
+                            DataCopyExtParams(1, D * sizeof(T), 0, 0, 0), DataCopyPadExtParams<T>(false, 0, 0, T(0)));
+            }
+            gQue_.EnQue(tile);
+            tile = gQue_.DeQue<T>();
+            DataCopy(wsKv_[buf][r0 * D], tile, rows * D);
+            if constexpr (sizeof(T) == 4) {
+                LocalTensor<float> tt = tQue_.AllocTensor<float>();
+                Gather(tt, tile, offBuf_.Get<uint32_t>(), 0, D * g);
+                tQue_.EnQue(tt);
+                tt = tQue_.DeQue<float>();
+                // [D, g] rows of g floats (32 B) -> columns r0.. of V^T [D, 64]
+                DataCopyPad(wsVt_[buf][r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
+                tQue_.FreeTensor(tt);
+            }
+            gQue_.FreeTensor(tile);
+        }
+        for (uint32_t i = hi; i < nb; ++i) cursor_.Next(stream, slot);
+        CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagKv + buf));
+    }
+
+    // V1: online softmax of rows [row0, row0 + mh) of S for block `seq` (nb valid keys).
+    __aicore__ inline void Softmax(uint32_t seq, uint32_t nb, uint32_t row0, uint32_t mh)
+    {
+        using namespace AscendC;
+        const uint32_t buf = seq % 2;
+        CrossCoreWaitFlag(static_cast<uint16_t>(kFlagS + buf));
+        if (mh > 0) {
+            const uint32_t n = mh * NB;
+            LocalTensor<float> s = sQue_.AllocTensor<float>();
+            DataCopy(s, wsS_[buf][row0 * NB], n);
+            sQue_.EnQue(s);
+            s = sQue_.DeQue<float>();
+            Muls(s, s, t_.scale, n);
+            if (nb < NB) {  // zero-padded keys of the last block
+                longattn_compat::CompareScalar(mask_, col_, static_cast<float>(nb), CMPMODE::LT, n);
+                Select(s, mask_, s, kNegInf, SELMODE::VSEL_TENSOR_SCALAR_MODE, n);
+            }
+            longattn_compat::WholeReduceMax(rowMax_, s, NB, mh, 1, 1, 8, ReduceOrder::ORDER_ONLY_VALUE);
+            Max(mNew_, m_, rowMax_, mh);
+            Sub(alpha_, m_, mNew_, mh);
+            Exp(alpha_, alpha_, mh);  // exp(-inf) = 0 on the first block
+            Brcb(mB_, mNew_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
+            Sub(s, s, mB_, NB, mh, BinaryRepeatParams(1, 1, 0, 8, 8, 1));
+            Exp(s, s, n);
+            longattn_compat::WholeReduceSum(rowSum_, s, NB, mh, 1, 1, 8);
+            Mul(l_, l_, alpha_, mh);
+            Add(l_, l_, rowSum_, mh);
+            LocalTensor<float> swap = m_;
+            m_ = mNew_;
+            mNew_ = swap;
+            LocalTensor<T> p = pQue_.AllocTensor<T>();
+            if constexpr (sizeof(T) == 4)
+                DataCopy(p, s, n);
+            else
+                Cast(p, s, RoundMode::CAST_RINT, n);
+            pQue_.EnQue(p);
+            sQue_.FreeTensor(s);
+            p = pQue_.DeQue<T>();
+            DataCopy(wsP_[buf][row0 * NB], p, n);
+            pQue_.FreeTensor(p);
+        }
+        CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagP + buf));
+    }
+
+    // V2: acc = acc * alpha + O_block, in chunks of outRows rows.
+    __aicore__ inline void Rescale(uint32_t seq, uint32_t row0, uint32_t mh)
+    {
+        using namespace AscendC;
+        const uint32_t buf = seq % 2, D = t_.headDim;
+        CrossCoreWaitFlag(static_cast<uint16_t>(kFlagO + buf));
+        if (mh == 0) return;
+        Brcb(alphaB_, alpha_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
+        for (uint32_t r0 = 0; r0 < mh; r0 += t_.outRows) {
+            const uint32_t rr = MinU(t_.outRows, mh - r0);
+            LocalTensor<float> o = oQue_.AllocTensor<float>();
+            DataCopy(o, wsO_[buf][(row0 + r0) * D], rr * D);
+            oQue_.EnQue(o);
+            o = oQue_.DeQue<float>();
+            LocalTensor<float> acc = acc_[r0 * D];
+            ScaleRows(acc, alphaB_[r0 * 8], rr);
+            Add(acc, acc, o, rr * D);
+            oQue_.FreeTensor(o);
+        }
+    }
+
+    // rows x D block of acc times a per-row factor (Brcb'd: one 32-B block per row), repeat form.
+    __aicore__ inline void ScaleRows(const AscendC::LocalTensor<float>& acc, const AscendC::LocalTensor<float>& fB,
+                                     uint32_t rows)
+    {
+        using namespace AscendC;
+        const uint32_t D = t_.headDim;
+        const uint8_t rep = static_cast<uint8_t>(D / 8);
+        for (uint32_t c = 0; c < D; c += 64)
+            Mul(acc[c], acc[c], fB, 64, rows, BinaryRepeatParams(1, 1, 0, rep, rep, 1));
+    }
+
+    __aicore__ inline void Finish(const Task& tk, uint32_t row0, uint32_t mh)
+    {
+        using namespace AscendC;
+        if (mh == 0) return;
+        const uint32_t D = t_.headDim;
+        Ln(lse_, l_, mh);
+        Add(lse_, lse_, m_, mh);
+        if (t_.hasSink) {  // l * (1 + exp(sink - lse))
+            Sub(tmp_, sinkV_, lse_, mh);
+            Exp(tmp_, tmp_, mh);
+            Adds(tmp_, tmp_, 1.0f, mh);
+            Mul(tmp_, tmp_, l_, mh);
+        } else {
+            Adds(tmp_, l_, 0.0f, mh);
+        }
+        Duplicate(factor_, 1.0f, mh);
+        Div(factor_, factor_, tmp_, mh);
+        Brcb(factorB_, factor_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
+        const uint64_t outRow0 = static_cast<uint64_t>(tk.token) * t_.numHeads + tk.head0 + row0;
+        for (uint32_t r0 = 0; r0 < mh; r0 += t_.outRows) {
+            const uint32_t rr = MinU(t_.outRows, mh - r0);
+            LocalTensor<float> acc = acc_[r0 * D];
+            ScaleRows(acc, factorB_[r0 * 8], rr);
+            LocalTensor<T> y = outQue_.AllocTensor<T>();
+            if constexpr (sizeof(T) == 4)
+                DataCopy(y, acc, rr * D);
+            else
+                Cast(y, acc, RoundMode::CAST_RINT, rr * D);
+            outQue_.EnQue(y);
+            y = outQue_.DeQue<T>();
+            DataCopy(outGm_[(outRow0 + r0) * D], y, rr * D);
+            outQue_.FreeTensor(y);
+        }
+        LocalTensor<float> l = lseQue_.AllocTensor<float>();
+        Adds(l, lse_, 0.0f, mh);
+        lseQue_.EnQue(l);
+        l = lseQue_.DeQue<float>();
+        DataCopyPad(lseGm_[outRow0], l, DataCopyExtParams(1, mh * 4, 0, 0, 0));
+        lseQue_.FreeTensor(l);
+    }
+
+    // A token without valid keys: out = 0, lse = -inf.
+    __aicore__ inline void WriteEmpty(const Task& tk, uint32_t row0, uint32_t mh)
+    {
+        using namespace AscendC;
+        if (mh == 0) return;
+        const uint32_t D = t_.headDim;
+        const uint64_t outRow0 = static_cast<uint64_t>(tk.token) * t_.numHeads + tk.head0 + row0;
+        for (uint32_t r0 = 0; r0 < mh; r0 += t_.outRows) {
+            const uint32_t rr = MinU(t_.outRows, mh - r0);
+            LocalTensor<T> y = outQue_.AllocTensor<T>();
+            Duplicate(y.template ReinterpretCast<int16_t>(), static_cast<int16_t>(0), rr * D * sizeof(T) / 2);
+            outQue_.EnQue(y);
+            y = outQue_.DeQue<T>();
+            DataCopy(outGm_[(outRow0 + r0) * D], y, rr * D);
+            outQue_.FreeTensor(y);
+        }
+        LocalTensor<float> l = lseQue_.AllocTensor<float>();
+        Duplicate(l, kNegInf, mh);
+        lseQue_.EnQue(l);
+        l = lseQue_.DeQue<float>();
+        DataCopyPad(lseGm_[outRow0], l, DataCopyExtParams(1, mh * 4, 0, 0, 0));
+        lseQue_.FreeTensor(l);
+    }
+
+    AscendC::TPipe pipe_;
+    AscendC::TQue<AscendC::TPosition::VECIN, 1> sQue_, sinkQue_;
+    AscendC::TQue<AscendC::TPosition::VECOUT, 1> pQue_, lseQue_, tQue_;
+    AscendC::TQue<AscendC::TPosition::VECIN, 2> oQue_, gQue_;
+    AscendC::TQue<AscendC::TPosition::VECOUT, 2> outQue_;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_, colBuf_, maskBuf_, vecBuf_, brcbBuf_, offBuf_;
+    AscendC::LocalTensor<float> acc_, col_, m_, mNew_, l_, alpha_, rowMax_, rowSum_, lse_, sinkV_, factor_, tmp_;
+    AscendC::LocalTensor<float> mB_, alphaB_, factorB_;
+    AscendC::LocalTensor<uint8_t> mask_;
+    AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_[2], wsP_[2];
+    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_[2], wsS_[2], wsO_[2];
+    KeyCursor cursor_;
+    SparseAttentionTiling t_{};
+    uint32_t sub_ = 0, core_ = 0;
+};
+
+}  // namespace sa
+}  // namespace longattn_ascend

@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+// Torch extension "longattn_ascend_sim": runs the Ascend C kernels (ascend_c/<op>/op_kernel) on CPU
+// tensors through the clean-room emulator (ascend_c/emu). The host side (checks, index
+// normalisation, plans, tiling, poisoned outputs and workspaces) is csrc/common/host_ops.h, shared
+// with the NPU binding; here only the launch policy: longattn_emu::Launch{Vector,Mix} with the GIL
+// released while the emulated cores run.
+
+// The extension is built with -Wall -Werror like the kernels; GCC 12 reports a false positive inside
+// pybind11's argument dispatcher at -O1 (the AddressSanitizer build), silenced for this file only.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <torch/extension.h>
+
+#include "csrc/ascend_sim/launchers.h"
+#include "csrc/common/host_ops.h"
+
+namespace la = longattn_ascend;
+
+namespace {
+
+// Emulated device: `cores` AI cores (1 AIC + 2 AIV each), as chosen by the caller.
+struct EmuDevice {
+    uint32_t cores;
+    uint32_t AiCores() const { return cores; }
+    uint32_t VectorCores() const { return 2 * cores; }
+    int64_t SysWorkspaceBytes() const { return 0; }  // GetUserWorkspace is the identity here
+    void AppendKv(void* pool, const void* rows, const int32_t* slots, const la::AppendKvTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchAppendKv(pool, rows, slots, t);
+    }
+    void SparseAttention(const la::SparseAttentionArgs& a, const la::SparseAttentionTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchSparseAttention(a, t);
+    }
+    void CompressKv(const la::CompressKvArgs& a, const la::CompressKvTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchCompressKv(a, t);
+    }
+    void IndexerTopk(const la::IndexerTopkArgs& a, const la::IndexerTopkTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchIndexerTopk(a, t);
+    }
+};
+
+EmuDevice Device(int64_t num_cores)
+{
+    TORCH_CHECK(num_cores >= 1 && num_cores <= 1024, "num_cores must be in [1, 1024]");
+    return EmuDevice{static_cast<uint32_t>(num_cores)};
+}
+
+void CheckCpu(std::initializer_list<const at::Tensor*> ts)
+{
+    for (const at::Tensor* t : ts)
+        TORCH_CHECK(t->device().is_cpu(), "ascend_sim runs on CPU tensors (the emulator runs on the host)");
+}
+
+void AppendKv(at::Tensor pool, int64_t page_size, at::Tensor rows, at::Tensor slot_mapping, int64_t num_cores)
+{
+    CheckCpu({&pool, &rows, &slot_mapping});
+    EmuDevice dev = Device(num_cores);
+    la::host::AppendKv(dev, pool, page_size, rows, slot_mapping);
+}
+
+std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, at::Tensor indices,
+                                                   c10::optional<at::Tensor> topk_length,
+                                                   c10::optional<at::Tensor> extra_kv,
+                                                   c10::optional<at::Tensor> extra_indices,
+                                                   c10::optional<at::Tensor> extra_topk_length,
+                                                   c10::optional<at::Tensor> attn_sink, double softmax_scale,
+                                                   int64_t num_cores)
+{
+    CheckCpu({&q, &kv, &indices});
+    EmuDevice dev = Device(num_cores);
+    return la::host::SparseAttention(dev, q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length,
+                                     attn_sink, softmax_scale);
+}
+
+void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor token_rows, int64_t ratio, bool overlap,
+                at::Tensor state, at::Tensor state_block_table, at::Tensor out, int64_t out_page_size,
+                at::Tensor out_block_table, at::Tensor norm_weight, double eps, at::Tensor rope_inv_freq,
+                int64_t num_cores)
+{
+    CheckCpu({&a, &b, &state, &out});
+    EmuDevice dev = Device(num_cores);
+    la::host::CompressKv(dev, a, b, positions, token_rows, ratio, overlap, state, state_block_table, out, out_page_size,
+                         out_block_table, norm_weight, eps, rope_inv_freq);
+}
+
+std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor index_k, at::Tensor visible_end,
+                                int64_t topk, c10::optional<at::Tensor> block_table, c10::optional<at::Tensor> seq_ids,
+                                bool return_slots, bool logits_mode, int64_t num_cores)
+{
+    CheckCpu({&q, &weights, &index_k});
+    EmuDevice dev = Device(num_cores);
+    return la::host::Indexer(dev, q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots,
+                             logits_mode);
+}
+
+pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t num_cores)
+{
+    const la::SparseAttentionTiling t = la::host::SparseAttentionTilingOf(T, H, D, dtype_code, Device(num_cores).cores);
+    pybind11::dict d;
+    d["block_dim"] = t.blockDim;
+    d["heads_per_task"] = t.headsPerTask;
+    d["head_groups"] = t.headGroups;
+    d["k_tile"] = t.kTile;
+    d["d_chunk"] = t.dChunk;
+    d["gather_rows"] = t.gatherRows;
+    d["ub_bytes"] = t.ubBytes;
+    d["l1_bytes"] = t.l1Bytes;
+    d["ws_per_core"] = t.wsPerCore;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
+{
+    m.doc() = "longattn Ascend C kernels on the CPU emulator (ascend_c/emu)";
+    m.def("append_kv", &AppendKv, "append_kv (in place)");
+    m.def("sparse_attention", &SparseAttention, "sparse_attention -> (out, lse)");
+    m.def("compress_kv", &CompressKv, "compress_kv (in place: state, out)");
+    m.def("indexer", &Indexer, "indexer_topk -> [indices, lengths] / indexer_logits -> [logits]");
+    m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
+}

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side launchers of the emulated Ascend C kernels (ascend_c/<op>/op_kernel/*.cpp compiled with
+// -DLONGATTN_ASCEND_EMU). Each takes raw host pointers (GM), a filled tiling struct and the workspace,
+// and returns when every emulated core has finished. No torch here: these translation units contain
+// only kernel code and the emulator, compiled with -Wall -Werror.
+#pragma once
+
+#include "ascend_c/append_kv/op_host/append_kv_tiling.h"
+#include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
+#include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
+#include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
+
+namespace longattn_ascend {
+
+void LaunchAppendKv(void* pool, const void* rows, const int32_t* slots, const AppendKvTiling& t);
+
+void LaunchSparseAttention(const SparseAttentionArgs& a, const SparseAttentionTiling& t);
+
+void LaunchCompressKv(const CompressKvArgs& a, const CompressKvTiling& t);
+
+void LaunchIndexerTopk(const IndexerTopkArgs& a, const IndexerTopkTiling& t);
+
+}  // namespace longattn_ascend

@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host side of longattn's Ascend C ops, shared by the emulator extension (csrc/ascend_sim) and the
+// NPU binding (csrc/ascend_npu). ATen only: the same code runs on CPU tensors (emulator) and on NPU
+// tensors (torch_npu), so the tiling and the launch arguments are computed identically.
+//
+// Per op: validate at the binding boundary, normalise index tensors to int32 (values outside the
+// pool become -1: the kernels never see an index they could misuse), build the small per-batch
+// plans with tensor ops, compute the tiling with the shared op_host code, allocate the outputs
+// (poisoned with NaN / INT32_MIN so an element a kernel forgets shows up) and the workspace
+// (poisoned with 0xFF), then hand GM pointers + tiling to `Dev` (the launch policy):
+//   struct Dev {
+//       uint32_t AiCores();  uint32_t VectorCores();
+//       int64_t SysWorkspaceBytes();   // system workspace in front of the user workspace (0 on the emulator)
+//       void AppendKv(void*, const void*, const int32_t*, const AppendKvTiling&);
+//       void SparseAttention(const SparseAttentionArgs&, const SparseAttentionTiling&);
+//       void CompressKv(const CompressKvArgs&, const CompressKvTiling&);
+//       void IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
+//   };
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "ascend_c/append_kv/op_host/append_kv_tiling.h"
+#include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
+#include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
+#include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
+
+namespace longattn_ascend {
+namespace host {
+
+inline uint32_t DtypeCode(const at::Tensor& t, const char* what)
+{
+    switch (t.scalar_type()) {
+        case at::kFloat: return kDtF32;
+        case at::kBFloat16: return kDtBF16;
+        case at::kHalf: return kDtF16;
+        default: TORCH_CHECK(false, what, ": unsupported dtype ", t.scalar_type());
+    }
+    return 0;
+}
+
+inline uint32_t U32(int64_t v, const char* what)
+{
+    TORCH_CHECK(v >= 0 && v <= std::numeric_limits<int32_t>::max(), what, " = ", v, " is out of the kernel's range");
+    return static_cast<uint32_t>(v);
+}
+
+// int32 copy of index values; entries outside [0, bound) become -1 (bound < 0: only the int32 range).
+inline at::Tensor Index32(const at::Tensor& idx, int64_t bound)
+{
+    at::Tensor x = idx.to(at::kLong);
+    at::Tensor bad = x.lt(0);
+    bad = bad.logical_or(bound >= 0 ? x.ge(bound) : x.gt(std::numeric_limits<int32_t>::max()));
+    return x.masked_fill(bad, -1).to(at::kInt).contiguous();
+}
+
+inline at::Tensor Lengths32(const c10::optional<at::Tensor>& len, int64_t width)
+{
+    if (!len.has_value()) return at::Tensor();
+    return len->to(at::kLong).clamp(0, width).to(at::kInt).contiguous();
+}
+
+// The kernels find their part with GetUserWorkspace(workspace): the system workspace comes first.
+template <class Dev>
+at::Tensor Workspace(Dev& dev, int64_t userBytes, const at::TensorOptions& like)
+{
+    return at::full({dev.SysWorkspaceBytes() + std::max<int64_t>(userBytes, 64)}, 0xFF, like.dtype(at::kByte));
+}
+
+// ---- append_kv ----------------------------------------------------------------------------------------
+template <class Dev>
+void AppendKv(Dev& dev, at::Tensor pool, int64_t page_size, const at::Tensor& rows, const at::Tensor& slot_mapping)
+{
+    TORCH_CHECK(pool.is_contiguous(), "append_kv: pool must be contiguous");
+    TORCH_CHECK(rows.dim() == 2, "append_kv: rows must be [T, D]");
+    TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.size(0) == rows.size(0), "append_kv: slot_mapping must be [T]");
+    const int64_t T = rows.size(0), D = rows.size(1);
+    uint32_t poolDt = 0, pageBytes = 0;
+    int64_t numSlots = 0;
+    if (page_size > 0) {  // FP8 MODEL1 pool data [num_pages, page_bytes]
+        TORCH_CHECK(pool.scalar_type() == at::kByte && pool.dim() == 2, "append_kv: FP8 pool data must be uint8 [P, page_bytes]");
+        TORCH_CHECK(D == kFp8HeadDim, "append_kv: FP8 pools take rows of 512");
+        poolDt = kDtFP8Record;
+        pageBytes = U32(pool.size(1), "page_bytes");
+        TORCH_CHECK(pageBytes == Fp8PageBytes(static_cast<uint32_t>(page_size)), "append_kv: bad FP8 page size");
+        numSlots = pool.size(0) * page_size;
+    } else {
+        poolDt = DtypeCode(pool, "append_kv: pool");
+        TORCH_CHECK(pool.size(-1) == D, "append_kv: pool rows must have D = ", D, " elements");
+        numSlots = D > 0 ? pool.numel() / D : 0;
+    }
+    at::Tensor r = rows.contiguous();
+    at::Tensor slots = Index32(slot_mapping, numSlots);
+    AppendKvTiling t;
+    AppendKvTilingCompute(t, U32(T, "T"), U32(D, "D"), U32(numSlots, "num_slots"), DtypeCode(r, "append_kv: rows"),
+                          poolDt, static_cast<uint32_t>(std::max<int64_t>(page_size, 0)), pageBytes, dev.VectorCores());
+    if (t.blockDim) dev.AppendKv(pool.data_ptr(), r.data_ptr(), slots.data_ptr<int32_t>(), t);
+}
+
+// ---- sparse_attention ------------------------------------------------------------------------------
+template <class Dev>
+std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q, const at::Tensor& kv,
+                                                   const at::Tensor& indices,
+                                                   const c10::optional<at::Tensor>& topk_length,
+                                                   const c10::optional<at::Tensor>& extra_kv,
+                                                   const c10::optional<at::Tensor>& extra_indices,
+                                                   const c10::optional<at::Tensor>& extra_topk_length,
+                                                   const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
+{
+    TORCH_CHECK(q.dim() == 3, "sparse_attention: q must be [T, H, D]");
+    const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
+    const uint32_t dt = DtypeCode(q, "sparse_attention: q");
+    at::Tensor qc = q.contiguous();
+    at::Tensor kv0 = kv.reshape({-1, D}).contiguous();
+    TORCH_CHECK(kv0.scalar_type() == q.scalar_type(), "sparse_attention: kv must have q's dtype");
+    const int64_t n0 = kv0.size(0);
+    TORCH_CHECK(indices.dim() == 2 && indices.size(0) == T, "sparse_attention: indices must be [T, K]");
+    at::Tensor idx0 = Index32(indices, n0);
+    at::Tensor len0 = Lengths32(topk_length, indices.size(1));
+    at::Tensor kv1, idx1, len1;
+    int64_t n1 = 0, w1 = 0;
+    if (extra_kv.has_value()) {
+        TORCH_CHECK(extra_indices.has_value(), "sparse_attention: extra_kv needs extra_indices");
+        kv1 = extra_kv->reshape({-1, D}).contiguous();
+        TORCH_CHECK(kv1.scalar_type() == q.scalar_type(), "sparse_attention: extra_kv must have q's dtype");
+        n1 = kv1.size(0);
+        w1 = extra_indices->size(1);
+        idx1 = Index32(*extra_indices, n1);
+        len1 = Lengths32(extra_topk_length, w1);
+    }
+    at::Tensor sink;
+    if (attn_sink.has_value()) sink = attn_sink->to(at::kFloat).contiguous();
+    SparseAttentionTiling t;
+    const uint32_t blockDim = SparseAttentionTilingCompute(
+        t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, U32(n0, "kv rows"), U32(indices.size(1), "K"), len0.defined(),
+        U32(n1, "extra_kv rows"), U32(w1, "K2"), len1.defined(), sink.defined(), static_cast<float>(softmax_scale),
+        dev.AiCores());
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    at::Tensor out = at::full({T, H, D}, nan, q.options());
+    at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
+    if (T == 0) return {out, lse};
+    TORCH_CHECK(blockDim > 0, "sparse_attention: no tiling for T=", T, " H=", H, " D=", D,
+                " (D must be a multiple of 64 that fits the on-chip buffers)");
+    at::Tensor ws = Workspace(dev, static_cast<int64_t>(blockDim) * t.wsPerCore, q.options());
+    void* never = ws.data_ptr();  // stands in for absent inputs (their sizes are 0: never read)
+    SparseAttentionArgs a{};
+    a.q = qc.data_ptr();
+    a.kv0 = n0 ? kv0.data_ptr() : never;
+    a.idx0 = idx0.numel() ? idx0.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    a.len0 = len0.defined() ? len0.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    a.kv1 = n1 ? kv1.data_ptr() : never;
+    a.idx1 = idx1.defined() && idx1.numel() ? idx1.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    a.len1 = len1.defined() ? len1.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    a.sink = sink.defined() ? sink.data_ptr<float>() : static_cast<float*>(never);
+    a.out = out.data_ptr();
+    a.lse = lse.data_ptr<float>();
+    a.workspace = ws.data_ptr();
+    dev.SparseAttention(a, t);
+    return {out, lse};
+}
+
+// ---- compress_kv ------------------------------------------------------------------------------------
+// The per-batch plan (tensor ops): chunk start / end positions of every token, the emitting tokens,
+// and cos/sin of every token's entry position (p / ratio) * ratio, in fp32 exactly as longattn.rope.
+struct CompressPlan {
+    at::Tensor positions, tokenRows, chunkStart, chunkEnd, emit, cosTab, sinTab;
+};
+
+inline CompressPlan PlanCompress(const at::Tensor& positions, const at::Tensor& token_rows, int64_t ratio,
+                                 const at::Tensor& rope_inv_freq)
+{
+    CompressPlan p;
+    at::Tensor pos = positions.to(at::kLong), rows = token_rows.to(at::kLong);
+    const int64_t T = pos.size(0);
+    at::Tensor tok = at::arange(T, pos.options());
+    at::Tensor newSeq = at::ones({T}, pos.options().dtype(at::kBool));
+    at::Tensor lastTok = at::ones({T}, pos.options().dtype(at::kBool));
+    if (T > 1) {
+        newSeq.slice(0, 1).copy_(rows.slice(0, 1).ne(rows.slice(0, 0, T - 1)));
+        lastTok.slice(0, 0, T - 1).copy_(newSeq.slice(0, 1));
+    }
+    at::Tensor startTok = std::get<0>(at::cummax(at::where(newSeq, tok, at::zeros_like(tok)), 0));
+    at::Tensor endTok =
+        std::get<0>(at::cummin(at::where(lastTok, tok, at::full_like(tok, T)).flip({0}), 0)).flip({0});
+    p.chunkStart = pos.index_select(0, startTok).to(at::kInt).contiguous();
+    p.chunkEnd = pos.index_select(0, endTok).to(at::kInt).contiguous();
+    p.emit = at::nonzero(pos.add(1).remainder(ratio).eq(0)).squeeze(1).to(at::kInt).contiguous();
+    at::Tensor angles = pos.div(ratio, "floor").mul(ratio).to(at::kFloat).unsqueeze(-1) *
+                        rope_inv_freq.to(at::kFloat).unsqueeze(0);
+    p.cosTab = at::cos(angles).contiguous();
+    p.sinTab = at::sin(angles).contiguous();
+    p.positions = Index32(pos, -1);
+    p.tokenRows = Index32(rows, -1);
+    return p;
+}
+
+template <class Dev>
+void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Tensor& positions,
+                const at::Tensor& token_rows, int64_t ratio, bool overlap, at::Tensor state,
+                const at::Tensor& state_block_table, at::Tensor out, int64_t out_page_size,
+                const at::Tensor& out_block_table, const at::Tensor& norm_weight, double eps,
+                const at::Tensor& rope_inv_freq)
+{
+    TORCH_CHECK(a.dim() == 2 && b.sizes() == a.sizes(), "compress_kv: a, b must be [T, c*d]");
+    TORCH_CHECK(state.scalar_type() == at::kFloat && state.dim() == 3 && state.is_contiguous(),
+                "compress_kv: state must be contiguous fp32 [pages, page, 2W]");
+    TORCH_CHECK(ratio > 0, "compress_kv: ratio must be positive");
+    const int64_t T = a.size(0), W = a.size(1), d = overlap ? W / 2 : W;
+    TORCH_CHECK(state.size(2) == 2 * W, "compress_kv: state rows must be 2W");
+    at::Tensor ac = a, bc = b;
+    if (a.scalar_type() != b.scalar_type()) {  // one input dtype in the kernel: widen both (exact)
+        ac = a.to(at::kFloat);
+        bc = b.to(at::kFloat);
+    }
+    ac = ac.contiguous();
+    bc = bc.contiguous();
+    uint32_t outDt = 0, outPages = 0, outPageSize = 0, outPageBytes = 0;
+    if (out_page_size > 0) {
+        TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 2 && out.is_contiguous(),
+                    "compress_kv: FP8 out must be contiguous uint8 [P, page_bytes]");
+        outDt = kDtFP8Record;
+        outPages = U32(out.size(0), "out pages");
+        outPageSize = U32(out_page_size, "out page size");
+        outPageBytes = U32(out.size(1), "out page bytes");
+    } else {
+        TORCH_CHECK(out.dim() == 3 && out.size(2) == d && out.is_contiguous(), "compress_kv: out must be [P, page, d]");
+        outDt = DtypeCode(out, "compress_kv: out");
+        outPages = U32(out.size(0), "out pages");
+        outPageSize = U32(out.size(1), "out page size");
+    }
+    const int64_t R = 2 * rope_inv_freq.numel();
+    const char* why = CompressKvUnsupported(U32(d, "d"), U32(R, "rope dims"), out_page_size > 0);
+    TORCH_CHECK(why[0] == 0, "compress_kv: ", why);
+    if (T == 0) return;
+    CompressPlan plan = PlanCompress(positions, token_rows, ratio, rope_inv_freq);
+    at::Tensor sbt = Index32(state_block_table, state.size(0));
+    at::Tensor obt = Index32(out_block_table, out.size(0));
+    at::Tensor nw = norm_weight.to(at::kFloat).contiguous();
+    CompressKvTiling t;
+    CompressKvTilingCompute(t, U32(T, "T"), U32(W, "W"), U32(ratio, "ratio"), overlap, DtypeCode(ac, "compress_kv: a"),
+                            outDt, U32(state.size(0), "state pages"), U32(state.size(1), "state page"),
+                            U32(sbt.size(0), "state_block_table rows"), U32(sbt.size(1), "state_block_table cols"),
+                            outPages, outPageSize, outPageBytes, U32(obt.size(0), "out_block_table rows"),
+                            U32(obt.size(1), "out_block_table cols"), U32(R, "rope dims"), static_cast<float>(eps),
+                            U32(plan.emit.numel(), "entries"), dev.VectorCores());
+    if (t.blockDim == 0) return;
+    void* never = nw.data_ptr();  // stands in for empty inputs (never read)
+    CompressKvArgs args{};
+    args.a = ac.data_ptr();
+    args.b = bc.data_ptr();
+    args.positions = plan.positions.data_ptr<int32_t>();
+    args.tokenRows = plan.tokenRows.data_ptr<int32_t>();
+    args.chunkStart = plan.chunkStart.data_ptr<int32_t>();
+    args.chunkEnd = plan.chunkEnd.data_ptr<int32_t>();
+    args.emitTokens = plan.emit.numel() ? plan.emit.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    args.cosTab = plan.cosTab.numel() ? plan.cosTab.data_ptr<float>() : static_cast<float*>(never);
+    args.sinTab = plan.sinTab.numel() ? plan.sinTab.data_ptr<float>() : static_cast<float*>(never);
+    args.normWeight = nw.data_ptr<float>();
+    args.state = state.data_ptr<float>();
+    args.stateBt = sbt.numel() ? sbt.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    args.out = out.data_ptr();
+    args.outBt = obt.numel() ? obt.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+    dev.CompressKv(args, t);
+}
+
+// ---- indexer_topk / indexer_logits ------------------------------------------------------------------
+// Returns {indices, lengths} (top-k mode) or {logits} (logits mode).
+template <class Dev>
+std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& index_k,
+                                const at::Tensor& visible_end, int64_t topk,
+                                const c10::optional<at::Tensor>& block_table,
+                                const c10::optional<at::Tensor>& seq_ids, bool return_slots, bool logits_mode)
+{
+    TORCH_CHECK(q.dim() == 3, "indexer: q must be [T, Hi, Di]");
+    const int64_t T = q.size(0), Hi = q.size(1), Di = q.size(2);
+    const bool paged = block_table.has_value();
+    at::Tensor qc = q.contiguous();
+    at::Tensor kc = index_k.to(q.scalar_type()).contiguous();  // one element type for the cube
+    at::Tensor w = weights.to(at::kFloat).contiguous();
+    int64_t numEntries = 0, numPages = 0, pageSize = 0;
+    at::Tensor bt, sid;
+    if (paged) {
+        TORCH_CHECK(seq_ids.has_value() && index_k.dim() == 3, "indexer: paged index_k needs block_table and seq_ids");
+        numPages = index_k.size(0);
+        pageSize = index_k.size(1);
+        bt = Index32(*block_table, numPages);
+        sid = Index32(*seq_ids, bt.size(0));
+        numEntries = bt.size(1) * pageSize;
+    } else {
+        numEntries = index_k.size(0);
+    }
+    at::Tensor vis = visible_end.to(at::kLong).clamp(0, numEntries).to(at::kInt).contiguous();
+    IndexerTopkTiling t;
+    const uint32_t blockDim = IndexerTopkTilingCompute(
+        t, U32(T, "T"), U32(Hi, "Hi"), U32(Di, "Di"), DtypeCode(qc, "indexer: q"), U32(numEntries, "entries"), paged,
+        U32(numPages, "pages"), U32(pageSize, "page size"), paged ? U32(bt.size(0), "block_table rows") : 0,
+        paged ? U32(bt.size(1), "block_table cols") : 0, U32(logits_mode ? 1 : topk, "topk"), logits_mode, return_slots,
+        dev.AiCores());
+    at::Tensor indices, lengths, logits;
+    const auto i32 = q.options().dtype(at::kInt);
+    if (logits_mode) {
+        logits = at::full({T, numEntries}, std::numeric_limits<double>::quiet_NaN(), q.options().dtype(at::kFloat));
+    } else {
+        indices = at::full({T, topk}, std::numeric_limits<int32_t>::min(), i32);
+        lengths = at::full({T}, std::numeric_limits<int32_t>::min(), i32);
+    }
+    if (T > 0) {
+        TORCH_CHECK(blockDim > 0, "indexer: no tiling for Hi=", Hi, " Di=", Di, " topk=", topk);
+        at::Tensor ws = Workspace(dev, static_cast<int64_t>(blockDim) * t.wsPerCore, q.options());
+        void* never = ws.data_ptr();
+        IndexerTopkArgs a{};
+        a.q = qc.data_ptr();
+        a.weights = w.data_ptr<float>();
+        a.indexK = kc.numel() ? kc.data_ptr() : never;
+        a.visibleEnd = vis.data_ptr<int32_t>();
+        a.blockTable = paged && bt.numel() ? bt.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+        a.seqIds = paged ? sid.data_ptr<int32_t>() : static_cast<int32_t*>(never);
+        a.indices = logits_mode ? static_cast<int32_t*>(never) : indices.data_ptr<int32_t>();
+        a.lengths = logits_mode ? static_cast<int32_t*>(never) : lengths.data_ptr<int32_t>();
+        a.logits = logits_mode ? logits.data_ptr<float>() : static_cast<float*>(never);
+        a.workspace = ws.data_ptr();
+        dev.IndexerTopk(a, t);
+    }
+    if (logits_mode) return {logits};
+    return {indices, lengths};
+}
+
+// Tiling fields of a sparse_attention call (tests and README tables).
+inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64_t D, int64_t dtype_code,
+                                                     uint32_t cores)
+{
+    SparseAttentionTiling t;
+    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), static_cast<uint32_t>(dtype_code), 16, 16,
+                                 false, 0, 0, false, false, 1.0f, cores);
+    return t;
+}
+
+}  // namespace host
+}  // namespace longattn_ascend
