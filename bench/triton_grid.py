@@ -6,7 +6,9 @@ Cases (DeepSeek-V4 decode shapes, bf16, D = 512):
 - sparse decode CSA: H = 128, 128 window keys + 1,024 compressed keys per token (T = 1, 64);
 - sparse decode HCA: H = 128, 128 + 8,192 keys (T = 1, 16);
 - sparse decode CSA with an FP8 compressed pool (T = 64);
-- indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8).
+- indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8);
+- cache writes: append_kv (bf16 pool T = 64; FP8 pool T = 64, 8,192) and compress_kv (CSA decode of
+  64 sequences, CSA / HCA prefill of 8,192 tokens; d = 512, bf16 inputs).
 Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
 against the reference (max abs error), and reported as ms, TFLOP/s and GB/s with fractions of the
 ceilings measured in the same run (device-to-device copy bandwidth, bf16 matmul throughput). The
@@ -14,7 +16,9 @@ sparse kernel's tile configuration is also swept on two cases (``--no-sweep`` sk
 
 FLOPs (FlashMLA convention): attention 2 * T * H * keys * (D + D); indexer 2 * T * Hi * N * Di.
 Bytes: attention = gathered rows (T * keys * D * 2, rows re-read by other tokens counted again) +
-indices + q + out; indexer = T * N * Di * 2 (every key read once per token) + q, w, outputs.
+indices + q + out; indexer = T * N * Di * 2 (every key read once per token) + q, w, outputs; cache
+writes = rows read + records / entries written + ring rows read (fp32) and written (cache writes
+report 0 FLOP: they are memory-bound).
 """
 
 from __future__ import annotations
@@ -162,6 +166,121 @@ def sweep_sparse(name, args, flops, nbytes, ceil, quick, results):
             results.append({"case": f"{name} cfg={bh},{bn},{nw},{ns}", "backend": "triton", "error": repr(exc)[:500]})
 
 
+def _clone_pool(pool):
+    if isinstance(pool, torch.Tensor):
+        return pool.clone()
+    from longattn.cache import Fp8KVPool
+
+    return Fp8KVPool(pool.data.clone(), pool.page_size)
+
+
+def _pool_rows(pool, D):
+    if isinstance(pool, torch.Tensor):
+        return pool.reshape(-1, D).float()
+    from longattn.cache import dequantize_kv_fp8
+
+    return dequantize_kv_fp8(pool).reshape(-1, D)
+
+
+def append_case(device, T, D=512, pool="bf16", num_slots=65536, seed=0):
+    from longattn.cache import Fp8KVPool
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    rows = torch.randn(T, D, generator=g).to(device, torch.bfloat16)
+    slots = torch.randperm(num_slots, generator=g)[:T].to(device)
+    page = 64
+    if pool == "fp8":
+        p = Fp8KVPool.empty(num_slots // page, page, device)
+        nbytes = T * (D * 2 + 584 + 8)
+    else:
+        p = torch.zeros(num_slots // page, page, D, dtype=torch.bfloat16, device=device)
+        nbytes = T * (2 * D * 2 + 8)
+    return dict(pool=p, rows=rows, slot_mapping=slots), nbytes
+
+
+def compress_case(device, B, L, ratio, overlap, out="fp8", d=512, start=0, seed=0):
+    """B sequences of L new tokens each (positions start .. start + L - 1), rings one page each."""
+    from longattn.cache import Fp8KVPool
+    from longattn.configs import RopeConfig
+    from longattn.rope import inv_freq
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    c = 2 if overlap else 1
+    ring = c * ratio
+    T = B * L
+    a = torch.randn(T, c * d, generator=g).to(device, torch.bfloat16)
+    b = torch.randn(T, c * d, generator=g).to(device, torch.bfloat16)
+    pos = (start + torch.arange(L)).repeat(B).to(device)
+    rows = torch.arange(B).repeat_interleave(L).int().to(device)
+    state = torch.randn(B, ring, 2 * c * d, generator=g).to(device)
+    sbt = torch.arange(B).view(B, 1).int().to(device)
+    page = 64
+    pages = (start + L) // ratio // page + 1
+    obt = torch.arange(B * pages).view(B, pages).int().to(device)
+    pool = (
+        Fp8KVPool.empty(B * pages, page, device)
+        if out == "fp8"
+        else torch.zeros(B * pages, page, d, dtype=torch.bfloat16, device=device)
+    )
+    args = dict(a=a, b=b, positions=pos, token_rows=rows, ratio=ratio, overlap=overlap, state=state,
+                state_block_table=sbt, out=pool, out_block_table=obt, norm_weight=torch.ones(d, device=device),
+                eps=1e-6, rope_inv_freq=inv_freq(RopeConfig(160000.0), 64, device))  # fmt: skip
+    entries = B * (((start + L) // ratio) - (start // ratio))
+    head_ring_rows = B * min(ring - 1, start)  # ring rows read by the runs' first windows
+    nbytes = (T * c * d * 2 * 2 + head_ring_rows * d * 2 * 4 + entries * (584 if out == "fp8" else d * 2)
+              + B * min(L, ring) * 2 * c * d * 4)  # fmt: skip
+    return args, nbytes
+
+
+def _with_pool(args, key):
+    """A copy of args whose mutable tensors (the pool / state) are fresh clones."""
+    a = dict(args)
+    a[key] = _clone_pool(args[key])
+    if "state" in a:
+        a["state"] = args["state"].clone()
+    return a
+
+
+def run_cache_writes(device, ceil, quick, results):
+    for name, kw in [
+        ("append_kv bf16 pool T=64 D=512", dict(T=64)),
+        ("append_kv fp8 pool T=64", dict(T=64, pool="fp8")),
+        ("append_kv fp8 pool T=8192", dict(T=8192, pool="fp8")),
+    ]:
+        try:
+            args, nbytes = append_case(device, **kw)
+            at, ar = _with_pool(args, "pool"), _with_pool(args, "pool")
+            longattn.append_kv(**at, backend="triton")
+            longattn.append_kv(**ar, backend="reference")
+            err = float((_pool_rows(at["pool"], 512) - _pool_rows(ar["pool"], 512)).abs().max())
+            for be in ("triton", "reference"):
+                ms = bench_ms(lambda be=be, args=args: longattn.append_kv(**args, backend=be), quick)
+                results.append(record(name, be, ms, 0, nbytes, ceil, err if be == "triton" else None))
+        except Exception:
+            traceback.print_exc()
+            results.append({"case": name, "error": traceback.format_exc()[-2000:]})
+    for name, kw in [
+        ("compress_kv CSA decode B=64 d=512 fp8", dict(B=64, L=1, ratio=4, overlap=True, start=1023)),
+        ("compress_kv CSA prefill T=8192 d=512 fp8", dict(B=1, L=8192, ratio=4, overlap=True)),
+        ("compress_kv HCA prefill T=8192 d=512 bf16", dict(B=1, L=8192, ratio=128, overlap=False, out="bf16")),
+    ]:
+        try:
+            args, nbytes = compress_case(device, **kw)
+            at, ar = _with_pool(args, "out"), _with_pool(args, "out")
+            longattn.compress_kv(**at, backend="triton")
+            longattn.compress_kv(**ar, backend="reference")
+            err = float((_pool_rows(at["out"], 512) - _pool_rows(ar["out"], 512)).abs().max())
+            ring_err = float((at["state"] - ar["state"]).abs().max())
+            # repeated calls are idempotent (same entries and ring rows), so they are timed in place
+            for be in ("triton", "reference"):
+                ms = bench_ms(lambda be=be, args=args: longattn.compress_kv(**args, backend=be), quick)
+                extra = {"ring_max_abs_diff": ring_err} if be == "triton" else None
+                results.append(record(name, be, ms, 0, nbytes, ceil, err if be == "triton" else None, extra))
+        except Exception:
+            traceback.print_exc()
+            results.append({"case": name, "error": traceback.format_exc()[-2000:]})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/triton_grid.json")
@@ -228,6 +347,7 @@ def main(argv=None):
         except Exception:
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+    run_cache_writes(device, ceil, a.quick, res)
     if not a.no_sweep:
         for name, kw in cases[1:3]:
             try:

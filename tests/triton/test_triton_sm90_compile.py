@@ -63,7 +63,9 @@ def compile_all() -> list:
     import torch
     import triton
     import triton.language as tl
+    from longattn.ops.append import triton_append as ta
     from longattn.ops.combine import triton_combine as tc
+    from longattn.ops.compress import triton_compress as tcp
     from longattn.ops.indexer import triton_indexer as ti
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
     from triton.backends.compiler import GPUTarget
@@ -188,6 +190,49 @@ def compile_all() -> list:
         icfg["num_warps"],
         1,
     )
+    # cache writes: append_kv (bf16 rows into a bf16 pool / fp32 rows into a bf16 pool / FP8 records)
+    for mode, src, dst in [
+        (ta.COPY_BITS, "*i16", "*i16"),
+        (ta.TO_BF16, "*fp32", "*i16"),
+        (ta.TO_F16, "*bf16", "*fp16"),
+    ]:
+        bt, bd = ta._tiles(512)
+        build(
+            f"append_kv float mode={mode} {src}->{dst} BLOCK_T={bt} BLOCK_D={bd}",
+            ta._append_float_kernel,
+            dict(p_rows=src, p_slots="*i64", p_pool=dst, stride_rt="i64", stride_pr="i64"),
+            dict(MODE=mode, BLOCK_T=bt, BLOCK_D=bd, stride_rd=1, stride_pd=1, stride_s=1),
+            4,
+            1,
+        )
+    build(
+        "append_kv fp8 record",
+        ta._append_fp8_kernel,
+        dict(p_rows="*bf16", p_slots="*i32", p_u8="*u8", p_i16="*i16"),
+        dict(stride_rd=1, stride_s=1),
+        4,
+        1,
+    )
+    # compress_kv: CSA (ratio 4, overlap, d = 512, bf16 and FP8 out), HCA (ratio 128, d = 512),
+    # indexer compressor (ratio 4, overlap, d = 128)
+    for ratio, overlap, d, out in [(4, True, 512, "bf16"), (4, True, 512, "fp8"), (128, False, 512, "bf16"),
+                                   (4, True, 128, "bf16")]:  # fmt: skip
+        c = 2 if overlap else 1
+        cfg = tcp.default_config(d, ratio, c, cuda)
+        kind = tcp.OUT_FP8 if out == "fp8" else tcp.OUT_BF16
+        build(
+            f"compress_kv ratio={ratio} overlap={overlap} d={d} out={out} {cfg}",
+            tcp._compress_kv_kernel,
+            dict(p_a="*bf16", p_b="*bf16", p_pos="*i32", p_rows="*i32", p_state="*fp32", p_sbt="*i32",
+                 p_out="*u8" if out == "fp8" else "*bf16", p_out16="*i16", p_obt="*i32", p_w="*fp32",
+                 p_freq="*fp32", eps="fp32"),  # fmt: skip
+            dict(RATIO=ratio, C=c, D=d, R=32, OUT_KIND=kind, BLOCK_S=cfg["BLOCK_S"],
+                 BLOCK_D=triton.next_power_of_2(d), BLOCK_K=cfg["BLOCK_K"], BLOCK_RW=cfg["BLOCK_RW"],
+                 BLOCK_W=cfg["BLOCK_W"], stride_ac=1, stride_bc=1, stride_pos=1, stride_rows=1, stride_sbt_p=1,
+                 stride_obt_p=1, stride_w=1, stride_f=1),  # fmt: skip
+            cfg["num_warps"],
+            1,
+        )
     return results
 
 

@@ -25,11 +25,14 @@ MAX_TOPK = 2048  # = triton_indexer.MAX_TOPK
 FP8_HEAD_DIM = 512
 FP8_DATA_BYTES, FP8_SCALE_BYTES = 576, 8
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 -> float conversions in hardware (Ada / Hopper and later)
+COMPRESS_MAX_D = 1024  # = triton_compress.MAX_D (the [d] entry and its softmax state live in registers)
 
 _KERNELS = {
     "sparse_attention": "longattn.ops.sparse_attention.triton_sparse_attention",
     "indexer": "longattn.ops.indexer.triton_indexer",
     "combine": "longattn.ops.combine.triton_combine",
+    "append": "longattn.ops.append.triton_append",
+    "compress": "longattn.ops.compress.triton_compress",
 }
 
 
@@ -96,6 +99,50 @@ def _indexer_topk_reasons(topk, **_) -> List[str]:
     return []
 
 
+def _append_kv_reasons(pool, rows, slot_mapping, **_) -> List[str]:
+    """Float pools: any of fp32 / bf16 / fp16 rows into any of them, any strides of ``rows`` and of a
+    [num_slots, D] pool; a paged pool must flatten to [num_slots, D] with one row stride. FP8 pools:
+    the MODEL1 record (quantised with integer arithmetic: no e4m3 hardware needed)."""
+    reasons = []
+    if isinstance(pool, torch.Tensor):
+        if pool.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            reasons.append(f"float pools must be fp32 / bf16 / fp16, got {pool.dtype}")
+        if pool.dim() == 3 and pool.shape[0] > 1 and pool.stride(0) != pool.shape[1] * pool.stride(1):
+            reasons.append("a paged pool's pages must be evenly strided (pool.view(-1, D) must be possible)")
+    else:
+        problem = fp8_pool_problem(pool)
+        if problem:
+            reasons.append(f"`pool`: {problem}")
+    if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        reasons.append(f"rows must be fp32 / bf16 / fp16, got {rows.dtype}")
+    return reasons
+
+
+def _compress_kv_reasons(a, ratio, overlap, state, out, rope_inv_freq, **_) -> List[str]:
+    reasons = []
+    d = a.shape[1] // (2 if overlap else 1)
+    if d > COMPRESS_MAX_D:
+        reasons.append(f"entry width d={d} > {COMPRESS_MAX_D} (the entry is pooled in registers)")
+    if rope_inv_freq.shape[0] > 0 and d % 2:
+        reasons.append(f"RoPE needs an even entry width (interleaved pairs from an even dim), got d={d}")
+    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        reasons.append(f"a / b must be fp32 / bf16 / fp16, got {a.dtype}")
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        reasons.append("`state` must be a contiguous fp32 tensor")
+    if isinstance(out, torch.Tensor):
+        if out.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            reasons.append(f"`out` float pools must be fp32 / bf16 / fp16, got {out.dtype}")
+        if not out.is_contiguous():
+            reasons.append("`out` must be a contiguous [num_pages, page_size, d] tensor")
+    else:
+        problem = fp8_pool_problem(out)
+        if problem:
+            reasons.append(f"`out`: {problem}")
+        elif d != FP8_HEAD_DIM:
+            reasons.append(f"FP8 pools hold entries of d={FP8_HEAD_DIM}, got d={d}")
+    return reasons
+
+
 # ---------------------------------------------------------------------------------------------------
 # entry points (import the kernels on first call)
 # ---------------------------------------------------------------------------------------------------
@@ -109,6 +156,14 @@ def _merge_attention_states(**args):
 
 def _apply_attention_sink(**args):
     return _kernels("combine").apply_attention_sink(**args)
+
+
+def _append_kv(**args):
+    return _kernels("append").append_kv(**args)
+
+
+def _compress_kv(**args):
+    return _kernels("compress").compress_kv(**args)
 
 
 def _indexer_logits(**args):
@@ -129,6 +184,8 @@ BACKEND = Backend(
         "apply_attention_sink": OpImpl(_apply_attention_sink),
         "indexer_logits": OpImpl(_indexer_logits),
         "indexer_topk": OpImpl(_indexer_topk, _indexer_topk_reasons),
+        "append_kv": OpImpl(_append_kv, _append_kv_reasons),
+        "compress_kv": OpImpl(_compress_kv, _compress_kv_reasons),
     },
     unavailable=_unavailable(),
 )
