@@ -64,6 +64,7 @@ def _int_list(x):
 # small scalar helpers
 # ----------------------------------------------------------------------------------------------------
 
+
 def _sink_factor(lse: float, sink: float | None) -> float:
     """g = exp(lse) / (exp(lse) + exp(sink)) = sigmoid(lse - sink), with the inf cases made explicit."""
     if sink is None or (math.isinf(sink) and sink < 0):
@@ -95,6 +96,7 @@ def _softmax_weights(logits):
 # 1. sparse attention
 # ----------------------------------------------------------------------------------------------------
 
+
 def _collect_keys(rows, idx_row, length):
     """The valid key rows of one index row: position < length and 0 <= idx < N; duplicates kept."""
     n = rows.shape[0]
@@ -107,8 +109,17 @@ def _collect_keys(rows, idx_row, length):
     return keys
 
 
-def sparse_attention(q, kv_rows, indices, topk_length=None, extra_kv_rows=None, extra_indices=None,
-                     extra_topk_length=None, attn_sink=None, softmax_scale=None):
+def sparse_attention(
+    q,
+    kv_rows,
+    indices,
+    topk_length=None,
+    extra_kv_rows=None,
+    extra_indices=None,
+    extra_topk_length=None,
+    attn_sink=None,
+    softmax_scale=None,
+):
     """api.md section 1, literally.
 
     q [T,H,D]; kv_rows [N,D] (a paged [P,page,D] pool is flattened to its slots); indices [T,K];
@@ -157,6 +168,7 @@ def sparse_attention(q, kv_rows, indices, topk_length=None, extra_kv_rows=None, 
 # 2. merge / sink
 # ----------------------------------------------------------------------------------------------------
 
+
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
     """api.md section 2: exact union of two disjoint key sets.
 
@@ -204,6 +216,7 @@ def apply_attention_sink(out, lse, sink):
 # ----------------------------------------------------------------------------------------------------
 # 3. lightning indexer
 # ----------------------------------------------------------------------------------------------------
+
 
 def _indexer_entries(index_k, block_table, seq_ids, T):
     """Return (N, rows [slots, Di], slot_of(t, j) -> slot or None)."""
@@ -263,8 +276,7 @@ def _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids):
             for h in range(Hi):
                 d = float(torch.dot(q[t, h], rows[slot]))
                 terms.append(float(w[t, h]) * max(d, 0.0))  # weights * relu(<q, k>)
-            row.append((True, math.fsum(terms) if all(math.isfinite(x) for x in terms) else sum(terms),
-                        slot))
+            row.append((True, math.fsum(terms) if all(math.isfinite(x) for x in terms) else sum(terms), slot))
         table.append(row)
     return N, table
 
@@ -284,8 +296,7 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
     return out
 
 
-def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None,
-                 return_slots=False):
+def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
     """api.md section 3: the visible entries ranked by (score desc, entry id asc), first min(topk, #visible),
     padded with -1. Returns (indices [T, topk] int64, lengths [T] int64 = number of non -1 entries).
     return_slots=True gives physical slots (rows of the flat pool) instead of logical ids.
@@ -311,6 +322,7 @@ def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_i
 # ----------------------------------------------------------------------------------------------------
 # 4. compressor (stateless pooling)
 # ----------------------------------------------------------------------------------------------------
+
 
 def compress_pool(a, b, ratio, overlap):
     """api.md section 4 / deepseek-v4-attention.md section 5 closed form, one sequence from position 0.
@@ -356,6 +368,7 @@ def compress_pool(a, b, ratio, overlap):
 # ----------------------------------------------------------------------------------------------------
 # FP8 e4m3fn, bf16 and the FlashMLA MODEL1 / vLLM fp8_ds_mla record
 # ----------------------------------------------------------------------------------------------------
+
 
 def _round_half_even(v: float) -> float:
     """Round a non-negative float64 to the nearest integer, ties to even (exact for v < 2**52)."""
@@ -410,10 +423,10 @@ def e4m3_encode(x: float) -> int:
     m, ex = math.frexp(a)
     e = ex - 1
     if e < -6:  # subnormal: a = mant * 2**-9
-        mant = int(a / 2.0 ** -9)
-        assert mant * 2.0 ** -9 == a and 1 <= mant <= 7
+        mant = int(a / 2.0**-9)
+        assert mant * 2.0**-9 == a and 1 <= mant <= 7
         return sign | mant
-    frac = a / 2.0 ** e - 1.0  # in [0, 1), multiple of 1/8
+    frac = a / 2.0**e - 1.0  # in [0, 1), multiple of 1/8
     mant = int(frac * 8)
     assert mant / 8.0 == frac
     field = e + 7
@@ -430,11 +443,11 @@ def e4m3_decode(byte: int) -> float:
     if field == 15 and mant == 7:
         return float("nan")
     if field == 0:
-        return sign * mant * 2.0 ** -9
+        return sign * mant * 2.0**-9
     return sign * (1.0 + mant / 8.0) * 2.0 ** (field - 7)
 
 
-BF16_MAX = (2.0 - 2.0 ** -7) * 2.0 ** 127
+BF16_MAX = (2.0 - 2.0**-7) * 2.0**127
 
 
 def bf16_round(x: float) -> float:
@@ -445,7 +458,7 @@ def bf16_round(x: float) -> float:
         return x
     a = abs(x)
     # values at or beyond the midpoint between BF16_MAX and 2**128 round (ties-to-even) to inf
-    if a >= (BF16_MAX + 2.0 ** 128) / 2:
+    if a >= (BF16_MAX + 2.0**128) / 2:
         return math.copysign(POS_INF, x)
     return _round_to_grid(x, 7, -126)
 
@@ -504,12 +517,12 @@ def quantize_kv_fp8(kv):
             data = base + i * DATA_BYTES
             srow = base + page * DATA_BYTES + i * SCALE_BYTES
             for tile in range(N_TILES):
-                xs = row[tile * TILE:(tile + 1) * TILE]
+                xs = row[tile * TILE : (tile + 1) * TILE]
                 amax = max(abs(v) for v in xs)
                 e = ue8m0_scale_exponent(amax)
                 buf[srow + tile] = e + 127
                 for c, v in enumerate(xs):
-                    buf[data + tile * TILE + c] = e4m3_encode(v / 2.0 ** e)
+                    buf[data + tile * TILE + c] = e4m3_encode(v / 2.0**e)
             buf[srow + 7] = 0
             for c in range(D_ROPE):
                 bits = bf16_bits(row[D_NOPE + c])

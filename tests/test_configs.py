@@ -1,7 +1,6 @@
 """Model presets against deepseek-v4-attention.md section 1."""
 
 import pytest
-
 from longattn.configs import V4_FLASH, V4_PRO, ModelConfig, kind_of_ratio
 
 
@@ -21,7 +20,13 @@ def test_pro_schedule():
 
 @pytest.mark.parametrize("cfg,heads,topk,q_lora,groups", [(V4_FLASH, 64, 512, 1024, 8), (V4_PRO, 128, 1024, 1536, 16)])
 def test_dimensions(cfg, heads, topk, q_lora, groups):
-    assert (cfg.n_heads, cfg.index_topk, cfg.q_lora_rank, cfg.o_groups, cfg.o_lora_rank) == (heads, topk, q_lora, groups, 1024)
+    assert (cfg.n_heads, cfg.index_topk, cfg.q_lora_rank, cfg.o_groups, cfg.o_lora_rank) == (
+        heads,
+        topk,
+        q_lora,
+        groups,
+        1024,
+    )
     assert (cfg.head_dim, cfg.rope_dim, cfg.nope_dim, cfg.window) == (512, 64, 448, 128)
     assert (cfg.index_n_heads, cfg.index_head_dim, cfg.eps) == (64, 128, 1e-6)
     assert cfg.softmax_scale == 512**-0.5 and cfg.max_position == 1048576

@@ -3,10 +3,9 @@
 import subprocess
 import sys
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.backends import Backend, BackendError, OpImpl, registry
 
 

@@ -23,6 +23,7 @@ def i64(x):
 # sparse_attention
 # ------------------------------------------------------------------------------------------------
 
+
 def test_one_key_gives_that_key_and_its_logit():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 3, 8, generator=g)
@@ -31,14 +32,14 @@ def test_one_key_gives_that_key_and_its_logit():
     assert out.dtype == torch.float64 and lse.dtype == torch.float64
     for h in range(3):
         assert torch.allclose(out[0, h], kv[3].double(), rtol=0, atol=1e-15)
-        expect = 8 ** -0.5 * sum(float(q[0, h, d]) * float(kv[3, d]) for d in range(8))
+        expect = 8**-0.5 * sum(float(q[0, h, d]) * float(kv[3, d]) for d in range(8))
         assert lse[0, h].item() == pytest.approx(expect, abs=1e-12)
 
 
 def test_two_keys_hand_computed_d1():
     # D = 1, scale 1: logits 1 and 2
     out, lse = O.sparse_attention(t64([[[1.0]]]), t64([[1.0], [2.0]]), i64([[0, 1]]), softmax_scale=1.0)
-    e1, e2 = math.e, math.e ** 2
+    e1, e2 = math.e, math.e**2
     assert lse.item() == pytest.approx(math.log(e1 + e2), abs=1e-14)
     assert out.item() == pytest.approx((e1 * 1 + e2 * 2) / (e1 + e2), abs=1e-14)
 
@@ -84,8 +85,7 @@ def test_invalid_indices_and_topk_length_are_skipped():
 def test_no_valid_key_gives_zero_and_minus_inf():
     q = torch.randn(2, 2, 4)
     kv = torch.randn(3, 4)
-    out, lse = O.sparse_attention(q, kv, i64([[-1, 3], [0, 1]]), topk_length=i64([2, 0]),
-                                  attn_sink=t64([0.0, 1.0]))
+    out, lse = O.sparse_attention(q, kv, i64([[-1, 3], [0, 1]]), topk_length=i64([2, 0]), attn_sink=t64([0.0, 1.0]))
     assert torch.equal(out, torch.zeros(2, 2, 4, dtype=torch.float64))
     assert torch.all(torch.isneginf(lse))
 
@@ -97,8 +97,9 @@ def test_extra_stream_shares_one_softmax():
     ex = torch.randn(4, 8, generator=g)
     idx = i64([[0, 4, -1], [2, 2, 1]])
     eidx = i64([[3, 1], [0, 9]])
-    out, lse = O.sparse_attention(q, kv, idx, topk_length=i64([2, 3]), extra_kv_rows=ex, extra_indices=eidx,
-                                  extra_topk_length=i64([2, 1]))
+    out, lse = O.sparse_attention(
+        q, kv, idx, topk_length=i64([2, 3]), extra_kv_rows=ex, extra_indices=eidx, extra_topk_length=i64([2, 1])
+    )
     both = torch.cat([kv, ex])
     ref = O.sparse_attention(q, both, i64([[0, 4, 5 + 3, 5 + 1], [2, 2, 1, 5 + 0]]))
     assert torch.allclose(out, ref[0], atol=1e-14) and torch.allclose(lse, ref[1], atol=1e-14)
@@ -163,6 +164,7 @@ def test_input_dtypes_accepted():
 # merge / apply sink
 # ------------------------------------------------------------------------------------------------
 
+
 def test_merge_hand_computed():
     out, lse = O.merge_attention_states(t64([[[1.0]]]), t64([[0.0]]), t64([[[3.0]]]), t64([[0.0]]))
     assert out.item() == pytest.approx(2.0) and lse.item() == pytest.approx(math.log(2))
@@ -181,8 +183,9 @@ def test_merge_of_disjoint_halves_equals_whole():
     assert torch.allclose(out, ow, atol=1e-14) and torch.allclose(lse, lw, atol=1e-14)
     # split-KV rule: partials without sink, merge, then apply the sink once
     sink = t64([0.7, -1.2])
-    os_, _ = O.sparse_attention(q, kv, i64([[0, 1, 2, 5, 6, 7], [3, 4, -1, -1, -1, -1], [8, 9, 9, -1, -1, -1]]),
-                                attn_sink=sink)
+    os_, _ = O.sparse_attention(
+        q, kv, i64([[0, 1, 2, 5, 6, 7], [3, 4, -1, -1, -1, -1], [8, 9, 9, -1, -1, -1]]), attn_sink=sink
+    )
     assert torch.allclose(O.apply_attention_sink(out, lse, sink), os_, atol=1e-14)
 
 
@@ -275,10 +278,10 @@ def test_indexer_paged_matches_flat_and_slots():
     for t in range(3):
         b = int(seq[t])
         flat = torch.cat([pool[int(p)] for p in bt[b]])  # logical order of sequence b
-        ref = O.indexer_logits(q[t:t + 1], w[t:t + 1], flat, vis[t:t + 1])
+        ref = O.indexer_logits(q[t : t + 1], w[t : t + 1], flat, vis[t : t + 1])
         assert torch.equal(lg[t], ref[0])
-        ids, ln = O.indexer_topk(q[t:t + 1], w[t:t + 1], pool, vis[t:t + 1], 4, block_table=bt[b:b + 1])
-        ref_ids, ref_ln = O.indexer_topk(q[t:t + 1], w[t:t + 1], flat, vis[t:t + 1], 4)
+        ids, ln = O.indexer_topk(q[t : t + 1], w[t : t + 1], pool, vis[t : t + 1], 4, block_table=bt[b : b + 1])
+        ref_ids, ref_ln = O.indexer_topk(q[t : t + 1], w[t : t + 1], flat, vis[t : t + 1], 4)
         assert torch.equal(ids, ref_ids) and torch.equal(ln, ref_ln)
     ids, _ = O.indexer_topk(q, w, pool, vis, 4, block_table=bt, seq_ids=seq)
     slots, ln = O.indexer_topk(q, w, pool, vis, 4, block_table=bt, seq_ids=seq, return_slots=True)
@@ -307,6 +310,7 @@ def test_indexer_invalid_page_never_selected():
 # ------------------------------------------------------------------------------------------------
 # compress_pool
 # ------------------------------------------------------------------------------------------------
+
 
 def test_compress_pool_no_overlap_ratio2():
     # one channel: block 0 = tokens 0,1 (scores 0, log 3 -> weights 1/4, 3/4), block 1 = tokens 2,3 (equal)
@@ -353,9 +357,25 @@ def test_compress_pool_large_scores_stable():
 # e4m3 / bf16
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x,byte", [(448.0, 0x7E), (1.0, 0x38), (-2.0, 0xC0), (2.0 ** -9, 0x01), (0.0, 0x00),
-                                    (500.0, 0x7E), (-500.0, 0xFE), (INF, 0x7E), (2.0 ** -6, 0x08),
-                                    (7 * 2.0 ** -9, 0x07), (0.5, 0x30), (1.125, 0x39), (240.0, 0x77)])
+
+@pytest.mark.parametrize(
+    "x,byte",
+    [
+        (448.0, 0x7E),
+        (1.0, 0x38),
+        (-2.0, 0xC0),
+        (2.0**-9, 0x01),
+        (0.0, 0x00),
+        (500.0, 0x7E),
+        (-500.0, 0xFE),
+        (INF, 0x7E),
+        (2.0**-6, 0x08),
+        (7 * 2.0**-9, 0x07),
+        (0.5, 0x30),
+        (1.125, 0x39),
+        (240.0, 0x77),
+    ],
+)
 def test_e4m3_known(x, byte):
     assert O.e4m3_encode(x) == byte
 
@@ -366,10 +386,10 @@ def test_e4m3_saturation_and_rounding():
     assert O.e4m3_round(1.0625) == 1.0  # tie between 1.0 (even) and 1.125
     assert O.e4m3_round(1.1875) == 1.25  # tie between 1.125 and 1.25 (even)
     assert O.e4m3_round(1.07) == 1.125
-    assert O.e4m3_round(2.0 ** -10) == 0.0  # half the smallest subnormal ties to even 0
-    assert O.e4m3_round(3 * 2.0 ** -10) == 2.0 ** -8  # tie 1 vs 2 subnormal units -> 2
-    assert O.e4m3_round(1.5 * 2.0 ** -7) == 1.5 * 2.0 ** -7  # subnormal grid 2**-9
-    assert O.e4m3_round(15.5 * 2.0 ** -10) == 2.0 ** -6  # rounds up out of the subnormals
+    assert O.e4m3_round(2.0**-10) == 0.0  # half the smallest subnormal ties to even 0
+    assert O.e4m3_round(3 * 2.0**-10) == 2.0**-8  # tie 1 vs 2 subnormal units -> 2
+    assert O.e4m3_round(1.5 * 2.0**-7) == 1.5 * 2.0**-7  # subnormal grid 2**-9
+    assert O.e4m3_round(15.5 * 2.0**-10) == 2.0**-6  # rounds up out of the subnormals
     assert math.isnan(O.e4m3_decode(0x7F)) and math.isnan(O.e4m3_decode(0xFF))
 
 
@@ -397,11 +417,14 @@ def test_e4m3_matches_torch_cast():
     xs = list(grid)
     for lo, hi in zip(grid, grid[1:]):
         mid = (lo + hi) / 2
-        xs += [mid, mid * (1 + 2 ** -20) if mid > 0 else mid * (1 - 2 ** -20),
-               mid * (1 - 2 ** -20) if mid > 0 else mid * (1 + 2 ** -20)]
+        xs += [
+            mid,
+            mid * (1 + 2**-20) if mid > 0 else mid * (1 - 2**-20),
+            mid * (1 - 2**-20) if mid > 0 else mid * (1 + 2**-20),
+        ]
     g = torch.Generator().manual_seed(7)
     xs += (torch.randn(4000, generator=g, dtype=torch.float64) * 50).tolist()
-    xs += (torch.randn(2000, generator=g, dtype=torch.float64) * 2.0 ** -8).tolist()
+    xs += (torch.randn(2000, generator=g, dtype=torch.float64) * 2.0**-8).tolist()
     xs += [449.0, 460.0, 470.0, 479.0, -470.0]  # torch 2.x saturates here as well
     xs = [float(torch.tensor(x, dtype=torch.float32)) for x in xs]  # cast input exactly representable
     tb = _torch_e4m3_byte(xs)
@@ -413,14 +436,19 @@ def test_bf16_bits():
     assert O.bf16_bits(1.0) == 0x3F80
     assert O.bf16_bits(-2.0) == 0xC000
     assert O.bf16_bits(0.0) == 0x0000
-    assert O.bf16_bits(1 + 2.0 ** -8) == 0x3F80  # tie -> even
-    assert O.bf16_bits(1 + 3 * 2.0 ** -8) == 0x3F82  # tie -> even (up)
-    assert O.bf16_bits(1 + 2.0 ** -8 + 2.0 ** -20) == 0x3F81
+    assert O.bf16_bits(1 + 2.0**-8) == 0x3F80  # tie -> even
+    assert O.bf16_bits(1 + 3 * 2.0**-8) == 0x3F82  # tie -> even (up)
+    assert O.bf16_bits(1 + 2.0**-8 + 2.0**-20) == 0x3F81
     assert O.bf16_bits(3.0e38) == 0x7F62
     assert O.bf16_bits(3.4e38) == 0x7F80  # overflow to inf
     g = torch.Generator().manual_seed(8)
-    xs = torch.cat([torch.randn(3000, generator=g) * 10, torch.randn(500, generator=g) * 1e-39,
-                    torch.randn(500, generator=g) * 1e37])
+    xs = torch.cat(
+        [
+            torch.randn(3000, generator=g) * 10,
+            torch.randn(500, generator=g) * 1e-39,
+            torch.randn(500, generator=g) * 1e37,
+        ]
+    )
     tb = xs.to(torch.bfloat16).view(torch.int16).tolist()
     for x, b in zip(xs.tolist(), tb):
         assert O.bf16_bits(x) == (b & 0xFFFF), x
@@ -429,6 +457,7 @@ def test_bf16_bits():
 # ------------------------------------------------------------------------------------------------
 # FP8 KV record
 # ------------------------------------------------------------------------------------------------
+
 
 def test_page_bytes():
     assert O.page_bytes(1) == 1152
@@ -439,7 +468,7 @@ def test_page_bytes():
 def test_scale_exponent():
     assert O.ue8m0_scale_exponent(448.0) == 0
     assert O.ue8m0_scale_exponent(448.0 * 8) == 3
-    assert O.ue8m0_scale_exponent(448.0 * 8 * (1 + 2 ** -20)) == 4
+    assert O.ue8m0_scale_exponent(448.0 * 8 * (1 + 2**-20)) == 4
     assert O.ue8m0_scale_exponent(1.0) == -8  # 1/448 -> (2**-9, 2**-8]
     assert O.ue8m0_scale_exponent(0.0) == -13  # clamp 1e-4 -> ceil(-13.29)
     assert O.ue8m0_scale_exponent(7.0) == -6
@@ -460,9 +489,9 @@ def test_quantize_layout_by_hand():
     assert by[448:450] == [0x80, 0x3F] and by[574:576] == [0x00, 0xC0]
     assert by[576 + 447] == 0x78
     s0, s1 = 2 * 576, 2 * 576 + 8
-    assert by[s0:s0 + 8] == [127, 120, 114, 114, 114, 114, 114, 0]
-    assert by[s1:s1 + 8] == [114, 114, 114, 114, 114, 114, 118, 0]
-    assert all(v == 0 for v in by[2 * 584:])  # page tail padding
+    assert by[s0 : s0 + 8] == [127, 120, 114, 114, 114, 114, 114, 0]
+    assert by[s1 : s1 + 8] == [114, 114, 114, 114, 114, 114, 118, 0]
+    assert all(v == 0 for v in by[2 * 584 :])  # page tail padding
     others = set(range(2 * 576)) - {0, 1, 64, 448, 449, 574, 575, 576 + 447}
     assert all(by[i] == 0 for i in others)
     deq = O.dequantize_kv_fp8(pool, 2)
@@ -483,19 +512,20 @@ def test_quantize_roundtrip_and_torch_crosscheck():
     # nope part, built independently with torch casts
     x = kv[..., :448].double().reshape(P, page, 7, 64)
     amax = x.abs().amax(-1)
-    e = torch.tensor([[[O.ue8m0_scale_exponent(float(v)) for v in r] for r in pp] for pp in amax.tolist()],
-                     dtype=torch.float64)
+    e = torch.tensor(
+        [[[O.ue8m0_scale_exponent(float(v)) for v in r] for r in pp] for pp in amax.tolist()], dtype=torch.float64
+    )
     scaled = (x / torch.pow(2.0, e).unsqueeze(-1)).float()
     ref_bytes = scaled.to(torch.float8_e4m3fn).view(torch.uint8).reshape(P, page, 448)
     ref_vals = scaled.to(torch.float8_e4m3fn).double() * torch.pow(2.0, e).unsqueeze(-1)
     for p in range(P):
         for i in range(page):
-            assert pool[p, i * 576:i * 576 + 448].tolist() == ref_bytes[p, i].tolist()
-            srow = pool[p, page * 576 + i * 8: page * 576 + i * 8 + 8].tolist()
+            assert pool[p, i * 576 : i * 576 + 448].tolist() == ref_bytes[p, i].tolist()
+            srow = pool[p, page * 576 + i * 8 : page * 576 + i * 8 + 8].tolist()
             assert srow == [int(v) + 127 for v in e[p, i].tolist()] + [0]
     assert torch.equal(deq[..., :448], ref_vals.reshape(P, page, 448))
     # quantisation error bound: half an e4m3 ulp of the scaled tile (relative 2**-4, or subnormal 2**-10)
     err = (deq[..., :448] - kv[..., :448].double()).abs().reshape(P, page, 7, 64)
-    bound = torch.maximum(x.abs() * 2.0 ** -4, 2.0 ** -10 * torch.pow(2.0, e).unsqueeze(-1).expand_as(x))
+    bound = torch.maximum(x.abs() * 2.0**-4, 2.0**-10 * torch.pow(2.0, e).unsqueeze(-1).expand_as(x))
     assert torch.all(err <= bound)
     assert torch.all(amax <= 448 * torch.pow(2.0, e))

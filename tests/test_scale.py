@@ -5,12 +5,12 @@ bench/peakmem.py). The unchunked formulation would need the [T, Hi, N] / [T, K, 
 in each test, far above the asserted bound.
 """
 
+import longattn
 import pytest
 import torch
-
-import longattn
-from bench.peakmem import PeakRSS
 from longattn.memory import chunk_budget
+
+from bench.peakmem import PeakRSS
 
 MiB = 1 << 20
 

@@ -2,10 +2,9 @@
 
 import math
 
+import longattn
 import pytest
 import torch
-
-import longattn
 
 T, H, D, N, K = 4, 3, 16, 20, 6
 

@@ -76,9 +76,7 @@ class ArgChecker:
     def dim(self, name: str, x: torch.Tensor, axis: int, expected: int, what: str) -> None:
         """Check ``x.shape[axis] == expected``; ``what`` says where ``expected`` comes from."""
         if x.shape[axis] != expected:
-            self.fail(
-                f"`{name}` has shape {_shape(x)}: dim {axis} must be {expected} ({what}), got {x.shape[axis]}"
-            )
+            self.fail(f"`{name}` has shape {_shape(x)}: dim {axis} must be {expected} ({what}), got {x.shape[axis]}")
 
     def positive_int(self, name: str, value) -> int:
         if isinstance(value, bool) or not isinstance(value, int):

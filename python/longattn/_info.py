@@ -25,7 +25,8 @@ def info(print_report: bool = True) -> str:
     from . import __version__
 
     lines = [
-        f"longattn {__version__}  (torch {torch.__version__}, python {platform.python_version()}, {platform.machine()})",
+        f"longattn {__version__}  (torch {torch.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()})",
         f"reference chunk budget: {chunk_budget_bytes() / 2**20:.0f} MiB (LONGATTN_CHUNK_MB)",
         f"forced backend: {os.environ.get(registry.ENV_VAR) or '(none)'} ({registry.ENV_VAR})",
         "devices: " + ", ".join(str(d) for d in _devices()),

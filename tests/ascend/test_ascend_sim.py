@@ -46,8 +46,8 @@ def test_append_kv_float_pools_exact(pool_dtype, rows_dtype):
     pool = (torch.randn(7, 5, 96, generator=g) * 3).to(pool_dtype)  # paged view, D not a power of two
     rows = (torch.randn(23, 96, generator=g) * 3).to(rows_dtype)
     slots = torch.randperm(35, generator=g)[:23]
-    slots[::5] = -1                          # padding
-    slots[1] = 35                            # one past the pool
+    slots[::5] = -1  # padding
+    slots[1] = 35  # one past the pool
     slots[2] = 2**31 - 1
     ref = pool.clone()
     longattn.append_kv(pool, rows, slots.to(torch.int32), backend=SIM)
@@ -81,11 +81,11 @@ def test_append_kv_fp8_pool_bytes_exact(rows_dtype, page):
     pages = 4
     n = 2 * page + 1
     rows = torch.randn(n, 512, generator=g) * torch.logspace(-6, 3, n).unsqueeze(1)  # many scale exponents
-    rows[0, :448] = 0.0                       # all-zero tiles (e = -13)
+    rows[0, :448] = 0.0  # all-zero tiles (e = -13)
     rows[1, 5] = -0.0
     rows[1, 64:128] = torch.tensor([2.0**-10, -(2.0**-10), 3 * 2.0**-11, 2.0**-9 * 1.5] * 16)  # subnormal ties
-    rows[2, 128:192] = 448.0 * 2.0**3         # amax exactly 448 * 2^e
-    rows[2, 200] = -1e-30                     # rounds to -0 (keeps the sign)
+    rows[2, 128:192] = 448.0 * 2.0**3  # amax exactly 448 * 2^e
+    rows[2, 200] = -1e-30  # rounds to -0 (keeps the sign)
     rows = rows.to(rows_dtype)
     slots = torch.randperm(pages * page, generator=g)[:n]
     slots[-1] = -1
@@ -108,8 +108,11 @@ def test_append_kv_reasons():
         def write_rows(self, slots, rows):
             pass
 
-    reasons = b.reasons("append_kv", torch.device("cpu"), dict(pool=Pool(), rows=torch.zeros(1, 8),
-                                                              slot_mapping=torch.zeros(1, dtype=torch.int32)))
+    reasons = b.reasons(
+        "append_kv",
+        torch.device("cpu"),
+        dict(pool=Pool(), rows=torch.zeros(1, 8), slot_mapping=torch.zeros(1, dtype=torch.int32)),
+    )
     assert reasons and "Pool" in reasons[0]
 
 
@@ -118,8 +121,7 @@ def test_append_kv_reasons():
 # ----------------------------------------------------------------------------------------------------
 EXTRA_CASES = [
     SparseCase("multi_block", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, lengths="partial", sink="finite"),
-    SparseCase("multi_block_bf16", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, dtype=torch.bfloat16,
-               sink="finite"),
+    SparseCase("multi_block_bf16", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, dtype=torch.bfloat16, sink="finite"),
     SparseCase("head_groups_h80", T=2, H=80, D=64, N=90, K=70, sink="mixed"),
     SparseCase("d256_h20_dups", T=2, H=20, D=256, N=40, K=65, pattern="duplicates", sink="finite"),
     SparseCase("many_tokens", T=11, H=2, D=64, N=20, K=9, N2=7, K2=3, lengths="partial"),
@@ -221,8 +223,17 @@ def test_sparse_attention_reasons():
     b = longattn.backends.registry.get_backend(SIM)
     cpu = torch.device("cpu")
     q = torch.zeros(1, 2, 96)
-    base = dict(q=q, kv=torch.zeros(4, 96), indices=torch.zeros(1, 1, dtype=torch.int32), topk_length=None,
-                extra_kv=None, extra_indices=None, extra_topk_length=None, attn_sink=None, softmax_scale=0.1)
+    base = dict(
+        q=q,
+        kv=torch.zeros(4, 96),
+        indices=torch.zeros(1, 1, dtype=torch.int32),
+        topk_length=None,
+        extra_kv=None,
+        extra_indices=None,
+        extra_topk_length=None,
+        attn_sink=None,
+        softmax_scale=0.1,
+    )
     assert any("multiple of 64" in r for r in b.reasons("sparse_attention", cpu, base))
     q = torch.zeros(1, 2, 64)
     mixed = dict(base, q=q, kv=torch.zeros(4, 64, dtype=torch.bfloat16))
@@ -230,8 +241,9 @@ def test_sparse_attention_reasons():
     fp8 = dict(base, q=torch.zeros(1, 2, 512), kv=longattn.Fp8KVPool.empty(1, 4))
     assert any("Fp8KVPool" in r for r in b.reasons("sparse_attention", cpu, fp8))
     with pytest.raises(BackendError, match="ascend_sim"):
-        longattn.sparse_attention(torch.zeros(1, 2, 96), torch.zeros(4, 96), torch.zeros(1, 1, dtype=torch.int32),
-                                  backend=SIM)
+        longattn.sparse_attention(
+            torch.zeros(1, 2, 96), torch.zeros(4, 96), torch.zeros(1, 1, dtype=torch.int32), backend=SIM
+        )
     # CPU tensors never pick the emulator by default.
     assert SIM not in longattn.backends.registry.default_order(cpu)
 
@@ -252,8 +264,19 @@ def test_sparse_attention_tiling_mirror(dtype):
 # ----------------------------------------------------------------------------------------------------
 # compress_kv
 # ----------------------------------------------------------------------------------------------------
-def _compress_run(seed, ratio, overlap, d, page_size, dtype=torch.float32, out_kind="float", rope_dim=16,
-                  lengths=(29, 3, 18), decode_tail=True, bad_pages=False):
+def _compress_run(
+    seed,
+    ratio,
+    overlap,
+    d,
+    page_size,
+    dtype=torch.float32,
+    out_kind="float",
+    rope_dim=16,
+    lengths=(29, 3, 18),
+    decode_tail=True,
+    bad_pages=False,
+):
     """Feed the same random chunk/decode splits of several sequences to both backends, each with
     its own state and out pool; return both pools and states after every step compared."""
     import random
@@ -268,8 +291,10 @@ def _compress_run(seed, ratio, overlap, d, page_size, dtype=torch.float32, out_k
     s_ps = min(page_size, ring)
     ring_pages = -(-ring // s_ps)
     B = len(lengths)
-    seqs = [(torch.randn(n, c * d, generator=g).to(dtype), (torch.randn(n, c * d, generator=g) * 2).to(dtype))
-            for n in lengths]
+    seqs = [
+        (torch.randn(n, c * d, generator=g).to(dtype), (torch.randn(n, c * d, generator=g) * 2).to(dtype))
+        for n in lengths
+    ]
     max_entries = max(lengths) // ratio + 1
     pages_per_seq = -(-max_entries // page_size)
     state = torch.full((B * ring_pages + 1, s_ps, 2 * c * d), float("nan"))
@@ -309,11 +334,26 @@ def _compress_run(seed, ratio, overlap, d, page_size, dtype=torch.float32, out_k
             pos.append(torch.arange(done[i], done[i] + k))
             rows.append(torch.full((k,), i))
             done[i] += k
-        args = dict(ratio=ratio, overlap=overlap, state_block_table=state_bt, out_block_table=out_bt, norm_weight=w,
-                    eps=1e-6, rope_inv_freq=freqs)
+        args = dict(
+            ratio=ratio,
+            overlap=overlap,
+            state_block_table=state_bt,
+            out_block_table=out_bt,
+            norm_weight=w,
+            eps=1e-6,
+            rope_inv_freq=freqs,
+        )
         for be, st, pool in zip((SIM, "reference"), states, pools):
-            longattn.compress_kv(torch.cat(a), torch.cat(b), torch.cat(pos), torch.cat(rows).int(), state=st,
-                                 out=pool, backend=be, **args)
+            longattn.compress_kv(
+                torch.cat(a),
+                torch.cat(b),
+                torch.cat(pos),
+                torch.cat(rows).int(),
+                state=st,
+                out=pool,
+                backend=be,
+                **args,
+            )
         assert torch.equal(states[0].nan_to_num(1234.5), states[1].nan_to_num(1234.5)), "state rings differ"
     return pools
 
@@ -343,8 +383,9 @@ def test_compress_kv_random_splits(ratio, overlap, page_size, seed):
     _compress_check(pools, "float")
 
 
-@pytest.mark.parametrize("dtype,out_kind", [(torch.bfloat16, "bf16"), (torch.float16, "float"),
-                                            (torch.float32, "fp16")], ids=str)
+@pytest.mark.parametrize(
+    "dtype,out_kind", [(torch.bfloat16, "bf16"), (torch.float16, "float"), (torch.float32, "fp16")], ids=str
+)
 def test_compress_kv_dtypes(dtype, out_kind):
     pools = _compress_run(5, 4, True, 32, 3, dtype=dtype, out_kind=out_kind)
     _compress_check(pools, out_kind)
@@ -385,8 +426,13 @@ def _both(fn, *args, **kw):
     return fn(*args, backend=SIM, **kw), fn(*args, backend="reference", **kw)
 
 
-IDX_VISIBLE = {"decode_like": [40, 40, 40], "fewer_than_topk": [0, 1, 5], "beyond_pool": [1000, 39, 41],
-               "mixed": [0, 17, 40], "negative": [-5, 40, 2**31 - 1]}
+IDX_VISIBLE = {
+    "decode_like": [40, 40, 40],
+    "fewer_than_topk": [0, 1, 5],
+    "beyond_pool": [1000, 39, 41],
+    "mixed": [0, 17, 40],
+    "negative": [-5, 40, 2**31 - 1],
+}
 
 
 @pytest.mark.parametrize("visible", list(IDX_VISIBLE), ids=str)
@@ -443,8 +489,8 @@ def test_indexer_paged_exact(page, return_slots):
     q, w, _ = _int_inputs(g, 7, Hi, Di, 1)
     pool = torch.randint(-2, 3, (P, page, Di), generator=g).float()
     bt = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).int()
-    bt[1, -1] = -1          # unused page
-    bt[2, 2] = P + 3        # page id outside the pool: its entries are skipped, never read
+    bt[1, -1] = -1  # unused page
+    bt[2, 2] = P + 3  # page id outside the pool: its entries are skipped, never read
     seq = torch.tensor([0, 1, 2, 2, 0, 1, -1], dtype=torch.int32)  # -1: an invalid sequence selects nothing
     ve = torch.tensor([0, max_pages * page, max_pages * page, 3 * page - 1, page + 1, 2, 10**6], dtype=torch.int32)
     kw = dict(block_table=bt, seq_ids=seq)
@@ -473,9 +519,16 @@ def test_indexer_random_inputs_within_bound(dtype):
 def test_indexer_reasons():
     b = longattn.backends.registry.get_backend(SIM)
     cpu = torch.device("cpu")
-    args = dict(q=torch.zeros(1, 2, 8), weights=torch.zeros(1, 2), index_k=torch.zeros(4, 8),
-                visible_end=torch.zeros(1, dtype=torch.int32), topk=2000, block_table=None, seq_ids=None,
-                return_slots=False)
+    args = dict(
+        q=torch.zeros(1, 2, 8),
+        weights=torch.zeros(1, 2),
+        index_k=torch.zeros(4, 8),
+        visible_end=torch.zeros(1, dtype=torch.int32),
+        topk=2000,
+        block_table=None,
+        seq_ids=None,
+        return_slots=False,
+    )
     reasons = b.reasons("indexer_topk", cpu, args)
     assert any("multiple of 16" in r for r in reasons) and any("topk=2000" in r for r in reasons)
 
@@ -537,17 +590,20 @@ def test_ascend_npu_backend_explains_itself_without_torch_npu():
         pytest.skip("torch_npu is installed here")
     assert "torch_npu is not installed" in ascend.BACKEND.unavailable
     with pytest.raises(BackendError, match="torch_npu"):
-        longattn.sparse_attention(torch.zeros(1, 1, 64), torch.zeros(2, 64), torch.zeros(1, 1, dtype=torch.int32),
-                                  backend="ascend")
+        longattn.sparse_attention(
+            torch.zeros(1, 1, 64), torch.zeros(2, 64), torch.zeros(1, 1, dtype=torch.int32), backend="ascend"
+        )
 
 
 def test_import_compiles_and_loads_nothing():
     import subprocess
     import sys
 
-    code = ("import sys, longattn; longattn.info(); "
-            "bad = [m for m in ('torch_npu', 'longattn_ascend_sim', 'torch.utils.cpp_extension') if m in sys.modules]; "
-            "print('LOADED', bad)")
+    code = (
+        "import sys, longattn; longattn.info(); "
+        "bad = [m for m in ('torch_npu', 'longattn_ascend_sim', 'torch.utils.cpp_extension') if m in sys.modules]; "
+        "print('LOADED', bad)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stdout, proc.stdout

@@ -63,8 +63,21 @@ def test_kernels_under_address_sanitizer(tmp_path):
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
         PYTHONPATH=os.pathsep.join([str(REPO / "python"), str(REPO), env.get("PYTHONPATH", "")]),
     )
-    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "ascend" / "test_ascend_sim.py"), "-q", "-x",
-           "-p", "no:cacheprovider", "-p", "no:faulthandler", f"--basetemp={tmp_path / 'child'}", "-k", SUBSET]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(REPO / "tests" / "ascend" / "test_ascend_sim.py"),
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:faulthandler",
+        f"--basetemp={tmp_path / 'child'}",
+        "-k",
+        SUBSET,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"ASan run failed (exit {proc.returncode}):\n{out[-6000:]}"

@@ -32,8 +32,16 @@ GXX = shutil.which("g++")
 
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not found: the Ascend C emulator tests need a C++17 compiler")
 
-COMMON = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pthread", "-fno-exceptions", "-fno-rtti",
-          "-DLONGATTN_ASCEND_EMU"]
+COMMON = [
+    "-std=c++17",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pthread",
+    "-fno-exceptions",
+    "-fno-rtti",
+    "-DLONGATTN_ASCEND_EMU",
+]
 CONFIGS = {
     "plain": ["-O1"],
     "asan": ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
@@ -44,8 +52,11 @@ PROGRAMS = POSITIVE + ["planted_bugs"]
 # Planted bug -> substrings that must all appear on stderr (besides "[longattn-emu] FATAL").
 PLANTED = {
     "datacopy_17_floats": ["DataCopy: count*sizeof(T) = 68 bytes is not a multiple of 32"],
-    "ub_over_budget": ["TPipe::InitBuffer(TQue<VECOUT>, num=2, len=32768)", "UB budget exceeded",
-                       "requested 65536 bytes, remaining 57088"],
+    "ub_over_budget": [
+        "TPipe::InitBuffer(TQue<VECOUT>, num=2, len=32768)",
+        "UB budget exceeded",
+        "requested 65536 bytes, remaining 57088",
+    ],
     "deque_empty": ["DeQue on an empty TQue<VECIN>"],
     "free_twice": ["FreeTensor twice"],
     "enque_beyond_depth": ["EnQue beyond queue depth"],
@@ -57,8 +68,10 @@ PLANTED = {
     "gm_out_of_bounds": ["GlobalTensor out-of-bounds"],
     "local_out_of_bounds": ["LocalTensor out-of-bounds: SetValue"],
     "local_out_of_bounds_vector": ["LocalTensor out-of-bounds: Add"],
-    "waitflag_without_setflag": ["WaitFlag<HardEvent::MTE2_V>(0) without a matching earlier SetFlag",
-                                 "would hang on hardware"],
+    "waitflag_without_setflag": [
+        "WaitFlag<HardEvent::MTE2_V>(0) without a matching earlier SetFlag",
+        "would hang on hardware",
+    ],
     "unmatched_setflag": ["unmatched SetFlag<HardEvent::V_MTE3>(1)"],
     "double_setflag": ["SetFlag<HardEvent::V_MTE3>(0) twice without a WaitFlag"],
     "crosscore_never_set": ["CrossCoreWaitFlag: flag 3 not set within", "on AIV core", "AI core 0"],
@@ -91,8 +104,11 @@ def _compile(src: Path, out: Path, flags: list[str]) -> tuple[Path, str]:
 def binaries(tmp_path_factory):
     """Build every program in both configurations, two compilers at a time."""
     out_dir = tmp_path_factory.mktemp("ascend_emu_build")
-    jobs = {(cfg, prog): (TESTS / f"{prog}.cpp", out_dir / f"{prog}_{cfg}", flags)
-            for cfg, flags in CONFIGS.items() for prog in PROGRAMS}
+    jobs = {
+        (cfg, prog): (TESTS / f"{prog}.cpp", out_dir / f"{prog}_{cfg}", flags)
+        for cfg, flags in CONFIGS.items()
+        for prog in PROGRAMS
+    }
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         futures = {key: pool.submit(_compile, *args) for key, args in jobs.items()}
         return {key: fut.result() for key, fut in futures.items()}
@@ -123,8 +139,10 @@ def bf16_dump(tmp_path_factory):
         return None
     gen = torch.Generator().manual_seed(0)
     bits = torch.randint(-(2**31), 2**31 - 1, (50000,), generator=gen, dtype=torch.int64)
-    special = torch.tensor([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x00008000, 0x00018000, 0x007FFFFF,
-                            0x80000000, 0x7F800000, -0x00800000], dtype=torch.int64)
+    special = torch.tensor(
+        [0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x00008000, 0x00018000, 0x007FFFFF, 0x80000000, 0x7F800000, -0x00800000],
+        dtype=torch.int64,
+    )
     bits = torch.cat([bits, special]).to(torch.int32)
     want = bits.view(torch.float32).to(torch.bfloat16).view(torch.int16)
     path = tmp_path_factory.mktemp("bf16") / "bf16_dump.bin"
@@ -141,7 +159,9 @@ def bf16_dump(tmp_path_factory):
 def test_positive_program(binaries, bf16_dump, cfg, prog):
     args = [str(bf16_dump)] if (prog == "test_numeric" and bf16_dump is not None) else []
     proc = _run(_binary(binaries, cfg, prog), *args)
-    assert proc.returncode == 0, f"{prog} ({cfg}) exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"{prog} ({cfg}) exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     assert "all checks passed" in proc.stdout
     assert "runtime error" not in proc.stderr  # UBSan diagnostics
     if prog == "test_numeric" and bf16_dump is not None:
@@ -158,7 +178,9 @@ def test_planted_case_list_is_complete(binaries):
 @pytest.mark.parametrize("case", list(PLANTED))
 def test_planted_bug_aborts(binaries, cfg, case):
     proc = _run(_binary(binaries, cfg, "planted_bugs"), case, env_extra=WATCHDOG_ENV)
-    assert proc.returncode != 0, f"planted bug {case!r} was not detected\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode != 0, (
+        f"planted bug {case!r} was not detected\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     assert "[longattn-emu] FATAL" in proc.stderr, proc.stderr
     for needle in PLANTED[case]:
         assert needle in proc.stderr, f"{case}: expected {needle!r} in stderr:\n{proc.stderr}"

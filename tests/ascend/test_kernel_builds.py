@@ -26,8 +26,17 @@ def test_npu_binding_compiles_against_stubs():
     from torch.utils import cpp_extension
 
     inc = [f"-isystem{p}" for p in cpp_extension.include_paths()]
-    cmd = [GXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", f"-I{REPO}", f"-I{REPO / 'tests/ascend/npu_stubs'}",
-           *inc, str(REPO / "csrc/ascend_npu/longattn_ascend_npu.cpp")]
+    cmd = [
+        GXX,
+        "-std=c++17",
+        "-fsyntax-only",
+        "-Wall",
+        "-Werror",
+        f"-I{REPO}",
+        f"-I{REPO / 'tests/ascend/npu_stubs'}",
+        *inc,
+        str(REPO / "csrc/ascend_npu/longattn_ascend_npu.cpp"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -47,8 +56,20 @@ OPS = ("append_kv", "sparse_attention", "compress_kv", "indexer_topk")
 @pytest.mark.skipif(GXX is None, reason="no C++ compiler")
 def test_kernels_compile_with_device_flags():
     def build(op):
-        cmd = [GXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti",
-               "-pthread", "-DLONGATTN_ASCEND_EMU", f"-I{REPO}", str(REPO / "csrc" / "ascend_sim" / f"{op}_emu.cpp")]
+        cmd = [
+            GXX,
+            "-std=c++17",
+            "-fsyntax-only",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fno-exceptions",
+            "-fno-rtti",
+            "-pthread",
+            "-DLONGATTN_ASCEND_EMU",
+            f"-I{REPO}",
+            str(REPO / "csrc" / "ascend_sim" / f"{op}_emu.cpp"),
+        ]
         return op, subprocess.run(cmd, capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=2) as pool:

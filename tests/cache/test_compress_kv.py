@@ -3,10 +3,9 @@ split of the sequences into chunks and decode steps, several sequences per batch
 
 import random
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.cache import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from longattn.configs import RopeConfig
 from longattn.rope import apply_rope, inv_freq
@@ -83,7 +82,7 @@ def test_any_split_equals_whole_sequence(ratio, overlap, page_size, seed):
     P = 3 * (-(-(max(lengths.values()) // ratio + 1) // page_size))
     pool = torch.full((P, page_size, d), float("nan"))
     bt, w, freqs = run_splits(seqs, ratio, overlap, d, page_size, splits, pool)
-    for i, (n, s) in enumerate(seqs.items()):
+    for i, s in enumerate(seqs.values()):
         want = expected_entries(s["a"], s["b"], ratio, overlap, w, freqs)
         j = torch.arange(want.shape[0])
         slots = bt[i, j // page_size].long() * page_size + j % page_size

@@ -1,11 +1,11 @@
 """FP8 KV pool: byte layout checked byte by byte against the oracle, round trip, and use by ops."""
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.cache import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from longattn.cache.fp8 import page_bytes
+
 from tests import oracle
 from tests.ops.test_sparse_attention import check_against_oracle
 
@@ -50,7 +50,9 @@ def test_round_trip_error_is_one_e4m3_rounding():
     rel = ((back - kv).abs() / kv.abs().clamp_min(1e-6))[..., :448]
     tile_amax = kv[..., :448].abs().unflatten(-1, (7, 64)).amax(-1, keepdim=True).expand(-1, -1, -1, 64).flatten(-2)
     # e4m3 has 3 mantissa bits: error <= 2**-4 relative for normals, absolute 2**-10 * scale for subnormals
-    assert torch.all((back - kv).abs()[..., :448] <= torch.maximum(kv[..., :448].abs() * 2**-4, tile_amax / 448 * 2 * 2**-9 + 1e-12))
+    assert torch.all(
+        (back - kv).abs()[..., :448] <= torch.maximum(kv[..., :448].abs() * 2**-4, tile_amax / 448 * 2 * 2**-9 + 1e-12)
+    )
     assert torch.equal(back[..., 448:], kv[..., 448:].bfloat16().float())
     assert rel.numel()
 
@@ -67,7 +69,17 @@ def test_sparse_attention_reads_fp8_pool_like_its_dequantised_rows():
     ref_out, ref_lse = longattn.sparse_attention(q, deq, idx, extra_kv=deq, extra_indices=idx.flip(1), attn_sink=sink)
     torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6)
-    args = dict(q=q, kv=deq, indices=idx, topk_length=None, attn_sink=sink, softmax_scale=None, extra_kv=deq.view(-1, 512), extra_indices=idx.flip(1), extra_topk_length=None)
+    args = dict(
+        q=q,
+        kv=deq,
+        indices=idx,
+        topk_length=None,
+        attn_sink=sink,
+        softmax_scale=None,
+        extra_kv=deq.view(-1, 512),
+        extra_indices=idx.flip(1),
+        extra_topk_length=None,
+    )
     check_against_oracle(out, lse, args, "fp8 pool")
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from longattn.cache import CacheError, CacheFullError, CacheManager, UnknownSequenceError
 
 
@@ -97,7 +96,9 @@ def test_plan_input_errors_change_nothing():
     m.add_sequence("b")
     m.plan(["a", "b"], [0, 3, 5])
     before = snapshot(m)
-    with pytest.raises(ValueError, match=r"positions of sequence 'b' must continue at 2 .*token 2 has position 3, expected 2"):
+    with pytest.raises(
+        ValueError, match=r"positions of sequence 'b' must continue at 2 .*token 2 has position 3, expected 2"
+    ):
         m.plan(["a", "b"], [0, 2, 3], positions=torch.tensor([3, 4, 3]))  # b skips
     with pytest.raises(ValueError, match=r"token 0 has position 2, expected 3"):
         m.plan(["a"], [0, 1], positions=torch.tensor([2]))  # a goes backwards

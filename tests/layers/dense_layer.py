@@ -16,8 +16,8 @@ position j * ratio (float64 arithmetic on the RoPE tables of ``longattn.rope.cos
 from __future__ import annotations
 
 import torch
-
 from longattn.rope import cos_sin, inv_freq
+
 from tests import oracle
 
 

@@ -3,12 +3,12 @@ sequences in one batch, gives the same outputs, equal to the dense-mask float64 
 
 import random
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.cache import CacheManager
 from longattn.configs import LayerConfig, RopeConfig, YarnConfig
+
 from tests.layers.dense_layer import dense_layer, indexer_margin
 from tests.tolerance import U32, attention_bounds
 
@@ -118,12 +118,17 @@ def test_splits_agree_and_match_dense_float64(kind, page_size):
     )
     for nm, s in seqs.items():  # a top-k decided by a near tie would not be a fair comparison
         assert indexer_margin(layer, s, weights["index_norm_weight"]) > 1e-4, nm
-    results = {how: run_schedule(layer, page_size, seqs, sched, weights) for how, sched in schedules(lengths, random.Random(page_size)).items()}
+    results = {
+        how: run_schedule(layer, page_size, seqs, sched, weights)
+        for how, sched in schedules(lengths, random.Random(page_size)).items()
+    }
     for nm, s in seqs.items():
         ref = dense_layer(layer, s, weights["attn_sink"], weights["compress_norm_weight"], weights["index_norm_weight"])
         # fp32 pipeline vs float64: the attention bound over the union of keys, plus a few ulps of the
         # compressed entries (RMS-normalised, so O(1)) feeding both logits and values.
-        out_atol, _, _ = attention_bounds(s["q"], torch.cat([s["kv"], torch.ones(1, D) * 4]), layer.softmax_scale, 200, torch.float32, True)
+        out_atol, _, _ = attention_bounds(
+            s["q"], torch.cat([s["kv"], torch.ones(1, D) * 4]), layer.softmax_scale, 200, torch.float32, True
+        )
         for how, outs in results.items():
             assert not torch.isnan(outs[nm]).any(), f"{how}: unwritten outputs"
             err = (outs[nm].double() - ref).abs().max().item()

@@ -1,9 +1,9 @@
 """HybridAttention bad input: a clear error, and the caches are left exactly as they were."""
 
+import longattn
 import pytest
 import torch
 
-import longattn
 from tests.layers.test_hybrid_attention import D, H, make_manager, make_sequence, tiny_layer
 
 
@@ -30,14 +30,34 @@ def setup(kind="csa", kv_format="float"):
 
 
 CASES = [
-    ("q wrong T", lambda i: i.update(q=torch.randn(3, H, D)), ValueError, r"`q` must be \[T, H, D\] = \[2, 3, 32\] \(T = cu_seqlens\[-1\]"),
+    (
+        "q wrong T",
+        lambda i: i.update(q=torch.randn(3, H, D)),
+        ValueError,
+        r"`q` must be \[T, H, D\] = \[2, 3, 32\] \(T = cu_seqlens\[-1\]",
+    ),
     ("kv wrong T", lambda i: i.update(kv=torch.randn(1, D)), ValueError, r"`kv` must be \[T, D\] = \[2, 32\]"),
     ("q heads", lambda i: i.update(q=torch.randn(2, H + 1, D)), ValueError, r"`q` must be \[T, H, D\] = \[2, 3, 32\]"),
-    ("sink heads", lambda i: i.update(attn_sink=torch.zeros(H + 2)), ValueError, r"`attn_sink` has shape \[5\]: dim 0 must be 3"),
+    (
+        "sink heads",
+        lambda i: i.update(attn_sink=torch.zeros(H + 2)),
+        ValueError,
+        r"`attn_sink` has shape \[5\]: dim 0 must be 3",
+    ),
     ("missing compressor", lambda i: i.pop("compress_a"), ValueError, r"`compress_a` is required for a csa layer"),
-    ("compressor width", lambda i: i.update(compress_b=torch.randn(2, D)), ValueError, r"`compress_b` must be \[2, 64\]"),
+    (
+        "compressor width",
+        lambda i: i.update(compress_b=torch.randn(2, D)),
+        ValueError,
+        r"`compress_b` must be \[2, 64\]",
+    ),
     ("missing indexer", lambda i: i.pop("index_q"), ValueError, r"`index_q` is required"),
-    ("index weights", lambda i: i.update(index_weights=torch.randn(2, 5)), ValueError, r"`index_weights` must be \[2, 2\]"),
+    (
+        "index weights",
+        lambda i: i.update(index_weights=torch.randn(2, 5)),
+        ValueError,
+        r"`index_weights` must be \[2, 2\]",
+    ),
     ("int kv", lambda i: i.update(kv=torch.ones(2, D, dtype=torch.int64)), TypeError, r"`kv` must have dtype"),
 ]
 

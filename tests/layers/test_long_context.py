@@ -4,15 +4,15 @@ The CI test runs a 64K-token context; the 1M-token one (262,144 CSA / 8,192 HCA 
 sequence, batch 4) is marked slow. Temporary memory is bounded by the chunk budget.
 """
 
+import longattn
 import pytest
 import torch
-
-import longattn
-from bench.peakmem import PeakRSS
 from longattn.cache import CacheManager
 from longattn.configs import V4_FLASH
 from longattn.memory import chunk_budget
 from longattn.testing import fill_random_context
+
+from bench.peakmem import PeakRSS
 
 MiB = 1 << 20
 

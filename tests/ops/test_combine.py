@@ -1,9 +1,9 @@
 """merge_attention_states and apply_attention_sink (reference) vs the float64 oracle."""
 
+import longattn
 import pytest
 import torch
 
-import longattn
 from tests import oracle
 from tests.tolerance import assert_close
 

@@ -1,10 +1,10 @@
 """compress_pool (reference) vs the float64 oracle."""
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.memory import chunk_budget
+
 from tests import oracle
 from tests.tolerance import assert_close
 

@@ -5,11 +5,11 @@ Random real inputs are compared under a derived score bound, with a top-k check 
 only between entries whose scores are within that bound.
 """
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.memory import chunk_budget
+
 from tests import oracle
 from tests.tolerance import U32, assert_close
 

@@ -2,15 +2,14 @@
 
 import math
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.memory import chunk_budget
 
 from tests import oracle
-from tests.tolerance import assert_close, attention_bounds
 from tests.ops.cases import SPARSE_CASES, SparseCase, make_sparse_inputs
+from tests.tolerance import assert_close, attention_bounds
 
 
 def oracle_of(args):
@@ -129,7 +128,9 @@ def test_paged_pool_equals_flat_pool():
 def test_int64_indices_equal_int32():
     args = make_sparse_inputs(SparseCase("i", N2=9, K2=5, lengths="partial"))
     out, lse = longattn.sparse_attention(**args)
-    args64 = {k: (v.long() if isinstance(v, torch.Tensor) and not v.is_floating_point() else v) for k, v in args.items()}
+    args64 = {
+        k: (v.long() if isinstance(v, torch.Tensor) and not v.is_floating_point() else v) for k, v in args.items()
+    }
     out64, lse64 = longattn.sparse_attention(**args64)
     assert torch.equal(out, out64) and torch.equal(lse, lse64)
 

@@ -223,13 +223,40 @@ def compile_all() -> list:
         build(
             f"compress_kv ratio={ratio} overlap={overlap} d={d} out={out} {cfg}",
             tcp._compress_kv_kernel,
-            dict(p_a="*bf16", p_b="*bf16", p_pos="*i32", p_rows="*i32", p_state="*fp32", p_sbt="*i32",
-                 p_out="*u8" if out == "fp8" else "*bf16", p_out16="*i16", p_obt="*i32", p_w="*fp32",
-                 p_freq="*fp32", eps="fp32"),  # fmt: skip
-            dict(RATIO=ratio, C=c, D=d, R=32, OUT_KIND=kind, BLOCK_S=cfg["BLOCK_S"],
-                 BLOCK_D=triton.next_power_of_2(d), BLOCK_K=cfg["BLOCK_K"], BLOCK_RW=cfg["BLOCK_RW"],
-                 BLOCK_W=cfg["BLOCK_W"], stride_ac=1, stride_bc=1, stride_pos=1, stride_rows=1, stride_sbt_p=1,
-                 stride_obt_p=1, stride_w=1, stride_f=1),  # fmt: skip
+            dict(
+                p_a="*bf16",
+                p_b="*bf16",
+                p_pos="*i32",
+                p_rows="*i32",
+                p_state="*fp32",
+                p_sbt="*i32",
+                p_out="*u8" if out == "fp8" else "*bf16",
+                p_out16="*i16",
+                p_obt="*i32",
+                p_w="*fp32",
+                p_freq="*fp32",
+                eps="fp32",
+            ),  # fmt: skip
+            dict(
+                RATIO=ratio,
+                C=c,
+                D=d,
+                R=32,
+                OUT_KIND=kind,
+                BLOCK_S=cfg["BLOCK_S"],
+                BLOCK_D=triton.next_power_of_2(d),
+                BLOCK_K=cfg["BLOCK_K"],
+                BLOCK_RW=cfg["BLOCK_RW"],
+                BLOCK_W=cfg["BLOCK_W"],
+                stride_ac=1,
+                stride_bc=1,
+                stride_pos=1,
+                stride_rows=1,
+                stride_sbt_p=1,
+                stride_obt_p=1,
+                stride_w=1,
+                stride_f=1,
+            ),  # fmt: skip
             cfg["num_warps"],
             1,
         )

@@ -10,9 +10,9 @@ configurations in a subprocess).
 Nothing is compiled at import: the extension is built on first use with
 ``torch.utils.cpp_extension.load`` into ``$TORCH_EXTENSIONS_DIR/longattn_ascend_sim`` (default
 ``~/.cache/longattn/torch_extensions``), or ahead of time as ``longattn._ascend_sim`` by
-``LONGATTN_BUILD_ASCEND_SIM=1 pip install --no-build-isolation .``. It is a correctness vehicle (slow: one scalar loop per emulated instruction), not a
-fast CPU backend; it is therefore never in the default dispatch order, select it with
-``backend="ascend_sim"``.
+``LONGATTN_BUILD_ASCEND_SIM=1 pip install --no-build-isolation .``. It is a correctness vehicle
+(slow: one scalar loop per emulated instruction), not a fast CPU backend; it is therefore never in
+the default dispatch order: select it with ``backend="ascend_sim"``.
 
 Environment: ``LONGATTN_ASCEND_SIM_CORES`` (emulated AI cores per launch, default 4),
 ``LONGATTN_ASCEND_SIM_ASAN=1`` (build and load an AddressSanitizer variant; the process must be
@@ -85,15 +85,18 @@ def _unavailable() -> Optional[str]:
     if compiler() is None:
         cxx = os.environ.get("CXX")
         found = f"CXX={cxx!r} was not found" if cxx else "no g++ / c++ on PATH"
-        return f"no C++ compiler ({found}; install g++ >= 9 or set CXX): the emulator extension is compiled on first use"
+        return (
+            f"no C++ compiler ({found}; install g++ >= 9 or set CXX): the emulator extension is compiled on first use"
+        )
     if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
         return "ninja is not installed (pip install ninja): torch.utils.cpp_extension needs it to build the emulator"
     return None
 
 
 def build_directory(name: str = EXT_NAME) -> Path:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "longattn",
-                                                                 "torch_extensions")
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "longattn", "torch_extensions"
+    )
     path = Path(root) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -274,26 +277,62 @@ def _append_kv(pool, rows, slot_mapping):
         extension().append_kv(pool.data, pool.page_size, rows, slot_mapping, num_cores())
 
 
-def _sparse_attention(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink,
-                      softmax_scale):
+def _sparse_attention(
+    q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, softmax_scale
+):
     return extension().sparse_attention(
-        q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, float(softmax_scale),
+        q,
+        kv,
+        indices,
+        topk_length,
+        extra_kv,
+        extra_indices,
+        extra_topk_length,
+        attn_sink,
+        float(softmax_scale),
         num_cores(),
     )
 
 
-def _compress_kv(a, b, positions, token_rows, ratio, overlap, state, state_block_table, out, out_block_table,
-                 norm_weight, eps, rope_inv_freq):
+def _compress_kv(
+    a,
+    b,
+    positions,
+    token_rows,
+    ratio,
+    overlap,
+    state,
+    state_block_table,
+    out,
+    out_block_table,
+    norm_weight,
+    eps,
+    rope_inv_freq,
+):
     out_t, page = (out, 0) if isinstance(out, torch.Tensor) else (out.data, out.page_size)
     extension().compress_kv(
-        a, b, positions, token_rows, int(ratio), bool(overlap), state, state_block_table, out_t, page,
-        out_block_table, norm_weight, float(eps), rope_inv_freq, num_cores(),
+        a,
+        b,
+        positions,
+        token_rows,
+        int(ratio),
+        bool(overlap),
+        state,
+        state_block_table,
+        out_t,
+        page,
+        out_block_table,
+        norm_weight,
+        float(eps),
+        rope_inv_freq,
+        num_cores(),
     )
 
 
 def _indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
-    indices, lengths = extension().indexer(q, weights, index_k, visible_end, int(topk), block_table, seq_ids,
-                                           bool(return_slots), False, num_cores())
+    indices, lengths = extension().indexer(
+        q, weights, index_k, visible_end, int(topk), block_table, seq_ids, bool(return_slots), False, num_cores()
+    )
     return indices, lengths
 
 

@@ -149,7 +149,9 @@ def quantize_kv_fp8(kv: torch.Tensor, out: Optional[Fp8KVPool] = None) -> Fp8KVP
     P, ps, _ = kv.shape
     pool = out if out is not None else Fp8KVPool.empty(P, ps, kv.device)
     if (pool.num_pages, pool.page_size) != (P, ps):
-        raise ValueError(f"quantize_kv_fp8: `out` has {pool.num_pages} pages of {pool.page_size}, `kv` is {list(kv.shape)}")
+        raise ValueError(
+            f"quantize_kv_fp8: `out` has {pool.num_pages} pages of {pool.page_size}, `kv` is {list(kv.shape)}"
+        )
     pool.write_rows(torch.arange(P * ps, device=kv.device), kv.reshape(-1, HEAD_DIM))
     return pool
 

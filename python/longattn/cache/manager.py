@@ -145,8 +145,12 @@ class CacheManager:
         self.window = window
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.window_alloc = PageAllocator(num_window_pages, "window pool")
-        self.compressed_alloc = {r: PageAllocator(num_compressed_pages[r], f"compressed pool (ratio {r})") for r in self.ratios}
-        self.state_alloc = {r: PageAllocator(num_state_pages[r], f"compressor state pool (ratio {r})") for r in self.ratios}
+        self.compressed_alloc = {
+            r: PageAllocator(num_compressed_pages[r], f"compressed pool (ratio {r})") for r in self.ratios
+        }
+        self.state_alloc = {
+            r: PageAllocator(num_state_pages[r], f"compressor state pool (ratio {r})") for r in self.ratios
+        }
         self._seqs: Dict[Hashable, _Sequence] = {}
 
     # -- sizing ----------------------------------------------------------------------------------
@@ -236,16 +240,25 @@ class CacheManager:
             raise CacheError(f"plan: a sequence appears twice in one batch: {list(seq_ids)}")
         cu = torch.as_tensor(cu_seqlens).to("cpu", torch.int64)
         if cu.dim() != 1 or cu.shape[0] != len(seq_ids) + 1:
-            raise ValueError(f"plan: `cu_seqlens` must be [B+1] = [{len(seq_ids) + 1}] for B={len(seq_ids)} sequences, got shape {list(cu.shape)}")
+            raise ValueError(
+                f"plan: `cu_seqlens` must be [B+1] = [{len(seq_ids) + 1}] for B={len(seq_ids)} sequences, "
+                f"got shape {list(cu.shape)}"
+            )
         counts = (cu[1:] - cu[:-1]).tolist()
         if int(cu[0]) != 0 or any(n < 0 for n in counts):
             raise ValueError(f"plan: `cu_seqlens` must start at 0 and never decrease, got {cu.tolist()}")
         starts = [s.length for s in seqs]
-        expected = torch.cat([torch.arange(p0, p0 + n) for p0, n in zip(starts, counts)]) if counts else torch.zeros(0, dtype=torch.int64)
+        expected = (
+            torch.cat([torch.arange(p0, p0 + n) for p0, n in zip(starts, counts)])
+            if counts
+            else torch.zeros(0, dtype=torch.int64)
+        )
         if positions is not None:
             pos = torch.as_tensor(positions).to("cpu", torch.int64)
             if pos.shape != expected.shape:
-                raise ValueError(f"plan: `positions` must be [T] = [{expected.shape[0]}] (cu_seqlens[-1]), got {list(pos.shape)}")
+                raise ValueError(
+                    f"plan: `positions` must be [T] = [{expected.shape[0]}] (cu_seqlens[-1]), got {list(pos.shape)}"
+                )
             bad = (pos != expected).nonzero()
             if bad.numel():
                 t = int(bad[0])
@@ -260,15 +273,21 @@ class CacheManager:
         # step, so window pages that no current or future token reaches (every position below
         # length - window + 1, for every sequence) are recycled first.
         W, ps = self.window, self.page_size
-        stale = {sid: [lp for lp in s.window_pages if (lp + 1) * ps <= s.length - W + 1] for sid, s in self._seqs.items()}
+        stale = {
+            sid: [lp for lp in s.window_pages if (lp + 1) * ps <= s.length - W + 1] for sid, s in self._seqs.items()
+        }
         window_new = [
-            [lp for lp in range(max(0, p0 - W + 1) // ps, (p0 + n - 1) // ps + 1) if lp not in s.window_pages] if n else []
+            [lp for lp in range(max(0, p0 - W + 1) // ps, (p0 + n - 1) // ps + 1) if lp not in s.window_pages]
+            if n
+            else []
             for s, p0, n in zip(seqs, starts, counts)
         ]
         self.window_alloc.check(sum(map(len, window_new)) - sum(map(len, stale.values())))
         comp_new = {}
         for r in self.ratios:
-            comp_new[r] = [_cdiv((p0 + n) // r, ps) - len(s.compressed_pages[r]) for s, p0, n in zip(seqs, starts, counts)]
+            comp_new[r] = [
+                _cdiv((p0 + n) // r, ps) - len(s.compressed_pages[r]) for s, p0, n in zip(seqs, starts, counts)
+            ]
             self.compressed_alloc[r].check(sum(comp_new[r]))
 
         # Commit: recycle the stale window pages, then take the new pages.
@@ -287,7 +306,11 @@ class CacheManager:
     def _build_plan(self, seq_ids, seqs, cu, positions, counts) -> StepPlan:
         dev, W, ps = self.device, self.window, self.page_size
         B = len(seqs)
-        token_rows = torch.repeat_interleave(torch.arange(B), torch.tensor(counts, dtype=torch.int64)) if B else torch.zeros(0, dtype=torch.int64)
+        token_rows = (
+            torch.repeat_interleave(torch.arange(B), torch.tensor(counts, dtype=torch.int64))
+            if B
+            else torch.zeros(0, dtype=torch.int64)
+        )
         # Window pages as a small table per row: logical pages [base_b, base_b + width).
         bases = [min(s.window_pages) if s.window_pages else 0 for s in seqs]
         width = max([max(s.window_pages) - b + 1 for s, b in zip(seqs, bases) if s.window_pages] or [1])
@@ -307,7 +330,10 @@ class CacheManager:
         win_pos = positions.unsqueeze(1) - W + 1 + torch.arange(W).unsqueeze(0)  # [T, W], oldest first
         window_indices = window_slot(win_pos, token_rows.unsqueeze(1).expand_as(win_pos))
 
-        compressed, max_page = {}, {"window": max(max(s.window_pages.values(), default=-1) for s in seqs) if seqs else -1}
+        compressed, max_page = (
+            {},
+            {"window": max(max(s.window_pages.values(), default=-1) for s in seqs) if seqs else -1},
+        )
         for r in self.ratios:
             max_pages = max([len(s.compressed_pages[r]) for s in seqs] + [1])
             bt = torch.full((max(B, 1), max_pages), -1, dtype=torch.int32)

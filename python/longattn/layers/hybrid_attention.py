@@ -62,7 +62,9 @@ class HybridAttention:
             raise ValueError(f"HybridAttention: the FP8 pool holds 512-d rows, layer has head_dim {layer.head_dim}")
         r = layer.compress_ratio
         if r and r not in manager.ratios:
-            raise ValueError(f"HybridAttention: layer {layer.index} has ratio {r}; the manager serves ratios {manager.ratios}")
+            raise ValueError(
+                f"HybridAttention: layer {layer.index} has ratio {r}; the manager serves ratios {manager.ratios}"
+            )
         if layer.window != manager.window:
             raise ValueError(f"HybridAttention: layer window {layer.window} != manager window {manager.window}")
         self.layer, self.manager, self.backend = layer, manager, backend
@@ -88,7 +90,9 @@ class HybridAttention:
                 )
                 self.index_state_pool = torch.zeros(n_state, s_ps, 2 * 2 * Di, dtype=torch.float32, device=dev)
         self.attn_sink = attn_sink
-        self.compress_norm_weight = compress_norm_weight if compress_norm_weight is not None else torch.ones(D, device=dev)
+        self.compress_norm_weight = (
+            compress_norm_weight if compress_norm_weight is not None else torch.ones(D, device=dev)
+        )
         self.index_norm_weight = (
             index_norm_weight if index_norm_weight is not None else torch.ones(layer.index_head_dim, device=dev)
         )
@@ -100,7 +104,9 @@ class HybridAttention:
         return self.layer.kind
 
     # ---------------------------------------------------------------------------------------------
-    def _check(self, plan: StepPlan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink):
+    def _check(
+        self, plan: StepPlan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink
+    ):
         L = self.layer
         chk = ArgChecker(f"HybridAttention[{L.kind}, layer {L.index}]")
         if not isinstance(plan, StepPlan):
@@ -113,7 +119,9 @@ class HybridAttention:
         if tuple(kv.shape) != (T, D):
             chk.fail(f"`kv` must be [T, D] = {[T, D]} (T = cu_seqlens[-1] of the plan), got {list(kv.shape)}")
         if plan.positions.device != chk.device:
-            chk.fail(f"all tensors must be on one device: `q` is on {chk.device} but the plan is on {plan.positions.device}")
+            chk.fail(
+                f"all tensors must be on one device: `q` is on {chk.device} but the plan is on {plan.positions.device}"
+            )
         if attn_sink is not None:
             chk.tensor("attn_sink", attn_sink, ("H",))
             chk.dim("attn_sink", attn_sink, 0, H, "one sink per query head of q")
@@ -144,7 +152,12 @@ class HybridAttention:
             need("index_a", index_a, (T, 2 * Di), "indexer compressor values")
             need("index_b", index_b, (T, 2 * Di), "indexer compressor scores")
         else:
-            for name, x in (("index_q", index_q), ("index_weights", index_weights), ("index_a", index_a), ("index_b", index_b)):
+            for name, x in (
+                ("index_q", index_q),
+                ("index_weights", index_weights),
+                ("index_a", index_a),
+                ("index_b", index_b),
+            ):
                 absent(name, x)
         # The plan's pages must exist in this layer's pools (plans from another manager, or edited).
         sizes = {"window": self.manager.window_alloc.num_pages}

@@ -6,7 +6,11 @@ import torch
 
 
 def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    num_slots = pool.num_slots if not isinstance(pool, torch.Tensor) else pool.shape[0] * (pool.shape[1] if pool.dim() == 3 else 1)
+    num_slots = (
+        pool.num_slots
+        if not isinstance(pool, torch.Tensor)
+        else pool.shape[0] * (pool.shape[1] if pool.dim() == 3 else 1)
+    )
     slots = slot_mapping.long()
     keep = (slots >= 0) & (slots < num_slots)
     if not bool(keep.all()):

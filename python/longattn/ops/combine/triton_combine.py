@@ -77,19 +77,27 @@ def _merge_states_kernel(
     b_cb = b_wb / b_total
     m_a = m_h & (b_wa > 0.0)
     m_b = m_h & (b_wb > 0.0)
-    tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, tl.where(m_empty, b_m, b_m_safe + tl.log(b_total)),
-             mask=m_h)
+    tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, tl.where(m_empty, b_m, b_m_safe + tl.log(b_total)), mask=m_h)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
         # [BLOCK_H, BLOCK_D]; a side with weight 0 is not loaded
-        b_oa = tl.load(p_oa + i_t * stride_oa_t + i_h[:, None] * stride_oa_h + o_d[None, :] * stride_oa_d,
-                       mask=m_a[:, None] & m_d[None, :], other=0.0).to(tl.float32)
-        b_ob = tl.load(p_ob + i_t * stride_ob_t + i_h[:, None] * stride_ob_h + o_d[None, :] * stride_ob_d,
-                       mask=m_b[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+        b_oa = tl.load(
+            p_oa + i_t * stride_oa_t + i_h[:, None] * stride_oa_h + o_d[None, :] * stride_oa_d,
+            mask=m_a[:, None] & m_d[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        b_ob = tl.load(
+            p_ob + i_t * stride_ob_t + i_h[:, None] * stride_ob_h + o_d[None, :] * stride_ob_d,
+            mask=m_b[:, None] & m_d[None, :],
+            other=0.0,
+        ).to(tl.float32)
         b_o = b_oa * b_ca[:, None] + b_ob * b_cb[:, None]
-        tl.store(p_out + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d,
-                 _cast_out(b_o, p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+        tl.store(
+            p_out + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d,
+            _cast_out(b_o, p_out.dtype.element_ty),
+            mask=m_h[:, None] & m_d[None, :],
+        )
 
 
 @triton.jit(do_not_specialize=["H"])
@@ -124,10 +132,14 @@ def _apply_sink_kernel(
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_hd = m_h[:, None] & (o_d < D)[None, :]
         # [BLOCK_H, BLOCK_D]
-        b_o = tl.load(p_o + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d, mask=m_hd,
-                      other=0.0).to(tl.float32)
-        tl.store(p_out + i_t * stride_r_t + i_h[:, None] * stride_r_h + o_d[None, :] * stride_r_d,
-                 _cast_out(b_o * b_g[:, None], p_out.dtype.element_ty), mask=m_hd)
+        b_o = tl.load(
+            p_o + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d, mask=m_hd, other=0.0
+        ).to(tl.float32)
+        tl.store(
+            p_out + i_t * stride_r_t + i_h[:, None] * stride_r_h + o_d[None, :] * stride_r_d,
+            _cast_out(b_o * b_g[:, None], p_out.dtype.element_ty),
+            mask=m_hd,
+        )
 
 
 def _blocks(H: int, D: int):

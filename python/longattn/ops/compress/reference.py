@@ -148,7 +148,9 @@ def compress_kv(
     last_tok = torch.ones(T, dtype=torch.bool, device=a.device)  # last token of its chunk
     if T > 1:
         last_tok[:-1] = new_seq[1:]
-    chunk_end_tok = torch.flip(torch.cummin(torch.flip(torch.where(last_tok, tok, torch.full_like(tok, T)), [0]), 0).values, [0])
+    chunk_end_tok = torch.flip(
+        torch.cummin(torch.flip(torch.where(last_tok, tok, torch.full_like(tok, T)), [0]), 0).values, [0]
+    )
     keep = positions > positions[chunk_end_tok] - ring
     slots, ok = _paged_slots(state_block_table, token_rows, positions % ring, s_page, s_pages)
     keep &= ok

@@ -56,7 +56,9 @@ def indexer_logits(
     _check("indexer_logits", q, weights, index_k, visible_end, block_table, seq_ids)
     if custom_ops.use_custom_op(q, weights, index_k):
         return custom_ops.indexer_logits(q, weights, index_k, visible_end, block_table, seq_ids, backend)
-    args = dict(q=q, weights=weights, index_k=index_k, visible_end=visible_end, block_table=block_table, seq_ids=seq_ids)
+    args = dict(
+        q=q, weights=weights, index_k=index_k, visible_end=visible_end, block_table=block_table, seq_ids=seq_ids
+    )
     return registry.select("indexer_logits", q.device, args, backend)(**args)
 
 

@@ -4,8 +4,8 @@ Scores are produced block by block: a block is (a group of query tokens of one s
 of entries), so no [T, N] tensor is ever held by ``indexer_topk``. One (token, entry) pair costs
 ``Hi * 4 * 2 + 40`` bytes of temporaries (the per-head relu(q.k) values and their weighted sum, the
 masks and the sort keys); block sizes keep that within ``longattn.memory.chunk_budget_bytes()`` and,
-for speed, the per-head scores of a block near ``CACHE_TILE_BYTES``. Entries beyond a group's largest ``visible_end`` are never
-scored, so decode cost follows the visible context, not the pool size.
+for speed, the per-head scores of a block near ``CACHE_TILE_BYTES``. Entries beyond a group's largest
+``visible_end`` are never scored, so decode cost follows the visible context, not the pool size.
 
 Top-k is exact and deterministic: each score is packed with its entry id into one int64 sort key
 (order-preserving float bits in the high 32 bits, ``0xFFFFFFFF - id`` in the low 32 bits), so
@@ -142,4 +142,3 @@ def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_i
         ids = pages * page_size + ids % page_size
     indices = torch.where(selected, ids, torch.full_like(ids, -1)).to(torch.int32)
     return indices, lengths
-

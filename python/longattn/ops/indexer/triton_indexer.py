@@ -132,8 +132,9 @@ def _score_entries(
         # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
         o_d = tl.arange(0, BLOCK_DI)
         # [BLOCK_N, BLOCK_DI]
-        b_k = tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & (o_d < Di)[None, :],
-                      other=0.0).to(CDT)
+        b_k = tl.load(
+            p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & (o_d < Di)[None, :], other=0.0
+        ).to(CDT)
         # [BLOCK_HI, BLOCK_N]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
         return tl.sum(b_w[:, None] * tl.maximum(b_s, 0.0), 0)
@@ -148,11 +149,15 @@ def _score_entries(
                 o_d = d0 + tl.arange(0, BLOCK_DI)
                 m_d = o_d < Di
                 # [BLOCK_HI, BLOCK_DI]
-                b_qc = tl.load(p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
-                               mask=m_h[:, None] & m_d[None, :], other=0.0).to(CDT)
+                b_qc = tl.load(
+                    p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+                    mask=m_h[:, None] & m_d[None, :],
+                    other=0.0,
+                ).to(CDT)
                 # [BLOCK_N, BLOCK_DI]
-                b_k = tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & m_d[None, :],
-                              other=0.0).to(CDT)
+                b_k = tl.load(
+                    p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & m_d[None, :], other=0.0
+                ).to(CDT)
                 b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
             # [BLOCK_HI]
             b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
@@ -315,8 +320,11 @@ def _indexer_topk_partial_kernel(
     o_d = tl.arange(0, BLOCK_DI)
     if ONE_TILE:
         # [BLOCK_HI, BLOCK_DI], [BLOCK_HI]
-        b_q = tl.load(p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
-                      mask=(i_h < Hi)[:, None] & (o_d < Di)[None, :], other=0.0).to(CDT)
+        b_q = tl.load(
+            p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+            mask=(i_h < Hi)[:, None] & (o_d < Di)[None, :],
+            other=0.0,
+        ).to(CDT)
         b_w = tl.load(p_w_t + i_h * stride_wh, mask=i_h < Hi, other=0.0).to(tl.float32)
     else:
         b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
@@ -327,18 +335,50 @@ def _indexer_topk_partial_kernel(
     for j0 in range(j_lo, j_hi, BLOCK_N):
         o_j = j0 + tl.arange(0, BLOCK_N)
         m_j = o_j < j_hi
-        o_row, m_row = _entry_rows(o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages,
-                                   stride_kp, stride_ko, stride_kn, PAGED)
+        o_row, m_row = _entry_rows(
+            o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages, stride_kp, stride_ko, stride_kn, PAGED
+        )
         # [BLOCK_N]
-        b_score = _score_entries(b_q, b_w, p_q_t, stride_qh, stride_qd, p_w_t, stride_wh, p_k, o_row, m_row,
-                                 stride_kd, Hi, Di, BLOCK_HI, BLOCK_DI, BLOCK_N, ONE_TILE, CDT, DOT_PREC)
+        b_score = _score_entries(
+            b_q,
+            b_w,
+            p_q_t,
+            stride_qh,
+            stride_qd,
+            p_w_t,
+            stride_wh,
+            p_k,
+            o_row,
+            m_row,
+            stride_kd,
+            Hi,
+            Di,
+            BLOCK_HI,
+            BLOCK_DI,
+            BLOCK_N,
+            ONE_TILE,
+            CDT,
+            DOT_PREC,
+        )
         b_key = _sort_keys(b_score, o_j, m_row)
         if tl.max(b_key, 0) > tl.min(b_run, 0):
             b_run = _merge_topk(b_run, b_key, TOPK_P2, BLOCK_N, BITONIC)
 
     if FINAL:
-        _write_topk(b_run, i_t, p_out_idx, stride_oi, p_out_len, topk, p_bt_row, stride_bt_p, seq_ok, page_size,
-                    TO_SLOTS, TOPK_P2)
+        _write_topk(
+            b_run,
+            i_t,
+            p_out_idx,
+            stride_oi,
+            p_out_len,
+            topk,
+            p_bt_row,
+            stride_bt_p,
+            seq_ok,
+            page_size,
+            TO_SLOTS,
+            TOPK_P2,
+        )
     else:
         if j_lo < n_vis:  # ranges past visible_end write nothing; the merge never reads them
             tl.store(p_ws + i_t * stride_ws_t + i_b * stride_ws_b + tl.arange(0, TOPK_P2), b_run)
@@ -407,8 +447,20 @@ def _indexer_topk_merge_kernel(
             i_seq = tl.load(p_seq + i_t).to(tl.int64)
             seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
             p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
-        _write_topk(b_run, i_t, p_out_idx, stride_oi, p_out_len, topk, p_bt_row, stride_bt_p, seq_ok, page_size,
-                    TO_SLOTS, TOPK_P2)
+        _write_topk(
+            b_run,
+            i_t,
+            p_out_idx,
+            stride_oi,
+            p_out_len,
+            topk,
+            p_bt_row,
+            stride_bt_p,
+            seq_ok,
+            page_size,
+            TO_SLOTS,
+            TOPK_P2,
+        )
     else:
         if b_lo < n_lists:
             tl.store(p_ws_out + i_t * stride_out_t + i_g * stride_out_b + o_k, b_run)
@@ -470,13 +522,33 @@ def _indexer_logits_kernel(
         i_seq = tl.load(p_seq + i_t).to(tl.int64)
         seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
         p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
-    o_row, m_row = _entry_rows(o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages,
-                               stride_kp, stride_ko, stride_kn, PAGED)
+    o_row, m_row = _entry_rows(
+        o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages, stride_kp, stride_ko, stride_kn, PAGED
+    )
     b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
     b_w = tl.zeros([BLOCK_HI], tl.float32)
     # [BLOCK_N]
-    b_score = _score_entries(b_q, b_w, p_q + i_t * stride_qt, stride_qh, stride_qd, p_w + i_t * stride_wt, stride_wh,
-                             p_k, o_row, m_row, stride_kd, Hi, Di, BLOCK_HI, BLOCK_DI, BLOCK_N, False, CDT, DOT_PREC)
+    b_score = _score_entries(
+        b_q,
+        b_w,
+        p_q + i_t * stride_qt,
+        stride_qh,
+        stride_qd,
+        p_w + i_t * stride_wt,
+        stride_wh,
+        p_k,
+        o_row,
+        m_row,
+        stride_kd,
+        Hi,
+        Di,
+        BLOCK_HI,
+        BLOCK_DI,
+        BLOCK_N,
+        False,
+        CDT,
+        DOT_PREC,
+    )
     tl.store(p_out + i_t * stride_out_t + o_j, tl.where(m_row, b_score, _NEG_INF), mask=m_out)
 
 

@@ -120,8 +120,10 @@ def sparse_attention(
         attn_sink=attn_sink,
         softmax_scale=scale,
     )
-    if custom_ops.use_custom_op(q, kv, extra_kv, attn_sink) and custom_ops.is_schema_pool(kv) and (
-        extra_kv is None or custom_ops.is_schema_pool(extra_kv)
+    if (
+        custom_ops.use_custom_op(q, kv, extra_kv, attn_sink)
+        and custom_ops.is_schema_pool(kv)
+        and (extra_kv is None or custom_ops.is_schema_pool(extra_kv))
     ):
         kv_t, kv_ps = custom_ops.pool_to_schema(kv)
         extra_t, extra_ps = (None, 0) if extra_kv is None else custom_ops.pool_to_schema(extra_kv)

@@ -209,14 +209,16 @@ def _attend_stream(
         m_n = m_n & (b_idx >= 0) & (b_idx < num_slots)
         i_slot = tl.where(m_n, b_idx, 0)
         # [BLOCK_N, BLOCK_D0]
-        b_k0 = _load_kv_rows(p_kv, p_kv16, i_slot, m_n, o_d0, m_d0, stride_row, stride_d, page_size, page_bytes,
-                             IS_FP8, CDT)
+        b_k0 = _load_kv_rows(
+            p_kv, p_kv16, i_slot, m_n, o_d0, m_d0, stride_row, stride_d, page_size, page_bytes, IS_FP8, CDT
+        )
         # [BLOCK_H, BLOCK_N]
         b_s = tl.dot(b_q0, tl.trans(b_k0), input_precision=DOT_PREC)
         if HAS_TAIL:
             # [BLOCK_N, BLOCK_D1]
-            b_k1 = _load_kv_rows(p_kv, p_kv16, i_slot, m_n, o_d1, m_d1, stride_row, stride_d, page_size,
-                                 page_bytes, IS_FP8, CDT)
+            b_k1 = _load_kv_rows(
+                p_kv, p_kv16, i_slot, m_n, o_d1, m_d1, stride_row, stride_d, page_size, page_bytes, IS_FP8, CDT
+            )
             b_s += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PREC)
         b_s = tl.where(m_n[None, :], b_s * qk_scale, _NEG_INF)
         # [BLOCK_H]
@@ -383,8 +385,7 @@ def _sparse_attn_fwd_kernel(
         m_w = (m_h & m_has)[:, None]
         tl.store(p_ws_out + o_row[:, None] * D + o_d0[None, :], b_acc0 * b_inv[:, None], mask=m_w & m_d0[None, :])
         if HAS_TAIL:
-            tl.store(p_ws_out + o_row[:, None] * D + o_d1[None, :], b_acc1 * b_inv[:, None],
-                     mask=m_w & m_d1[None, :])
+            tl.store(p_ws_out + o_row[:, None] * D + o_d1[None, :], b_acc1 * b_inv[:, None], mask=m_w & m_d1[None, :])
     else:
         b_g = b_inv
         if HAS_SINK:
@@ -393,11 +394,17 @@ def _sparse_attn_fwd_kernel(
             b_lse2_safe = tl.where(m_has, b_lse2, 0.0)
             b_g = tl.where(m_has, b_inv / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)), 0.0)
         p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh
-        tl.store(p_o + o_d0[None, :] * stride_od, _cast_out(b_acc0 * b_g[:, None], p_out.dtype.element_ty),
-                 mask=m_h[:, None] & m_d0[None, :])
+        tl.store(
+            p_o + o_d0[None, :] * stride_od,
+            _cast_out(b_acc0 * b_g[:, None], p_out.dtype.element_ty),
+            mask=m_h[:, None] & m_d0[None, :],
+        )
         if HAS_TAIL:
-            tl.store(p_o + o_d1[None, :] * stride_od, _cast_out(b_acc1 * b_g[:, None], p_out.dtype.element_ty),
-                     mask=m_h[:, None] & m_d1[None, :])
+            tl.store(
+                p_o + o_d1[None, :] * stride_od,
+                _cast_out(b_acc1 * b_g[:, None], p_out.dtype.element_ty),
+                mask=m_h[:, None] & m_d1[None, :],
+            )
         tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=m_h)
 
 
