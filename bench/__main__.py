@@ -1,3 +1,5 @@
-from .demo import main
+"""``python -m bench``: run the benchmark suite (see bench/README.md; ``--help`` for the options)."""
+
+from .cli import main
 
 raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""The case registry: every family builds, runs on the reference, and its peers compute the same thing."""
+
+import longattn
+import pytest
+import torch
+
+from bench import cases, inputs, peers
+
+CPU = torch.device("cpu")
+TINY = {"context": (1024,), "chunk": (32,), "batch": (2,), "tokens": (256,), "page_size": (16,)}
+
+
+def test_registry_names_are_unique_and_every_family_has_defaults():
+    names = [c.name for c in cases.select(None, None)]
+    assert len(names) == len(set(names))
+    for fam in cases.REGISTRY.values():
+        cs = fam.cases(fam.defaults)
+        assert cs, fam.group
+        assert len({c.name for c in cs}) == len(cs)
+    with pytest.raises(ValueError):
+        cases.register(next(iter(cases.REGISTRY.values())))
+
+
+def test_default_suite_contains_the_readme_main_job():
+    names = [c.name for c, _ in cases.suite_cases(cases.DEFAULT_SUITE)]
+    assert "csa_layer.decode/v4-flash/ctx=1M/b=1/page=64/bf16" in names
+    assert any(n.startswith("csa_layer.prefill/v4-flash/ctx=128K") for n in names)
+
+
+@pytest.mark.parametrize("group", list(cases.REGISTRY))
+def test_every_family_builds_and_runs_on_the_reference(group):
+    fam = cases.REGISTRY[group]
+    sel = {a: TINY.get(a, (fam.quick_defaults[a][0],)) for a in fam.axes}
+    (case,) = fam.cases(sel)
+    prob = case.build(CPU)
+    out = prob.output(prob.run("reference")())
+    assert torch.isfinite(out.float()).all()
+    cost = case.cost(prob.stats)
+    assert cost.flops > 0 and cost.bytes > 0
+    est = case.input_bytes()
+    assert 0.3 * prob.input_bytes <= est <= 3 * prob.input_bytes + (1 << 20), (est, prob.input_bytes)
+
+
+@pytest.mark.parametrize(
+    "group,kind",
+    [("sparse_attention.decode", "csa"), ("sparse_attention.decode", "hca"), ("sparse_attention.prefill", "csa"),
+     ("sparse_attention.prefill", "hca"), ("csa_layer.decode", "csa"), ("csa_layer.prefill", "csa")],
+)  # fmt: skip
+def test_dense_peers_compute_the_same_attention(group, kind):
+    fam = cases.REGISTRY[group]
+    sel = {a: TINY.get(a, (fam.quick_defaults[a][0],)) for a in fam.axes}
+    if "kind" in fam.axes:
+        sel["kind"] = (kind,)
+    (case,) = fam.cases(sel)
+    prob = case.build(CPU)
+    ours = prob.output(prob.run("reference")()).float()
+    view = prob.dense()
+    for name in ("dense_einsum", "dense_einsum_fp32", "dense_sdpa"):
+        theirs = peers.PEERS[name].setup(case, view)().float()
+        torch.testing.assert_close(theirs, ours, atol=3e-2, rtol=3e-2, msg=name)
+
+
+def test_dense_indexer_selects_the_same_entries():
+    fam = cases.REGISTRY["indexer_topk.prefill"]
+    (case,) = fam.cases({"context": (4096,), "chunk": (8,), "page_size": (16,)})
+    prob = case.build(CPU)
+    ours = prob.output(prob.run("reference")())
+    theirs = peers.PEERS["dense_einsum"].setup(case, prob.dense())()
+    for t in range(ours.shape[0]):
+        assert set(ours[t].tolist()) - {-1} == set(theirs[t].tolist())
+
+
+def test_random_topk_ids_are_distinct_visible_and_padded():
+    g = torch.Generator().manual_seed(0)
+    vis = torch.tensor([0, 3, 10, 1000], dtype=torch.int32)
+    ids, lengths = inputs.random_topk_ids(vis, 8, g)
+    assert lengths.tolist() == [0, 3, 8, 8]
+    for t in range(4):
+        row = ids[t].tolist()
+        valid = [x for x in row if x >= 0]
+        assert len(valid) == lengths[t] and len(set(valid)) == len(valid)
+        assert all(0 <= x < vis[t] for x in valid) and row[len(valid):] == [-1] * (8 - len(valid))
+    srt, _ = inputs.random_topk_ids(vis, 8, g, order="sorted")
+    assert srt[3].tolist() == sorted(srt[3].tolist())
+
+
+def test_paged_slots_follow_the_block_table():
+    g = torch.Generator().manual_seed(1)
+    pool, bt = inputs.paged_pool(2, 10, 4, 3, torch.float32, CPU, g)
+    assert pool.shape == (6, 4, 3) and bt.shape == (2, 3)
+    assert sorted(bt.flatten().tolist()) == list(range(6))
+    ids = torch.tensor([[0, 5, 9, -1]], dtype=torch.int32)
+    slots = inputs.slots_of(bt, torch.tensor([1], dtype=torch.int32), ids, 4)
+    assert slots.tolist() == [[bt[1, 0] * 4, bt[1, 1] * 4 + 1, bt[1, 2] * 4 + 1, -1]]
+
+
+def test_token_counts_parse_and_print():
+    assert inputs.parse_tokens("128K") == 131072 and inputs.parse_tokens("1M") == 1 << 20
+    assert inputs.parse_tokens("4096") == 4096
+    assert inputs.human_tokens(1 << 20) == "1M" and inputs.human_tokens(8192) == "8K"
+    with pytest.raises(ValueError):
+        inputs.parse_tokens("0")
+
+
+def test_adding_a_family_is_one_register_call(monkeypatch):
+    monkeypatch.setattr(cases, "REGISTRY", dict(cases.REGISTRY))
+
+    def build(case, device, seed):
+        x = torch.randn(int(case.params["tokens"]), 8, device=device)
+        return cases.Problem(run=lambda backend: (lambda: longattn.merge_attention_states(
+            x.view(-1, 1, 8), x[:, 0:1], x.view(-1, 1, 8), x[:, 0:1], backend=backend)),
+            output=lambda r: r[0], stats={}, input_bytes=x.numel() * 4)  # fmt: skip
+
+    cases.register(cases.Family(
+        group="toy.decode", op="toy", ops=("merge_attention_states",), axes={"tokens": (4, 8)},
+        defaults={"tokens": (4,)}, quick_defaults={"tokens": (4,)}, build=build,
+        cost=lambda p, s: cases.costs.Cost(1.0, 1.0), input_bytes=lambda p: 32 * int(p["tokens"]),
+    ))  # fmt: skip
+    (case,) = cases.select(["toy"], None)
+    assert case.name == "toy.decode/S=4"
+    prob = case.build(CPU)
+    assert prob.output(prob.run(None)()).shape == (4, 1, 8)

@@ -1,0 +1,124 @@
+"""The CLI end to end at tiny sizes (--quick, contexts of 1K): JSON schema, table, plots, skips."""
+
+import json
+import os
+
+import pytest
+from longattn.backends import registry
+
+from bench import cli, goals, plots, results
+
+# Only the reference backend (plus the test's fake one): under the test suite's TRITON_INTERPRET=1 the
+# triton backend would accept CPU tensors and run in the (slow) interpreter.
+FAST = ["--quick", "--warm-cache", "--no-rss", "--contexts", "1K", "--chunks", "16", "--batch", "1",
+        "--tokens", "256", "--backends", "reference"]  # fmt: skip
+
+
+def _run(tmp_path, *extra, name="t"):
+    rc = cli.main(FAST + ["--out", str(tmp_path), "--name", name, *extra])
+    with open(os.path.join(tmp_path, f"{name}.json")) as f:
+        return rc, json.load(f)
+
+
+def test_list_shows_the_default_suite(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "csa_layer.decode/v4-flash/ctx=1M/b=1/page=64/bf16" in out and "(default selection)" in out
+
+
+def test_tiny_run_writes_a_valid_document(tmp_path, capsys, monkeypatch):
+    # a backend whose module cannot be imported is discovered through the registry and recorded
+    monkeypatch.setitem(registry._MODULES, "broken_test_backend", "bench_tests_no_such_module")
+    monkeypatch.delitem(registry._loaded, "broken_test_backend", raising=False)
+    rc, doc = _run(tmp_path, "--ops", "sparse_attention.decode", "csa_layer.prefill", "merge*", "compress*",
+                   "--kinds", "csa", "--backends", "reference", "broken_test_backend")  # fmt: skip
+    assert rc == 0
+    assert results.validate(doc) == []
+    assert doc["schema_version"] == results.SCHEMA_VERSION and doc["suite"] == "quick-custom"
+    groups = {c["group"] for c in doc["cases"]}
+    assert groups == {"sparse_attention.decode", "csa_layer.prefill", "merge_attention_states", "compress_pool"}
+    for c in doc["cases"]:
+        assert c["status"] == "ok", c
+        impls = {r["impl"]: r for r in c["runs"]}
+        assert impls["reference"]["status"] == "ok"
+        assert impls["broken_test_backend"]["status"] == "skipped"
+        assert "failed to load" in impls["broken_test_backend"]["reason"]
+        ref = impls["reference"]
+        assert ref["time"]["n"] >= 1 and ref["peak_mem_bytes"] >= 0 and ref["floor"]["bound"] in ("memory", "compute")
+    dec = next(c for c in doc["cases"] if c["group"] == "sparse_attention.decode")
+    runs = {r["impl"]: r for r in dec["runs"]}
+    assert runs["dense_sdpa"]["status"] == "ok" and runs["dense_sdpa"]["check"]["value"] < 0.05
+    assert {r["peer"] for r in dec["ratios"]} >= {"dense_sdpa", "dense_einsum"}
+    assert runs["flex_attention"]["status"] == "skipped" and runs["flex_attention"]["reason"]
+    out = capsys.readouterr().out
+    assert "median" in out and "JSON:" in out and "reference" in out
+    ok, why = plots.available()
+    if ok:
+        assert len(doc["outputs"]["plots"]) >= 1 and all(os.path.exists(p) for p in doc["outputs"]["plots"])
+    else:
+        assert "matplotlib" in doc["outputs"]["plots_skipped"][0] and "plots skipped" in out
+
+
+def test_plots_are_skipped_with_a_reason_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plots, "available", lambda: (False, "matplotlib is not installed (test)"))
+    rc, doc = _run(tmp_path, "--ops", "merge*", "--no-peers", name="np")
+    assert rc == 0 and doc["outputs"]["plots"] == []
+    assert doc["outputs"]["plots_skipped"] == ["matplotlib is not installed (test)"]
+    assert "plots skipped: matplotlib is not installed (test)" in capsys.readouterr().out
+
+
+def test_peers_over_the_limits_are_skipped_with_the_reason(tmp_path):
+    rc, doc = _run(tmp_path, "--ops", "sparse_attention.decode", "--kinds", "hca", "--peer-max-s", "1e-9",
+                   "--no-plots", name="lim")  # fmt: skip
+    assert rc == 0 and results.validate(doc) == []
+    (case,) = doc["cases"]
+    runs = {r["impl"]: r for r in case["runs"]}
+    assert runs["dense_einsum"]["status"] == "skipped" and "estimated" in runs["dense_einsum"]["reason"]
+    rc, doc = _run(tmp_path, "--ops", "sparse_attention.decode", "--kinds", "hca", "--mem-limit-gb", "1e-6",
+                   "--no-plots", name="mem")  # fmt: skip
+    (case,) = doc["cases"]
+    assert case["status"] == "skipped" and "memory limit" in case["reason"]
+    assert results.validate(doc) == []
+
+
+def test_bad_arguments_fail_cleanly(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--ops", "no_such_op", "--list"])
+    assert cli.main(["--backends", "no_such_backend", "--ops", "merge*", "--quick", "--no-plots", "--out", "/tmp"]) == 2
+
+
+def test_schema_rejects_broken_documents():
+    assert results.validate({}) and results.validate({"schema": "x"})
+    doc = {k: t[0]() for k, t in results.TOP_FIELDS.items()}
+    doc.update(schema=results.SCHEMA, schema_version=results.SCHEMA_VERSION)
+    errors = results.validate(doc)
+    assert any("machine" in e for e in errors)
+
+
+def test_readme_documents_every_schema_field():
+    readme = open(os.path.join(os.path.dirname(cli.__file__), "README.md")).read()
+    assert f"`schema_version`: {results.SCHEMA_VERSION}" in readme
+    missing = [f"{where}.{k}" for where, fields in results.ALL_FIELD_SETS.items() for k in fields
+               if f"`{k}`" not in readme]  # fmt: skip
+    assert not missing, missing
+
+
+def test_goals_are_evaluated_from_results():
+    def run(impl, kind, t, mem, x=None):
+        floor = {"memory_s": 0.004, "compute_s": 0.02, "bound": "compute"}
+        return {"impl": impl, "kind": kind, "status": "ok", "time": {"median_s": t}, "peak_mem_bytes": mem,
+                "x_floor": x, "compute_dtype": "fp32", "floor": floor}  # fmt: skip
+
+    dec1m = {"group": "csa_layer.decode", "params": {"preset": "v4-flash", "context": 1 << 20, "batch": 1},
+             "runs": [run("reference", "backend", 0.05, 1, x=2.5)], "ratios": []}  # fmt: skip
+    ratios = [{"backend": "reference", "peer": "dense_sdpa", "speedup": 12.0, "mem_ratio": 0.05},
+              {"backend": "reference", "peer": "dense_einsum", "speedup": 8.0, "mem_ratio": 0.01}]  # fmt: skip
+    dec128 = {"group": "csa_layer.decode", "params": {"preset": "v4-flash", "context": 131072, "batch": 1},
+              "runs": [], "ratios": ratios}  # fmt: skip
+    doc = {"machine": {"device": "cpu"}, "cases": [dec1m, dec128]}
+    g = {x["id"]: x for x in goals.evaluate(doc)}
+    assert g["decode_1m_floor"]["status"] == "met"
+    assert g["sparse_vs_dense_128k_decode_dense_sdpa"]["status"] == "met"
+    assert g["sparse_vs_dense_128k_decode_dense_einsum"]["status"] == "not met"
+    assert g["sparse_vs_dense_128k_prefill_dense_sdpa"]["status"] == "not measured"
+    assert goals.evaluate({"machine": {"device": "cuda"}, "cases": []}) == []

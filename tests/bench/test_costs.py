@@ -1,0 +1,84 @@
+"""The FLOP / byte models on hand-counted cases, and the counts the builders feed them."""
+
+import pytest
+import torch
+
+from bench import cases, costs
+
+
+def test_sparse_attention_cost_hand_counted():
+    # T=2 tokens, H=3 heads, D=4, 5 keys in all (5 distinct rows), bf16 pool and q, 4 index columns, one
+    # lengths vector: FLOPs 4*3*4*5 = 240; bytes: rows 5*4*2 = 40, q+out 2*2*3*4*2 = 96,
+    # indices 4*2*4 = 32, lengths 4*2 = 8, lse 4*2*3 = 24 -> 200.
+    c = costs.sparse_attention_cost(T=2, H=3, D=4, keys=5, unique_rows=5, kv_elt=2, q_elt=2, index_cols=4, n_lengths=1)
+    assert c.flops == 240
+    assert c.bytes == 200
+    assert c.terms["kv_rows"]["bytes"] == 40 and c.terms["qk_pv"]["flops"] == 240
+    assert c.intensity == pytest.approx(1.2)
+
+
+def test_indexer_cost_hand_counted():
+    # T=1, Hi=2, Di=3, 10 visible entries, paged (B=1, 3 pages), topk 4:
+    # FLOPs (2*3+2)*2*10 = 160; bytes: keys 10*3*2 = 60, q 1*2*3*2 = 12, weights 4*1*2 = 8,
+    # visible_end 4 + block table 4*1*3 = 12 + seq ids 4 = 20, indices 4*1*4 = 16 + lengths 4 = 20 -> 120.
+    c = costs.indexer_topk_cost(T=1, Hi=2, Di=3, entries=10, unique_entries=10, k_elt=2, q_elt=2, topk=4, B=1,
+                                max_pages=3)  # fmt: skip
+    assert c.flops == 160
+    assert c.bytes == 120
+
+
+def test_merge_and_compress_cost_hand_counted():
+    m = costs.merge_cost(T=2, H=2, D=4, elt=2)
+    assert m.flops == 3 * 16 and m.bytes == 3 * 16 * 2 + 3 * 4 * 4
+    # overlap, ratio 2, d 3, S 5 tokens -> 2 entries, 4 slots each: FLOPs 5*2*3*4 = 120;
+    # inputs 2 tensors * 4 tokens * 6 channels * 4 B = 192, entries 2*3*4 = 24.
+    c = costs.compress_pool_cost(S=5, ratio=2, d=3, overlap=True, in_elt=4)
+    assert c.flops == 120 and c.bytes == 192 + 24
+
+
+def test_cost_sum_and_floors():
+    a = costs.Cost(100.0, 10.0, "a", {"x": {"flops": 100.0, "bytes": 10.0}})
+    b = costs.Cost(1.0, 1000.0, "b", {"x": {"flops": 1.0, "bytes": 1000.0}})
+    s = a + b
+    assert (s.flops, s.bytes) == (101.0, 1010.0) and set(s.terms) == {"x", "x#2"}
+    f = costs.floors(s, bandwidth=1000.0, peak_flops=10.0)  # memory 1.01 s, compute 10.1 s
+    assert f["bound"] == "compute" and f["floor_s"] == pytest.approx(10.1)
+    f = costs.floors(s, bandwidth=100.0, peak_flops=1e6)
+    assert f["bound"] == "memory" and f["floor_s"] == pytest.approx(10.1)
+    assert costs.floors(s, None, None)["bound"] is None
+
+
+def test_v4_flash_1m_decode_step_matches_the_anchor_arithmetic():
+    """anchors.md section 4: the indexer reads all 262,144 keys (64 MiB in bf16), attention 640 rows."""
+    case = cases.REGISTRY["csa_layer.decode"].case(preset="v4-flash", context=1 << 20, batch=1, page_size=64,
+                                                   dtype="bf16")  # fmt: skip
+    stats = {"T": 1, "entries": 262144, "unique_entries": 262144, "k_elt": 2, "iq_elt": 2, "B": 1, "max_pages": 4096,
+             "keys": 640, "unique_rows": 640, "index_cols": 640, "n_lengths": 1, "kv_elt": 2, "q_elt": 2}  # fmt: skip
+    c = case.cost(stats)
+    assert c.terms["index_keys"]["bytes"] == 262144 * 128 * 2 == 64 << 20
+    assert c.terms["kv_rows"]["bytes"] == 640 * 512 * 2
+    assert c.terms["scores"]["flops"] == 258 * 64 * 262144
+    assert c.terms["qk_pv"]["flops"] == 4 * 64 * 512 * 640
+    # ~124 FLOP/B for the (FP8) indexer in the anchors; bf16 keys halve it: ~64 FLOP/B, memory-bound on GPUs
+    assert 60 < c.terms["scores"]["flops"] / c.terms["index_keys"]["bytes"] < 70
+
+
+def test_builders_count_decode_keys_exactly():
+    case = cases.REGISTRY["csa_layer.decode"].case(preset="v4-flash", context=8192, batch=2, page_size=64,
+                                                   dtype="bf16")  # fmt: skip
+    s = case.build(torch.device("cpu")).stats
+    assert s["keys"] == 2 * (128 + 512) and s["unique_rows"] == s["keys"]
+    assert s["entries"] == 2 * 2048 and s["unique_entries"] == 2 * 2048
+    assert s["max_pages"] == 2048 // 64
+
+
+def test_builders_count_prefill_union_exactly():
+    # HCA prefill, context 1024, chunk 64: tokens p = 960..1023. Window: 128 keys each, rows 960-127..1023
+    # = 191 distinct. Compressed: (p+1)//128 = 7 visible entries for 63 tokens and 8 for the last: 449 keys,
+    # 8 distinct entries.
+    case = cases.REGISTRY["sparse_attention.prefill"].case(preset="v4-flash", kind="hca", context=1024, chunk=64,
+                                                           page_size=16, dtype="bf16")  # fmt: skip
+    s = case.build(torch.device("cpu")).stats
+    assert s["keys"] == 64 * 128 + 63 * 7 + 8
+    assert s["unique_rows"] == 191 + 8
+    assert s["index_cols"] == 128 + 8

@@ -1,0 +1,77 @@
+"""Timing statistics and memory measurement (no timing assertions: counts and exact byte peaks only)."""
+
+import pytest
+import torch
+
+from bench import runner, timing
+
+CPU = torch.device("cpu")
+
+
+def test_summary_statistics():
+    s = timing.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median_s"], s["min_s"], s["max_s"], s["n"]) == (3.0, 1.0, 5.0, 5)
+    assert s["p20_s"] == pytest.approx(1.8) and s["p80_s"] == pytest.approx(4.2)
+    assert s["q1_s"] == 2.0 and s["q3_s"] == 4.0 and s["iqr_s"] == 2.0
+    assert timing.summarize([7.0])["median_s"] == 7.0
+
+
+def test_time_fn_respects_the_sample_policy():
+    calls = []
+    pol = timing.TimingPolicy(warmup=3, min_repeats=4, max_repeats=6, min_time_s=0.0, max_time_s=10.0)
+    st = timing.time_fn(lambda: calls.append(1), CPU, pol)
+    assert st["warmup"] == 3 and st["n"] == 4 and len(st["samples_s"]) == 4 and len(calls) == 7
+    # a long first call: no more warm-up, long_repeats samples
+    calls.clear()
+    pol = timing.TimingPolicy(warmup=3, min_repeats=4, max_repeats=6, long_call_s=0.5, long_repeats=2)
+    st = timing.time_fn(lambda: calls.append(1), CPU, pol, prior_call_s=1.0)
+    assert st["warmup"] == 1 and st["n"] == 2 and len(calls) == 2
+
+
+def _two_buffers():
+    a = torch.ones(1 << 20)  # 4 MiB
+    b = a + 1  # 4 MiB more while a is alive
+    del a
+    return b.sum()
+
+
+def test_cpu_peak_memory_is_the_exact_allocator_peak():
+    r, peak = timing.cpu_alloc_peak_call(_two_buffers)
+    assert float(r) == 2 * (1 << 20)
+    assert (8 << 20) <= peak < (8 << 20) + 4096
+    m = timing.peak_memory(_two_buffers, CPU, rss=True)
+    assert m["mem_method"] == "torch_cpu_allocator_events" and (8 << 20) <= m["peak_mem_bytes"] < (8 << 20) + 4096
+    assert "peak_rss_bytes" in m
+    m = timing.peak_memory(_two_buffers, CPU, rss=True, alloc=False)
+    assert "peak_mem_bytes" not in m and "peak_rss_bytes" in m
+
+
+def test_a_run_keeps_the_allocator_peak_when_rss_is_sampled_too():
+    cfg = runner.RunConfig(device=CPU, policy=timing.TimingPolicy.quick(), rss=True)
+    r, first_s, first_mem = timing.first_call(_two_buffers, CPU)
+    out = runner._measure(_two_buffers, cfg, None, first_s, first_mem)
+    assert out["mem_method"] == "torch_cpu_allocator_events"
+    assert (8 << 20) <= out["peak_mem_bytes"] < (8 << 20) + 4096 and "peak_rss_bytes" in out
+
+
+def test_a_first_call_longer_than_the_budget_is_the_only_sample():
+    calls = []
+    pol = timing.TimingPolicy(max_time_s=0.5)
+    st = timing.time_fn(lambda: calls.append(1), CPU, pol, prior_call_s=2.0)
+    assert calls == [] and st["n"] == 1 and st["median_s"] == 2.0 and st["warmup"] == 0
+
+
+def test_a_backend_predicted_too_slow_is_skipped_with_the_reason():
+    from bench import cases, ceilings
+
+    case = cases.REGISTRY["merge_attention_states"].case(preset="v4-flash", tokens=16, dtype="bf16")
+    ceil = {"copy": {"bytes_per_s": 1e10}, "matmul": {"fp32": {"flops_per_s": 1e11}, "bf16": {"flops_per_s": 1e11}}}
+    assert ceilings.bandwidth(ceil) == 1e10
+    cfg = runner.RunConfig(device=CPU, policy=timing.TimingPolicy.quick(), backends=["reference"], peers=False,
+                           rss=False, backend_max_s=1.0)  # fmt: skip
+    rates = {("reference", "merge_attention_states"): 1e12}  # an earlier case ran at 1e12 x its floor
+    rec = runner.run_case(case, cfg, ceil, None, log=lambda *a: None, rates=rates)
+    (run,) = rec["runs"]
+    assert run["status"] == "skipped" and "predicted" in run["reason"]
+    rec = runner.run_case(case, cfg, ceil, None, log=lambda *a: None, rates={})
+    assert rec["runs"][0]["status"] == "ok"
