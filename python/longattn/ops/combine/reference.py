@@ -1,4 +1,7 @@
-"""Reference (pure PyTorch, fp32) merge of attention states and sink scaling. See README.md."""
+"""Reference (pure PyTorch, fp32) merge of attention states and sink scaling. See README.md.
+
+The public ops work in token chunks whose fp32 temporaries stay within ``longattn.memory``'s budget.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,20 @@ from typing import Tuple
 
 import torch
 
+from ...memory import rows_per_chunk
+
 NEG_INF = float("-inf")
 
 
 def merge_states_fp32(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exact union of two disjoint key sets, all fp32: out_* [T, H, D], lse_* [T, H] -> same shapes.
+    """Exact union of two disjoint key sets: out_* [T, H, D] (any float dtype), lse_* [T, H] fp32 ->
+    out [T, H, D] fp32, lse [T, H] fp32.
 
     With m = max(lse_a, lse_b): w_x = exp(lse_x - m), lse = m + log(w_a + w_b),
     out = (w_a * out_a + w_b * out_b) / (w_a + w_b). Rows where both are empty (-inf) give 0, -inf,
-    and the out of an empty side is never read.
+    and the out of an empty side is never read (it may hold anything, e.g. an unwritten split).
     """
     m = torch.maximum(lse_a, lse_b)
     empty = torch.isneginf(m)
@@ -25,13 +31,19 @@ def merge_states_fp32(
     w_b = torch.exp(lse_b - m_safe)
     total = w_a + w_b  # >= 1 unless both empty
     total_safe = torch.where(empty, torch.ones_like(total), total)
-    # A side with no keys (weight 0) is never read, so its out may hold anything (e.g. an unwritten
-    # split-KV partial) without leaking NaN into the result.
-    part_a = torch.where((w_a > 0).unsqueeze(-1), out_a * (w_a / total_safe).unsqueeze(-1), 0.0)
-    part_b = torch.where((w_b > 0).unsqueeze(-1), out_b * (w_b / total_safe).unsqueeze(-1), 0.0)
-    out = part_a + part_b
+    out = _weighted(out_a, w_a / total_safe)
+    out.add_(_weighted(out_b, w_b / total_safe))
     lse = torch.where(empty, m, m_safe + torch.log(total_safe))
     return out, lse
+
+
+def _weighted(out: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """fp32 ``out * f[..., None]``; rows with f == 0 are 0 without reading out (NaN-safe)."""
+    res = out.to(torch.float32, copy=True)
+    zero = f == 0
+    if bool(zero.any()):
+        res.masked_fill_(zero.unsqueeze(-1), 0.0)
+    return res.mul_(f.unsqueeze(-1))
 
 
 def sink_factor(lse: torch.Tensor, attn_sink: torch.Tensor) -> torch.Tensor:
@@ -44,11 +56,26 @@ def sink_factor(lse: torch.Tensor, attn_sink: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isneginf(lse), torch.zeros_like(g), g)
 
 
+def _token_steps(out: torch.Tensor):
+    """Token ranges whose fp32 temporaries (~6 copies of [t, H, D]) fit the chunk budget."""
+    T, H, D = out.shape
+    step = rows_per_chunk(6 * H * D * 4, T)
+    return [(t0, min(T, t0 + step)) for t0 in range(0, T, step)]
+
+
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
-    out, lse = merge_states_fp32(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())
-    return out.to(out_a.dtype), lse
+    out = torch.empty_like(out_a)
+    lse = torch.empty(lse_a.shape, dtype=torch.float32, device=lse_a.device)
+    for t0, t1 in _token_steps(out_a):
+        o, l = merge_states_fp32(out_a[t0:t1].float(), lse_a[t0:t1].float(), out_b[t0:t1].float(), lse_b[t0:t1].float())
+        out[t0:t1] = o
+        lse[t0:t1] = l
+    return out, lse
 
 
 def apply_attention_sink(out, lse, attn_sink):
-    g = sink_factor(lse.float(), attn_sink)
-    return (out.float() * g.unsqueeze(-1)).to(out.dtype)
+    res = torch.empty_like(out)
+    for t0, t1 in _token_steps(out):
+        g = sink_factor(lse[t0:t1].float(), attn_sink)
+        res[t0:t1] = out[t0:t1].float() * g.unsqueeze(-1)
+    return res

@@ -1,11 +1,12 @@
 """Reference lightning indexer (pure PyTorch, fp32). See README.md for the math and the ordering.
 
-Scores are produced block by block: a block is (a group of query tokens of one sequence) x (a range
-of entries), so no [T, N] tensor is ever held by ``indexer_topk``. One (token, entry) pair costs
-``Hi * 4 * 2 + 40`` bytes of temporaries (the per-head relu(q.k) values and their weighted sum, the
-masks and the sort keys); block sizes keep that within ``longattn.memory.chunk_budget_bytes()`` and,
-for speed, the per-head scores of a block near ``CACHE_TILE_BYTES``. Entries beyond a group's largest
-``visible_end`` are never scored, so decode cost follows the visible context, not the pool size.
+Scores are produced span by span: a span is (a group of query tokens of one sequence) x (a range of
+entries), so no [T, N] tensor is ever held by ``indexer_topk`` beyond what the budget allows. One
+(token, entry) pair of a span costs ~45 bytes (its score, mask and sort key and their temporaries);
+spans are as wide as ``longattn.memory.chunk_budget_bytes()`` allows, and inside a span keys are scored
+in blocks whose per-head relu(q.k) values are ~``CACHE_TILE_BYTES`` (fast on CPU caches). Entries
+beyond a group's largest ``visible_end`` are never scored, so decode cost follows the visible
+context, not the pool size.
 
 Top-k is exact and deterministic: each score is packed with its entry id into one int64 sort key
 (order-preserving float bits in the high 32 bits, ``0xFFFFFFFF - id`` in the low 32 bits), so
@@ -70,18 +71,23 @@ class _Entries:
 
 
 def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=None, pair_bytes: int = 0):
-    """Yield (tokens [Tg] long, j0, j1, scores [Tg, j1-j0] fp32, usable [Tg, j1-j0] bool).
+    """Yield (tokens [Tg] long, j0, j1, scores [Tg, j1-j0] fp32, usable [Tg, j1-j0] bool) spans.
 
     ``usable`` is False for entries that are invisible (j >= visible_end) or have no valid slot; their
     score is -inf. Usable entries keep whatever score they have (possibly -inf from overflow).
+
+    A span is as wide as the budget allows (``pair_bytes`` = what the consumer adds per pair); inside
+    it, keys are scored in cache-sized blocks written into the span's score buffer, so the consumer's
+    per-span work (masking, sort keys, top-k merge) runs once per span, not once per block.
     """
     T, Hi, Di = q.shape
     entries = _Entries(index_k, block_table, seq_ids)
     vis = visible_end.long().clamp(0, entries.num_entries)
-    per_pair = Hi * 4 * 2 + 24 + pair_bytes
+    per_pair = 4 + 1 + 24 + pair_bytes  # span scores, mask, arange/compare temporaries, consumer's keys
     budget = chunk_budget_bytes()
-    # Token chunks leave room for at least MIN_ENTRIES entries per block within the budget.
-    tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4, T, budget)
+    block_bytes = lambda tg, n: n * (tg * Hi * 4 + Di * 8)  # noqa: E731  per-head scores + fp32 key rows
+    # Token chunks leave room for a span of at least MIN_ENTRIES entries within the budget.
+    tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4 + MIN_ENTRIES * Hi * 4, T, budget)
     for t0 in range(0, T, tokens_per_step):
         t1 = min(T, t0 + tokens_per_step)
         for tokens, seq in entries.groups(t0, t1):
@@ -89,21 +95,26 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             if n_vis == 0:
                 continue
             tg = len(tokens)
-            # Block width: the per-head scores of a block fit in ~CACHE_TILE_BYTES (fast on CPU caches),
-            # never below MIN_ENTRIES and never above the budget.
+            # Block: per-head scores of ~CACHE_TILE_BYTES (fast on CPU caches), >= MIN_ENTRIES entries;
+            # span: as many blocks as the rest of the budget holds.
             width = max(MIN_ENTRIES, CACHE_TILE_BYTES // (tg * Hi * 4))
-            width = min(width, max(1, budget // (tg * per_pair)))
+            width = min(width, max(1, budget // 2 // max(1, block_bytes(tg, 1))))
+            span = max(width, (budget - block_bytes(tg, width)) // (tg * per_pair))
             q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
             w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
-            for j0 in range(0, n_vis, width):
-                j1 = min(n_vis, j0 + width)
-                keys, ok = entries.rows_of(seq, j0, j1)  # [Nc, Di] fp32, [Nc] bool
-                per_head = torch.relu_(q_g @ keys.T).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
-                scores = torch.bmm(w_g, per_head).squeeze(1)  # [Tg, Nc]
-                j = torch.arange(j0, j1, device=q.device)
+            for s0 in range(0, n_vis, span):
+                s1 = min(n_vis, s0 + span)
+                scores = torch.empty(tg, s1 - s0, dtype=torch.float32, device=q.device)
+                ok = torch.empty(s1 - s0, dtype=torch.bool, device=q.device)
+                for j0 in range(s0, s1, width):
+                    j1 = min(s1, j0 + width)
+                    keys, ok[j0 - s0 : j1 - s0] = entries.rows_of(seq, j0, j1)  # [Nc, Di] fp32, [Nc] bool
+                    per_head = torch.relu_(q_g @ keys.T).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
+                    torch.bmm(w_g, per_head, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
+                j = torch.arange(s0, s1, device=q.device)
                 usable = (j.unsqueeze(0) < vis_g) & ok.unsqueeze(0)
-                yield tokens, j0, j1, scores.masked_fill_(~usable, NEG_INF), usable
+                yield tokens, s0, s1, scores.masked_fill_(~usable, NEG_INF), usable
 
 
 def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tensor:
