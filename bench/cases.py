@@ -7,14 +7,16 @@ callable to time and its inputs, and a cost model (``bench.costs``). Cases are g
 registry knows for each axis, the default values a selection uses when the user names none, the
 builder, the cost model and the peers that apply.
 
-Adding a case family (e.g. ``compress_kv``, ``append_kv`` or a ``HybridAttention`` layer once the
-paged cache lands) is one ``register(Family(...))`` call with a builder and a cost function::
+The cache-op families (``append_kv``, ``compress_kv``, ``cache_plan``) live in ``bench.cases_cache``
+and the ``HybridAttention`` layer families in ``bench.cases_layer``; both register on import (bottom
+of this module). Adding a case family is one ``register(Family(...))`` call with a builder and a cost
+function::
 
     def build_append_kv(case, device, seed):          # -> Problem
         p = case.params
         ...make random inputs on `device`...
         def run(backend):                              # backend name -> zero-argument callable
-            return lambda: longattn.cache.append_kv(..., backend=backend)
+            return lambda: longattn.append_kv(..., backend=backend)
         return Problem(run=run, output=lambda r: r, stats={...exact counts...}, input_bytes=...)
 
     register(Family(
@@ -43,12 +45,21 @@ from longattn.configs import PRESETS
 from . import costs
 from .inputs import (
     DTYPES,
+    FP8,
     all_visible_ids,
+    float_dtype,
+    fp8_pool_like,
     generator,
     human_tokens,
-    paged_pool,
+    is_fp8_pool,
+    paged_kv_pool,
+    pool_nbytes,
+    pool_num_pages,
+    pool_page_size,
+    pool_rows,
     randn,
     random_topk_ids,
+    row_bytes,
     slots_of,
     unique_valid,
 )
@@ -59,7 +70,10 @@ BATCHES: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 CHUNKS: Tuple[int, ...] = (64, 256, 1024, 4096)
 PAGES: Tuple[int, ...] = (1, 16, 64, 256)
 KINDS: Tuple[str, ...] = ("csa", "hca")
-KV_DTYPES: Tuple[str, ...] = ("bf16",)  # "fp8" joins when the FP8 pool lands
+KV_DTYPES: Tuple[str, ...] = ("bf16", "fp8")  # fp8: longattn.Fp8KVPool (584-B records), q / rows in bf16
+# Axes whose values are names: a selected value a family does not know drops the case (``--kinds swa``
+# selects no sparse_attention case, ``--dtypes fp8`` no indexer case).
+CATEGORICAL_AXES: Tuple[str, ...] = ("kind", "dtype", "emit")
 
 
 @dataclasses.dataclass
@@ -125,23 +139,44 @@ class Family:
     derive: Callable[[Dict[str, object]], Dict[str, object]] = lambda p: {}
     invalid: Callable[[Dict[str, object]], Optional[str]] = lambda p: None
     doc: str = ""
+    # Parameters every case of the family has, not axes (not in the name), e.g. {"kind": "csa"} for
+    # hybrid_attention.csa.*: a selection naming other values of such a key skips the family.
+    fixed: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    # The dtype whose matmul rate is the compute ceiling for every backend (None: the runner's rule,
+    # reference fp32, others the pool dtype); e.g. "fp32" for the compressor, which pools in fp32.
+    compute_dtype: Optional[str] = None
 
     @property
     def mode(self) -> str:
-        return self.group.split(".", 1)[1] if "." in self.group else ""
+        last = self.group.rsplit(".", 1)[-1]
+        return last if last in ("decode", "prefill") else ""
 
     def case(self, **values) -> "Case":
         params = {k: values[k] for k in self.axes}
+        params.update(self.fixed)
         params.update(self.derive(params))
         return Case(family=self, params=params)
 
+    def selects(self, selection: Mapping[str, Sequence]) -> bool:
+        """False when the selection names values of a fixed parameter that exclude this family."""
+        return all(not selection.get(k) or v in selection[k] for k, v in self.fixed.items())
+
     def cases(self, selection: Mapping[str, Sequence]) -> List["Case"]:
         """Cases for the product of ``selection[axis]`` (missing axes: the defaults); invalid
-        combinations (e.g. a chunk longer than the context) are dropped."""
-        values = [tuple(selection.get(a) or self.defaults[a]) for a in self.axes]
+        combinations (e.g. a chunk longer than the context) and names the family does not know on a
+        categorical axis (``CATEGORICAL_AXES``) are dropped."""
+        if not self.selects(selection):
+            return []
+        values = []
+        for a in self.axes:
+            vs = tuple(selection.get(a) or self.defaults[a])
+            if a in CATEGORICAL_AXES:
+                vs = tuple(v for v in vs if v in self.axes[a])
+            values.append(vs)
         out = []
         for combo in itertools.product(*values):
             params = dict(zip(self.axes, combo))
+            params.update(self.fixed)
             if self.invalid(params) is None:
                 out.append(self.case(**params))
         return out
@@ -150,7 +185,7 @@ class Family:
 def _fmt(axis: str, v) -> str:
     if axis in ("context", "tokens"):
         return f"{'ctx' if axis == 'context' else 'S'}={human_tokens(int(v))}"
-    short = {"batch": "b", "chunk": "chunk", "page_size": "page"}
+    short = {"batch": "b", "chunk": "chunk", "page_size": "page", "emit": "emit"}
     if axis in short:
         return f"{short[axis]}={v}"
     return str(v)
@@ -246,6 +281,8 @@ def _geometry(p):
 
 
 def _invalid_attn(p) -> Optional[str]:
+    if p.get("kind", "csa") not in KINDS:
+        return f"kind {p['kind']!r}: sparse attention cases are csa or hca"
     _, layer = _layer(p)
     L = int(p["context"])
     if L < max(layer.window, layer.compress_ratio):
@@ -281,7 +318,8 @@ def _make_attn(p, device, seed, indexer: bool) -> _AttnInputs:
     _, layer = _layer(p)
     B, T, L = _geometry(p)
     H, D, W, ratio, page = layer.n_heads, layer.head_dim, layer.window, layer.compress_ratio, int(p["page_size"])
-    dt = DTYPES[p["dtype"]]
+    fp8 = p["dtype"] == FP8
+    dt = float_dtype(p["dtype"])  # q (and the float pools); FP8 pools hold 584-B records
     g = generator(device, seed)
     dev = device
     if "batch" in p:  # decode: one token per sequence at position L - 1; window = 128-slot ring
@@ -300,8 +338,14 @@ def _make_attn(p, device, seed, indexer: bool) -> _AttnInputs:
         wpos = pos.unsqueeze(1) - torch.arange(W - 1, -1, -1, device=dev).unsqueeze(0)
         window = torch.where(wpos >= 0, wpos - start, torch.full_like(wpos, -1))
     window = window.to(torch.int32)
+    if fp8:  # the window rows as an FP8 pool too (slots unchanged: pages of `page` rows, last one padded)
+        n_pages = -(-swa.shape[0] // page)
+        flat = torch.zeros(n_pages * page, D, dtype=torch.float32, device=dev)
+        flat[: swa.shape[0]] = swa
+        swa = fp8_pool_like(n_pages, page, dev, g, rows=flat)
+        del flat
     N = L // ratio
-    comp, bt = paged_pool(B, N, page, D, dt, dev, g)
+    comp, bt = paged_kv_pool(B, N, page, D, p["dtype"], dev, g)
     visible = ((pos + 1) // ratio).to(torch.int32)
     if layer.kind == "csa":
         ids, lengths = random_topk_ids(visible, layer.index_topk, g)
@@ -315,7 +359,7 @@ def _make_attn(p, device, seed, indexer: bool) -> _AttnInputs:
         Hi, Di = layer.index_n_heads, layer.index_head_dim
         x.iq = randn((T, Hi, Di), dt, dev, g)
         x.iw = randn((T, Hi), torch.float32, dev, g, scale=Di**-0.5 * Hi**-0.5)
-        x.ik = randn((comp.shape[0], page, Di), dt, dev, g)  # same pages / block table as the KV entries
+        x.ik = randn((pool_num_pages(comp), page, Di), dt, dev, g)  # same pages / block table as the KV entries
     return x
 
 
@@ -324,15 +368,15 @@ def _dense_view(x: _AttnInputs, indexer: bool, topk: int) -> DenseView:
     B, Tq, R, N = x.B, x.Tq, x.R, x.N
     D = x.q.shape[-1]
     dev = x.q.device
-    page = x.comp.shape[1]
+    page = pool_page_size(x.comp)
     all_ids = torch.arange(N, device=dev)
     rows = []
     irows = []
     for b in range(B):
         seq = torch.full((1,), b, dtype=torch.int32, device=dev)
         slots = slots_of(x.block_table, seq, all_ids.unsqueeze(0), page)[0]
-        win = x.swa[b * R : (b + 1) * R]
-        rows.append(torch.cat([win, x.comp.view(-1, D).index_select(0, slots.long())]))
+        win = pool_rows(x.swa, torch.arange(b * R, (b + 1) * R, device=dev), x.q.dtype)
+        rows.append(torch.cat([win, pool_rows(x.comp, slots, x.q.dtype)]))
         if indexer:
             irows.append(x.ik.view(-1, x.ik.shape[-1]).index_select(0, slots.long()))
     keys = torch.stack(rows)  # [B, R + N, D]
@@ -368,10 +412,15 @@ def _dense_view(x: _AttnInputs, indexer: bool, topk: int) -> DenseView:
     # The sparse form with one KV tensor (FlashMLA-style peers): [swa rows | comp rows], combined
     # indices with -1 beyond each row's length.
     def sparse_form():
-        ext = torch.where(cv, x.extra.long() + x.swa.shape[0], torch.full_like(x.extra.long(), -1))
+        def flat(pool):  # every row (FP8 pools dequantised to bf16)
+            n = pool_num_pages(pool) * pool_page_size(pool)
+            return pool_rows(pool, torch.arange(n, device=dev), x.q.dtype) if is_fp8_pool(pool) else pool.view(-1, D)
+
+        swa_flat = flat(x.swa)
+        ext = torch.where(cv, x.extra.long() + swa_flat.shape[0], torch.full_like(x.extra.long(), -1))
         return {
             "q": x.q,
-            "kv": torch.cat([x.swa, x.comp.view(-1, D)]),
+            "kv": torch.cat([swa_flat, flat(x.comp)]),
             "indices": torch.cat([x.window.long(), ext], dim=1).to(torch.int32),
             "sink": x.sink,
         }
@@ -394,7 +443,8 @@ def _attn_stats(x: _AttnInputs) -> Dict[str, float]:
         "unique_rows": unique,
         "index_cols": x.window.shape[1] + x.extra.shape[1],
         "n_lengths": 1,
-        "kv_elt": x.comp.element_size(),
+        "kv_elt": 1 if is_fp8_pool(x.comp) else x.comp.element_size(),
+        "kv_row_bytes": row_bytes(FP8, 512) if is_fp8_pool(x.comp) else x.comp.element_size() * x.comp.shape[-1],
         "q_elt": x.q.element_size(),
     }
 
@@ -420,7 +470,7 @@ def _attn_cost(p, s) -> costs.Cost:
     return costs.sparse_attention_cost(
         T=int(s["T"]), H=layer.n_heads, D=layer.head_dim, keys=int(s["keys"]), unique_rows=int(s["unique_rows"]),
         kv_elt=int(s["kv_elt"]), q_elt=int(s["q_elt"]), index_cols=int(s["index_cols"]),
-        n_lengths=int(s.get("n_lengths", 0)),
+        n_lengths=int(s.get("n_lengths", 0)), kv_row_bytes=int(s["kv_row_bytes"]) if "kv_row_bytes" in s else None,
     )  # fmt: skip
 
 
@@ -440,12 +490,13 @@ def _layer_cost(p, s) -> costs.Cost:
 def _attn_input_bytes(p, indexer: bool = False) -> int:
     _, layer = _layer(p)
     B, T, L = _geometry(p)
-    e = DTYPES[p["dtype"]].itemsize
+    e = float_dtype(p["dtype"]).itemsize
+    rb = row_bytes(p["dtype"], layer.head_dim)
     page = int(p["page_size"])
     N = L // layer.compress_ratio
     rows = B * (-(-N // page)) * page
     R = layer.window * B if "batch" in p else min(L, T + layer.window - 1)
-    n = rows * layer.head_dim * e + R * layer.head_dim * e + T * layer.n_heads * layer.head_dim * e
+    n = rows * rb + R * rb + T * layer.n_heads * layer.head_dim * e
     width = layer.index_topk if layer.kind == "csa" else N
     n += T * (layer.window + width) * 4 * 3
     if indexer:
@@ -524,8 +575,12 @@ def _build_csa_layer(case: Case, device, seed) -> Problem:
 
 
 def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors and FP8 pools among ``obj``'s attributes (or a dict's values)."""
+    vals = obj.values() if isinstance(obj, dict) else vars(obj).values()
     return sum(
-        v.numel() * v.element_size() for v in vars(obj).values() if isinstance(v, torch.Tensor)
+        v.numel() * v.element_size() if isinstance(v, torch.Tensor) else pool_nbytes(v)
+        for v in vals
+        if isinstance(v, torch.Tensor) or is_fp8_pool(v)
     )
 
 
@@ -547,6 +602,10 @@ def _without(d, *keys):
     return {k: v for k, v in d.items() if k not in keys}
 
 
+def _BF16(axes):  # the indexer keys and the csa_layer composite: bf16 pools only (the layer has FP8)
+    return dict(axes, dtype=("bf16",))
+
+
 ATTN_PEERS = ("dense_sdpa", "dense_einsum", "dense_einsum_fp32", "flex_attention", "flash_mla", "flashinfer")
 
 register(Family(
@@ -565,7 +624,7 @@ register(Family(
 ))  # fmt: skip
 register(Family(
     group="indexer_topk.decode", op="indexer_topk", ops=("indexer_topk",),
-    axes=_without(_ATTN_AXES_DECODE, "kind"), defaults=_without(_DEC_DEFAULTS, "kind"),
+    axes=_BF16(_without(_ATTN_AXES_DECODE, "kind")), defaults=_without(_DEC_DEFAULTS, "kind"),
     quick_defaults=_without(_QUICK_DEC, "kind"),
     build=_build_indexer, cost=_indexer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
     peers=("dense_einsum",), derive=lambda p: _attn_derive(dict(p, kind="csa")),
@@ -574,7 +633,7 @@ register(Family(
 ))  # fmt: skip
 register(Family(
     group="indexer_topk.prefill", op="indexer_topk", ops=("indexer_topk",),
-    axes=_without(_ATTN_AXES_PREFILL, "kind"), defaults=_without(_PRE_DEFAULTS, "kind"),
+    axes=_BF16(_without(_ATTN_AXES_PREFILL, "kind")), defaults=_without(_PRE_DEFAULTS, "kind"),
     quick_defaults=_without(_QUICK_PRE, "kind"),
     build=_build_indexer, cost=_indexer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
     peers=("dense_einsum",), derive=lambda p: _attn_derive(dict(p, kind="csa")),
@@ -583,7 +642,7 @@ register(Family(
 ))  # fmt: skip
 register(Family(
     group="csa_layer.decode", op="csa_layer", ops=("indexer_topk", "sparse_attention"),
-    axes=_without(_ATTN_AXES_DECODE, "kind"), defaults=_without(_DEC_DEFAULTS, "kind"),
+    axes=_BF16(_without(_ATTN_AXES_DECODE, "kind")), defaults=_without(_DEC_DEFAULTS, "kind"),
     quick_defaults=_without(_QUICK_DEC, "kind"),
     build=_build_csa_layer, cost=_layer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
     peers=("dense_sdpa", "dense_einsum", "dense_einsum_fp32"), derive=lambda p: _attn_derive(dict(p, kind="csa")),
@@ -592,7 +651,7 @@ register(Family(
 ))  # fmt: skip
 register(Family(
     group="csa_layer.prefill", op="csa_layer", ops=("indexer_topk", "sparse_attention"),
-    axes=_without(_ATTN_AXES_PREFILL, "kind"), defaults=_without(_PRE_DEFAULTS, "kind"),
+    axes=_BF16(_without(_ATTN_AXES_PREFILL, "kind")), defaults=_without(_PRE_DEFAULTS, "kind"),
     quick_defaults=_without(_QUICK_PRE, "kind"),
     build=_build_csa_layer, cost=_layer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
     peers=("dense_sdpa", "dense_einsum", "dense_einsum_fp32"), derive=lambda p: _attn_derive(dict(p, kind="csa")),
@@ -677,18 +736,35 @@ SuiteEntry = Tuple[str, Dict[str, Tuple], bool]  # (group, axis overrides, run p
 K8, K32, K128, M1 = 8192, 32768, 131072, 1 << 20
 
 DEFAULT_SUITE: List[SuiteEntry] = [
-    ("csa_layer.decode", {"preset": ("v4-flash",), "context": (K8, K32, K128, M1)}, True),
-    ("csa_layer.decode", {"preset": ("v4-pro",), "context": (M1,)}, True),
-    ("csa_layer.decode", {"preset": ("v4-flash",), "context": (K128,), "batch": (16,)}, False),
-    ("csa_layer.prefill", {"preset": ("v4-flash",), "context": (K128,), "chunk": (256,)}, True),
+    # the kernel composite (indexer_topk -> sparse_attention on prepared pools): the README main job
+    ("csa_layer.decode", {"preset": ("v4-flash",), "context": (K128, M1)}, True),
+    # ops
     ("sparse_attention.decode", {"kind": ("csa",), "context": (K8, K32, K128, M1)}, True),
     ("sparse_attention.decode", {"kind": ("hca",), "context": (K128, M1)}, True),
     ("sparse_attention.decode", {"kind": ("csa",), "context": (K128,), "batch": (16,)}, False),
+    ("sparse_attention.decode", {"kind": ("csa",), "context": (K128,), "dtype": ("fp8",)}, True),
+    ("sparse_attention.decode", {"kind": ("csa",), "context": (M1,), "dtype": ("fp8",)}, False),
     ("sparse_attention.prefill", {"kind": ("csa",), "context": (K128,), "chunk": (256,)}, False),
     ("indexer_topk.decode", {"context": (K8, K32, K128, M1)}, True),
     ("indexer_topk.prefill", {"context": (K128,), "chunk": (256,)}, False),
     ("merge_attention_states", {"tokens": (64, 4096)}, False),
     ("compress_pool", {"kind": ("csa", "hca"), "tokens": (16384,)}, False),
+    # cache ops
+    ("append_kv.decode", {"batch": (64,), "dtype": ("bf16", "fp8")}, False),
+    ("append_kv.prefill", {"chunk": (4096,), "dtype": ("bf16", "fp8")}, False),
+    ("compress_kv.decode", {"kind": ("csa",), "batch": (64,), "emit": ("all", "none")}, False),
+    ("compress_kv.decode", {"kind": ("hca",), "batch": (64,), "emit": ("all",)}, False),
+    ("compress_kv.prefill", {"kind": ("csa",), "chunk": (4096,)}, False),
+    ("cache_plan.decode", {"context": (M1,), "batch": (1,)}, False),
+    ("cache_plan.prefill", {"context": (K128,), "chunk": (256,)}, False),
+    # one HybridAttention layer step (the real layer over a CacheManager plan; plan time: cache_plan)
+    ("hybrid_attention.csa.decode", {"preset": ("v4-flash",), "context": (K128,)}, True),
+    ("hybrid_attention.csa.decode", {"preset": ("v4-flash",), "context": (M1,)}, False),
+    ("hybrid_attention.csa.decode", {"preset": ("v4-pro",), "context": (M1,)}, False),
+    ("hybrid_attention.csa.decode", {"preset": ("v4-flash",), "context": (K128,), "dtype": ("fp8",)}, False),
+    ("hybrid_attention.csa.prefill", {"preset": ("v4-flash",), "context": (K128,), "chunk": (256,)}, True),
+    ("hybrid_attention.hca.decode", {"preset": ("v4-flash",), "context": (K128, M1)}, True),
+    ("hybrid_attention.swa.decode", {"preset": ("v4-flash",), "context": (K128,)}, True),
 ]
 
 
@@ -715,6 +791,8 @@ def select(
     axes = {k: v for k, v in (axes or {}).items() if v}
     out: List[Case] = []
     for fam in families(ops):
+        if not fam.selects(axes):  # e.g. --kinds hca skips hybrid_attention.csa.*
+            continue
         base = fam.axes if everything else (fam.quick_defaults if quick else fam.defaults)
         sel = {a: tuple(axes.get(a) or base[a]) for a in fam.axes}
         out.extend(fam.cases(sel))
@@ -728,8 +806,12 @@ def dense_shape(params: Mapping[str, object]) -> Dict[str, int]:
     p.setdefault("kind", "csa")
     _, layer = _layer(p)
     B, T, L = _geometry(p)
-    R = layer.window if "batch" in p else min(L, T + layer.window - 1)
-    N = L // layer.compress_ratio
+    R = min(L, layer.window) if "batch" in p else min(L, T + layer.window - 1)
+    N = L // layer.compress_ratio if layer.compress_ratio else 0  # swa: the window only
     return dict(B=B, Tq=T // B, T=T, R=R, N=N, width=R + N, H=layer.n_heads, D=layer.head_dim,
                 Hi=layer.index_n_heads, Di=layer.index_head_dim, topk=layer.index_topk,
-                elt=DTYPES[p.get("dtype", "bf16")].itemsize)  # fmt: skip
+                elt=float_dtype(p.get("dtype", "bf16")).itemsize)  # fmt: skip
+
+
+# The cache-op and layer families register themselves on import (they build on the helpers above).
+from . import cases_cache, cases_layer  # noqa: E402,F401

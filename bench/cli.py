@@ -56,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--batch", nargs="+", help="decode batch sizes (sequences, one token each)")
     sel.add_argument("--chunks", nargs="+", help="prefill chunk sizes (tokens of one sequence)")
     sel.add_argument("--pages", nargs="+", help="page sizes of the paged pools")
-    sel.add_argument("--kinds", nargs="+", help="layer kinds for attention (csa, hca) or compressors "
-                     "(csa, hca, csa_index)")  # fmt: skip
+    sel.add_argument("--kinds", nargs="+", help="layer kinds: csa, hca (sparse_attention); swa, csa, hca "
+                     "(hybrid_attention); compressors csa, hca, csa_index (compress_pool, compress_kv)")  # fmt: skip
     sel.add_argument("--tokens", nargs="+", help="token counts of merge_attention_states / compress_pool")
-    sel.add_argument("--dtypes", nargs="+", help="pool / input dtypes (bf16; fp32 where the op takes it)")
+    sel.add_argument("--dtypes", nargs="+", help="pool dtypes: bf16, fp8 (the FP8 pool: sparse_attention, "
+                     "append_kv, compress_kv, hybrid_attention); fp32 where the op takes it")  # fmt: skip
+    sel.add_argument("--emit", nargs="+", help="compress_kv decode: all (every token emits an entry), none")
     sel.add_argument("--all", action="store_true", help="every value the registry knows on unnamed axes (large!)")
     sel.add_argument("--quick", action="store_true", help="small smoke suite and short timing (seconds)")
     p.add_argument("--backends", nargs="+", help="subset of the registered backends (default: all of them)")
@@ -97,6 +99,7 @@ def _axes(a) -> dict:
         "kind": _split(a.kinds),
         "tokens": [parse_tokens(v) for v in _split(a.tokens)] if a.tokens else None,
         "dtype": _split(a.dtypes),
+        "emit": _split(a.emit),
     }
 
 
@@ -157,6 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rss=not a.no_rss,
         wait_idle_s=a.wait_idle,
         backend_max_s=a.backend_max_s if a.backend_max_s else (20.0 if a.quick else 60.0),
+        probe_s=0.1 if a.quick else 0.25,  # (the before / after load probes: 0.5 s a case otherwise)
     )
     try:
         runner.backend_names(cfg)

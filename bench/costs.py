@@ -47,6 +47,41 @@ compress_pool (n = S // ratio entries, s = c * ratio slots per entry, c = 2 with
     bytes = 2 * n * ratio * c * d * e_in           (a and b of the tokens of complete blocks)
           + n * d * 4                              (fp32 entries written)
 
+append_kv (T rows of D values into pool slots; memory-bound by construction: no multiply-adds):
+    FLOPs = 0                                      (a copy, cast or FP8 quantisation is not counted)
+    bytes = T * D * e_src                          (rows read)
+          + T * row_bytes                          (rows written: D * e_pool, or the 584-B FP8 record)
+          + T * e_slot                             (slot mapping read)
+
+compress_kv (the stateful paged compressor; E emitting tokens, c = 2 with overlap, ring = c * ratio):
+    FLOPs = E * (5 * c * ratio * d                 (the pooling, counted as compress_pool)
+                 + 4 * d                           (RMSNorm: square-add, scale, weight)
+                 + 3 * rope_dim)                   (interleaved RoPE: 4 mul + 2 add per pair)
+    bytes = 2 * T * c * d * e_in                   (a and b: every value is read once)
+          + P_ring * 2 * d * 4                     (ring values the head emissions need: P_ring distinct
+                                                    (position, channel half) pairs before the chunk,
+                                                    a and b of d channels, fp32)
+          + W_ring * 2 * c * d * 4                 (ring rows written: min(run length, ring) per run)
+          + E * row_bytes                          (entries written: d * e_pool or 584 B)
+          + 12 * T + 4 * B * ring_pages + 4 * E    (positions int64, token rows, ring tables, the
+                                                    entry's block-table word)
+          + 4 * d + 2 * rope_dim                   (norm weight, RoPE inverse frequencies)
+  Decode, CSA (ratio 4, d = 512): an emission reads 7 ring half-rows (28 KiB) + its batch row; HCA
+  (ratio 128): 127 ring rows (508 KiB). 0.5-0.6 FLOP/B: memory-bound.
+
+cache_plan (``CacheManager.plan`` + the HCA all-visible index rows: host-side bookkeeping shared by
+every layer of a step): FLOPs = 0; bytes = the metadata tensors the step's plan holds (cu_seqlens,
+positions, token rows, window slots and index rows, per ratio visible_end, block table, ring table,
+HCA index rows + lengths). The floor is what writing them would cost; the plan is Python-bound.
+
+hybrid_attention (one ``HybridAttention`` layer step over a StepPlan; the plan is not included):
+    swa = append_kv + sparse_attention (window stream only, no lengths vector)
+    hca = append_kv + compress_kv (d = 512, ratio 128) + sparse_attention (window + all visible entries)
+    csa = append_kv + compress_kv (d = 512, ratio 4) + compress_kv (indexer keys, d = 128, ratio 4)
+          + indexer_topk + sparse_attention (window + top-k)
+  with the counts taken from the step's plan (keys, unique rows: for a CSA prefill chunk the union of
+  the indexer's selection, computed at build time from the primed caches).
+
 Composite cases (a CSA layer step = indexer_topk + sparse_attention) add their parts.
 """
 
@@ -103,19 +138,21 @@ def sparse_attention_cost(
     q_elt: int,
     index_cols: int,
     n_lengths: int = 0,
+    kv_row_bytes: Optional[int] = None,
 ) -> Cost:
     """``keys`` = sum over tokens of the valid keys they attend (both streams); ``unique_rows`` =
     distinct KV rows gathered; ``index_cols`` = K1 + K2 (columns of the index rows, valid or not);
-    ``n_lengths`` = how many [T] length vectors are read (topk_length, extra_topk_length)."""
+    ``n_lengths`` = how many [T] length vectors are read (topk_length, extra_topk_length);
+    ``kv_row_bytes`` = bytes of one pool row when it is not ``D * kv_elt`` (FP8 pool: 584)."""
     flops = 4.0 * H * D * keys
-    kv_bytes = float(unique_rows) * D * kv_elt
+    kv_bytes = float(unique_rows) * (kv_row_bytes if kv_row_bytes else D * kv_elt)
     qo_bytes = 2.0 * T * H * D * q_elt
     idx_bytes = 4.0 * T * index_cols + 4.0 * T * n_lengths
     lse_bytes = 4.0 * T * H
     return Cost(
         flops,
         kv_bytes + qo_bytes + idx_bytes + lse_bytes,
-        "sparse_attention: 4*H*D*sum(K_t) FLOP; U*D*e_kv + 2*T*H*D*e_q + 4*T*(K1+K2+n_len) + 4*T*H B",
+        "sparse_attention: 4*H*D*sum(K_t) FLOP; U*row_bytes + 2*T*H*D*e_q + 4*T*(K1+K2+n_len) + 4*T*H B",
         _terms(
             qk_pv=(flops, 0),
             kv_rows=(0, kv_bytes),
@@ -178,6 +215,76 @@ def compress_pool_cost(*, S: int, ratio: int, d: int, overlap: bool, in_elt: int
         in_bytes + out_bytes,
         "compress_pool: 5*n*d*c*ratio FLOP; 2*n*ratio*c*d*e_in + 4*n*d B",
         _terms(pool=(flops, 0), inputs=(0, in_bytes), entries=(0, out_bytes)),
+    )
+
+
+FP8_ROW_BYTES = 584  # longattn.cache.fp8.RECORD_BYTES: 448 e4m3 + 64 bf16 + 7 scales + 1 pad
+
+
+def append_kv_cost(*, T: int, D: int, src_elt: int, row_bytes: int, slot_elt: int = 4) -> Cost:
+    """``T`` rows of ``D`` values (``src_elt`` bytes each) into pool rows of ``row_bytes`` bytes."""
+    read = float(T) * D * src_elt
+    write = float(T) * row_bytes
+    slots = float(T) * slot_elt
+    return Cost(
+        0.0,
+        read + write + slots,
+        "append_kv: 0 FLOP (memory-bound); T*D*e_src + T*row_bytes + T*e_slot B",
+        _terms(rows_read=(0, read), rows_written=(0, write), slot_mapping=(0, slots)),
+    )
+
+
+def compress_kv_cost(
+    *,
+    T: int,
+    d: int,
+    ratio: int,
+    overlap: bool,
+    emissions: int,
+    ring_read_pairs: int,
+    ring_rows_written: int,
+    in_elt: int,
+    row_bytes: int,
+    rope_dim: int,
+    B: int,
+    ring_pages: int,
+) -> Cost:
+    """One ``compress_kv`` step: ``emissions`` entries emitted; ``ring_read_pairs`` distinct (position,
+    channel half) pairs the head emissions read from the ring; ``ring_rows_written`` ring rows
+    written (see the module docstring)."""
+    c = 2 if overlap else 1
+    pool = 5.0 * c * ratio * d * emissions
+    norm_rope = (4.0 * d + 3.0 * rope_dim) * emissions
+    in_bytes = 2.0 * T * c * d * in_elt
+    ring_read = float(ring_read_pairs) * 2 * d * 4
+    ring_write = float(ring_rows_written) * 2 * c * d * 4
+    out_bytes = float(emissions) * row_bytes
+    meta = 12.0 * T + 4.0 * B * ring_pages + 4.0 * emissions + 4.0 * d + 2.0 * rope_dim
+    return Cost(
+        pool + norm_rope,
+        in_bytes + ring_read + ring_write + out_bytes + meta,
+        "compress_kv: E*(5*c*ratio*d + 4*d + 3*rope_dim) FLOP; 2*T*c*d*e_in + P_ring*2*d*4 + W_ring*2*c*d*4 "
+        "+ E*row_bytes + 12*T + 4*B*ring_pages + 4*E + 4*d + 2*rope_dim B",
+        _terms(
+            pool=(pool, 0),
+            norm_rope=(norm_rope, 0),
+            inputs=(0, in_bytes),
+            ring_read=(0, ring_read),
+            ring_write=(0, ring_write),
+            entries=(0, out_bytes),
+            metadata=(0, meta),
+        ),
+    )
+
+
+def plan_cost(*, tensor_bytes: Dict[str, float]) -> Cost:
+    """The step metadata a plan produces: ``tensor_bytes`` maps each plan tensor to its size."""
+    total = float(sum(tensor_bytes.values()))
+    return Cost(
+        0.0,
+        total,
+        "cache_plan: 0 FLOP (host bookkeeping); bytes of the plan's metadata tensors",
+        _terms(**{k: (0, v) for k, v in tensor_bytes.items()}),
     )
 
 

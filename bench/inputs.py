@@ -21,6 +21,58 @@ import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MiB = 1 << 20
+FP8 = "fp8"  # pool dtype name of the FP8 KV pool (longattn.Fp8KVPool, 584-B records, D = 512)
+FP8_ROW_BYTES = 584
+
+
+def float_dtype(name: str) -> torch.dtype:
+    """The float dtype of a case's activations (q, new rows): the pool dtype, bf16 next to an FP8 pool."""
+    return torch.bfloat16 if name == FP8 else DTYPES[name]
+
+
+def row_bytes(name: str, dim: int) -> int:
+    """Bytes of one pool row of ``dim`` values in pool dtype ``name`` (FP8: the 584-B record)."""
+    return FP8_ROW_BYTES if name == FP8 else dim * DTYPES[name].itemsize
+
+
+def is_fp8_pool(pool) -> bool:
+    return not isinstance(pool, torch.Tensor) and hasattr(pool, "gather_rows")
+
+
+def pool_page_size(pool) -> int:
+    return int(pool.page_size) if is_fp8_pool(pool) else int(pool.shape[1])
+
+
+def pool_num_pages(pool) -> int:
+    return int(pool.num_pages) if is_fp8_pool(pool) else int(pool.shape[0])
+
+
+def pool_nbytes(pool) -> int:
+    t = pool.data if is_fp8_pool(pool) else pool
+    return t.numel() * t.element_size()
+
+
+def pool_rows(pool, slots: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Rows ``[n, D]`` of valid ``slots`` of a float pool (its dtype) or an FP8 pool (dequantised, exact
+    in bf16: e4m3 values times a power of two, bf16 rope values)."""
+    if is_fp8_pool(pool):
+        return pool.gather_rows(slots).to(dtype)
+    return pool.reshape(-1, pool.shape[-1]).index_select(0, slots.long())
+
+
+def fp8_pool_like(num_pages: int, page_size: int, device, g, rows: Optional[torch.Tensor] = None, scale=1.0):
+    """An ``Fp8KVPool`` of ``num_pages`` pages; every slot holds a quantised random row (or ``rows``
+    [num_pages * page_size, 512] when given), written in slices of 64K rows."""
+    from longattn.cache.fp8 import HEAD_DIM, Fp8KVPool
+
+    pool = Fp8KVPool.empty(num_pages, page_size, device)
+    n = num_pages * page_size
+    step = 1 << 16
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
+        src = rows[s0:s1] if rows is not None else randn((s1 - s0, HEAD_DIM), torch.float32, device, g, scale)
+        pool.write_rows(torch.arange(s0, s1, device=device), src)
+    return pool
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
@@ -63,6 +115,19 @@ def paged_pool(
     pages_per_seq = max(1, -(-entries // page_size))
     num_pages = num_seqs * pages_per_seq
     pool = randn((num_pages, page_size, dim), dtype, device, g, scale)
+    block_table = randperm(num_pages, device, g).view(num_seqs, pages_per_seq).to(torch.int32)
+    return pool, block_table
+
+
+def paged_kv_pool(
+    num_seqs: int, entries: int, page_size: int, dim: int, dtype_name: str, device, g, scale: float = 1.0
+):
+    """``paged_pool`` for a pool dtype name: a float pool, or an ``Fp8KVPool`` (dim 512) for "fp8"."""
+    if dtype_name != FP8:
+        return paged_pool(num_seqs, entries, page_size, dim, DTYPES[dtype_name], device, g, scale)
+    pages_per_seq = max(1, -(-entries // page_size))
+    num_pages = num_seqs * pages_per_seq
+    pool = fp8_pool_like(num_pages, page_size, device, g, scale=scale)
     block_table = randperm(num_pages, device, g).view(num_seqs, pages_per_seq).to(torch.int32)
     return pool, block_table
 

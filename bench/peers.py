@@ -42,7 +42,10 @@ from .cases import Case, DenseView, dense_shape
 
 NEG_INF = float("-inf")
 ATTN_GROUPS = ("sparse_attention.decode", "sparse_attention.prefill")
-LAYER_GROUPS = ("csa_layer.decode", "csa_layer.prefill")
+# Groups whose peers select the compressed keys themselves (dense indexer, then attention): the CSA
+# composite and the CSA HybridAttention layer. The SWA / HCA layers attend a known key set (the mask).
+LAYER_GROUPS = ("csa_layer.decode", "csa_layer.prefill", "hybrid_attention.csa.decode",
+                "hybrid_attention.csa.prefill")  # fmt: skip
 INDEXER_GROUPS = ("indexer_topk.decode", "indexer_topk.prefill")
 
 
@@ -267,13 +270,14 @@ def estimate(case: Case, peer: str, bandwidth: float, peak_lowp: Optional[float]
             mem += B * width * D * 4 + scores * 4
             peak_lowp = peak_fp32
         flops += 4.0 * scores * D
-    if case.group in INDEXER_GROUPS or case.group in LAYER_GROUPS:
+    indexer = case.group in INDEXER_GROUPS or case.group in LAYER_GROUPS
+    if indexer:
         N, Hi, Di = s["N"], s["Hi"], s["Di"]
         mem += B * N * Di * (e + 4) + B * Tq * Hi * N * 4 + B * Tq * N * 8
         flops += 2.0 * B * Tq * Hi * Di * N
     peak_lowp = peak_lowp or 1e11
     peak_fp32 = peak_fp32 or 1e11
-    idx_flops = 2.0 * B * Tq * s["Hi"] * s["Di"] * s["N"] if case.group not in ATTN_GROUPS else 0.0
+    idx_flops = 2.0 * B * Tq * s["Hi"] * s["Di"] * s["N"] if indexer else 0.0
     seconds = (flops - idx_flops) / (0.5 * peak_lowp) + idx_flops / (0.5 * peak_fp32) + 2.0 * mem / bandwidth
     return int(mem), float(seconds)
 
@@ -282,4 +286,5 @@ def compute_dtype(case: Case, name: str) -> str:
     """The dtype whose matmul rate is the peer's compute ceiling."""
     if name == "dense_einsum_fp32" or case.group in INDEXER_GROUPS:
         return "fp32"
-    return str(case.params.get("dtype", "bf16"))
+    dt = str(case.params.get("dtype", "bf16"))
+    return "bf16" if dt == "fp8" else dt  # FP8 pools: the dense cache holds the rows in bf16 (exact)

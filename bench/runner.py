@@ -8,6 +8,9 @@ memory, and compare its output with the first backend that ran (normally ``refer
 peer: skipped with a reason when it cannot run here, does not apply, or would not fit the memory or
 time limit; otherwise timed and measured the same way and compared with our output. Nothing here
 raises for one case: errors are recorded and the run goes on.
+
+Host cases (a family with no longattn ops, e.g. ``cache_plan``: Python bookkeeping that no backend
+dispatches) run once, recorded as the implementation ``host``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .cases import Case, Problem
 from .timing import CacheFlusher, TimingPolicy, first_call, peak_memory, time_fn
 
 MiB = 1 << 20
+HOST = "host"  # the implementation name of host cases (families with ops=())
 
 
 @dataclasses.dataclass
@@ -43,15 +47,20 @@ class RunConfig:
     rss: bool = True
     wait_idle_s: float = 0.0  # before each case, wait up to this long for other processes to go idle
     backend_max_s: float = 60.0  # skip a backend whose predicted call time (see _predict) exceeds this
+    probe_s: float = 0.25  # CPU: seconds over which other processes' load is sampled before / after a case
 
 
 def compute_dtype(backend: str, case: Case) -> str:
-    """The dtype a backend multiplies in, which picks the compute ceiling: the reference upcasts
-    every operand to fp32 (its contract: fp32 accumulation); other backends are assumed to compute in
-    the input dtype (bf16 pools -> bf16 tensor-core / AMX rate)."""
+    """The dtype a backend multiplies in, which picks the compute ceiling: the family's own rule when it
+    has one (the compressor pools in fp32 everywhere); the reference upcasts every operand to fp32 (its
+    contract: fp32 accumulation); other backends are assumed to compute in the input dtype (bf16
+    pools -> bf16 tensor-core / AMX rate; FP8 pools are dequantised to bf16 before the matmuls)."""
+    if case.family.compute_dtype:
+        return case.family.compute_dtype
     if backend == "reference":
         return "fp32"
-    return str(case.params.get("dtype", "fp32"))
+    dt = str(case.params.get("dtype", "fp32"))
+    return "bf16" if dt == "fp8" else dt
 
 
 def _load():
@@ -177,11 +186,16 @@ def _static_decline(name: str, case: Case, device: torch.device) -> Optional[str
     return None
 
 
+def _rate_key(name: str, case: Case):
+    """Which earlier cases predict this one: same backend, op and fixed parameters (a layer kind)."""
+    return (name, case.op) + tuple(sorted((k, str(v)) for k, v in case.family.fixed.items()))
+
+
 def _predict(rates, name: str, case: Case, cost: costs.Cost, ceil) -> Optional[float]:
     """Seconds a backend should need on this case at best: the smallest ``x_floor`` it showed on
-    earlier cases of the same op in this run times this case's floor (optimistic on purpose: a run
-    disturbed by other processes never makes it skip); None when no earlier case goes by."""
-    seen = rates.get((name, case.op))
+    earlier cases of the same op (and layer kind) in this run times this case's floor (optimistic on
+    purpose: a run disturbed by other processes never makes it skip); None when no earlier case goes by."""
+    seen = rates.get(_rate_key(name, case))
     if seen is None:
         return None
     fl = costs.floors(cost, ceil_mod.bandwidth(ceil), ceil_mod.peak_flops(ceil, compute_dtype(name, case)))
@@ -198,12 +212,16 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
     rec["ratios"] = []
     rec["load_avg_before"] = _load()
     if cfg.device.type == "cpu":
-        busy, waited = wait_idle(cfg.wait_idle_s, log=log) if cfg.wait_idle_s > 0 else (other_cpu_cores(), 0.0)
+        if cfg.wait_idle_s > 0:
+            busy, waited = wait_idle(cfg.wait_idle_s, log=log)
+        else:
+            busy, waited = other_cpu_cores(cfg.probe_s), 0.0
         rec["other_cpu_cores_before"] = busy
         rec["idle_wait_s"] = waited
         if busy is not None and busy >= 0.5:
             log(f"    note: other processes keep {busy:.1f} cores busy: this case's timings are disturbed")
-    names = backend_names(cfg)
+    host = not case.family.ops
+    names = [HOST] if host else backend_names(cfg)
     need = case.input_bytes()
     if cfg.mem_limit_bytes and need > cfg.mem_limit_bytes:
         reason = f"inputs need ~{need / MiB:.0f} MiB > memory limit {cfg.mem_limit_bytes / MiB:.0f} MiB"
@@ -228,17 +246,17 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
 
     ours: Optional[Tuple[str, torch.Tensor, Dict[str, object]]] = None
     for name in names:
-        reason = _static_decline(name, case, cfg.device)
+        reason = None if host else _static_decline(name, case, cfg.device)
         if reason:
             rec["runs"].append(_skip("backend", name, reason))
             continue
-        pred = _predict(rates, name, case, cost, ceil)
+        pred = None if host else _predict(rates, name, case, cost, ceil)
         if pred is not None and pred > cfg.backend_max_s:
             rec["runs"].append(_skip("backend", name, f"predicted ~{pred:.0f} s per call (its x_floor on earlier "
                                      f"{case.op} cases) > --backend-max-s {cfg.backend_max_s:.0f} s"))
             log(f"    {name}: skipped, predicted ~{pred:.0f} s per call")
             continue
-        fn = problem.run(name)
+        fn = problem.run(None if host else name)
         try:
             result, first_s, first_mem = first_call(fn, cfg.device)  # dispatch decides (BackendError = declined)
         except longattn.BackendError as exc:
@@ -259,7 +277,8 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
             continue
         _perf(run, cost, ceil, compute_dtype(name, case))
         if run.get("x_floor"):
-            rates[(name, case.op)] = min(rates.get((name, case.op), float("inf")), run["x_floor"])
+            key = _rate_key(name, case)
+            rates[key] = min(rates.get(key, float("inf")), run["x_floor"])
         if ours is None:
             ours = (name, out, run)
         else:
@@ -272,7 +291,7 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
     rec["wall_s"] = time.perf_counter() - t0
     rec["load_avg_after"] = _load()
     if cfg.device.type == "cpu":
-        rec["other_cpu_cores_after"] = other_cpu_cores()
+        rec["other_cpu_cores_after"] = other_cpu_cores(cfg.probe_s)
     del problem
     gc.collect()
     return rec
@@ -281,7 +300,7 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
 def _run_peers(case, cfg, ceil, flusher, problem, ours, rec, log):
     view = None
     bw = ceil_mod.bandwidth(ceil)
-    lowp = ceil_mod.peak_flops(ceil, str(case.params.get("dtype", "bf16")))
+    lowp = ceil_mod.peak_flops(ceil, peers.compute_dtype(case, "dense_einsum"))
     fp32 = ceil_mod.peak_flops(ceil, "fp32")
     for pname in case.family.peers:
         peer = peers.PEERS[pname]

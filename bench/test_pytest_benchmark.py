@@ -27,7 +27,11 @@ SUBSET = [
     ("indexer_topk.decode", {"context": (131072,), "batch": (1,)}),
     ("merge_attention_states", {"tokens": (64,)}),
     ("compress_pool", {"kind": ("csa", "hca"), "tokens": (16384,)}),
-]
+    ("append_kv.decode", {"batch": (64,), "dtype": ("bf16", "fp8")}),
+    ("compress_kv.decode", {"kind": ("csa", "hca"), "context": (131072,), "batch": (64,), "emit": ("all",)}),
+    ("hybrid_attention.csa.decode", {"preset": ("v4-flash",), "context": (131072,), "batch": (1,)}),
+    ("hybrid_attention.hca.decode", {"preset": ("v4-flash",), "context": (131072,), "batch": (1,)}),
+]  # (cache_plan is left out: each call needs a fresh manager, see bench/timing.py "prepare")
 CASES = [c for group, sel in SUBSET for c in cases.REGISTRY[group].cases(sel)]
 
 

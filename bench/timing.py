@@ -24,6 +24,10 @@ Memory (``peak_memory``): the peak bytes allocated above the level at the start 
   timing). The heap is trimmed before that call and glibc's mmap threshold, lowered by PeakRSS,
   is restored after it: left at 64 KiB it made the timed 1M-token decode step ~2x slower.
 - CUDA / NPU: ``max_memory_allocated`` minus ``memory_allocated`` before the call.
+
+A callable with a ``prepare`` attribute (a zero-argument function) gets it called before every call
+made here (first call, warm-ups, samples, memory calls), outside the timed region: e.g. a fresh copy of
+the cache manager for each ``CacheManager.plan`` call, which changes the manager it runs on.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ import torch
 from .device import accel, last_level_cache_bytes, synchronize
 
 MiB = 1 << 20
+
+
+def prepare(fn: Callable[[], object]) -> None:
+    """Call ``fn.prepare()`` when ``fn`` has one (untimed per-call setup)."""
+    p = getattr(fn, "prepare", None)
+    if p is not None:
+        p()
 
 
 @dataclasses.dataclass
@@ -124,6 +135,7 @@ def time_fn(
     the first warm-up call."""
     mod = accel(device)
     if prior_call_s is None:
+        prepare(fn)
         t0 = time.perf_counter()
         fn()
         synchronize(device)
@@ -136,6 +148,7 @@ def time_fn(
     warm = 1
     long_call = first > policy.long_call_s
     while warm < policy.warmup and not long_call:
+        prepare(fn)
         fn()
         warm += 1
     synchronize(device)
@@ -144,6 +157,7 @@ def time_fn(
     samples: List[float] = []
     start = time.perf_counter()
     while True:
+        prepare(fn)
         if flusher is not None:
             flusher()
         if mod is not None:
@@ -224,6 +238,7 @@ def first_call(fn: Callable[[], object], device: torch.device):
     """The first (dispatch / warm-up) call: (result, seconds, memory record or {}). On the CPU the
     call runs under the allocator-event profiler, so its exact peak memory comes for free; on
     accelerators memory is measured after warm-up instead (lazy init and autotuning allocate)."""
+    prepare(fn)
     t0 = time.perf_counter()
     if device.type == "cpu":
         r, peak = cpu_alloc_peak_call(fn)
@@ -243,6 +258,7 @@ def peak_memory(
     mod = accel(device)
     if mod is not None:
         synchronize(device)
+        prepare(fn)
         mod.reset_peak_memory_stats()
         base = mod.memory_allocated()
         r = fn()
@@ -252,6 +268,7 @@ def peak_memory(
         return {"peak_mem_bytes": int(max(0, peak)), "mem_method": f"{device.type}.max_memory_allocated"}
     out: Dict[str, object] = {}
     if alloc:
+        prepare(fn)
         r, peak = cpu_alloc_peak_call(fn)
         del r
         if peak is not None:
@@ -259,6 +276,7 @@ def peak_memory(
     if rss:
         from .peakmem import PeakRSS, restore_allocator, trim_heap
 
+        prepare(fn)
         trim_heap()  # heap blocks reused by the call must be faulted in again to show in the RSS
         try:
             with PeakRSS() as m:  # sets a 64 KiB mmap threshold for the call...

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 from longattn.backends import registry
 
 from bench import cli, goals, plots, results
@@ -30,7 +31,7 @@ def test_tiny_run_writes_a_valid_document(tmp_path, capsys, monkeypatch):
     # a backend whose module cannot be imported is discovered through the registry and recorded
     monkeypatch.setitem(registry._MODULES, "broken_test_backend", "bench_tests_no_such_module")
     monkeypatch.delitem(registry._loaded, "broken_test_backend", raising=False)
-    rc, doc = _run(tmp_path, "--ops", "sparse_attention.decode", "csa_layer.prefill", "merge*", "compress*",
+    rc, doc = _run(tmp_path, "--ops", "sparse_attention.decode", "csa_layer.prefill", "merge*", "compress_pool",
                    "--kinds", "csa", "--backends", "reference", "broken_test_backend")  # fmt: skip
     assert rc == 0
     assert results.validate(doc) == []
@@ -122,3 +123,79 @@ def test_goals_are_evaluated_from_results():
     assert g["sparse_vs_dense_128k_decode_dense_einsum"]["status"] == "not met"
     assert g["sparse_vs_dense_128k_prefill_dense_sdpa"]["status"] == "not measured"
     assert goals.evaluate({"machine": {"device": "cuda"}, "cases": []}) == []
+
+
+NEW_GROUPS = {"append_kv.decode", "append_kv.prefill", "compress_kv.decode", "compress_kv.prefill", "cache_plan.decode",
+              "cache_plan.prefill"} | {f"hybrid_attention.{k}.{m}" for k in ("swa", "csa", "hca")
+                                       for m in ("decode", "prefill")}  # fmt: skip
+
+
+def test_tiny_run_of_the_cache_op_and_layer_families(tmp_path):
+    rc, doc = _run(tmp_path, "--ops", "append_kv*", "compress_kv*", "cache_plan*", "hybrid_attention*",
+                   "--dtypes", "bf16", "fp8", "--no-plots", name="layer")  # fmt: skip
+    assert rc == 0 and results.validate(doc) == []
+    assert {c["group"] for c in doc["cases"]} == NEW_GROUPS
+    assert {c["params"].get("dtype") for c in doc["cases"]} == {"bf16", "fp8", None}  # (cache_plan: no dtype)
+    for c in doc["cases"]:
+        assert c["status"] == "ok", c
+        runs = {r["impl"]: r for r in c["runs"]}
+        if c["op"] == "cache_plan":  # host bookkeeping: one run, whatever --backends says
+            assert [r["impl"] for r in c["runs"]] == ["host"] and runs["host"]["status"] == "ok"
+            assert c["cost"]["flops"] == 0 and runs["host"]["floor"]["bound"] == "memory"
+            continue
+        assert runs["reference"]["status"] == "ok" and c["cost"]["bytes"] > 0
+        if c["op"] == "compress_kv":
+            assert runs["reference"]["compute_dtype"] == "fp32"
+        if c["op"] == "hybrid_attention":
+            assert c["mode"] == c["group"].rsplit(".", 1)[1] and c["params"]["kind"] == c["group"].split(".")[1]
+            for peer in ("dense_sdpa", "dense_einsum", "dense_einsum_fp32"):
+                assert runs[peer]["status"] == "ok" and runs[peer]["check"]["value"] < 0.05, (c["name"], peer)
+            assert {r["peer"] for r in c["ratios"]} == {"dense_sdpa", "dense_einsum", "dense_einsum_fp32"}
+
+
+def test_triton_on_cpu_is_skipped_with_its_reason_without_the_interpreter(tmp_path):
+    """Without TRITON_INTERPRET=1 (which this test session sets), the triton backend is tried on CPU cases
+    and recorded as skipped with the reason; the reference runs."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device: triton runs natively")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(cli.__file__))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", *FAST, "--backends", "reference", "triton", "--ops", "append_kv.decode",
+         "--no-plots", "--no-peers", "--out", str(tmp_path), "--name", "tr"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(os.path.join(tmp_path, "tr.json")) as f:
+        doc = json.load(f)
+    (case,) = doc["cases"]
+    runs = {r["impl"]: r for r in case["runs"]}
+    assert runs["reference"]["status"] == "ok"
+    if runs["triton"]["status"] == "skipped":
+        assert "TRITON_INTERPRET" in runs["triton"]["reason"] or "not installed" in runs["triton"]["reason"]
+    else:  # pragma: no cover - only where triton is importable without CUDA and interprets by default
+        raise AssertionError(runs["triton"])
+
+
+def test_layer_goals_are_evaluated_from_the_hybrid_attention_cases():
+    def run(impl, t, x=None):
+        floor = {"memory_s": 0.004, "compute_s": 0.02, "bound": "compute"}
+        return {"impl": impl, "kind": "backend", "status": "ok", "time": {"median_s": t}, "peak_mem_bytes": 1,
+                "x_floor": x, "compute_dtype": "fp32", "floor": floor}  # fmt: skip
+
+    p1m = {"preset": "v4-flash", "context": 1 << 20, "batch": 1, "dtype": "bf16", "kind": "csa"}
+    dec1m = {"group": "hybrid_attention.csa.decode", "params": p1m, "runs": [run("reference", 0.08, x=3.5)],
+             "ratios": []}  # fmt: skip
+    fp8 = {"group": "hybrid_attention.csa.decode", "params": dict(p1m, dtype="fp8"),
+           "runs": [run("reference", 0.05, x=2.0)], "ratios": []}  # fmt: skip
+    ratios = [{"backend": "reference", "peer": "dense_einsum", "speedup": 15.0, "mem_ratio": 0.04}]
+    pre = {"group": "hybrid_attention.csa.prefill", "params": {"preset": "v4-flash", "context": 131072, "chunk": 256,
+           "dtype": "bf16"}, "runs": [], "ratios": ratios}  # fmt: skip
+    g = {x["id"]: x for x in goals.evaluate({"machine": {"device": "cpu"}, "cases": [fp8, dec1m, pre]})}
+    assert g["layer_decode_1m_floor"]["status"] == "not met" and g["layer_decode_1m_floor"]["value"] == 3.5
+    assert g["layer_vs_dense_128k_prefill_dense_einsum"]["status"] == "met"
+    assert g["layer_vs_dense_128k_decode_dense_sdpa"]["status"] == "not measured"
+    assert g["decode_1m_floor"]["status"] == "not measured"  # the csa_layer composite is a separate goal

@@ -75,3 +75,20 @@ def test_a_backend_predicted_too_slow_is_skipped_with_the_reason():
     assert run["status"] == "skipped" and "predicted" in run["reason"]
     rec = runner.run_case(case, cfg, ceil, None, log=lambda *a: None, rates={})
     assert rec["runs"][0]["status"] == "ok"
+
+
+def test_prepare_runs_before_every_call_outside_the_timed_region():
+    """A callable with ``prepare`` (e.g. a fresh cache manager for CacheManager.plan) gets it before each
+    first, warm-up, sampled and memory call."""
+    log = []
+
+    def fn():
+        log.append("call")
+        return torch.ones(4)
+
+    fn.prepare = lambda: log.append("prep")
+    timing.first_call(fn, CPU)
+    pol = timing.TimingPolicy(warmup=2, min_repeats=3, max_repeats=3, min_time_s=0.0)
+    timing.time_fn(fn, CPU, pol, prior_call_s=0.0)
+    timing.peak_memory(fn, CPU, rss=True)
+    assert log == ["prep", "call"] * (len(log) // 2) and len(log) == 2 * (1 + 1 + 3 + 2)
