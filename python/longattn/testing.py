@@ -34,8 +34,15 @@ def fill_random_context(
 
     ``layers`` is one ``HybridAttention`` or a list of them (all on ``manager``). Rows are standard
     normal (compressed entries and keys too: they are RMS-normalised in the model), states random.
+    Sequences advance in steps of at most ``chunk`` tokens, fewer if the window pool has less room
+    (a step's tokens hold window pages until the next step).
     """
     layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    ps, held = manager.page_size, -(-manager.window // manager.page_size) + 1  # pages a sequence keeps
+    room = (manager.window_alloc.num_free - held * len(seq_ids)) * ps
+    if room < 1:
+        raise ValueError(f"fill_random_context: the window pool has no room for {len(seq_ids)} more sequences")
+    chunk = max(1, min(chunk, room))
     g = torch.Generator(device="cpu").manual_seed(seed)
     dev = manager.device
 

@@ -105,3 +105,33 @@ def test_layer_construction_errors():
         longattn.HybridAttention(layer, make_manager(layer, 4), kv_format="fp8")
     with pytest.raises(ValueError, match=r"the manager serves ratios \(\)"):
         longattn.HybridAttention(layer, make_manager(tiny_layer("swa"), 4))
+
+
+@pytest.fixture
+def half_backend(monkeypatch):
+    """A test-only backend 'half' that runs the cache writes (via the reference) but declines attention."""
+    import sys
+
+    from longattn.backends import Backend, OpImpl, registry
+    from longattn.backends.reference import BACKEND as REF
+
+    ops = {name: REF.ops[name] for name in ("append_kv", "compress_kv", "indexer_topk")}
+    ops["sparse_attention"] = OpImpl(REF.ops["sparse_attention"].fn, lambda **_: ["declines every attention call"])
+    mod = type(sys)("half_longattn_backend")
+    mod.BACKEND = Backend("half", "test double", None, ops)
+    monkeypatch.setitem(sys.modules, "half_longattn_backend", mod)
+    registry.register_backend("half", "half_longattn_backend")
+    yield
+    registry._MODULES.pop("half", None)
+    registry._loaded.pop("half", None)
+
+
+@pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
+def test_forced_backend_declining_a_later_op_writes_nothing(kind, half_backend):
+    _, _, att, plan, inputs = setup(kind)
+    att.backend = "half"
+    before = pools(att)
+    with pytest.raises(longattn.BackendError, match="half: declines every attention call"):
+        att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
+    for x, y in zip(before, pools(att)):
+        assert torch.equal(x.nan_to_num(7.0), y.nan_to_num(7.0))

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from .._checks import FLOAT_DTYPES, ArgChecker
+from ..backends import registry
 from ..cache.fp8 import Fp8KVPool
 from ..cache.manager import CacheManager, StepPlan, ring_capacity, token_chunks
 from ..configs import LayerConfig
@@ -203,6 +204,7 @@ class HybridAttention:
         L, be = self.layer, self.backend
         attn_sink = self.attn_sink if attn_sink is None else attn_sink
         self._check(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
+        self._preflight(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
         append_kv(self.window_pool, kv, plan.window_slots, backend=be)
         if L.kind == "swa":
             return sparse_attention(
@@ -265,6 +267,64 @@ class HybridAttention:
 
     __call__ = forward
 
+    def _preflight(self, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink):
+        """With a forced backend, make sure it accepts every op of this call before the first write.
+
+        (Unforced dispatch falls back per op and cannot fail half-way.) The canonical arguments are
+        built as the op interfaces would; the compressed stream's index rows, known only after the
+        indexer ran, are represented by placeholders of their final shape and dtype.
+        """
+        if registry.requested_backend(self.backend) is None or torch.compiler.is_compiling():
+            return
+        L, T = self.layer, plan.num_tokens
+        calls = [("append_kv", dict(pool=self.window_pool, rows=kv, slot_mapping=plan.window_slots))]
+        attend = dict(
+            q=q,
+            kv=_rows(self.window_pool, L.head_dim),
+            indices=plan.window_indices,
+            topk_length=None,
+            extra_kv=None,
+            extra_indices=None,
+            extra_topk_length=None,
+            attn_sink=None if attn_sink is None else attn_sink.to(torch.float32),
+            softmax_scale=L.softmax_scale,
+        )
+        if L.compress_ratio:
+            cp = plan.compressed[L.compress_ratio]
+            K = L.index_topk if L.uses_indexer else (cp.max_visible or 0)
+            attend.update(
+                extra_kv=_rows(self.compressed_pool, L.head_dim),
+                extra_indices=torch.empty(T, K, dtype=torch.int32, device=q.device),
+                extra_topk_length=torch.empty(T, dtype=torch.int32, device=q.device),
+            )
+            common = dict(
+                positions=plan.positions,
+                token_rows=plan.token_rows,
+                ratio=L.compress_ratio,
+                overlap=L.overlap,
+                state_block_table=cp.state_block_table,
+                out_block_table=cp.block_table,
+                eps=L.eps,
+                rope_inv_freq=self.rope_inv_freq,
+            )
+            calls.append(
+                ("compress_kv", dict(common, a=compress_a, b=compress_b, state=self.state_pool,
+                                     out=self.compressed_pool, norm_weight=self.compress_norm_weight))
+            )  # fmt: skip
+            if L.uses_indexer:
+                calls.append(
+                    ("compress_kv", dict(common, a=index_a, b=index_b, state=self.index_state_pool,
+                                         out=self.index_pool, norm_weight=self.index_norm_weight))
+                )  # fmt: skip
+                calls.append(
+                    ("indexer_topk", dict(q=index_q, weights=index_weights, index_k=self.index_pool,
+                                          visible_end=cp.visible_end, topk=L.index_topk, block_table=cp.block_table,
+                                          seq_ids=plan.token_rows, return_slots=True))
+                )  # fmt: skip
+        calls.append(("sparse_attention", attend))
+        for op, args in calls:
+            registry.select(op, q.device, args, self.backend)  # raises BackendError, nothing written yet
+
     def _attend(self, q, plan, comp_idx, comp_len, attn_sink, t0=0, t1=None):
         t1 = plan.num_tokens if t1 is None else t1
         out, _ = sparse_attention(
@@ -279,6 +339,11 @@ class HybridAttention:
             backend=self.backend,
         )
         return out
+
+
+def _rows(pool, head_dim: int):
+    """A pool as the op interfaces hand it to backends: float pools as their flat row view."""
+    return pool.view(-1, head_dim) if isinstance(pool, torch.Tensor) else pool
 
 
 def _num_pages(pool) -> int:
