@@ -146,3 +146,26 @@ def test_logits_chunked_equal_unchunked_on_integers():
     with chunk_budget(1):
         assert torch.equal(longattn.indexer_logits(q, w, k, ve), full)
     assert_close(full, oracle.indexer_logits(q, w, k, ve), 0.0, 0.0, "integer logits are exact")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_candidate_prefilter_is_exact(seed):
+    """The span prefilter keeps exactly what a full sort would select: ties at the k-th score, usable
+    -inf / +inf scores, -0.0 vs +0.0, rows with fewer usable entries than k."""
+    from longattn.ops.indexer.reference import candidate_keys, sort_keys
+
+    g = torch.Generator().manual_seed(seed)
+    Tg, n, k = 5, 400, 16
+    scores = torch.randint(-3, 4, (Tg, n), generator=g).float()  # heavy ties
+    scores[0, ::7] = float("inf")
+    scores[1, ::3] = float("-inf")  # usable but -inf
+    scores[2] = -0.0
+    scores[2, ::5] = 0.0
+    usable = torch.rand(Tg, n, generator=g) < 0.9
+    usable[3] = False
+    usable[3, :5] = True  # fewer usable than k
+    scores = scores.masked_fill(~usable, float("-inf"))
+    full = torch.topk(sort_keys(scores, usable, 100), k, dim=1).values
+    cand = candidate_keys(scores, usable, 100, k)
+    pad = torch.full((Tg, k), torch.iinfo(torch.int64).min)
+    assert torch.equal(torch.topk(torch.cat([cand, pad], 1), k, dim=1).values, full)

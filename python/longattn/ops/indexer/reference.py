@@ -36,6 +36,7 @@ class _Entries:
         self.paged = block_table is not None
         if self.paged:
             self.num_pages, self.page_size, di = index_k.shape
+            self.pages = index_k
             self.rows = index_k.reshape(-1, di)
             self.block_table = block_table.long()
             self.seq_ids = seq_ids.long()
@@ -44,20 +45,28 @@ class _Entries:
             self.rows = index_k
             self.num_entries = index_k.shape[0]
 
-    def rows_of(self, seq: Optional[int], j0: int, j1: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """fp32 key rows of entries [j0, j1) of sequence ``seq`` and whether each is a real row
-        (rows without a valid slot are read from slot 0 and must be masked by the caller)."""
+    def rows_of(self, seq: Optional[int], j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
+        """Write the fp32 key rows of entries [j0, j1) of sequence ``seq`` into ``out[: j1 - j0]`` and
+        return whether each is a real row (rows without a valid slot are zeros, to be masked).
+
+        Paged pools are gathered a whole page at a time (one contiguous copy per page)."""
+        n = j1 - j0
         if not self.paged:
-            keys = self.rows[j0:j1].to(torch.float32)
-            return keys, torch.ones(j1 - j0, dtype=torch.bool, device=keys.device)
-        j = torch.arange(j0, j1, device=self.rows.device)
+            out[:n].copy_(self.rows[j0:j1])
+            return torch.ones(n, dtype=torch.bool, device=out.device)
         if seq is None or not (0 <= seq < self.block_table.shape[0]):
-            ok = torch.zeros_like(j, dtype=torch.bool)
-            return self.rows.new_zeros(j1 - j0, self.rows.shape[1], dtype=torch.float32), ok
-        pages = self.block_table[seq, j // self.page_size]
-        ok = (pages >= 0) & (pages < self.num_pages)
-        slots = torch.where(ok, pages * self.page_size + j % self.page_size, torch.zeros_like(j))
-        return self.rows.index_select(0, slots).to(torch.float32), ok
+            out[:n].zero_()
+            return torch.zeros(n, dtype=torch.bool, device=out.device)
+        ps = self.page_size
+        p0, p1 = j0 // ps, (j1 - 1) // ps + 1
+        pages = self.block_table[seq, p0:p1]
+        ok_pages = (pages >= 0) & (pages < self.num_pages)
+        gathered = self.pages.index_select(0, torch.where(ok_pages, pages, torch.zeros_like(pages)))
+        out[:n].copy_(gathered.view(-1, gathered.shape[-1])[j0 - p0 * ps : j1 - p0 * ps])
+        ok = ok_pages.repeat_interleave(ps)[j0 - p0 * ps : j1 - p0 * ps]
+        if not bool(ok.all()):
+            out[:n].masked_fill_(~ok.unsqueeze(1), 0.0)
+        return ok
 
     def groups(self, t0: int, t1: int) -> Iterator[Tuple[torch.Tensor, Optional[int]]]:
         """Token ids of [t0, t1) grouped by sequence (one group when not paged)."""
@@ -103,27 +112,35 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
             w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
+            keys = torch.empty(width, Di, dtype=torch.float32, device=q.device)  # reused block buffers
+            per_head = torch.empty(tg * Hi, width, dtype=torch.float32, device=q.device)
             for s0 in range(0, n_vis, span):
                 s1 = min(n_vis, s0 + span)
                 scores = torch.empty(tg, s1 - s0, dtype=torch.float32, device=q.device)
                 ok = torch.empty(s1 - s0, dtype=torch.bool, device=q.device)
                 for j0 in range(s0, s1, width):
                     j1 = min(s1, j0 + width)
-                    keys, ok[j0 - s0 : j1 - s0] = entries.rows_of(seq, j0, j1)  # [Nc, Di] fp32, [Nc] bool
-                    per_head = torch.relu_(q_g @ keys.T).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
-                    torch.bmm(w_g, per_head, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
+                    ok[j0 - s0 : j1 - s0] = entries.rows_of(seq, j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
+                    ph = per_head[:, : j1 - j0]
+                    torch.mm(q_g, keys[: j1 - j0].T, out=ph)
+                    ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
+                    torch.bmm(w_g, ph, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
                 j = torch.arange(s0, s1, device=q.device)
                 usable = (j.unsqueeze(0) < vis_g) & ok.unsqueeze(0)
                 yield tokens, s0, s1, scores.masked_fill_(~usable, NEG_INF), usable
 
 
-def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tensor:
-    """int64 keys whose descending order is (score desc, entry id asc); unusable entries get NO_KEY."""
+def _pack(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose descending order is (score desc, id asc)."""
     bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0 (a tie)
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    return ordered * (1 << 32) + (_LOW32 - ids)
+
+
+def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tensor:
+    """int64 keys [Tg, n] of a span's entries j0.. ; unusable entries get NO_KEY."""
     ids = torch.arange(j0, j0 + scores.shape[1], device=scores.device)
-    keys = ordered * (1 << 32) + (_LOW32 - ids)
-    return keys.masked_fill_(~usable, NO_KEY)
+    return _pack(scores, ids).masked_fill_(~usable, NO_KEY)
 
 
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None):
@@ -135,13 +152,33 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
     return out
 
 
+def candidate_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int, k: int) -> torch.Tensor:
+    """Sort keys [Tg, C] (NO_KEY padded) of the only entries of a span that can be in its top-k.
+
+    Exact: every usable entry scoring below the k-th largest score of its row is beaten by k usable
+    entries on the score alone (unusable entries score -inf, so any score above -inf is usable; if the
+    k-th largest is -inf every usable entry is kept), so only entries >= that score need ordering,
+    ties included. Spans with NaN scores, or too narrow to gain, get keys for every entry.
+    """
+    Tg, n = scores.shape
+    if n <= 4 * k or bool(torch.isnan(scores).any()):
+        return sort_keys(scores, usable, j0)
+    kth = torch.topk(scores, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # [Tg, 1]
+    r, c = (usable & (scores >= kth)).nonzero(as_tuple=True)  # row-major: rows in order
+    counts = torch.bincount(r, minlength=Tg)
+    first = torch.cumsum(counts, 0) - counts
+    keys = torch.full((Tg, max(1, int(counts.max()))), NO_KEY, dtype=torch.int64, device=scores.device)
+    keys[r, torch.arange(r.numel(), device=r.device) - first[r]] = _pack(scores[r, c], c + j0)
+    return keys
+
+
 def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
     T = q.shape[0]
     best = torch.full((T, topk), NO_KEY, dtype=torch.int64, device=q.device)  # running top-k keys
     for tokens, j0, _, scores, usable in score_blocks(
         q, weights, index_k, visible_end, block_table, seq_ids, pair_bytes=16
     ):
-        merged = torch.cat([best[tokens], sort_keys(scores, usable, j0)], dim=1)
+        merged = torch.cat([best[tokens], candidate_keys(scores, usable, j0, topk)], dim=1)
         best[tokens] = torch.topk(merged, topk, dim=1, sorted=True).values
     selected = best != NO_KEY
     ids = _LOW32 - (best & _LOW32)
