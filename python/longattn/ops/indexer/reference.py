@@ -25,58 +25,86 @@ from ...memory import chunk_budget_bytes, rows_per_chunk
 NEG_INF = float("-inf")
 NO_KEY = torch.iinfo(torch.int64).min  # sort key of an entry that must never be selected
 _LOW32 = 0xFFFFFFFF
-CACHE_TILE_BYTES = 1 << 20  # per-head scores of one block; measured fastest on a 2-core x86 CPU
+CACHE_TILE_BYTES = 1 << 19  # per-head scores of one block; measured fastest on a 2-core x86 CPU
 MIN_ENTRIES = 256
 
 
 class _Entries:
-    """Where entry j of a query token lives: a flat pool (entry j = row j) or a block table."""
+    """Where entry j of a query token lives: a flat pool (entry j = row j) or a block table.
+
+    ``blocks(seq, n_vis, width)`` prepares one sequence; its ``rows(j0, j1, out)`` writes the fp32 key
+    rows of entries [j0, j1) into ``out`` and ``ok(s0, s1)`` says which of them have a valid slot.
+    Paged pools are gathered a whole page at a time (one ``index_select`` per block into a reused
+    buffer); rows without a valid slot hold whatever page 0 holds and must be masked by the caller."""
 
     def __init__(self, index_k, block_table, seq_ids):
         self.paged = block_table is not None
+        self.rows_dtype = index_k.dtype
         if self.paged:
-            self.num_pages, self.page_size, di = index_k.shape
+            self.num_pages, self.page_size, self.di = index_k.shape
             self.pages = index_k
-            self.rows = index_k.reshape(-1, di)
-            self.block_table = block_table.long()
+            self.block_table = block_table
             self.seq_ids = seq_ids.long()
             self.num_entries = block_table.shape[1] * self.page_size
         else:
-            self.rows = index_k
+            self.flat = index_k
+            self.di = index_k.shape[1]
             self.num_entries = index_k.shape[0]
-
-    def rows_of(self, seq: Optional[int], j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
-        """Write the fp32 key rows of entries [j0, j1) of sequence ``seq`` into ``out[: j1 - j0]`` and
-        return whether each is a real row (rows without a valid slot are zeros, to be masked).
-
-        Paged pools are gathered a whole page at a time (one contiguous copy per page)."""
-        n = j1 - j0
-        if not self.paged:
-            out[:n].copy_(self.rows[j0:j1])
-            return torch.ones(n, dtype=torch.bool, device=out.device)
-        if seq is None or not (0 <= seq < self.block_table.shape[0]):
-            out[:n].zero_()
-            return torch.zeros(n, dtype=torch.bool, device=out.device)
-        ps = self.page_size
-        p0, p1 = j0 // ps, (j1 - 1) // ps + 1
-        pages = self.block_table[seq, p0:p1]
-        ok_pages = (pages >= 0) & (pages < self.num_pages)
-        gathered = self.pages.index_select(0, torch.where(ok_pages, pages, torch.zeros_like(pages)))
-        out[:n].copy_(gathered.view(-1, gathered.shape[-1])[j0 - p0 * ps : j1 - p0 * ps])
-        ok = ok_pages.repeat_interleave(ps)[j0 - p0 * ps : j1 - p0 * ps]
-        if not bool(ok.all()):
-            out[:n].masked_fill_(~ok.unsqueeze(1), 0.0)
-        return ok
 
     def groups(self, t0: int, t1: int) -> Iterator[Tuple[torch.Tensor, Optional[int]]]:
         """Token ids of [t0, t1) grouped by sequence (one group when not paged)."""
-        tokens = torch.arange(t0, t1, device=self.rows.device)
+        tokens = torch.arange(t0, t1, device=self.seq_ids.device if self.paged else self.flat.device)
         if not self.paged:
             yield tokens, None
             return
         seqs = self.seq_ids[t0:t1]
         for s in torch.unique(seqs).tolist():
             yield tokens[seqs == s], int(s)
+
+    def block_width(self, width: int) -> int:
+        """``width`` rounded down to whole pages (blocks then start on page boundaries)."""
+        return max(self.page_size, width - width % self.page_size) if self.paged else width
+
+    def sequence(self, seq: Optional[int], n_vis: int, width: int) -> "_SequenceRows":
+        return _SequenceRows(self, seq, n_vis, width)
+
+
+class _SequenceRows:
+    """Key rows of one sequence's first ``n_vis`` entries, gathered block by block (see _Entries)."""
+
+    def __init__(self, entries: _Entries, seq: Optional[int], n_vis: int, width: int):
+        self.e = entries
+        if not entries.paged:
+            return
+        ps = entries.page_size
+        n_pages = -(-n_vis // ps)
+        if seq is None or not (0 <= seq < entries.block_table.shape[0]):
+            pages = torch.full((n_pages,), -1, dtype=torch.long, device=entries.pages.device)
+        else:
+            pages = entries.block_table[seq, :n_pages].long()
+        ok_pages = (pages >= 0) & (pages < entries.num_pages)
+        self.safe_pages = torch.where(ok_pages, pages, torch.zeros_like(pages))  # never out of range
+        self.ok_rows = ok_pages.repeat_interleave(ps)  # [n_pages * ps]
+        self.gathered = torch.empty(-(-width // ps) + 1, ps, entries.di, dtype=entries.rows_dtype,
+                                    device=entries.pages.device)  # fmt: skip
+
+    def ok(self, s0: int, s1: int) -> torch.Tensor:
+        if not self.e.paged:
+            return torch.ones(s1 - s0, dtype=torch.bool, device=self.e.flat.device)
+        return self.ok_rows[s0:s1]
+
+    def rows(self, j0: int, j1: int, out: torch.Tensor) -> None:
+        n = j1 - j0
+        if not self.e.paged:
+            out[:n].copy_(self.e.flat[j0:j1])
+            return
+        ps = self.e.page_size
+        if self.e.num_pages == 0:  # nothing to gather (every row is masked)
+            out[:n].zero_()
+            return
+        p0, p1 = j0 // ps, (j1 - 1) // ps + 1
+        g = torch.index_select(self.e.pages, 0, self.safe_pages[p0:p1], out=self.gathered[: p1 - p0])
+        out[:n].copy_(g.view(-1, g.shape[-1])[j0 - p0 * ps : j1 - p0 * ps])
 
 
 def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=None, pair_bytes: int = 0):
@@ -94,7 +122,8 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
     vis = visible_end.long().clamp(0, entries.num_entries)
     per_pair = 4 + 1 + 24 + pair_bytes  # span scores, mask, arange/compare temporaries, consumer's keys
     budget = chunk_budget_bytes()
-    block_bytes = lambda tg, n: n * (tg * Hi * 4 + Di * 8)  # noqa: E731  per-head scores + fp32 key rows
+    row_bytes = Di * (4 + index_k.element_size())  # a key row in fp32 + as gathered
+    block_bytes = lambda tg, n: n * (tg * Hi * 4 + row_bytes)  # noqa: E731  + per-head scores
     # Token chunks leave room for a span of at least MIN_ENTRIES entries within the budget.
     tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4 + MIN_ENTRIES * Hi * 4, T, budget)
     for t0 in range(0, T, tokens_per_step):
@@ -104,29 +133,29 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             if n_vis == 0:
                 continue
             tg = len(tokens)
-            # Block: per-head scores of ~CACHE_TILE_BYTES (fast on CPU caches), >= MIN_ENTRIES entries;
-            # span: as many blocks as the rest of the budget holds.
+            # Block: per-head scores of ~CACHE_TILE_BYTES (fast on CPU caches), >= MIN_ENTRIES entries,
+            # whole pages; span: as many blocks as the rest of the budget holds.
             width = max(MIN_ENTRIES, CACHE_TILE_BYTES // (tg * Hi * 4))
-            width = min(width, max(1, budget // 2 // max(1, block_bytes(tg, 1))))
-            span = max(width, (budget - block_bytes(tg, width)) // (tg * per_pair))
+            width = entries.block_width(min(width, max(1, budget // 2 // max(1, block_bytes(tg, 1)))))
+            span = max(1, (budget - block_bytes(tg, width)) // (tg * per_pair) // width) * width
             q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
             w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
+            rows = entries.sequence(seq, n_vis, width)
             keys = torch.empty(width, Di, dtype=torch.float32, device=q.device)  # reused block buffers
             per_head = torch.empty(tg * Hi, width, dtype=torch.float32, device=q.device)
             for s0 in range(0, n_vis, span):
                 s1 = min(n_vis, s0 + span)
                 scores = torch.empty(tg, s1 - s0, dtype=torch.float32, device=q.device)
-                ok = torch.empty(s1 - s0, dtype=torch.bool, device=q.device)
                 for j0 in range(s0, s1, width):
                     j1 = min(s1, j0 + width)
-                    ok[j0 - s0 : j1 - s0] = entries.rows_of(seq, j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
+                    rows.rows(j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
                     ph = per_head[:, : j1 - j0]
                     torch.mm(q_g, keys[: j1 - j0].T, out=ph)
                     ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
                     torch.bmm(w_g, ph, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
                 j = torch.arange(s0, s1, device=q.device)
-                usable = (j.unsqueeze(0) < vis_g) & ok.unsqueeze(0)
+                usable = (j.unsqueeze(0) < vis_g) & rows.ok(s0, s1).unsqueeze(0)
                 yield tokens, s0, s1, scores.masked_fill_(~usable, NEG_INF), usable
 
 
