@@ -3,8 +3,10 @@
 Work is split into chunks of query tokens and, inside a token chunk, chunks of keys. One key of one
 token costs ``D * (4 + pool element size)`` bytes (the gathered row, then its fp32 copy) plus
 ``3 * H * 4`` bytes (logits and probabilities); chunks are sized so that this stays within
-``longattn.memory.chunk_budget_bytes()``. Partial results of key chunks (and of the two streams) are
-combined with the exact ``merge_states_fp32`` rule, so chunking changes only rounding.
+``longattn.memory.chunk_budget_bytes()``. Key chunks of both streams are packed side by side into one
+softmax while they fit a chunk (a decode token's window + compressed keys: one softmax); the partial
+results of separate chunks are combined with the exact ``merge_states_fp32`` rule, so chunking
+changes only rounding.
 """
 
 from __future__ import annotations
@@ -37,22 +39,32 @@ def _row_bytes(kv, head_dim: int) -> int:
 
 def attend_chunk(
     q: torch.Tensor,
-    kv,
-    idx: torch.Tensor,
-    valid: torch.Tensor,
+    parts: List[Tuple[object, torch.Tensor, torch.Tensor]],
     scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q [Tc, H, D] fp32 over the valid keys of idx [Tc, Kc] (valid [Tc, Kc] bool).
+    """Attention of q [Tc, H, D] fp32 over the valid keys of one or more (pool, idx [Tc, Kp], valid
+    [Tc, Kp] bool) parts, as one softmax (the parts' keys side by side).
 
-    Returns out [Tc, H, D] fp32 (normalised over this chunk's keys) and lse [Tc, H] fp32 (-inf where
-    a row has no valid key, with out 0 there).
+    Returns out [Tc, H, D] fp32 (normalised over these keys) and lse [Tc, H] fp32 (-inf where a row has
+    no valid key, with out 0 there).
     """
     Tc, H, D = q.shape
-    Kc = idx.shape[1]
+    Kc = sum(idx.shape[1] for _, idx, _ in parts)
+    valid = parts[0][2] if len(parts) == 1 else torch.cat([v for _, _, v in parts], dim=1)  # [Tc, Kc]
     if Kc == 0 or not bool(valid.any()):
         return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
-    slots = torch.where(valid, idx, torch.zeros_like(idx)).reshape(-1).long()
-    keys = gather_rows(kv, slots).view(Tc, Kc, D)  # [Tc, Kc, D]; invalid positions hold row 0, masked
+    keys = None if len(parts) == 1 else torch.empty(Tc, Kc, D, dtype=torch.float32, device=q.device)
+    c0 = 0
+    for pool, idx, v in parts:  # invalid positions gather row 0; they are masked below
+        slots = torch.where(v, idx, torch.zeros_like(idx)).reshape(-1).long()
+        if keys is None:
+            keys = gather_rows(pool, slots).view(Tc, -1, D)  # [Tc, Kc, D]
+        elif idx.shape[1] and not bool(v.any()):  # nothing to read (the pool may even be empty)
+            keys[:, c0 : c0 + idx.shape[1]].zero_()
+        elif idx.shape[1]:
+            rows = pool.index_select(0, slots) if isinstance(pool, torch.Tensor) else pool.gather_rows(slots)
+            keys[:, c0 : c0 + idx.shape[1]].copy_(rows.view(Tc, -1, D))  # one converting copy
+        c0 += idx.shape[1]
     logits = torch.bmm(q, keys.transpose(1, 2)).mul_(scale)  # [Tc, H, Kc]
     logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
     lse = torch.logsumexp(logits, dim=-1)  # [Tc, H]
@@ -91,23 +103,34 @@ def sparse_attention(
     if T == 0:
         return out, lse
 
-    # Chunk sizes: keys per token chunk step, then tokens so that tokens x keys fit the budget.
-    max_k = max(max(1, s[1].shape[1]) for s in streams)
+    # Chunk sizes: keys per token chunk step (both streams together when they fit), then tokens so
+    # that tokens x keys fit the budget.
+    total_k = max(1, sum(s[1].shape[1] for s in streams))
     per_key = max(_row_bytes(s[0], D) for s in streams) + D * 4 + 3 * H * 4
-    keys_per_step = rows_per_chunk(per_key, max_k)
+    keys_per_step = rows_per_chunk(per_key, total_k)
     per_token = per_key * keys_per_step + 3 * H * D * 4
     tokens_per_step = rows_per_chunk(per_token, T)
 
     for t0 in range(0, T, tokens_per_step):
         t1 = min(T, t0 + tokens_per_step)
         q_c = q[t0:t1].to(torch.float32)
-        acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        # Key blocks of <= keys_per_step keys, packed greedily into one softmax per group; partial
+        # results of groups merge exactly.
+        groups: List[List[Tuple[object, torch.Tensor, torch.Tensor]]] = [[]]
+        room = keys_per_step
         for pool, idx, lengths in streams:
             lengths_c = None if lengths is None else lengths[t0:t1]
             for k0 in range(0, max(1, idx.shape[1]), keys_per_step):
                 idx_c = idx[t0:t1, k0 : k0 + keys_per_step]
-                part = attend_chunk(q_c, pool, idx_c, _valid_mask(pool, idx_c, k0, lengths_c), softmax_scale)
-                acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
+                if idx_c.shape[1] > room:
+                    groups.append([])
+                    room = keys_per_step
+                groups[-1].append((pool, idx_c, _valid_mask(pool, idx_c, k0, lengths_c)))
+                room -= idx_c.shape[1]
+        acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        for parts in groups:
+            part = attend_chunk(q_c, parts, softmax_scale)
+            acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
         o_c, lse_c = acc
         if attn_sink is not None:
             o_c = o_c * sink_factor(lse_c, attn_sink).unsqueeze(-1)
