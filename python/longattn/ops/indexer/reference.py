@@ -65,14 +65,14 @@ class _Entries:
         """``width`` rounded down to whole pages (blocks then start on page boundaries)."""
         return max(self.page_size, width - width % self.page_size) if self.paged else width
 
-    def sequence(self, seq: Optional[int], n_vis: int, width: int) -> "_SequenceRows":
-        return _SequenceRows(self, seq, n_vis, width)
+    def sequence(self, seq: Optional[int], n_vis: int, width: int, scratch=None) -> "_SequenceRows":
+        return _SequenceRows(self, seq, n_vis, width, scratch)
 
 
 class _SequenceRows:
     """Key rows of one sequence's first ``n_vis`` entries, gathered block by block (see _Entries)."""
 
-    def __init__(self, entries: _Entries, seq: Optional[int], n_vis: int, width: int):
+    def __init__(self, entries: _Entries, seq: Optional[int], n_vis: int, width: int, scratch=None):
         self.e = entries
         if not entries.paged:
             return
@@ -83,17 +83,28 @@ class _SequenceRows:
         else:
             pages = entries.block_table[seq, :n_pages].long()
         ok_pages = (pages >= 0) & (pages < entries.num_pages)
-        self.safe_pages = torch.where(ok_pages, pages, torch.zeros_like(pages))  # never out of range
         self.ok_rows = ok_pages.repeat_interleave(ps)  # [n_pages * ps]
-        self.gathered = torch.empty(-(-width // ps) + 1, ps, entries.di, dtype=entries.rows_dtype,
-                                    device=entries.pages.device)  # fmt: skip
+        self.safe_pages = torch.where(ok_pages, pages, torch.zeros_like(pages))  # never out of range
+        shape = (-(-width // ps), ps, entries.di)
+        nbytes = shape[0] * ps * entries.di * entries.pages.element_size()
+        if scratch is not None and scratch.is_contiguous() and scratch.numel() * scratch.element_size() >= nbytes:
+            # The rows are gathered into the caller's per-head score buffer, which the block's matmul
+            # overwrites only after they were converted to fp32: one buffer fewer.
+            raw = scratch.view(-1).view(torch.uint8)[:nbytes]
+            self.gathered = raw.view(entries.rows_dtype).view(shape)
+        else:
+            self.gathered = torch.empty(shape, dtype=entries.rows_dtype, device=entries.pages.device)
 
     def ok(self, s0: int, s1: int) -> torch.Tensor:
         if not self.e.paged:
             return torch.ones(s1 - s0, dtype=torch.bool, device=self.e.flat.device)
         return self.ok_rows[s0:s1]
 
+    def release(self) -> None:
+        self.gathered = None
+
     def rows(self, j0: int, j1: int, out: torch.Tensor) -> None:
+        """fp32 key rows of entries [j0, j1) into out[: j1 - j0]; paged blocks start on a page."""
         n = j1 - j0
         if not self.e.paged:
             out[:n].copy_(self.e.flat[j0:j1])
@@ -141,9 +152,9 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
             w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
-            rows = entries.sequence(seq, n_vis, width)
             keys = torch.empty(width, Di, dtype=torch.float32, device=q.device)  # reused block buffers
             per_head = torch.empty(tg * Hi, width, dtype=torch.float32, device=q.device)
+            rows = entries.sequence(seq, n_vis, width, scratch=per_head)
             for s0 in range(0, n_vis, span):
                 s1 = min(n_vis, s0 + span)
                 scores = torch.empty(tg, s1 - s0, dtype=torch.float32, device=q.device)
@@ -154,8 +165,11 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                     torch.mm(q_g, keys[: j1 - j0].T, out=ph)
                     ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
                     torch.bmm(w_g, ph, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
-                j = torch.arange(s0, s1, device=q.device)
-                usable = (j.unsqueeze(0) < vis_g) & rows.ok(s0, s1).unsqueeze(0)
+                if s1 == n_vis:  # last span: free the block buffers before the consumer's work
+                    keys = per_head = None
+                    rows.release()
+                j = torch.arange(s1 - s0, dtype=torch.int32, device=q.device)
+                usable = (j.unsqueeze(0) < vis_g - s0) & rows.ok(s0, s1).unsqueeze(0)
                 yield tokens, s0, s1, scores.masked_fill_(~usable, NEG_INF), usable
 
 

@@ -21,12 +21,20 @@ from ..combine.reference import merge_states_fp32, sink_factor
 NEG_INF = float("-inf")
 
 
-def gather_rows(kv, slots: torch.Tensor) -> torch.Tensor:
-    """Rows ``kv[slots]`` as fp32; ``slots`` holds valid slot ids only. ``kv`` is a float row view
-    ``[num_slots, D]`` or a pool object with ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool)."""
-    if isinstance(kv, torch.Tensor):
-        return kv.index_select(0, slots).to(torch.float32)
-    return kv.gather_rows(slots)
+GATHER_PIECES = 4  # rows are gathered in this many pieces: the pool-dtype copy is a quarter of the rows
+
+
+def gather_rows_into(kv, slots: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[t, k] = kv[slots[t, k]]`` as fp32 (out ``[Tc, K, D]``, any strides); ``slots`` holds valid
+    slot ids only. ``kv`` is a float row view ``[num_slots, D]`` or a pool object with
+    ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool). Gathered in pieces of keys, so the copy in
+    the pool's dtype is a fraction of ``out``."""
+    Tc, K, D = out.shape
+    step = max(32, -(-K // GATHER_PIECES))
+    for k0 in range(0, K, step):
+        s = slots[:, k0 : k0 + step].reshape(-1)
+        rows = kv.index_select(0, s) if isinstance(kv, torch.Tensor) else kv.gather_rows(s)
+        out[:, k0 : k0 + step].copy_(rows.view(Tc, -1, D))
 
 
 def _num_slots(kv) -> int:
@@ -53,18 +61,16 @@ def attend_chunk(
     valid = parts[0][2] if len(parts) == 1 else torch.cat([v for _, _, v in parts], dim=1)  # [Tc, Kc]
     if Kc == 0 or not bool(valid.any()):
         return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
-    keys = None if len(parts) == 1 else torch.empty(Tc, Kc, D, dtype=torch.float32, device=q.device)
+    keys = torch.empty(Tc, Kc, D, dtype=torch.float32, device=q.device)
     c0 = 0
     for pool, idx, v in parts:  # invalid positions gather row 0; they are masked below
-        slots = torch.where(v, idx, torch.zeros_like(idx)).reshape(-1).long()
-        if keys is None:
-            keys = gather_rows(pool, slots).view(Tc, -1, D)  # [Tc, Kc, D]
-        elif idx.shape[1] and not bool(v.any()):  # nothing to read (the pool may even be empty)
-            keys[:, c0 : c0 + idx.shape[1]].zero_()
-        elif idx.shape[1]:
-            rows = pool.index_select(0, slots) if isinstance(pool, torch.Tensor) else pool.gather_rows(slots)
-            keys[:, c0 : c0 + idx.shape[1]].copy_(rows.view(Tc, -1, D))  # one converting copy
-        c0 += idx.shape[1]
+        k = idx.shape[1]
+        if k and not bool(v.any()):  # nothing to read (the pool may even be empty)
+            keys[:, c0 : c0 + k].zero_()
+        elif k:
+            slots = torch.where(v, idx, torch.zeros_like(idx)).long()
+            gather_rows_into(pool, slots, keys[:, c0 : c0 + k])
+        c0 += k
     logits = torch.bmm(q, keys.transpose(1, 2)).mul_(scale)  # [Tc, H, Kc]
     logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
     lse = torch.logsumexp(logits, dim=-1)  # [Tc, H]
