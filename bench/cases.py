@@ -409,6 +409,7 @@ def _dense_view(x: _AttnInputs, indexer: bool, topk: int) -> DenseView:
         view.iw = x.iw.view(B, Tq, -1)
         view.ikeys = torch.stack(irows)
         view.visible_end = x.visible.view(B, Tq)
+
     # The sparse form with one KV tensor (FlashMLA-style peers): [swa rows | comp rows], combined
     # indices with -1 beyond each row's length.
     def sparse_form():

@@ -209,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "seed": a.seed,
             "wait_idle_s": a.wait_idle,
             "malloc": "glibc defaults while timing; 64 KiB mmap threshold only during the RSS call"
-            if device.type == "cpu" else None,
+            if device.type == "cpu"
+            else None,
             "compute_dtype_rule": "reference: fp32 (upcasts); other backends: the input dtype",
         },
         "ceilings": ceil,

@@ -96,7 +96,7 @@ def make_plots(doc: Dict[str, object], out_dir: str, name: str) -> Tuple[List[st
                 ax.set_ylabel(ylabel)
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=6)
-            for ax in list(axes.flat)[len(keys):]:
+            for ax in list(axes.flat)[len(keys) :]:
                 ax.axis("off")
             fig.suptitle(f"{ylabel} vs context on {dev}", fontsize=9)
             fig.tight_layout()

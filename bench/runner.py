@@ -252,8 +252,14 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
             continue
         pred = None if host else _predict(rates, name, case, cost, ceil)
         if pred is not None and pred > cfg.backend_max_s:
-            rec["runs"].append(_skip("backend", name, f"predicted ~{pred:.0f} s per call (its x_floor on earlier "
-                                     f"{case.op} cases) > --backend-max-s {cfg.backend_max_s:.0f} s"))
+            rec["runs"].append(
+                _skip(
+                    "backend",
+                    name,
+                    f"predicted ~{pred:.0f} s per call (its x_floor on earlier "
+                    f"{case.op} cases) > --backend-max-s {cfg.backend_max_s:.0f} s",
+                )
+            )
             log(f"    {name}: skipped, predicted ~{pred:.0f} s per call")
             continue
         fn = problem.run(None if host else name)
@@ -311,12 +317,19 @@ def _run_peers(case, cfg, ceil, flusher, problem, ours, rec, log):
         if peer.dense:
             mem, secs = peers.estimate(case, pname, bw, lowp, fp32)
             if cfg.mem_limit_bytes and mem > cfg.mem_limit_bytes:
-                rec["runs"].append(_skip("peer", pname, f"would need ~{mem / 2**30:.1f} GiB (dense [B, Tq, H, keys] "
-                                         f"scores + cache copy) > memory limit {cfg.mem_limit_bytes / 2**30:.1f} GiB"))
+                rec["runs"].append(
+                    _skip(
+                        "peer",
+                        pname,
+                        f"would need ~{mem / 2**30:.1f} GiB (dense [B, Tq, H, keys] "
+                        f"scores + cache copy) > memory limit {cfg.mem_limit_bytes / 2**30:.1f} GiB",
+                    )
+                )
                 continue
             if secs > cfg.peer_max_s:
-                rec["runs"].append(_skip("peer", pname, f"estimated ~{secs:.0f} s per call > --peer-max-s "
-                                         f"{cfg.peer_max_s:.0f} s"))
+                rec["runs"].append(
+                    _skip("peer", pname, f"estimated ~{secs:.0f} s per call > --peer-max-s {cfg.peer_max_s:.0f} s")
+                )
                 continue
         try:
             if view is None:

@@ -97,7 +97,7 @@ def test_random_topk_ids_are_distinct_visible_and_padded():
         row = ids[t].tolist()
         valid = [x for x in row if x >= 0]
         assert len(valid) == lengths[t] and len(set(valid)) == len(valid)
-        assert all(0 <= x < vis[t] for x in valid) and row[len(valid):] == [-1] * (8 - len(valid))
+        assert all(0 <= x < vis[t] for x in valid) and row[len(valid) :] == [-1] * (8 - len(valid))
     srt, _ = inputs.random_topk_ids(vis, 8, g, order="sorted")
     assert srt[3].tolist() == sorted(srt[3].tolist())
 

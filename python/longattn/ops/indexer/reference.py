@@ -134,7 +134,7 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
     per_pair = 4 + 1 + 24 + pair_bytes  # span scores, mask, arange/compare temporaries, consumer's keys
     budget = chunk_budget_bytes()
     row_bytes = Di * (4 + index_k.element_size())  # a key row in fp32 + as gathered
-    block_bytes = lambda tg, n: n * (tg * Hi * 4 + row_bytes)  # noqa: E731  + per-head scores
+    block_bytes = lambda tg, n: n * (tg * (Hi + 1) * 4 + row_bytes)  # noqa: E731  + per-head, weighted scores
     # Token chunks leave room for a span of at least MIN_ENTRIES entries within the budget.
     tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4 + MIN_ENTRIES * Hi * 4, T, budget)
     for t0 in range(0, T, tokens_per_step):
@@ -154,6 +154,7 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
             keys = torch.empty(width, Di, dtype=torch.float32, device=q.device)  # reused block buffers
             per_head = torch.empty(tg * Hi, width, dtype=torch.float32, device=q.device)
+            weighted = torch.empty(tg if tg > 1 else 0, width, dtype=torch.float32, device=q.device)
             rows = entries.sequence(seq, n_vis, width, scratch=per_head)
             for s0 in range(0, n_vis, span):
                 s1 = min(n_vis, s0 + span)
@@ -164,9 +165,13 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                     ph = per_head[:, : j1 - j0]
                     torch.mm(q_g, keys[: j1 - j0].T, out=ph)
                     ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
-                    torch.bmm(w_g, ph, out=scores[:, j0 - s0 : j1 - s0].unsqueeze(1))  # [Tg, 1, Nc]
+                    dst = scores[:, j0 - s0 : j1 - s0]  # [Tg, Nc]
+                    if tg == 1:  # a contiguous row: bmm writes it directly
+                        torch.bmm(w_g, ph, out=dst.unsqueeze(1))
+                    else:  # bmm into a strided out falls back to one matmul per token: use a buffer
+                        dst.copy_(torch.bmm(w_g, ph, out=weighted.view(-1)[: dst.numel()].view(tg, 1, -1)).squeeze(1))
                 if s1 == n_vis:  # last span: free the block buffers before the consumer's work
-                    keys = per_head = None
+                    keys = per_head = weighted = None
                     rows.release()
                 j = torch.arange(s1 - s0, dtype=torch.int32, device=q.device)
                 usable = (j.unsqueeze(0) < vis_g - s0) & rows.ok(s0, s1).unsqueeze(0)
