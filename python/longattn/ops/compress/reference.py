@@ -101,33 +101,44 @@ def compress_kv(
     state_rows = state.view(-1, state.shape[-1])  # [slots, 2 * c * d]: a | b
     positions = positions.long()
     token_rows = token_rows.long()
-    tok = torch.arange(T, device=a.device)
+    ab = torch.cat([a, b], dim=1).to(torch.float32)  # [T, 2 * width]: the batch's rows, as the ring holds them
 
-    # First position of each token's chunk: tokens of one sequence are consecutive in the batch.
-    new_seq = torch.ones(T, dtype=torch.bool, device=a.device)
-    if T > 1:
+    # Chunks: the tokens of one sequence are consecutive in the batch. A decode batch (one token per
+    # sequence) needs no bookkeeping: every token starts and ends its own chunk.
+    single = T <= 1 or bool((token_rows[1:] != token_rows[:-1]).all())
+    if not single:
+        tok = torch.arange(T, device=a.device)
+        new_seq = torch.ones(T, dtype=torch.bool, device=a.device)
         new_seq[1:] = token_rows[1:] != token_rows[:-1]
-    chunk_start_tok = torch.cummax(torch.where(new_seq, tok, torch.zeros_like(tok)), 0).values
-    chunk_start_pos = positions[chunk_start_tok]
+        chunk_start_tok = torch.cummax(torch.where(new_seq, tok, torch.zeros_like(tok)), 0).values
+        chunk_start_pos = positions[chunk_start_tok]
+        last_tok = torch.ones(T, dtype=torch.bool, device=a.device)  # last token of its chunk
+        last_tok[:-1] = new_seq[1:]
+        chunk_end_tok = torch.flip(
+            torch.cummin(torch.flip(torch.where(last_tok, tok, torch.full_like(tok, T)), [0]), 0).values, [0]
+        )
+    else:
+        chunk_start_pos = positions
 
     # 1. Entries emitted by this batch: tokens at the last position of a block.
     emit = ((positions + 1) % ratio == 0).nonzero().squeeze(1)
-    per_entry = ring * width * 4 * 4 + d * 4 * 4
+    per_entry = ring * width * 4 * 6 + d * 4 * 4
     step = rows_per_chunk(per_entry, max(1, emit.numel()))
+    back = torch.arange(ring - 1, -1, -1, device=a.device)  # window slot i holds position p - back[i]
     for e0 in range(0, emit.numel(), step):
         e_tok = emit[e0 : e0 + step]
         p = positions[e_tok]
-        q = p.unsqueeze(1) - ring + 1 + torch.arange(ring, device=a.device)  # [E, ring] source positions
+        q = p.unsqueeze(1) - back  # [E, ring] source positions p - ring + 1 .. p
         from_batch = q >= chunk_start_pos[e_tok].unsqueeze(1)
-        batch_tok = (e_tok.unsqueeze(1) - (p.unsqueeze(1) - q)).clamp(0, max(0, T - 1))
         ring_slots, ring_ok = _paged_slots(
             state_block_table, token_rows[e_tok].unsqueeze(1).expand_as(q), q % ring, s_page, s_pages
         )
         valid = (q >= 0) & (from_batch | ring_ok)
-        a_rows = torch.where(from_batch.unsqueeze(-1), a.to(torch.float32)[batch_tok], state_rows[ring_slots, :width])
-        b_rows = torch.where(from_batch.unsqueeze(-1), b.to(torch.float32)[batch_tok], state_rows[ring_slots, width:])
-        b_rows = b_rows.masked_fill(~valid.unsqueeze(-1), NEG_INF)
-        a_rows = a_rows.masked_fill(~valid.unsqueeze(-1), 0.0)
+        batch_tok = (e_tok.unsqueeze(1) - back).clamp(0, max(0, T - 1))
+        rows = torch.where(from_batch.unsqueeze(-1), ab[batch_tok], state_rows[ring_slots])  # [E, ring, 2w]
+        a_rows, b_rows = rows[..., :width], rows[..., width:]
+        b_rows.masked_fill_(~valid.unsqueeze(-1), NEG_INF)
+        a_rows.masked_fill_(~valid.unsqueeze(-1), 0.0)  # an absent slot's row may hold anything (NaN)
         if overlap:  # previous block: half A; own block: half B
             scores = torch.cat([b_rows[:, :ratio, :d], b_rows[:, ratio:, d:]], dim=1)
             values = torch.cat([a_rows[:, :ratio, :d], a_rows[:, ratio:, d:]], dim=1)
@@ -145,13 +156,7 @@ def compress_kv(
             out.write_rows(slots[ok], entry[ok])
 
     # 2. State: keep the last `ring` tokens of every sequence (each ring slot written at most once).
-    last_tok = torch.ones(T, dtype=torch.bool, device=a.device)  # last token of its chunk
-    if T > 1:
-        last_tok[:-1] = new_seq[1:]
-    chunk_end_tok = torch.flip(
-        torch.cummin(torch.flip(torch.where(last_tok, tok, torch.full_like(tok, T)), [0]), 0).values, [0]
-    )
-    keep = positions > positions[chunk_end_tok] - ring
-    slots, ok = _paged_slots(state_block_table, token_rows, positions % ring, s_page, s_pages)
-    keep &= ok
-    state_rows.index_copy_(0, slots[keep], torch.cat([a, b], dim=1).to(torch.float32)[keep])
+    slots, keep = _paged_slots(state_block_table, token_rows, positions % ring, s_page, s_pages)
+    if not single:
+        keep &= positions > positions[chunk_end_tok] - ring
+    state_rows.index_copy_(0, slots[keep], ab[keep])
