@@ -122,7 +122,7 @@ def compress_kv(
 
     # 1. Entries emitted by this batch: tokens at the last position of a block.
     emit = ((positions + 1) % ratio == 0).nonzero().squeeze(1)
-    per_entry = ring * width * 4 * 6 + d * 4 * 4
+    per_entry = ring * width * 4 * 4 + d * 4 * 4
     step = rows_per_chunk(per_entry, max(1, emit.numel()))
     back = torch.arange(ring - 1, -1, -1, device=a.device)  # window slot i holds position p - back[i]
     for e0 in range(0, emit.numel(), step):
@@ -134,11 +134,13 @@ def compress_kv(
             state_block_table, token_rows[e_tok].unsqueeze(1).expand_as(q), q % ring, s_page, s_pages
         )
         valid = (q >= 0) & (from_batch | ring_ok)
-        batch_tok = (e_tok.unsqueeze(1) - back).clamp(0, max(0, T - 1))
-        rows = torch.where(from_batch.unsqueeze(-1), ab[batch_tok], state_rows[ring_slots])  # [E, ring, 2w]
+        rows = state_rows[ring_slots]  # [E, ring, 2w]: the ring's rows, then this batch's over them
+        in_batch = from_batch.nonzero(as_tuple=True)
+        rows[in_batch] = ab[e_tok[in_batch[0]] - back[in_batch[1]]]
         a_rows, b_rows = rows[..., :width], rows[..., width:]
-        b_rows.masked_fill_(~valid.unsqueeze(-1), NEG_INF)
-        a_rows.masked_fill_(~valid.unsqueeze(-1), 0.0)  # an absent slot's row may hold anything (NaN)
+        if not bool(valid.all()):  # absent slots (before position 0, unmapped ring pages) may hold NaN
+            b_rows.masked_fill_(~valid.unsqueeze(-1), NEG_INF)
+            a_rows.masked_fill_(~valid.unsqueeze(-1), 0.0)
         if overlap:  # previous block: half A; own block: half B
             scores = torch.cat([b_rows[:, :ratio, :d], b_rows[:, ratio:, d:]], dim=1)
             values = torch.cat([a_rows[:, :ratio, :d], a_rows[:, ratio:, d:]], dim=1)
