@@ -32,8 +32,8 @@ MIN_ENTRIES = 256
 class _Entries:
     """Where entry j of a query token lives: a flat pool (entry j = row j) or a block table.
 
-    ``blocks(seq, n_vis, width)`` prepares one sequence; its ``rows(j0, j1, out)`` writes the fp32 key
-    rows of entries [j0, j1) into ``out`` and ``ok(s0, s1)`` says which of them have a valid slot.
+    ``sequence(seq, n_vis, width)`` prepares one sequence; its ``rows(j0, j1, out)`` writes the fp32
+    key rows of entries [j0, j1) into ``out`` and ``ok(s0, s1)`` says which of them have a valid slot.
     Paged pools are gathered a whole page at a time (one ``index_select`` per block into a reused
     buffer); rows without a valid slot hold whatever page 0 holds and must be masked by the caller."""
 
