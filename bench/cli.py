@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import cases as cases_mod
-from . import ceilings, goals, plots, report, results, runner
+from . import ceilings, goals, peakmem, plots, report, results, runner
 from .device import available_memory_bytes, resolve_device
 from .inputs import parse_tokens
 from .timing import TimingPolicy
@@ -178,6 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"warning: other processes keep {busy:.1f} of {machine['cpu_count']} CPU cores busy: timings will be "
               "slower and noisier (multi-threaded kernels suffer most; --threads 1 suffers less, --wait-idle S "
               "waits for quiet moments)")  # fmt: skip
+    if device.type == "cpu":
+        peakmem.restore_allocator()  # fixed glibc thresholds: timings independent of what ran before
     ceil = ceilings.measure(device, quick=a.quick)
     print(report.ceilings({"ceilings": ceil, "machine": machine}))
     case_results = runner.run_all(selected, cfg, ceil)
@@ -208,7 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "peers": cfg.peers,
             "seed": a.seed,
             "wait_idle_s": a.wait_idle,
-            "malloc": "glibc defaults while timing; 64 KiB mmap threshold only during the RSS call"
+            "malloc": "glibc mmap threshold fixed at 32 MiB and trim threshold at 64 MiB while timing "
+            "(the steady state of its dynamic thresholds, independent of the run's history); "
+            "64 KiB mmap threshold only during the RSS call"
             if device.type == "cpu"
             else None,
             "compute_dtype_rule": "reference: fp32 (upcasts); other backends: the input dtype",

@@ -42,18 +42,25 @@ def return_large_blocks_to_os(threshold: int = 64 << 10) -> bool:
 
 
 _DEFAULT_MAX_MMAP_THRESHOLD = 32 << 20  # glibc's dynamic threshold never grows past this on 64-bit
+_M_TRIM_THRESHOLD = -1
 
 
 def restore_allocator(threshold: int = _DEFAULT_MAX_MMAP_THRESHOLD) -> bool:
-    """Undo ``return_large_blocks_to_os`` for what follows: blocks below ``threshold`` come from the
-    heap again and are reused without page faults (the steady state of glibc's default dynamic
-    threshold). Measured here: with the 64 KiB threshold left on, the 1M-token decode step of the
-    reference runs ~2x slower (every 1-2 MiB temporary is mapped and faulted in again), so a
-    benchmark restores the allocator after each RSS measurement. False if not glibc."""
+    """Put glibc in the steady state its dynamic thresholds reach, fixed: blocks below ``threshold``
+    come from the heap and are reused without page faults, larger ones are mapped per allocation, and
+    the heap keeps up to ``2 * threshold`` free bytes at its top instead of returning them to the OS.
+
+    Fixed rather than dynamic so that a case's timing does not depend on what ran before it in the
+    process (measured here: the same compress_kv case took 22 ms or 45 ms depending on whether the
+    thresholds had grown before it). Also undoes ``return_large_blocks_to_os``: with the 64 KiB
+    threshold left on, the 1M-token decode step of the reference runs ~2x slower (every 1-2 MiB
+    temporary is mapped and faulted in again). The bench calls this before the first case and after
+    each RSS measurement. False if not glibc."""
     global _allocator_fixed
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+        ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)) and ok
     except (OSError, AttributeError):
         return False
     _allocator_fixed = False
