@@ -21,8 +21,6 @@ compressor kernel (``ops/compress/triton_compress.py``).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -53,10 +51,6 @@ COPY_BITS, TO_F32, TO_BF16, TO_F16 = 0, 1, 2, 3
 _INT_VIEW = {2: torch.int16, 4: torch.int32}
 
 MAX_BLOCK_D = 1024  # float pools: row tile width (wider rows take several column programs)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,31 +6,15 @@ is fp32, exactly the reference formulas (README.md); a side whose lse is -inf is
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import cast_out as _cast_out
+
 _NEG_INF = tl.constexpr(float("-inf"))
 BLOCK_H_MAX = 16
 BLOCK_D_MAX = 128
-
-
-_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-_BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
-_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
-
-
-@triton.jit
-def _cast_out(x, DST: tl.constexpr):
-    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
-    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
-    if _INTERPRET and DST == tl.bfloat16:
-        b_bits = x.to(tl.int32, bitcast=True)
-        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
-        x = b_bits.to(tl.float32, bitcast=True)
-    return x.to(DST)
 
 
 @triton.jit(do_not_specialize=["H"])

@@ -59,8 +59,8 @@ from ..append.triton_append import (
     _bf16_bits,
     _store_fp8_record,
     _to_f32,
-    interpreting,
 )
+from ..triton_utils import interpreting
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _FP8_DATA_BYTES = tl.constexpr(576)

@@ -29,6 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import interpreting
+from ..triton_utils import num_sms as _num_sms
+
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
 _SIGN_FLIP = tl.constexpr(0x7FFFFFFF)  # negative floats: flip magnitude bits -> monotone order
 _HIGH = tl.constexpr(2**32)  # keys: ordered(score) * 2^32 + (2^32 - 1 - id); int64 arithmetic only
@@ -37,17 +40,6 @@ _NEG_INF = tl.constexpr(float("-inf"))
 MIN_DOT = 16
 FANIN = 8  # lists merged per program per merge level
 WORKSPACE_BYTES = 256 << 20  # cap on the partial-list workspace (T x ranges x TOPK_P2 int64)
-CPU_NOTIONAL_SMS = 4
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda" and not interpreting():
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return CPU_NOTIONAL_SMS
 
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}

@@ -29,6 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import cast_out as _cast_out
+from ..triton_utils import interpreting
+from ..triton_utils import num_sms as _num_sms
+
 # ---------------------------------------------------------------------------------------------------
 # constants
 # ---------------------------------------------------------------------------------------------------
@@ -51,11 +55,6 @@ _FP32_EXP_SHIFT = tl.constexpr(23)  # (byte << 23) as fp32 bits = 2 ** (byte - 1
 MIN_DOT = 16  # smallest M / N / K of a tl.dot on NVIDIA GPUs
 MAX_SPLITS = 64
 MIN_KEYS_PER_SPLIT = 256  # a split's partial (H x D fp32) must not cost more traffic than its keys
-CPU_NOTIONAL_SMS = 4  # interpreter: pretend 4 SMs so long rows still exercise split-KV
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _pow2_floor(x: int) -> int:
@@ -94,12 +93,6 @@ def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.dev
     return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda" and not interpreting():
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return CPU_NOTIONAL_SMS
-
-
 def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
     """Split-KV heuristic: split only when the (token, head block) programs cannot fill the SMs
     (decode), into at most enough splits for one wave, each covering >= MIN_KEYS_PER_SPLIT keys."""
@@ -114,20 +107,6 @@ def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.
 # ---------------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------------
-_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # as triton itself: read at import
-_BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
-_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
-
-
-@triton.jit
-def _cast_out(x, DST: tl.constexpr):
-    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
-    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
-    if _INTERPRET and DST == tl.bfloat16:
-        b_bits = x.to(tl.int32, bitcast=True)
-        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
-        x = b_bits.to(tl.float32, bitcast=True)
-    return x.to(DST)
 
 
 @triton.jit

@@ -1,0 +1,37 @@
+"""What the Triton kernel modules (``ops/*/triton_*.py``) share. Imports triton: import it only from
+those modules, which the Triton backend loads on first use."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backends.triton import interpreting  # noqa: F401  (re-exported: one definition, importable without triton)
+
+CPU_NOTIONAL_SMS = 4  # interpreter: pretend 4 SMs so long rows still exercise split-KV / multi-range paths
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors the launch heuristics plan for (CPU_NOTIONAL_SMS when interpreting)."""
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return CPU_NOTIONAL_SMS
+
+
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # as triton itself: read at import
+_BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
+_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
+
+
+@triton.jit
+def cast_out(x, DST: tl.constexpr):
+    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
+    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
+    if _INTERPRET and DST == tl.bfloat16:
+        b_bits = x.to(tl.int32, bitcast=True)
+        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
+        x = b_bits.to(tl.float32, bitcast=True)
+    return x.to(DST)
