@@ -294,6 +294,8 @@ def layer_input_bytes(p) -> int:
 
 
 def _invalid(p) -> Optional[str]:
+    if p["kind"] not in PRESETS[p["preset"]].layer_kinds:  # V4-Pro has no SWA layer
+        return f"{p['preset']} has no {p['kind']} layer"
     Lc = layer_config(p)
     L = int(p["context"])
     if L < max(Lc.window, Lc.compress_ratio):

@@ -47,5 +47,7 @@ def test_bad_configs():
         ModelConfig("x", 64, 2, 4, 16, 2, 16, 8, compress_ratios=(0, 4))
     with pytest.raises(ValueError, match="layer index must be in"):
         V4_FLASH.layer(44)
+    with pytest.raises(ValueError, match="no 'swa' layer"):  # V4-Pro has CSA and HCA layers only
+        V4_PRO.first_layer("swa")
     with pytest.raises(ValueError):
         kind_of_ratio(-1)

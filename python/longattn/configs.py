@@ -145,6 +145,8 @@ class ModelConfig:
 
     def first_layer(self, kind: str) -> LayerConfig:
         """The first decoder layer of a kind (handy for benchmarks and examples)."""
+        if kind not in self.layer_kinds:
+            raise ValueError(f"{self.name}: no {kind!r} layer (its layer kinds: {sorted(set(self.layer_kinds))})")
         return self.layer(self.layer_kinds.index(kind))
 
 

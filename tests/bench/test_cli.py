@@ -27,6 +27,12 @@ def test_list_shows_the_default_suite(capsys):
     assert "csa_layer.decode/v4-flash/ctx=1M/b=1/page=64/bf16" in out and "(default selection)" in out
 
 
+def test_list_of_every_case_skips_layer_kinds_a_preset_lacks(capsys):
+    assert cli.main(["--list", "--all", "--ops", "hybrid_attention.swa"]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid_attention.swa.decode/v4-flash/" in out and "/v4-pro/" not in out  # V4-Pro has no SWA layer
+
+
 def test_tiny_run_writes_a_valid_document(tmp_path, capsys, monkeypatch):
     # a backend whose module cannot be imported is discovered through the registry and recorded
     monkeypatch.setitem(registry._MODULES, "broken_test_backend", "bench_tests_no_such_module")
