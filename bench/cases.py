@@ -623,41 +623,43 @@ register(Family(
     derive=_attn_derive, invalid=_invalid_attn,
     doc="the last `chunk` tokens of one sequence: raw window rows + CSA top-k / HCA visible entries, sink",
 ))  # fmt: skip
-register(Family(
-    group="indexer_topk.decode", op="indexer_topk", ops=("indexer_topk",),
-    axes=_BF16(_without(_ATTN_AXES_DECODE, "kind")), defaults=_without(_DEC_DEFAULTS, "kind"),
-    quick_defaults=_without(_QUICK_DEC, "kind"),
-    build=_build_indexer, cost=_indexer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
-    peers=("dense_einsum",), derive=lambda p: _attn_derive(dict(p, kind="csa")),
-    invalid=lambda p: _invalid_attn(dict(p, kind="csa")),
-    doc="lightning indexer top-k over context//4 paged entries per sequence, one token per sequence",
+
+
+def _csa_family(group, op, ops, mode, build, cost, peers, doc) -> Family:
+    """A family on the CSA geometry only (no `kind` axis; bf16 pools) over the attention axes of `mode`."""
+    if mode == "decode":
+        axes, defaults, quick = _ATTN_AXES_DECODE, _DEC_DEFAULTS, _QUICK_DEC
+    else:
+        axes, defaults, quick = _ATTN_AXES_PREFILL, _PRE_DEFAULTS, _QUICK_PRE
+
+    def csa(p):
+        return dict(p, kind="csa")
+
+    return Family(
+        group=group, op=op, ops=ops,
+        axes=_BF16(_without(axes, "kind")), defaults=_without(defaults, "kind"), quick_defaults=_without(quick, "kind"),
+        build=build, cost=cost, input_bytes=lambda p: _attn_input_bytes(csa(p), True), peers=peers,
+        derive=lambda p: _attn_derive(csa(p)), invalid=lambda p: _invalid_attn(csa(p)), doc=doc,
+    )  # fmt: skip
+
+
+INDEXER_PEERS = ("dense_einsum",)
+LAYER_PEERS = ("dense_sdpa", "dense_einsum", "dense_einsum_fp32")
+register(_csa_family(
+    "indexer_topk.decode", "indexer_topk", ("indexer_topk",), "decode", _build_indexer, _indexer_cost, INDEXER_PEERS,
+    "lightning indexer top-k over context//4 paged entries per sequence, one token per sequence",
 ))  # fmt: skip
-register(Family(
-    group="indexer_topk.prefill", op="indexer_topk", ops=("indexer_topk",),
-    axes=_BF16(_without(_ATTN_AXES_PREFILL, "kind")), defaults=_without(_PRE_DEFAULTS, "kind"),
-    quick_defaults=_without(_QUICK_PRE, "kind"),
-    build=_build_indexer, cost=_indexer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
-    peers=("dense_einsum",), derive=lambda p: _attn_derive(dict(p, kind="csa")),
-    invalid=lambda p: _invalid_attn(dict(p, kind="csa")),
-    doc="lightning indexer top-k for the last `chunk` tokens of one sequence ((p+1)//4 visible entries each)",
+register(_csa_family(
+    "indexer_topk.prefill", "indexer_topk", ("indexer_topk",), "prefill", _build_indexer, _indexer_cost, INDEXER_PEERS,
+    "lightning indexer top-k for the last `chunk` tokens of one sequence ((p+1)//4 visible entries each)",
 ))  # fmt: skip
-register(Family(
-    group="csa_layer.decode", op="csa_layer", ops=("indexer_topk", "sparse_attention"),
-    axes=_BF16(_without(_ATTN_AXES_DECODE, "kind")), defaults=_without(_DEC_DEFAULTS, "kind"),
-    quick_defaults=_without(_QUICK_DEC, "kind"),
-    build=_build_csa_layer, cost=_layer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
-    peers=("dense_sdpa", "dense_einsum", "dense_einsum_fp32"), derive=lambda p: _attn_derive(dict(p, kind="csa")),
-    invalid=lambda p: _invalid_attn(dict(p, kind="csa")),
-    doc="one CSA layer's attention step: indexer_topk(return_slots) -> sparse_attention (the README main job)",
+register(_csa_family(
+    "csa_layer.decode", "csa_layer", ("indexer_topk", "sparse_attention"), "decode", _build_csa_layer, _layer_cost,
+    LAYER_PEERS, "one CSA layer's attention step: indexer_topk(return_slots) -> sparse_attention (the README main job)",
 ))  # fmt: skip
-register(Family(
-    group="csa_layer.prefill", op="csa_layer", ops=("indexer_topk", "sparse_attention"),
-    axes=_BF16(_without(_ATTN_AXES_PREFILL, "kind")), defaults=_without(_PRE_DEFAULTS, "kind"),
-    quick_defaults=_without(_QUICK_PRE, "kind"),
-    build=_build_csa_layer, cost=_layer_cost, input_bytes=lambda p: _attn_input_bytes(dict(p, kind="csa"), True),
-    peers=("dense_sdpa", "dense_einsum", "dense_einsum_fp32"), derive=lambda p: _attn_derive(dict(p, kind="csa")),
-    invalid=lambda p: _invalid_attn(dict(p, kind="csa")),
-    doc="one CSA layer's attention step for a prefill chunk (indexer + sparse attention)",
+register(_csa_family(
+    "csa_layer.prefill", "csa_layer", ("indexer_topk", "sparse_attention"), "prefill", _build_csa_layer, _layer_cost,
+    LAYER_PEERS, "one CSA layer's attention step for a prefill chunk (indexer + sparse attention)",
 ))  # fmt: skip
 
 
