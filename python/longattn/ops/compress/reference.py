@@ -105,8 +105,8 @@ def compress_kv(
 
     # Chunks: the tokens of one sequence are consecutive in the batch. A decode batch (one token per
     # sequence) needs no bookkeeping: every token starts and ends its own chunk.
-    single = T <= 1 or bool((token_rows[1:] != token_rows[:-1]).all())
-    if not single:
+    one_token_chunks = T <= 1 or bool((token_rows[1:] != token_rows[:-1]).all())
+    if not one_token_chunks:
         tok = torch.arange(T, device=a.device)
         new_seq = torch.ones(T, dtype=torch.bool, device=a.device)
         new_seq[1:] = token_rows[1:] != token_rows[:-1]
@@ -159,6 +159,6 @@ def compress_kv(
 
     # 2. State: keep the last `ring` tokens of every sequence (each ring slot written at most once).
     slots, keep = _paged_slots(state_block_table, token_rows, positions % ring, s_page, s_pages)
-    if not single:
+    if not one_token_chunks:
         keep &= positions > positions[chunk_end_tok] - ring
     state_rows.index_copy_(0, slots[keep], ab[keep])
