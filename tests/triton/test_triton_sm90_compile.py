@@ -4,13 +4,14 @@ The interpreter never lowers a kernel, so a kernel that runs there can still fai
 (an op without a lowering, a dot shape the tensor cores reject, shared memory overflow...). This test
 compiles the main configurations down to cubin with the ptxas that ships in the triton wheel, in a
 subprocess without TRITON_INTERPRET (under the interpreter ``@triton.jit`` gives no compilable
-function), and reports registers / spills from ``ptxas -v``.
+function), and checks registers / spills from ``ptxas -v`` and the shared memory a block needs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.triton import HAS_TRITON
 
+SM90_MAX_SHARED_PER_BLOCK = 227 * 1024  # H100 / H200: cudaDevAttrMaxSharedMemoryPerBlockOptin
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -276,6 +278,11 @@ def test_kernels_compile_for_sm90():
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(res.stdout.strip().splitlines()[-1])
     for r in results:
-        print(r["name"], "|", r.get("ptxas", r.get("error", "")))
+        print(r["name"], "| shared", r.get("shared"), "|", r.get("ptxas", r.get("error", "")))
     failed = [r for r in results if not r["ok"]]
     assert not failed, "\n".join(f"{r['name']}: {r['error']}" for r in failed)
+    # a launch needing more shared memory than a block may opt into fails only on the GPU (OutOfResources)
+    too_big = [f"{r['name']}: {r['shared']} B" for r in results if r["shared"] > SM90_MAX_SHARED_PER_BLOCK]
+    assert not too_big, f"over the {SM90_MAX_SHARED_PER_BLOCK} B of shared memory per block: {too_big}"
+    spills = [r["name"] for r in results if re.search(r"[1-9]\d* bytes spill", r.get("ptxas", ""))]
+    assert not spills, f"register spills: {spills}"

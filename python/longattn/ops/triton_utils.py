@@ -35,3 +35,11 @@ def cast_out(x, DST: tl.constexpr):
         b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
         x = b_bits.to(tl.float32, bitcast=True)
     return x.to(DST)
+
+
+@triton.jit
+def and_flag(mask, flag):
+    """``mask & flag`` for a block mask and a scalar flag, written as a select. Triton 3.9's interpreter
+    splats a scalar comparison result with its operands' integer dtype, so ``mask & flag`` becomes an
+    integer array there and ``tl.load`` rejects it as a mask; compiled kernels are the same either way."""
+    return tl.where(flag, mask, False)

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import and_flag
+
 # FP8 record (FlashMLA MODEL1 / vLLM fp8_ds_mla; longattn/cache/fp8.py)
 FP8_DATA_BYTES = 576
 FP8_SCALE_BYTES = 8
@@ -127,7 +129,7 @@ def _store_fp8_record(x, p_u8, p_i16, data_off, scale_off, ok):
     b_mult = ((127 - b_e) << 23).to(tl.float32, bitcast=True)  # 2**-e, e in [-13, 120]
     # [8, 64]
     b_code = _e4m3_bits(x * b_mult[:, None])
-    m_full = ok & (o_t[:, None] >= 0) & (o_c[None, :] >= 0)
+    m_full = and_flag((o_t[:, None] >= 0) & (o_c[None, :] >= 0), ok)
     m_nope = m_full & (o_t < _FP8_NOPE_TILES)[:, None]
     m_rope = m_full & (o_t == _FP8_NOPE_TILES)[:, None]
     tl.store(p_u8 + data_off + o_t[:, None] * _FP8_TILE + o_c[None, :], b_code.to(tl.uint8), mask=m_nope)
@@ -138,7 +140,7 @@ def _store_fp8_record(x, p_u8, p_i16, data_off, scale_off, ok):
         mask=m_rope,
     )
     b_scale = tl.where(o_t < _FP8_NOPE_TILES, b_e + _UE8M0_BIAS, 0)  # byte 7: pad 0
-    tl.store(p_u8 + scale_off + o_t, b_scale.to(tl.uint8), mask=ok & (o_t >= 0))
+    tl.store(p_u8 + scale_off + o_t, b_scale.to(tl.uint8), mask=and_flag(o_t >= 0, ok))
 
 
 @triton.jit
@@ -211,7 +213,7 @@ def _append_fp8_kernel(
     o_t = tl.arange(0, _FP8_TILES)
     o_c = tl.arange(0, _FP8_TILE)
     o_x = o_t[:, None] * _FP8_TILE + o_c[None, :]  # [8, 64]: dims of the row
-    m_x = ok & (o_x >= 0)
+    m_x = and_flag(o_x >= 0, ok)
     b_x = _to_f32(tl.load(p_rows + i_t * stride_rt + o_x * stride_rd, mask=m_x, other=0.0))
     _store_fp8_record(b_x, p_u8, p_i16, o_data, o_scale, ok)
 

@@ -60,7 +60,7 @@ from ..append.triton_append import (
     _store_fp8_record,
     _to_f32,
 )
-from ..triton_utils import interpreting
+from ..triton_utils import and_flag, interpreting
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _FP8_DATA_BYTES = tl.constexpr(576)
@@ -153,7 +153,7 @@ def _emit_entry(
         # [BLOCK_S] source positions of the slots, and where they live
         o_q = p_e - (RING - 1) + o_s
         m_bat = m_s & (o_q >= 0) & (o_q >= cs)
-        m_old = m_s & (o_q >= 0) & (o_q < cs) & row_s_ok
+        m_old = and_flag(m_s & (o_q >= 0) & (o_q < cs), row_s_ok)
         i_rs = tl.where(m_old, o_q, 0) % RING  # ring slot
         i_lp = i_rs // s_page
         m_old = m_old & (i_lp < sbt_cols)
@@ -220,11 +220,11 @@ def _emit_entry(
     else:
         p_o = (b_opg * out_page + i_off) * D + o_k
         if OUT_KIND == 1:
-            tl.store(p_out16 + p_o, _bf16_bits(b_y).to(tl.int16), mask=ok & m_k)
+            tl.store(p_out16 + p_o, _bf16_bits(b_y).to(tl.int16), mask=and_flag(m_k, ok))
         elif OUT_KIND == 2:
-            tl.store(p_out + p_o, b_y.to(tl.float16), mask=ok & m_k)
+            tl.store(p_out + p_o, b_y.to(tl.float16), mask=and_flag(m_k, ok))
         else:
-            tl.store(p_out + p_o, b_y, mask=ok & m_k)
+            tl.store(p_out + p_o, b_y, mask=and_flag(m_k, ok))
 
 
 @triton.jit(do_not_specialize=["T", "s_pages", "sbt_rows", "out_pages", "obt_rows"])
@@ -322,7 +322,7 @@ def _compress_kv_kernel(
         w0 = tl.maximum(t, te - (RING - 1))
         for r0 in range(0, RING, BLOCK_RW):
             o_u = w0 + r0 + tl.arange(0, BLOCK_RW)
-            m_u = (o_u <= te) & row_s_ok
+            m_u = and_flag(o_u <= te, row_s_ok)
             b_pu = tl.load(p_pos + o_u * stride_pos, mask=m_u, other=0).to(tl.int64)
             m_u = m_u & (b_pu > ce - RING)
             i_rs = ((b_pu % RING) + RING) % RING  # floor mod, as torch's

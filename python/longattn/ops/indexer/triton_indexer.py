@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import interpreting
+from ..triton_utils import and_flag, interpreting
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -87,7 +87,7 @@ def _entry_rows(
     """Row offsets ([BLOCK_N] int64) of entries ``o_j`` and whether each has a valid slot."""
     if PAGED:
         o_j64 = o_j.to(tl.int64)
-        m_pg = m_j & seq_ok
+        m_pg = and_flag(m_j, seq_ok)
         b_page = tl.load(p_bt_row + (o_j64 // page_size) * stride_bt_p, mask=m_pg, other=-1).to(tl.int64)
         m_row = m_pg & (b_page >= 0) & (b_page < num_pages)
         o_row = tl.where(m_row, b_page, 0) * stride_kp + (o_j64 % page_size) * stride_ko
@@ -224,7 +224,9 @@ def _write_topk(
     b_low = b_run - ((b_run >> 32) << 32)  # low 32 bits, as a non-negative int64
     b_id = (_HIGH - b_low) - 1  # [TOPK_P2] int64 entry ids
     if TO_SLOTS:
-        b_page = tl.load(p_bt_row + (b_id // page_size) * stride_bt_p, mask=m_sel & seq_ok, other=0).to(tl.int64)
+        b_page = tl.load(p_bt_row + (b_id // page_size) * stride_bt_p, mask=and_flag(m_sel, seq_ok), other=0).to(
+            tl.int64
+        )
         b_id = b_page * page_size + b_id % page_size
     tl.store(p_out_idx + i_t * stride_oi + o_k, tl.where(m_sel, b_id, -1).to(tl.int32), mask=m_k)
     tl.store(p_out_len + i_t, tl.sum(m_sel.to(tl.int32), 0))

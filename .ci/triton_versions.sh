@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The Triton kernels must keep working on triton 3.6 through 3.9 (the GPU image ships 3.6.0; CUDA
+# torch 2.13 pins 3.7.1, which the main test run uses). This runs tests/triton under the interpreter
+# (and the offline sm_90 compile) with each other release, installed beside the venv's packages with
+# --target and put first on PYTHONPATH. triton 3.6's interpreter needs numpy < 2.4 (its range() over
+# program-derived bounds fails with numpy >= 2.4), so that numpy rides along in 3.6's directory.
+# Run inside the activated venv from the repository root: bash .ci/triton_versions.sh [version...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+versions=("$@")
+[ ${#versions[@]} -eq 0 ] && versions=(3.6.0 3.8.0 3.9.0)
+for v in "${versions[@]}"; do
+  dir=".ci-cache/triton-$v"
+  extra=()
+  [[ "$v" == 3.6.* ]] && extra=("numpy<2.4")
+  if [ ! -f "$dir/.installed" ]; then
+    rm -rf "$dir"
+    pip install -q --no-deps --target "$dir" "triton==$v" "${extra[@]}"
+    touch "$dir/.installed"
+  fi
+  echo "== tests/triton with triton $v"
+  PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}" python -c "import triton; assert triton.__version__ == '$v', triton.__file__"
+  PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}" python -m pytest tests/triton -q -p no:cacheprovider -W ignore::DeprecationWarning
+done
