@@ -4,6 +4,8 @@
 # Writes under $OUT (default .device_out/): env.txt, pytest-<shard>.log / junit-<shard>.xml /
 # pytest-<shard>.rc, summary.txt, triton_grid.json (+ .log), bench/ (the bench CLI's JSON, if present).
 # Total wall time is bounded (~7 min): every step runs under `timeout` with what is left of the budget.
+# SMOKE=1 checks this script's plumbing on a CPU (tests/bench/test_gpu_check.py): the interpreter, the
+# test shards only collected, the grid at tiny shapes, the bench CLI only listing its cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/.device_out}"
@@ -15,7 +17,9 @@ left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 # The package from the working tree (no pip, no build): python/ for longattn, the root for tests/ and bench/.
 export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Compiled kernels on the GPU: tests/conftest.py defaults TRITON_INTERPRET to 1 only when it is unset.
-export TRITON_INTERPRET=0
+SMOKE="${SMOKE:-0}"
+if [ "$SMOKE" = 1 ]; then export TRITON_INTERPRET=1; else export TRITON_INTERPRET=0; fi
+COLLECT_ONLY=(); [ "$SMOKE" = 1 ] && COLLECT_ONLY=(--collect-only)
 export PYTHONDONTWRITEBYTECODE=1
 
 {
@@ -48,7 +52,7 @@ EOF
 run_shard() {
   local name=$1; shift
   local rc=0
-  timeout "$SHARD_TIMEOUT" python -m pytest "$@" -q -rfEs -p no:cacheprovider \
+  timeout "$SHARD_TIMEOUT" python -m pytest "$@" "${COLLECT_ONLY[@]}" -q -rfEs -p no:cacheprovider \
     --junitxml="$OUT/junit-$name.xml" >"$OUT/pytest-$name.log" 2>&1 || rc=$?
   echo "$rc" >"$OUT/pytest-$name.rc"
 }
@@ -61,6 +65,7 @@ run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
 run_shard sparse_rest $T/test_triton_sparse_attention.py -k "not cases_public_api and not cases_split_kv" &
 run_shard indexer     $T/test_triton_indexer.py &
 run_shard combine     $T/test_triton_combine.py $T/test_triton_backend.py &
+run_shard cache_ops   $T/test_triton_cache_ops.py &
 wait
 {
   echo "== test summary ($(( $(date +%s) - START ))s elapsed)"
@@ -77,7 +82,8 @@ if [ "$GRID_TIMEOUT" -gt 30 ]; then
   [ "$GRID_TIMEOUT" -gt 200 ] && GRID_TIMEOUT=200
   echo "== bench/triton_grid.py (timeout ${GRID_TIMEOUT}s)"
   rc=0
-  timeout "$GRID_TIMEOUT" python bench/triton_grid.py --out "$OUT/triton_grid.json" 2>&1 | tee "$OUT/triton_grid.log" || rc=$?
+  GRID_ARGS=(); [ "$SMOKE" = 1 ] && GRID_ARGS=(--smoke --no-sweep)
+  timeout "$GRID_TIMEOUT" python bench/triton_grid.py "${GRID_ARGS[@]}" --out "$OUT/triton_grid.json" 2>&1 | tee "$OUT/triton_grid.log" || rc=$?
   echo "triton_grid rc=$rc" | tee -a "$OUT/summary.txt"
 else
   echo "== skipping bench/triton_grid.py: no time left" | tee -a "$OUT/summary.txt"
@@ -89,8 +95,9 @@ if python -m bench --help 2>/dev/null | grep -q -- "--backends"; then
   if [ "$BENCH_TIMEOUT" -gt 45 ]; then
     echo "== python -m bench (timeout ${BENCH_TIMEOUT}s)"
     rc=0
-    timeout "$BENCH_TIMEOUT" python -m bench --device cuda --backends triton reference --out "$OUT/bench" \
-      --ops sparse_attention indexer_topk merge_attention_states --no-plots 2>&1 | tee "$OUT/bench.log" || rc=$?
+    BENCH_ARGS=(--device cuda); [ "$SMOKE" = 1 ] && BENCH_ARGS=(--device cpu --list)
+    timeout "$BENCH_TIMEOUT" python -m bench "${BENCH_ARGS[@]}" --backends triton reference --out "$OUT/bench" \
+      --ops sparse_attention indexer_topk csa_layer.decode merge_attention_states --no-plots 2>&1 | tee "$OUT/bench.log" || rc=$?
     echo "bench rc=$rc" | tee -a "$OUT/summary.txt"
   else
     echo "== skipping python -m bench: no time left" | tee -a "$OUT/summary.txt"

@@ -1,12 +1,16 @@
 """A small GPU benchmark grid of the Triton backend (and the reference on the same device).
 
     python bench/triton_grid.py --out results.json [--quick] [--no-sweep]
+    python bench/triton_grid.py --smoke --out /tmp/g.json   # CPU, TRITON_INTERPRET=1: tiny shapes, checks the plumbing
 
-Cases (DeepSeek-V4 decode shapes, bf16, D = 512):
+Cases (DeepSeek-V4 shapes, bf16, D = 512):
 - sparse decode CSA: H = 128, 128 window keys + 1,024 compressed keys per token (T = 1, 64);
-- sparse decode HCA: H = 128, 128 + 8,192 keys (T = 1, 16);
+- sparse decode HCA: H = 128, 128 + 8,192 keys (T = 1, 16), and at T = 1 the 8,192 entries read in order
+  from a contiguous pool vs from 64-slot pages scattered over the pool (paged within 10% is the goal);
 - sparse decode CSA with an FP8 compressed pool (T = 64);
-- indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8);
+- sparse prefill: V4-Flash (H = 64, 128 + 512 keys, T = 4,096) and V4-Pro (H = 128, 128 + 1,024, T = 2,048);
+- indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8), contiguous keys and, at
+  T = 1, the same keys in 64-entry pages scattered over the pool (block table);
 - cache writes: append_kv (bf16 pool T = 64; FP8 pool T = 64, 8,192) and compress_kv (CSA decode of
   64 sequences, CSA / HCA prefill of 8,192 tokens; d = 512, bf16 inputs).
 Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
@@ -38,8 +42,15 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 
 import longattn  # noqa: E402
 
+SMOKE = False  # --smoke: tiny shapes on the CPU under TRITON_INTERPRET=1, one timed call each
+
 
 def bench_ms(fn, quick=False):
+    if SMOKE:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     import triton.testing
 
     return float(
@@ -48,12 +59,12 @@ def bench_ms(fn, quick=False):
 
 
 def ceilings(device, quick=False):
-    n = (256 if quick else 1024) << 20  # bytes
+    n = (1 if SMOKE else 256 if quick else 1024) << 20  # bytes
     src = torch.empty(n // 2, dtype=torch.bfloat16, device=device).normal_()
     dst = torch.empty_like(src)
     ms = bench_ms(lambda: dst.copy_(src), quick)
     copy_gbs = 2 * n / (ms * 1e-3) / 1e9
-    m = 8192
+    m = 256 if SMOKE else 8192
     a = torch.randn(m, m, device=device, dtype=torch.bfloat16)
     b = torch.randn(m, m, device=device, dtype=torch.bfloat16)
     ms = bench_ms(lambda: a @ b, quick)
@@ -61,9 +72,12 @@ def ceilings(device, quick=False):
     return {"copy_GBps": copy_gbs, "bf16_matmul_TFLOPs": mm_tflops}
 
 
-def sparse_case(device, T, H, D, window, comp_keys, pool="bf16", seed=0):
+def sparse_case(device, T, H, D, window, comp_keys, pool="bf16", layout="random", seed=0):
+    """layout of the compressed keys: "random" (top-k picks: uniform slots), "contiguous" (every token
+    reads slots 0 .. comp_keys-1 in order: HCA over a contiguous pool), "paged" (the same entries, held in
+    64-slot pages scattered over the pool: HCA over a paged pool)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    n_win, n_comp = 4 * window * max(T, 1), max(4 * comp_keys, 16384)
+    n_win, n_comp = 4 * window * max(T, 1), max(4 * comp_keys, 256 if SMOKE else 16384)
     q = torch.randn(T, H, D, generator=g).to(device, torch.bfloat16)
     kv = torch.randn(n_win, D, generator=g).to(device, torch.bfloat16)
     comp = torch.randn(n_comp, D, generator=g).to(device, torch.bfloat16)
@@ -74,7 +88,16 @@ def sparse_case(device, T, H, D, window, comp_keys, pool="bf16", seed=0):
         comp = quantize_kv_fp8(comp[: n_comp // page * page].view(-1, page, D))
         n_comp = comp.num_slots
     win = torch.randint(0, n_win, (T, window), generator=g).int().to(device)
-    cidx = torch.randint(0, n_comp, (T, comp_keys), generator=g).int().to(device)
+    if layout == "random":
+        cidx = torch.randint(0, n_comp, (T, comp_keys), generator=g)
+    else:
+        cidx = torch.arange(comp_keys)
+        if layout == "paged":
+            page = 64
+            pages = torch.randperm(n_comp // page, generator=g)[: -(-comp_keys // page)]
+            cidx = pages.repeat_interleave(page)[:comp_keys] * page + cidx % page
+        cidx = cidx.expand(T, comp_keys)
+    cidx = cidx.int().contiguous().to(device)
     sink = torch.randn(H, generator=g).to(device)
     args = dict(q=q, kv=kv, indices=win, extra_kv=comp, extra_indices=cidx, attn_sink=sink)
     keys = window + comp_keys
@@ -84,15 +107,28 @@ def sparse_case(device, T, H, D, window, comp_keys, pool="bf16", seed=0):
     return args, flops, nbytes
 
 
-def indexer_case(device, T, N, Hi=64, Di=128, topk=512, seed=0):
+def indexer_case(device, T, N, Hi=64, Di=128, topk=512, page=None, seed=0):
+    """(positional args, keyword args), FLOPs, bytes. With ``page``: the same N keys in pages of ``page``
+    entries scattered over a pool twice as large (block table, one sequence)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(T, Hi, Di, generator=g).to(device, torch.bfloat16)
     w = torch.randn(T, Hi, generator=g).to(device)
-    k = torch.randn(N, Di, generator=g).to(device, torch.bfloat16)
+    k = torch.randn(N, Di, generator=g)
+    kw = {}
+    if page:
+        n_pages = N // page
+        table = torch.randperm(2 * n_pages, generator=g)[:n_pages]
+        pool = torch.zeros(2 * n_pages, page, Di)
+        pool[table] = k.view(n_pages, page, Di)
+        k = pool
+        kw = dict(
+            block_table=table.view(1, -1).int().to(device), seq_ids=torch.zeros(T, dtype=torch.int32, device=device)
+        )
+    k = k.to(device, torch.bfloat16)
     ve = torch.full((T,), N, dtype=torch.int32, device=device)
     flops = 2 * T * Hi * N * Di
     nbytes = T * N * Di * 2 + T * Hi * (Di * 2 + 4) + T * topk * 4
-    return (q, w, k, ve, topk), flops, nbytes
+    return ((q, w, k, ve, topk), kw), flops, nbytes
 
 
 def record(name, backend, ms, flops, nbytes, ceil, err=None, extra=None):
@@ -242,11 +278,21 @@ def _with_pool(args, key):
 
 
 def run_cache_writes(device, ceil, quick, results):
-    for name, kw in [
+    appends = [
         ("append_kv bf16 pool T=64 D=512", dict(T=64)),
         ("append_kv fp8 pool T=64", dict(T=64, pool="fp8")),
         ("append_kv fp8 pool T=8192", dict(T=8192, pool="fp8")),
-    ]:
+    ]
+    compresses = [
+        ("compress_kv CSA decode B=64 d=512 fp8", dict(B=64, L=1, ratio=4, overlap=True, start=1023)),
+        ("compress_kv CSA prefill T=8192 d=512 fp8", dict(B=1, L=8192, ratio=4, overlap=True)),
+        ("compress_kv HCA prefill T=8192 d=512 bf16", dict(B=1, L=8192, ratio=128, overlap=False, out="bf16")),
+    ]
+    if SMOKE:
+        appends = [(n, {**kw, "T": 4, "num_slots": 256}) for n, kw in appends]
+        compresses = [(n, {**kw, "B": min(kw["B"], 2), "L": min(kw["L"], 9), "ratio": min(kw["ratio"], 8)})
+                      for n, kw in compresses]  # fmt: skip
+    for name, kw in appends:
         try:
             args, nbytes = append_case(device, **kw)
             at, ar = _with_pool(args, "pool"), _with_pool(args, "pool")
@@ -259,11 +305,7 @@ def run_cache_writes(device, ceil, quick, results):
         except Exception:
             traceback.print_exc()
             results.append({"case": name, "error": traceback.format_exc()[-2000:]})
-    for name, kw in [
-        ("compress_kv CSA decode B=64 d=512 fp8", dict(B=64, L=1, ratio=4, overlap=True, start=1023)),
-        ("compress_kv CSA prefill T=8192 d=512 fp8", dict(B=1, L=8192, ratio=4, overlap=True)),
-        ("compress_kv HCA prefill T=8192 d=512 bf16", dict(B=1, L=8192, ratio=128, overlap=False, out="bf16")),
-    ]:
+    for name, kw in compresses:
         try:
             args, nbytes = compress_case(device, **kw)
             at, ar = _with_pool(args, "out"), _with_pool(args, "out")
@@ -281,21 +323,96 @@ def run_cache_writes(device, ceil, quick, results):
             results.append({"case": name, "error": traceback.format_exc()[-2000:]})
 
 
+def _smoke(kw):
+    """The same case at interpreter size (--smoke): every code path, tiny shapes."""
+    small = dict(T=min(kw["T"], 2), H=5, D=512 if kw.get("pool") == "fp8" else 64, window=8, comp_keys=96)
+    return {**kw, **{k: v for k, v in small.items() if k in kw}}
+
+
+SWEPT = ("sparse decode CSA H=128 128+1024 T=64", "sparse decode HCA H=128 128+8192 T=1")
+
+
+def sparse_cases():
+    cases = [
+        ("sparse decode CSA H=128 128+1024 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=1024)),
+        ("sparse decode CSA H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024)),
+        ("sparse decode HCA H=128 128+8192 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=8192)),
+        ("sparse decode HCA H=128 128+8192 T=16", dict(T=16, H=128, D=512, window=128, comp_keys=8192)),
+        ("sparse decode HCA contiguous pool H=128 128+8192 T=1",
+         dict(T=1, H=128, D=512, window=128, comp_keys=8192, layout="contiguous")),
+        ("sparse decode HCA paged pool (page 64) H=128 128+8192 T=1",
+         dict(T=1, H=128, D=512, window=128, comp_keys=8192, layout="paged")),
+        ("sparse decode CSA fp8 H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024, pool="fp8")),
+        ("sparse prefill V4-Flash H=64 128+512 T=4096", dict(T=4096, H=64, D=512, window=128, comp_keys=512)),
+        ("sparse prefill V4-Pro H=128 128+1024 T=2048", dict(T=2048, H=128, D=512, window=128, comp_keys=1024)),
+    ]  # fmt: skip
+    return [(n, _smoke(kw)) for n, kw in cases] if SMOKE else cases
+
+
+def indexer_cases():
+    cases = [
+        ("indexer top-512 decode N=262144 T=1", dict(T=1, N=262_144)),
+        ("indexer top-512 decode N=262144 T=8", dict(T=8, N=262_144)),
+        ("indexer top-512 decode N=262144 T=1 paged (page 64)", dict(T=1, N=262_144, page=64)),
+    ]
+    if SMOKE:
+        return [(n, {**kw, "N": 1024, "Hi": 4, "Di": 32, "topk": 16}) for n, kw in cases]
+    return cases
+
+
+# issue 4's performance goals: (what, case, metric, target); "paged" rows compare two cases' ms
+GOALS = [
+    ("sparse decode >= 50% of bf16 peak", "sparse decode CSA H=128 128+1024 T=64", "frac_bf16_peak", 0.5),
+    ("HCA decode at 1M >= 80% of copy bandwidth", "sparse decode HCA H=128 128+8192 T=1", "frac_copy_bw", 0.8),
+    ("indexer decode >= 80% of copy bandwidth", "indexer top-512 decode N=262144 T=1", "frac_copy_bw", 0.8),
+    ("prefill >= 40% of bf16 peak (V4-Flash)", "sparse prefill V4-Flash H=64 128+512 T=4096", "frac_bf16_peak", 0.4),
+    ("prefill >= 40% of bf16 peak (V4-Pro)", "sparse prefill V4-Pro H=128 128+1024 T=2048", "frac_bf16_peak", 0.4),
+    ("HCA paged pool within 10% of contiguous", ("sparse decode HCA paged pool (page 64) H=128 128+8192 T=1",
+     "sparse decode HCA contiguous pool H=128 128+8192 T=1"), "paged_over_contiguous_ms", 1.1),
+    ("indexer paged keys within 10% of contiguous", ("indexer top-512 decode N=262144 T=1 paged (page 64)",
+     "indexer top-512 decode N=262144 T=1"), "paged_over_contiguous_ms", 1.1),
+]  # fmt: skip
+
+
+def goals(results):
+    """The goals above evaluated on the triton rows of ``results`` (value None when a case failed)."""
+    ms = {r["case"]: r for r in results if r.get("backend") == "triton" and "ms" in r}
+    out = []
+    for what, case, metric, target in GOALS:
+        if isinstance(case, tuple):
+            paged, contiguous = (ms.get(c) for c in case)
+            value = paged["ms"] / contiguous["ms"] if paged and contiguous else None
+            met = value is not None and value <= target
+        else:
+            value = ms[case][metric] if case in ms else None
+            met = value is not None and value >= target
+        out.append(dict(goal=what, case=case, metric=metric, target=target, value=value, met=met))
+        shown = "failed / not run" if value is None else f"{value:.3f}"
+        print(f"  goal {'MET' if met else 'NOT MET':7s} {what}: {metric} = {shown} (target {target})", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/triton_grid.json")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("triton_grid: needs a CUDA device", file=sys.stderr)
+    global SMOKE
+    SMOKE = a.smoke
+    if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
+        print("triton_grid --smoke: set TRITON_INTERPRET=1 before starting Python", file=sys.stderr)
+        return 2
+    if not SMOKE and not torch.cuda.is_available():
+        print("triton_grid: needs a CUDA device (or --smoke on the CPU)", file=sys.stderr)
         return 2
     import triton
 
-    device = torch.device("cuda")
+    device = torch.device("cpu" if SMOKE else "cuda")
     t0 = time.time()
     doc = {
-        "device": torch.cuda.get_device_name(),
+        "device": "cpu (interpreter smoke run)" if SMOKE else torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
@@ -308,13 +425,7 @@ def main(argv=None):
         f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['bf16_matmul_TFLOPs']:.0f} TFLOP/s", flush=True
     )
     res = doc["results"]
-    cases = [
-        ("sparse decode CSA H=128 128+1024 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=1024)),
-        ("sparse decode CSA H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024)),
-        ("sparse decode HCA H=128 128+8192 T=1", dict(T=1, H=128, D=512, window=128, comp_keys=8192)),
-        ("sparse decode HCA H=128 128+8192 T=16", dict(T=16, H=128, D=512, window=128, comp_keys=8192)),
-        ("sparse decode CSA fp8 H=128 128+1024 T=64", dict(T=64, H=128, D=512, window=128, comp_keys=1024, pool="fp8")),
-    ]
+    cases = sparse_cases()
     for name, kw in cases:
         try:
             args, flops, nbytes = sparse_case(device, **kw)
@@ -322,14 +433,15 @@ def main(argv=None):
         except Exception:
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
-    for T in (1, 8):
-        name = f"indexer top-512 decode N=262144 T={T}"
+    for name, kw in indexer_cases():
         try:
-            (q, w, k, ve, topk), flops, nbytes = indexer_case(device, T, 262_144)
-            it, lt = longattn.indexer_topk(q, w, k, ve, topk, backend="triton")
-            ir, lr = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
+            ((q, w, k, ve, topk), pkw), flops, nbytes = indexer_case(device, **kw)
+            it, lt = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="triton")
+            ir, lr = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="reference")
             same = float((it == ir).float().mean())
-            ms = bench_ms(lambda ia=(q, w, k, ve, topk): longattn.indexer_topk(*ia, backend="triton"), a.quick)
+            ms = bench_ms(
+                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="triton"), a.quick
+            )
             res.append(
                 record(
                     name,
@@ -342,20 +454,24 @@ def main(argv=None):
                     {"same_indices_fraction": same, "lengths_equal": bool(torch.equal(lt, lr))},
                 )
             )
-            ms = bench_ms(lambda ia=(q, w, k, ve, topk): longattn.indexer_topk(*ia, backend="reference"), a.quick)
+            ms = bench_ms(
+                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="reference"), a.quick
+            )
             res.append(record(name, "reference", ms, flops, nbytes, ceil))
         except Exception:
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
     run_cache_writes(device, ceil, a.quick, res)
     if not a.no_sweep:
-        for name, kw in cases[1:3]:
+        for name, kw in [c for c in cases if c[0] in SWEPT]:
             try:
                 args, flops, nbytes = sparse_case(device, **kw)
                 sweep_sparse(name, args, flops, nbytes, ceil, a.quick, res)
             except Exception:
                 traceback.print_exc()
                 res.append({"case": name + " sweep", "error": traceback.format_exc()[-2000:]})
+    print("goals (triton backend):", flush=True)
+    doc["goals"] = goals(res)
     doc["wall_s"] = time.time() - t0
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

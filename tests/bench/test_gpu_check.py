@@ -1,0 +1,60 @@
+"""bench/gpu_check.sh is run once, on a lent GPU, with no second chance inside the same task: its plumbing
+is checked here on the CPU (SMOKE=1: interpreter, test shards only collected, the grid at tiny shapes,
+the bench CLI only listing). The shards must cover every test of tests/triton that can run on a GPU, and
+the grid must produce every case and goal without an error."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench import triton_grid
+from tests.triton import HAS_TRITON
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SM90_COMPILE = "tests/triton/test_triton_sm90_compile.py"  # offline compile: not run on the GPU itself
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+def _node_ids(text: str) -> set:
+    return set(re.findall(r"^(tests/\S+::\S+)$", text, re.M))
+
+
+def test_gpu_check_smoke_run(tmp_path):
+    env = dict(os.environ, SMOKE="1", OUT=str(tmp_path), BUDGET_S="300")
+    res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    shards = sorted(f for f in os.listdir(tmp_path) if f.startswith("pytest-") and f.endswith(".log"))
+    assert shards, res.stdout[-3000:]
+    collected = set()
+    for log in shards:
+        rc = (tmp_path / log.replace(".log", ".rc")).read_text().strip()
+        text = (tmp_path / log).read_text()
+        assert rc == "0", f"{log}: rc {rc}\n{text[-2000:]}"
+        collected |= _node_ids(text)
+    everything = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/triton", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    expected = {n for n in _node_ids(everything.stdout) if not n.startswith(SM90_COMPILE)}
+    assert expected, everything.stdout[-2000:]
+    assert collected == expected, f"not in any shard: {sorted(expected - collected)[:10]}"
+
+    with open(tmp_path / "triton_grid.json") as f:
+        grid = json.load(f)
+    errors = [r["case"] for r in grid["results"] if "error" in r]
+    assert not errors, errors
+    cases = {r["case"] for r in grid["results"]}
+    for name in [n for n, _ in triton_grid.sparse_cases()] + [n for n, _ in triton_grid.indexer_cases()]:
+        assert name in cases
+    assert [g["goal"] for g in grid["goals"]] == [g[0] for g in triton_grid.GOALS]
+    assert all(g["value"] is not None for g in grid["goals"]), grid["goals"]
+    assert "bench rc=0" in (tmp_path / "summary.txt").read_text()
