@@ -12,7 +12,8 @@ Cases (DeepSeek-V4 shapes, bf16, D = 512):
 - indexer top-512 decode over 262,144 entries (64 heads x 128 dims, T = 1, 8), contiguous keys and, at
   T = 1, the same keys in 64-entry pages scattered over the pool (block table);
 - cache writes: append_kv (bf16 pool T = 64; FP8 pool T = 64, 8,192) and compress_kv (CSA decode of
-  64 sequences, CSA / HCA prefill of 8,192 tokens; d = 512, bf16 inputs).
+  64 sequences, CSA / HCA prefill of 8,192 tokens; d = 512, bf16 inputs);
+- compress_pool (stateless pooling) of a 65,536-token prefill, CSA and HCA, d = 512.
 Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
 against the reference (max abs error), and reported as ms, TFLOP/s and GB/s with fractions of the
 ceilings measured in the same run (device-to-device copy bandwidth, bf16 matmul throughput). The
@@ -268,6 +269,29 @@ def compress_case(device, B, L, ratio, overlap, out="fp8", d=512, start=0, seed=
     return args, nbytes
 
 
+def run_compress_pool(device, ceil, quick, results):
+    """Stateless pooling of a prefill (CSA: ratio 4 with overlap; HCA: ratio 128), bf16 a / b, d = 512."""
+    for name, S, ratio, overlap in [
+        ("compress_pool CSA S=65536 d=512", 65536, 4, True),
+        ("compress_pool HCA S=65536 d=512", 65536, 128, False),
+    ]:
+        try:
+            S, d = (2 * ratio + 3, 64) if SMOKE else (S, 512)
+            c = 2 if overlap else 1
+            g = torch.Generator(device="cpu").manual_seed(S + ratio)
+            a = torch.randn(S, c * d, generator=g).to(device, torch.bfloat16)
+            b = torch.randn(S, c * d, generator=g).to(device, torch.bfloat16)
+            args = (a, b, ratio, overlap)
+            err = float((longattn.compress_pool(*args, backend="triton") - longattn.compress_pool(*args)).abs().max())
+            nbytes = 2 * S * c * d * 2 + (S // ratio) * d * 4  # a and b read once, fp32 entries written
+            for be in ("triton", "reference"):
+                ms = bench_ms(lambda be=be, args=args: longattn.compress_pool(*args, backend=be), quick)
+                results.append(record(name, be, ms, 0, nbytes, ceil, err if be == "triton" else None))
+        except Exception:
+            traceback.print_exc()
+            results.append({"case": name, "error": traceback.format_exc()[-2000:]})
+
+
 def _with_pool(args, key):
     """A copy of args whose mutable tensors (the pool / state) are fresh clones."""
     a = dict(args)
@@ -462,6 +486,7 @@ def main(argv=None):
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
     run_cache_writes(device, ceil, a.quick, res)
+    run_compress_pool(device, ceil, a.quick, res)
     if not a.no_sweep:
         for name, kw in [c for c in cases if c[0] in SWEPT]:
             try:

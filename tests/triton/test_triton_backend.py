@@ -63,9 +63,8 @@ def test_select_picks_triton_for_cuda_tensors():
         return_slots=False,
     )
     assert registry.select("indexer_topk", cuda, idx_args) is triton_backend.ops["indexer_topk"].fn
-    # compress_pool has no Triton kernel: the reference runs it
-    ref = registry.get_backend("reference")
-    assert registry.select("compress_pool", cuda, {}) is ref.ops["compress_pool"].fn
+    pool_args = dict(a=torch.empty(8, 4), b=torch.empty(8, 4), ratio=4, overlap=False)
+    assert registry.select("compress_pool", cuda, pool_args) is triton_backend.ops["compress_pool"].fn
 
 
 @pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)

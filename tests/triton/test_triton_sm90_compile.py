@@ -262,6 +262,18 @@ def compile_all() -> list:
             cfg["num_warps"],
             1,
         )
+    for ratio, c, dt in [(4, 2, "*bf16"), (128, 1, "*bf16"), (4, 2, "*fp32")]:
+        cfg = tcp.pool_config(512, ratio, c, cuda)
+        build(
+            f"compress_pool ratio={ratio} c={c} {dt} {cfg}",
+            tcp._compress_pool_kernel,
+            dict(p_a=dt, p_b=dt, p_out="*fp32", d="i32"),
+            dict(
+                RATIO=ratio, C=c, BLOCK_S=cfg["BLOCK_S"], BLOCK_C=cfg["BLOCK_C"], stride_ac=1, stride_bc=1, stride_od=1
+            ),  # fmt: skip
+            cfg["num_warps"],
+            1,
+        )
     return results
 
 

@@ -166,6 +166,16 @@ def _compress_kv(**args):
     return _kernels("compress").compress_kv(**args)
 
 
+def _compress_pool(**args):
+    return _kernels("compress").compress_pool(**args)
+
+
+def _compress_pool_reasons(a, **_) -> List[str]:
+    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return [f"a / b must be fp32 / bf16 / fp16, got {a.dtype}"]
+    return []
+
+
 def _indexer_logits(**args):
     return _kernels("indexer").indexer_logits(**args)
 
@@ -186,6 +196,7 @@ BACKEND = Backend(
         "indexer_topk": OpImpl(_indexer_topk, _indexer_topk_reasons),
         "append_kv": OpImpl(_append_kv, _append_kv_reasons),
         "compress_kv": OpImpl(_compress_kv, _compress_kv_reasons),
+        "compress_pool": OpImpl(_compress_pool, _compress_pool_reasons),
     },
     unavailable=_unavailable(),
 )

@@ -75,6 +75,27 @@ SEARCH_PROBES = 64  # BLOCK_K of the run-end search
 
 
 @triton.jit
+def _pool_step(b_s, b_v, b_m, b_l, b_acc):
+    """One tile of the per-channel online softmax over the slot axis: scores / values [BLOCK_S, C]
+    (absent slots: score -inf, value 0) into the running max / denominator / numerator [C]."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, axis=0))
+    b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, b_m_new)  # no slot yet: keep exp finite
+    b_alpha = tl.exp(b_m - b_m_safe)
+    b_p = tl.exp(b_s - b_m_safe[None, :])
+    b_l = b_l * b_alpha + tl.sum(b_p, axis=0)
+    b_acc = b_acc * b_alpha + tl.sum(b_p * b_v, axis=0)
+    return b_m_new, b_l, b_acc
+
+
+@triton.jit
+def _pool_result(b_l, b_acc, m_k):
+    """numerator / denominator; 0 for a channel without any slot (or a NaN / inf score: as the
+    reference, whose ``denom > 0`` test fails for a NaN denominator) and outside ``m_k``."""
+    m_has = b_l > 0.0
+    return tl.where(m_has & m_k, tl.div_rn(b_acc, tl.where(m_has, b_l, 1.0)), 0.0)
+
+
+@triton.jit
 def _run_end(p_rows, stride_rows, t, row_t, T, BLOCK_K: tl.constexpr):
     """Index of the last token of the run starting at token ``t`` (tokens ``t .. te`` have row
     ``row_t``, token ``te + 1`` does not or is past ``T``). Membership is a prefix of ``[t, T)``, so a
@@ -176,16 +197,8 @@ def _emit_entry(
         b_vr = tl.load(p_srow, mask=m_o2, other=0.0)
         b_s = tl.where(m_b2, b_sb, tl.where(m_o2, b_sr, _NEG_INF))
         b_v = tl.where(m_b2, b_va, tl.where(m_o2, b_vr, 0.0))
-        # online softmax over the slot axis, per channel
-        b_m_new = tl.maximum(b_m, tl.max(b_s, axis=0))
-        b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, b_m_new)  # no slot yet: keep exp finite
-        b_alpha = tl.exp(b_m - b_m_safe)
-        b_p = tl.exp(b_s - b_m_safe[None, :])
-        b_l = b_l * b_alpha + tl.sum(b_p, axis=0)
-        b_acc = b_acc * b_alpha + tl.sum(b_p * b_v, axis=0)
-        b_m = b_m_new
-    m_has = b_l > 0.0
-    b_x = tl.where(m_has & m_k, tl.div_rn(b_acc, tl.where(m_has, b_l, 1.0)), 0.0)
+        b_m, b_l, b_acc = _pool_step(b_s, b_v, b_m, b_l, b_acc)  # online softmax over the slot axis
+    b_x = _pool_result(b_l, b_acc, m_k)
     # RMSNorm (fp32): x * (1 / sqrt(mean(x^2) + eps)) * w
     b_ms = tl.div_rn(tl.sum(b_x * b_x, axis=0), D * 1.0)
     b_inv = tl.div_rn(1.0, tl.sqrt_rn(b_ms + eps))
@@ -342,9 +355,71 @@ def _compress_kv_kernel(
                 tl.store(p_srow + W, b_xb, mask=m)
 
 
+@triton.jit
+def _compress_pool_kernel(
+    p_a, stride_at, stride_ac, p_b, stride_bt, stride_bc, p_out, stride_oe, stride_od, d,
+    RATIO: tl.constexpr, C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``compress_pool``: program (e, channel tile) pools entry e over its C * RATIO slots. Slot i of
+    an overlapping entry is token (e - 1) * RATIO + i, half A, for i < RATIO, else token
+    e * RATIO + i - RATIO, half B (block -1 is absent); without overlap token e * RATIO + i."""
+    RING: tl.constexpr = C * RATIO
+    i_e = tl.program_id(0).to(tl.int64)
+    o_k = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_k = o_k < d
+    b_m = tl.full([BLOCK_C], _NEG_INF, tl.float32)
+    b_l = tl.zeros([BLOCK_C], tl.float32)
+    b_acc = tl.zeros([BLOCK_C], tl.float32)
+    for s0 in range(0, RING, BLOCK_S):
+        o_s = s0 + tl.arange(0, BLOCK_S)
+        o_t = (i_e - (C - 1)) * RATIO + o_s  # [BLOCK_S] tokens of the slots
+        m_s = (o_s < RING) & (o_t >= 0)
+        if C == 2:
+            o_half = tl.where(o_s >= RATIO, d, 0)  # previous block: half A; own block: half B
+        else:
+            o_half = o_s * 0
+        o_col = o_half[:, None] + o_k[None, :]
+        m_2 = m_s[:, None] & m_k[None, :]
+        o_t = tl.where(m_s, o_t, 0)
+        b_s = _to_f32(tl.load(p_b + o_t[:, None] * stride_bt + o_col * stride_bc, mask=m_2, other=0.0))
+        b_v = _to_f32(tl.load(p_a + o_t[:, None] * stride_at + o_col * stride_ac, mask=m_2, other=0.0))
+        b_s = tl.where(m_2, b_s, _NEG_INF)  # absent slots
+        b_m, b_l, b_acc = _pool_step(b_s, b_v, b_m, b_l, b_acc)
+    tl.store(p_out + i_e * stride_oe + o_k * stride_od, _pool_result(b_l, b_acc, m_k), mask=m_k)
+
+
 # ---------------------------------------------------------------------------------------------------
-# launcher
+# launchers
 # ---------------------------------------------------------------------------------------------------
+def pool_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
+    """compress_pool tiles: BLOCK_C channels per program (coalesced along a row), BLOCK_S slots per
+    step (a [BLOCK_S, BLOCK_C] tile of ~2K values on a GPU)."""
+    block_c = min(128, max(16, triton.next_power_of_2(d)))
+    budget = 1024 if device.type != "cuda" or interpreting() else 2048
+    block_s = max(1, min(triton.next_power_of_2(c * ratio), budget // block_c))
+    return dict(BLOCK_S=block_s, BLOCK_C=block_c, num_warps=4)
+
+
+def compress_pool(a, b, ratio, overlap, config: Optional[dict] = None):
+    """[S // ratio, d] fp32 entries (canonical args of the op; ``config`` overrides tiles, for tests)."""
+    S, width = a.shape
+    c = 2 if overlap else 1
+    d = width // c
+    n = S // ratio
+    out = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    if n == 0 or d == 0:
+        return out
+    cfg = pool_config(d, ratio, c, a.device)
+    if config:
+        cfg.update(config)
+    grid = (n, triton.cdiv(d, cfg["BLOCK_C"]))
+    _compress_pool_kernel[grid](
+        a, a.stride(0), a.stride(1), b, b.stride(0), b.stride(1), out, out.stride(0), out.stride(1), d,
+        RATIO=int(ratio), C=c, BLOCK_S=cfg["BLOCK_S"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    return out
+
+
 def default_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
     """Tiles: BLOCK_D covers d; BLOCK_S slots per step keep a [BLOCK_S, BLOCK_D] tile at ~4K values
     on a GPU (8 slots at d = 512, 32 at d = 128). The ring write copies [BLOCK_RW, BLOCK_W] tiles.

@@ -69,6 +69,9 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
     return d0, d1
 
 
+_TRITON_AT_LEAST_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
+
+
 def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
     """Tile sizes per problem (README.md). Chosen from offline sm_90 compiles (ptxas register / spill
     reports; no GPU timing yet): the largest head block whose [BLOCK_H, D] fp32 accumulator fits the
@@ -89,8 +92,12 @@ def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.dev
         return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
     if d_total <= 256:
         return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
-    # D = 512 / 576: the [BLOCK_H, D] fp32 accumulator dominates the register file (64 heads spill)
-    return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
+    # D = 512 / 576: the [BLOCK_H, D] fp32 accumulator dominates the register file (64 heads spill).
+    # FP8 pools add the dequantised [BLOCK_N, D] tile: 32 heads x 16 keys fit on triton >= 3.7 (226
+    # registers) but spill 512 B on triton 3.6 (the GPU image's), where only 16 x 16 at 8 warps fits.
+    if fp8:
+        return dict(BLOCK_H=min(h_tile, 32 if _TRITON_AT_LEAST_3_7 else 16), BLOCK_N=16, num_warps=8, num_stages=1)
+    return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=8, num_stages=1)
 
 
 def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
