@@ -1,0 +1,147 @@
+"""The tile configurations the launchers pick for a CUDA device, run under the interpreter.
+
+On CPU tensors the launchers pick interpreter tiles (small key blocks, rank merges, 4 notional SMs);
+a GPU gets other tiles (``default_config(..., torch.device("cuda"))``: 32-64 heads x 16-64 keys,
+bitonic ``tl.topk`` merges, wider channel tiles), and with them other masks, loop trip counts and
+head-block splits. Each op is run here with exactly those GPU tiles on V4-like shapes, against the same
+references and tolerances as the op's own test file, so a tile-dependent bug shows before a GPU run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.triton import CAN_RUN, DEVICE, SKIP_REASON, to_device
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
+
+if CAN_RUN:
+    from longattn.ops.compress import triton_compress
+    from longattn.ops.indexer import triton_indexer as ti
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+
+    from tests import oracle
+    from tests.ops.cases import SparseCase, make_sparse_inputs
+    from tests.triton.test_triton_cache_ops import Cache, check_float_run, make_steps, run_both
+    from tests.triton.test_triton_compress_pool import _check as check_pool
+    from tests.triton.test_triton_indexer import assert_same
+    from tests.triton.test_triton_sparse_attention import _fp8_pool, check, run_kernel
+
+CUDA = torch.device("cuda")  # only passed to the config functions; nothing runs on it
+
+
+def gpu_config(module, fn, *args, **kw):
+    """``fn(*args)`` of ``module`` as it answers for a CUDA device outside the interpreter (the config
+    functions return the interpreter's tiles whenever TRITON_INTERPRET=1)."""
+    saved = module.interpreting
+    module.interpreting = lambda: False
+    try:
+        cfg = fn(*args, **kw)
+    finally:
+        module.interpreting = saved
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # D = 512 bf16: BLOCK_H 32, BLOCK_N 32 -> two head blocks, a partial key block per stream
+        SparseCase("v4_bf16_d512", T=2, H=64, D=512, N=90, K=70, N2=40, K2=21, dtype=torch.bfloat16, sink="finite"),
+        # D = 128 bf16: BLOCK_H 64, BLOCK_N 64, 2 stages; H = 40: one partial head block
+        SparseCase("bf16_d128", T=2, H=40, D=128, N=150, K=100, dtype=torch.bfloat16, lengths="partial"),
+        # fp32: BLOCK_H 16, BLOCK_N 32
+        SparseCase("fp32_d64", T=2, H=20, D=64, N=80, K=45, N2=10, K2=7, sink="mixed"),
+    ],
+    ids=str,
+)
+def test_sparse_attention_gpu_tiles(case):
+    args = to_device(make_sparse_inputs(case))
+    cdt = torch.float32 if case.dtype == torch.float32 else case.dtype
+    cfg = gpu_config(tsa, tsa.default_config, case.H, case.D, cdt, CUDA)
+    for splits in (1, 3):
+        out, lse = run_kernel(args, num_splits=splits, config=cfg)
+        check(out, lse, args, f"{case.name} {cfg} splits={splits}")
+
+
+def test_sparse_attention_fp8_gpu_tiles():
+    g = torch.Generator().manual_seed(5)
+    pool = _fp8_pool(3, 64, g)
+    T, H = 2, 64
+    args = dict(
+        q=torch.randn(T, H, 512, generator=g).bfloat16().to(DEVICE),
+        kv=torch.randn(40, 512, generator=g).bfloat16().to(DEVICE),
+        indices=torch.randint(-1, 40, (T, 24), generator=g).int().to(DEVICE),
+        topk_length=None,
+        extra_kv=pool,
+        extra_indices=torch.randint(-2, 194, (T, 45), generator=g).int().to(DEVICE),
+        extra_topk_length=torch.tensor([45, 30], dtype=torch.int32, device=DEVICE),
+        attn_sink=torch.randn(H, generator=g).to(DEVICE),
+        softmax_scale=None,
+    )
+    cfg = gpu_config(tsa, tsa.default_config, H, 512, torch.bfloat16, CUDA, fp8=True)
+    for splits in (1, 2):
+        out, lse = run_kernel(args, num_splits=splits, config=cfg)
+        check(out, lse, args, f"fp8 {cfg} splits={splits}")
+
+
+def test_indexer_topk_gpu_tiles():
+    """64 heads x 128 dims (one tile), 32-entry blocks, bitonic merges, paged keys, top-96."""
+    g = torch.Generator().manual_seed(1)
+    T, Hi, Di, page, topk = 2, 64, 128, 16, 96
+    n_pages = 20
+    q = torch.randint(-3, 4, (T, Hi, Di), generator=g).float()
+    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
+    pool = torch.randint(-3, 4, (n_pages, page, Di), generator=g).float()
+    table = torch.randperm(n_pages, generator=g)[:16].view(2, 8).int()
+    table[1, 5] = -1  # an unmapped page: its entries are never selected
+    seq = torch.tensor([0, 1], dtype=torch.int32)
+    ve = torch.tensor([128, 101], dtype=torch.int32)
+    ref = oracle.indexer_topk(q, w, pool, ve, topk, block_table=table, seq_ids=seq)
+    cfg = gpu_config(ti, ti.default_config, Hi, Di, CUDA)
+    got = ti.indexer_topk(
+        *(x.to(DEVICE) for x in (q, w, pool, ve)), topk, block_table=table.to(DEVICE), seq_ids=seq.to(DEVICE),
+        config=cfg, bitonic=True,
+    )  # fmt: skip
+    assert_same(got, ref, f"indexer {cfg}")
+
+
+@pytest.mark.parametrize("ratio,overlap", [(4, True), (128, False)])
+def test_compress_kv_gpu_tiles(ratio, overlap):
+    """d = 512 (BLOCK_D 512, 8-slot tiles, 1024-wide ring copies), chunk and decode steps."""
+    d = 512
+    lengths = [21, 9] if ratio < 100 else [270, 140]
+    seqs, steps = make_steps(lengths, ratio, overlap, d, seed=7, decode_tail=True,
+                             max_chunk=9 if ratio < 100 else 90)  # fmt: skip
+    cache = Cache(len(lengths), ratio, overlap, d, 16, max(lengths), seed=7)
+    ref, got = run_both(
+        cache,
+        steps,
+        config=gpu_config(triton_compress, triton_compress.default_config, d, ratio, 2 if overlap else 1, CUDA),
+    )
+    check_float_run(ref, got, seqs)
+
+
+def test_compress_pool_gpu_tiles():
+    g = torch.Generator().manual_seed(2)
+    for S, ratio, overlap, d in [(70, 4, True, 512), (300, 128, False, 200)]:
+        c = 2 if overlap else 1
+        a = torch.randn(S, c * d, generator=g).bfloat16()
+        b = torch.randn(S, c * d, generator=g).bfloat16()
+        check_pool(
+            a, b, ratio, overlap, config=gpu_config(triton_compress, triton_compress.pool_config, d, ratio, c, CUDA)
+        )
+
+
+def test_gpu_tiles_differ_from_the_interpreters():
+    """Guard: the configs above really are the GPU ones (else this file tests the interpreter tiles again)."""
+    assert gpu_config(tsa, tsa.default_config, 64, 512, torch.bfloat16, CUDA) != tsa.default_config(
+        64, 512, torch.bfloat16, CUDA
+    )
+    assert gpu_config(ti, ti.default_config, 64, 128, CUDA) != ti.default_config(64, 128, CUDA)
+    assert gpu_config(triton_compress, triton_compress.default_config, 512, 4, 2, CUDA) != (
+        triton_compress.default_config(512, 4, 2, CUDA)
+    )
+    assert gpu_config(triton_compress, triton_compress.pool_config, 512, 128, 1, CUDA) != (
+        triton_compress.pool_config(512, 128, 1, CUDA)
+    )
