@@ -59,7 +59,7 @@ def test_sparse_attention_gpu_tiles(case):
     args = to_device(make_sparse_inputs(case))
     cdt = torch.float32 if case.dtype == torch.float32 else case.dtype
     cfg = gpu_config(tsa, tsa.default_config, case.H, case.D, cdt, CUDA)
-    for splits in (1, 3):
+    for splits in (1, 3, tsa.MAX_SPLITS):  # MAX_SPLITS: the combine's widest split axis, most splits empty
         out, lse = run_kernel(args, num_splits=splits, config=cfg)
         check(out, lse, args, f"{case.name} {cfg} splits={splits}")
 
