@@ -75,6 +75,22 @@ SEARCH_PROBES = 64  # BLOCK_K of the run-end search
 
 
 @triton.jit
+def _pool_init(BLOCK: tl.constexpr):
+    """Running max (-inf), denominator and numerator (0) of a [BLOCK]-channel online softmax."""
+    return tl.full([BLOCK], _NEG_INF, tl.float32), tl.zeros([BLOCK], tl.float32), tl.zeros([BLOCK], tl.float32)
+
+
+@triton.jit
+def _slot_half(o_s, RATIO: tl.constexpr, C: tl.constexpr, d):
+    """[BLOCK_S] column offset of window slots ``o_s``: with overlap (C = 2) the first RATIO slots (the
+    previous block) read channel half A (offset 0), the rest half B (offset d); else 0."""
+    if C == 2:
+        return tl.where(o_s >= RATIO, d, 0)
+    else:
+        return o_s * 0
+
+
+@triton.jit
 def _pool_step(b_s, b_v, b_m, b_l, b_acc):
     """One tile of the per-channel online softmax over the slot axis: scores / values [BLOCK_S, C]
     (absent slots: score -inf, value 0) into the running max / denominator / numerator [C]."""
@@ -164,10 +180,7 @@ def _emit_entry(
     W: tl.constexpr = C * D
     o_k = tl.arange(0, BLOCK_D)
     m_k = o_k < D
-    # [BLOCK_D] running max, denominator and numerator of the per-channel softmax
-    b_m = tl.full([BLOCK_D], _NEG_INF, tl.float32)
-    b_l = tl.zeros([BLOCK_D], tl.float32)
-    b_acc = tl.zeros([BLOCK_D], tl.float32)
+    b_m, b_l, b_acc = _pool_init(BLOCK_D)  # [BLOCK_D] per-channel online softmax state
     for s0 in range(0, RING, BLOCK_S):
         o_s = s0 + tl.arange(0, BLOCK_S)
         m_s = o_s < RING
@@ -182,11 +195,7 @@ def _emit_entry(
         m_old = m_old & (b_pg >= 0) & (b_pg < s_pages)
         i_srow = tl.where(m_old, b_pg * s_page + i_rs % s_page, 0)
         i_tok = tl.where(m_bat, u_e - (p_e - o_q), 0)
-        if C == 2:
-            o_half = tl.where(o_s >= RATIO, D, 0)  # overlap: slots of the previous block read half A
-        else:
-            o_half = o_s * 0
-        o_col = o_half[:, None] + o_k[None, :]
+        o_col = _slot_half(o_s, RATIO, C, D)[:, None] + o_k[None, :]
         m_b2 = m_bat[:, None] & m_k[None, :]
         m_o2 = m_old[:, None] & m_k[None, :]
         # [BLOCK_S, BLOCK_D] scores and values (batch rows or ring rows a | b)
@@ -367,18 +376,12 @@ def _compress_pool_kernel(
     i_e = tl.program_id(0).to(tl.int64)
     o_k = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     m_k = o_k < d
-    b_m = tl.full([BLOCK_C], _NEG_INF, tl.float32)
-    b_l = tl.zeros([BLOCK_C], tl.float32)
-    b_acc = tl.zeros([BLOCK_C], tl.float32)
+    b_m, b_l, b_acc = _pool_init(BLOCK_C)
     for s0 in range(0, RING, BLOCK_S):
         o_s = s0 + tl.arange(0, BLOCK_S)
         o_t = (i_e - (C - 1)) * RATIO + o_s  # [BLOCK_S] tokens of the slots
         m_s = (o_s < RING) & (o_t >= 0)
-        if C == 2:
-            o_half = tl.where(o_s >= RATIO, d, 0)  # previous block: half A; own block: half B
-        else:
-            o_half = o_s * 0
-        o_col = o_half[:, None] + o_k[None, :]
+        o_col = _slot_half(o_s, RATIO, C, d)[:, None] + o_k[None, :]
         m_2 = m_s[:, None] & m_k[None, :]
         o_t = tl.where(m_s, o_t, 0)
         b_s = _to_f32(tl.load(p_b + o_t[:, None] * stride_bt + o_col * stride_bc, mask=m_2, other=0.0))
