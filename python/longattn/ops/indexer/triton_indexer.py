@@ -71,6 +71,19 @@ def default_config(Hi: int, Di: int, device: torch.device) -> dict:
 # device helpers
 # ---------------------------------------------------------------------------------------------------
 @triton.jit
+def _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED: tl.constexpr):
+    """(block-table row of token ``i_t``'s sequence, whether that sequence id is valid); flat keys:
+    (p_bt, True). An invalid id reads row 0 but masks every entry."""
+    seq_ok = i_t >= 0
+    p_bt_row = p_bt
+    if PAGED:
+        i_seq = tl.load(p_seq + i_t).to(tl.int64)
+        seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
+        p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+    return p_bt_row, seq_ok
+
+
+@triton.jit
 def _entry_rows(
     o_j,
     m_j,
@@ -301,12 +314,7 @@ def _indexer_topk_partial_kernel(
     j_lo = i_b * entries_per_prog
     j_hi = tl.minimum(j_lo + entries_per_prog, n_vis)
 
-    p_bt_row = p_bt
-    seq_ok = j_lo >= 0
-    if PAGED:
-        i_seq = tl.load(p_seq + i_t).to(tl.int64)
-        seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
-        p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+    p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
 
     p_q_t = p_q + i_t * stride_qt
     p_w_t = p_w + i_t * stride_wt
@@ -435,12 +443,7 @@ def _indexer_topk_merge_kernel(
         if tl.max(b_new, 0) > tl.min(b_run, 0):
             b_run = _merge_topk(b_run, b_new, TOPK_P2, TOPK_P2, BITONIC)
     if FINAL:
-        p_bt_row = p_bt
-        seq_ok = b_lo >= 0
-        if PAGED:
-            i_seq = tl.load(p_seq + i_t).to(tl.int64)
-            seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
-            p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+        p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
         _write_topk(
             b_run,
             i_t,
@@ -510,12 +513,7 @@ def _indexer_logits_kernel(
     m_out = o_j < num_entries
     n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
     m_j = o_j < n_vis
-    p_bt_row = p_bt
-    seq_ok = n_vis >= 0
-    if PAGED:
-        i_seq = tl.load(p_seq + i_t).to(tl.int64)
-        seq_ok = (i_seq >= 0) & (i_seq < num_seqs)
-        p_bt_row = p_bt + tl.where(seq_ok, i_seq, 0) * stride_bt_b
+    p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
     o_row, m_row = _entry_rows(
         o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages, stride_kp, stride_ko, stride_kn, PAGED
     )
