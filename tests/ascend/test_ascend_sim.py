@@ -607,3 +607,62 @@ def test_import_compiles_and_loads_nothing():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stdout, proc.stdout
+
+
+def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
+    """The ``ascend`` backend's Python entry points (never run here: no NPU) against the emulator build:
+    ``torch.ops.longattn_ascend.*`` (csrc/ascend_npu) takes the emulator extension's arguments minus the
+    trailing AI-core count, so a shim that appends it must reproduce ``ascend_sim`` bit for bit."""
+    from longattn.backends import ascend
+    from longattn.cache import Fp8KVPool
+
+    class Shim:
+        def __getattr__(self, name):
+            return lambda *args: getattr(ascend_sim.extension(), name)(*args, ascend_sim.num_cores())
+
+    monkeypatch.setattr(ascend, "ops", lambda: Shim())
+    impl = ascend.BACKEND.ops
+    g = torch.Generator().manual_seed(0)
+
+    args = make_sparse_inputs(SparseCase("m", T=2, H=3, D=64, N=30, K=12, N2=9, K2=5, sink="finite"))
+    full = dict(topk_length=None, extra_kv=None, extra_indices=None, extra_topk_length=None, attn_sink=None)
+    args["softmax_scale"] = 0.125
+    got = impl["sparse_attention"].fn(**{**full, **args})
+    want = longattn.sparse_attention(**args, backend=SIM)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+    q, w, k = _int_inputs(g, 3, 4, 16, 40)
+    ve = torch.tensor([40, 17, 0], dtype=torch.int32)
+    common = dict(q=q, weights=w, index_k=k, visible_end=ve, block_table=None, seq_ids=None)
+    got = impl["indexer_topk"].fn(**common, topk=8, return_slots=False)
+    want = longattn.indexer_topk(q, w, k, ve, 8, backend=SIM)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert torch.equal(impl["indexer_logits"].fn(**common), longattn.indexer_logits(q, w, k, ve, backend=SIM))
+
+    for pool in (torch.zeros(2, 4, 512, dtype=torch.bfloat16), Fp8KVPool.empty(2, 4, "cpu")):
+        rows = torch.randn(3, 512, generator=g)
+        slots = torch.tensor([5, 0, 7])
+        mine = pool.clone() if isinstance(pool, torch.Tensor) else Fp8KVPool(pool.data.clone(), pool.page_size)
+        impl["append_kv"].fn(pool=mine, rows=rows, slot_mapping=slots)
+        longattn.append_kv(pool, rows, slots, backend=SIM)
+        assert torch.equal(*(p if isinstance(p, torch.Tensor) else p.data for p in (mine, pool)))
+
+    from longattn.configs import RopeConfig
+    from longattn.rope import inv_freq
+
+    T, d, ratio = 9, 512, 4
+    base = dict(
+        a=torch.randn(T, 2 * d, generator=g), b=torch.randn(T, 2 * d, generator=g), positions=torch.arange(T),
+        token_rows=torch.zeros(T, dtype=torch.int32), ratio=ratio, overlap=True,
+        state_block_table=torch.zeros(1, 1, dtype=torch.int32), out_block_table=torch.tensor([[1, 0]]).int(),
+        norm_weight=torch.linspace(0.5, 1.5, d), eps=1e-6, rope_inv_freq=inv_freq(RopeConfig(160000.0), 32),
+    )  # fmt: skip
+    for out in (torch.zeros(2, 4, d), Fp8KVPool.empty(2, 4, "cpu")):
+        runs = []
+        for call in (impl["compress_kv"].fn, lambda **kw: longattn.compress_kv(**kw, backend=SIM)):
+            state = torch.zeros(1, 2 * ratio, 4 * d)
+            pool = out.clone() if isinstance(out, torch.Tensor) else Fp8KVPool(out.data.clone(), out.page_size)
+            call(**base, state=state, out=pool)
+            runs.append((state, pool if isinstance(pool, torch.Tensor) else pool.data))
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+        assert runs[0][1].abs().sum() > 0  # entries were written

@@ -67,54 +67,15 @@ def ops():
 
 
 def _append_kv(pool, rows, slot_mapping):
-    if isinstance(pool, torch.Tensor):
-        ops().append_kv(pool, 0, rows, slot_mapping)
-    else:
-        ops().append_kv(pool.data, pool.page_size, rows, slot_mapping)
+    ops().append_kv(*_sim.pool_args(pool), rows, slot_mapping)
 
 
-def _sparse_attention(
-    q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, softmax_scale
-):
-    return tuple(
-        ops().sparse_attention(
-            q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, float(softmax_scale)
-        )
-    )
+def _sparse_attention(**args):
+    return tuple(ops().sparse_attention(*_sim.sparse_attention_args(**args)))
 
 
-def _compress_kv(
-    a,
-    b,
-    positions,
-    token_rows,
-    ratio,
-    overlap,
-    state,
-    state_block_table,
-    out,
-    out_block_table,
-    norm_weight,
-    eps,
-    rope_inv_freq,
-):
-    out_t, page = (out, 0) if isinstance(out, torch.Tensor) else (out.data, out.page_size)
-    ops().compress_kv(
-        a,
-        b,
-        positions,
-        token_rows,
-        int(ratio),
-        bool(overlap),
-        state,
-        state_block_table,
-        out_t,
-        page,
-        out_block_table,
-        norm_weight,
-        float(eps),
-        rope_inv_freq,
-    )
+def _compress_kv(**args):
+    ops().compress_kv(*_sim.compress_kv_args(**args))
 
 
 def _indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):

@@ -270,63 +270,38 @@ def _indexer_reasons(q, index_k, block_table=None, topk=None, **_) -> List[str]:
 # ---------------------------------------------------------------------------------------------------
 # entry points
 # ---------------------------------------------------------------------------------------------------
-def _append_kv(pool, rows, slot_mapping):
-    if isinstance(pool, torch.Tensor):
-        extension().append_kv(pool, 0, rows, slot_mapping, num_cores())
-    else:
-        extension().append_kv(pool.data, pool.page_size, rows, slot_mapping, num_cores())
+# The kernels' entry points take the same positional arguments in both builds (this emulator build adds
+# the AI-core count last); the ``ascend`` backend reuses these marshalling functions.
+def pool_args(pool) -> tuple:
+    """(tensor, page size) of a pool: a float pool as it is (page 0: rows addressed by slot), an FP8
+    pool as its uint8 pages and their size."""
+    return (pool, 0) if isinstance(pool, torch.Tensor) else (pool.data, pool.page_size)
 
 
-def _sparse_attention(
+def sparse_attention_args(
     q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, softmax_scale
-):
-    return extension().sparse_attention(
-        q,
-        kv,
-        indices,
-        topk_length,
-        extra_kv,
-        extra_indices,
-        extra_topk_length,
-        attn_sink,
-        float(softmax_scale),
-        num_cores(),
-    )
+) -> tuple:
+    return (q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink, float(softmax_scale))
 
 
-def _compress_kv(
-    a,
-    b,
-    positions,
-    token_rows,
-    ratio,
-    overlap,
-    state,
-    state_block_table,
-    out,
-    out_block_table,
-    norm_weight,
-    eps,
+def compress_kv_args(
+    a, b, positions, token_rows, ratio, overlap, state, state_block_table, out, out_block_table, norm_weight, eps,
     rope_inv_freq,
-):
-    out_t, page = (out, 0) if isinstance(out, torch.Tensor) else (out.data, out.page_size)
-    extension().compress_kv(
-        a,
-        b,
-        positions,
-        token_rows,
-        int(ratio),
-        bool(overlap),
-        state,
-        state_block_table,
-        out_t,
-        page,
-        out_block_table,
-        norm_weight,
-        float(eps),
-        rope_inv_freq,
-        num_cores(),
-    )
+) -> tuple:  # fmt: skip
+    return (a, b, positions, token_rows, int(ratio), bool(overlap), state, state_block_table, *pool_args(out),
+            out_block_table, norm_weight, float(eps), rope_inv_freq)  # fmt: skip
+
+
+def _append_kv(pool, rows, slot_mapping):
+    extension().append_kv(*pool_args(pool), rows, slot_mapping, num_cores())
+
+
+def _sparse_attention(**args):
+    return extension().sparse_attention(*sparse_attention_args(**args), num_cores())
+
+
+def _compress_kv(**args):
+    extension().compress_kv(*compress_kv_args(**args), num_cores())
 
 
 def _indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
