@@ -65,7 +65,7 @@ run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
 run_shard sparse_rest $T/test_triton_sparse_attention.py -k "not cases_public_api and not cases_split_kv" &
 run_shard indexer     $T/test_triton_indexer.py &
 run_shard combine     $T/test_triton_combine.py $T/test_triton_backend.py $T/test_triton_gpu_configs.py &
-run_shard cache_ops   $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py &
+run_shard cache_ops   $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
 wait
 {
   echo "== test summary ($(( $(date +%s) - START ))s elapsed)"
