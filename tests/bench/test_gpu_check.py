@@ -25,7 +25,9 @@ def _node_ids(text: str) -> set:
 
 
 def test_gpu_check_smoke_run(tmp_path):
-    env = dict(os.environ, SMOKE="1", OUT=str(tmp_path), BUDGET_S="300")
+    # the script runs `python`: this interpreter, even when its environment is not activated
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, SMOKE="1", OUT=str(tmp_path), BUDGET_S="300", PATH=path)
     res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
