@@ -220,7 +220,7 @@ def _decode_setup(att):
     with torch.no_grad():
         for c in caches:
             att(x0, cache=c)
-    plans = [c.begin_step(2, 1) for c in caches]
+    plans = [c.begin_step(2, 1)[0] for c in caches]  # a decode step: one chunk
     return x1, caches, plans
 
 

@@ -43,6 +43,60 @@ def test_chunked_prefill_and_decode_equal_one_prefill(idx):
     assert cache.seq_lengths() == [29, 29] and cache.columns == 29
 
 
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_long_step_runs_in_chunks_with_the_same_result(idx):
+    """A step longer than max_step_tokens is planned as chunks (5 tokens over 2 rows: 2 positions per
+    row per chunk, rows of different lengths through padding) and gives what one big step gives, then
+    decodes the same; the window pool holds a chunk, not the prompt."""
+    m = tiny_layer(idx)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 23, 32, generator=g)
+    mask = torch.ones(2, 23, dtype=torch.long)
+    mask[1, :6] = 0
+    x_next = torch.randn(2, 1, 32, generator=g)
+    outs, pools = [], []
+    with torch.no_grad():
+        for step_tokens in (None, 5):
+            cache = PagedKVCache([m.layer], max_batch_size=2, max_context=30, page_size=2, max_step_tokens=step_tokens)
+            plans = cache.begin_step(2, 23, mask)
+            y, _ = m(x, cache=cache)
+            cache.begin_step(2, 1)
+            y1, _ = m(x_next, cache=cache)
+            outs.append((y, y1, len(plans)))
+            pools.append(cache.manager.window_alloc.num_pages)
+            assert cache.seq_lengths() == [24, 18]
+    (y_one, y1_one, n_one), (y_chunked, y1_chunked, n_chunked) = outs
+    assert (n_one, n_chunked) == (1, 12)  # 23 positions, 2 per row per chunk
+    torch.testing.assert_close(y_chunked, y_one, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y1_chunked, y1_one, atol=1e-5, rtol=0)
+    assert torch.equal(y_chunked[1, :6], torch.zeros(6, 32))
+    assert pools[1] < pools[0]
+
+
+def test_step_past_max_context_is_refused_before_planning():
+    m = tiny_layer(0)
+    cache = PagedKVCache([m.layer], max_batch_size=1, max_context=10, page_size=2, max_step_tokens=3)
+    with torch.no_grad():
+        m(torch.randn(1, 8, 32), cache=cache)
+        with pytest.raises(ValueError, match="max_context=10"):
+            m(torch.randn(1, 3, 32), cache=cache)
+    assert cache.seq_lengths() == [8]  # nothing of the refused step was planned
+    with pytest.raises(ValueError, match="max_step_tokens must be > 0"):
+        PagedKVCache([m.layer], max_batch_size=1, max_context=10, max_step_tokens=0)
+
+
+def test_every_row_fits_a_chunk():
+    """max_step_tokens below the batch size still gives a chunk one position of every row (a decode step
+    of a large batch is never refused for the window pool's size)."""
+    m = tiny_layer(0)
+    cache = PagedKVCache([m.layer], max_batch_size=6, max_context=8, page_size=2, max_step_tokens=4)
+    assert cache.step_tokens == 6
+    with torch.no_grad():
+        m(torch.randn(6, 3, 32), cache=cache)  # 3 chunks of 6 tokens
+        m(torch.randn(6, 1, 32), cache=cache)
+    assert cache.seq_lengths() == [4] * 6
+
+
 @pytest.mark.parametrize("idx", [1, 2], ids=["csa", "hca"])
 def test_padding_positions_are_not_tokens(idx):
     m = tiny_layer(idx)

@@ -249,6 +249,16 @@ def test_generation_with_an_explicit_cache_continues(swapped_pair):
     assert torch.equal(second, ref)
 
 
+def test_chunked_prompt_generates_the_same_tokens(swapped_pair):
+    """A prompt longer than max_step_tokens is prefilled in chunks inside every layer: same tokens."""
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (1, 140), generator=torch.Generator().manual_seed(8))
+    ref = theirs.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    cache = LongattnCache(ours, max_batch_size=1, max_context=146, page_size=8, max_step_tokens=24)
+    out = ours.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, **{_cache_kw(ours.forward): cache})
+    assert torch.equal(out, ref)
+
+
 def test_left_padded_batch_equals_each_row_alone(swapped_pair):
     """Padding positions are not tokens: every row of a left-padded batch generates what it generates
     alone (transformers' eager implementation pools pad positions into compressed entries instead)."""

@@ -24,7 +24,8 @@ Limits (each raises a clear error rather than computing something else):
 - no beam search, assisted/speculative decoding or cache cropping (``reorder_cache``, ``crop`` and
   batch re-indexing raise NotImplementedError); no ``StaticCache`` / ``torch.compile`` of generate;
 - a cache passed by the user must be a ``LongattnCache`` (a ``DynamicCache`` raises TypeError);
-- the whole prompt is one prefill step, so the window pool is sized for ``batch * max_length`` rows.
+- a prompt of more than ``max_step_tokens`` tokens (default 8,192, all rows together) is prefilled in
+  chunks of that many inside each layer (same result); the window pools hold a chunk, not the prompt.
 """
 
 from __future__ import annotations

@@ -341,11 +341,16 @@ class DeepseekV4Attention(nn.Module):
                 "with transformers use longattn.integrations.transformers.swap_attention(model), which makes "
                 "generate create one (or pass cache=LongattnCache(model, ...))"
             )
-        plan, layer, rows = cache.layer_step(self, B, S, hidden_states.dtype)
+        chunks, layer, rows = cache.layer_step(self, B, S, hidden_states.dtype)
         x = hidden_states.reshape(B * S, dim)
         if rows is not None:  # padding: only the real tokens are sequence tokens
             x = x.index_select(0, rows)
-        y = self.forward_paged(x, plan, layer)
+        if len(chunks) == 1:
+            y = self.forward_paged(x, chunks[0][0], layer)
+        else:  # a long step: its chunks in order (chunked prefill)
+            y = x.new_empty(x.shape[0], dim)
+            for plan, index in chunks:
+                y.index_copy_(0, index, self.forward_paged(x.index_select(0, index), plan, layer))
         if rows is not None:
             y = y.new_zeros(B * S, y.shape[-1]).index_copy_(0, rows, y)
         return y.view(B, S, -1), None

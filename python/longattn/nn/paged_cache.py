@@ -9,6 +9,14 @@ A step is one forward of the model over ``[B, S]`` new input positions. ``begin_
 ``layer_step``. Without an explicit ``begin_step`` (a layer used on its own) a layer call that finds
 its layer already served in the current step starts the next step itself.
 
+Chunked prefill: a step with more than ``max_step_tokens`` new tokens (all rows together) is planned as
+consecutive chunks of at most that many tokens (the same number of positions from every row), and each
+layer runs its chunks in order. The result is the same as one big step (the layer's chunk / decode
+equivalence), but the window pools hold ``window + chunk`` rows per sequence instead of the whole
+prompt: with the default chunk of 8,192 tokens a 1M-token prompt needs no window pool of 1M rows.
+Chunk k of every layer runs before chunk k + 1 of the same layer, which is all the plans need: a
+later chunk's plan may recycle window pages of an earlier chunk only once no later position reads them.
+
 Padding: positions whose attention-mask value is 0 are not tokens of their row's sequence: they are
 neither cached nor attended, and their outputs are 0. So a left-padded batch gives every row exactly
 what that row gives alone (transformers' eager implementation instead pools pad positions into its
@@ -19,7 +27,7 @@ counts its real tokens), not from ``position_ids``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -27,12 +35,17 @@ from ..cache.manager import CacheManager, StepPlan
 from ..configs import LayerConfig
 from ..layers import HybridAttention
 
+DEFAULT_STEP_TOKENS = 8192  # chunk of a long step (all rows together): bounds the window pools
+
+# One chunk of a step: its plan and the indices of its tokens among the step's real tokens (None: all).
+Chunk = Tuple[StepPlan, Optional[torch.Tensor]]
+
 
 @dataclasses.dataclass
 class _Step:
     batch: int
     width: int  # S: input positions per row in this step
-    plan: StepPlan
+    chunks: List[Chunk]  # in order; one unless the step has more than max_step_tokens new tokens
     rows: Optional[torch.Tensor]  # flat indices (b * S + s) of the real tokens, None when all are real
     served: Set[int] = dataclasses.field(default_factory=set)  # layer ids that consumed this step
 
@@ -45,9 +58,10 @@ class PagedKVCache:
         max_batch_size: batch rows (= sequences).
         max_context: the longest sequence (prompt + generated tokens).
         page_size: rows per page of every pool.
-        max_step_tokens: most new tokens of one step, all rows together (default
-            ``max_batch_size * max_context``: a whole-prompt prefill). The window pool holds a step's
-            new rows, so this bounds its size.
+        max_step_tokens: most new tokens one chunk of a step plans, all rows together (default
+            ``min(8192, max_batch_size * max_context)``; never below ``max_batch_size``: a chunk takes
+            at least one position of every row); longer steps run as consecutive chunks. The window
+            pool holds a chunk's new rows, so this bounds its size.
         kv_format: "float" or "fp8" (the 584-B FlashMLA record; head_dim 512 only).
         kv_dtype: dtype of float pools (default: the hidden states' dtype at first use).
         backend: forwarded to every op.
@@ -75,11 +89,16 @@ class PagedKVCache:
         self.layer_configs = {L.index: L for L in layers}
         self.max_seqs, self.max_context = max_batch_size, max_context
         self.kv_format, self.kv_dtype, self.backend = kv_format, kv_dtype, backend
+        if max_step_tokens is not None and max_step_tokens <= 0:
+            raise ValueError(f"PagedKVCache: max_step_tokens must be > 0, got {max_step_tokens}")
+        # a chunk takes at least one position of every row, so it may hold max_batch_size tokens
+        requested = max_step_tokens or min(DEFAULT_STEP_TOKENS, max_batch_size * max_context)
+        self.step_tokens = max(requested, max_batch_size)
         self.manager = CacheManager.for_layers(
             list(layers),
             max_seqs=max_batch_size,
             max_context=max_context,
-            max_step_tokens=max_step_tokens or max_batch_size * max_context,
+            max_step_tokens=self.step_tokens,
             page_size=page_size,
             device=device,
         )
@@ -91,8 +110,9 @@ class PagedKVCache:
     # -- steps -------------------------------------------------------------------------------------------
     def begin_step(
         self, batch_size: int, num_positions: int, attention_mask: Optional[torch.Tensor] = None
-    ) -> StepPlan:
-        """Plan one model step of ``[batch_size, num_positions]`` new input positions.
+    ) -> List[StepPlan]:
+        """Plan one model step of ``[batch_size, num_positions]`` new input positions; returns the plans
+        of its chunks, in order (one, unless the step has more than ``max_step_tokens`` new tokens).
 
         ``attention_mask``: ``None`` (every position is a token) or the 2-D ``[B, >= S]`` mask whose
         last S columns belong to this step (0 = padding).
@@ -128,14 +148,39 @@ class PagedKVCache:
             if not bool(real.all()):
                 rows = real.reshape(-1).nonzero().squeeze(1).to(self.manager.device)
                 counts = real.sum(1).tolist()
-        cu = torch.tensor([0] + counts).cumsum(0)
-        plan = self.manager.plan(list(range(B)), cu)
-        self._step = _Step(B, S, plan, rows)
+        too_long = [b for b in range(B) if self.manager.seq_len(b) + counts[b] > self.max_context]
+        if too_long:
+            b = too_long[0]
+            raise ValueError(
+                f"PagedKVCache: row {b} would hold {self.manager.seq_len(b) + counts[b]} tokens, the cache was "
+                f"made for max_context={self.max_context}"
+            )
+        chunks = self._plan_chunks(counts)
+        self._step = _Step(B, S, chunks, rows)
         self.columns += S
-        return plan
+        return [plan for plan, _ in chunks]
+
+    def _plan_chunks(self, counts: List[int]) -> List[Chunk]:
+        """Plans of consecutive chunks of ``counts[b]`` new tokens per row: chunk k takes tokens
+        [k * c, (k + 1) * c) of every row, c = max(1, max_step_tokens // rows)."""
+        B = len(counts)
+        per_row = max(1, self.step_tokens // max(1, B))
+        n_chunks = max(1, -(-max(counts, default=0) // per_row))
+        if n_chunks == 1:
+            return [(self.manager.plan(list(range(B)), torch.tensor([0] + counts).cumsum(0)), None)]
+        starts = [0] + torch.tensor(counts).cumsum(0).tolist()[:-1]  # row b's first token among the real ones
+        chunks = []
+        for k in range(n_chunks):
+            lo = k * per_row
+            part = [max(0, min(n, lo + per_row) - lo) for n in counts]
+            plan = self.manager.plan(list(range(B)), torch.tensor([0] + part).cumsum(0))
+            index = torch.cat([torch.arange(s0 + lo, s0 + lo + n) for s0, n in zip(starts, part)])
+            chunks.append((plan, index.to(self.manager.device)))
+        return chunks
 
     def layer_step(self, module, batch_size: int, num_positions: int, dtype: torch.dtype):
-        """(plan, HybridAttention of the module's layer, real-token rows or None) for this step."""
+        """(chunks [(plan, token indices among the real tokens or None)], HybridAttention of the module's
+        layer, real-token rows or None) for this step."""
         idx = module.layer_idx
         if idx not in self.layer_configs:
             raise ValueError(f"PagedKVCache: layer {idx} was not declared when the cache was made")
@@ -155,7 +200,7 @@ class PagedKVCache:
                 self.manager, kv_dtype=self.kv_dtype or dtype, kv_format=self.kv_format, backend=self.backend
             )
             self.layer_states[idx] = layer
-        return step.plan, layer, step.rows
+        return step.chunks, layer, step.rows
 
     def seq_lengths(self):
         """Tokens cached per batch row (padding excluded)."""
