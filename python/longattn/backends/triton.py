@@ -99,22 +99,28 @@ def _indexer_topk_reasons(topk, **_) -> List[str]:
     return []
 
 
+KERNEL_FLOATS = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels load and store
+
+
+def _float_problem(what: str, t: torch.Tensor) -> List[str]:
+    """[reason] when ``t`` is not one of the kernels' float dtypes, else []."""
+    return [] if t.dtype in KERNEL_FLOATS else [f"{what} must be fp32 / bf16 / fp16, got {t.dtype}"]
+
+
 def _append_kv_reasons(pool, rows, slot_mapping, **_) -> List[str]:
     """Float pools: any of fp32 / bf16 / fp16 rows into any of them, any strides of ``rows`` and of a
     [num_slots, D] pool; a paged pool must flatten to [num_slots, D] with one row stride. FP8 pools:
     the MODEL1 record (quantised with integer arithmetic: no e4m3 hardware needed)."""
     reasons = []
     if isinstance(pool, torch.Tensor):
-        if pool.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            reasons.append(f"float pools must be fp32 / bf16 / fp16, got {pool.dtype}")
+        reasons += _float_problem("float pools", pool)
         if pool.dim() == 3 and pool.shape[0] > 1 and pool.stride(0) != pool.shape[1] * pool.stride(1):
             reasons.append("a paged pool's pages must be evenly strided (pool.view(-1, D) must be possible)")
     else:
         problem = fp8_pool_problem(pool)
         if problem:
             reasons.append(f"`pool`: {problem}")
-    if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        reasons.append(f"rows must be fp32 / bf16 / fp16, got {rows.dtype}")
+    reasons += _float_problem("rows", rows)
     return reasons
 
 
@@ -125,13 +131,11 @@ def _compress_kv_reasons(a, ratio, overlap, state, out, rope_inv_freq, **_) -> L
         reasons.append(f"entry width d={d} > {COMPRESS_MAX_D} (the entry is pooled in registers)")
     if rope_inv_freq.shape[0] > 0 and d % 2:
         reasons.append(f"RoPE needs an even entry width (interleaved pairs from an even dim), got d={d}")
-    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        reasons.append(f"a / b must be fp32 / bf16 / fp16, got {a.dtype}")
+    reasons += _float_problem("a / b", a)
     if state.dtype != torch.float32 or not state.is_contiguous():
         reasons.append("`state` must be a contiguous fp32 tensor")
     if isinstance(out, torch.Tensor):
-        if out.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            reasons.append(f"`out` float pools must be fp32 / bf16 / fp16, got {out.dtype}")
+        reasons += _float_problem("`out` float pools", out)
         if not out.is_contiguous():
             reasons.append("`out` must be a contiguous [num_pages, page_size, d] tensor")
     else:
@@ -171,9 +175,7 @@ def _compress_pool(**args):
 
 
 def _compress_pool_reasons(a, **_) -> List[str]:
-    if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return [f"a / b must be fp32 / bf16 / fp16, got {a.dtype}"]
-    return []
+    return _float_problem("a / b", a)
 
 
 def _indexer_logits(**args):

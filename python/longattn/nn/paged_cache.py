@@ -27,6 +27,7 @@ counts its real tokens), not from ``position_ids``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -148,13 +149,12 @@ class PagedKVCache:
             if not bool(real.all()):
                 rows = real.reshape(-1).nonzero().squeeze(1).to(self.manager.device)
                 counts = real.sum(1).tolist()
-        too_long = [b for b in range(B) if self.manager.seq_len(b) + counts[b] > self.max_context]
-        if too_long:
-            b = too_long[0]
-            raise ValueError(
-                f"PagedKVCache: row {b} would hold {self.manager.seq_len(b) + counts[b]} tokens, the cache was "
-                f"made for max_context={self.max_context}"
-            )
+        for b, n in enumerate(counts):  # refused before any chunk is planned
+            if self.manager.seq_len(b) + n > self.max_context:
+                raise ValueError(
+                    f"PagedKVCache: row {b} would hold {self.manager.seq_len(b) + n} tokens, the cache was made "
+                    f"for max_context={self.max_context}"
+                )
         chunks = self._plan_chunks(counts)
         self._step = _Step(B, S, chunks, rows)
         self.columns += S
@@ -168,7 +168,7 @@ class PagedKVCache:
         n_chunks = max(1, -(-max(counts, default=0) // per_row))
         if n_chunks == 1:
             return [(self.manager.plan(list(range(B)), torch.tensor([0] + counts).cumsum(0)), None)]
-        starts = [0] + torch.tensor(counts).cumsum(0).tolist()[:-1]  # row b's first token among the real ones
+        starts = [0, *itertools.accumulate(counts)][:-1]  # row b's first token among the real ones
         chunks = []
         for k in range(n_chunks):
             lo = k * per_row
