@@ -164,3 +164,37 @@ def test_large_k_hca_decode_shape():
     torch.testing.assert_close(lse, torch.logsumexp(logits, -1), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=1e-2)  # bf16 output: 2**-8 relative
     assert math.isfinite(float(out.float().abs().max()))
+
+
+CPU_BACKENDS = ["reference", "triton", "ascend_sim"]
+
+
+def _run_or_skip(fn, *args, backend, **kwargs):
+    try:
+        return fn(*args, backend=backend, **kwargs)
+    except longattn.BackendError as exc:
+        pytest.skip(f"{backend}: {str(exc).splitlines()[0]}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("pool", ["float", "fp8"])
+def test_skipped_entries_never_read_the_pool(backend, pool):
+    """A NaN / inf row at slot 0 (or any slot no valid index names) cannot reach a result: -1,
+    out-of-range and length-masked entries are never read, so they cannot contribute 0 * NaN."""
+    from longattn.cache import quantize_kv_fp8
+
+    T, H, D = 3, 2, 512
+    g = torch.Generator().manual_seed(3)
+    kv = torch.randn(2, 16, D, generator=g)
+    q = torch.randn(T, H, D, generator=g)
+    idx = torch.tensor([[3, -1, 40, 5], [7, 8, -1, 32], [9, 0, 1, 2]], dtype=torch.int32)
+    lengths = torch.tensor([4, 4, 1], dtype=torch.int32)  # token 2 uses slot 9 only
+    clean = quantize_kv_fp8(kv) if pool == "fp8" else kv
+    want = _run_or_skip(longattn.sparse_attention, q, clean, idx, topk_length=lengths, backend=backend)
+    for poison in (float("nan"), float("inf")):
+        bad = kv.clone()
+        bad[0, 0] = poison  # slot 0: only token 2 names it, beyond its topk_length
+        bad[1, 15] = poison  # slot 31: named by nobody
+        bad_pool = quantize_kv_fp8(bad) if pool == "fp8" else bad
+        got = longattn.sparse_attention(q, bad_pool, idx, topk_length=lengths, backend=backend)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (backend, pool, poison)

@@ -28,17 +28,29 @@ TILE_BYTES = 32 << 20
 GATHER_PIECES = 4  # rows are gathered in this many pieces: the pool-dtype copy is a quarter of the rows
 
 
-def gather_rows_into(kv, slots: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[t, k] = kv[slots[t, k]]`` as fp32 (out ``[Tc, K, D]``, any strides); ``slots`` holds valid
-    slot ids only. ``kv`` is a float row view ``[num_slots, D]`` or a pool object with
-    ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool). Gathered in pieces of keys, so the copy in
-    the pool's dtype is a fraction of ``out``."""
+def gather_rows_into(kv, slots: torch.Tensor, out: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
+    """``out[t, k] = kv[slots[t, k]]`` as fp32 (out ``[Tc, K, D]``, any strides). With ``valid``
+    ``[Tc, K]`` bool, only the valid entries are read and the others are set to 0 (a skipped entry never
+    reads the pool: a NaN in some row cannot reach another token's result); without it every slot
+    must be valid. ``kv`` is a float row view ``[num_slots, D]`` or a pool object with
+    ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool). Gathered in pieces of keys, so the copy in the
+    pool's dtype is a fraction of ``out``."""
     Tc, K, D = out.shape
     step = max(32, -(-K // GATHER_PIECES))
     for k0 in range(0, K, step):
-        s = slots[:, k0 : k0 + step].reshape(-1)
-        rows = kv.index_select(0, s) if isinstance(kv, torch.Tensor) else kv.gather_rows(s)
-        out[:, k0 : k0 + step].copy_(rows.view(Tc, -1, D))
+        s, o = slots[:, k0 : k0 + step], out[:, k0 : k0 + step]
+        if valid is None:
+            o.copy_(_gather(kv, s.reshape(-1)).view(Tc, -1, D))
+            continue
+        v = valid[:, k0 : k0 + step]
+        o[~v] = 0.0
+        rows = v.nonzero(as_tuple=True)
+        if rows[0].numel():
+            o[rows] = _gather(kv, s[rows]).to(torch.float32)
+
+
+def _gather(kv, slots: torch.Tensor) -> torch.Tensor:
+    return kv.index_select(0, slots) if isinstance(kv, torch.Tensor) else kv.gather_rows(slots)
 
 
 def _num_slots(kv) -> int:
@@ -67,13 +79,12 @@ def attend_chunk(
         return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
     keys = torch.empty(Tc, Kc, D, dtype=torch.float32, device=q.device)
     c0 = 0
-    for pool, idx, v in parts:  # invalid positions gather row 0; they are masked below
+    for pool, idx, v in parts:  # only valid entries are read; the others are 0 keys, masked below
         k = idx.shape[1]
         if k and not bool(v.any()):  # nothing to read (the pool may even be empty)
             keys[:, c0 : c0 + k].zero_()
         elif k:
-            slots = torch.where(v, idx, torch.zeros_like(idx)).long()
-            gather_rows_into(pool, slots, keys[:, c0 : c0 + k])
+            gather_rows_into(pool, idx.long(), keys[:, c0 : c0 + k], None if bool(v.all()) else v)
         c0 += k
     logits = torch.bmm(q, keys.transpose(1, 2)).mul_(scale)  # [Tc, H, Kc]
     logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
