@@ -1,8 +1,11 @@
 """HybridAttention bad input: a clear error, and the caches are left exactly as they were."""
 
+import dataclasses
+
 import longattn
 import pytest
 import torch
+from longattn.cache import StalePlanError
 
 from tests.layers.test_hybrid_attention import D, H, make_manager, make_sequence, tiny_layer
 
@@ -69,25 +72,77 @@ def test_bad_inputs_write_nothing(name, mutate, exc, msg):
     before = pools(att)
     with pytest.raises(exc, match=msg):
         att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
+    assert_unchanged(before, att)
+
+
+def assert_unchanged(before, att):
     for x, y in zip(before, pools(att)):
         assert torch.equal(x.nan_to_num(7.0), y.nan_to_num(7.0))
+
+
+def test_plan_of_another_manager_is_refused():
+    layer, _, att, _, inputs = setup("hca")
+    other = make_manager(layer, 4)
+    other.add_sequence("a")
+    other.plan(["a"], [0, 10])
+    plan = other.plan(["a"], [0, 2])
+    inputs = {k: v for k, v in inputs.items() if not k.startswith("index")}
+    before = pools(att)
+    with pytest.raises(StalePlanError, match="made by another CacheManager"):
+        att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
+    assert_unchanged(before, att)
 
 
 def test_plan_pages_outside_the_pool():
-    layer, _, att, _, inputs = setup("hca")
-    big = make_manager(layer, 4, pages=4096)
-    for i in range(80):  # push this plan's pages beyond the layer's 128-page pools
-        big.add_sequence(i)
-        big.plan([i], [0, 40])
-    big.add_sequence("a")
-    big.plan(["a"], [0, 10])
-    plan = big.plan(["a"], [0, 2])
+    """A plan edited by hand whose page table points past the layer's pools is refused."""
+    _, _, att, plan, inputs = setup("hca")
+    plan = dataclasses.replace(plan, max_page=dict(plan.max_page, window=128))
     inputs = {k: v for k, v in inputs.items() if not k.startswith("index")}
     before = pools(att)
-    with pytest.raises(ValueError, match=r"page table points outside the pool: page \d+ >= 128 pages"):
+    with pytest.raises(ValueError, match=r"page table points outside the pool: page 128 >= 128 pages"):
         att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
-    for x, y in zip(before, pools(att)):
-        assert torch.equal(x.nan_to_num(7.0), y.nan_to_num(7.0))
+    assert_unchanged(before, att)
+
+
+@pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
+def test_stale_plan_is_refused_and_writes_nothing(kind):
+    """Rerunning an ended plan would write this step's rows into window pages that the next plan
+    recycled (here: for sequence "b"): refused, before anything is written."""
+    layer, m, att, plan1, inputs = setup(kind)
+    att(plan1, **dict(inputs))
+    m.add_sequence("b")
+    plan2 = m.plan(["a", "b"], [0, 1, 5])  # a's window slides; b takes pages a released
+    g = torch.Generator().manual_seed(9)
+    step2 = make_sequence(layer, 5, g)
+    att(plan2, **step2)
+    before = pools(att)
+    for stale in (plan1, plan2):
+        with pytest.raises(StalePlanError, match=r"plan #\d+ is not newer than plan #\d+, which this layer already ran"):
+            att(stale, **dict(inputs if stale is plan1 else step2))
+        assert_unchanged(before, att)
+
+
+def test_plan_naming_a_freed_sequence_is_refused():
+    _, m, att, plan, inputs = setup("csa")
+    m.free_sequence("a")
+    with pytest.raises(StalePlanError, match="sequence 'a' of the plan was freed"):
+        att(plan, **inputs)
+
+
+def test_plans_made_ahead_run_in_order():
+    """The chunks of a long prefill: several plans made before the layer runs any, then run in order."""
+    layer = tiny_layer("csa")
+    m = make_manager(layer, 4)
+    att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32)
+    m.add_sequence("a")
+    seq = make_sequence(layer, 30, torch.Generator().manual_seed(1))
+    plans = [m.plan(["a"], [0, 10]) for _ in range(3)]
+    outs = [att(p, **{k: v[10 * i : 10 * i + 10] for k, v in seq.items()}) for i, p in enumerate(plans)]
+    m2 = make_manager(layer, 4)
+    att2 = longattn.HybridAttention(layer, m2, kv_dtype=torch.float32)
+    m2.add_sequence("a")
+    whole = att2(m2.plan(["a"], [0, 30]), **seq)
+    torch.testing.assert_close(torch.cat(outs), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_unexpected_inputs_for_kind():

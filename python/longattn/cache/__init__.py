@@ -1,7 +1,7 @@
 """Paged KV caches: page allocation and step plans (``CacheManager``), the FP8 pool format."""
 
 from .allocator import PageAllocator
-from .errors import CacheError, CacheFullError, UnknownSequenceError
+from .errors import CacheError, CacheFullError, StalePlanError, UnknownSequenceError
 from .fp8 import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from .manager import CacheManager, CompressedPlan, StepPlan, ring_capacity
 
@@ -12,6 +12,7 @@ __all__ = [
     "PageAllocator",
     "CacheError",
     "CacheFullError",
+    "StalePlanError",
     "UnknownSequenceError",
     "Fp8KVPool",
     "quantize_kv_fp8",

@@ -9,6 +9,11 @@ class CacheFullError(CacheError):
     """Not enough free pages for a request; raised before any page is taken or any row written."""
 
 
+class StalePlanError(CacheError):
+    """A ``StepPlan`` used out of turn: rerun by a layer, older than one the layer ran, from another
+    manager, or naming a freed sequence. Raised before anything is written."""
+
+
 class UnknownSequenceError(CacheError, KeyError):
     """A sequence id that was never added, or was already freed."""
 

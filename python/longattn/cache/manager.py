@@ -23,6 +23,7 @@ Pool groups and their pages (one ``page_size`` for all, the state rings capped a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +31,10 @@ import torch
 from ..configs import CSA_RATIO, LayerConfig
 from ..memory import rows_per_chunk
 from .allocator import PageAllocator
-from .errors import CacheError, UnknownSequenceError
+from .errors import CacheError, StalePlanError, UnknownSequenceError
+
+
+_MANAGER_IDS = itertools.count(1)
 
 
 def ring_capacity(ratio: int) -> int:
@@ -104,6 +108,11 @@ class StepPlan:
     window_indices: torch.Tensor  # [T, window] int32: slots of positions p-window+1..p (-1 if < 0)
     compressed: Dict[int, CompressedPlan]
     max_page: Dict[str, int]  # largest page id used per group ("window", "compressed:4", "state:4", ...)
+    # Which manager made the plan, and its number among that manager's plans (1, 2, ...): a layer
+    # runs plans in this order, each once (``CacheManager.check_plan``).
+    manager_id: int = 0
+    serial: int = 0
+    _sequences: Tuple[object, ...] = ()  # the manager's records of seq_ids (identity: freed or not)
 
     @property
     def num_tokens(self) -> int:
@@ -152,6 +161,8 @@ class CacheManager:
             r: PageAllocator(num_state_pages[r], f"compressor state pool (ratio {r})") for r in self.ratios
         }
         self._seqs: Dict[Hashable, _Sequence] = {}
+        self._plans_made = 0
+        self._id = next(_MANAGER_IDS)  # (not id(self): ids of collected objects are reused)
 
     # -- sizing ----------------------------------------------------------------------------------
     def state_page_size(self, ratio: int) -> int:
@@ -232,7 +243,11 @@ class CacheManager:
         to have that checked. On any error (unknown sequence, duplicate, bad cu_seqlens, positions
         that skip or go backwards, not enough pages) nothing changes.
 
-        A plan ends the previous step: the previous plan's window slots may be recycled.
+        A plan is one step of every layer: each layer must run the manager's plans in the order they
+        were made, each once (a layer that reran an older plan would write rows into window pages
+        that a later plan recycled, possibly for another sequence). ``HybridAttention`` enforces
+        this through ``check_plan``. Consecutive plans made before any layer runs (the chunks of a
+        long prefill) are fine as long as every layer runs them in order.
         """
         seq_ids = tuple(seq_ids)
         seqs = [self._get(s) for s in seq_ids]
@@ -301,7 +316,24 @@ class CacheManager:
                 s.compressed_pages[r].extend(self.compressed_alloc[r].allocate(k))
         for s, n in zip(seqs, counts):
             s.length += n
+        self._plans_made += 1
         return self._build_plan(seq_ids, seqs, cu, expected, counts)
+
+    def check_plan(self, plan: StepPlan, last_serial: int, who: str) -> None:
+        """Raise ``StalePlanError`` unless ``plan`` may be run now by a layer whose last plan had
+        number ``last_serial`` (0: none yet): made by this manager, newer than ``last_serial``, and
+        none of its sequences freed since."""
+        if plan.manager_id != self._id:
+            raise StalePlanError(f"{who}: the plan was made by another CacheManager than this layer's")
+        if plan.serial <= last_serial:
+            raise StalePlanError(
+                f"{who}: plan #{plan.serial} is not newer than plan #{last_serial}, which this layer already "
+                "ran: a plan serves one step of every layer, once, in the order the plans were made "
+                "(make a new plan with CacheManager.plan for every step)"
+            )
+        for sid, seq in zip(plan.seq_ids, plan._sequences):
+            if self._seqs.get(sid) is not seq:
+                raise StalePlanError(f"{who}: sequence {sid!r} of the plan was freed after the plan was made")
 
     def _build_plan(self, seq_ids, seqs, cu, positions, counts) -> StepPlan:
         dev, W, ps = self.device, self.window, self.page_size
@@ -363,6 +395,9 @@ class CacheManager:
             window_indices=window_indices.to(torch.int32).to(dev),
             compressed=compressed,
             max_page=max_page,
+            manager_id=self._id,
+            serial=self._plans_made,
+            _sequences=tuple(seqs),
         )
 
 

@@ -98,6 +98,7 @@ class HybridAttention:
             index_norm_weight if index_norm_weight is not None else torch.ones(layer.index_head_dim, device=dev)
         )
         self.rope_inv_freq = inv_freq(layer.rope, layer.rope_dim, dev)
+        self._last_plan = 0  # serial of the last plan this layer ran (plans run in order, once)
         assert not r or ring_capacity(r) == (2 if layer.overlap else 1) * r
 
     @property
@@ -112,6 +113,8 @@ class HybridAttention:
         chk = ArgChecker(f"HybridAttention[{L.kind}, layer {L.index}]")
         if not isinstance(plan, StepPlan):
             chk.fail(f"`plan` must be a StepPlan from CacheManager.plan, got {type(plan).__name__}", TypeError)
+        if not torch.compiler.is_compiling():  # (a traced step is checked when traced)
+            self.manager.check_plan(plan, self._last_plan, chk.op)
         T, H, D = plan.num_tokens, L.n_heads, L.head_dim
         chk.tensor("q", q, ("T", "H", "D"))
         if tuple(q.shape) != (T, H, D):
@@ -205,6 +208,8 @@ class HybridAttention:
         attn_sink = self.attn_sink if attn_sink is None else attn_sink
         self._check(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
         self._preflight(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
+        if not torch.compiler.is_compiling():
+            self._last_plan = plan.serial
         append_kv(self.window_pool, kv, plan.window_slots, backend=be)
         if L.kind == "swa":
             return sparse_attention(
