@@ -126,3 +126,19 @@ def test_for_layers_sizes_pools():
     for s in range(2):
         m.add_sequence(s)
     m.plan([0, 1], [0, 256, 512])
+
+
+@pytest.mark.parametrize(
+    "cu",
+    [[0, 1.5, 3], torch.tensor([0.0, 2.0, 3.0]), [False, True, True], torch.tensor([0, 1, 2], dtype=torch.bool)],
+    ids=["fraction", "integral floats", "bool list", "bool tensor"],
+)
+def test_plan_refuses_non_integer_cu_seqlens(cu):
+    m = CacheManager(ratios=(4,), page_size=4, num_window_pages=16, num_compressed_pages={4: 8}, num_state_pages={4: 8})
+    m.add_sequence("a")
+    m.add_sequence("b")
+    with pytest.raises(TypeError, match="plan: `cu_seqlens` must hold integers"):
+        m.plan(["a", "b"], cu)
+    assert m.seq_len("a") == 0 and m.seq_len("b") == 0
+    with pytest.raises(TypeError, match="plan: `positions` must hold integers"):
+        m.plan(["a", "b"], [0, 1, 2], positions=[0.0, 0.0])

@@ -156,8 +156,12 @@ def test_one_sequences_nan_row_does_not_reach_another(kind, kv_format):
             s.update(compress_a=torch.randn(S, c * Dl, generator=g), compress_b=torch.randn(S, c * Dl, generator=g))
         if layer.uses_indexer:
             Hi, Di = layer.index_n_heads, layer.index_head_dim
-            s.update(index_q=torch.randn(S, Hi, Di, generator=g), index_weights=torch.randn(S, Hi, generator=g),
-                     index_a=torch.randn(S, 2 * Di, generator=g), index_b=torch.randn(S, 2 * Di, generator=g))  # fmt: skip
+            s.update(
+                index_q=torch.randn(S, Hi, Di, generator=g),
+                index_weights=torch.randn(S, Hi, generator=g),
+                index_a=torch.randn(S, 2 * Di, generator=g),
+                index_b=torch.randn(S, 2 * Di, generator=g),
+            )
         return s
 
     a, b = seq(6), seq(5)

@@ -33,7 +33,6 @@ from ..memory import rows_per_chunk
 from .allocator import PageAllocator
 from .errors import CacheError, StalePlanError, UnknownSequenceError
 
-
 _MANAGER_IDS = itertools.count(1)
 
 
@@ -253,7 +252,7 @@ class CacheManager:
         seqs = [self._get(s) for s in seq_ids]
         if len(set(seq_ids)) != len(seq_ids):
             raise CacheError(f"plan: a sequence appears twice in one batch: {list(seq_ids)}")
-        cu = torch.as_tensor(cu_seqlens).to("cpu", torch.int64)
+        cu = _int_tensor("cu_seqlens", cu_seqlens)
         if cu.dim() != 1 or cu.shape[0] != len(seq_ids) + 1:
             raise ValueError(
                 f"plan: `cu_seqlens` must be [B+1] = [{len(seq_ids) + 1}] for B={len(seq_ids)} sequences, "
@@ -269,7 +268,7 @@ class CacheManager:
             else torch.zeros(0, dtype=torch.int64)
         )
         if positions is not None:
-            pos = torch.as_tensor(positions).to("cpu", torch.int64)
+            pos = _int_tensor("positions", positions)
             if pos.shape != expected.shape:
                 raise ValueError(
                     f"plan: `positions` must be [T] = [{expected.shape[0]}] (cu_seqlens[-1]), got {list(pos.shape)}"
@@ -399,6 +398,20 @@ class CacheManager:
             serial=self._plans_made,
             _sequences=tuple(seqs),
         )
+
+
+def _int_tensor(name: str, x) -> torch.Tensor:
+    """``x`` (an integer tensor or a sequence of ints) as a CPU int64 tensor; bools, floats (even
+    integral ones) and other types are refused, never truncated."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"plan: `{name}` must be an integer tensor or a sequence of ints, got {type(x).__name__}"
+        ) from None
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"plan: `{name}` must hold integers, got dtype {str(t.dtype).replace('torch.', '')}")
+    return t.to("cpu", torch.int64)
 
 
 def token_chunks(num_tokens: int, bytes_per_token: int):
