@@ -68,6 +68,7 @@ class LayerStep:
     manager: CacheManager
     plan: object
     x: Dict[str, torch.Tensor]
+    weights: Dict[str, torch.Tensor]  # the layer's sink and norm weights (forward arguments)
     B: int
     Tq: int
 
@@ -81,12 +82,12 @@ def build_layer_step(p, device, seed: int) -> LayerStep:
                                 page_size=page, device=device)  # fmt: skip
     g = generator(device, seed)
     H, D, Hi, Di = Lc.n_heads, Lc.head_dim, Lc.index_n_heads, Lc.index_head_dim
-    layer = longattn.HybridAttention(
-        Lc, m, kv_dtype=torch.bfloat16, kv_format="fp8" if fp8 else "float",
-        attn_sink=randn((H,), torch.float32, device, g),
-        compress_norm_weight=randn((D,), torch.float32, device, g, scale=0.1).add_(1.0),
-        index_norm_weight=randn((Di,), torch.float32, device, g, scale=0.1).add_(1.0),
-    )  # fmt: skip
+    layer = longattn.HybridAttention(Lc, m, kv_dtype=torch.bfloat16, kv_format="fp8" if fp8 else "float")
+    weights = dict(attn_sink=randn((H,), torch.float32, device, g))
+    if Lc.compress_ratio:
+        weights["compress_norm_weight"] = randn((D,), torch.float32, device, g, scale=0.1).add_(1.0)
+    if Lc.uses_indexer:
+        weights["index_norm_weight"] = randn((Di,), torch.float32, device, g, scale=0.1).add_(1.0)
     seq_ids = list(range(B))
     fill_random_context(layer, m, seq_ids, L - T // B, chunk=FILL_CHUNK, seed=seed)
     plan = m.plan(seq_ids, step_cu(B, T))
@@ -109,7 +110,7 @@ def build_layer_step(p, device, seed: int) -> LayerStep:
         ring_fixed_point(layer.state_pool, sbt, pos, rows, torch.cat([x["compress_a"], x["compress_b"]], 1), ring)
         if Lc.uses_indexer:
             ring_fixed_point(layer.index_state_pool, sbt, pos, rows, torch.cat([x["index_a"], x["index_b"]], 1), ring)
-    return LayerStep(layer, m, plan, x, B, T // B)
+    return LayerStep(layer, m, plan, x, weights, B, T // B)
 
 
 def _call(st: LayerStep, backend: Optional[str]):
@@ -118,7 +119,7 @@ def _call(st: LayerStep, backend: Optional[str]):
 
     def step():
         st.layer.backend = backend
-        return st.layer(st.plan, q, kv, **x)
+        return st.layer(st.plan, q, kv, **x, **st.weights)  # (rerunning the newest plan rewrites the same slots)
 
     return step
 
@@ -243,7 +244,7 @@ def layer_dense_view(st: LayerStep) -> DenseView:
     if r and not Lc.uses_indexer:  # HCA: every visible entry
         mask[..., R:] = torch.arange(N, device=dev).view(1, 1, N) < vis.unsqueeze(-1)
     view = DenseView(q=x["q"].view(B, Tq, H, D), keys=keys, mask=mask, window_mask=window_mask,
-                     sink=layer.attn_sink, scale=Lc.softmax_scale, comp_offset=R, topk=Lc.index_topk)  # fmt: skip
+                     sink=st.weights["attn_sink"], scale=Lc.softmax_scale, comp_offset=R, topk=Lc.index_topk)  # fmt: skip
     if Lc.uses_indexer:  # CSA: the peers select with their own dense indexer (mask = window only)
         view.iq = x["index_q"].view(B, Tq, *x["index_q"].shape[1:])
         view.iw = x["index_weights"].view(B, Tq, -1)

@@ -253,6 +253,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
 
 def backends_info() -> List[Dict[str, object]]:
     from longattn.backends import registry
+    from longattn.ops.op import ops_of_backend
 
     out = []
     for name in registry.backend_names():
@@ -262,7 +263,7 @@ def backends_info() -> List[Dict[str, object]]:
             "available": b.unavailable is None,
             "reason": b.unavailable,
             "device_types": list(b.device_types) if b.device_types is not None else None,
-            "ops": list(b.ops),
+            "ops": ops_of_backend(name),
             "description": b.description,
         })  # fmt: skip
     return out

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import longattn
 import torch
 from longattn.backends import registry
+from longattn.ops.op import ops_of_backend
 
 from . import ceilings as ceil_mod
 from . import costs, peers
@@ -180,7 +181,7 @@ def _static_decline(name: str, case: Case, device: torch.device) -> Optional[str
         return b.unavailable
     if b.device_types is not None and device.type not in b.device_types:
         return f"runs on {'/'.join(b.device_types)}, not {device.type}"
-    missing = [op for op in case.family.ops if op not in b.ops]
+    missing = [op for op in case.family.ops if op not in ops_of_backend(name)]
     if missing:
         return f"does not implement {', '.join(missing)}"
     return None

@@ -51,3 +51,30 @@ def seed():
     random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def test_backend(monkeypatch):
+    """``test_backend(name, impls, device_types=("cpu",))`` registers a test-only backend with the given
+    ``{op name: Impl}`` implementations for one test (removed afterwards)."""
+    import sys
+
+    from longattn.backends import Backend, registry
+    from longattn.ops.op import get_op
+
+    added = []
+
+    def register(name, impls, device_types=("cpu",), preferred_on=()):
+        mod = type(sys)(f"{name}_longattn_test_backend")
+        mod.BACKEND = Backend(name, "test double", device_types, preferred_on=preferred_on)
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        registry.register_backend(name, mod.__name__)
+        for op, impl in impls.items():
+            get_op(op).add_impl(name, impl)
+        added.append((name, list(impls)))
+
+    yield register
+    for name, ops in added:
+        for op in ops:
+            get_op(op).remove_impl(name)
+        registry.unregister_backend(name)

@@ -6,7 +6,7 @@ import sys
 import longattn
 import pytest
 import torch
-from longattn.backends import Backend, BackendError, OpImpl, registry
+from longattn.backends import BackendError, Impl, registry
 
 
 def args():
@@ -14,22 +14,17 @@ def args():
 
 
 @pytest.fixture
-def fake_backend(monkeypatch):
+def fake_backend(test_backend):
     """A test-only backend 'fake' that declines head dims other than 64, registered next to the others."""
-    mod = type(sys)("fake_longattn_backend")
 
-    def reasons(q, **_):
-        return [] if q.shape[-1] == 64 else [f"needs head dim 64, got {q.shape[-1]}"]
+    def reasons(inp):
+        D = inp.q.shape[-1]
+        return [] if D == 64 else [f"needs head dim 64, got {D}"]
 
-    def run(q, **_):
-        return torch.full_like(q, 7.0), torch.zeros(q.shape[:2])
+    def run(inp):
+        return torch.full_like(inp.q, 7.0), torch.zeros(inp.q.shape[:2])
 
-    mod.BACKEND = Backend("fake", "test double", ("cpu",), {"sparse_attention": OpImpl(run, reasons)})
-    monkeypatch.setitem(sys.modules, "fake_longattn_backend", mod)
-    registry.register_backend("fake", "fake_longattn_backend")
-    yield
-    registry._MODULES.pop("fake", None)
-    registry._loaded.pop("fake", None)
+    test_backend("fake", {"sparse_attention": Impl(run, reasons)})
 
 
 def test_default_on_cpu_is_reference(monkeypatch):
@@ -66,8 +61,13 @@ def test_env_var_forces_backend(fake_backend, monkeypatch):
     assert not torch.all(out == 7.0)
 
 
-def test_preferred_backend_declining_falls_back_with_one_warning(fake_backend, monkeypatch):
-    monkeypatch.setitem(registry.DEFAULT_ORDER, "cpu", ("fake", "reference"))
+def test_preferred_backend_declining_falls_back_with_one_warning(test_backend, monkeypatch):
+    test_backend(
+        "fake",
+        {"sparse_attention": Impl(lambda inp: None, lambda inp: [f"needs head dim 64, got {inp.q.shape[-1]}"])},
+        preferred_on=("cpu",),
+    )
+    assert registry.default_order(torch.device("cpu")) == ("fake", "reference")
     monkeypatch.setattr(registry, "_warned", set())
     with pytest.warns(RuntimeWarning, match=r"backend 'fake' declined \(needs head dim 64, got 8\); using 'reference'"):
         longattn.sparse_attention(**args())
@@ -91,8 +91,7 @@ def test_backend_that_fails_to_import_is_reported(monkeypatch):
             longattn.sparse_attention(**args(), backend="broken")
         assert "broken" in longattn.info(print_report=False)
     finally:
-        registry._MODULES.pop("broken", None)
-        registry._loaded.pop("broken", None)
+        registry.unregister_backend("broken")
 
 
 def test_info_reports_backends_and_order():

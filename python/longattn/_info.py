@@ -9,6 +9,7 @@ import torch
 
 from .backends import registry
 from .memory import chunk_budget_bytes
+from .ops.op import ops_of_backend
 
 
 def _devices():
@@ -38,8 +39,9 @@ def info(print_report: bool = True) -> str:
         where = "any device" if b.device_types is None else "/".join(b.device_types)
         lines.append(f"  - {name} [{where}]: {status}")
         lines.append(f"      {b.description}")
-        if b.ops:
-            lines.append(f"      ops: {', '.join(b.ops)}")
+        ops = ops_of_backend(name)
+        if ops:
+            lines.append(f"      ops: {', '.join(ops)}")
     lines.append("default order:")
     for dev in _devices():
         lines.append(f"  {dev.type}: {' -> '.join(registry.default_order(dev))}")

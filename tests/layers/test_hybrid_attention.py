@@ -56,7 +56,7 @@ def make_sequence(layer, S, g):
 def run_schedule(layer, page_size, seqs, schedule, weights):
     """schedule: list of steps, each a list of (seq name, n tokens). Returns outputs per sequence."""
     m = make_manager(layer, page_size)
-    att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32, **weights)
+    att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32)
     done = {name: 0 for name in seqs}
     outs = {name: torch.full_like(s["q"], float("nan")) for name, s in seqs.items()}
     for step in schedule:
@@ -68,7 +68,7 @@ def run_schedule(layer, page_size, seqs, schedule, weights):
         cu = torch.tensor([0] + counts).cumsum(0)
         plan = m.plan(ids, cu)
         inputs = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
-        out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs)
+        out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs, **weights)
         for (nm, n), t0 in zip(step, cu[:-1].tolist()):
             outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
             done[nm] += n

@@ -3,8 +3,10 @@
 The same kernel sources as ``ascend_sim`` (``ascend_c/<op>/op_kernel``), built for the NPU by
 ``ascend_c/build_npu.sh`` (CMake, needs a CANN toolkit in ``ASCEND_HOME_PATH``; or
 ``LONGATTN_BUILD_NPU=1 pip install --no-build-isolation .``) into ``liblongattn_ascend_npu.so``,
-which registers the raw kernel ops ``torch.ops.longattn_ascend.*`` and NPU implementations of the
-public ``torch.ops.longattn.*`` ops (csrc/ascend_npu).
+which registers the raw kernel ops ``torch.ops.longattn_ascend.*`` (csrc/ascend_npu). Python decides
+the backend (``registry.select``, once per call) and calls them; the binding checks nothing the Python
+side already decided. The support matrix is the ``ascend_sim`` one (same kernels and tilings), declared
+once per op in ``ops/<op>/ascend.py``.
 
 Status: written, never compiled or run on an NPU (no CANN toolkit or device was available); the
 kernels themselves are verified on the CPU emulator only (``backend="ascend_sim"``).
@@ -24,8 +26,7 @@ from typing import Optional
 
 import torch
 
-from . import ascend_sim as _sim  # the same kernels and tilings: the same support matrix
-from .base import Backend, OpImpl
+from .base import Backend
 
 LIB_NAME = "liblongattn_ascend_npu.so"
 REPO = Path(__file__).resolve().parents[3]
@@ -66,39 +67,26 @@ def ops():
     return torch.ops.longattn_ascend
 
 
-def _append_kv(pool, rows, slot_mapping):
-    ops().append_kv(*_sim.pool_args(pool), rows, slot_mapping)
+def kernel(name: str):
+    """The NPU build's raw kernel op ``name`` (``torch.ops.longattn_ascend.<name>``); the same
+    arguments as ``ascend_sim.kernel(name)``."""
+    return getattr(ops(), name)
 
 
-def _sparse_attention(**args):
-    return tuple(ops().sparse_attention(*_sim.sparse_attention_args(**args)))
+def kernel_of(backend: str, name: str):
+    """Entry point ``name`` of the Ascend C kernels in the build that ``backend`` runs ("ascend": the NPU
+    library; "ascend_sim": the emulator extension). Both take the same arguments."""
+    if backend == "ascend_sim":
+        from . import ascend_sim
 
-
-def _compress_kv(**args):
-    ops().compress_kv(*_sim.compress_kv_args(**args))
-
-
-def _indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
-    indices, lengths = ops().indexer(
-        q, weights, index_k, visible_end, int(topk), block_table, seq_ids, bool(return_slots), False
-    )
-    return indices, lengths
-
-
-def _indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None):
-    return ops().indexer(q, weights, index_k, visible_end, 1, block_table, seq_ids, False, True)[0]
+        return ascend_sim.kernel(name)
+    return kernel(name)
 
 
 BACKEND = Backend(
     name="ascend",
     description="Ascend C kernels on an Ascend NPU via torch_npu (written, never compiled or run on an NPU)",
     device_types=("npu", "privateuseone"),
-    ops={
-        "sparse_attention": OpImpl(_sparse_attention, _sim._sparse_attention_reasons),
-        "append_kv": OpImpl(_append_kv, _sim._append_kv_reasons),
-        "compress_kv": OpImpl(_compress_kv, _sim._compress_kv_reasons),
-        "indexer_topk": OpImpl(_indexer_topk, _sim._indexer_reasons),
-        "indexer_logits": OpImpl(_indexer_logits, _sim._indexer_reasons),
-    },
     unavailable=_unavailable(),
+    preferred_on=("npu", "privateuseone"),
 )

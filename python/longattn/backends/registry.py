@@ -1,47 +1,43 @@
 """Backend registry and dispatch.
 
-Selection for one op call (``select``):
+Selection for one op call (``select``), given the op's per-backend ``Impl`` declarations:
 
 1. ``backend="name"`` wins, else the environment variable ``LONGATTN_BACKEND``; a forced backend
    either runs the call or raises.
-2. Otherwise the device decides the order: cuda -> triton, reference; npu -> ascend, reference;
-   anything else -> reference. The first backend that accepts the call runs it; if a preferred
-   backend that implements the op declines the call, a warning (once per reason) says why.
+2. Otherwise the device decides the order: the backends that declare the device type in
+   ``preferred_on`` (registration order), then ``reference``. The first backend that accepts the
+   call runs it; if a preferred backend that implements the op declines the call, a warning (once
+   per reason) says why.
 3. When no backend can run a call, ``BackendError`` lists every registered backend with its reasons.
 
-Backends are registered by module path and imported lazily on first use, so ``import longattn``
-imports no backend code (and never triton or torch_npu).
+Backends are registered by module path and imported on first use, so ``import longattn`` imports no
+backend code (and never triton or torch_npu). This module knows nothing about ops: an op passes its
+own declarations (``ops/<op>/support.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import threading
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .base import Backend
+from .base import Backend, Impl
 
 ENV_VAR = "LONGATTN_BACKEND"
+FALLBACK = "reference"
 
-# name -> module that defines ``BACKEND: Backend`` (imported on first use).
+# name -> module that defines ``BACKEND: Backend`` (imported on first use), in preference order.
 _MODULES: Dict[str, str] = {
     "reference": "longattn.backends.reference",
     "triton": "longattn.backends.triton",
     "ascend_sim": "longattn.backends.ascend_sim",
     "ascend": "longattn.backends.ascend",
 }
-
-# Default preference per torch device type.
-DEFAULT_ORDER: Dict[str, Tuple[str, ...]] = {
-    "cuda": ("triton", "reference"),
-    "npu": ("ascend", "reference"),
-    "privateuseone": ("ascend", "reference"),
-}
-FALLBACK_ORDER: Tuple[str, ...] = ("reference",)
 
 _loaded: Dict[str, Backend] = {}
 _lock = threading.Lock()
@@ -52,10 +48,24 @@ class BackendError(NotImplementedError):
     """No backend can run this call (the message lists every backend and why it declined)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The backend chosen for one call and the function that runs the op's prepared inputs there."""
+
+    backend: str
+    run: Callable
+
+
 def register_backend(name: str, module: str) -> None:
     """Register (or re-point) a backend implemented in ``module`` (which defines ``BACKEND``)."""
     with _lock:
         _MODULES[name] = module
+        _loaded.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    with _lock:
+        _MODULES.pop(name, None)
         _loaded.pop(name, None)
 
 
@@ -77,7 +87,6 @@ def get_backend(name: str) -> Backend:
                     name=name,
                     description=f"(failed to load {_MODULES[name]})",
                     device_types=None,
-                    ops={},
                     unavailable=f"failed to load: {type(exc).__name__}: {exc}",
                 )
             _loaded[name] = backend
@@ -94,49 +103,63 @@ def requested_backend(backend: Optional[str]) -> Optional[str]:
 
 
 def default_order(device: torch.device) -> Tuple[str, ...]:
-    return tuple(n for n in DEFAULT_ORDER.get(device.type, FALLBACK_ORDER) if n in _MODULES)
+    """Backends tried, in order, for an unforced call on ``device``."""
+    preferred = [n for n in _MODULES if n != FALLBACK and device.type in get_backend(n).preferred_on]
+    return tuple(preferred) + ((FALLBACK,) if FALLBACK in _MODULES else ())
 
 
-def select(op: str, device: torch.device, args: Dict[str, object], backend: Optional[str] = None):
-    """Return the implementation of ``op`` that runs these canonical ``args``."""
+def reasons(name: str, op: str, impls: Mapping[str, Impl], device: torch.device, inputs) -> List[str]:
+    """Why backend ``name`` declines this call of ``op`` (empty list: it accepts)."""
+    problem = get_backend(name).device_reason(device)
+    if problem is not None:
+        return [problem]
+    impl = impls.get(name)
+    if impl is None:
+        return [f"does not implement {op}"]
+    return impl.declines(inputs)
+
+
+def select(op: str, impls: Mapping[str, Impl], device: torch.device, inputs, backend: Optional[str] = None) -> Selection:
+    """The backend that runs this call of ``op`` (prepared ``inputs`` on ``device``)."""
     forced = requested_backend(backend)
     order = (forced,) if forced is not None else default_order(device)
     declined: List[Tuple[str, List[str]]] = []
     for name in order:
-        b = get_backend(name)
-        reasons = b.reasons(op, device, args)
-        if not reasons:
-            if declined and op in get_backend(declined[0][0]).ops:
+        why = reasons(name, op, impls, device, inputs)
+        if not why:
+            if declined and declined[0][0] in impls:
                 _warn_fallback(op, name, declined[0])
-            return b.ops[op].fn
-        declined.append((name, reasons))
-    raise BackendError(_explain(op, device, args, order, forced))
+            return Selection(name, impls[name].function())
+        declined.append((name, why))
+    raise BackendError(_explain(op, impls, device, inputs, order, forced))
 
 
 def _warn_fallback(op: str, chosen: str, declined: Tuple[str, List[str]]) -> None:
     msg = f"longattn.{op}: backend {declined[0]!r} declined ({'; '.join(declined[1])}); using {chosen!r}"
     if msg not in _warned:
         _warned.add(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)
 
 
-def _describe_args(args: Dict[str, object]) -> str:
+def describe_inputs(inputs) -> str:
+    """One line naming the shapes and dtypes of a call (for error messages)."""
+    fields = dataclasses.fields(inputs) if dataclasses.is_dataclass(inputs) else ()
     parts = []
-    for k, v in args.items():
+    for f in fields:
+        v = getattr(inputs, f.name)
         if isinstance(v, torch.Tensor):
-            parts.append(f"{k}={list(v.shape)} {str(v.dtype).replace('torch.', '')}")
+            parts.append(f"{f.name}={list(v.shape)} {str(v.dtype).replace('torch.', '')}")
         elif v is not None and not callable(v):
-            parts.append(f"{k}={type(v).__name__}" if hasattr(v, "__dict__") else f"{k}={v!r}")
+            parts.append(f"{f.name}={v!r}")
     return ", ".join(parts)
 
 
-def _explain(op, device, args, order, forced) -> str:
+def _explain(op, impls, device, inputs, order, forced) -> str:
     how = f"backend {forced!r} was requested" if forced else f"default order for {device.type}: {', '.join(order)}"
-    lines = [f"longattn.{op}: no backend can run this call ({how}).", f"  call: {_describe_args(args)}"]
+    lines = [f"longattn.{op}: no backend can run this call ({how}).", f"  call: {describe_inputs(inputs)}"]
     for name in _MODULES:
-        b = get_backend(name)
-        reasons = b.reasons(op, device, args)
-        if not reasons:
-            reasons = [f"not tried ({how}); select it with backend={name!r}"]
-        lines.append(f"  - {name}: " + "; ".join(reasons))
+        why = reasons(name, op, impls, device, inputs)
+        if not why:
+            why = [f"not tried ({how}); select it with backend={name!r}"]
+        lines.append(f"  - {name}: " + "; ".join(why))
     return "\n".join(lines)

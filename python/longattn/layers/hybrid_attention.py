@@ -8,22 +8,60 @@ Per call (a ragged batch of prefill chunks and decode tokens, described by a ``S
        HCA: every visible compressed entry
     4. one softmax over window keys + compressed keys + sink                        (sparse_attention)
 
-Everything is checked before anything is written, so a call that raises leaves the caches unchanged.
+``prepare`` checks the whole step first: the layer's own contract (plan, shapes per layer kind), then
+every op's inputs through that op's own ``prepare`` (the same checks as the public ops) and one
+backend choice per op. Only then does anything run, so a call that raises leaves the caches
+unchanged, and no op validates or selects again while the step runs.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import List, Optional, Tuple
 
 import torch
 
 from .._checks import FLOAT_DTYPES, ArgChecker
-from ..backends import registry
+from ..backends.registry import Selection
 from ..cache.fp8 import Fp8KVPool
 from ..cache.manager import CacheManager, StepPlan, ring_capacity, token_chunks
 from ..configs import LayerConfig
-from ..ops import append_kv, compress_kv, indexer_topk, sparse_attention
+from ..ops.append import op as append_op
+from ..ops.compress import op as compress_op
+from ..ops.indexer import op as indexer_op
+from ..ops.op import Op
+from ..ops.sparse_attention import op as attention_op
 from ..rope import inv_freq
+
+
+@dataclasses.dataclass
+class _Call:
+    """One op of a step: its prepared inputs and the backend chosen for them (None while tracing)."""
+
+    op: Op
+    inputs: object
+    selection: Optional[Selection]
+
+    def run(self, backend: Optional[str], **changes):
+        """Run the op; ``changes`` replace inputs known only now (same shapes and dtypes by construction:
+        the indexer's output, a token chunk), without validating again."""
+        inputs = dataclasses.replace(self.inputs, **changes) if changes else self.inputs
+        return self.op.run(inputs, backend, self.selection)
+
+
+@dataclasses.dataclass
+class LayerStep:
+    """A checked step of one layer: every op call prepared, nothing run yet."""
+
+    plan: StepPlan
+    q: torch.Tensor
+    append: _Call
+    attend: Optional[_Call]
+    compress: Optional[_Call] = None
+    index_compress: Optional[_Call] = None
+    topk: Optional[_Call] = None
+    hca_chunks: Optional[List[Tuple[int, int]]] = None  # token ranges of the HCA attention
+    grad_inputs: Tuple[str, ...] = ()  # inputs that require grad (the output refuses backward)
 
 
 class HybridAttention:
@@ -35,9 +73,10 @@ class HybridAttention:
         kv_dtype: dtype of the float KV pools (window, compressed), e.g. torch.bfloat16.
         kv_format: "float" or "fp8" (the 584-B FP8 record of ``longattn.cache.fp8``; D must be 512).
         index_dtype: dtype of the indexer-key pool (CSA), default ``kv_dtype``.
-        attn_sink, compress_norm_weight, index_norm_weight: the layer's weights ([H], [D], [Di]);
-            each may also be passed to ``forward``. Norm weights default to ones; no sink by default.
         backend: forwarded to every op (None: dispatch by device).
+
+    The layer holds caches only; its weights (sink, compressor norms) belong to the caller (e.g.
+    ``longattn.nn.DeepseekV4Attention``) and are passed to ``forward`` on every call.
 
     Pools (attributes): ``window_pool``, ``compressed_pool``, ``index_pool`` ([pages, page, D] float
     or ``Fp8KVPool``) and the fp32 compressor rings ``state_pool`` / ``index_state_pool``
@@ -52,9 +91,6 @@ class HybridAttention:
         kv_dtype: torch.dtype = torch.bfloat16,
         kv_format: str = "float",
         index_dtype: Optional[torch.dtype] = None,
-        attn_sink: Optional[torch.Tensor] = None,
-        compress_norm_weight: Optional[torch.Tensor] = None,
-        index_norm_weight: Optional[torch.Tensor] = None,
         backend: Optional[str] = None,
     ):
         if kv_format not in ("float", "fp8"):
@@ -90,13 +126,9 @@ class HybridAttention:
                     manager.compressed_alloc[r].num_pages, ps, Di, dtype=index_dtype or kv_dtype, device=dev
                 )
                 self.index_state_pool = torch.zeros(n_state, s_ps, 2 * 2 * Di, dtype=torch.float32, device=dev)
-        self.attn_sink = attn_sink
-        self.compress_norm_weight = (
-            compress_norm_weight if compress_norm_weight is not None else torch.ones(D, device=dev)
-        )
-        self.index_norm_weight = (
-            index_norm_weight if index_norm_weight is not None else torch.ones(layer.index_head_dim, device=dev)
-        )
+        # Norm weights used when the caller passes none (RMSNorm without a learned scale).
+        self._unit_norm = torch.ones(D, device=dev)
+        self._unit_index_norm = torch.ones(layer.index_head_dim, device=dev)
         self.rope_inv_freq = inv_freq(layer.rope, layer.rope_dim, dev)
         self._last_plan = 0  # serial of the last plan this layer ran (plans run in order, once)
         assert not r or ring_capacity(r) == (2 if layer.overlap else 1) * r
@@ -105,12 +137,166 @@ class HybridAttention:
     def kind(self) -> str:
         return self.layer.kind
 
+    def pools(self) -> List[object]:
+        """The layer's cache tensors / pool objects that exist for its kind."""
+        all_ = (self.window_pool, self.compressed_pool, self.index_pool, self.state_pool, self.index_state_pool)
+        return [p for p in all_ if p is not None]
+
     # ---------------------------------------------------------------------------------------------
-    def _check(
-        self, plan: StepPlan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink
-    ):
+    def forward(
+        self,
+        plan: StepPlan,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        *,
+        compress_a: Optional[torch.Tensor] = None,
+        compress_b: Optional[torch.Tensor] = None,
+        index_q: Optional[torch.Tensor] = None,
+        index_weights: Optional[torch.Tensor] = None,
+        index_a: Optional[torch.Tensor] = None,
+        index_b: Optional[torch.Tensor] = None,
+        attn_sink: Optional[torch.Tensor] = None,
+        compress_norm_weight: Optional[torch.Tensor] = None,
+        index_norm_weight: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Write the step's new rows into the caches and attend. Returns ``[T, H, D]`` in q's dtype.
+
+        Args:
+            plan: ``CacheManager.plan(...)`` of this step (shared by all layers; each layer runs the
+                manager's plans in order, once).
+            q: ``[T, H, D]`` queries after norm and RoPE. kv: ``[T, D]`` new latent rows (after RoPE).
+            compress_a, compress_b: CSA/HCA ``[T, c*D]`` compressor values and scores (+ position bias).
+            index_q ``[T, Hi, Di]``, index_weights ``[T, Hi]``, index_a/index_b ``[T, 2*Di]``: CSA only.
+            attn_sink: ``[H]`` sink logits (None: no sink).
+            compress_norm_weight ``[D]``, index_norm_weight ``[Di]``: the compressors' RMSNorm weights
+                (None: ones).
+
+        Not differentiable: under grad mode the forward runs (the rows written to the caches are
+        stored detached) and ``backward()`` through the output raises.
+        """
+        step = self.prepare(
+            plan, q, kv, compress_a=compress_a, compress_b=compress_b, index_q=index_q,
+            index_weights=index_weights, index_a=index_a, index_b=index_b, attn_sink=attn_sink,
+            compress_norm_weight=compress_norm_weight, index_norm_weight=index_norm_weight,
+        )  # fmt: skip
+        return self.run(step)
+
+    __call__ = forward
+
+    def prepare(
+        self,
+        plan: StepPlan,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        *,
+        compress_a=None,
+        compress_b=None,
+        index_q=None,
+        index_weights=None,
+        index_a=None,
+        index_b=None,
+        attn_sink=None,
+        compress_norm_weight=None,
+        index_norm_weight=None,
+    ) -> LayerStep:
+        """Check every argument of the step and prepare every op call (see ``forward``); writes nothing."""
         L = self.layer
         chk = ArgChecker(f"HybridAttention[{L.kind}, layer {L.index}]")
+        self._check(chk, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b)
+        written = dict(kv=kv, compress_a=compress_a, compress_b=compress_b, index_a=index_a, index_b=index_b)
+        grad_inputs: Tuple[str, ...] = ()
+        if torch.is_grad_enabled():
+            every = dict(written, q=q, index_q=index_q, index_weights=index_weights, attn_sink=attn_sink)
+            grad_inputs = tuple(k for k, v in every.items() if isinstance(v, torch.Tensor) and v.requires_grad)
+            if grad_inputs:  # the caches keep values, never a graph
+                kv, compress_a, compress_b, index_a, index_b = (
+                    None if x is None else x.detach() for x in (kv, compress_a, compress_b, index_a, index_b)
+                )
+
+        def call(op: Op, inputs) -> _Call:
+            selection = None if torch.compiler.is_compiling() else op.select(inputs, self.backend)
+            return _Call(op, inputs, selection)
+
+        T = plan.num_tokens
+        append = call(append_op.OP, append_op.prepare(self.window_pool, kv, plan.window_slots))
+        if L.kind == "swa":
+            attend = attention_op.prepare(q, self.window_pool, plan.window_indices, attn_sink=attn_sink,
+                                          softmax_scale=L.softmax_scale)  # fmt: skip
+            return LayerStep(plan, q, append, call(attention_op.OP, attend), grad_inputs=grad_inputs)
+
+        r = L.compress_ratio
+        cp = plan.compressed[r]
+        common = dict(positions=plan.positions, token_rows=plan.token_rows, ratio=r, overlap=L.overlap,
+                      state_block_table=cp.state_block_table, out_block_table=cp.block_table, eps=L.eps,
+                      rope_inv_freq=self.rope_inv_freq)  # fmt: skip
+        norm = self._unit_norm if compress_norm_weight is None else compress_norm_weight
+        compress = call(
+            compress_op.COMPRESS_KV_OP,
+            compress_op.prepare_compress_kv(a=compress_a, b=compress_b, state=self.state_pool,
+                                            out=self.compressed_pool, norm_weight=norm, **common),
+        )  # fmt: skip
+        step = LayerStep(plan, q, append, None, compress=compress, grad_inputs=grad_inputs)
+        if L.kind == "csa":
+            index_norm = self._unit_index_norm if index_norm_weight is None else index_norm_weight
+            step.index_compress = call(
+                compress_op.COMPRESS_KV_OP,
+                compress_op.prepare_compress_kv(a=index_a, b=index_b, state=self.index_state_pool,
+                                                out=self.index_pool, norm_weight=index_norm, **common),
+            )  # fmt: skip
+            step.topk = call(
+                indexer_op.TOPK_OP,
+                indexer_op.prepare("indexer_topk", index_q, index_weights, self.index_pool, cp.visible_end,
+                                   cp.block_table, plan.token_rows, L.index_topk, True),
+            )  # fmt: skip
+            # The compressed stream's rows come from the indexer: placeholders of their final shape here.
+            rows = torch.empty(T, L.index_topk, dtype=torch.int32, device=q.device)
+            lengths = torch.empty(T, dtype=torch.int32, device=q.device)
+            t1 = T
+        else:  # HCA: every visible entry; index rows are built per token chunk to bound their memory
+            K = cp.max_visible if cp.max_visible is not None else (int(cp.visible_end.max()) if T else 0)
+            chunks = token_chunks(T, 4 * (K + L.window) + 1)
+            step.hca_chunks = chunks if len(chunks) > 1 else None
+            t1 = chunks[0][1] if chunks else T
+            rows, lengths = cp.all_visible(plan.token_rows, 0, t1)
+        attend = attention_op.prepare(q[:t1], self.window_pool, plan.window_indices[:t1],
+                                      extra_kv=self.compressed_pool, extra_indices=rows, extra_topk_length=lengths,
+                                      attn_sink=attn_sink, softmax_scale=L.softmax_scale)  # fmt: skip
+        step.attend = call(attention_op.OP, attend)
+        return step
+
+    def run(self, step: LayerStep) -> torch.Tensor:
+        """Run a prepared step: write the caches, then attend. Returns ``[T, H, D]``."""
+        plan, be = step.plan, self.backend
+        if not torch.compiler.is_compiling():
+            self.manager.check_plan(plan, self._last_plan, f"HybridAttention[{self.kind}, layer {self.layer.index}]")
+            self._last_plan = plan.serial
+        step.append.run(be)
+        if step.compress is not None:
+            step.compress.run(be)
+        if step.topk is not None:
+            step.index_compress.run(be)
+            top, lengths = step.topk.run(be)
+            out = step.attend.run(be, extra_indices=top, extra_topk_length=lengths)[0]
+        elif step.hca_chunks is None:
+            out = step.attend.run(be)[0]
+        else:  # HCA in token chunks (no scatter into a preallocated output: keeps the step graph functional)
+            cp = plan.compressed[self.layer.compress_ratio]
+            outs = [step.attend.run(be)[0]]
+            for t0, t1 in step.hca_chunks[1:]:
+                rows, lengths = cp.all_visible(plan.token_rows, t0, t1)
+                outs.append(
+                    step.attend.run(be, q=step.q[t0:t1], indices=plan.window_indices[t0:t1], extra_indices=rows,
+                                    extra_topk_length=lengths)[0]
+                )  # fmt: skip
+            out = torch.cat(outs)
+        if step.grad_inputs:
+            out = _NoGradientThroughCaches.apply(out, step.grad_inputs)
+        return out
+
+    # ---------------------------------------------------------------------------------------------
+    def _check(self, chk, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b):
+        """The layer's own contract: the plan, and which inputs a layer of this kind takes, at which shapes."""
+        L = self.layer
         if not isinstance(plan, StepPlan):
             chk.fail(f"`plan` must be a StepPlan from CacheManager.plan, got {type(plan).__name__}", TypeError)
         if not torch.compiler.is_compiling():  # (a traced step is checked when traced)
@@ -126,9 +312,6 @@ class HybridAttention:
             chk.fail(
                 f"all tensors must be on one device: `q` is on {chk.device} but the plan is on {plan.positions.device}"
             )
-        if attn_sink is not None:
-            chk.tensor("attn_sink", attn_sink, ("H",))
-            chk.dim("attn_sink", attn_sink, 0, H, "one sink per query head of q")
         r = L.compress_ratio
 
         def need(name, x, shape, what):
@@ -156,14 +339,10 @@ class HybridAttention:
             need("index_a", index_a, (T, 2 * Di), "indexer compressor values")
             need("index_b", index_b, (T, 2 * Di), "indexer compressor scores")
         else:
-            for name, x in (
-                ("index_q", index_q),
-                ("index_weights", index_weights),
-                ("index_a", index_a),
-                ("index_b", index_b),
-            ):
+            for name, x in (("index_q", index_q), ("index_weights", index_weights), ("index_a", index_a),
+                            ("index_b", index_b)):  # fmt: skip
                 absent(name, x)
-        # The plan's pages must exist in this layer's pools (plans from another manager, or edited).
+        # The plan's pages must exist in this layer's pools (e.g. a plan edited by hand).
         sizes = {"window": self.manager.window_alloc.num_pages}
         if r:
             if r not in plan.compressed:
@@ -179,176 +358,23 @@ class HybridAttention:
         if plan.page_size != self.manager.page_size:
             chk.fail(f"the plan has page_size {plan.page_size}, the pools {self.manager.page_size}")
 
-    def forward(
-        self,
-        plan: StepPlan,
-        q: torch.Tensor,
-        kv: torch.Tensor,
-        *,
-        compress_a: Optional[torch.Tensor] = None,
-        compress_b: Optional[torch.Tensor] = None,
-        index_q: Optional[torch.Tensor] = None,
-        index_weights: Optional[torch.Tensor] = None,
-        index_a: Optional[torch.Tensor] = None,
-        index_b: Optional[torch.Tensor] = None,
-        attn_sink: Optional[torch.Tensor] = None,
-        compress_norm_weight: Optional[torch.Tensor] = None,
-        index_norm_weight: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Write the step's new rows into the caches and attend. Returns ``[T, H, D]`` in q's dtype.
 
-        Args:
-            plan: ``CacheManager.plan(...)`` of this step (shared by all layers).
-            q: ``[T, H, D]`` queries after norm and RoPE. kv: ``[T, D]`` new latent rows (after RoPE).
-            compress_a, compress_b: CSA/HCA ``[T, c*D]`` compressor values and scores (+ position bias).
-            index_q ``[T, Hi, Di]``, index_weights ``[T, Hi]``, index_a/index_b ``[T, 2*Di]``: CSA only.
-            attn_sink ``[H]`` and the norm weights override the constructor's.
-        """
-        L, be = self.layer, self.backend
-        attn_sink = self.attn_sink if attn_sink is None else attn_sink
-        self._check(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
-        self._preflight(plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink)
-        if not torch.compiler.is_compiling():
-            self._last_plan = plan.serial
-        append_kv(self.window_pool, kv, plan.window_slots, backend=be)
-        if L.kind == "swa":
-            return sparse_attention(
-                q, self.window_pool, plan.window_indices, attn_sink=attn_sink, softmax_scale=L.softmax_scale, backend=be
-            )[0]
+class _NoGradientThroughCaches(torch.autograd.Function):
+    """The layer's output under grad mode: the rows it wrote into the caches were stored detached, so
+    a gradient would silently miss them; backward refuses instead."""
 
-        r = L.compress_ratio
-        cp = plan.compressed[r]
-        common = dict(positions=plan.positions, token_rows=plan.token_rows, ratio=r, overlap=L.overlap, eps=L.eps)
-        compress_kv(
-            compress_a,
-            compress_b,
-            **common,
-            state=self.state_pool,
-            state_block_table=cp.state_block_table,
-            out=self.compressed_pool,
-            out_block_table=cp.block_table,
-            norm_weight=self.compress_norm_weight if compress_norm_weight is None else compress_norm_weight,
-            rope_inv_freq=self.rope_inv_freq,
-            backend=be,
+    @staticmethod
+    def forward(ctx, out, names):
+        ctx.names = names
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        raise NotImplementedError(
+            "HybridAttention has no backward pass (inference only): the rows it writes into the caches ("
+            + ", ".join(ctx.names)
+            + " require grad) are stored as values. Run the layer under torch.no_grad() or torch.inference_mode()."
         )
-        if L.kind == "csa":
-            compress_kv(
-                index_a,
-                index_b,
-                **common,
-                state=self.index_state_pool,
-                state_block_table=cp.state_block_table,
-                out=self.index_pool,
-                out_block_table=cp.block_table,
-                norm_weight=self.index_norm_weight if index_norm_weight is None else index_norm_weight,
-                rope_inv_freq=self.rope_inv_freq,
-                backend=be,
-            )
-            top, lengths = indexer_topk(
-                index_q,
-                index_weights,
-                self.index_pool,
-                cp.visible_end,
-                L.index_topk,
-                block_table=cp.block_table,
-                seq_ids=plan.token_rows,
-                return_slots=True,
-                backend=be,
-            )
-            return self._attend(q, plan, top, lengths, attn_sink)
-
-        # HCA: every visible entry; index rows are built per token chunk to bound their memory.
-        T = plan.num_tokens
-        K = cp.max_visible if cp.max_visible is not None else (int(cp.visible_end.max()) if T else 0)
-        chunks = token_chunks(T, 4 * (K + L.window) + 1)
-        if len(chunks) <= 1:  # (no scatter into a preallocated output: keeps the step graph functional)
-            rows, lengths = cp.all_visible(plan.token_rows)
-            return self._attend(q, plan, rows, lengths, attn_sink)
-        outs = []
-        for t0, t1 in chunks:
-            rows, lengths = cp.all_visible(plan.token_rows, t0, t1)
-            outs.append(self._attend(q[t0:t1], plan, rows, lengths, attn_sink, t0, t1))
-        return torch.cat(outs)
-
-    __call__ = forward
-
-    def _preflight(self, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b, attn_sink):
-        """With a forced backend, make sure it accepts every op of this call before the first write.
-
-        (Unforced dispatch falls back per op and cannot fail half-way.) The canonical arguments are
-        built as the op interfaces would; the compressed stream's index rows, known only after the
-        indexer ran, are represented by placeholders of their final shape and dtype.
-        """
-        if registry.requested_backend(self.backend) is None or torch.compiler.is_compiling():
-            return
-        L, T = self.layer, plan.num_tokens
-        calls = [("append_kv", dict(pool=self.window_pool, rows=kv, slot_mapping=plan.window_slots))]
-        attend = dict(
-            q=q,
-            kv=_rows(self.window_pool, L.head_dim),
-            indices=plan.window_indices,
-            topk_length=None,
-            extra_kv=None,
-            extra_indices=None,
-            extra_topk_length=None,
-            attn_sink=None if attn_sink is None else attn_sink.to(torch.float32),
-            softmax_scale=L.softmax_scale,
-        )
-        if L.compress_ratio:
-            cp = plan.compressed[L.compress_ratio]
-            K = L.index_topk if L.uses_indexer else (cp.max_visible or 0)
-            attend.update(
-                extra_kv=_rows(self.compressed_pool, L.head_dim),
-                extra_indices=torch.empty(T, K, dtype=torch.int32, device=q.device),
-                extra_topk_length=torch.empty(T, dtype=torch.int32, device=q.device),
-            )
-            common = dict(
-                positions=plan.positions,
-                token_rows=plan.token_rows,
-                ratio=L.compress_ratio,
-                overlap=L.overlap,
-                state_block_table=cp.state_block_table,
-                out_block_table=cp.block_table,
-                eps=L.eps,
-                rope_inv_freq=self.rope_inv_freq,
-            )
-            calls.append(
-                ("compress_kv", dict(common, a=compress_a, b=compress_b, state=self.state_pool,
-                                     out=self.compressed_pool, norm_weight=self.compress_norm_weight))
-            )  # fmt: skip
-            if L.uses_indexer:
-                calls.append(
-                    ("compress_kv", dict(common, a=index_a, b=index_b, state=self.index_state_pool,
-                                         out=self.index_pool, norm_weight=self.index_norm_weight))
-                )  # fmt: skip
-                calls.append(
-                    ("indexer_topk", dict(q=index_q, weights=index_weights, index_k=self.index_pool,
-                                          visible_end=cp.visible_end, topk=L.index_topk, block_table=cp.block_table,
-                                          seq_ids=plan.token_rows, return_slots=True))
-                )  # fmt: skip
-        calls.append(("sparse_attention", attend))
-        for op, args in calls:
-            registry.select(op, q.device, args, self.backend)  # raises BackendError, nothing written yet
-
-    def _attend(self, q, plan, comp_idx, comp_len, attn_sink, t0=0, t1=None):
-        t1 = plan.num_tokens if t1 is None else t1
-        out, _ = sparse_attention(
-            q,
-            self.window_pool,
-            plan.window_indices[t0:t1],
-            extra_kv=self.compressed_pool,
-            extra_indices=comp_idx,
-            extra_topk_length=comp_len,
-            attn_sink=attn_sink,
-            softmax_scale=self.layer.softmax_scale,
-            backend=self.backend,
-        )
-        return out
-
-
-def _rows(pool, head_dim: int):
-    """A pool as the op interfaces hand it to backends: float pools as their flat row view."""
-    return pool.view(-1, head_dim) if isinstance(pool, torch.Tensor) else pool
 
 
 def _num_pages(pool) -> int:

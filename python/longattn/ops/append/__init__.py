@@ -1,3 +1,3 @@
-from .interface import append_kv
+from .op import append_kv
 
 __all__ = ["append_kv"]

@@ -19,3 +19,8 @@ def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         pool.view(-1, pool.shape[-1]).index_copy_(0, slots, rows.to(pool.dtype))
     else:
         pool.write_rows(slots, rows)
+
+
+def run(inp) -> None:
+    """``AppendInputs``: writes the rows."""
+    append_kv(inp.pool, inp.rows, inp.slot_mapping)

@@ -276,3 +276,8 @@ def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         data, data.view(-1).view(torch.int16), int(pool.page_size), int(pool.page_bytes), num_slots,
         num_warps=4,
     )  # fmt: skip
+
+
+def run(inp) -> None:
+    """``AppendInputs``: writes the rows."""
+    append_kv(inp.pool, inp.rows, inp.slot_mapping)

@@ -79,3 +79,13 @@ def apply_attention_sink(out, lse, attn_sink):
         g = sink_factor(lse[t0:t1].float(), attn_sink)
         res[t0:t1] = out[t0:t1].float() * g.unsqueeze(-1)
     return res
+
+
+def run_merge(inp):
+    """``MergeInputs`` -> (out, lse)."""
+    return merge_attention_states(inp.out_a, inp.lse_a, inp.out_b, inp.lse_b)
+
+
+def run_sink(inp):
+    """``SinkInputs`` -> out."""
+    return apply_attention_sink(inp.out, inp.lse, inp.attn_sink)

@@ -161,3 +161,13 @@ def apply_attention_sink(out, lse, attn_sink):
         res, *res.stride(), H, D, BLOCK_H=bh, BLOCK_D=bd,
     )  # fmt: skip
     return res
+
+
+def run_merge(inp):
+    """``MergeInputs`` -> (out, lse)."""
+    return merge_attention_states(inp.out_a, inp.lse_a, inp.out_b, inp.lse_b)
+
+
+def run_sink(inp):
+    """``SinkInputs`` -> out."""
+    return apply_attention_sink(inp.out, inp.lse, inp.attn_sink)

@@ -1,3 +1,3 @@
-from .interface import compress_kv, compress_pool
+from .op import compress_kv, compress_pool
 
 __all__ = ["compress_pool", "compress_kv"]

@@ -162,3 +162,14 @@ def compress_kv(
     if not one_token_chunks:
         keep &= positions > positions[chunk_end_tok] - ring
     state_rows.index_copy_(0, slots[keep], ab[keep])
+
+
+def run_pool(inp):
+    """``PoolInputs`` -> entries [S // ratio, d] fp32."""
+    return compress_pool(inp.a, inp.b, inp.ratio, inp.overlap)
+
+
+def run_compress_kv(inp) -> None:
+    """``CompressKVInputs``: writes the entries and the state."""
+    compress_kv(inp.a, inp.b, inp.positions, inp.token_rows, inp.ratio, inp.overlap, inp.state, inp.state_block_table,
+                inp.out, inp.out_block_table, inp.norm_weight, inp.eps, inp.rope_inv_freq)  # fmt: skip

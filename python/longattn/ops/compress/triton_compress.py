@@ -515,3 +515,14 @@ def compress_kv(
         BLOCK_RW=cfg["BLOCK_RW"], BLOCK_W=cfg["BLOCK_W"],
         num_warps=cfg["num_warps"], num_stages=1,
     )  # fmt: skip
+
+
+def run_pool(inp):
+    """``PoolInputs`` -> entries [S // ratio, d] fp32, with the default tiles."""
+    return compress_pool(inp.a, inp.b, inp.ratio, inp.overlap)
+
+
+def run_compress_kv(inp) -> None:
+    """``CompressKVInputs``: writes the entries and the state, with the default tiles."""
+    compress_kv(inp.a, inp.b, inp.positions, inp.token_rows, inp.ratio, inp.overlap, inp.state, inp.state_block_table,
+                inp.out, inp.out_block_table, inp.norm_weight, inp.eps, inp.rope_inv_freq)  # fmt: skip

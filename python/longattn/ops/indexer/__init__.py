@@ -1,3 +1,3 @@
-from .interface import indexer_logits, indexer_topk
+from .op import indexer_logits, indexer_topk
 
 __all__ = ["indexer_logits", "indexer_topk"]

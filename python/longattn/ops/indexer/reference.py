@@ -238,3 +238,14 @@ def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_i
         ids = pages * page_size + ids % page_size
     indices = torch.where(selected, ids, torch.full_like(ids, -1)).to(torch.int32)
     return indices, lengths
+
+
+def run_logits(inp):
+    """``IndexerInputs`` -> logits [T, N]."""
+    return indexer_logits(inp.q, inp.weights, inp.index_k, inp.visible_end, inp.block_table, inp.seq_ids)
+
+
+def run_topk(inp):
+    """``IndexerInputs`` -> (indices, lengths)."""
+    return indexer_topk(inp.q, inp.weights, inp.index_k, inp.visible_end, inp.topk, inp.block_table, inp.seq_ids,
+                        inp.return_slots)  # fmt: skip

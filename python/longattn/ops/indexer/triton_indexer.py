@@ -669,3 +669,14 @@ def indexer_topk(
         )  # fmt: skip
         ws, ranges, span = out_ws, groups, span * FANIN
     return indices, lengths
+
+
+def run_logits(inp):
+    """``IndexerInputs`` -> logits [T, N], with the default tiles."""
+    return indexer_logits(inp.q, inp.weights, inp.index_k, inp.visible_end, inp.block_table, inp.seq_ids)
+
+
+def run_topk(inp):
+    """``IndexerInputs`` -> (indices, lengths), with the default tiles."""
+    return indexer_topk(inp.q, inp.weights, inp.index_k, inp.visible_end, inp.topk, inp.block_table, inp.seq_ids,
+                        inp.return_slots)  # fmt: skip

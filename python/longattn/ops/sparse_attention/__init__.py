@@ -1,3 +1,3 @@
-from .interface import sparse_attention
+from .op import sparse_attention
 
 __all__ = ["sparse_attention"]

@@ -158,3 +158,9 @@ def sparse_attention(
         out[t0:t1] = o_c.to(q.dtype)
         lse[t0:t1] = lse_c
     return out, lse
+
+
+def run(inp):
+    """The op's prepared inputs (``SparseAttentionInputs``) -> (out, lse)."""
+    return sparse_attention(inp.q, inp.kv, inp.indices, inp.topk_length, inp.extra_kv, inp.extra_indices,
+                            inp.extra_topk_length, inp.attn_sink, inp.softmax_scale)  # fmt: skip

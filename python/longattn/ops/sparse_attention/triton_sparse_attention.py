@@ -600,3 +600,9 @@ def sparse_attention(
             num_warps=4,
         )  # fmt: skip
     return out, lse
+
+
+def run(inp):
+    """The op's prepared inputs (``SparseAttentionInputs``) -> (out, lse), with the default tiles."""
+    return sparse_attention(inp.q, inp.kv, inp.indices, inp.topk_length, inp.extra_kv, inp.extra_indices,
+                            inp.extra_topk_length, inp.attn_sink, inp.softmax_scale)  # fmt: skip

@@ -1,0 +1,49 @@
+"""What each backend can do for ``compress_pool`` / ``compress_kv`` (declarations only).
+
+reference: every valid call. triton: entries up to ``MAX_D`` wide (pooled in registers), RoPE on an
+even width, FP8 pools with 512-d entries. ascend_sim / ascend: ``compress_kv`` within ``ascend.py``'s
+limits; no ``compress_pool``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List
+
+import torch
+
+from ...backends import triton
+from ...backends.base import Impl
+from ...cache import fp8
+from . import ascend
+
+MAX_D = 1024  # Triton: the [d] entry and its softmax state live in registers (read by the kernels)
+
+
+def triton_compress_kv_reasons(inp) -> List[str]:
+    reasons = []
+    d = inp.width
+    if d > MAX_D:
+        reasons.append(f"entry width d={d} > {MAX_D} (the entry is pooled in registers)")
+    if inp.rope_inv_freq.shape[0] > 0 and d % 2:
+        reasons.append(f"RoPE needs an even entry width (interleaved pairs from an even dim), got d={d}")
+    if not isinstance(inp.out, torch.Tensor):
+        problem = triton.fp8_pool_problem(inp.out, reads=False)
+        if problem:
+            reasons.append(f"`out`: {problem}")
+        elif d != fp8.HEAD_DIM:
+            reasons.append(f"FP8 pools hold entries of d={fp8.HEAD_DIM}, got d={d}")
+    return reasons
+
+
+_KERNELS = "longattn.ops.compress."
+POOL_IMPLS = {
+    "reference": Impl(_KERNELS + "reference:run_pool"),
+    "triton": Impl(_KERNELS + "triton_compress:run_pool"),
+}
+COMPRESS_KV_IMPLS = {
+    "reference": Impl(_KERNELS + "reference:run_compress_kv"),
+    "triton": Impl(_KERNELS + "triton_compress:run_compress_kv", triton_compress_kv_reasons),
+    "ascend_sim": Impl(functools.partial(ascend.run, "ascend_sim"), ascend.reasons),
+    "ascend": Impl(functools.partial(ascend.run, "ascend"), ascend.reasons),
+}

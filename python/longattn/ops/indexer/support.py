@@ -1,0 +1,36 @@
+"""What each backend can do for ``indexer_logits`` / ``indexer_topk`` (declarations only).
+
+reference: every valid call. triton: top-k up to ``MAX_TOPK``. ascend_sim / ascend: the kernel's
+limits in ``ascend.py`` (heads, Di, entries, top-k).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List
+
+from ...backends.base import Impl
+from . import ascend
+
+MAX_TOPK = 2048  # Triton: the running top-k list is kept in registers (read by the kernel)
+
+
+def triton_topk_reasons(inp) -> List[str]:
+    if inp.topk > MAX_TOPK:
+        return [f"topk={inp.topk} > {MAX_TOPK} (the running top-k list is kept in registers)"]
+    return []
+
+
+_KERNELS = "longattn.ops.indexer."
+LOGITS_IMPLS = {
+    "reference": Impl(_KERNELS + "reference:run_logits"),
+    "triton": Impl(_KERNELS + "triton_indexer:run_logits"),
+    "ascend_sim": Impl(functools.partial(ascend.run_logits, "ascend_sim"), ascend.reasons),
+    "ascend": Impl(functools.partial(ascend.run_logits, "ascend"), ascend.reasons),
+}
+TOPK_IMPLS = {
+    "reference": Impl(_KERNELS + "reference:run_topk"),
+    "triton": Impl(_KERNELS + "triton_indexer:run_topk", triton_topk_reasons),
+    "ascend_sim": Impl(functools.partial(ascend.run_topk, "ascend_sim"), ascend.reasons),
+    "ascend": Impl(functools.partial(ascend.run_topk, "ascend"), ascend.reasons),
+}

@@ -1,0 +1,203 @@
+"""What an op is, and the one path every call takes.
+
+    public function (ops/<op>/op.py)
+      -> prepare(...): validates and normalises once  ->  Inputs (frozen dataclass)
+      -> Op.run(inputs)  ->  torch.ops.longattn.<op>(schema arguments)      (torch.library custom op)
+           real implementation: the same Inputs (handed over, not rebuilt), or prepare() again when
+           the custom op is called directly (torch.ops.longattn.*, a compiled graph, opcheck)
+      -> registry.select(op, impls, device, inputs)  ->  impls[backend].run(inputs)
+
+So validation happens once per call, at the custom-op boundary's level of strictness, whichever way
+in: a direct ``torch.ops.longattn.*`` call is checked exactly like the public function. The fake
+implementations only allocate outputs (no checks: they run while tracing).
+
+Every op folder declares (``ops/<op>/op.py``): its ``Inputs`` type with ``device`` and
+``to_schema()``, ``prepare(...)``, its schema string, ``from_schema(*args)`` (schema arguments ->
+Inputs, through prepare), ``fake(*args)``, and an ``Op`` built from them; ``ops/<op>/support.py``
+holds its per-backend ``Impl`` declarations. ``Op(...)`` registers the custom op; nothing else needs
+to know the op exists.
+
+Autograd: an op either registers a real backward (merge_attention_states, apply_attention_sink,
+compress_pool) or one that raises a clear error when a gradient reaches it (the forward runs under
+grad mode; ``backward()`` says what is not differentiable). Ops that write caches refuse inputs that
+require grad (``refuse_grad``) and run without recording autograd, so a pool never joins a graph.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..backends import registry
+from ..backends.base import Impl
+
+NS = "longattn"
+_lib = torch.library.Library(NS, "FRAGMENT")  # kept alive for the process (holds the registrations)
+_OPS: Dict[str, "Op"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Handoff:
+    op: str
+    args: Tuple[object, ...]
+    inputs: object
+    selection: Optional[registry.Selection]
+
+
+_handoff: contextvars.ContextVar[Optional[_Handoff]] = contextvars.ContextVar("longattn_handoff", default=None)
+
+
+def _same_args(a: Tuple[object, ...], b: Tuple[object, ...]) -> bool:
+    """The custom op received exactly the arguments ``run`` passed (tensors by identity)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if x is not y:
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class Op:
+    """One public op: its custom op (``torch.ops.longattn.<name>``), how schema arguments become
+    prepared inputs, and which backends implement it.
+
+    Args:
+        name: the op name (custom op ``longattn::<name>``, ``longattn.<name>``).
+        schema: the ``torch.library`` schema after the name, e.g. ``"(Tensor q, ...) -> Tensor"``;
+            its last argument is ``str? backend``.
+        from_schema: ``fn(*schema args without backend) -> Inputs`` (validates: calls prepare).
+        fake: ``fn(*schema args) -> outputs`` that only allocates (for tracing).
+        impls: backend name -> ``Impl`` (``ops/<op>/support.py``).
+        mutates: the op writes some of its inputs (caches): no autograd, run under ``no_grad``.
+        backward, setup_context: a real backward (``torch.library.register_autograd``); without one
+            a non-mutating op gets a backward that raises.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        schema: str,
+        *,
+        from_schema: Callable[..., object],
+        fake: Callable[..., object],
+        impls: Mapping[str, Impl],
+        mutates: bool = False,
+        backward: Optional[Callable] = None,
+        setup_context: Optional[Callable] = None,
+    ):
+        if name in _OPS:
+            raise RuntimeError(f"op {name!r} is defined twice")
+        self.name, self.impls, self.mutates = name, dict(impls), mutates
+        self._from_schema = from_schema
+        _lib.define(name + schema)
+        _lib.impl(name, self._real, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{NS}::{name}", fake, lib=_lib)
+        if not mutates:
+            torch.library.register_autograd(
+                f"{NS}::{name}",
+                backward if backward is not None else _no_backward(name),
+                setup_context=setup_context if setup_context is not None else _save_nothing,
+                lib=_lib,
+            )
+        self.custom_op = getattr(getattr(torch.ops, NS), name).default
+        _OPS[name] = self
+
+    def __repr__(self) -> str:
+        return f"Op({self.name!r}, backends={list(self.impls)})"
+
+    def add_impl(self, backend: str, impl: Impl) -> None:
+        """Declare (or replace) ``backend``'s implementation of this op, e.g. from a backend that lives
+        outside this package (register the backend itself with ``longattn.backends.register_backend``)."""
+        self.impls[backend] = impl
+
+    def remove_impl(self, backend: str) -> None:
+        self.impls.pop(backend, None)
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def select(self, inputs, backend: Optional[str] = None) -> registry.Selection:
+        """The backend that runs these prepared inputs (``backend``: force one; see registry)."""
+        return registry.select(self.name, self.impls, inputs.device, inputs, backend)
+
+    def run(self, inputs, backend: Optional[str] = None, selection: Optional[registry.Selection] = None):
+        """Run prepared inputs through the custom op (so torch.compile and autograd see one node).
+
+        ``selection`` (from ``select``) skips the backend choice: a layer chooses once per step.
+        Inputs whose pools the schema cannot carry (pool objects other than tensors and
+        ``Fp8KVPool``) go straight to the backend.
+        """
+        args = inputs.to_schema()
+        if args is None:
+            refuse_grad(self.name, inputs, what="pool objects other than tensors / Fp8KVPool carry no autograd")
+            return (selection or self.select(inputs, backend)).run(inputs)
+        args = tuple(args) + (backend,)
+        if torch.compiler.is_compiling():  # traced: the real implementation prepares at run time
+            return self.custom_op(*args)
+        token = _handoff.set(_Handoff(self.name, args, inputs, selection))
+        try:
+            return self.custom_op(*args)
+        finally:
+            _handoff.reset(token)
+
+    def _real(self, *args):
+        """The custom op's implementation (every device): prepared inputs -> selected backend."""
+        h = _handoff.get()
+        if h is not None and h.op == self.name and _same_args(h.args, args):
+            inputs, selection = h.inputs, h.selection
+        else:  # a direct torch.ops call, a compiled graph, opcheck: validate here
+            inputs, selection = self._from_schema(*args[:-1]), None
+        if selection is None:
+            selection = self.select(inputs, args[-1])
+        if self.mutates:
+            with torch.no_grad():  # a cache write never records autograd
+                return selection.run(inputs)
+        return selection.run(inputs)
+
+
+def get_op(name: str) -> Op:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; ops: {', '.join(_OPS)}") from None
+
+
+def all_ops() -> List[Op]:
+    return list(_OPS.values())
+
+
+def ops_of_backend(backend: str) -> List[str]:
+    """Names of the ops a backend implements (declared in the ops' support modules)."""
+    return [op.name for op in _OPS.values() if backend in op.impls]
+
+
+# -- autograd ----------------------------------------------------------------------------------------------
+def _save_nothing(ctx, inputs, output) -> None:
+    pass
+
+
+def _no_backward(name: str):
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"longattn.{name} has no backward pass (inference only): run the forward under torch.no_grad() "
+            "or torch.inference_mode(), or detach its inputs"
+        )
+
+    return backward
+
+
+def refuse_grad(op: str, inputs, what: str) -> None:
+    """Raise when autograd would need a gradient through ``inputs`` that this call cannot give."""
+    if not torch.is_grad_enabled():
+        return
+    for f in dataclasses.fields(inputs):
+        v = getattr(inputs, f.name)
+        if isinstance(v, torch.Tensor) and v.requires_grad:
+            raise RuntimeError(
+                f"longattn.{op}: `{f.name}` requires grad, but {what}: pass `{f.name}.detach()` or run under "
+                "torch.no_grad() / torch.inference_mode()"
+            )
