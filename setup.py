@@ -10,6 +10,7 @@ Two opt-in switches build them here instead (they need torch at build time, so i
   ``liblongattn_ascend_npu.so`` into ``longattn/_lib`` (written, never run: no CANN was available).
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,17 +21,28 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 kwargs = {}
 
+
+def _ascend_sim_build():
+    """The emulator's sources and flags, from the module the lazy build uses (loaded by path: the
+    package itself is not importable before it is installed)."""
+    path = ROOT / "python" / "longattn" / "backends" / "ascend_sim_build.py"
+    spec = importlib.util.spec_from_file_location("longattn_ascend_sim_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 if os.environ.get("LONGATTN_BUILD_ASCEND_SIM") == "1":
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    sources = ["ascend_sim_ext.cpp", "append_kv_emu.cpp", "sparse_attention_emu.cpp", "compress_kv_emu.cpp",
-               "indexer_topk_emu.cpp"]
+    build = _ascend_sim_build()
+    cflags, ldflags = build.build_flags(root=ROOT)
     kwargs["ext_modules"] = [
         CppExtension(
             "longattn._ascend_sim",
-            sources=[f"csrc/ascend_sim/{s}" for s in sources],
-            extra_compile_args=["-O2", "-DLONGATTN_ASCEND_EMU", "-Wall", "-Werror", f"-I{ROOT}", "-pthread"],
-            extra_link_args=["-pthread"],
+            sources=[str(Path(p).relative_to(ROOT)) for p in build.source_paths(ROOT)],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
         )
     ]
     kwargs["cmdclass"] = {"build_ext": BuildExtension}

@@ -244,7 +244,8 @@ def layer_dense_view(st: LayerStep) -> DenseView:
     if r and not Lc.uses_indexer:  # HCA: every visible entry
         mask[..., R:] = torch.arange(N, device=dev).view(1, 1, N) < vis.unsqueeze(-1)
     view = DenseView(q=x["q"].view(B, Tq, H, D), keys=keys, mask=mask, window_mask=window_mask,
-                     sink=st.weights["attn_sink"], scale=Lc.softmax_scale, comp_offset=R, topk=Lc.index_topk)  # fmt: skip
+                     sink=st.weights["attn_sink"], scale=Lc.softmax_scale, comp_offset=R,
+                     topk=Lc.index_topk)  # fmt: skip
     if Lc.uses_indexer:  # CSA: the peers select with their own dense indexer (mask = window only)
         view.iq = x["index_q"].view(B, Tq, *x["index_q"].shape[1:])
         view.iw = x["index_weights"].view(B, Tq, -1)

@@ -51,8 +51,11 @@ CASES = {
     "short weights": (_indexer(weights=torch.randn(1, 2)), "`weights`"),
     "short visible_end": (_indexer(visible_end=torch.zeros(1, dtype=torch.int32)), "`visible_end`"),
     "short seq_ids": (
-        _indexer(index_k=torch.randn(2, 5, 16), block_table=torch.zeros(1, 2, dtype=torch.int32),
-                 seq_ids=torch.zeros(1, dtype=torch.int32)),
+        _indexer(
+            index_k=torch.randn(2, 5, 16),
+            block_table=torch.zeros(1, 2, dtype=torch.int32),
+            seq_ids=torch.zeros(1, dtype=torch.int32),
+        ),
         "`seq_ids`",
     ),  # fmt: skip
     "topk 0": (_indexer(topk=0), "`topk`"),

@@ -28,8 +28,6 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .ascend_sim_build import ASCEND_C, CSRC, EXT_NAME, SOURCES, build_flags, source_paths
 from .base import Backend
 

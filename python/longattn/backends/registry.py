@@ -119,7 +119,9 @@ def reasons(name: str, op: str, impls: Mapping[str, Impl], device: torch.device,
     return impl.declines(inputs)
 
 
-def select(op: str, impls: Mapping[str, Impl], device: torch.device, inputs, backend: Optional[str] = None) -> Selection:
+def select(
+    op: str, impls: Mapping[str, Impl], device: torch.device, inputs, backend: Optional[str] = None
+) -> Selection:
     """The backend that runs this call of ``op`` (prepared ``inputs`` on ``device``)."""
     forced = requested_backend(backend)
     order = (forced,) if forced is not None else default_order(device)

@@ -175,6 +175,11 @@ def ops_of_backend(backend: str) -> List[str]:
     return [op.name for op in _OPS.values() if backend in op.impls]
 
 
+def returns_nothing(*args) -> None:
+    """The fake implementation of an op that only writes its inputs (schema ``-> ()``)."""
+    return None
+
+
 # -- autograd ----------------------------------------------------------------------------------------------
 def _save_nothing(ctx, inputs, output) -> None:
     pass

@@ -9,7 +9,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from .. import pools
-from ..op import Op, refuse_grad
+from ..op import Op, refuse_grad, returns_nothing
 from .support import IMPLS
 
 NAME = "append_kv"
@@ -63,15 +63,11 @@ def _from_schema(pool, page_size, rows, slot_mapping):
     return prepare(pools.from_schema(pool, page_size), rows, slot_mapping)
 
 
-def _returns_nothing(*args):
-    return None
-
-
 OP = Op(
     NAME,
     "(Tensor(a!) pool, int page_size, Tensor rows, Tensor slot_mapping, str? backend) -> ()",
     from_schema=_from_schema,
-    fake=_returns_nothing,
+    fake=returns_nothing,
     impls=IMPLS,
     mutates=True,
 )

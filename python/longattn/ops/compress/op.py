@@ -10,7 +10,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from .. import pools
-from ..op import Op, refuse_grad
+from ..op import Op, refuse_grad, returns_nothing
 from .support import COMPRESS_KV_IMPLS, POOL_IMPLS
 
 
@@ -27,14 +27,10 @@ def _ab(chk: ArgChecker, a, b, rows: str, overlap) -> int:
     return a.shape[1] // (2 if overlap else 1)
 
 
-# --- compress_pool -----------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PoolInputs:
-    """a, b ``[S, c*d]`` float (c = 2 with overlap), ratio > 0, overlap."""
+class _ValuesAndScores:
+    """What both compressor ops' inputs derive from ``a`` ``[rows, c*d]`` and ``overlap``."""
 
     a: torch.Tensor
-    b: torch.Tensor
-    ratio: int
     overlap: bool
 
     @property
@@ -45,6 +41,17 @@ class PoolInputs:
     def width(self) -> int:
         """d: the width of one entry."""
         return self.a.shape[1] // (2 if self.overlap else 1)
+
+
+# --- compress_pool -----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PoolInputs(_ValuesAndScores):
+    """a, b ``[S, c*d]`` float (c = 2 with overlap), ratio > 0, overlap."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    ratio: int
+    overlap: bool
 
     def to_schema(self):
         return (self.a, self.b, self.ratio, self.overlap)
@@ -120,7 +127,7 @@ def compress_pool(
 
 # --- compress_kv -------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class CompressKVInputs:
+class CompressKVInputs(_ValuesAndScores):
     """A validated compressor step (see ``compress_kv`` for the meaning of each field).
 
     a, b ``[T, c*d]``; positions, token_rows ``[T]`` int; state fp32 ``[state_pages, ring_page, 2*c*d]``
@@ -142,15 +149,6 @@ class CompressKVInputs:
     norm_weight: torch.Tensor
     eps: float
     rope_inv_freq: torch.Tensor
-
-    @property
-    def device(self) -> torch.device:
-        return self.a.device
-
-    @property
-    def width(self) -> int:
-        """d: the width of one entry."""
-        return self.a.shape[1] // (2 if self.overlap else 1)
 
     def to_schema(self):
         if not pools.crosses_schema(self.out):
@@ -216,17 +214,13 @@ def _compress_kv_from_schema(a, b, positions, token_rows, ratio, overlap, state,
                                rope_inv_freq)  # fmt: skip
 
 
-def _returns_nothing(*args):
-    return None
-
-
 COMPRESS_KV_OP = Op(
     "compress_kv",
     "(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, Tensor(a!) state, "
     "Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, Tensor norm_weight, "
     "float eps, Tensor rope_inv_freq, str? backend) -> ()",
     from_schema=_compress_kv_from_schema,
-    fake=_returns_nothing,
+    fake=returns_nothing,
     impls=COMPRESS_KV_IMPLS,
     mutates=True,
 )
