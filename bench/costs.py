@@ -6,7 +6,7 @@ measured time to get FLOP/s and B/s, and compares ``bytes / bandwidth`` (the mem
 ``flops / peak`` (the compute floor): the larger floor says whether the case is memory- or
 compute-bound, and ``floor / time`` is the fraction of the ceiling reached.
 
-Conventions (the same for every backend, so numbers compare across backends and with the anchors):
+Conventions (the same for every backend, so numbers compare across backends and with published kernels):
 
 - One multiply-add = 2 FLOPs. Only the arithmetic of the dot products and of the weighted sums is
   counted; softmax exponentials, max/compare, relu, masking and top-k selection are NOT counted (they
@@ -36,7 +36,7 @@ indexer_topk (lightning indexer + top-k):
           + 4 * T + 4 * B * max_pages + 4 * T      (visible_end, block table, seq ids)
           + 4 * T * topk + 4 * T                   (int32 indices and lengths written)
   N_t = visible_end of token t. At 1M tokens: N = 262,144, so U_e * Di * 2 = 64 MiB per sequence:
-  the indexer dominates decode bytes (anchors.md section 4).
+  the indexer dominates decode bytes (docs/deepseek-v4-attention.md section 10).
 
 merge_attention_states:
     FLOPs = 3 * T * H * D                          (out = w_a * out_a + w_b * out_b)

@@ -3,7 +3,7 @@
 CUDA and NPU (``torch_npu``) expose the same API under ``torch.cuda`` / ``torch.npu`` (events,
 ``synchronize``, ``max_memory_allocated``), so both go through ``accel(device)``. ``torch_npu`` is
 imported only when an NPU is asked for (or auto-detected because the package is installed): importing
-it needs CANN and changes how torch loads (toolchain.md), so it is never a requirement.
+it needs CANN and changes how torch loads (docs/toolchain.md), so it is never a requirement.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the Triton backend, for the `device` tool (one H200; torch 2.11 + triton 3.6.0 + pytest
+# GPU check of the Triton backend, for a GPU machine (one H200; torch 2.11 + triton 3.6.0 + pytest
 # preinstalled; no internet). Run from the repository root:   bash bench/gpu_check.sh
 # Writes under $OUT (default .device_out/): env.txt, pytest-<shard>.log / junit-<shard>.xml /
 # pytest-<shard>.rc, summary.txt, triton_grid.json (+ .log), bench/ (the bench CLI's JSON, if present).

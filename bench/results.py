@@ -233,7 +233,10 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         "load_avg_start": load,
         "load_avg_end": None,
         "versions": versions(),
-        "env": {k: os.environ.get(k) for k in ENV_KEYS},
+        # the fixed keys (None when unset) and every other LONGATTN_* variable that is set (README.md,
+        # "Environment variables": e.g. LONGATTN_ASCEND_SIM_CORES changes what the emulator cases measure)
+        "env": {k: os.environ.get(k) for k in ENV_KEYS}
+        | {k: v for k, v in sorted(os.environ.items()) if k.startswith("LONGATTN_")},
         "git": git_info(),
     }
     mod = accel(device)

@@ -11,6 +11,11 @@ raises for one case: errors are recorded and the run goes on.
 
 Host cases (a family with no longattn ops, e.g. ``cache_plan``: Python bookkeeping that no backend
 dispatches) run once, recorded as the implementation ``host``.
+
+Opt-in backends: a backend that dispatch never picks unless forced (no ``preferred_on`` device and not
+the fallback, i.e. ``ascend_sim``, the CPU emulator: a correctness vehicle, minutes per large case)
+runs only when named in ``--backends`` or with ``--all``; otherwise every case records it as skipped
+with that reason.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class RunConfig:
     rss: bool = True
     wait_idle_s: float = 0.0  # before each case, wait up to this long for other processes to go idle
     backend_max_s: float = 60.0  # skip a backend whose predicted call time (see _predict) exceeds this
+    all_backends: bool = False  # --all: opt-in backends (see opt_in_backends) run without being named
+    time_budget_s: Optional[float] = None  # --time-budget: no case starts after this many seconds ...
+    started: Optional[float] = None  # ... counted from this time.perf_counter() (default: run_all's start)
     probe_s: float = 0.25  # CPU: seconds over which other processes' load is sampled before / after a case
 
 
@@ -144,11 +152,14 @@ def _perf(run: Dict[str, object], cost: costs.Cost, ceil: Dict[str, object], dty
     run["x_floor"] = t / fl["floor_s"] if fl["floor_s"] else None
 
 
-def _measure(fn, cfg: RunConfig, flusher, first_s: float, first_mem: Dict[str, object]) -> Dict[str, object]:
+def _measure(fn, cfg: RunConfig, flusher, first_s: float, first_mem: Dict[str, object], peer: bool = False):
     """Time ``fn`` (its first call, ``first_s`` long, already happened) and complete its memory record:
     accelerators measure after warm-up; the CPU took the allocator peak on the first call and adds
-    the sampled RSS peak unless calls are long (one more call would cost too much)."""
-    st = time_fn(fn, cfg.device, cfg.policy, flusher, prior_call_s=first_s)
+    the sampled RSS peak unless calls are long (one more call would cost too much). A dense peer whose
+    calls are long (over ``long_call_s``: seconds each at 1M tokens on a CPU) gets one timed sample
+    after its first call instead of ``long_repeats``: the baseline of a comparison, not the subject."""
+    policy = dataclasses.replace(cfg.policy, long_repeats=1) if peer else cfg.policy
+    st = time_fn(fn, cfg.device, policy, flusher, prior_call_s=first_s)
     samples = st.pop("samples_s")
     out: Dict[str, object] = {"time": st, "samples_s": samples}
     out.update(first_mem)
@@ -174,17 +185,30 @@ def backend_names(cfg: RunConfig) -> List[str]:
     return names
 
 
-def _static_decline(name: str, case: Case, device: torch.device) -> Optional[str]:
-    """Why a backend cannot run this case at all (before building inputs), or None."""
+def opt_in_backends() -> List[str]:
+    """Registered backends that run only when asked for: the ones dispatch never picks unforced (no
+    ``preferred_on`` device, not the fallback): ``ascend_sim``, the Ascend C kernels on the CPU emulator."""
+    return [n for n in registry.backend_names() if n != registry.FALLBACK and not registry.get_backend(n).preferred_on]
+
+
+def opt_in_reason(name: str, cfg: RunConfig) -> Optional[str]:
+    """Why an opt-in backend is left out of this run (None: it runs, or it is not opt-in)."""
+    if cfg.all_backends or (cfg.backends and name in cfg.backends) or name not in opt_in_backends():
+        return None
+    return f"runs only when asked for (--backends {name}, or --all): dispatch never picks it unforced"
+
+
+def _static_decline(name: str, case: Case, cfg: RunConfig) -> Optional[str]:
+    """Why a backend cannot, or does not, run this case (before building inputs), or None."""
     b = registry.get_backend(name)
     if b.unavailable is not None:
         return b.unavailable
-    if b.device_types is not None and device.type not in b.device_types:
-        return f"runs on {'/'.join(b.device_types)}, not {device.type}"
+    if b.device_types is not None and cfg.device.type not in b.device_types:
+        return f"runs on {'/'.join(b.device_types)}, not {cfg.device.type}"
     missing = [op for op in case.family.ops if op not in ops_of_backend(name)]
     if missing:
         return f"does not implement {', '.join(missing)}"
-    return None
+    return opt_in_reason(name, cfg)
 
 
 def _rate_key(name: str, case: Case):
@@ -247,7 +271,7 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
 
     ours: Optional[Tuple[str, torch.Tensor, Dict[str, object]]] = None
     for name in names:
-        reason = None if host else _static_decline(name, case, cfg.device)
+        reason = None if host else _static_decline(name, case, cfg)
         if reason:
             rec["runs"].append(_skip("backend", name, reason))
             continue
@@ -348,7 +372,7 @@ def _run_peers(case, cfg, ceil, flusher, problem, ours, rec, log):
             continue
         run = {"kind": "peer", "impl": pname, "status": "ok", "reason": None}
         try:
-            run.update(_measure(fn, cfg, flusher, first_s, first_mem))
+            run.update(_measure(fn, cfg, flusher, first_s, first_mem, peer=True))
         except Exception as exc:
             rec["runs"].append(_skip("peer", pname, f"{type(exc).__name__}: {exc}", "error"))
             continue
@@ -386,13 +410,34 @@ def _line(run) -> str:
     return s
 
 
+def _over_budget(case: Case, cfg: RunConfig) -> Dict[str, object]:
+    """The record of a case not started because the run's time budget was spent."""
+    rec: Dict[str, object] = case.to_json()
+    reason = f"not started: the run's time budget of {cfg.time_budget_s:.0f} s was spent (--time-budget)"
+    names = [HOST] if not case.family.ops else backend_names(cfg)
+    rec.update(status="skipped", reason=reason, runs=[_skip("backend", n, reason) for n in names], ratios=[])
+    return rec
+
+
 def run_all(cases: Sequence[Tuple[Case, bool]], cfg: RunConfig, ceil, log=print) -> List[Dict[str, object]]:
+    """Run the cases in order. With ``cfg.time_budget_s``, a case that would start after that many
+    seconds (from ``cfg.started``) is recorded as skipped instead: a busy machine, on which every case
+    takes several times longer, still ends the run in bounded time, with the first cases measured."""
     flusher = CacheFlusher(cfg.device, cfg.policy.cold_cache)
     rates: Dict[Tuple[str, str], float] = {}
     out = []
     n = len(cases)
     t_start = time.perf_counter()
+    started = cfg.started if cfg.started is not None else t_start
+    spent = False
     for i, (case, use_peers) in enumerate(cases, 1):
+        if cfg.time_budget_s and (spent or time.perf_counter() - started >= cfg.time_budget_s):
+            if not spent:
+                log(f"time budget of {cfg.time_budget_s:.0f} s spent: the remaining {n - i + 1} case(s) are recorded "
+                    "as skipped (--time-budget 0 runs them all)")  # fmt: skip
+                spent = True
+            out.append(_over_budget(case, cfg))
+            continue
         log(f"[{i}/{n}] {case.name}  (elapsed {time.perf_counter() - t_start:.0f} s)")
         out.append(run_case(case, cfg, ceil, flusher, log, use_peers, rates))
     del flusher

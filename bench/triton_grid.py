@@ -1,7 +1,7 @@
 """A small GPU benchmark grid of the Triton backend (and the reference on the same device).
 
     python bench/triton_grid.py --out results.json [--quick] [--no-sweep]
-    python bench/triton_grid.py --smoke --out /tmp/g.json   # CPU, TRITON_INTERPRET=1: tiny shapes, checks the plumbing
+    python bench/triton_grid.py --smoke --out grid.json   # CPU, TRITON_INTERPRET=1: tiny shapes, checks the plumbing
 
 Cases (DeepSeek-V4 shapes, bf16, D = 512):
 - sparse decode CSA: H = 128, 128 window keys + 1,024 compressed keys per token (T = 1, 64);

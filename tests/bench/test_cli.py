@@ -88,10 +88,11 @@ def test_peers_over_the_limits_are_skipped_with_the_reason(tmp_path):
     assert results.validate(doc) == []
 
 
-def test_bad_arguments_fail_cleanly(capsys):
+def test_bad_arguments_fail_cleanly(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["--ops", "no_such_op", "--list"])
-    assert cli.main(["--backends", "no_such_backend", "--ops", "merge*", "--quick", "--no-plots", "--out", "/tmp"]) == 2
+    argv = ["--backends", "no_such_backend", "--ops", "merge*", "--quick", "--no-plots", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
 
 
 def test_schema_rejects_broken_documents():
@@ -205,3 +206,19 @@ def test_layer_goals_are_evaluated_from_the_hybrid_attention_cases():
     assert g["layer_vs_dense_128k_prefill_dense_einsum"]["status"] == "met"
     assert g["layer_vs_dense_128k_decode_dense_sdpa"]["status"] == "not measured"
     assert g["decode_1m_floor"]["status"] == "not measured"  # the csa_layer composite is a separate goal
+
+
+def test_cases_after_the_time_budget_are_recorded_as_skipped(tmp_path, capsys):
+    rc, doc = _run(tmp_path, "--ops", "merge*", "--no-peers", "--no-plots", "--time-budget", "1e-6", name="tb")
+    assert rc == 0 and results.validate(doc) == [] and doc["settings"]["time_budget_s"] == 1e-6
+    assert doc["cases"] and all(c["status"] == "skipped" and "time budget" in c["reason"] for c in doc["cases"])
+    assert "time budget of 0 s spent" in capsys.readouterr().out
+    rc, doc = _run(tmp_path, "--ops", "merge*", "--no-peers", "--no-plots", name="nb")  # none outside the default suite
+    assert doc["settings"]["time_budget_s"] is None and all(c["status"] == "ok" for c in doc["cases"])
+
+
+def test_the_default_suite_has_a_time_budget_and_starts_with_the_main_job():
+    assert cli.build_parser().parse_args([]).time_budget is None and cli.DEFAULT_SUITE_BUDGET_S < 300
+    suite, selected = cli.select(cli.build_parser().parse_args([]))
+    assert suite == "default" and selected[0][0].name.startswith("csa_layer.decode/v4-flash/")
+    assert any(c.name == "csa_layer.decode/v4-flash/ctx=1M/b=1/page=64/bf16" for c, _ in selected[:2])

@@ -49,7 +49,8 @@ def test_cost_sum_and_floors():
 
 
 def test_v4_flash_1m_decode_step_matches_the_anchor_arithmetic():
-    """anchors.md section 4: the indexer reads all 262,144 keys (64 MiB in bf16), attention 640 rows."""
+    """docs/deepseek-v4-attention.md section 10: the indexer reads all 262,144 keys (64 MiB in bf16),
+    attention 640 rows."""
     case = cases.REGISTRY["csa_layer.decode"].case(preset="v4-flash", context=1 << 20, batch=1, page_size=64,
                                                    dtype="bf16")  # fmt: skip
     stats = {"T": 1, "entries": 262144, "unique_entries": 262144, "k_elt": 2, "iq_elt": 2, "B": 1, "max_pages": 4096,
@@ -59,7 +60,7 @@ def test_v4_flash_1m_decode_step_matches_the_anchor_arithmetic():
     assert c.terms["kv_rows"]["bytes"] == 640 * 512 * 2
     assert c.terms["scores"]["flops"] == 258 * 64 * 262144
     assert c.terms["qk_pv"]["flops"] == 4 * 64 * 512 * 640
-    # ~124 FLOP/B for the (FP8) indexer in the anchors; bf16 keys halve it: ~64 FLOP/B, memory-bound on GPUs
+    # ~124 FLOP/B for the indexer with 132-B FP8 keys; bf16 keys halve it: ~64 FLOP/B, memory-bound on GPUs
     assert 60 < c.terms["scores"]["flops"] / c.terms["index_keys"]["bytes"] < 70
 
 

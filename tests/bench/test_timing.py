@@ -92,3 +92,28 @@ def test_prepare_runs_before_every_call_outside_the_timed_region():
     timing.time_fn(fn, CPU, pol, prior_call_s=0.0)
     timing.peak_memory(fn, CPU, rss=True)
     assert log == ["prep", "call"] * (len(log) // 2) and len(log) == 2 * (1 + 1 + 3 + 2)
+
+
+def test_the_emulator_backend_runs_only_when_asked_for(monkeypatch):
+    """ascend_sim (dispatch never picks it unforced) is left out of a run unless --backends names it or
+    --all is given; a case then records it as skipped with that reason."""
+    from longattn.backends import registry
+
+    from bench import cases
+
+    assert "ascend_sim" in runner.opt_in_backends()
+    assert not {"reference", "triton", "ascend"} & set(runner.opt_in_backends())
+    base = dict(device=CPU, policy=timing.TimingPolicy.quick(), peers=False, rss=False)
+    assert "--backends ascend_sim" in runner.opt_in_reason("ascend_sim", runner.RunConfig(**base))
+    assert runner.opt_in_reason("ascend_sim", runner.RunConfig(**base, backends=["reference", "ascend_sim"])) is None
+    assert runner.opt_in_reason("ascend_sim", runner.RunConfig(**base, all_backends=True)) is None
+    assert runner.opt_in_reason("reference", runner.RunConfig(**base)) is None
+
+    monkeypatch.setattr(registry, "_MODULES", {k: registry._MODULES[k] for k in ("reference", "ascend_sim")})
+    case = cases.REGISTRY["append_kv.decode"].case(batch=2, page_size=16, dtype="bf16")
+    ceil = {"copy": {"bytes_per_s": 1e10}, "matmul": {"fp32": {"flops_per_s": 1e11}, "bf16": {"flops_per_s": 1e11}}}
+    rec = runner.run_case(case, runner.RunConfig(**base), ceil, None, log=lambda *a: None)
+    runs = {r["impl"]: r for r in rec["runs"]}
+    assert runs["reference"]["status"] == "ok" and runs["ascend_sim"]["status"] == "skipped"
+    unavailable = registry.get_backend("ascend_sim").unavailable
+    assert runs["ascend_sim"]["reason"] == (unavailable or runner.opt_in_reason("ascend_sim", runner.RunConfig(**base)))

@@ -1357,6 +1357,16 @@ def _cell_lower(records: list) -> str:
     return "; ".join(parts)
 
 
+def _portable(text: str) -> str:
+    """The report with this machine's paths replaced, so that a committed report names no machine:
+    the repository root -> paths relative to it, the venv -> ``$VENV``, the temp dir -> ``$TMPDIR``
+    (longest prefix first: the venv may live in the temp dir or in the repository)."""
+    prefixes = {ROOT + os.sep: "", sys.prefix + os.sep: "$VENV/", tempfile.gettempdir() + os.sep: "$TMPDIR/"}
+    for old in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(old, prefixes[old])
+    return text
+
+
 def write_report(out_dir: str, lower: dict, interp: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
     report = {
@@ -1365,12 +1375,13 @@ def write_report(out_dir: str, lower: dict, interp: dict) -> None:
         "interp": interp,
     }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
+        f.write(_portable(json.dumps(report, indent=1, default=str)))
 
     results = lower.get("results", [])
     L = [
         "# triton-ascend check of longattn's Triton kernels\n",
-        f"Generated {report['generated']} by `ascend_c/triton_ascend/check.py` (see README.md there).\n",
+        f"Generated {report['generated']} by `{os.path.relpath(os.path.abspath(__file__), ROOT)}` (see README.md "
+        "there).\n",
     ]
     v = lower.get("versions") or interp.get("versions") or {}
     L.append("Environment: " + ", ".join(f"{k} {v[k]}" for k in v) + ".\n")
@@ -1558,7 +1569,7 @@ def write_report(out_dir: str, lower: dict, interp: dict) -> None:
     if warn:
         L.append("Warnings raised while the Triton path ran: " + "; ".join(f"`{_short(w, 200)}`" for w in warn) + "\n")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(L))
+        f.write(_portable("\n".join(L)))
 
 
 def main():

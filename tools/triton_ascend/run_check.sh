@@ -7,9 +7,9 @@
 # (--no-deps, editable, so `import triton` inside longattn resolves to triton-ascend), then runs
 # check.py, which writes results/report.md and results/report.json.
 #
-# Usage:  bash ascend_c/triton_ascend/run_check.sh [extra check.py args]
+# Usage:  bash tools/triton_ascend/run_check.sh [extra check.py args]   (from any directory)
 # Env:    TA_VENV   venv folder (default /tmp/longattn-triton-ascend-venv; kept between runs)
-#         TA_OUT    report folder (default ascend_c/triton_ascend/results)
+#         TA_OUT    report folder (default tools/triton_ascend/results)
 #         TA_FRESH=1  delete and recreate the venv first
 set -euo pipefail
 
@@ -56,16 +56,17 @@ if ! "$VPY" -c "import longattn, sys; sys.exit(0 if longattn.__file__.startswith
 fi
 
 echo "== environment"
-"$VPY" - <<'PY'
-import importlib.metadata as md, sys
+# Paths are printed relative to the repository / the venv, so that a log of the run names no machine.
+LA_ROOT="$ROOT" "$VPY" - <<'PY'
+import importlib.metadata as md, os, sys
 for d in ("torch", "numpy", "pybind11", "triton-ascend", "triton", "longattn"):
     try:
         print(f"  {d:14s} {md.version(d)}")
     except md.PackageNotFoundError:
         print(f"  {d:14s} (not installed)")
 import triton, longattn
-print("  triton module  ", triton.__version__, triton.__file__)
-print("  longattn module", longattn.__file__)
+print("  triton module  ", triton.__version__, "$VENV/" + os.path.relpath(triton.__file__, sys.prefix))
+print("  longattn module", os.path.relpath(longattn.__file__, os.environ["LA_ROOT"]))
 PY
 
 mkdir -p "$OUT"
@@ -76,5 +77,5 @@ set +e
 env -u ASCEND_HOME_PATH -u TRITON_INTERPRET "$VPY" "$HERE/check.py" --out "$OUT" "$@" 2> >(grep -v "Invalid bishengir path format" >&2)
 rc=$?
 set -e
-echo "== reports: $OUT/report.md $OUT/report.json (check.py exit $rc)"
+echo "== reports: ${OUT#"$ROOT"/}/report.md ${OUT#"$ROOT"/}/report.json (check.py exit $rc)"
 exit $rc
