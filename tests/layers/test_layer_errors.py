@@ -107,19 +107,24 @@ def test_plan_pages_outside_the_pool():
 @pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
 def test_stale_plan_is_refused_and_writes_nothing(kind):
     """Rerunning an ended plan would write this step's rows into window pages that the next plan
-    recycled (here: for sequence "b"): refused, before anything is written."""
+    recycled (here: for sequence "b"): refused, before anything is written. The newest plan may be
+    run again (it writes the same slots)."""
     layer, m, att, plan1, inputs = setup(kind)
     att(plan1, **dict(inputs))
     m.add_sequence("b")
     plan2 = m.plan(["a", "b"], [0, 1, 5])  # a's window slides; b takes pages a released
     g = torch.Generator().manual_seed(9)
     step2 = make_sequence(layer, 5, g)
-    att(plan2, **step2)
+    out2 = att(plan2, **step2)
+    assert torch.equal(att(plan2, **step2), out2)  # the newest plan, again
     before = pools(att)
-    for stale in (plan1, plan2):
-        with pytest.raises(StalePlanError, match=r"plan #\d+ is not newer than plan #\d+, which this layer"):
-            att(stale, **dict(inputs if stale is plan1 else step2))
-        assert_unchanged(before, att)
+    with pytest.raises(StalePlanError, match=r"plan #\d+ is older than plan #\d+, which this layer already ran"):
+        att(plan1, **dict(inputs))
+    assert_unchanged(before, att)
+    m.plan(["b"], [0, 1])
+    with pytest.raises(StalePlanError, match=r"plan #\d+ has ended: this layer ran it and the manager has made"):
+        att(plan2, **step2)
+    assert_unchanged(before, att)
 
 
 def test_plan_naming_a_freed_sequence_is_refused():

@@ -243,10 +243,10 @@ class CacheManager:
         that skip or go backwards, not enough pages) nothing changes.
 
         A plan is one step of every layer: each layer must run the manager's plans in the order they
-        were made, each once (a layer that reran an older plan would write rows into window pages
-        that a later plan recycled, possibly for another sequence). ``HybridAttention`` enforces
-        this through ``check_plan``. Consecutive plans made before any layer runs (the chunks of a
-        long prefill) are fine as long as every layer runs them in order.
+        were made (a layer that reran an older plan would write rows into window pages that a later
+        plan recycled, possibly for another sequence). ``HybridAttention`` enforces this through
+        ``check_plan``. Consecutive plans made before any layer runs (the chunks of a long prefill)
+        are fine as long as every layer runs them in order; the newest plan may be run again.
         """
         seq_ids = tuple(seq_ids)
         seqs = [self._get(s) for s in seq_ids]
@@ -320,15 +320,20 @@ class CacheManager:
 
     def check_plan(self, plan: StepPlan, last_serial: int, who: str) -> None:
         """Raise ``StalePlanError`` unless ``plan`` may be run now by a layer whose last plan had
-        number ``last_serial`` (0: none yet): made by this manager, newer than ``last_serial``, and
-        none of its sequences freed since."""
+        number ``last_serial`` (0: none yet): made by this manager, not older than ``last_serial``,
+        not rerun once the manager has made a newer plan (it has ended), and none of its sequences
+        freed since. Rerunning the newest plan is allowed: it writes the same slots again."""
         if plan.manager_id != self._id:
             raise StalePlanError(f"{who}: the plan was made by another CacheManager than this layer's")
-        if plan.serial <= last_serial:
+        if plan.serial < last_serial:
             raise StalePlanError(
-                f"{who}: plan #{plan.serial} is not newer than plan #{last_serial}, which this layer already "
-                "ran: a plan serves one step of every layer, once, in the order the plans were made "
-                "(make a new plan with CacheManager.plan for every step)"
+                f"{who}: plan #{plan.serial} is older than plan #{last_serial}, which this layer already ran: "
+                "a layer runs the manager's plans in the order they were made (one plan per step)"
+            )
+        if plan.serial == last_serial and self._plans_made > plan.serial:
+            raise StalePlanError(
+                f"{who}: plan #{plan.serial} has ended: this layer ran it and the manager has made plan "
+                f"#{self._plans_made} since (its window pages may now hold other rows); make a new plan per step"
             )
         for sid, seq in zip(plan.seq_ids, plan._sequences):
             if self._seqs.get(sid) is not seq:
