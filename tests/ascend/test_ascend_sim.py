@@ -402,6 +402,47 @@ def test_compress_kv_fp8_v4_shape():
     _compress_check(pools, "fp8")
 
 
+@pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])
+def test_compress_kv_ub_limit(overlap, dtype):
+    """reasons() declines the entry widths whose buffers do not fit the UB (they used to abort the
+    process with an emulator FATAL), and the widest accepted one runs. In a subprocess: a wrong mirror
+    would end the process."""
+    import subprocess
+    import sys
+
+    c = 2 if overlap else 1
+    ub = ascend_sim.compress_ub_bytes
+    fits = [d for d in range(8, 4097, 8) if ub(d, c * d, dtype.itemsize, 8, False, 4) <= ascend_sim.UB_BYTES]
+    d_ok, d_bad = fits[-1], fits[-1] + 8
+    assert d_bad <= 4096  # the old `d <= 4096` limit accepted it
+    code = f"""
+import torch, longattn, pytest
+from longattn.backends import ascend_sim
+from longattn.backends.registry import BackendError
+for d in ({d_ok}, {d_bad}):
+    c, T, ratio = {c}, 2, 2
+    a = torch.randn(T, c * d).to({dtype}); b = torch.randn(T, c * d).to({dtype})
+    kw = dict(ratio=ratio, overlap={overlap}, state=torch.zeros(1, c * ratio, 2 * c * d),
+              state_block_table=torch.zeros(1, 1, dtype=torch.int32), out=torch.zeros(1, 2, d),
+              out_block_table=torch.zeros(1, 1, dtype=torch.int32), norm_weight=torch.ones(d), eps=1e-6,
+              rope_inv_freq=torch.ones(4))
+    if d == {d_ok}:
+        longattn.compress_kv(a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), backend="ascend_sim", **kw)
+        assert kw["out"][0, 0].abs().sum() > 0  # entry 0 (position 1)
+    else:
+        with pytest.raises(BackendError, match="UB"):
+            longattn.compress_kv(a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), backend="ascend_sim", **kw)
+        with pytest.raises(RuntimeError, match="exceed the UB"):  # the extension's own check agrees
+            ascend_sim.extension().compress_kv(
+                a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), ratio, {overlap}, kw["state"],
+                kw["state_block_table"], kw["out"], 0, kw["out_block_table"], kw["norm_weight"], 1e-6,
+                kw["rope_inv_freq"], 4)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+
+
 @pytest.mark.slow
 def test_compress_kv_hca_v4_shape():
     """HCA shape of V4: ratio 128 without overlap, d = 512."""

@@ -15,8 +15,9 @@ Nothing is compiled at import: the extension is built on first use with
 the default dispatch order: select it with ``backend="ascend_sim"``.
 
 Environment: ``LONGATTN_ASCEND_SIM_CORES`` (emulated AI cores per launch, default 4),
-``LONGATTN_ASCEND_SIM_ASAN=1`` (build and load an AddressSanitizer variant; the process must be
-started with libasan preloaded), ``LONGATTN_ASCEND_SIM_VERBOSE=1`` (show the compiler output).
+``LONGATTN_ASCEND_SIM_ASAN=1`` (build and load an AddressSanitizer + UndefinedBehaviorSanitizer
+variant; the process must be started with libasan preloaded), ``LONGATTN_ASCEND_SIM_VERBOSE=1``
+(show the compiler output).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ SA_OUT_ROWS = 4
 UB_BYTES = 192 * 1024 - 8 * 1024 - 256
 L1_BYTES, L0A_BYTES, L0C_BYTES = 512 * 1024, 64 * 1024, 128 * 1024
 FP8_HEAD_DIM = 512
+FP8_QUANTIZER_UB = 16512  # kFp8QuantizerUbBytes (ascend_c/common/longattn_types.h)
 IDX_MAX_TOPK, IDX_MAX_HEADS, IDX_MAX_ENTRIES = 1024, 128, 0x00FFFFFF
 
 
@@ -106,9 +108,9 @@ def build_flags(asan: bool = False):
     """Compiler / linker flags of the emulator extension (also used by setup.py)."""
     cflags = ["-DLONGATTN_ASCEND_EMU", "-Wall", "-Werror", f"-I{REPO}", "-pthread"]
     ldflags = ["-pthread"]
-    if asan:
-        cflags += ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"]
-        ldflags += ["-fsanitize=address"]
+    if asan:  # AddressSanitizer + UndefinedBehaviorSanitizer (any UB report aborts)
+        cflags += ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address,undefined"]
     else:
         cflags += ["-O2"]
     return cflags, ldflags
@@ -160,7 +162,7 @@ def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int) -> int:
     mh8 = _al(max(mh, 1), 8)
     b = _al(mh * D * 4, 32) + _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(mh * SA_BLOCK_KEYS * sz, 32)
     b += _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(_al(mh * SA_BLOCK_KEYS, 256) // 8, 32)
-    b += 10 * _al(mh8 * 4, 32) + 3 * _al(mh8 * 8 * 4, 32)
+    b += 10 * 64 * 4 + 3 * _al(mh8 * 8 * 4, 32)
     b += 2 * _al(r * D * 4, 32) + 2 * _al(r * D * sz, 32) + 2 * _al(mh8 * 4, 32) + 2 * _al(g * D * sz, 32)
     if sz == 4:
         b += 2 * _al(D * g * 4, 32)
@@ -233,6 +235,17 @@ def _append_kv_reasons(pool, rows, slot_mapping, **_) -> List[str]:
     return [f"cannot write {type(pool).__name__} pools (float tensors and Fp8KVPool only)"]
 
 
+def compress_ub_bytes(d: int, W: int, in_size: int, R: int, fp8: bool, out_size: int) -> int:
+    """UB bytes of a compress_kv AIV (mirrors CompressKvUbBytes in ascend_c/compress_kv/op_host)."""
+    d_pad, d_v, w_pad = _al(d, 16), _al(d, 64), _al(W, 16)
+    b = 2 * _al(2 * d_pad * in_size, 32) + 2 * _al(2 * d_pad * 4, 32)
+    b += _al(8 * d_v * 4, 32) + _al(d_v // 8, 32) + _al(d_pad * 4, 32) + 512
+    b += _al(2 * _al(max(R // 2, 1), 8) * 4, 32) + _al(5 * _al(max(R, 8), 8) * 4, 32)
+    b += _al(2 * w_pad * in_size, 32) + _al(2 * W * 4, 32)
+    b += 2 * _al(576 + 32, 32) + FP8_QUANTIZER_UB if fp8 else 2 * _al(d_pad * out_size, 32)
+    return b
+
+
 def _compress_kv_reasons(a, b, ratio, overlap, out, rope_inv_freq, **_) -> List[str]:
     reasons = []
     d = a.shape[1] // (2 if overlap else 1)
@@ -241,6 +254,12 @@ def _compress_kv_reasons(a, b, ratio, overlap, out, rope_inv_freq, **_) -> List[
         reasons.append(f"entry width d={d} is not a multiple of 8 (32-B aligned fp32 rows)")
     if d > 4096:
         reasons.append(f"entry width d={d} > 4096 (UB)")
+    elif not reasons:
+        in_size = a.element_size() if a.dtype == b.dtype else 4
+        fp8 = not isinstance(out, torch.Tensor)
+        ub = compress_ub_bytes(d, a.shape[1], in_size, R, fp8, 1 if fp8 else out.element_size())
+        if ub > UB_BYTES:
+            reasons.append(f"entry width d={d} needs {ub} bytes of UB per AIV (> {UB_BYTES})")
     if (d - R) % 8:
         reasons.append(f"the {R} rope dims must start at a multiple of 8 (d - R = {d - R})")
     if not isinstance(out, torch.Tensor):
@@ -259,6 +278,10 @@ def _indexer_reasons(q, index_k, block_table=None, topk=None, **_) -> List[str]:
         reasons.append(f"Hi={Hi} > {IDX_MAX_HEADS} heads (the [Hi, 128] score tile must fit L0C twice)")
     if Di % 16:
         reasons.append(f"Di={Di} is not a multiple of 16 (cube fractals)")
+    # q and two 128-entry key tiles in L1 (mixed q / index_k dtypes run in fp32: the host widens both)
+    sz = _ELEM.get(q.dtype, 4) if q.dtype == index_k.dtype else 4
+    if _al(Hi, 16) * Di * sz + 2 * 128 * Di * sz > L1_BYTES:
+        reasons.append(f"Di={Di} with {sz}-byte elements does not fit L1 (q and two key tiles)")
     n = index_k.shape[0] if block_table is None else block_table.shape[1] * index_k.shape[1]
     if n >= IDX_MAX_ENTRIES:
         reasons.append(f"{n} entries >= 2**24 - 1 (ids must be exact in fp32 sort keys)")
