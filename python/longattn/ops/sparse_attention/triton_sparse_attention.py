@@ -148,6 +148,9 @@ def _load_kv_rows(
         b_sc = tl.load(p_kv + o_scale[:, None] + (o_d // _FP8_TILE)[None, :], mask=m_nope, other=127)
         b_scale = (b_sc.to(tl.int32) << _FP32_EXP_SHIFT).to(tl.float32, bitcast=True)
         b_nope = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * b_scale
+        # e4m3fn's NaN codes (0x7F / 0xFF): NaN whatever the conversion does with them (the interpreter's
+        # gives a finite value); the record of a NaN key must make the key NaN, as the reference's does
+        b_nope = tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_nope)
         # [BLOCK_N, BLOCK_D] bf16 rope values (bf16 view of the same bytes; data rows are even)
         o_rope16 = (o_data + _FP8_NOPE) // 2
         b_rope = tl.load(p_kv16 + o_rope16[:, None] + (o_d - _FP8_NOPE)[None, :], mask=m_rope, other=0.0)
