@@ -556,3 +556,62 @@ def dequantize_kv_fp8(pool, page_size):
                 row[D_NOPE + c] = bf16_from_bits(by[off] | (by[off + 1] << 8))
             out[p, i] = torch.tensor(row, dtype=torch.float64)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# non-finite rules (added helpers; the functions above are unchanged)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pool_channel_ieee(scores, values):
+    """One channel of the compressor pooling under the IEEE rule of ops/compress/README.md: 0 when
+    every slot scores -inf (or there is none); otherwise sum(exp(s - m) * v) / sum(exp(s - m)) with m
+    the max score, in float64 with IEEE non-finite arithmetic: a NaN score, a +inf score
+    (exp(inf - inf) = NaN) or a NaN value in any slot (0 * NaN = NaN, even at weight 0) gives NaN."""
+    if all(math.isinf(s) and s < 0 for s in scores):
+        return 0.0
+    if any(math.isnan(s) for s in scores):
+        return float("nan")
+    m = max(scores)
+    e = [math.exp(s - m) if not (math.isinf(s) and math.isinf(m)) else float("nan") for s in scores]
+    terms = [ei * vi for ei, vi in zip(e, values)]
+    if all(math.isfinite(x) for x in e + terms):
+        return math.fsum(terms) / math.fsum(e)
+    return sum(terms) / sum(e)  # plain IEEE sums (fsum refuses inf - inf)
+
+
+def compress_pool_ieee(a, b, ratio, overlap):
+    """``compress_pool`` (same slots; block -1 of an overlapping entry 0 is absent, not a slot) with
+    non-finite scores and values pooled by ``_pool_channel_ieee``. Returns [S // ratio, d] float64."""
+    a, b = _f64(a), _f64(b)
+    S, width = a.shape
+    c = 2 if overlap else 1
+    d = width // c
+    n = S // ratio
+    out = torch.zeros(n, d, dtype=torch.float64)
+    A, Bs = a.tolist(), b.tolist()
+    for j in range(n):
+        own = range(j * ratio, (j + 1) * ratio)
+        prev = range((j - 1) * ratio, j * ratio) if (overlap and j >= 1) else range(0)
+        for k in range(d):
+            scores = [Bs[t][k] for t in prev] + [Bs[t][(c - 1) * d + k] for t in own]
+            values = [A[t][k] for t in prev] + [A[t][(c - 1) * d + k] for t in own]
+            out[j, k] = _pool_channel_ieee(scores, values)
+    return out
+
+
+def indexer_topk_nan_high(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
+    """``indexer_topk`` with the NaN rule of ops/indexer/README.md: a NaN score (either sign bit) ranks
+    as +inf, tied with +inf and other NaN scores, the smaller entry id first; it stays selectable."""
+    N, table = _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids)
+    T = len(table)
+    idx = torch.full((T, topk), -1, dtype=torch.int64)
+    lengths = torch.zeros(T, dtype=torch.int64)
+    for t, row in enumerate(table):
+        cands = [(-(POS_INF if math.isnan(sc) else sc), j, slot) for j, (ok, sc, slot) in enumerate(row) if ok]
+        cands.sort(key=lambda c: (c[0], c[1]))
+        chosen = cands[:topk]
+        for i, (_, j, slot) in enumerate(chosen):
+            idx[t, i] = slot if return_slots else j
+        lengths[t] = len(chosen)
+    return idx, lengths

@@ -21,6 +21,7 @@ struct IsSameType<A, A> {
 
 constexpr float kNegInf = -__builtin_inff();
 constexpr float kPosInf = __builtin_inff();
+constexpr float kNaN = __builtin_nanf("");  // the quiet NaN 0x7FC00000
 
 // Element types of kernel inputs/outputs (tiling field values).
 enum DataTypeCode : uint32_t {
@@ -46,6 +47,7 @@ constexpr uint32_t kFp8NumTiles = 7;
 constexpr uint32_t kFp8DataBytes = 576;
 constexpr uint32_t kFp8ScaleBytes = 8;
 constexpr uint32_t kFp8RecordBytes = 584;
+constexpr uint32_t kFp8QuantizerUbBytes = 16512;  // scratch of the vector-core quantiser (fp8_quant.h)
 inline constexpr uint32_t Fp8PageBytes(uint32_t pageSize)
 {
     return CeilDivU(pageSize * kFp8RecordBytes, kFp8DataBytes) * kFp8DataBytes;

@@ -5,6 +5,20 @@
 // ROUND = nearest/ties-away, FLOOR, CEIL, TRUNC, ODD = round-to-odd. Overflow follows IEEE 754
 // directed-rounding rules (RINT/ROUND -> inf, TRUNC/ODD -> max finite, FLOOR/CEIL by sign).
 // Float -> int32 saturates and maps NaN to 0 (hardware behaviour undocumented; see README).
+//
+// Checked against independent references (tests/test_numeric.cpp, "conversion sweep": integer-bit
+// rounding for half / bf16 in all six modes, libm for the integer roundings, the host conversion
+// under each fenv rounding mode for int32 -> float): these helpers implement exactly the IEEE 754
+// conversions they name, subnormals and overflow included. Where real hardware may differ (not
+// documented, not checkable here):
+//  * NaN: FloatToBf16 returns the canonical 0x7FC0 for every NaN (sign and payload dropped, torch's
+//    scalar rule); a device conversion may keep the sign (0xFFC0 for -NaN) or the payload.
+//    FloatToHalf keeps the NaN's sign and top payload bits (the host's conversion). DoubleToInt32
+//    gives 0 for NaN (devices often give 0 or INT32_MIN).
+//  * Subnormal fp32 inputs / results are honoured here; a vector unit that flushes denormals to zero
+//    would give +-0 where these give a subnormal (e.g. float -> bf16 of 1e-40).
+//  * CAST_ODD and the directed modes follow IEEE overflow rules (max finite instead of inf where the
+//    mode rounds toward zero); the Cast page documents the modes, not the overflow results.
 #pragma once
 
 #include <cmath>

@@ -8,6 +8,8 @@
 // Sort32 sorts each group of 32 scores descending; equal scores keep input order (documented:
 // for score[i] == score[j] with i > j, j comes first). MrgSort merges up to 4 sorted queues
 // descending; on equal scores the emulator takes the lower-numbered queue first (undocumented).
+// NaN scores abort (both APIs): the documentation does not say where a NaN sorts, so a kernel must
+// not depend on it (replace NaN scores before sorting); +-inf sort as ordinary values.
 #pragma once
 
 #include <algorithm>
@@ -79,6 +81,9 @@ inline void Sort32(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const 
         for (int i = 0; i < 32; ++i) {
             v[i].score = static_cast<float>(LoadAs<T>(ps + (r * 32 + i) * sizeof(T)));
             v[i].index = LoadAs<uint32_t>(pi + (r * 32 + i) * 4);
+            if (std::isnan(v[i].score))
+                Fatal(loc, "Sort32: score %d of repeat %d is NaN: where the hardware sorts a NaN is undocumented "
+                           "(replace NaN scores before sorting)", i, r);
         }
         std::stable_sort(v.begin(), v.end(),
                          [](const emu_internal::ScorePair& a, const emu_internal::ScorePair& b) { return a.score > b.score; });
@@ -126,6 +131,9 @@ inline void MrgSort(const LocalTensor<T>& dst, const MrgSortSrcList<T>& srcList,
             TrackLocal(q[k]->emu_mem, q[k]->emu_off + static_cast<uint32_t>(base), params.elementLengths[k] * 8u, false);
             for (uint32_t i = 0; i < params.elementLengths[k]; ++i) {
                 in[k].push_back(emu_internal::LoadPair<T>(p + i * 8));
+                if (std::isnan(in[k][i].score))
+                    Fatal(loc, "MrgSort: source queue %d holds a NaN score at pair %u: where the hardware merges a "
+                               "NaN is undocumented (replace NaN scores before sorting)", k + 1, i);
                 if (i > 0 && in[k][i].score > in[k][i - 1].score)
                     Fatal(loc, "MrgSort: source queue %d is not sorted descending at pair %u", k + 1, i);
             }

@@ -85,8 +85,8 @@ struct NpuDevice {
     {
         void* tp = Tiling(t);
         ACLRT_LAUNCH_KERNEL(compress_kv)(t.blockDim, stream, const_cast<void*>(a.a), const_cast<void*>(a.b),
-                                         const_cast<int32_t*>(a.positions), const_cast<int32_t*>(a.tokenRows),
-                                         const_cast<int32_t*>(a.chunkStart), const_cast<int32_t*>(a.chunkEnd),
+                                         const_cast<int64_t*>(a.positions), const_cast<int32_t*>(a.tokenRows),
+                                         const_cast<int64_t*>(a.chunkStart), const_cast<int64_t*>(a.chunkEnd),
                                          const_cast<int32_t*>(a.emitTokens), const_cast<float*>(a.cosTab),
                                          const_cast<float*>(a.sinTab), const_cast<float*>(a.normWeight), a.state,
                                          const_cast<int32_t*>(a.stateBt), a.out, const_cast<int32_t*>(a.outBt),
@@ -211,8 +211,12 @@ void PublicCompressKv(const at::Tensor& a, const at::Tensor& b, const at::Tensor
                       c10::optional<c10::string_view> backend)
 {
     const int64_t c = overlap ? 2 : 1, d = a.size(1) / c, R = 2 * rope_inv_freq.numel();
-    const bool supported = la::CompressKvUnsupported(static_cast<uint32_t>(d), static_cast<uint32_t>(R),
-                                                     out_page_size.expect_int() > 0)[0] == 0;
+    const int64_t inSize = a.scalar_type() == b.scalar_type() ? a.element_size() : 4;  // the host widens mixed dtypes
+    const bool supported =
+        d <= 4096 && la::CompressKvUnsupported(static_cast<uint32_t>(d), static_cast<uint32_t>(a.size(1)),
+                                               static_cast<uint32_t>(inSize), static_cast<uint32_t>(R),
+                                               out_page_size.expect_int() > 0,
+                                               static_cast<uint32_t>(out.element_size()))[0] == 0;
     if (!supported || !KernelsRequested(backend))
         return Fallback<CompressSig>("longattn::compress_kv", a, b, positions, token_rows, ratio, overlap, state,
                                      state_block_table, out, out_page_size, out_block_table, norm_weight, eps,

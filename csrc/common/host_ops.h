@@ -187,14 +187,14 @@ inline CompressPlan PlanCompress(const at::Tensor& positions, const at::Tensor& 
     at::Tensor startTok = std::get<0>(at::cummax(at::where(newSeq, tok, at::zeros_like(tok)), 0));
     at::Tensor endTok =
         std::get<0>(at::cummin(at::where(lastTok, tok, at::full_like(tok, T)).flip({0}), 0)).flip({0});
-    p.chunkStart = pos.index_select(0, startTok).to(at::kInt).contiguous();
-    p.chunkEnd = pos.index_select(0, endTok).to(at::kInt).contiguous();
+    p.chunkStart = pos.index_select(0, startTok).contiguous();  // int64: positions are never truncated
+    p.chunkEnd = pos.index_select(0, endTok).contiguous();
     p.emit = at::nonzero(pos.add(1).remainder(ratio).eq(0)).squeeze(1).to(at::kInt).contiguous();
     at::Tensor angles = pos.div(ratio, "floor").mul(ratio).to(at::kFloat).unsqueeze(-1) *
                         rope_inv_freq.to(at::kFloat).unsqueeze(0);
     p.cosTab = at::cos(angles).contiguous();
     p.sinTab = at::sin(angles).contiguous();
-    p.positions = Index32(pos, -1);
+    p.positions = pos.contiguous();  // int64 as given: the kernel handles any value (negative: no entry)
     p.tokenRows = Index32(rows, -1);
     return p;
 }
@@ -234,7 +234,9 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
         outPageSize = U32(out.size(1), "out page size");
     }
     const int64_t R = 2 * rope_inv_freq.numel();
-    const char* why = CompressKvUnsupported(U32(d, "d"), U32(R, "rope dims"), out_page_size > 0);
+    const char* why = CompressKvUnsupported(U32(d, "d"), U32(W, "W"), static_cast<uint32_t>(ac.element_size()),
+                                            U32(R, "rope dims"), out_page_size > 0,
+                                            static_cast<uint32_t>(out.element_size()));
     TORCH_CHECK(why[0] == 0, "compress_kv: ", why);
     if (T == 0) return;
     CompressPlan plan = PlanCompress(positions, token_rows, ratio, rope_inv_freq);
@@ -253,10 +255,10 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
     CompressKvArgs args{};
     args.a = ac.data_ptr();
     args.b = bc.data_ptr();
-    args.positions = plan.positions.data_ptr<int32_t>();
+    args.positions = plan.positions.data_ptr<int64_t>();
     args.tokenRows = plan.tokenRows.data_ptr<int32_t>();
-    args.chunkStart = plan.chunkStart.data_ptr<int32_t>();
-    args.chunkEnd = plan.chunkEnd.data_ptr<int32_t>();
+    args.chunkStart = plan.chunkStart.data_ptr<int64_t>();
+    args.chunkEnd = plan.chunkEnd.data_ptr<int64_t>();
     args.emitTokens = plan.emit.numel() ? plan.emit.data_ptr<int32_t>() : static_cast<int32_t*>(never);
     args.cosTab = plan.cosTab.numel() ? plan.cosTab.data_ptr<float>() : static_cast<float*>(never);
     args.sinTab = plan.sinTab.numel() ? plan.sinTab.data_ptr<float>() : static_cast<float*>(never);
@@ -279,8 +281,12 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
     TORCH_CHECK(q.dim() == 3, "indexer: q must be [T, Hi, Di]");
     const int64_t T = q.size(0), Hi = q.size(1), Di = q.size(2);
     const bool paged = block_table.has_value();
-    at::Tensor qc = q.contiguous();
-    at::Tensor kc = index_k.to(q.scalar_type()).contiguous();  // one element type for the cube
+    // One element type for the cube: equal dtypes as they are; different ones both widened to fp32
+    // (exact), never index_k rounded to q's dtype (fp32 keys -> fp16 would overflow to inf, -> bf16
+    // would lose bits the reference keeps).
+    const bool same = q.scalar_type() == index_k.scalar_type();
+    at::Tensor qc = (same ? q : q.to(at::kFloat)).contiguous();
+    at::Tensor kc = (same ? index_k : index_k.to(at::kFloat)).contiguous();
     at::Tensor w = weights.to(at::kFloat).contiguous();
     int64_t numEntries = 0, numPages = 0, pageSize = 0;
     at::Tensor bt, sid;

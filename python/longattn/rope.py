@@ -56,6 +56,8 @@ def apply_rope(
     x's dtype; the math is fp32.
     """
     rope_dim = 2 * inv_freq.shape[-1] if rope_dim is None else rope_dim
+    if rope_dim == 0:  # nothing to rotate (x[..., -0:] would be every dim)
+        return x.clone()
     c, s = cos_sin(positions, inv_freq)
     if inverse:
         s = -s

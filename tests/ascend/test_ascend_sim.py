@@ -21,8 +21,12 @@ import pytest
 import torch
 from longattn.backends import ascend_sim
 from longattn.backends.registry import BackendError
+from longattn.ops.compress import ascend as compress_ascend
+from longattn.ops.op import get_op
+from longattn.ops.sparse_attention import ascend as sa_ascend
 
 from tests import oracle
+from tests.helpers.dispatch import inputs, reasons
 from tests.ops.cases import SPARSE_CASES, SparseCase, make_sparse_inputs
 from tests.ops.test_sparse_attention import check_against_oracle, oracle_of
 from tests.tolerance import assert_close, attention_bounds
@@ -100,20 +104,14 @@ def test_append_kv_fp8_pool_bytes_exact(rows_dtype, page):
 
 
 def test_append_kv_reasons():
-    b = longattn.backends.registry.get_backend(SIM)
-
     class Pool:  # a duck-typed pool the kernel cannot write
         num_slots, head_dim, device = 4, 8, torch.device("cpu")
 
         def write_rows(self, slots, rows):
             pass
 
-    reasons = b.reasons(
-        "append_kv",
-        torch.device("cpu"),
-        dict(pool=Pool(), rows=torch.zeros(1, 8), slot_mapping=torch.zeros(1, dtype=torch.int32)),
-    )
-    assert reasons and "Pool" in reasons[0]
+    why = reasons(SIM, "append_kv", pool=Pool(), rows=torch.zeros(1, 8), slot_mapping=torch.zeros(1, dtype=torch.int32))
+    assert why and "Pool" in why[0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,7 +218,6 @@ def test_sparse_attention_paged_and_split_kv_consistency():
 
 
 def test_sparse_attention_reasons():
-    b = longattn.backends.registry.get_backend(SIM)
     cpu = torch.device("cpu")
     q = torch.zeros(1, 2, 96)
     base = dict(
@@ -234,12 +231,12 @@ def test_sparse_attention_reasons():
         attn_sink=None,
         softmax_scale=0.1,
     )
-    assert any("multiple of 64" in r for r in b.reasons("sparse_attention", cpu, base))
+    assert any("multiple of 64" in r for r in reasons(SIM, "sparse_attention", cpu, **base))
     q = torch.zeros(1, 2, 64)
     mixed = dict(base, q=q, kv=torch.zeros(4, 64, dtype=torch.bfloat16))
-    assert any("dtype" in r for r in b.reasons("sparse_attention", cpu, mixed))
+    assert any("dtype" in r for r in reasons(SIM, "sparse_attention", cpu, **mixed))
     fp8 = dict(base, q=torch.zeros(1, 2, 512), kv=longattn.Fp8KVPool.empty(1, 4))
-    assert any("Fp8KVPool" in r for r in b.reasons("sparse_attention", cpu, fp8))
+    assert any("Fp8KVPool" in r for r in reasons(SIM, "sparse_attention", cpu, **fp8))
     with pytest.raises(BackendError, match="ascend_sim"):
         longattn.sparse_attention(
             torch.zeros(1, 2, 96), torch.zeros(4, 96), torch.zeros(1, 1, dtype=torch.int32), backend=SIM
@@ -256,9 +253,9 @@ def test_sparse_attention_tiling_mirror(dtype):
     for D in (64, 128, 256, 512, 576, 640, 768, 1024, 1536):
         for H in (1, 7, 16, 17, 48, 64, 128):
             t = ext.sparse_attention_tiling(1, H, D, code, 4)
-            assert t["heads_per_task"] == ascend_sim.sa_heads_per_task(H, D, dtype), (D, H)
+            assert t["heads_per_task"] == sa_ascend.sa_heads_per_task(H, D, dtype), (D, H)
             if t["heads_per_task"]:
-                assert t["ub_bytes"] <= ascend_sim.UB_BYTES and t["l1_bytes"] <= ascend_sim.L1_BYTES
+                assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -402,6 +399,47 @@ def test_compress_kv_fp8_v4_shape():
     _compress_check(pools, "fp8")
 
 
+@pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])
+def test_compress_kv_ub_limit(overlap, dtype):
+    """reasons() declines the entry widths whose buffers do not fit the UB (they used to abort the
+    process with an emulator FATAL), and the widest accepted one runs. In a subprocess: a wrong mirror
+    would end the process."""
+    import subprocess
+    import sys
+
+    c = 2 if overlap else 1
+    ub = compress_ascend.compress_ub_bytes
+    fits = [d for d in range(8, 4097, 8) if ub(d, c * d, dtype.itemsize, 8, False, 4) <= sa_ascend.UB_BYTES]
+    d_ok, d_bad = fits[-1], fits[-1] + 8
+    assert d_bad <= 4096  # the old `d <= 4096` limit accepted it
+    code = f"""
+import torch, longattn, pytest
+from longattn.backends import ascend_sim
+from longattn.backends.registry import BackendError
+for d in ({d_ok}, {d_bad}):
+    c, T, ratio = {c}, 2, 2
+    a = torch.randn(T, c * d).to({dtype}); b = torch.randn(T, c * d).to({dtype})
+    kw = dict(ratio=ratio, overlap={overlap}, state=torch.zeros(1, c * ratio, 2 * c * d),
+              state_block_table=torch.zeros(1, 1, dtype=torch.int32), out=torch.zeros(1, 2, d),
+              out_block_table=torch.zeros(1, 1, dtype=torch.int32), norm_weight=torch.ones(d), eps=1e-6,
+              rope_inv_freq=torch.ones(4))
+    if d == {d_ok}:
+        longattn.compress_kv(a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), backend="ascend_sim", **kw)
+        assert kw["out"][0, 0].abs().sum() > 0  # entry 0 (position 1)
+    else:
+        with pytest.raises(BackendError, match="UB"):
+            longattn.compress_kv(a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), backend="ascend_sim", **kw)
+        with pytest.raises(RuntimeError, match="exceed the UB"):  # the extension's own check agrees
+            ascend_sim.extension().compress_kv(
+                a, b, torch.arange(T), torch.zeros(T, dtype=torch.int32), ratio, {overlap}, kw["state"],
+                kw["state_block_table"], kw["out"], 0, kw["out_block_table"], kw["norm_weight"], 1e-6,
+                kw["rope_inv_freq"], 4)
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+
+
 @pytest.mark.slow
 def test_compress_kv_hca_v4_shape():
     """HCA shape of V4: ratio 128 without overlap, d = 512."""
@@ -517,7 +555,6 @@ def test_indexer_random_inputs_within_bound(dtype):
 
 
 def test_indexer_reasons():
-    b = longattn.backends.registry.get_backend(SIM)
     cpu = torch.device("cpu")
     args = dict(
         q=torch.zeros(1, 2, 8),
@@ -529,8 +566,8 @@ def test_indexer_reasons():
         seq_ids=None,
         return_slots=False,
     )
-    reasons = b.reasons("indexer_topk", cpu, args)
-    assert any("multiple of 16" in r for r in reasons) and any("topk=2000" in r for r in reasons)
+    why = reasons(SIM, "indexer_topk", cpu, **args)
+    assert any("multiple of 16" in r for r in why) and any("topk=2000" in r for r in why)
 
 
 @pytest.mark.slow
@@ -621,29 +658,32 @@ def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
             return lambda *args: getattr(ascend_sim.extension(), name)(*args, ascend_sim.num_cores())
 
     monkeypatch.setattr(ascend, "ops", lambda: Shim())
-    impl = ascend.BACKEND.ops
+
+    def npu(op, **fields):  # the ascend backend's implementation of op, on these fields
+        return get_op(op).impls["ascend"].function()(inputs(op, **fields))
+
     g = torch.Generator().manual_seed(0)
 
     args = make_sparse_inputs(SparseCase("m", T=2, H=3, D=64, N=30, K=12, N2=9, K2=5, sink="finite"))
     full = dict(topk_length=None, extra_kv=None, extra_indices=None, extra_topk_length=None, attn_sink=None)
     args["softmax_scale"] = 0.125
-    got = impl["sparse_attention"].fn(**{**full, **args})
+    got = npu("sparse_attention", **{**full, **args, "kv": args["kv"].reshape(-1, 64)})
     want = longattn.sparse_attention(**args, backend=SIM)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
     q, w, k = _int_inputs(g, 3, 4, 16, 40)
     ve = torch.tensor([40, 17, 0], dtype=torch.int32)
     common = dict(q=q, weights=w, index_k=k, visible_end=ve, block_table=None, seq_ids=None)
-    got = impl["indexer_topk"].fn(**common, topk=8, return_slots=False)
+    got = npu("indexer_topk", **common, topk=8, return_slots=False)
     want = longattn.indexer_topk(q, w, k, ve, 8, backend=SIM)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert torch.equal(impl["indexer_logits"].fn(**common), longattn.indexer_logits(q, w, k, ve, backend=SIM))
+    assert torch.equal(npu("indexer_logits", **common), longattn.indexer_logits(q, w, k, ve, backend=SIM))
 
     for pool in (torch.zeros(2, 4, 512, dtype=torch.bfloat16), Fp8KVPool.empty(2, 4, "cpu")):
         rows = torch.randn(3, 512, generator=g)
         slots = torch.tensor([5, 0, 7])
         mine = pool.clone() if isinstance(pool, torch.Tensor) else Fp8KVPool(pool.data.clone(), pool.page_size)
-        impl["append_kv"].fn(pool=mine, rows=rows, slot_mapping=slots)
+        npu("append_kv", pool=mine, rows=rows, slot_mapping=slots)
         longattn.append_kv(pool, rows, slots, backend=SIM)
         assert torch.equal(*(p if isinstance(p, torch.Tensor) else p.data for p in (mine, pool)))
 
@@ -659,7 +699,7 @@ def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
     )  # fmt: skip
     for out in (torch.zeros(2, 4, d), Fp8KVPool.empty(2, 4, "cpu")):
         runs = []
-        for call in (impl["compress_kv"].fn, lambda **kw: longattn.compress_kv(**kw, backend=SIM)):
+        for call in (lambda **kw: npu("compress_kv", **kw), lambda **kw: longattn.compress_kv(**kw, backend=SIM)):
             state = torch.zeros(1, 2 * ratio, 4 * d)
             pool = out.clone() if isinstance(out, torch.Tensor) else Fp8KVPool(out.data.clone(), out.page_size)
             call(**base, state=state, out=pool)

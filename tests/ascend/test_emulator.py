@@ -89,6 +89,7 @@ PLANTED = {
     "gm_unsized": ["GlobalTensor has no size"],
     "datacopypad_bad_len": ["blockLen = 6 bytes is not a multiple of sizeof(float)"],
     "fixpipe_quant_mismatch": ["Fixpipe: quantPre does not match the float -> half conversion"],
+    "sort32_nan_score": ["Sort32: score 5 of repeat 0 is NaN"],
 }
 WATCHDOG_ENV = {"LONGATTN_EMU_TIMEOUT_S": "0.5"}
 RUN_TIMEOUT_S = 60

@@ -5,7 +5,10 @@ under test: every projection, norm and RoPE rotation in float64 on the module's 
 dense-mask float64 layer of ``tests/layers/dense_layer.py`` (window mask, visibility, float64 indexer
 top-k, sink) for the attention itself, then the inverse RoPE and the grouped output projection.
 RoPE angles are fp32(position) * fp32(inv_freq) rounded to fp32, the definition both DeepSeek's code
-and transformers use (``longattn.rope.cos_sin``); everything after that is float64.
+and transformers use (``longattn.rope.cos_sin``); everything after that is float64. A table with an
+attention factor s (transformers multiplies its cos and sin by s) scales every rotated vector's rope
+dims by s: q, kv, compressed entries and indexer keys (through their norm weights' rope dims: the
+rotation is linear), indexer queries, and the output's inverse rotation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ def _rms(x, weight, eps):
     return x if weight is None else x * weight.double()
 
 
+def _scaled(module, x: torch.Tensor) -> torch.Tensor:
+    """x (float64) with its last rope_dim dims times the layer's RoPE attention factor."""
+    s, r = module.rope_attention_factor, module.layer.rope_dim
+    return torch.cat([x[..., :-r], x[..., -r:] * s], dim=-1)
+
+
 def layer_inputs(module, x: torch.Tensor) -> dict:
     """Per-token inputs of the attention core, float64: q, kv (normed, rotated), compressor and indexer
     inputs, for ``x [S, dim]`` of one sequence starting at position 0."""
@@ -32,8 +41,8 @@ def layer_inputs(module, x: torch.Tensor) -> dict:
     freqs = module.rope_inv_freq
     cq = _rms(x @ W["q_a_proj.weight"].T, W["q_a_norm.weight"], L.eps)
     q = (cq @ W["q_b_proj.weight"].T).view(S, L.n_heads, L.head_dim)
-    q = rope64(_rms(q, None, L.eps), pos.unsqueeze(1), freqs)
-    kv = rope64(_rms(x @ W["kv_proj.weight"].T, W["kv_norm.weight"], L.eps), pos, freqs)
+    q = _scaled(module, rope64(_rms(q, None, L.eps), pos.unsqueeze(1), freqs))
+    kv = _scaled(module, rope64(_rms(x @ W["kv_proj.weight"].T, W["kv_norm.weight"], L.eps), pos, freqs))
     seq = dict(q=q, kv=kv)
     if L.compress_ratio:
         r = L.compress_ratio
@@ -44,15 +53,18 @@ def layer_inputs(module, x: torch.Tensor) -> dict:
         Hi, Di = L.index_n_heads, L.index_head_dim
         seq["index_a"] = x @ W[p + "kv_proj.weight"].T
         seq["index_b"] = x @ W[p + "gate_proj.weight"].T + W[p + "position_bias"][pos % 4]
-        seq["index_q"] = rope64((cq @ W[p + "q_b_proj.weight"].T).view(S, Hi, Di), pos.unsqueeze(1), freqs)
+        seq["index_q"] = _scaled(
+            module, rope64((cq @ W[p + "q_b_proj.weight"].T).view(S, Hi, Di), pos.unsqueeze(1), freqs)
+        )
         seq["index_weights"] = (x @ W[p + "scorer.weights_proj.weight"].T) * (Hi**-0.5 * Di**-0.5)
     return seq
 
 
 def _norm_weights(module):
+    """Compressor / indexer norm weights, float64, with the attention factor on their rope dims."""
     c = module.compressor
-    comp = None if c is None else c.kv_norm.weight.detach().double()
-    idx = c.indexer.kv_norm.weight.detach().double() if module.kind == "csa" else None
+    comp = None if c is None else _scaled(module, c.kv_norm.weight.detach().double())
+    idx = _scaled(module, c.indexer.kv_norm.weight.detach().double()) if module.kind == "csa" else None
     return comp, idx
 
 
@@ -64,7 +76,7 @@ def dense_v4_layer(module, x: torch.Tensor) -> torch.Tensor:
     sinks = module.sinks.detach().double()
     o = dense_layer(L, seq, sinks, comp_w, idx_w)  # [S, H, D] float64
     S = o.shape[0]
-    o = rope64(o, torch.arange(S).unsqueeze(1), -module.rope_inv_freq)  # conjugate rotation (exact: -angle)
+    o = _scaled(module, rope64(o, torch.arange(S).unsqueeze(1), -module.rope_inv_freq))  # conjugate (-angle)
     G = module.o_groups
     wa = module.o_a_proj.weight.detach().double().view(G, -1, L.n_heads * L.head_dim // G)
     z = torch.einsum("sgi,gri->sgr", o.reshape(S, G, -1), wa).reshape(S, -1)

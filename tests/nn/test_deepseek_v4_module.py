@@ -1,6 +1,8 @@
 """longattn.nn.DeepseekV4Attention and PagedKVCache without transformers: cache consistency, padding,
 configuration and errors. (Parity with transformers: test_transformers_parity.py.)"""
 
+import dataclasses
+import math
 import subprocess
 import sys
 import types
@@ -9,6 +11,7 @@ import pytest
 import torch
 from longattn.configs import V4_FLASH, ModelConfig, RopeConfig, YarnConfig
 from longattn.nn import DeepseekV4Attention, PagedKVCache, layer_config
+from longattn.nn.deepseek_v4 import rope_attention_factor
 
 TINY = ModelConfig(
     name="tiny", dim=32, n_layers=3, n_heads=4, q_lora_rank=16, o_groups=2, o_lora_rank=8, index_topk=3,
@@ -78,11 +81,66 @@ def test_step_past_max_context_is_refused_before_planning():
     cache = PagedKVCache([m.layer], max_batch_size=1, max_context=10, page_size=2, max_step_tokens=3)
     with torch.no_grad():
         m(torch.randn(1, 8, 32), cache=cache)
-        with pytest.raises(ValueError, match="max_context=10"):
+        with pytest.raises(
+            ValueError, match=r"max_context=10; make the cache with a larger max_context=.*growable=True"
+        ):
             m(torch.randn(1, 3, 32), cache=cache)
     assert cache.seq_lengths() == [8]  # nothing of the refused step was planned
     with pytest.raises(ValueError, match="max_step_tokens must be > 0"):
         PagedKVCache([m.layer], max_batch_size=1, max_context=10, max_step_tokens=0)
+
+
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_growable_cache_grows_on_demand(idx):
+    """A growable cache made for 3 tokens per row takes 29 (one row padded) in prefill and decode steps:
+    each step past max_context re-allocates the pools with the rows copied (at least doubling), and
+    every step gives what one prefill of the whole sequence gives."""
+    m = tiny_layer(idx)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 29, 32, generator=g)
+    mask = torch.ones(2, 29, dtype=torch.long)
+    mask[1, :5] = 0  # row 1: 24 tokens
+    with torch.no_grad():
+        whole, _ = m(x[:1])
+        whole_padded, _ = m(x[1:, 5:])
+        cache = PagedKVCache([m.layer], max_batch_size=2, max_context=3, page_size=2, growable=True)
+        pools, sizes, parts = [], [], []
+        for a, b in ((0, 2), (2, 3), (3, 11), (11, 12), (12, 20), (20, 21), (21, 29)):
+            cache.begin_step(2, b - a, mask[:, :b])
+            parts.append(m(x[:, a:b], cache=cache)[0])
+            sizes.append(cache.max_context)
+            layer = cache.layer_states[idx]
+            pools.append(
+                (layer.window_pool.shape[0], None if layer.compressed_pool is None else layer.compressed_pool.shape[0])
+            )
+    y = torch.cat(parts, 1)
+    torch.testing.assert_close(y[:1], whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[1:, 5:], whole_padded, atol=1e-5, rtol=0)
+    assert cache.seq_lengths() == [29, 24] and cache.columns == 29
+    assert sizes == [3, 3, 11, 22, 22, 22, 44]
+    assert pools[-1][0] > pools[0][0] and (idx == 0 or pools[-1][1] > pools[0][1])
+
+
+@pytest.mark.parametrize("idx", [1, 2], ids=["csa", "hca"])
+def test_growable_fp8_cache_equals_a_large_one(idx):
+    """Growth copies FP8 pools (uint8 records) too: a growable FP8 cache made for 2 tokens gives exactly
+    what an FP8 cache made for the whole sequence gives."""
+    cfg = dataclasses.replace(TINY, head_dim=512, rope_dim=64, index_head_dim=64)
+    m = DeepseekV4Attention(cfg, idx).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.randn(1, 21, 32, generator=g)
+    outs = []
+    with torch.no_grad():
+        for ctx, growable in ((21, False), (2, True)):
+            cache = PagedKVCache(
+                [m.layer], max_batch_size=1, max_context=ctx, page_size=2, kv_format="fp8", growable=growable
+            )
+            outs.append(torch.cat([m(x[:, a:b], cache=cache)[0] for a, b in ((0, 2), (2, 9), (9, 10), (10, 21))], 1))
+    assert cache.max_context >= 21
+    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
 
 
 def test_every_row_fits_a_chunk():
@@ -153,9 +211,61 @@ def test_unsupported_configs_are_refused():
         layer_config(
             hf_like(layer_types=["compressed_sparse_attention"], compress_rates={"compressed_sparse_attention": 8}), 0
         )
-    with pytest.raises(NotImplementedError, match="attention_factor"):
-        layer_config(hf_like(rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
-                                           "attention_factor": 1.3}), 1)  # fmt: skip
+    with pytest.raises(NotImplementedError, match="rotates 16 dims"):  # a table for another rope dim
+        layer_config(hf_like(rope_parameters={"main": {"rope_theta": 1e4, "partial_rotary_factor": 0.5},
+                                              "compress": {"rope_theta": 1.6e5}}), 0)  # fmt: skip
+
+
+YARN = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536, "beta_fast": 32, "beta_slow": 1}
+
+
+def nested(compress: dict):
+    return hf_like(rope_parameters={"main": {"rope_type": "default", "rope_theta": 1e4},
+                                    "compress": {**compress, "rope_theta": 1.6e5}})  # fmt: skip
+
+
+def test_rope_attention_factor_follows_transformers():
+    """The factor transformers puts on a table's cos / sin: its ``attention_factor``; for a YaRN table
+    without one, YaRN's mscale 0.1 ln(factor) + 1 (or the mscale / mscale_all_dim ratio) when the
+    nested rope_parameters come from the user, 1 when transformers nests flat parameters itself."""
+    mscale = 0.1 * math.log(16) + 1
+    assert rope_attention_factor(nested(YARN), 1) == pytest.approx(mscale)  # 1.277
+    assert rope_attention_factor(nested(YARN), 2) == pytest.approx(mscale)
+    assert rope_attention_factor(nested(YARN), 0) == 1.0  # the main table is plain
+    assert rope_attention_factor(nested({**YARN, "attention_factor": 1.0}), 1) == 1.0
+    assert rope_attention_factor(nested({**YARN, "mscale": 1.0, "mscale_all_dim": 0.5}), 1) == pytest.approx(
+        mscale / (0.05 * math.log(16) + 1)
+    )
+    assert rope_attention_factor(hf_like(), 1) == 1.0  # flat (DeepSeek's config.json): no mscale
+    assert rope_attention_factor(hf_like(rope_scaling={**YARN, "attention_factor": 1.3}), 1) == 1.3
+    assert rope_attention_factor(V4_FLASH, 2) == 1.0
+    m = DeepseekV4Attention(nested(YARN), 1)
+    assert m.rope_attention_factor == pytest.approx(mscale) and "rope_attention_factor=1.27726" in repr(m)
+    assert layer_config(nested(YARN), 1).rope == RopeConfig(160000.0, YarnConfig(16.0, 65536, 32.0, 1.0))
+
+
+@pytest.mark.parametrize("idx", [1, 2], ids=["csa", "hca"])
+def test_rope_attention_factor_against_float64(idx):
+    """A layer whose table has attention factor 1.277 against the float64 evaluation (which scales
+    every rotated vector's rope dims); without the factor the output is measurably different."""
+    from tests.nn.dense_v4 import dense_v4_layer
+
+    cfg = nested(YARN)
+    m = DeepseekV4Attention(cfg, idx).eval()
+    plain = DeepseekV4Attention(hf_like(), idx).eval()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(1, 40, 32, generator=g)
+    with torch.no_grad():
+        y, _ = m(x)
+        y_plain, _ = plain(x)
+    truth = dense_v4_layer(m, x[0])
+    err = (y[0].double() - truth).abs().max().item()
+    assert err < 1e-4 * truth.abs().max().item(), err
+    assert (y_plain[0].double() - truth).abs().max().item() > 100 * err
 
 
 def test_cache_errors():

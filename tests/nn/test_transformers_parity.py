@@ -17,7 +17,10 @@ score gap > 1e-4 at its boundary in float64 (exact ties count as 0: the two impl
 ties differently, see python/longattn/nn/README.md), so no fp32 rounding can change the selection.
 """
 
+import copy
+import dataclasses
 import inspect
+import math
 
 import pytest
 import torch
@@ -116,19 +119,15 @@ def _cache_kw(fn):
 # --- layer outputs on prefill -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_layer_prefill_matches_transformers_eager(model, kind):
-    idx = KINDS.index(kind)
-    hf_attn = model.model.layers[idx].self_attn
-    assert isinstance(hf_attn, hf.DeepseekV4Attention)
-    ours = DeepseekV4Attention(model.config, idx)
-    ours.load_state_dict(hf_attn.state_dict(), strict=True)
-    g = torch.Generator().manual_seed(10 + idx)
-    x = torch.randn(2, PROMPT, model.config.hidden_size, generator=g)
+def check_layer_parity(hf_attn, rotary, ours, seed, label):
+    """Layer outputs on a 2 x PROMPT prefill against transformers' eager module, both judged against the
+    float64 evaluation by the 2x rule (module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, PROMPT, ours.config.hidden_size, generator=g)
     for b in range(2):
         assert topk_margin(ours, x[b]) > 1e-4, "the float64 top-k is decided by a near tie: pick another seed"
     with torch.no_grad():
-        ref = hf_layer_forward(hf_attn, model.model.rotary_emb, x)
+        ref = hf_layer_forward(hf_attn, rotary, x)
         out, _ = ours(x)
     truth = torch.stack([dense_v4_layer(ours, x[b]) for b in range(2)])
     err_hf = (ref.double() - truth).abs().max().item()
@@ -136,12 +135,68 @@ def test_layer_prefill_matches_transformers_eager(model, kind):
     diff = (out - ref).abs().max().item()
     floor = 8 * U32 * truth.abs().max().item()
     print(
-        f"{kind}: max |longattn - transformers| = {diff:.3e}; "
-        f"vs float64: longattn {err_ours:.3e}, transformers {err_hf:.3e}"
+        f"{label}: max |longattn - transformers| = {diff:.3e}; "
+        f"vs float64: longattn {err_ours:.3e}, transformers {err_hf:.3e} (|y|max {truth.abs().max().item():.2f})"
     )
-    assert err_ours <= 2 * err_hf + floor, (kind, err_ours, err_hf)
-    assert err_hf <= 2 * err_ours + floor, (kind, err_ours, err_hf)
-    assert diff <= 3 * min(err_hf, err_ours) + floor, (kind, diff, err_hf, err_ours)
+    assert err_ours <= 2 * err_hf + floor, (label, err_ours, err_hf)
+    assert err_hf <= 2 * err_ours + floor, (label, err_ours, err_hf)
+    assert diff <= 3 * min(err_hf, err_ours) + floor, (label, diff, err_hf, err_ours)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_prefill_matches_transformers_eager(model, kind):
+    idx = KINDS.index(kind)
+    hf_attn = model.model.layers[idx].self_attn
+    assert isinstance(hf_attn, hf.DeepseekV4Attention)
+    ours = DeepseekV4Attention(model.config, idx)
+    ours.load_state_dict(hf_attn.state_dict(), strict=True)
+    check_layer_parity(hf_attn, model.model.rotary_emb, ours, 10 + idx, kind)
+
+
+# --- nested rope_parameters whose YaRN table has no attention_factor ----------------------------------------
+
+NESTED_YARN = {
+    "main": {"rope_type": "default", "rope_theta": 10000.0},
+    "compress": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 16.0,
+                 "original_max_position_embeddings": 65536, "beta_fast": 32, "beta_slow": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nested_yarn_without_attention_factor_matches_transformers(kind):
+    """Nested ``rope_parameters`` given by the user keep no ``attention_factor`` (DeepseekV4Config only
+    adds ``attention_factor: 1.0`` when it nests flat parameters itself), so transformers derives YaRN's
+    mscale 0.1 ln(16) + 1 = 1.277 and multiplies the compress table's cos and sin by it: every rotated
+    vector (q, kv, compressed entries, indexer q and keys, the output's inverse rotation) carries it.
+    longattn applies the same factor; layer outputs match transformers' eager module."""
+    cfg = tiny_config(rope_parameters=copy.deepcopy(NESTED_YARN))
+    assert "attention_factor" not in cfg.rope_parameters["compress"]
+    rotary = hf.DeepseekV4RotaryEmbedding(cfg)
+    mscale = 0.1 * math.log(16) + 1
+    assert rotary.compress_attention_scaling == pytest.approx(mscale) and rotary.main_attention_scaling == 1.0
+    idx = KINDS.index(kind)
+    torch.manual_seed(0)
+    hf_attn = hf.DeepseekV4Attention(cfg, idx).eval()
+    randomize_attention(hf_attn, torch.Generator().manual_seed(23 + idx))
+    ours = DeepseekV4Attention(cfg, idx)
+    ours.load_state_dict(hf_attn.state_dict(), strict=True)
+    assert ours.rope_attention_factor == pytest.approx(1.0 if kind == "swa" else mscale)
+    check_layer_parity(hf_attn, rotary, ours, 30 + idx, f"{kind}, nested YaRN")
+
+
+def test_nested_yarn_generation_tokens_identical():
+    """The whole model on such a config: greedy tokens identical to transformers'."""
+    torch.manual_seed(0)
+    m = DeepseekV4ForCausalLM(tiny_config(rope_parameters=copy.deepcopy(NESTED_YARN))).eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in m.model.layers:
+        randomize_attention(layer.self_attn, g)
+    with torch.no_grad():
+        m.model.embed_tokens.weight.normal_(0, 1, generator=g)
+    ours = swap_attention(copy.deepcopy(m), page_size=16)
+    ids = torch.randint(1, 128, (2, 140), generator=torch.Generator().manual_seed(9))
+    kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert torch.equal(ours.generate(ids, **kw), m.generate(ids, **kw))
 
 
 def test_state_dict_names_and_shapes_match_transformers(model):
@@ -174,8 +229,6 @@ def _generate(m, ids, **kw):
 @pytest.fixture(scope="module")
 def swapped_pair(model):
     """(transformers-eager model, the same model with longattn attention) sharing every weight."""
-    import copy
-
     ours = swap_attention(copy.deepcopy(model), page_size=16)
     return model, ours
 
@@ -209,8 +262,6 @@ def test_four_indexer_heads_differ_only_by_tie_breaking():
     the all-clipped entries tie at exactly 0 at the top-k boundary. longattn breaks ties toward the
     smaller entry id, transformers' ``Tensor.topk`` unspecified; made to break them like longattn, the
     transformers model generates exactly longattn's tokens."""
-    import copy
-
     torch.manual_seed(0)
     m = DeepseekV4ForCausalLM(tiny_config(index_n_heads=4)).eval()
     g = torch.Generator().manual_seed(1)
@@ -276,13 +327,135 @@ def test_left_padded_batch_equals_each_row_alone(swapped_pair):
     assert torch.equal(out[1, 150:], alone[1][0, 133:])
 
 
+def _returned_cache(out):
+    """The cache of a model or generate output (field ``cache`` from transformers 5.24, before
+    ``past_key_values``)."""
+    names = {f.name for f in dataclasses.fields(out)}
+    return out.cache if "cache" in names else out.past_key_values
+
+
 def test_forward_without_cache_matches_eager(swapped_pair):
     theirs, ours = swapped_pair
     ids = torch.randint(1, 128, (2, 40), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         a = theirs(ids, use_cache=False).logits
-        b = ours(ids, use_cache=False).logits
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
+        out = ours(ids, use_cache=False)
+    assert torch.equal(a.argmax(-1), out.logits.argmax(-1))
+    assert _returned_cache(out) is None  # as transformers': the call's own cache is not returned
+
+
+def test_generate_without_cache(swapped_pair):
+    """generate(use_cache=False) runs a whole forward per token (each on a cache of its own, not
+    returned): the tokens of the cached generate, and of transformers' model without a cache; a
+    left-padded batch gives the same tokens with and without the cache."""
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (2, 130), generator=torch.Generator().manual_seed(11))
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    out = ours.generate(ids, use_cache=False, **kw)
+    assert torch.equal(out, ours.generate(ids, **kw))
+    assert torch.equal(out, theirs.generate(ids, use_cache=False, **kw))
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    padded = ids.masked_fill(mask == 0, 0)
+    assert torch.equal(
+        ours.generate(padded, attention_mask=mask, use_cache=False, **kw),
+        ours.generate(padded, attention_mask=mask, **kw),
+    )
+
+
+def test_forward_cache_continues_in_a_manual_decode_loop(swapped_pair):
+    """``out = model(ids, use_cache=True)`` returns a cache sized for that forward; feeding it back one
+    token at a time (``past_key_values=``, the name of transformers < 5.24, and ``cache=``) grows it on
+    demand and gives the logits of one long forward and of transformers' eager model with its own
+    cache, across the 128-token HCA block boundary."""
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (2, 125), generator=torch.Generator().manual_seed(12))
+    steps, kw = 8, _cache_kw(ours.forward)
+    with torch.no_grad():
+        out, ref = ours(ids, use_cache=True), theirs(ids, use_cache=True)
+        cache, ref_cache = _returned_cache(out), _returned_cache(ref)
+        assert isinstance(cache, LongattnCache) and cache.max_context == 125  # sized for this forward
+        logits, ref_logits, tokens = [out.logits[:, -1]], [ref.logits[:, -1]], [ids]
+        for k in range(steps):
+            nxt = logits[-1].argmax(-1, keepdim=True)
+            assert torch.equal(nxt, ref_logits[-1].argmax(-1, keepdim=True))
+            tokens.append(nxt)
+            if k == 0:  # the older name, as in most user code
+                with pytest.warns(Warning) if kw == "cache" else _no_warning():
+                    out = ours(nxt, past_key_values=cache)
+            else:
+                out = ours(nxt, **{kw: cache})
+            ref = theirs(nxt, **{kw: ref_cache})
+            assert _returned_cache(out) is cache
+            logits.append(out.logits[:, -1])
+            ref_logits.append(ref.logits[:, -1])
+        whole = ours(torch.cat(tokens, 1), use_cache=False).logits[:, 124:]
+    assert cache.seq_lengths() == [125 + steps] * 2 and cache.max_context >= 125 + steps
+    got = torch.stack(logits, 1)
+    diff_whole = (got - whole).abs().max().item()
+    diff_hf = (got - torch.stack(ref_logits, 1)).abs().max().item()
+    print(f"manual loop: max |logits - one long forward| {diff_whole:.2e}, - transformers {diff_hf:.2e}")
+    torch.testing.assert_close(got, whole, atol=2e-5, rtol=0)
+    torch.testing.assert_close(got, torch.stack(ref_logits, 1), atol=2e-5, rtol=0)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_second_generate_continues_the_returned_cache(swapped_pair):
+    """Multi-turn: the cache ``generate`` returns (sized for its max_length) is passed back with the
+    sequence plus a new user turn, twice; each turn generates what transformers' model generates for
+    the whole conversation at once (and a plain continuation what one long generate gives)."""
+    theirs, ours = swapped_pair
+    g = torch.Generator().manual_seed(13)
+    ids = torch.randint(1, 128, (1, 120), generator=g)
+    kw = dict(do_sample=False, return_dict_in_generate=True)
+    first = ours.generate(ids, max_new_tokens=5, min_new_tokens=5, **kw)
+    cache = _returned_cache(first)
+    assert isinstance(cache, LongattnCache) and cache.max_context == 124  # generate sizes it max_length - 1
+    seq = first.sequences
+    for turn in range(2):
+        seq = torch.cat([seq, torch.randint(1, 128, (1, 6), generator=g)], 1)
+        out = ours.generate(seq, max_new_tokens=7, min_new_tokens=7, **kw, **{_cache_kw(ours.forward): cache})
+        assert _returned_cache(out) is cache
+        ref = theirs.generate(seq, max_new_tokens=7, min_new_tokens=7, do_sample=False)
+        assert torch.equal(out.sequences, ref), turn
+        seq = out.sequences
+    assert cache.seq_lengths() == [seq.shape[1] - 1] and cache.max_context >= seq.shape[1]
+    more = ours.generate(seq, max_new_tokens=4, min_new_tokens=4, **kw, **{_cache_kw(ours.forward): cache})
+    assert torch.equal(more.sequences, theirs.generate(seq, max_new_tokens=4, min_new_tokens=4, do_sample=False))
+
+
+def test_fixed_size_cache_says_how_to_grow(swapped_pair):
+    _, ours = swapped_pair
+    ids = torch.randint(1, 128, (1, 20), generator=torch.Generator().manual_seed(14))
+    cache = LongattnCache(ours, max_batch_size=1, max_context=22, page_size=8, growable=False)
+    assert cache.get_max_length() == 22
+    with pytest.raises(ValueError, match=r"max_context=22; make the cache with a larger max_context=.*growable=True"):
+        ours.generate(ids, max_new_tokens=4, do_sample=False, **{_cache_kw(ours.forward): cache})
+
+
+def test_output_attentions_is_refused(swapped_pair):
+    """The attention weights are never materialised: asking for them raises instead of returning ()."""
+    _, ours = swapped_pair
+    ids = torch.randint(1, 128, (1, 8))
+    with pytest.raises(NotImplementedError, match="output_attentions"), torch.no_grad():
+        ours(ids, output_attentions=True)
+    with pytest.raises(NotImplementedError, match="output_attentions"):
+        ours.generate(ids, max_new_tokens=2, do_sample=False, output_attentions=True, return_dict_in_generate=True)
+    ours.config.output_attentions = True
+    try:
+        with pytest.raises(NotImplementedError, match="output_attentions"), torch.no_grad():
+            ours(ids)
+    finally:
+        ours.config.output_attentions = False
+    with torch.no_grad():
+        assert ours(ids, output_attentions=False).logits.shape == (1, 8, 128)
 
 
 def test_unsupported_uses_raise_clearly(swapped_pair):
@@ -292,3 +465,18 @@ def test_unsupported_uses_raise_clearly(swapped_pair):
         ours(ids, **{_cache_kw(ours.forward): DynamicCache(config=ours.config)})
     with pytest.raises(NotImplementedError, match="beam"):
         ours.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False)
+
+
+@pytest.mark.parametrize("how", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_assisted_decoding_is_refused(swapped_pair, how):
+    """Assisted / speculative decoding rolls the cache back: refused with NotImplementedError before
+    anything runs (transformers 5.24 would raise a ValueError about stateful models, 5.25 a TypeError
+    in the cache's activate_past_recording)."""
+    theirs, ours = swapped_pair
+    ids = torch.randint(1, 128, (1, 8))
+    arg = {"assistant_model": theirs, "prompt_lookup_num_tokens": 3}[how]
+    with pytest.raises(NotImplementedError, match="assisted"):
+        ours.generate(ids, max_new_tokens=4, do_sample=False, **{how: arg})
+    cache = LongattnCache(ours, max_batch_size=1, max_context=8)
+    with pytest.raises(NotImplementedError, match="assisted"):
+        cache.activate_past_recording(recurrent_states_to_keep=3)  # the 5.25 call

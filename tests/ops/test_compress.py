@@ -60,3 +60,49 @@ def test_large_scores_no_overflow():
     got = longattn.compress_pool(a, b, 4, True)
     assert torch.isfinite(got).all()
     assert_close(got, oracle.compress_pool(a, b, 4, True), 1e-3, 0.0, "large scores")
+
+
+NAN, INF = float("nan"), float("inf")
+NEG_NAN = -float("nan")  # sign bit set (Python's negation flips it; torch keeps it on assignment)
+
+
+def nonfinite_pool_inputs():
+    """a, b [16, 2 * 6] (ratio 4, overlap) with every non-finite case of the pooling rule, one per
+    (entry, channel): all slots -inf (with a NaN value: still 0), a NaN score, a negative NaN score, a
+    +inf score, a NaN value at a finite / at a -inf score, +-inf values, -inf scores beside finite ones,
+    and block -1 of entry 0 (absent: nothing there is read)."""
+    g = torch.Generator().manual_seed(11)
+    d = 6
+    a, b = torch.randn(16, 2 * d, generator=g), torch.randn(16, 2 * d, generator=g) * 3
+    b[:, 0] = -INF
+    b[:, d] = -INF  # channel 0: every slot -inf -> 0 ...
+    a[6, 0] = NAN  # ... even with a NaN value in a present slot
+    b[5, 1] = NAN  # entry 2 (previous block, half A), channel 1: NaN score
+    b[9, d + 1] = NEG_NAN  # entry 2 (own block), channel 1 too
+    b[13, d + 2] = NEG_NAN  # entry 3, channel 2: negative NaN score
+    b[2, d + 3] = INF  # entry 0, channel 3: +inf score
+    a[9, d + 4] = NAN  # entry 2, channel 4: NaN value at a finite score
+    b[4, 5], a[4, 5] = -INF, NAN  # entry 2, channel 5: NaN value at a -inf score (0 * NaN)
+    a[14, d + 5] = INF  # entry 3, channel 5: +inf value
+    b[1, d + 2], b[3, d + 2] = -INF, -INF  # entry 0, channel 2: -inf beside finite scores
+    return a, b
+
+
+def test_pool_nonfinite_rule_vs_oracle():
+    """IEEE softmax pooling (ops/compress/README.md): NaN / +inf scores and NaN values make their
+    channel NaN, -inf scores weigh 0, a channel with only -inf slots pools to 0."""
+    a, b = nonfinite_pool_inputs()
+    assert int(b[13, 8].view(torch.int32)) < 0  # the negative NaN really has its sign bit
+    got = longattn.compress_pool(a, b, 4, True)
+    want = oracle.compress_pool_ieee(a, b, 4, True)
+    assert torch.equal(got.isnan(), want.isnan()), f"NaN mask\n{got}\n{want}"
+    assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got[got.isinf()], want[want.isinf()].float())
+    assert torch.all(got[:, 0] == 0)
+    assert bool(got[2, 1].isnan() and got[3, 2].isnan() and got[0, 3].isnan() and got[2, 4].isnan())
+    assert bool(got[2, 5].isnan()) and got[3, 5] == INF
+    fin = torch.isfinite(want)
+    assert_close(got[fin], want[fin], 2 * 16 * U32 * float(a[a.isfinite()].abs().max()) * 10, 0.0, "finite channels")
+    # no overlap (HCA): the same values, one block per entry
+    got1 = longattn.compress_pool(a, b, 4, False)
+    want1 = oracle.compress_pool_ieee(a, b, 4, False)
+    assert torch.equal(got1.isnan(), want1.isnan()) and torch.equal(got1.isinf(), want1.isinf())

@@ -169,3 +169,62 @@ def test_candidate_prefilter_is_exact(seed):
     cand = candidate_keys(scores, usable, 100, k)
     pad = torch.full((Tg, k), torch.iinfo(torch.int64).min)
     assert torch.equal(torch.topk(torch.cat([cand, pad], 1), k, dim=1).values, full)
+
+
+NAN, INF = float("nan"), float("inf")
+NEG_NAN = -float("nan")  # sign bit set
+
+
+def nan_inputs(T=4, Hi=3, Di=8, N=70):
+    """Integer inputs with NaN / +inf scores (ops/indexer/README.md: NaN ranks as +inf, ties by id):
+    token 0 has a NaN in q (every score NaN); key rows 3, 40 hold a NaN, row 25 a negative NaN (its
+    scores are NaN with the sign bit set), rows 5, 30, 60 a +inf (positive q[..., 0] and weights:
+    +inf scores on every other token)."""
+    q, w, k = int_inputs(T, Hi, Di, N)
+    w = w.abs() + 1
+    q[..., 0] = q[..., 0].abs() + 1
+    q[0, 1, 2] = NAN
+    k[3, 1] = NAN
+    k[40, 7] = NAN
+    k[25, 4] = NEG_NAN
+    k[[5, 30, 60], 0] = INF
+    return q, w, k
+
+
+def _assert_same(got, want, what):
+    assert torch.equal(got[0].long(), want[0]), f"{what}: indices\n{got[0]}\n{want[0]}"
+    assert torch.equal(got[1].long(), want[1]), f"{what}: lengths {got[1]} vs {want[1]}"
+
+
+@pytest.mark.parametrize("topk", [2, 8, 40])
+def test_topk_nan_scores_rank_as_pos_inf(topk):
+    q, w, k = nan_inputs()
+    ve = torch.tensor([70, 70, 26, 4], dtype=torch.int32)
+    scores = longattn.indexer_logits(q, w, k, ve)
+    assert bool(torch.isnan(scores[0, :70]).all())
+    assert int(scores[1, 25].view(torch.int32)) < 0 and bool(scores[1, 25].isnan())  # a negative NaN
+    assert bool((scores[1, [5, 30, 60]] == INF).all())
+    want = oracle.indexer_topk_nan_high(q, w, k, ve, topk)
+    _assert_same(longattn.indexer_topk(q, w, k, ve, topk), want, f"topk={topk}")
+    with chunk_budget(1):
+        _assert_same(longattn.indexer_topk(q, w, k, ve, topk), want, f"chunked topk={topk}")
+    # token 0 (all NaN) takes the smallest ids; token 1: +inf and NaN scores tie, smaller id first
+    assert want[0][0, : min(topk, 70)].tolist() == list(range(min(topk, 70)))
+    assert want[0][1, :6].tolist() == [3, 5, 25, 30, 40, 60][: min(6, topk)]
+    assert want[1].tolist() == [min(topk, 70), min(topk, 70), min(topk, 26), min(topk, 4)]
+
+
+def test_topk_nan_scores_paged():
+    q, w, _ = nan_inputs()
+    page, P = 8, 12
+    pool = torch.randint(-2, 3, (P, page, 8)).float()
+    pool[2, 3, 1] = NAN
+    pool[7, 0, 4] = NEG_NAN
+    pool[4, 5, 0] = INF
+    bt = torch.tensor([[2, 7, 4, 0, 1, -1, 9, 11], [4, 2, 7, 3, 5, 6, 8, 10]], dtype=torch.int32)
+    seq = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    ve = torch.tensor([64, 64, 30, 19], dtype=torch.int32)
+    for slots in (False, True):
+        want = oracle.indexer_topk_nan_high(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
+        got = longattn.indexer_topk(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
+        _assert_same(got, want, f"paged slots={slots}")

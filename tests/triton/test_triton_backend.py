@@ -14,6 +14,7 @@ import pytest
 import torch
 from longattn.backends import BackendError, registry
 
+from tests.helpers.dispatch import reasons, selected
 from tests.triton import CAN_RUN, DEVICE, INTERPRET, SKIP_REASON
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,42 +40,28 @@ def test_registered_and_first_for_cuda():
     assert registry.default_order(torch.device("cpu")) == ("reference",)
 
 
+IDX_FIELDS = dict(q=torch.randn(1, 2, 16), weights=torch.randn(1, 2), index_k=torch.randn(10, 16),
+                  visible_end=torch.tensor([10]), block_table=None, seq_ids=None, return_slots=False)  # fmt: skip
+
+
 @pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
 def test_select_picks_triton_for_cuda_tensors():
-    """registry.select with a CUDA device and stub arguments returns the Triton implementation of every
-    op (selection only looks at shapes; nothing is launched)."""
-    triton_backend = registry.get_backend("triton")
+    """The dispatcher with a CUDA device and stub arguments picks Triton for every op (selection only
+    looks at shapes; nothing is launched)."""
     cuda = torch.device("cuda")
-    assert registry.select("sparse_attention", cuda, stub_args()) is triton_backend.ops["sparse_attention"].fn
-    t = torch.randn(2, 3, 4)
-    lse = torch.randn(2, 3)
-    merge_args = dict(out_a=t, lse_a=lse, out_b=t, lse_b=lse)
-    assert (
-        registry.select("merge_attention_states", cuda, merge_args) is triton_backend.ops["merge_attention_states"].fn
-    )
-    idx_args = dict(
-        q=torch.randn(1, 2, 16),
-        weights=torch.randn(1, 2),
-        index_k=torch.randn(10, 16),
-        visible_end=torch.tensor([10]),
-        topk=4,
-        block_table=None,
-        seq_ids=None,
-        return_slots=False,
-    )
-    assert registry.select("indexer_topk", cuda, idx_args) is triton_backend.ops["indexer_topk"].fn
-    pool_args = dict(a=torch.empty(8, 4), b=torch.empty(8, 4), ratio=4, overlap=False)
-    assert registry.select("compress_pool", cuda, pool_args) is triton_backend.ops["compress_pool"].fn
+    assert selected("sparse_attention", cuda, **stub_args()) == "triton"
+    t, lse = torch.randn(2, 3, 4), torch.randn(2, 3)
+    assert selected("merge_attention_states", cuda, out_a=t, lse_a=lse, out_b=t, lse_b=lse) == "triton"
+    assert selected("indexer_topk", cuda, **IDX_FIELDS, topk=4) == "triton"
+    assert selected("compress_pool", cuda, a=torch.empty(8, 4), b=torch.empty(8, 4), ratio=4, overlap=False) == "triton"
 
 
 @pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
 def test_declined_calls_fall_back_with_a_warning(monkeypatch):
     monkeypatch.setattr(registry, "_warned", set())
     cuda = torch.device("cuda")
-    ref = registry.get_backend("reference")
     with pytest.warns(RuntimeWarning, match=r"backend 'triton' declined \(head dim D=2048 > 1024"):
-        fn = registry.select("sparse_attention", cuda, stub_args(D=2048))
-    assert fn is ref.ops["sparse_attention"].fn
+        assert selected("sparse_attention", cuda, **stub_args(D=2048)) == "reference"
 
     class OddPool:  # a pool object the kernels cannot read
         num_slots, head_dim, device = 4, 8, torch.device("cpu")
@@ -82,20 +69,10 @@ def test_declined_calls_fall_back_with_a_warning(monkeypatch):
         def gather_rows(self, slots):
             return torch.zeros(len(slots), 8)
 
-    with pytest.warns(RuntimeWarning, match=r"`kv`: cannot read OddPool pools"):
-        assert registry.select("sparse_attention", cuda, stub_args(kv=OddPool())) is ref.ops["sparse_attention"].fn
-    idx_args = dict(
-        q=torch.randn(1, 2, 16),
-        weights=torch.randn(1, 2),
-        index_k=torch.randn(10, 16),
-        visible_end=torch.tensor([10]),
-        topk=4096,
-        block_table=None,
-        seq_ids=None,
-        return_slots=False,
-    )
+    with pytest.warns(RuntimeWarning, match=r"`kv`: cannot use OddPool pools"):
+        assert selected("sparse_attention", cuda, **stub_args(kv=OddPool())) == "reference"
     with pytest.warns(RuntimeWarning, match=r"topk=4096 > 2048"):
-        assert registry.select("indexer_topk", cuda, idx_args) is ref.ops["indexer_topk"].fn
+        assert selected("indexer_topk", cuda, **IDX_FIELDS, topk=4096) == "reference"
 
 
 @pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
@@ -103,10 +80,7 @@ def test_fp8_pool_is_accepted():
     from longattn.cache import Fp8KVPool
 
     pool = Fp8KVPool.empty(2, 4)
-    assert (
-        registry.get_backend("triton").reasons("sparse_attention", torch.device(DEVICE), stub_args(D=512, kv=pool))
-        == []
-    )
+    assert reasons("triton", "sparse_attention", torch.device(DEVICE), **stub_args(D=512, kv=pool)) == []
 
 
 @pytest.mark.skipif(not (CAN_RUN and INTERPRET), reason="needs the Triton interpreter (TRITON_INTERPRET=1)")

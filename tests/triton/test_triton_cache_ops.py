@@ -28,6 +28,7 @@ import random
 import pytest
 import torch
 
+from tests.helpers.dispatch import reasons
 from tests.triton import CAN_RUN, DEVICE, INTERPRET, SKIP_REASON
 
 pytestmark = [
@@ -38,7 +39,6 @@ pytestmark = [
 
 if CAN_RUN:
     import longattn
-    from longattn.backends import registry
     from longattn.cache import Fp8KVPool
     from longattn.cache.fp8 import page_bytes, quantize_rows
     from longattn.configs import RopeConfig
@@ -554,10 +554,148 @@ def test_compress_v4_shapes(ratio, overlap, out):
 
 
 # ---------------------------------------------------------------------------------------------------
+# NaN / inf (ops/compress/README.md: IEEE pooling; FP8 records: the bytes of quantize_rows)
+# ---------------------------------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+NEG_NAN = -float("nan")  # sign bit set
+
+
+def _poison_steps(steps, where):
+    """Copies of ``steps`` with a[t, col] / b[t, col] set at (row, position) -> [(tensor, col, value)]."""
+    out = []
+    for a, b, pos, rows in steps:
+        a, b = a.clone(), b.clone()
+        for (row, p), edits in where.items():
+            hit = ((rows == row) & (pos == p)).nonzero()
+            for i in hit.view(-1).tolist():
+                for which, col, value in edits:
+                    (a if which == "a" else b)[i, col] = value
+        out.append((a, b, pos, rows))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf
+def test_compress_kv_nonfinite_scores():
+    """compress_kv (ratio 4, overlap, d = 8; chunks, then decode steps that read earlier tokens back
+    from the ring): a NaN score, a +inf score, a NaN value and a -NaN score each make their entry NaN
+    (the pooled channel is NaN, then RMSNorm spreads it); a channel whose slots all score -inf pools
+    to 0 even with a NaN value in one of them. Other entries equal the reference's; the ring copies
+    are bit-exact (NaN payloads included)."""
+    d, ratio = 8, 4
+    _, steps = make_steps([21, 14], ratio, True, d, seed=3, decode_tail=True)
+    edits = {
+        (0, 5): [("b", 2, NAN)],  # block 1, half A: entry 2 of sequence 0
+        (0, 14): [("b", d + 1, INF)],  # block 3, half B: entry 3
+        (1, 3): [("a", d + 3, NAN)],  # block 0, half B: entry 0 of sequence 1
+        (1, 5): [("b", 4, NEG_NAN)],  # block 1, half A: entry 2 of sequence 1
+    }
+    for p in range(12, 16):  # entry 4 of sequence 0, channel 6: half A of block 3 ...
+        edits.setdefault((0, p), []).append(("b", 6, -INF))
+    for p in range(16, 20):  # ... and half B of block 4 all -inf, one NaN value among them
+        edits[(0, p)] = [("b", d + 6, -INF)] + ([("a", d + 6, NAN)] if p == 17 else [])
+    steps = _poison_steps(steps, edits)
+    cache = Cache(2, ratio, True, d, 2, 21, seed=3)
+    ref = cache.clone("cpu")
+    replay(ref, steps, backend="reference")
+    got = cache.clone(DEVICE)
+    replay(got, steps, backend="triton")
+    for row, n, nan_entries in ((0, 5, [2, 3]), (1, 3, [0, 2])):
+        slots = entry_slots(ref, row, n) + ref.page_size  # + the guard page
+        for name, run in (("reference", ref), ("triton", got)):
+            e = run.out_buf.cpu().view(-1, d)[slots]
+            is_nan = e.isnan().all(-1).tolist()
+            assert is_nan == [j in nan_entries for j in range(n)], f"{name}: sequence {row} NaN entries {is_nan}"
+            assert torch.isfinite(e[[j for j in range(n) if j not in nan_entries]]).all()
+    o_ref, o_got = ref.out_buf, got.out_buf.cpu()
+    assert torch.equal(o_ref.isnan(), o_got.isnan()), "NaN mask of the pools"
+    fin = ~o_ref.isnan()
+    assert float((o_got[fin] - o_ref[fin]).abs().max()) <= 1e-5 * float(o_ref[fin].abs().max())
+    assert torch.equal(ref.state_buf.view(torch.int32), got.state_buf.cpu().view(torch.int32)), "ring copies"
+
+
+def fp8_nonfinite_rows() -> torch.Tensor:
+    """Rows [6, 512]: NaN of both signs, +-inf, -0.0, fp32 subnormals, alone in finite tiles, whole
+    tiles of NaN / -NaN / +inf / -inf / -0.0 / subnormals, in nope and rope dims."""
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(6, 512, generator=g) * 100
+    r = rows[0]
+    r[0], r[65], r[130], r[200], r[260], r[300], r[301] = NAN, NEG_NAN, INF, -INF, -0.0, 1e-40, -1e-42
+    r[448], r[449], r[450], r[451], r[452], r[453] = NAN, NEG_NAN, INF, -INF, -0.0, 1e-40
+    r = rows[1]
+    r[0:64], r[64:128], r[128:192], r[192:256] = NAN, NEG_NAN, INF, -INF
+    r[256:320], r[320:384], r[384:448] = -0.0, 1e-45, -3e-39
+    r[448:480], r[480:512] = NEG_NAN, -INF
+    rows[2, ::7] = NEG_NAN
+    rows[3, 1::9] = INF
+    rows[3, 2::9] = -INF
+    rows[4] = -0.0
+    rows[5] = torch.randn(512, generator=g) * 1e-39  # subnormal inputs everywhere
+    return rows
+
+
+def _assert_records(data, scales, want_data, want_scales, what):
+    """Records equal to quantize_rows' bytes. Rope NaN payloads are not part of the bf16 contract
+    (ops/append/README.md: the kernel writes 0x7FC0, torch's vectorised CPU cast 0xFFFF, CUDA 0x7FFF):
+    there both must be a bf16 NaN; every other byte must be identical."""
+    assert torch.equal(scales, want_scales), f"{what}: scale bytes"
+    assert torch.equal(data[:, :448], want_data[:, :448]), f"{what}: e4m3 bytes"
+    rope = data[:, 448:].contiguous().view(torch.bfloat16)
+    want_rope = want_data[:, 448:].contiguous().view(torch.bfloat16)
+    assert torch.equal(rope.isnan(), want_rope.isnan()), f"{what}: rope NaN positions"
+    m = ~want_rope.isnan()
+    assert torch.equal(rope.view(torch.int16)[m], want_rope.view(torch.int16)[m]), f"{what}: rope bytes"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_append_fp8_nonfinite_rows(dtype):
+    rows = fp8_nonfinite_rows().to(dtype)
+    T = rows.shape[0]
+    pool = Fp8KVPool(torch.full((T, page_bytes(1)), 0xA5, dtype=torch.uint8, device=DEVICE), 1)
+    longattn.append_kv(pool, rows.to(DEVICE), torch.arange(T, device=DEVICE), backend="triton")
+    data, scales = quantize_rows(rows)
+    got = pool.data.cpu()
+    _assert_records(got[:, :576], got[:, 576:584], data, scales, str(dtype))
+    sign = (rows[1, :128].float().view(torch.int32) < 0).to(torch.uint8) * 0x80  # (a bf16 cast may flip it)
+    assert torch.equal(got[1, :128], 0x7F | sign)  # NaN -> 0x7F with the value's sign
+    assert bool((got[1, 576:578] == 127).all())  # NaN / inf tiles: e = 0
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.skipif(not INTERPRET, reason="on a GPU the fp32 / FP8 variants are separate compilations")
+def test_compress_kv_fp8_nonfinite_entries():
+    """compress_kv into an FP8 pool with entries holding NaN (a NaN score), +-inf, -0.0 and subnormals
+    (a norm weight with inf, -inf, -0.0, 1e-40): each record equals quantize_rows of the kernel's own
+    fp32 entry (the same steps into an fp32 pool)."""
+    d, ratio, ps = 512, 4, 2
+    _, steps = make_steps([13], ratio, True, d, seed=5, decode_tail=True)
+    steps = _poison_steps(steps, {(0, 6): [("b", 9, NAN)]})  # block 1, half A: entry 2 is NaN
+    cache = Cache(1, ratio, True, d, ps, 13, out="fp8", seed=5)
+    cache.w[3], cache.w[70], cache.w[100], cache.w[200], cache.w[460] = INF, -INF, -0.0, 1e-40, INF
+    cache.w[300:364] = 1e-41  # a whole tile of subnormal values
+    fp8 = cache.clone(DEVICE)
+    replay(fp8, steps, backend="triton")
+    f32 = cache.clone("cpu")
+    f32.out_kind = "fp32"
+    f32.out_buf = torch.full((cache.num_pages + 2, ps, d), NAN)
+    f32 = f32.clone(DEVICE)
+    replay(f32, steps, backend="triton")
+    n = 13 // ratio
+    j = torch.arange(n)
+    slots = cache.out_bt[0, j // ps].long() * ps + j % ps
+    entries = f32.out.reshape(-1, d)[slots.to(DEVICE)].cpu()
+    assert bool(entries[2].isnan().all()) and bool(torch.isinf(entries[0]).any())
+    assert bool((entries[0] == 0).any()) and bool(((entries[0] != 0) & (entries[0].abs() < 2.0**-126)).any())
+    data, scales = quantize_rows(entries)
+    pool = Fp8KVPool(fp8.out_buf.cpu()[1:-1], ps)
+    data_rows, scale_rows = pool._views()
+    _assert_records(data_rows[slots // ps, slots % ps], scale_rows[slots // ps, slots % ps], data, scales, "compress")
+
+
+# ---------------------------------------------------------------------------------------------------
 # dispatch: selection and what the kernels decline
 # ---------------------------------------------------------------------------------------------------
 def _reasons(op, args):
-    return registry.get_backend("triton").reasons(op, torch.device(DEVICE), args)
+    return reasons("triton", op, torch.device(DEVICE), **args)
 
 
 def test_selected_and_declined():
@@ -610,8 +748,8 @@ def test_layer_on_triton_matches_dense_float64(kind):
         r = layer.compress_ratio
         m = CacheManager(ratios=(r,), page_size=3, num_window_pages=64, num_compressed_pages={r: 64},
                          num_state_pages={r: 64}, window=layer.window, device=DEVICE)  # fmt: skip
-        att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32, backend="triton",
-                                       **{k: v.to(DEVICE) for k, v in weights.items()})  # fmt: skip
+        att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32, backend="triton")
+        dev_weights = {k: v.to(DEVICE) for k, v in weights.items()}
         done = {nm: 0 for nm in seqs}
         outs = {nm: torch.full_like(s["q"], float("nan")) for nm, s in seqs.items()}
         for step in scheds[how]:
@@ -625,7 +763,7 @@ def test_layer_on_triton_matches_dense_float64(kind):
                 k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]).to(DEVICE)
                 for k in seqs[step[0][0]]
             }
-            out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs).cpu()
+            out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs, **dev_weights).cpu()
             for (nm, n), t0 in zip(step, cu[:-1].tolist()):
                 outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
                 done[nm] += n

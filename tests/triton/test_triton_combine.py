@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from tests import oracle
-from tests.ops.test_combine import _states
+from tests.ops.test_combine import (
+    _states,
+    check_merge_nonfinite,
+    check_sink_nonfinite,
+    merge_nonfinite_inputs,
+)
 from tests.tolerance import OUT_ROUNDING, assert_close
 from tests.triton import CAN_RUN, DEVICE, SKIP_REASON
 
@@ -84,3 +89,18 @@ def test_apply_sink_matches_oracle(sink_kind, dtype):
     assert got.dtype == dtype
     assert_close(got, ref, 1e-30, 2 * (zmax + 8) * U + 2 * OUT_ROUNDING[dtype], "sink")
     assert not torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_nonfinite_lse(dtype):
+    """NaN lse -> NaN / NaN, +inf -> +inf / NaN, both -inf -> -inf / 0 (tests/ops/test_combine.py's
+    table), without reading a side whose lse is -inf."""
+    out_a, lse_a, out_b, lse_b = merge_nonfinite_inputs(dtype)
+    out, lse = longattn.merge_attention_states(*dev(out_a, lse_a, out_b, lse_b), backend="triton")
+    check_merge_nonfinite(out, lse, out_a, out_b, f"triton {dtype}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf (the NaN is the point)
+def test_apply_sink_nonfinite():
+    """NaN sink -> NaN, lse +inf -> factor 1, NaN lse -> NaN, lse -inf -> 0 whatever the sink."""
+    check_sink_nonfinite(lambda o, l, s: longattn.apply_attention_sink(*dev(o, l, s), backend="triton"), "triton")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests import oracle
+from tests.ops.test_compress import nonfinite_pool_inputs
 from tests.tolerance import assert_close
 from tests.triton import CAN_RUN, DEVICE, SKIP_REASON
 
@@ -88,7 +89,8 @@ def test_slot_tiles_and_strided_inputs(block_s):
 
 def test_adversarial_scores():
     """Large logits (a naive exp overflows), a channel whose slots are all -inf (pools to 0), a +inf
-    score and a NaN score (both make the reference's denominator NaN: the channel pools to 0), ties."""
+    score and a NaN score (IEEE softmax: exp(inf - inf) / NaN make the channel NaN, in the reference
+    and the kernel alike; ops/compress/README.md), ties."""
     S, ratio, d = 16, 4, 6
     a = torch.randn(S, 2 * d)
     b = torch.randn(S, 2 * d) * 1e4
@@ -100,9 +102,10 @@ def test_adversarial_scores():
     b[:, d + 4] = 7.0  # channel 4: all slots tie
     ref = longattn.compress_pool(a, b, ratio, True, backend="reference")
     got = longattn.compress_pool(a.to(DEVICE), b.to(DEVICE), ratio, True, backend="triton").cpu()
-    assert torch.equal(got.isnan(), ref.isnan())
-    assert torch.all(got[:, 1] == 0) and got[2, 2] == 0 and got[2, 3] == 0
-    assert torch.all(ref[:, 1] == 0) and ref[2, 2] == 0 and ref[2, 3] == 0
+    want = oracle.compress_pool_ieee(a, b, ratio, True)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(ref.isnan(), want.isnan())
+    assert torch.all(got[:, 1] == 0) and bool(got[2, 2].isnan()) and bool(got[2, 3].isnan())
+    assert torch.all(ref[:, 1] == 0) and bool(ref[2, 2].isnan()) and bool(ref[2, 3].isnan())
     finite = torch.ones_like(got, dtype=torch.bool)
     finite[2, 2:4] = False
     amax = float(a.abs().max())
@@ -127,3 +130,19 @@ def test_v4_shapes():
         a = torch.randn(S, c * 512, generator=g).bfloat16()
         b = torch.randn(S, c * 512, generator=g).bfloat16()
         _check(a, b, ratio, overlap)
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # a channel of NaN scores only
+@pytest.mark.parametrize("overlap", [True, False])
+def test_nonfinite_rule_vs_oracle(overlap):
+    """NaN / -NaN / +inf scores, NaN values (at finite and at -inf scores), +inf values, channels of
+    only -inf slots (tests/ops/test_compress.py ``nonfinite_pool_inputs``) against the float64 IEEE
+    oracle, with slot tiles of 1, 2 and 8 slots (the NaN / inf in another tile than the max)."""
+    a, b = nonfinite_pool_inputs()
+    want = oracle.compress_pool_ieee(a, b, 4, overlap)
+    for cfg in (None, dict(BLOCK_S=1, BLOCK_C=16), dict(BLOCK_S=2, BLOCK_C=16)):
+        got = triton_compress.compress_pool(a.to(DEVICE), b.to(DEVICE), 4, overlap, config=cfg).cpu()
+        assert torch.equal(got.isnan(), want.isnan()), f"{cfg}: NaN mask\n{got}\n{want}"
+        assert torch.equal(got.isinf(), want.isinf()), f"{cfg}: inf mask"
+        fin = torch.isfinite(want)
+        assert float((got.double()[fin] - want[fin]).abs().max()) <= 1e-5, f"{cfg}: finite channels"

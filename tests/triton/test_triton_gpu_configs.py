@@ -17,12 +17,14 @@ from tests.triton import CAN_RUN, DEVICE, SKIP_REASON, to_device
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
 
 if CAN_RUN:
+    import longattn
     from longattn.ops.compress import triton_compress
     from longattn.ops.indexer import triton_indexer as ti
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
 
     from tests import oracle
     from tests.ops.cases import SparseCase, make_sparse_inputs
+    from tests.ops.test_combine import check_sparse_nonfinite, sparse_nonfinite_inputs
     from tests.triton.test_triton_cache_ops import Cache, check_float_run, make_steps, run_both
     from tests.triton.test_triton_compress_pool import _check as check_pool
     from tests.triton.test_triton_indexer import assert_same
@@ -131,6 +133,27 @@ def test_compress_pool_gpu_tiles():
         check_pool(
             a, b, ratio, overlap, config=gpu_config(triton_compress, triton_compress.pool_config, d, ratio, c, CUDA)
         )
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 64), (torch.bfloat16, 512)], ids=["fp32_d64", "bf16_d512"])
+def test_sparse_attention_nonfinite_gpu_tiles(dtype, D):
+    """The non-finite logit rule (tests/ops/test_combine.py ``sparse_nonfinite_inputs``) at the GPU
+    tiles (fp32: 16 heads x 32 keys, 2 key blocks per row; bf16 D = 512: 32 x 32), one and several
+    splits; MAX_SPLITS splits (most of them empty) on three tokens: a NaN key in the last block; +inf
+    and all--inf heads; a +inf logit early and a NaN key late."""
+    args, want = sparse_nonfinite_inputs(D=D, dtype=dtype)
+    cfg = gpu_config(tsa, tsa.default_config, 4, D, dtype, CUDA)
+    ref_out, ref_lse = longattn.sparse_attention(**args, backend="reference")
+    rtol = 1e-5 if dtype == torch.float32 else 2.0**-7
+    for splits in (1, 2) if dtype == torch.float32 else (2,):
+        out, lse = run_kernel(to_device(args), num_splits=splits, config=cfg)
+        check_sparse_nonfinite(out, lse, want, ref_out, ref_lse, rtol=rtol, what=f"{cfg} splits={splits}")
+    if dtype == torch.float32:
+        sub = [2, 5, 7]
+        a = dict(args, q=args["q"][sub], indices=args["indices"][sub], topk_length=args["topk_length"][sub])
+        out, lse = run_kernel(to_device(a), num_splits=tsa.MAX_SPLITS, config=cfg)
+        check_sparse_nonfinite(out, lse, [want[t] for t in sub], ref_out[sub], ref_lse[sub], what="MAX_SPLITS")
 
 
 def test_gpu_tiles_differ_from_the_interpreters():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests import oracle
-from tests.ops.test_indexer import VISIBLE_CASES, check_topk, int_inputs, score_bound
+from tests.ops.test_indexer import VISIBLE_CASES, check_topk, int_inputs, nan_inputs, score_bound
 from tests.triton import CAN_RUN, DEVICE, SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
@@ -245,3 +245,77 @@ def test_decode_262144_entries_vs_reference():
     ve = torch.tensor([N - 3], dtype=torch.int32)
     ref = longattn.indexer_topk(q, w, k, ve, 512, backend="reference")
     assert_same(run_topk(q, w, k, ve, 512), ref, "decode")
+
+
+# ---------------------------------------------------------------------------------------------------
+# NaN scores rank as +inf (README.md); top-k 513..2048 under the interpreter
+# ---------------------------------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+NEG_NAN = -float("nan")  # sign bit set
+
+
+def _same(got, want, what):
+    assert torch.equal(got[0].cpu().long(), want[0]), f"{what}: indices\n{got[0]}\n{want[0]}"
+    assert torch.equal(got[1].cpu().long(), want[1]), f"{what}: lengths {got[1]} vs {want[1]}"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, 0 * inf
+@pytest.mark.parametrize(
+    "topk,per,bitonic", [(2, None, None), (40, None, None), (8, 16, None), (40, 16, None), (2, 16, True)]
+)
+def test_indexer_nan_scores_rank_as_pos_inf(topk, per, bitonic):
+    """All-NaN rows (NaN in q), NaN keys, a negative NaN key, +inf scores (4 heads padded to a 16-head
+    tile: padded heads must not add 0 * inf = NaN), flat keys, one range or ranges of 16 + merges."""
+    q, w, k = nan_inputs()
+    ve = torch.tensor([70, 70, 26, 4], dtype=torch.int32)
+    want = oracle.indexer_topk_nan_high(q, w, k, ve, topk)
+    q, w, k, ve = (x.to(DEVICE) for x in (q, w, k, ve))
+    got = ti.indexer_topk(q, w, k, ve, topk, entries_per_program=per, bitonic=bitonic)
+    _same(got, want, f"topk={topk} per={per} bitonic={bitonic}")
+    ref = longattn.indexer_logits(*(x.cpu() for x in (q, w, k, ve)), backend="reference")
+    logits = longattn.indexer_logits(q, w, k, ve, backend="triton").cpu()
+    assert torch.equal(logits.isnan(), ref.isnan()) and torch.equal(logits.nan_to_num(0.0), ref.nan_to_num(0.0))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_indexer_nan_scores_paged():
+    q, w, _ = nan_inputs()
+    page, P = 8, 12
+    pool = torch.randint(-2, 3, (P, page, 8)).float()
+    pool[2, 3, 1] = NAN
+    pool[7, 0, 4] = NEG_NAN
+    pool[4, 5, 0] = INF
+    bt = torch.tensor([[2, 7, 4, 0, 1, -1, 9, 11], [4, 2, 7, 3, 5, 6, 8, 10]], dtype=torch.int32)
+    seq = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    ve = torch.tensor([64, 64, 30, 19], dtype=torch.int32)
+    for slots, per in ((False, None), (True, 16)):
+        want = oracle.indexer_topk_nan_high(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
+        got = ti.indexer_topk(
+            *(x.to(DEVICE) for x in (q, w, pool, ve)), 12, block_table=bt.to(DEVICE), seq_ids=seq.to(DEVICE),
+            return_slots=slots, entries_per_program=per,
+        )  # fmt: skip
+        _same(got, want, f"paged slots={slots} per={per}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("topk,per", [(513, None), (1024, 512), (2048, None)])
+def test_indexer_large_topk(topk, per):
+    """V4-Pro's top-1024 and the kernel's limit 2048 (the interpreter's rank merge cuts its compare
+    matrices under Triton's 2^20-element block limit): N = 2100 integer-scored entries with many ties,
+    one range per token, or ranges of 512 + the merge kernel (lists of 1024 merged in pieces); a
+    second token sees fewer entries than topk (-1 padding); equal to the reference."""
+    g = torch.Generator().manual_seed(topk)
+    T, Hi, Di, N = 2, 4, 16, 2100
+    q = torch.randint(-2, 3, (T, Hi, Di), generator=g).float()
+    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
+    k = torch.randint(-2, 3, (N, Di), generator=g).float()
+    k[7, 3] = NAN  # one NaN score per token: ranked first
+    ve = torch.tensor([N, 500], dtype=torch.int32)
+    want = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
+    dq, dw, dk, dve = (x.to(DEVICE) for x in (q, w, k, ve))
+    if per is None:  # through the dispatcher: the backend accepts topk <= 2048
+        got = longattn.indexer_topk(dq, dw, dk, dve, topk, backend="triton")
+    else:
+        got = ti.indexer_topk(dq, dw, dk, dve, topk, entries_per_program=per)
+    _same(got, (want[0].long(), want[1].long()), f"topk={topk} per={per}")
+    assert int(want[0][0, 0]) == 7 and want[1].tolist() == [min(topk, N), 500]

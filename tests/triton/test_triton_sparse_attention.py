@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.ops.cases import INT32_MAX, SPARSE_CASES, SparseCase, make_sparse_inputs
+from tests.ops.test_combine import check_sparse_nonfinite, sparse_nonfinite_inputs
 from tests.ops.test_sparse_attention import check_against_oracle, oracle_of
 from tests.tolerance import assert_close, attention_bounds
 from tests.triton import (
@@ -384,3 +385,41 @@ def test_fp8_pool_without_pages():
     )
     out, lse = longattn.sparse_attention(**args, backend="triton")
     check_against_oracle(out, lse, dict(args, kv=torch.zeros(0, 512, device=DEVICE)), "empty fp8 pool")
+
+
+# ---------------------------------------------------------------------------------------------------
+# non-finite logits (README.md "Edge semantics"; inputs and checks shared with tests/ops/test_combine.py)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_nonfinite_logits_splits(splits):
+    """Interpreter tiles (BLOCK_N = 16: 3 key blocks per row), a NaN sink on head 3. A NaN key in the
+    first, a middle or the last block, NaN in q, +inf / -inf logits early or late, NaN and +inf in
+    different splits of one row, a row of only -inf logits, a NaN key past topk_length: the same
+    classes (NaN / +inf / -inf / finite) as the rule, finite cells as the reference. The GPU tiles and
+    MAX_SPLITS: tests/triton/test_triton_gpu_configs.py."""
+    args, want = sparse_nonfinite_inputs()
+    args["attn_sink"] = torch.tensor([0.5, -1.0, 2.0, float("nan")])
+    ref_out, ref_lse = longattn.sparse_attention(**args, backend="reference")
+    out, lse = run_kernel(to_device(args), num_splits=splits)
+    check_sparse_nonfinite(out, lse, want, ref_out, ref_lse, sink_nan_heads=(3,), what=f"splits={splits}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_key_is_not_an_empty_split():
+    """A split whose partial is NaN was once taken for a split without keys (``l > 0`` is false for
+    NaN): it got lse -inf and the combine returned a finite, wrong row. "No keys" is now the count of
+    keys a split used."""
+    g = torch.Generator().manual_seed(1)
+    T, H, D, N, K = 2, 3, 64, 40, 48
+    q, kv = torch.randn(T, H, D, generator=g), torch.randn(N, D, generator=g)
+    idx = (torch.arange(T * K).view(T, K) % N).int()
+    kv[5, 0] = float("nan")
+    idx[0] = torch.where(idx[0] == 5, 6, idx[0])
+    idx[0, 40] = 5  # token 0 uses the NaN row once, in its last block
+    idx[1] = torch.where(idx[1] == 5, 6, idx[1])  # token 1 never does
+    args = to_device(dict(q=q, kv=kv, indices=idx, topk_length=None, attn_sink=None, softmax_scale=None))
+    for splits in (1, 2, 3):
+        out, lse = run_kernel(args, num_splits=splits)
+        assert torch.isnan(lse[0]).all() and torch.isnan(out[0]).all(), f"splits={splits}: {lse[0]}"
+        assert torch.isfinite(lse[1]).all() and torch.isfinite(out[1]).all()

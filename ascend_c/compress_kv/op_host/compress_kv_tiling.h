@@ -41,10 +41,10 @@ struct CompressKvTiling {
 struct CompressKvArgs {
     const void* a;                // [T, W]
     const void* b;                // [T, W]
-    const int32_t* positions;     // [T]
+    const int64_t* positions;     // [T] absolute positions (int64: any value, negative ones emit nothing)
     const int32_t* tokenRows;     // [T]
-    const int32_t* chunkStart;    // [T] position of the first token of the token's chunk
-    const int32_t* chunkEnd;      // [T] position of the last token of the token's chunk
+    const int64_t* chunkStart;    // [T] position of the first token of the token's chunk
+    const int64_t* chunkEnd;      // [T] position of the last token of the token's chunk
     const int32_t* emitTokens;    // [E] tokens that emit an entry
     const float* cosTab;          // [T, R/2] cos of the token's entry position (emitting tokens)
     const float* sinTab;          // [T, R/2]
@@ -88,13 +88,32 @@ inline uint32_t CompressKvTilingCompute(CompressKvTiling& t, uint32_t T, uint32_
     return t.blockDim;
 }
 
-// What the kernel supports (empty string: supported).
-inline const char* CompressKvUnsupported(uint32_t dim, uint32_t ropeDim, bool fp8Out)
+// UB bytes of one AIV: mirrors CompressKvKernel::Init (each buffer rounded up to 32 B, as TPipe
+// does), for entry width d, row width W = c * d, input element size, rope dims, output kind.
+inline uint32_t CompressKvUbBytes(uint32_t dim, uint32_t width, uint32_t inSize, uint32_t ropeDim, bool fp8Out,
+                                  uint32_t outSize)
+{
+    auto al = [](uint32_t b) { return AlignUpU(b, 32); };
+    const uint32_t dPad = AlignUpU(dim, 16), dV = AlignUpU(dim, 64), wPad = AlignUpU(width, 16);
+    uint32_t b = 2 * al(2 * dPad * inSize) + 2 * al(2 * dPad * 4);  // inQue_, ringQue_
+    b += al(8 * dV * 4) + al(dV / 8) + al(dPad * 4) + al(128 * 4);  // vecBuf_, maskBuf_, normBuf_, redBuf_
+    b += al(2 * AlignUpU(MaxU(ropeDim / 2, 1), 8) * 4) + al(5 * AlignUpU(MaxU(ropeDim, 8), 8) * 4);  // rope
+    b += al(2 * wPad * inSize) + al(2 * width * 4);                 // rowInQue_, rowOutQue_ (phase 2)
+    b += fp8Out ? 2 * al(kFp8DataBytes + 32) + al(kFp8QuantizerUbBytes) : 2 * al(dPad * outSize);  // outQue_ (+ quantiser)
+    return b;
+}
+
+// What the kernel supports (empty string: supported). inSize: element size of a / b as the kernel
+// reads them (4 when the host widens two different dtypes); outSize: element size of a float pool.
+inline const char* CompressKvUnsupported(uint32_t dim, uint32_t width, uint32_t inSize, uint32_t ropeDim, bool fp8Out,
+                                         uint32_t outSize)
 {
     if (dim % 8 != 0) return "entry width d must be a multiple of 8 (32-B aligned fp32 rows)";
     if (ropeDim % 2 != 0 || ropeDim > dim || (dim - ropeDim) % 8 != 0) return "rope dims must be even and start 32-B aligned";
     if (dim > 4096) return "entry width d > 4096 (UB)";
     if (fp8Out && dim != kFp8HeadDim) return "FP8 output pools need d = 512";
+    if (CompressKvUbBytes(dim, width, inSize, ropeDim, fp8Out, outSize) > kUbBytes)
+        return "the buffers for this d (and a / b / out dtypes) exceed the UB of an AIV";
     return "";
 }
 

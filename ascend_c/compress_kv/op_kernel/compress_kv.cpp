@@ -3,20 +3,36 @@
 // KERNEL_TYPE_MIX_AIV_1_0 for SyncAll). Two phases, separated by SyncAll (the ring is read before
 // it is updated, by every core):
 //
-// Phase 1, per emitted entry (token p with (p + 1) % ratio == 0, entry j = p / ratio), round-robin
-// over the AIV cores:
+// Positions are int64 absolute positions (any value). A token at a negative position emits nothing
+// (its entry j = floor(p / ratio) < 0 has no page) and contributes to no entry (pooled positions < 0
+// are absent); it still goes to its ring slot floor_mod(p, S) when it is among the last S positions
+// of its chunk, exactly as the reference (python/longattn/ops/compress/reference.py) and the Triton
+// kernel do.
+//
+// Phase 1, per emitted entry (token p >= 0 with (p + 1) % ratio == 0, entry j = p / ratio),
+// round-robin over the AIV cores:
 //   for each of the S = c * ratio pooled positions q = p - S + 1 + i (q >= 0):
 //     CopyIn  (MTE2)  its a/b channel half (overlap: half A for the previous block, half B for the
 //                     own block) from the batch rows (q >= chunk start) or from the fp32 state ring
 //                     (slot q % S through state_block_table; pages outside the pool are skipped)
-//     Compute (V)     per-channel online softmax: m' = max(m, b); s = s e^(m-m') + e^(b-m');
-//                     acc = acc e^(m-m') + e^(b-m') a   (the next position's CopyIn is issued first)
-//   entry = acc / s, RMSNorm (ReduceSum, fp32), interleaved RoPE on the last R dims (cos/sin of
-//   j * ratio from the host table; pair swap by Gather), then
+//     Compute (V)     per-channel online softmax: m' = max(m, b), m* = max(m', -FLT_MAX);
+//                     s = s e^(m-m*) + e^(b-m*); acc = acc e^(m-m*) + e^(b-m*) a
+//                     (the next position's CopyIn is issued first)
+//   entry = acc / s (0 where s == 0), RMSNorm (ReduceSum, fp32), interleaved RoPE on the last R dims
+//   (cos/sin of j * ratio from the host table; pair swap by Gather), then
 //   CopyOut (MTE3)   cast to the pool dtype, or FP8 quantisation (fp8_quant.h), to the slot
 //                     out_block_table[row, j / page] * page + j % page (skipped if the page is invalid).
 // Phase 2, per token (round-robin): if the token is among the last S positions of its chunk, its
-// a | b row (cast to fp32) goes to ring slot p % S.
+// a | b row (cast to fp32) goes to ring slot floor_mod(p, S).
+//
+// Gate scores follow IEEE softmax per channel (the package rule): a channel whose present positions
+// all score -inf (or that has none) pools to 0; otherwise sum(e^(b-m) a) / sum(e^(b-m)) with m the
+// max score, so a NaN or +inf score of a present position makes the channel NaN (e^(NaN), or
+// e^(inf - inf)) and a NaN value propagates (0 * NaN) even where its weight is 0. Absent positions
+// are never read. m* only differs from m' while every score so far is -inf: then e^(m - m*) and
+// e^(b - m*) are 0 instead of e^(-inf + inf) = NaN, s stays exactly 0, and that is how "no finite
+// score" is recognised at the end (s == 0; a NaN / +inf score makes s NaN, never 0). Nothing here
+// depends on how the hardware's Max orders a NaN: the NaN reaches s through e^(b - m*) either way.
 #include "../../common/ascendc_compat.h"
 #include "../../common/fp8_quant.h"
 #include "../op_host/compress_kv_tiling.h"
@@ -34,12 +50,13 @@ public:
         core_ = static_cast<uint32_t>(GetBlockIdx());
         const uint32_t T = t.numTokens, W = t.width, d = t.dim, R = t.ropeDim;
         dPad_ = AlignUpU(d, 16);
+        dV_ = AlignUpU(d, 64);  // vector stride: whole 256-B Compare repeats
         aGm_.SetGlobalBuffer((__gm__ TIn*)a.a, static_cast<uint64_t>(T) * W);
         bGm_.SetGlobalBuffer((__gm__ TIn*)a.b, static_cast<uint64_t>(T) * W);
-        posGm_.SetGlobalBuffer((__gm__ int32_t*)a.positions, T);
+        posGm_.SetGlobalBuffer((__gm__ int64_t*)a.positions, T);
         rowGm_.SetGlobalBuffer((__gm__ int32_t*)a.tokenRows, T);
-        csGm_.SetGlobalBuffer((__gm__ int32_t*)a.chunkStart, T);
-        ceGm_.SetGlobalBuffer((__gm__ int32_t*)a.chunkEnd, T);
+        csGm_.SetGlobalBuffer((__gm__ int64_t*)a.chunkStart, T);
+        ceGm_.SetGlobalBuffer((__gm__ int64_t*)a.chunkEnd, T);
         emitGm_.SetGlobalBuffer((__gm__ int32_t*)a.emitTokens, MaxU(t.numEmit, 1));
         cosGm_.SetGlobalBuffer((__gm__ float*)a.cosTab, static_cast<uint64_t>(T) * (R / 2));
         sinGm_.SetGlobalBuffer((__gm__ float*)a.sinTab, static_cast<uint64_t>(T) * (R / 2));
@@ -55,7 +72,8 @@ public:
         const uint32_t wPad = AlignUpU(W, 16);
         pipe_.InitBuffer(inQue_, 2, 2 * dPad_ * sizeof(TIn));      // a | b halves from the batch
         pipe_.InitBuffer(ringQue_, 2, 2 * dPad_ * sizeof(float));  // a | b halves from the ring
-        pipe_.InitBuffer(vecBuf_, 8 * dPad_ * sizeof(float));
+        pipe_.InitBuffer(vecBuf_, 8 * dV_ * sizeof(float));
+        pipe_.InitBuffer(maskBuf_, AlignUpU(dV_ / 8, 32));
         pipe_.InitBuffer(normBuf_, dPad_ * sizeof(float));
         pipe_.InitBuffer(redBuf_, 128 * sizeof(float));
         pipe_.InitBuffer(ropeQue_, 1, 2 * AlignUpU(MaxU(R / 2, 1), 8) * sizeof(float));
@@ -70,13 +88,14 @@ public:
         }
         LocalTensor<float> v = vecBuf_.Get<float>();
         m_ = v[0];
-        s_ = v[dPad_];
-        acc_ = v[2 * dPad_];
-        av_ = v[3 * dPad_];
-        bv_ = v[4 * dPad_];
-        w_ = v[5 * dPad_];
-        tmp_ = v[6 * dPad_];
-        entry_ = v[7 * dPad_];
+        s_ = v[dV_];
+        acc_ = v[2 * dV_];
+        av_ = v[3 * dV_];
+        bv_ = v[4 * dV_];
+        w_ = v[5 * dV_];
+        tmp_ = v[6 * dV_];
+        entry_ = v[7 * dV_];
+        mask_ = maskBuf_.Get<uint8_t>();
         const uint32_t rs = AlignUpU(MaxU(R, 8), 8);
         LocalTensor<float> r = ropeBuf_.Get<float>();
         cosE_ = r[0];
@@ -109,22 +128,28 @@ private:
         uint64_t aOff, bOff;  // element offsets into a/b (batch) or into the state rows (ring)
     };
 
-    // Where pooled position i (0..S-1) of an entry emitted at token tok comes from; false if absent.
-    __aicore__ inline bool FindSource(uint32_t tok, int32_t p, int32_t row, int32_t chunkStart, uint32_t i, Source& src)
+    // Where pooled position i (0..S-1) of an entry emitted at token tok (position p >= 0) comes from;
+    // false if absent.
+    __aicore__ inline bool FindSource(uint32_t tok, int64_t p, int32_t row, int64_t chunkStart, uint32_t i, Source& src)
     {
-        const int32_t S = static_cast<int32_t>(t_.ringSize);
-        const int32_t q = p - S + 1 + static_cast<int32_t>(i);
+        const int64_t S = static_cast<int64_t>(t_.ringSize);
+        const int64_t q = p - S + 1 + static_cast<int64_t>(i);  // no overflow: 0 <= p, i < S
         if (q < 0) return false;
         const uint32_t half = (t_.overlap && i >= t_.ratio) ? t_.dim : 0u;  // overlap: own block -> half B
         if (q >= chunkStart) {
-            const uint64_t bt = tok - static_cast<uint32_t>(p - q);
+            // Token tok - (p - q) of this batch. Positions that do not step by one inside a chunk break
+            // the op's contract; the kernel still never reads outside `a` / `b` (such a position is
+            // treated as absent).
+            const uint64_t back = static_cast<uint64_t>(p - q);  // < S
+            if (back > tok) return false;
+            const uint64_t bt = tok - back;
             src.fromBatch = true;
             src.aOff = bt * t_.width + half;
             src.bOff = src.aOff;
             return true;
         }
         if (row < 0 || static_cast<uint32_t>(row) >= t_.stateBtRows) return false;
-        const uint32_t rs = static_cast<uint32_t>(q % S), lp = rs / t_.statePageSize;
+        const uint32_t rs = static_cast<uint32_t>(q % S), lp = rs / t_.statePageSize;  // q >= 0
         if (lp >= t_.stateBtCols) return false;
         const int32_t page = stateBtGm_.GetValue(static_cast<uint64_t>(row) * t_.stateBtCols + lp);
         if (page < 0 || static_cast<uint32_t>(page) >= t_.statePages) return false;
@@ -173,11 +198,13 @@ private:
             DataCopy(bv_, x[dPad_], d);
             ringQue_.FreeTensor(x);
         }
-        Max(w_, m_, bv_, d);     // m' = max(m, b)
-        Sub(tmp_, m_, w_, d);
-        Exp(tmp_, tmp_, d);      // alpha = e^(m - m'): 0 on the first position (m = -inf)
-        Sub(bv_, bv_, w_, d);
-        Exp(bv_, bv_, d);        // e^(b - m')
+        // entry_ is free until the pooling ends: it holds m* = max(m', -FLT_MAX).
+        Max(w_, m_, bv_, d);                   // m' = max(m, b)
+        Maxs(entry_, w_, -kFltMax, d);         // m* = m' unless every score so far is -inf
+        Sub(tmp_, m_, entry_, d);
+        Exp(tmp_, tmp_, d);      // alpha = e^(m - m*): 0 on the first position (m = -inf)
+        Sub(bv_, bv_, entry_, d);
+        Exp(bv_, bv_, d);        // e^(b - m*)
         Mul(s_, s_, tmp_, d);
         Add(s_, s_, bv_, d);
         Mul(acc_, acc_, tmp_, d);
@@ -191,9 +218,11 @@ private:
     __aicore__ inline void EmitEntry(uint32_t tok)
     {
         const uint32_t d = t_.dim, S = t_.ringSize;
-        const int32_t p = posGm_.GetValue(tok), row = rowGm_.GetValue(tok), cs = csGm_.GetValue(tok);
+        const int64_t p = posGm_.GetValue(tok), cs = csGm_.GetValue(tok);
+        const int32_t row = rowGm_.GetValue(tok);
+        if (p < 0) return;  // entry floor(p / ratio) < 0: not in any page (nothing read or written)
         Duplicate(m_, kNegInf, d);
-        Duplicate(s_, 0.0f, d);
+        Duplicate(s_, 0.0f, dV_);  // the tail beyond d stays 0 (read by the Compare below)
         Duplicate(acc_, 0.0f, d);
         // Pooling with a one-position prefetch: CopyIn(next) is issued before Compute(current).
         Source cur{}, nxt{};
@@ -210,13 +239,16 @@ private:
             cur = nxt;
             have = more;
         }
-        if (count == 0)
+        if (count == 0) {
             Duplicate(entry_, 0.0f, d);
-        else
+        } else {  // channels whose present scores are all -inf (s == 0) pool to 0; NaN stays NaN
             Div(entry_, acc_, s_, d);
+            longattn_compat::CompareScalar(mask_, s_, 0.0f, CMPMODE::NE, dV_);
+            Select(entry_, mask_, entry_, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, d);
+        }
         Normalize();
         if (t_.ropeDim > 0) Rope(tok);
-        Store(p / static_cast<int32_t>(t_.ratio), row);
+        Store(static_cast<uint64_t>(p) / t_.ratio, row);
     }
 
     // entry = entry * rsqrt(mean(entry^2) + eps) * weight (fp32).
@@ -259,15 +291,15 @@ private:
         Add(x, w_, tmp_, R);
     }
 
-    __aicore__ inline void Store(int32_t j, int32_t row)
+    __aicore__ inline void Store(uint64_t j, int32_t row)
     {
         const uint32_t d = t_.dim, ps = t_.outPageSize;
-        if (row < 0 || static_cast<uint32_t>(row) >= t_.outBtRows || j < 0) return;
-        const uint32_t lp = static_cast<uint32_t>(j) / ps;
+        if (row < 0 || static_cast<uint32_t>(row) >= t_.outBtRows) return;
+        const uint64_t lp = j / ps;
         if (lp >= t_.outBtCols) return;
         const int32_t page = outBtGm_.GetValue(static_cast<uint64_t>(row) * t_.outBtCols + lp);
         if (page < 0 || static_cast<uint32_t>(page) >= t_.outPages) return;
-        const uint32_t slot = static_cast<uint32_t>(page) * ps + static_cast<uint32_t>(j) % ps;
+        const uint64_t slot = static_cast<uint64_t>(page) * ps + j % ps;
         if constexpr (kFp8) {
             LocalTensor<uint8_t> rec = outQue_.AllocTensor<uint8_t>();
             quant_.Quantize(rec, entry_);
@@ -283,7 +315,7 @@ private:
                 Cast(y, entry_, RoundMode::CAST_RINT, d);
             outQue_.EnQue(y);
             y = outQue_.DeQue<TOut>();
-            DataCopyPad(outGm_[static_cast<uint64_t>(slot) * d], y, DataCopyExtParams(1, d * sizeof(TOut), 0, 0, 0));
+            DataCopyPad(outGm_[slot * d], y, DataCopyExtParams(1, d * sizeof(TOut), 0, 0, 0));
             outQue_.FreeTensor(y);
         }
     }
@@ -292,10 +324,13 @@ private:
     __aicore__ inline void UpdateState(uint32_t tk)
     {
         const uint32_t W = t_.width, S = t_.ringSize, wPad = AlignUpU(W, 16);
-        const int32_t p = posGm_.GetValue(tk), row = rowGm_.GetValue(tk), ce = ceGm_.GetValue(tk);
-        if (!(p > ce - static_cast<int32_t>(S)) || p < 0) return;
+        const int64_t p = posGm_.GetValue(tk), ce = ceGm_.GetValue(tk), S64 = static_cast<int64_t>(S);
+        const int32_t row = rowGm_.GetValue(tk);
+        // Among the last S positions of the chunk: p > ce - S (exact: ce - S may not underflow).
+        if (ce >= INT64_MIN + S64 && p <= ce - S64) return;
         if (row < 0 || static_cast<uint32_t>(row) >= t_.stateBtRows) return;
-        const uint32_t rs = static_cast<uint32_t>(p) % S, lp = rs / t_.statePageSize;
+        const int64_t r = p % S64;  // floor mod, as torch's (negative positions too)
+        const uint32_t rs = static_cast<uint32_t>(r < 0 ? r + S64 : r), lp = rs / t_.statePageSize;
         if (lp >= t_.stateBtCols) return;
         const int32_t page = stateBtGm_.GetValue(static_cast<uint64_t>(row) * t_.stateBtCols + lp);
         if (page < 0 || static_cast<uint32_t>(page) >= t_.statePages) return;
@@ -326,17 +361,20 @@ private:
     TQue<TPosition::VECIN, 1> ropeQue_, rowInQue_;
     TQue<TPosition::VECOUT, 2> outQue_;
     TQue<TPosition::VECOUT, 1> rowOutQue_;
-    TBuf<TPosition::VECCALC> vecBuf_, normBuf_, redBuf_, ropeBuf_;
+    TBuf<TPosition::VECCALC> vecBuf_, normBuf_, redBuf_, ropeBuf_, maskBuf_;
     LocalTensor<float> m_, s_, acc_, av_, bv_, w_, tmp_, entry_, cosE_, sinE_, sign_;
+    LocalTensor<uint8_t> mask_;
     LocalTensor<uint32_t> swapOff_, expandOff_;
     Fp8Quantizer quant_;
     GlobalTensor<TIn> aGm_, bGm_;
-    GlobalTensor<int32_t> posGm_, rowGm_, csGm_, ceGm_, emitGm_, stateBtGm_, outBtGm_;
+    GlobalTensor<int64_t> posGm_, csGm_, ceGm_;
+    GlobalTensor<int32_t> rowGm_, emitGm_, stateBtGm_, outBtGm_;
     GlobalTensor<float> cosGm_, sinGm_, normGm_, stateGm_;
     GlobalTensor<TOut> outGm_;
     GlobalTensor<uint8_t> outFp8Gm_;
     CompressKvTiling t_{};
-    uint32_t core_ = 0, dPad_ = 16;
+    uint32_t core_ = 0, dPad_ = 16, dV_ = 64;
+    static constexpr float kFltMax = 3.40282347e38f;
 };
 
 template <typename TIn>
@@ -375,10 +413,10 @@ extern "C" __global__ __aicore__ void compress_kv(GM_ADDR a, GM_ADDR b, GM_ADDR 
     longattn_ascend::CompressKvArgs args;
     args.a = a;
     args.b = b;
-    args.positions = (const int32_t*)positions;
+    args.positions = (const int64_t*)positions;
     args.tokenRows = (const int32_t*)tokenRows;
-    args.chunkStart = (const int32_t*)chunkStart;
-    args.chunkEnd = (const int32_t*)chunkEnd;
+    args.chunkStart = (const int64_t*)chunkStart;
+    args.chunkEnd = (const int64_t*)chunkEnd;
     args.emitTokens = (const int32_t*)emitTokens;
     args.cosTab = (const float*)cosTab;
     args.sinTab = (const float*)sinTab;

@@ -363,6 +363,22 @@ void FixpipeQuantMismatch()
     });
 }
 
+void Sort32NanScore()
+{
+    longattn_emu::LaunchVector(1, [] {
+        TPipe pipe;
+        TBuf<TPosition::VECCALC> d, sc, ix;
+        pipe.InitBuffer(d, 256);
+        pipe.InitBuffer(sc, 128);
+        pipe.InitBuffer(ix, 128);
+        LocalTensor<float> scores = sc.Get<float>();
+        Duplicate(scores, 1.0f, 32);
+        Duplicate(ix.Get<int32_t>(), 0, 32);
+        scores.SetValue(5, std::nanf(""));
+        Sort32(d.Get<float>(), scores, ix.Get<uint32_t>(), 1);
+    });
+}
+
 struct Case {
     const char* name;
     void (*fn)();
@@ -399,6 +415,7 @@ const Case kCases[] = {
     {"gm_unsized", GmUnsized},
     {"datacopypad_bad_len", DataCopyPadBadLen},
     {"fixpipe_quant_mismatch", FixpipeQuantMismatch},
+    {"sort32_nan_score", Sort32NanScore},
 };
 
 }  // namespace

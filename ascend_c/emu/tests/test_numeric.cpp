@@ -2,7 +2,9 @@
 // Numeric conversions: bfloat16_t round-to-nearest-even (hand-computed bit patterns, optionally a
 // dump of torch's float -> bfloat16 results given as argv[1]), half RINT against the compiler's
 // IEEE conversion, and every Cast rounding mode through the vector Cast API in a kernel.
+#include <cfenv>
 #include <cinttypes>
+#include <climits>
 #include <cstring>
 
 #include "test_common.h"
@@ -202,11 +204,192 @@ static void TestCastModes()
     }
 }
 
+// ---- sweep: every conversion helper against independent references ------------------------------
+// The emulator rounds through doubles (RoundToFormat / RoundIntegral); the references below work on
+// the integer bits (half, bf16) or use libm (integers), so a mistake in one is not repeated in the
+// other. Inputs: every exponent x both signs x mantissas around every bit position, plus a stride
+// through all 2^32 patterns; NaN inputs are checked separately (canonical / documented choices).
+namespace sweep {
+
+enum class M { RINT, ROUND, FLOOR, CEIL, TRUNC, ODD };
+constexpr M kModes[] = {M::RINT, M::ROUND, M::FLOOR, M::CEIL, M::TRUNC, M::ODD};
+RoundMode ToRoundMode(M m)
+{
+    switch (m) {
+        case M::RINT: return RoundMode::CAST_RINT;
+        case M::ROUND: return RoundMode::CAST_ROUND;
+        case M::FLOOR: return RoundMode::CAST_FLOOR;
+        case M::CEIL: return RoundMode::CAST_CEIL;
+        case M::TRUNC: return RoundMode::CAST_TRUNC;
+        default: return RoundMode::CAST_ODD;
+    }
+}
+
+// Round the magnitude n + rem / (2 * halfUlp) to an integer (neg: the sign, for FLOOR / CEIL).
+uint64_t RoundMag(uint64_t n, uint64_t rem, uint64_t halfUlp, bool neg, M m)
+{
+    const bool inexact = rem != 0;
+    bool up = false;
+    switch (m) {
+        case M::RINT: up = rem > halfUlp || (rem == halfUlp && (n & 1)); break;
+        case M::ROUND: up = rem >= halfUlp; break;
+        case M::FLOOR: up = inexact && neg; break;
+        case M::CEIL: up = inexact && !neg; break;
+        case M::TRUNC: break;
+        case M::ODD: return inexact ? (n | 1u) : n;
+    }
+    return n + (up ? 1u : 0u);
+}
+
+int BitLen(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
+
+// float bits -> bf16 bits (finite or inf input): drop the low 16 bits of the float encoding.
+uint16_t RefBf16(uint32_t fb, M m)
+{
+    const bool neg = fb >> 31;
+    const uint32_t mag = fb & 0x7FFFFFFFu;
+    const uint64_t hi = RoundMag(mag >> 16, mag & 0xFFFFu, 0x8000u, neg, m);
+    return static_cast<uint16_t>((neg ? 0x8000u : 0u) | hi);  // a carry into 0x7F80 is the IEEE overflow to inf
+}
+
+// float bits -> half bits (finite or inf input), IEEE overflow rules per mode.
+uint16_t RefHalf(uint32_t fb, M m)
+{
+    const bool neg = fb >> 31;
+    const uint16_t sgn = neg ? 0x8000u : 0u;
+    const uint32_t ex = (fb >> 23) & 0xFFu, fr = fb & 0x7FFFFFu;
+    if (ex == 255) return sgn | 0x7C00u;
+    if (ex == 0 && fr == 0) return sgn;
+    const uint64_t M_ = ex ? (fr | 0x800000u) : fr;
+    const int E = ex ? static_cast<int>(ex) - 150 : -149;  // value = M_ * 2^E
+    const int e = BitLen(M_) - 1 + E;                      // binade
+    int qe = (e < -14 ? -14 : e) - 10;                     // half quantum 2^qe
+    const int shift = qe - E;                               // > 0 for every float input
+    uint64_t n, rem, halfUlp;
+    if (shift >= 40) {  // far below the quantum: n = 0, rem < half an ulp but non-zero
+        n = 0;
+        rem = 1;
+        halfUlp = 2;
+    } else {
+        n = M_ >> shift;
+        rem = M_ & ((1ull << shift) - 1);
+        halfUlp = 1ull << (shift - 1);
+    }
+    n = RoundMag(n, rem, halfUlp, neg, m);
+    if (n == 2048) {  // carry into the next binade
+        n = 1024;
+        ++qe;
+    }
+    const bool overflow = n >= 1024 && qe + 25 > 30;
+    if (overflow) {
+        const bool toInf = m == M::RINT || m == M::ROUND || (m == M::FLOOR && neg) || (m == M::CEIL && !neg);
+        return sgn | (toInf ? 0x7C00u : 0x7BFFu);
+    }
+    if (n < 1024) return sgn | static_cast<uint16_t>(n);  // subnormal (qe == -24) or zero
+    return sgn | static_cast<uint16_t>(((qe + 25) << 10) | (n - 1024));
+}
+
+double RefIntegral(double x, M m)
+{
+    switch (m) {
+        case M::RINT: return std::nearbyint(x);  // default environment: ties to even
+        case M::ROUND: return std::round(x);
+        case M::FLOOR: return std::floor(x);
+        case M::CEIL: return std::ceil(x);
+        default: return std::trunc(x);
+    }
+}
+
+std::vector<uint32_t> Patterns()
+{
+    std::vector<uint32_t> v;
+    std::vector<uint32_t> mants = {0u, 0x7FFFFFu, 0x400000u, 0x7FFFFEu, 0x155555u};
+    for (int k = 0; k < 23; ++k) {
+        const uint32_t b = 1u << k;
+        for (uint32_t x : {b, b - 1, b + 1, b | 0x400000u, (b - 1) | 0x400000u, 3u * b}) mants.push_back(x & 0x7FFFFFu);
+    }
+    for (uint32_t ex = 0; ex < 255; ++ex)
+        for (uint32_t mt : mants)
+            for (uint32_t sg : {0u, 1u}) v.push_back((sg << 31) | (ex << 23) | mt);
+    for (uint64_t b = 0; b < (1ull << 32); b += 40009) v.push_back(static_cast<uint32_t>(b));
+    v.push_back(0x7F800000u);
+    v.push_back(0xFF800000u);
+    return v;
+}
+
+}  // namespace sweep
+
+static void TestConversionSweep()
+{
+    using namespace sweep;
+    namespace d = longattn_emu::detail;
+    const std::vector<uint32_t> pats = Patterns();
+    size_t bad = 0, checked = 0;
+    for (uint32_t fb : pats) {
+        const float f = BitsFloat(fb);
+        if (std::isnan(f)) continue;
+        for (M m : kModes) {
+            const RoundMode rm = ToRoundMode(m);
+            // float -> half
+            half h = d::FloatToHalf(f, rm);
+            uint16_t hb;
+            std::memcpy(&hb, &h, 2);
+            const uint16_t hw = RefHalf(fb, m);
+            if (hb != hw && bad++ < 8) std::fprintf(stderr, "  half %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, hb, hw);
+            // float -> bf16 (the helper implements ODD too; Cast accepts the other five)
+            const uint16_t bb = d::FloatToBf16(f, rm).emu_bits, bw = RefBf16(fb, m);
+            if (bb != bw && bad++ < 8) std::fprintf(stderr, "  bf16 %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, bb, bw);
+            if (m == M::ODD) continue;
+            // float -> int32 (saturating) and float -> float (integral value, zero keeps its sign)
+            const double r = RefIntegral(static_cast<double>(f), m);
+            const int32_t iw = std::isinf(r) ? (r > 0 ? INT32_MAX : INT32_MIN)
+                                             : (r >= 2147483647.0 ? INT32_MAX : (r <= -2147483648.0 ? INT32_MIN : static_cast<int32_t>(r)));
+            const int32_t ig = d::DoubleToInt32(static_cast<double>(f), rm);
+            if (ig != iw && bad++ < 8) std::fprintf(stderr, "  int32 %s(%.9g): emu %d ref %d\n", d::RoundModeName(rm), f, ig, iw);
+            const float fg = AscendC::emu_internal::CastOne<float, float>(f, rm);
+            const float fw = static_cast<float>(r);
+            if (FloatBits(fg) != FloatBits(fw) && bad++ < 8)
+                std::fprintf(stderr, "  float->float %s(%.9g): emu %.9g ref %.9g\n", d::RoundModeName(rm), f, fg, fw);
+            checked += 4;
+        }
+    }
+    // int32 -> float: the conversion under the matching fenv rounding mode (volatile: no folding).
+    const int fenvModes[] = {FE_TONEAREST, FE_DOWNWARD, FE_UPWARD, FE_TOWARDZERO};
+    const RoundMode rms[] = {RoundMode::CAST_RINT, RoundMode::CAST_FLOOR, RoundMode::CAST_CEIL, RoundMode::CAST_TRUNC};
+    std::mt19937 g(11);
+    for (int k = 0; k < 4; ++k) {
+        for (int i = 0; i < 20000; ++i) {
+            volatile int32_t v = static_cast<int32_t>(g()) >> (g() % 31);
+            std::fesetround(fenvModes[k]);
+            volatile float want = static_cast<float>(v);
+            std::fesetround(FE_TONEAREST);
+            const float got = d::Int32ToFloat(v, rms[k]);
+            if (FloatBits(got) != FloatBits(want) && bad++ < 8)
+                std::fprintf(stderr, "  int32->float %s(%d): emu %.9g ref %.9g\n", d::RoundModeName(rms[k]), static_cast<int32_t>(v), got, static_cast<float>(want));
+            ++checked;
+        }
+    }
+    // NaN: the documented choices (README "Choices" 5): bf16 0x7FC0 whatever the sign / payload, half
+    // stays NaN, integers 0.
+    for (uint32_t nb : {0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0xFFFFFFFFu}) {
+        const float f = BitsFloat(nb);
+        for (M m : kModes) {
+            const RoundMode rm = ToRoundMode(m);
+            EXPECT_TRUE(d::FloatToBf16(f, rm).emu_bits == 0x7FC0u, "bf16 of NaN 0x%08x", nb);
+            EXPECT_TRUE(std::isnan(static_cast<float>(d::FloatToHalf(f, rm))), "half of NaN 0x%08x", nb);
+            if (m != M::ODD) EXPECT_TRUE(d::DoubleToInt32(static_cast<double>(f), rm) == 0, "int32 of NaN");
+        }
+    }
+    EXPECT_TRUE(bad == 0, "%zu of %zu conversions differ from the independent references", bad, checked);
+    std::printf("conversion sweep: %zu conversions checked\n", checked);
+}
+
 int main(int argc, char** argv)
 {
     TestBf16HandPatterns();
     if (argc > 1) TestBf16AgainstTorchDump(argv[1]);
     TestHalfRintMatchesIeee();
     TestCastModes();
+    TestConversionSweep();
     return emu_test::Finish("test_numeric");
 }

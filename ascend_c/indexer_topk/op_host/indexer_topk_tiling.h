@@ -67,6 +67,7 @@ inline uint32_t IndexerUbBytes(uint32_t hi, uint32_t cap, uint32_t K)
     b += 2 * al(cap * 8);                     // repair: sort ping-pong
     b += al(cap * 4);                         // odd-element offsets
     b += al(MaxU(kIdxHalf * 4, AlignUpU(K, 8) * 4 + 32));  // output indices + length / a logits row
+    b += al(hi * kIdxHalf / 8);               // NaN bits of a score tile (relu keeps NaN)
     return b;
 }
 

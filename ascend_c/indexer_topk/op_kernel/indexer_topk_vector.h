@@ -8,6 +8,15 @@
 //     GM (mode-1 cross-core flag) and AIV 0 merges the two, canonicalises and writes the output.
 //   logits mode: the block's scores go to logits[t, j] (-inf for invisible / invalid entries).
 //
+// NaN scores (package rule): a NaN score ranks as +inf whatever its sign bit (ties with +inf entries
+// broken by the smaller id) and stays selectable, so lengths = min(topk, usable visible entries).
+// The scores follow torch's math: relu keeps a NaN (the relu is Relu plus a Select that restores the
+// NaN of S, so nothing depends on how the hardware's Relu treats NaN), w * relu(S) and the sum over
+// heads are IEEE (0 * inf = NaN). Top-k mode then replaces every NaN score by +inf before anything is
+// sorted: Sort32 / MrgSort never see a NaN (their NaN order is undocumented; the emulator aborts on
+// a NaN score), and the tie repair below treats the NaN entries as the +inf run they are. Logits
+// mode writes the NaN itself, as the reference's indexer_logits does.
+//
 // Exact order (score desc, id asc) without relying on how the hardware orders equal scores:
 // Sort32/MrgSort order the scores (documented); the only place where the order of equal scores
 // matters for *membership* is the cut at K: if the pairs K-1 and K of a merged list tie, the whole
@@ -60,6 +69,7 @@ public:
         pipe_.InitBuffer(sQue_, 2, Hi * NH * 4);
         pipe_.InitBuffer(wQue_, 1, AlignUpU(Hi, 8) * 4);
         pipe_.InitBuffer(outQue_, 1, MaxU(NH * 4, AlignUpU(K, 8) * 4 + 32));
+        pipe_.InitBuffer(nanBuf_, AlignUpU(Hi * NH / 8, 32));  // compare bits of one [Hi, 64] score tile
         LocalTensor<float> blk = blkBuf_.Get<float>();
         score_ = blk[0];
         idsF_ = blk[NH];
@@ -116,10 +126,17 @@ private:
         SetFlag<HardEvent::MTE3_MTE2>(EVENT_ID1);  // earlier GM writes are ordered before the flag's pipe
         WaitFlag<HardEvent::MTE3_MTE2>(EVENT_ID1);
         CrossCoreSetFlag<2, PIPE_MTE2>(static_cast<uint16_t>(kFlagC + buf));  // the AIC may reuse wsS[buf]
+        LocalTensor<uint8_t> notNan = nanBuf_.Get<uint8_t>();
+        Compare(notNan, s, s, CMPMODE::EQ, Hi * NH);  // 0 exactly where S is NaN (IEEE compare)
         Relu(s, s, Hi * NH);
+        Select(s, notNan, s, kNaN, SELMODE::VSEL_TENSOR_SCALAR_MODE, Hi * NH);  // relu(NaN) = NaN, as torch
         Duplicate(score_, 0.0f, NH);
         for (uint32_t h = 0; h < Hi; ++h) Axpy(score_, s[h * NH], w.GetValue(h), NH);
         sQue_.FreeTensor(s);
+        if (!t_.logitsMode) {  // top-k: a NaN score ranks as +inf (the package rule)
+            Compare(mask_, score_, score_, CMPMODE::EQ, NH);
+            Select(score_, mask_, score_, kPosInf, SELMODE::VSEL_TENSOR_SCALAR_MODE, NH);
+        }
         // Which columns are candidates: j < visible, and (paged) the entry's page is in the pool.
         const uint32_t j0 = b * kIdxBlock + sub_ * NH;
         CreateVecIndex(jF_, static_cast<float>(j0), NH);
@@ -335,7 +352,7 @@ private:
     AscendC::TQue<AscendC::TPosition::VECIN, 2> sQue_;
     AscendC::TQue<AscendC::TPosition::VECIN, 1> wQue_;
     AscendC::TQue<AscendC::TPosition::VECOUT, 1> outQue_;
-    AscendC::TBuf<AscendC::TPosition::VECCALC> blkBuf_, pairBuf_, listBuf_, repBuf_, sortBuf_, offBuf_;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> blkBuf_, pairBuf_, listBuf_, repBuf_, sortBuf_, offBuf_, nanBuf_;
     AscendC::LocalTensor<float> score_, idsF_, jF_, valid_, negInf_, blkA_, blkB_, listA_, listB_, repKeys_, sortA_,
         sortB_;
     AscendC::LocalTensor<uint32_t> ids_, repIds_, oddOff_;

@@ -77,7 +77,8 @@ inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32
     b += Al32(mh * kSaBlockKeys * sz);           // P tile
     b += Al32(mh * kSaBlockKeys * 4);            // column index tile
     b += Al32(AlignUpU(mh * kSaBlockKeys, 256) / 8);  // mask bits
-    b += 10 * Al32(mh8 * 4);                     // m, m2, l, alpha, rowmax, rowsum, lse, sink, factor, tmp
+    b += 10 * 64 * 4;                            // m, m2, l, alpha, rowmax, rowsum, lse, sink, factor, tmp
+                                                 // (64 floats each: whole Compare repeats; mh <= 32)
     b += 3 * Al32(mh8 * 8 * 4);                  // Brcb outputs (m, alpha, factor)
     b += 2 * Al32(r * D * 4);                    // O chunks (VECIN x2)
     b += 2 * Al32(r * D * sz);                   // output chunks (VECOUT x2)

@@ -11,6 +11,18 @@
 //   V2  acc = acc * alpha + P.V (repeat-form Mul with the Brcb'd alpha, then Add).
 // End of a task: lse = m + ln(l), out = acc * g / l with g = 1 / (1 + exp(sink - lse)) (the sink is a
 // zero-valued virtual key, excluded from lse), cast to the output dtype.
+//
+// Non-finite logits (the package rule): a NaN logit (NaN in q or in a used key) gives out NaN and lse
+// NaN for that (token, head); a +inf logit gives lse +inf and out NaN; -inf logits weigh 0; a row whose
+// used keys all have -inf logits gives out 0, lse -inf. How: exponents are taken against m* = m_new
+// clamped to [-FLT_MAX, FLT_MAX] instead of m_new, so an all -inf row keeps p = alpha = 0 and l = 0
+// (not e^(-inf + inf) = NaN), and a +inf logit gives p = e^(+inf) = +inf, l = +inf (not NaN) while
+// finite logits then weigh 0; m* = m_new whenever m_new is finite, so finite rows are unchanged. A NaN
+// logit always reaches l through e^(NaN - m*) = NaN (whatever the hardware's Max / WholeReduceMax do
+// with a NaN), and l stays NaN through every later block (NaN * alpha + ...). At the end
+// lse = m + ln(l) is -inf (m = -inf, l = 0), +inf (m = +inf, l = +inf) or NaN (l = NaN) as the rule
+// says, and the output factor is forced to 0 where m = -inf and to NaN where m = +inf (a NaN l makes
+// it NaN by itself). Key blocks are merged only through this online softmax (no split-KV combine).
 #pragma once
 
 #include "sparse_attention_common.h"
@@ -23,6 +35,8 @@ class SparseAttentionVector {
 public:
     static constexpr uint32_t NB = kSaBlockKeys;
     static constexpr uint32_t HALF_NB = NB / 2;
+    static constexpr uint32_t kVecLen = 64;  // per-row vectors (m, l, ...): >= the rows of one AIV (<= 32)
+    static constexpr float kFltMax = 3.40282347e38f;
 
     __aicore__ inline void Init(GM_ADDR kv0, GM_ADDR kv1, GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1,
                                 GM_ADDR sink, GM_ADDR out, GM_ADDR lse, GM_ADDR ws, const SparseAttentionTiling& t)
@@ -52,7 +66,7 @@ public:
         pipe_.InitBuffer(pQue_, 1, mh * NB * sz);
         pipe_.InitBuffer(colBuf_, mh * NB * 4);
         pipe_.InitBuffer(maskBuf_, AlignUpU(mh * NB, 256) / 8);
-        pipe_.InitBuffer(vecBuf_, 10 * AlignUpU(mh8 * 4, 32));
+        pipe_.InitBuffer(vecBuf_, 10 * kVecLen * 4);
         pipe_.InitBuffer(brcbBuf_, 3 * AlignUpU(mh8 * 8 * 4, 32));
         pipe_.InitBuffer(oQue_, 2, r * D * 4);
         pipe_.InitBuffer(outQue_, 2, r * D * sz);
@@ -66,8 +80,9 @@ public:
         acc_ = accBuf_.Get<float>();
         col_ = colBuf_.Get<float>();
         mask_ = maskBuf_.Get<uint8_t>();
-        const uint32_t vs = AlignUpU(mh8 * 4, 32) / 4;
+        const uint32_t vs = kVecLen;  // 64 floats each: whole 256-B CompareScalar repeats in Finish
         LocalTensor<float> v = vecBuf_.Get<float>();
+        Duplicate(v, 0.0f, 10 * vs);  // defined tails (the compares read whole repeats)
         m_ = v[0];
         mNew_ = v[vs];
         l_ = v[2 * vs];
@@ -192,9 +207,11 @@ private:
             }
             longattn_compat::WholeReduceMax(rowMax_, s, NB, mh, 1, 1, 8, ReduceOrder::ORDER_ONLY_VALUE);
             Max(mNew_, m_, rowMax_, mh);
-            Sub(alpha_, m_, mNew_, mh);
+            Maxs(tmp_, mNew_, -kFltMax, mh);  // m*: m_new clamped to the finite range (see the top)
+            Mins(tmp_, tmp_, kFltMax, mh);
+            Sub(alpha_, m_, tmp_, mh);
             Exp(alpha_, alpha_, mh);  // exp(-inf) = 0 on the first block
-            Brcb(mB_, mNew_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
+            Brcb(mB_, tmp_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
             Sub(s, s, mB_, NB, mh, BinaryRepeatParams(1, 1, 0, 8, 8, 1));
             Exp(s, s, n);
             longattn_compat::WholeReduceSum(rowSum_, s, NB, mh, 1, 1, 8);
@@ -266,6 +283,11 @@ private:
         }
         Duplicate(factor_, 1.0f, mh);
         Div(factor_, factor_, tmp_, mh);
+        // Rows whose used logits are all -inf: out 0; rows with a +inf logit: out NaN.
+        longattn_compat::CompareScalar(mask_, m_, kNegInf, CMPMODE::NE, kVecLen);
+        Select(factor_, mask_, factor_, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, mh);
+        longattn_compat::CompareScalar(mask_, m_, kPosInf, CMPMODE::NE, kVecLen);
+        Select(factor_, mask_, factor_, kNaN, SELMODE::VSEL_TENSOR_SCALAR_MODE, mh);
         Brcb(factorB_, factor_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
         const uint64_t outRow0 = static_cast<uint64_t>(tk.token) * t_.numHeads + tk.head0 + row0;
         for (uint32_t r0 = 0; r0 < mh; r0 += t_.outRows) {

@@ -15,8 +15,9 @@ Nothing is compiled at import: the extension is built on first use with
 the default dispatch order: select it with ``backend="ascend_sim"``.
 
 Environment: ``LONGATTN_ASCEND_SIM_CORES`` (emulated AI cores per launch, default 4),
-``LONGATTN_ASCEND_SIM_ASAN=1`` (build and load an AddressSanitizer variant; the process must be
-started with libasan preloaded), ``LONGATTN_ASCEND_SIM_VERBOSE=1`` (show the compiler output).
+``LONGATTN_ASCEND_SIM_ASAN=1`` (build and load an AddressSanitizer + UndefinedBehaviorSanitizer
+variant; the process must be started with libasan preloaded), ``LONGATTN_ASCEND_SIM_VERBOSE=1``
+(show the compiler output).
 """
 
 from __future__ import annotations

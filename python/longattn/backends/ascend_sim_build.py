@@ -31,9 +31,9 @@ def build_flags(asan: bool = False, root: Path = REPO) -> Tuple[List[str], List[
     """(compiler flags, linker flags) of the emulator extension."""
     cflags = ["-DLONGATTN_ASCEND_EMU", "-Wall", "-Werror", f"-I{root}", "-pthread"]
     ldflags = ["-pthread"]
-    if asan:
-        cflags += ["-O1", "-fsanitize=address", "-fno-omit-frame-pointer"]
-        ldflags += ["-fsanitize=address"]
+    if asan:  # AddressSanitizer + UndefinedBehaviorSanitizer (any UB report aborts)
+        cflags += ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        ldflags += ["-fsanitize=address,undefined"]
     else:
         cflags += ["-O2"]
     return cflags, ldflags

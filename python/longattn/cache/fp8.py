@@ -13,6 +13,8 @@ page ``s // page_size`` at offset ``s % page_size``.
 Scale of a 64-value tile with absolute maximum ``amax``: ``e = ceil(log2(max(amax / 448, 1e-4)))``,
 computed exactly (the smallest integer e with 448 * 2**e >= amax, and at least -13). e4m3 rounding is
 round-to-nearest-even with saturation at +-448 (never reached: |x / 2**e| <= 448 by construction).
+Special values: a tile holding inf or NaN gets e = 0 (its finite values saturate at +-448 too), inf
+is stored as +-448, NaN as 0x7F | sign; a NaN rope value as bf16 0x7FC0 (whatever torch's cast does).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SCALE_BYTES = 8  # 7 scales + 1 pad
 RECORD_BYTES = DATA_BYTES + SCALE_BYTES  # 584
 E4M3_MAX = 448.0
 UE8M0_BIAS = 127
+BF16_NAN = 0x7FC0  # the bf16 bits every NaN rope value is stored as (the kernels' canonical NaN)
 
 
 def page_bytes(page_size: int) -> int:
@@ -53,7 +56,10 @@ def quantize_rows(rows: torch.Tensor):
     e = scale_exponents(rows[:, :NOPE_DIM])  # [n, 7]
     scaled = rows[:, :NOPE_DIM].reshape(n, NUM_TILES, TILE) * torch.exp2(-e.float()).unsqueeze(-1)
     nope = scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8).reshape(n, NOPE_DIM)
-    rope = rows[:, NOPE_DIM:].to(torch.bfloat16).contiguous().view(torch.uint8).reshape(n, 2 * ROPE_DIM)
+    rope_f = rows[:, NOPE_DIM:]
+    rope_bits = rope_f.to(torch.bfloat16).contiguous().view(torch.int16)
+    rope_bits = torch.where(torch.isnan(rope_f), torch.tensor(BF16_NAN, dtype=torch.int16), rope_bits)
+    rope = rope_bits.contiguous().view(torch.uint8).reshape(n, 2 * ROPE_DIM)
     scales = torch.zeros(n, SCALE_BYTES, dtype=torch.uint8, device=rows.device)
     scales[:, :NUM_TILES] = (e + UE8M0_BIAS).to(torch.uint8)
     return torch.cat([nope, rope], dim=1), scales

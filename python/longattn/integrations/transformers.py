@@ -5,7 +5,7 @@
     out = model.generate(input_ids, max_new_tokens=32)
 
 Needs ``transformers`` (``pip install longattn[transformers]``; DeepSeek-V4 exists from 5.8.0, parity
-is tested with 5.24.0). ``import longattn`` never imports this module or transformers.
+is tested with 5.24.0 and 5.25.0). ``import longattn`` never imports this module or transformers.
 
 What ``swap_attention`` does:
 
@@ -14,15 +14,28 @@ What ``swap_attention`` does:
 2. makes ``generate`` create a ``LongattnCache`` (our ``CacheManager`` and paged pools, one
    sequence per batch row, sized for the batch and ``max_length``) instead of a ``DynamicCache``;
 3. hooks the base model's forward so each forward is one planned step of that cache (the 2-D
-   attention mask tells which positions are padding); a forward without a cache gets a one-shot one.
+   attention mask tells which positions are padding). A forward without a cache gets a new
+   ``LongattnCache``: with ``use_cache`` (transformers' default) it is returned as the output's cache
+   and can be continued (``model(next_ids, past_key_values=out.past_key_values)``, or passed back to
+   ``generate``); with ``use_cache=False`` it serves that call only and the output has no cache (as
+   transformers' own model), so ``generate(..., use_cache=False)`` works (a full forward per token).
+
+Caches grow on demand: a ``LongattnCache`` (``generate``'s, a forward's, or one made with
+``LongattnCache(model, ...)``) asked for more than its ``max_context`` re-allocates its pools with room
+(at least twice the size) and copies the cached rows, so returned caches continue for any number of
+turns. ``LongattnCache(..., growable=False)`` keeps ``max_context`` as a hard limit instead.
 
 Limits (each raises a clear error rather than computing something else):
 
 - one sequence per batch row for the cache's lifetime; the batch size is fixed by the first step;
 - padding: positions with attention-mask 0 are not tokens of their row (not cached, output 0), so
   left-padded batches give each row its unpadded result; 4-D or dict masks are not supported;
-- no beam search, assisted/speculative decoding or cache cropping (``reorder_cache``, ``crop`` and
-  batch re-indexing raise NotImplementedError); no ``StaticCache`` / ``torch.compile`` of generate;
+- no beam search, assisted/speculative decoding (``assistant_model``, ``prompt_lookup_num_tokens``),
+  contrastive search or cache cropping: ``generate`` refuses these modes, and ``reorder_cache``,
+  ``crop``, ``activate_past_recording`` and batch re-indexing raise NotImplementedError; no
+  ``StaticCache`` / ``torch.compile`` of generate;
+- no attention weights: ``output_attentions=True`` (argument or config) raises NotImplementedError
+  (longattn's kernels never materialise the attention matrix);
 - a cache passed by the user must be a ``LongattnCache`` (a ``DynamicCache`` raises TypeError);
 - a prompt of more than ``max_step_tokens`` tokens (default 8,192, all rows together) is prefilled in
   chunks of that many inside each layer (same result); the window pools hold a chunk, not the prompt.
@@ -79,10 +92,10 @@ class _LongattnCacheLayer(_LayerBase):
         return self._owner.columns
 
     def get_max_length(self) -> int:
-        return self._owner.max_context
+        return self._owner.get_max_length()
 
     def get_max_cache_shape(self) -> int:  # the name of get_max_length before transformers 5.10
-        return self._owner.max_context
+        return self._owner.get_max_length()
 
     def get_mask_sizes(self, query_length: int):
         # The 4-D mask transformers builds is not used by longattn's layers: keep it minimal.
@@ -98,11 +111,12 @@ class _LongattnCacheLayer(_LayerBase):
         pass
 
 
+_NO_ROLLBACK = "no beam search, assisted/speculative decoding, contrastive search or cache rollback"
+
+
 def _unsupported(what: str):
     def method(self, *args, **kwargs):
-        raise NotImplementedError(
-            f"LongattnCache does not support {what} (no beam search, assisted decoding or cache rollback)"
-        )
+        raise NotImplementedError(f"LongattnCache does not support {what} ({_NO_ROLLBACK})")
 
     return method
 
@@ -113,7 +127,10 @@ class LongattnCache(PagedKVCache, Cache):
     Args:
         model: a transformers DeepSeek-V4 model after ``swap_attention`` (or its base model).
         max_batch_size: batch rows (one sequence each).
-        max_context: longest sequence (prompt + new tokens), e.g. ``generate``'s ``max_length``.
+        max_context: longest sequence (prompt + new tokens), e.g. ``generate``'s ``max_length``; with
+            ``growable`` (the default) only the initial size: a longer step grows the cache.
+        growable: grow on demand (re-allocate the pools, copy the rows) rather than refuse a step past
+            ``max_context``.
         page_size, kv_format ("float" | "fp8"), kv_dtype, backend, max_step_tokens: see ``PagedKVCache``.
     """
 
@@ -128,6 +145,7 @@ class LongattnCache(PagedKVCache, Cache):
         kv_dtype: Optional[torch.dtype] = None,
         backend: Optional[str] = None,
         max_step_tokens: Optional[int] = None,
+        growable: bool = True,
     ):
         mods = longattn_modules(model)
         if not mods:
@@ -146,6 +164,7 @@ class LongattnCache(PagedKVCache, Cache):
             kv_dtype=kv_dtype,
             backend=backend,
             device=device,
+            growable=growable,
         )
         n_layers = max(m.layer_idx for m in mods) + 1
         Cache.__init__(self, layers=[_LongattnCacheLayer(self) for _ in range(n_layers)])
@@ -154,7 +173,7 @@ class LongattnCache(PagedKVCache, Cache):
         return self.columns
 
     def get_max_length(self, layer_idx: Optional[int] = None) -> int:
-        return self.max_context
+        return -1 if self.growable else self.max_context  # -1: no maximum (transformers' convention)
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0):
         return query_length, max(0, self.columns - query_length)
@@ -175,8 +194,9 @@ class LongattnCache(PagedKVCache, Cache):
     batch_repeat_interleave = _unsupported("batch_repeat_interleave")
     batch_select_indices = _unsupported("batch_select_indices")
 
-    def activate_past_recording(self):  # only needed by rollback-capable caches
-        pass
+    # transformers calls this before assisted decoding (5.25 with ``recurrent_states_to_keep=``): a
+    # generate mode that rolls the cache back, which the compressor states and paged pools cannot do.
+    activate_past_recording = _unsupported("activate_past_recording (assisted decoding)")
 
     def __repr__(self) -> str:
         return (
@@ -200,23 +220,71 @@ def _cache_kwarg(fn) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _use_cache(module, kwargs) -> bool:
+    """``use_cache`` as transformers' ``merge_with_config_defaults`` resolves it for the base model."""
+    value = kwargs.get("use_cache")
+    if value is None:
+        value = getattr(module.config, "use_cache", None)
+    if value and getattr(module, "gradient_checkpointing", False) and module.training and torch.is_grad_enabled():
+        return False
+    return bool(value)
+
+
 def _make_pre_hook(options: dict, key: str):
     def pre_hook(module, args, kwargs):
-        cache = kwargs.get(key)
+        # (transformers' capture_outputs reads the flag the same way; it would return empty attentions)
+        if kwargs.get("output_attentions", getattr(module.config, "output_attentions", False)):
+            raise NotImplementedError(
+                "longattn's DeepseekV4Attention never materialises attention weights (its sparse kernels "
+                "merge the softmax in blocks): output_attentions=True is not supported. Pass "
+                "output_attentions=False (and leave config.output_attentions False), or use the model "
+                "without swap_attention to inspect attention weights"
+            )
+        # the cache, under the name the caller used (past_key_values is renamed to cache from 5.24)
+        name = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), key)
+        cache = kwargs.get(name)
         ids = kwargs.get("input_ids", args[0] if args else None)
         ref = ids if ids is not None else kwargs.get("inputs_embeds")
         if ref is None:
             return None
         B, S = ref.shape[:2]
-        if cache is None:  # a forward without a cache: a one-shot cache for this call
-            cache = LongattnCache(module, max_batch_size=B, max_context=max(S, 1), **options)
-            kwargs[key] = cache
+        if cache is None:
+            if _use_cache(module, kwargs):  # returned with the output: continuable, grows on demand
+                cache = LongattnCache(module, max_batch_size=B, max_context=max(S, 1), **options)
+                kwargs[name] = cache
+            else:  # this call only: the layers get it beside transformers' cache argument, not returned
+                cache = LongattnCache(module, max_batch_size=B, max_context=max(S, 1), growable=False, **options)
+                kwargs["longattn_cache"] = cache
         if isinstance(cache, LongattnCache):
             mask = kwargs.get("attention_mask")
             cache.begin_step(B, S, mask)
         return args, kwargs
 
     return pre_hook
+
+
+_REFUSED_MODES = {  # generate modes that need beams or a cache rollback
+    "beam_search": "beam search",
+    "beam_sample": "beam search",
+    "group_beam_search": "beam search",
+    "constrained_beam_search": "beam search",
+    "assisted_generation": "assisted / speculative decoding (assistant_model, prompt_lookup_num_tokens, ...)",
+    "contrastive_search": "contrastive search",
+}
+
+
+def _validate_generation_mode(self, generation_mode, *args, **kwargs):
+    """``generate``'s mode check, bound to a swapped model: modes that reorder or roll back the cache
+    are refused here, before anything runs, on every transformers version (5.24 refuses assisted
+    decoding itself with a ValueError about stateful models, 5.25 would fail in the cache)."""
+    mode = str(getattr(generation_mode, "value", generation_mode))
+    if mode in _REFUSED_MODES:
+        raise NotImplementedError(
+            f"longattn's attention (swap_attention) does not support {_REFUSED_MODES[mode]}: its paged cache "
+            "cannot reorder or roll back sequences; use greedy or sampled decoding (num_beams=1, no "
+            "assistant_model), or the model without swap_attention"
+        )
+    return type(self)._validate_generation_mode(self, generation_mode, *args, **kwargs)
 
 
 def _prepare_cache_for_generation(self, *args, **kwargs):
@@ -279,4 +347,6 @@ def swap_attention(
     if hasattr(model, "_prepare_cache_for_generation"):  # generate: build a LongattnCache
         model._longattn_options = options
         model._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, model)
+    if hasattr(model, "_validate_generation_mode"):  # generate: refuse beam search / assisted decoding early
+        model._validate_generation_mode = types.MethodType(_validate_generation_mode, model)
     return model

@@ -23,6 +23,7 @@ DeepSeek's reference code and what we do.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -43,20 +44,22 @@ _LAYER_TYPES = {
 # --- configuration --------------------------------------------------------------------------------------
 
 
-def _rope_from_params(params: dict, what: str) -> RopeConfig:
-    """A transformers rope-parameters dict ({"rope_type", "rope_theta", "factor", ...}) as a RopeConfig."""
+def _rope_from_params(params: dict, what: str, default_theta=None) -> RopeConfig:
+    """A transformers rope-parameters dict ({"rope_type", "rope_theta", "factor", ...}) as a RopeConfig
+    (the frequency table; the YaRN cos/sin scale is ``_rope_attention_factor``'s)."""
     rope_type = params.get("rope_type", params.get("type", "default"))
-    theta = float(params["rope_theta"])
+    theta = params.get("rope_theta", default_theta)
+    if theta is None:
+        raise ValueError(f"DeepseekV4Attention: the {what} RoPE parameters have no rope_theta")
+    theta = float(theta)
     if rope_type == "default":
         return RopeConfig(theta)
     if rope_type != "yarn":
         raise NotImplementedError(
             f"DeepseekV4Attention: {what} RoPE type {rope_type!r} is not supported (default, yarn)"
         )
-    factor = params.get("attention_factor")
-    if factor is not None and float(factor) != 1.0:
-        # DeepSeek's reference applies no YaRN mscale to cos/sin (transformers forces 1.0 for V4 too).
-        raise NotImplementedError(f"DeepseekV4Attention: {what} YaRN attention_factor {factor} != 1 is not supported")
+    if params.get("factor") is None:
+        raise NotImplementedError(f"DeepseekV4Attention: {what} YaRN parameters without a factor are not supported")
     return RopeConfig(
         theta,
         YarnConfig(
@@ -66,6 +69,54 @@ def _rope_from_params(params: dict, what: str) -> RopeConfig:
             beta_slow=float(params.get("beta_slow") or 1),
         ),
     )
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _rope_attention_factor(params: dict, flat: bool) -> float:
+    """The factor transformers multiplies a table's cos and sin by (``attention_scaling`` of its rotary
+    embedding; 1 for the default type). For YaRN without ``attention_factor``, transformers
+    (``modeling_rope_utils._compute_yarn_parameters``, 5.9 - 5.25) derives
+    ``0.1 * ln(factor) + 1`` (or the ratio of the ``mscale`` / ``mscale_all_dim`` values when both are
+    given): 1.277 for factor 16. ``DeepseekV4Config`` sets ``attention_factor: 1.0`` (DeepSeek's
+    reference: no mscale) only when it builds the nested dict itself from flat parameters (``flat``);
+    a nested ``rope_parameters`` given by the user keeps whatever it says."""
+    if params.get("rope_type", params.get("type", "default")) != "yarn":
+        return 1.0
+    if flat and "attention_factor" not in params:
+        return 1.0
+    factor = params.get("attention_factor")
+    if factor is not None:
+        return float(factor)
+    scale, mscale, mscale_all_dim = float(params["factor"]), params.get("mscale"), params.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return float(_yarn_mscale(scale, mscale) / _yarn_mscale(scale, mscale_all_dim))
+    return float(_yarn_mscale(scale))
+
+
+def _rope_params(config, kind: str):
+    """(rope-parameters dict of the layer's table or None, flat?, default theta) of a config."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if isinstance(params.get("main"), dict) and isinstance(params.get("compress"), dict):
+        # transformers fills a missing rope_theta of either table with config.rope_theta
+        return params["main" if kind == "swa" else "compress"], False, getattr(config, "rope_theta", None)
+    if kind == "swa":
+        return None, True, float(config.rope_theta)  # ratio-0 layers: plain RoPE (section 3)
+    theta = float(getattr(config, "compress_rope_theta", config.rope_theta))
+    scaling = getattr(config, "rope_scaling", None) or params
+    return ({**scaling, "rope_theta": theta} if scaling else None), True, theta
+
+
+def rope_attention_factor(config, layer_idx: int) -> float:
+    """The factor on the cos / sin of layer ``layer_idx``'s RoPE table (1 unless a YaRN table says or,
+    in transformers' rules, implies otherwise; see ``_rope_attention_factor``). DeepSeek's reference
+    and ``longattn.configs.ModelConfig`` use none."""
+    if isinstance(config, ModelConfig):
+        return 1.0
+    params, flat, _ = _rope_params(config, layer_config(config, layer_idx).kind)
+    return 1.0 if params is None else _rope_attention_factor(params, flat)
 
 
 def layer_config(config, layer_idx: int) -> LayerConfig:
@@ -95,17 +146,15 @@ def layer_config(config, layer_idx: int) -> LayerConfig:
     if kind == "hca" and ratio in (0, CSA_RATIO):
         raise NotImplementedError(f"DeepseekV4Attention: HCA layers with compress rate {ratio} (4 means CSA here)")
 
-    params = getattr(config, "rope_parameters", None) or {}
-    if isinstance(params.get("main"), dict) and isinstance(params.get("compress"), dict):
-        rope = _rope_from_params(
-            params["main" if kind == "swa" else "compress"], "main" if kind == "swa" else "compress"
+    params, flat, theta = _rope_params(config, kind)
+    what = "main" if kind == "swa" else "compress"
+    rope = RopeConfig(theta) if params is None else _rope_from_params(params, what, theta)
+    table_factor = None if flat or params is None else params.get("partial_rotary_factor")
+    if table_factor is not None and int(head_dim * float(table_factor)) != int(rope_dim):
+        raise NotImplementedError(
+            f"DeepseekV4Attention: the {what} RoPE table rotates {int(head_dim * float(table_factor))} dims "
+            f"(partial_rotary_factor {table_factor}), the layer {int(rope_dim)}: one rope dim per model only"
         )
-    elif kind == "swa":
-        rope = RopeConfig(float(config.rope_theta))  # ratio-0 layers: plain RoPE (section 3)
-    else:
-        scaling = getattr(config, "rope_scaling", None) or params
-        theta = float(getattr(config, "compress_rope_theta", config.rope_theta))
-        rope = _rope_from_params({**scaling, "rope_theta": theta}, "compress") if scaling else RopeConfig(theta)
     return LayerConfig(
         index=layer_idx,
         kind=kind,
@@ -218,7 +267,9 @@ class DeepseekV4Attention(nn.Module):
       attention_mask=None, cache=None, **kwargs) -> (out [B, S, dim], None)``: the transformers
       attention-module signature (``position_embeddings`` and the 4-D mask are not used: RoPE tables
       and visibility are the layer's own). ``cache`` is a ``PagedKVCache`` (one sequence per batch
-      row); ``None`` runs a one-shot prefill from position 0.
+      row); ``None`` runs a one-shot prefill from position 0, or uses ``longattn_cache=`` (a cache
+      for this call that the caller keeps out of the model's outputs: the transformers integration's
+      forwards with ``use_cache=False``).
     - ``forward_paged(hidden_states [T, dim], plan, cache_layer) -> [T, dim]``: a ragged batch
       (prefill chunks and decode tokens of many sequences) with a ``CacheManager`` plan and this
       layer's ``HybridAttention`` (``make_cache_layer``). This is what ``torch.compile`` can take whole.
@@ -255,15 +306,34 @@ class DeepseekV4Attention(nn.Module):
             self.compressor = Compressor(dim, L.head_dim, L.compress_ratio, False, L.eps)
         else:
             self.compressor = None
-        # The layer's RoPE table (theta 10000 plain for SWA, 160000 + YaRN for CSA/HCA in V4).
+        # The layer's RoPE table (theta 10000 plain for SWA, 160000 + YaRN for CSA/HCA in V4), and the
+        # factor on its cos / sin (1 for V4; transformers derives YaRN's mscale for some configs).
         self.register_buffer("rope_inv_freq", inv_freq(L.rope, L.rope_dim), persistent=False)
+        self.rope_attention_factor = rope_attention_factor(config, layer_idx)
 
     @property
     def kind(self) -> str:
         return self.layer.kind
 
     def extra_repr(self) -> str:
-        return f"layer_idx={self.layer_idx}, kind={self.kind}, ratio={self.layer.compress_ratio}"
+        extra = "" if self.rope_attention_factor == 1.0 else f", rope_attention_factor={self.rope_attention_factor:g}"
+        return f"layer_idx={self.layer_idx}, kind={self.kind}, ratio={self.layer.compress_ratio}{extra}"
+
+    def _rope_scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its rope dims times the table's attention factor (transformers multiplies cos and
+        sin by it, so every rotated vector carries it: q, kv, compressed entries, indexer q and keys,
+        and the inverse rotation of the output). Identity when the factor is 1."""
+        s, r = self.rope_attention_factor, self.layer.rope_dim
+        if s == 1.0:
+            return x
+        return torch.cat([x[..., :-r], (x[..., -r:].to(torch.float32) * s).to(x.dtype)], dim=-1)
+
+    def _entry_norm(self, norm: RMSNorm) -> torch.Tensor:
+        """The RMSNorm weight ``compress_kv`` applies to a compressed entry before rotating it, with the
+        attention factor on its rope dims (fp32; rotation is linear, so the entry's rope dims carry it)."""
+        if self.rope_attention_factor == 1.0:
+            return norm.weight
+        return self._rope_scaled(norm.weight.to(torch.float32))
 
     def make_cache_layer(
         self, manager, *, kv_dtype=torch.bfloat16, kv_format: str = "float", backend=None
@@ -288,24 +358,28 @@ class DeepseekV4Attention(nn.Module):
         cq = self.q_a_norm(self.q_a_proj(x))
         q = self.q_b_proj(cq).view(T, L.n_heads, L.head_dim)
         q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
-        q = apply_rope(q, head_pos, freqs)
-        kv = apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs)
+        q = self._rope_scaled(apply_rope(q, head_pos, freqs))
+        kv = self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs))
 
+        # Compressed entries and indexer keys are rotated inside compress_kv after their RMSNorm weight:
+        # the attention factor rides on the weight's rope dims (rotation is linear).
         extra = {}
         if self.compressor is not None:
             a, b = self.compressor.inputs(x, pos)
-            extra.update(compress_a=a, compress_b=b, compress_norm_weight=self.compressor.kv_norm.weight)
+            extra.update(compress_a=a, compress_b=b, compress_norm_weight=self._entry_norm(self.compressor.kv_norm))
         if L.kind == "csa":
             idx = self.compressor.indexer
             ia, ib = idx.inputs(x, pos)
-            iq = apply_rope(idx.q_b_proj(cq).view(T, idx.n_heads, idx.head_dim), head_pos, freqs)
+            iq = self._rope_scaled(apply_rope(idx.q_b_proj(cq).view(T, idx.n_heads, idx.head_dim), head_pos, freqs))
             # score = sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)
             wp = idx.scorer.weights_proj
             iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
-            extra.update(index_q=iq, index_weights=iw, index_a=ia, index_b=ib, index_norm_weight=idx.kv_norm.weight)
+            extra.update(
+                index_q=iq, index_weights=iw, index_a=ia, index_b=ib, index_norm_weight=self._entry_norm(idx.kv_norm)
+            )
 
         o = cache_layer(plan, q, kv, attn_sink=self.sinks, **extra)  # [T, H, D]
-        o = apply_rope(o, head_pos, freqs, inverse=True)
+        o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
         return self._output_projection(o)
 
     def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
@@ -325,11 +399,14 @@ class DeepseekV4Attention(nn.Module):
         attention_mask=None,
         cache=None,
         past_key_values=None,
+        longattn_cache=None,
         **kwargs,
     ):
         from .paged_cache import PagedKVCache
 
         cache = cache if cache is not None else past_key_values
+        if cache is None:  # a cache for this call only (the transformers integration's cache-less forwards)
+            cache = longattn_cache
         if hidden_states.dim() != 3:
             raise ValueError(f"DeepseekV4Attention: hidden_states must be [B, S, dim], got {list(hidden_states.shape)}")
         B, S, dim = hidden_states.shape

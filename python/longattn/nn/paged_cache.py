@@ -22,6 +22,12 @@ neither cached nor attended, and their outputs are 0. So a left-padded batch giv
 what that row gives alone (transformers' eager implementation instead pools pad positions into its
 compressed entries). Rows must continue their own sequence: positions come from the cache (each row
 counts its real tokens), not from ``position_ids``.
+
+Growth: a cache made with ``growable=True`` that is asked for a step past ``max_context`` grows first
+(before anything is planned): ``max_context`` becomes at least twice the old one, the page allocators
+get the new pages (page ids kept) and every layer's pools are re-allocated with their rows copied, so
+the cached sequences continue unchanged. Without ``growable`` such a step is refused, naming the
+arguments that fix it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
+from ..cache.allocator import PageAllocator
+from ..cache.fp8 import Fp8KVPool
 from ..cache.manager import CacheManager, StepPlan
 from ..configs import LayerConfig
 from ..layers import HybridAttention
@@ -62,10 +70,14 @@ class PagedKVCache:
         max_step_tokens: most new tokens one chunk of a step plans, all rows together (default
             ``min(8192, max_batch_size * max_context)``; never below ``max_batch_size``: a chunk takes
             at least one position of every row); longer steps run as consecutive chunks. The window
-            pool holds a chunk's new rows, so this bounds its size.
+            pool holds a chunk's new rows, so this bounds its size. The default follows the cache's
+            size when a growable cache grows.
         kv_format: "float" or "fp8" (the 584-B FlashMLA record; head_dim 512 only).
         kv_dtype: dtype of float pools (default: the hidden states' dtype at first use).
         backend: forwarded to every op.
+        growable: grow (re-allocate the pools and copy the cached rows) when a step would take a row
+            past ``max_context``, instead of refusing the step. ``max_context`` is then only the
+            initial size.
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class PagedKVCache:
         kv_dtype: Optional[torch.dtype] = None,
         backend: Optional[str] = None,
         device=None,
+        growable: bool = False,
     ):
         if not layers:
             raise ValueError("PagedKVCache: needs the LayerConfig of at least one layer")
@@ -90,23 +103,58 @@ class PagedKVCache:
         self.layer_configs = {L.index: L for L in layers}
         self.max_seqs, self.max_context = max_batch_size, max_context
         self.kv_format, self.kv_dtype, self.backend = kv_format, kv_dtype, backend
+        self.growable = bool(growable)
         if max_step_tokens is not None and max_step_tokens <= 0:
             raise ValueError(f"PagedKVCache: max_step_tokens must be > 0, got {max_step_tokens}")
+        self._requested_step_tokens = max_step_tokens
+        self.step_tokens = self._default_step_tokens(max_context)
+        self.manager = self._sized_manager(max_context, page_size, device)
+        self.layer_states: Dict[int, HybridAttention] = {}
+        self.columns = 0  # input positions consumed per row, padding included (transformers' seq length)
+        self.num_rows: Optional[int] = None  # batch rows served (fixed by the first step)
+        self._step: Optional[_Step] = None
+
+    def _default_step_tokens(self, max_context: int) -> int:
         # a chunk takes at least one position of every row, so it may hold max_batch_size tokens
-        requested = max_step_tokens or min(DEFAULT_STEP_TOKENS, max_batch_size * max_context)
-        self.step_tokens = max(requested, max_batch_size)
-        self.manager = CacheManager.for_layers(
-            list(layers),
-            max_seqs=max_batch_size,
+        requested = self._requested_step_tokens or min(DEFAULT_STEP_TOKENS, self.max_seqs * max_context)
+        return max(requested, self.max_seqs)
+
+    def _sized_manager(self, max_context: int, page_size: int, device) -> CacheManager:
+        return CacheManager.for_layers(
+            list(self.layer_configs.values()),
+            max_seqs=self.max_seqs,
             max_context=max_context,
             max_step_tokens=self.step_tokens,
             page_size=page_size,
             device=device,
         )
-        self.layer_states: Dict[int, HybridAttention] = {}
-        self.columns = 0  # input positions consumed per row, padding included (transformers' seq length)
-        self.num_rows: Optional[int] = None  # batch rows served (fixed by the first step)
-        self._step: Optional[_Step] = None
+
+    # -- growth ------------------------------------------------------------------------------------------
+    def grow(self, max_context: int) -> None:
+        """Make room for sequences of ``max_context`` tokens (no-op if there is room already).
+
+        The pools that depend on the length (compressed entries and, through the default chunk size,
+        the window pool) are re-allocated with more pages and their rows copied; page ids, sequences
+        and the state rings stay as they are, so the cached sequences continue unchanged. Call it
+        between steps (``begin_step`` calls it for a growable cache)."""
+        if max_context <= self.max_context:
+            return
+        m = self.manager
+        self.step_tokens = max(self.step_tokens, self._default_step_tokens(max_context))
+        sized = self._sized_manager(max_context, m.page_size, m.device)  # the page counts of the new size
+        n_window = sized.window_alloc.num_pages
+        n_comp = {r: sized.compressed_alloc[r].num_pages for r in m.ratios}
+        m.window_alloc = _grown_allocator(m.window_alloc, n_window)
+        for r in m.ratios:
+            m.compressed_alloc[r] = _grown_allocator(m.compressed_alloc[r], n_comp[r])
+        for layer in self.layer_states.values():
+            layer.window_pool = _grown_pool(layer.window_pool, m.window_alloc.num_pages)
+            r = layer.layer.compress_ratio
+            if r:
+                layer.compressed_pool = _grown_pool(layer.compressed_pool, m.compressed_alloc[r].num_pages)
+                if layer.index_pool is not None:
+                    layer.index_pool = _grown_pool(layer.index_pool, m.compressed_alloc[r].num_pages)
+        self.max_context = max_context
 
     # -- steps -------------------------------------------------------------------------------------------
     def begin_step(
@@ -121,12 +169,18 @@ class PagedKVCache:
         B, S = batch_size, num_positions
         if self.num_rows is None:
             if B > self.max_seqs:
-                raise ValueError(f"PagedKVCache: batch of {B} rows, the cache holds {self.max_seqs} sequences")
+                raise ValueError(
+                    f"PagedKVCache: batch of {B} rows, the cache holds {self.max_seqs} sequences; make the cache "
+                    f"with max_batch_size={B} (or more)"
+                )
             for b in range(B):
                 self.manager.add_sequence(b)
             self.num_rows = B
         elif B != self.num_rows:
-            raise ValueError(f"PagedKVCache: this cache serves {self.num_rows} batch rows, the step has {B}")
+            raise ValueError(
+                f"PagedKVCache: this cache serves {self.num_rows} batch rows, the step has {B} (one sequence per "
+                "row for the cache's lifetime: continue with the same batch, or start a new cache / reset())"
+            )
         rows = None
         counts = [S] * B
         if attention_mask is not None:
@@ -149,12 +203,16 @@ class PagedKVCache:
             if not bool(real.all()):
                 rows = real.reshape(-1).nonzero().squeeze(1).to(self.manager.device)
                 counts = real.sum(1).tolist()
-        for b, n in enumerate(counts):  # refused before any chunk is planned
-            if self.manager.seq_len(b) + n > self.max_context:
+        need = max(self.manager.seq_len(b) + n for b, n in enumerate(counts)) if counts else 0
+        if need > self.max_context:  # grown or refused before any chunk is planned
+            if not self.growable:
+                b = max(range(B), key=lambda i: self.manager.seq_len(i) + counts[i])
                 raise ValueError(
-                    f"PagedKVCache: row {b} would hold {self.manager.seq_len(b) + n} tokens, the cache was made "
-                    f"for max_context={self.max_context}"
+                    f"PagedKVCache: row {b} would hold {need} tokens, the cache was made for "
+                    f"max_context={self.max_context}; make the cache with a larger max_context= (or with "
+                    "growable=True to grow it on demand)"
                 )
+            self.grow(max(need, 2 * self.max_context))
         chunks = self._plan_chunks(counts)
         self._step = _Step(B, S, chunks, rows)
         self.columns += S
@@ -211,3 +269,29 @@ class PagedKVCache:
         for b in range(self.num_rows or 0):
             self.manager.free_sequence(b)
         self.num_rows, self.columns, self._step = None, 0, None
+
+
+def _grown_allocator(alloc: PageAllocator, num_pages: int) -> PageAllocator:
+    """A ``num_pages`` allocator in which the pages allocated in ``alloc`` (same ids) are allocated."""
+    if num_pages <= alloc.num_pages:
+        return alloc
+    free = alloc.allocate(alloc.num_free)  # the ids free in the old allocator (it is dropped)
+    grown = PageAllocator(num_pages, alloc.name)
+    grown.allocate(alloc.num_pages)  # ids 0 .. old - 1
+    grown.release(free)
+    return grown
+
+
+def _grown_pool(pool, num_pages: int):
+    """``pool`` ([pages, ...] float tensor or ``Fp8KVPool``) with ``num_pages`` pages, rows copied."""
+    if isinstance(pool, Fp8KVPool):
+        if num_pages <= pool.num_pages:
+            return pool
+        data = pool.data.new_zeros(num_pages, pool.data.shape[1])
+        data[: pool.num_pages].copy_(pool.data)
+        return Fp8KVPool(data, pool.page_size)
+    if num_pages <= pool.shape[0]:
+        return pool
+    grown = pool.new_zeros(num_pages, *pool.shape[1:])
+    grown[: pool.shape[0]].copy_(pool)
+    return grown

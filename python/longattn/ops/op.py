@@ -71,6 +71,8 @@ class Op:
         name: the op name (custom op ``longattn::<name>``, ``longattn.<name>``).
         schema: the ``torch.library`` schema after the name, e.g. ``"(Tensor q, ...) -> Tensor"``;
             its last argument is ``str? backend``.
+        inputs_type: the op's prepared-inputs dataclass (``inputs_type(**fields)`` builds one without
+            checks: for tests and for code that already holds valid fields).
         from_schema: ``fn(*schema args without backend) -> Inputs`` (validates: calls prepare).
         fake: ``fn(*schema args) -> outputs`` that only allocates (for tracing).
         impls: backend name -> ``Impl`` (``ops/<op>/support.py``).
@@ -84,6 +86,7 @@ class Op:
         name: str,
         schema: str,
         *,
+        inputs_type: type,
         from_schema: Callable[..., object],
         fake: Callable[..., object],
         impls: Mapping[str, Impl],
@@ -93,7 +96,7 @@ class Op:
     ):
         if name in _OPS:
             raise RuntimeError(f"op {name!r} is defined twice")
-        self.name, self.impls, self.mutates = name, dict(impls), mutates
+        self.name, self.impls, self.mutates, self.inputs_type = name, dict(impls), mutates, inputs_type
         self._from_schema = from_schema
         _lib.define(name + schema)
         _lib.impl(name, self._real, "CompositeExplicitAutograd")
@@ -123,6 +126,10 @@ class Op:
     def select(self, inputs, backend: Optional[str] = None) -> registry.Selection:
         """The backend that runs these prepared inputs (``backend``: force one; see registry)."""
         return registry.select(self.name, self.impls, inputs.device, inputs, backend)
+
+    def reasons(self, backend: str, inputs, device: Optional[torch.device] = None) -> List[str]:
+        """Why ``backend`` declines these prepared inputs on ``device`` (default: theirs); [] = accepts."""
+        return registry.reasons(backend, self.name, self.impls, device or inputs.device, inputs)
 
     def run(self, inputs, backend: Optional[str] = None, selection: Optional[registry.Selection] = None):
         """Run prepared inputs through the custom op (so torch.compile and autograd see one node).

@@ -66,6 +66,7 @@ def _from_schema(pool, page_size, rows, slot_mapping):
 OP = Op(
     NAME,
     "(Tensor(a!) pool, int page_size, Tensor rows, Tensor slot_mapping, str? backend) -> ()",
+    inputs_type=AppendInputs,
     from_schema=_from_schema,
     fake=returns_nothing,
     impls=IMPLS,

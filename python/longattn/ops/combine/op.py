@@ -76,6 +76,7 @@ def _merge_backward(ctx, grad_out, grad_lse):
 MERGE_OP = Op(
     "merge_attention_states",
     "(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b, str? backend) -> (Tensor, Tensor)",
+    inputs_type=MergeInputs,
     from_schema=prepare_merge,
     fake=_merge_fake,
     impls=MERGE_IMPLS,
@@ -158,6 +159,7 @@ def _sink_backward(ctx, grad):
 SINK_OP = Op(
     "apply_attention_sink",
     "(Tensor out, Tensor lse, Tensor attn_sink, str? backend) -> Tensor",
+    inputs_type=SinkInputs,
     from_schema=prepare_sink,
     fake=_sink_fake,
     impls=SINK_IMPLS,

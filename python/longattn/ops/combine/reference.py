@@ -21,19 +21,25 @@ def merge_states_fp32(
     out [T, H, D] fp32, lse [T, H] fp32.
 
     With m = max(lse_a, lse_b): w_x = exp(lse_x - m), lse = m + log(w_a + w_b),
-    out = (w_a * out_a + w_b * out_b) / (w_a + w_b). Rows where both are empty (-inf) give 0, -inf,
-    and the out of an empty side is never read (it may hold anything, e.g. an unwritten split).
+    out = (w_a * out_a + w_b * out_b) / (w_a + w_b). Non-finite lse (README.md, "Edge semantics"):
+    both -inf (no keys) gives 0, -inf; a NaN lse on either side gives NaN, NaN; otherwise a +inf lse
+    gives +inf, NaN. The out of a side with lse -inf is never read (it may hold anything, e.g. an
+    unwritten split); neither out is read where the result is NaN.
     """
-    m = torch.maximum(lse_a, lse_b)
+    m = torch.maximum(lse_a, lse_b)  # NaN if either is NaN
     empty = torch.isneginf(m)
-    m_safe = torch.where(empty, torch.zeros_like(m), m)
-    w_a = torch.exp(lse_a - m_safe)  # exp(-inf) = 0 for an empty side
-    w_b = torch.exp(lse_b - m_safe)
-    total = w_a + w_b  # >= 1 unless both empty
-    total_safe = torch.where(empty, torch.ones_like(total), total)
+    bad = torch.isnan(m) | torch.isposinf(m)  # NaN / +inf lse: out NaN, lse m
+    ok = ~(empty | bad)
+    m_safe = torch.where(ok, m, torch.zeros_like(m))
+    w_a = torch.exp(lse_a - m_safe).masked_fill_(~ok, 0.0)  # exp(-inf) = 0 for an empty side
+    w_b = torch.exp(lse_b - m_safe).masked_fill_(~ok, 0.0)
+    total = w_a + w_b  # >= 1 where ok
+    total_safe = torch.where(ok, total, torch.ones_like(total))
     out = _weighted(out_a, w_a / total_safe)
     out.add_(_weighted(out_b, w_b / total_safe))
-    lse = torch.where(empty, m, m_safe + torch.log(total_safe))
+    if bool(bad.any()):
+        out.masked_fill_(bad.unsqueeze(-1), float("nan"))
+    lse = torch.where(ok, m_safe + torch.log(total_safe), m)
     return out, lse
 
 
@@ -50,7 +56,8 @@ def sink_factor(lse: torch.Tensor, attn_sink: torch.Tensor) -> torch.Tensor:
     """g = exp(lse) / (exp(lse) + exp(sink)) = sigmoid(lse - sink), [T, H] fp32.
 
     Rows with lse = -inf (no keys) get g = 0 whatever the sink (their output is 0 anyway); a sink of
-    +inf gives 0, a sink of -inf gives 1.
+    +inf gives 0, a sink of -inf gives 1; lse = +inf gives 1 (against a finite or -inf sink); a NaN
+    lse or sink gives NaN (IEEE sigmoid; lse +inf against sink +inf is NaN too).
     """
     g = torch.sigmoid(lse - attn_sink.to(torch.float32).unsqueeze(0))
     return torch.where(torch.isneginf(lse), torch.zeros_like(g), g)

@@ -1,7 +1,8 @@
 """Triton kernels for ``merge_attention_states`` and ``apply_attention_sink`` (elementwise).
 
 One program per (token, block of BLOCK_H heads); the head dim is walked in BLOCK_D chunks. All math
-is fp32, exactly the reference formulas (README.md); a side whose lse is -inf is never read.
+is fp32, exactly the reference formulas and non-finite rules (README.md); a side whose lse is -inf is
+never read, and neither side is read where the result is NaN (a NaN or +inf lse).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import triton.language as tl
 from ..triton_utils import cast_out as _cast_out
 
 _NEG_INF = tl.constexpr(float("-inf"))
+_POS_INF = tl.constexpr(float("inf"))
+_NAN = tl.constexpr(float("nan"))
 BLOCK_H_MAX = 16
 BLOCK_D_MAX = 128
 
@@ -51,17 +54,23 @@ def _merge_states_kernel(
     # [BLOCK_H]
     b_la = tl.load(p_la + i_t * stride_la_t + i_h * stride_la_h, mask=m_h, other=_NEG_INF).to(tl.float32)
     b_lb = tl.load(p_lb + i_t * stride_lb_t + i_h * stride_lb_h, mask=m_h, other=_NEG_INF).to(tl.float32)
+    # Non-finite lse (README.md): NaN on either side -> NaN, NaN; else +inf -> +inf, NaN; both -inf
+    # -> -inf, 0. Explicit tests: tl.maximum drops NaN on GPUs (maxnum) but not in the interpreter.
+    m_nan = (b_la != b_la) | (b_lb != b_lb)
     b_m = tl.maximum(b_la, b_lb)
-    m_empty = b_m == _NEG_INF
-    b_m_safe = tl.where(m_empty, 0.0, b_m)
-    b_wa = tl.exp(b_la - b_m_safe)  # exp(-inf) = 0: an empty side weighs nothing
-    b_wb = tl.exp(b_lb - b_m_safe)
-    b_total = tl.where(m_empty, 1.0, b_wa + b_wb)
-    b_ca = b_wa / b_total
-    b_cb = b_wb / b_total
+    m_bad = m_nan | (b_m == _POS_INF)  # out NaN, neither side read
+    m_empty = (b_m == _NEG_INF) & ~m_nan
+    m_ok = ~(m_bad | m_empty)
+    b_m_safe = tl.where(m_ok, b_m, 0.0)
+    b_wa = tl.where(m_ok, tl.exp(b_la - b_m_safe), 0.0)  # exp(-inf) = 0: an empty side weighs nothing
+    b_wb = tl.where(m_ok, tl.exp(b_lb - b_m_safe), 0.0)
+    b_total = tl.where(m_ok, b_wa + b_wb, 1.0)
+    b_ca = tl.where(m_bad, _NAN, b_wa / b_total)
+    b_cb = tl.where(m_bad, _NAN, b_wb / b_total)
     m_a = m_h & (b_wa > 0.0)
     m_b = m_h & (b_wb > 0.0)
-    tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, tl.where(m_empty, b_m, b_m_safe + tl.log(b_total)), mask=m_h)
+    b_lse = tl.where(m_ok, b_m_safe + tl.log(b_total), tl.where(m_nan, _NAN, b_m))
+    tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, b_lse, mask=m_h)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
@@ -107,7 +116,8 @@ def _apply_sink_kernel(
     i_t = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = i_h < H
-    # [BLOCK_H]: g = sigmoid(lse - sink) = 1 / (1 + exp(sink - lse)); 0 where lse = -inf
+    # [BLOCK_H]: g = sigmoid(lse - sink) = 1 / (1 + exp(sink - lse)); 0 where lse = -inf (whatever the
+    # sink); IEEE elsewhere: lse +inf -> 1 (sink finite / -inf), NaN lse or sink -> NaN
     b_lse = tl.load(p_lse + i_t * stride_l_t + i_h * stride_l_h, mask=m_h, other=_NEG_INF).to(tl.float32)
     b_sink = tl.load(p_sink + i_h * stride_s, mask=m_h, other=0.0).to(tl.float32)
     m_empty = b_lse == _NEG_INF

@@ -94,6 +94,7 @@ def _pool_backward(ctx, grad):
 POOL_OP = Op(
     "compress_pool",
     "(Tensor a, Tensor b, int ratio, bool overlap, str? backend) -> Tensor",
+    inputs_type=PoolInputs,
     from_schema=prepare_pool,
     fake=_pool_fake,
     impls=POOL_IMPLS,
@@ -219,6 +220,7 @@ COMPRESS_KV_OP = Op(
     "(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, Tensor(a!) state, "
     "Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, Tensor norm_weight, "
     "float eps, Tensor rope_inv_freq, str? backend) -> ()",
+    inputs_type=CompressKVInputs,
     from_schema=_compress_kv_from_schema,
     fake=returns_nothing,
     impls=COMPRESS_KV_IMPLS,

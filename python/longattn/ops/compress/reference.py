@@ -16,14 +16,16 @@ NEG_INF = float("-inf")
 def pool_slots(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Per-channel softmax pooling over the slot axis: scores/values [E, slots, d] -> [E, d] fp32.
 
-    A channel whose slots are all -inf (no token) pools to 0 instead of NaN.
+    IEEE softmax (README.md, "Non-finite scores and values"): a channel whose slots all score -inf
+    (absent slots come as score -inf, value 0) pools to 0; otherwise sum(exp(s - m) * v) / sum(exp(s - m))
+    with m the max score, so a NaN score, a +inf score (exp(inf - inf)) or a NaN value in any slot of
+    the channel makes it NaN.
     """
-    m = scores.amax(dim=1, keepdim=True)
-    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    w = torch.exp(scores - m)
-    denom = w.sum(dim=1)
+    m = scores.amax(dim=1, keepdim=True)  # NaN if any score is NaN
+    empty = torch.isneginf(m)
+    w = torch.exp(scores - torch.where(empty, torch.zeros_like(m), m))
     num = (w * values).sum(dim=1)
-    return torch.where(denom > 0, num / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(num))
+    return torch.where(empty.squeeze(1), torch.zeros_like(num), num / w.sum(dim=1))
 
 
 def compress_pool(a: torch.Tensor, b: torch.Tensor, ratio: int, overlap: bool) -> torch.Tensor:

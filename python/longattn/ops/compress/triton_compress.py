@@ -32,7 +32,8 @@ not appear in two separate stretches of one batch, nor two rows share ring pages
 Pooling: per emission, an online softmax over the ``ring`` slots in tiles of ``BLOCK_S`` slots x
 ``BLOCK_D`` (= next power of two >= d) channels, fp32 (slot ``i`` of an overlapping window reads
 channel half A for ``i < ratio``, half B after; positions < 0 and ring pages outside the pool are
-absent: score -inf, value 0; a channel without any slot pools to 0). Then RMSNorm (fp32, correctly
+absent: never read, score -inf, value 0; a channel whose slots all score -inf pools to 0, a NaN /
++inf score or a NaN value makes it NaN, IEEE as the reference). Then RMSNorm (fp32, correctly
 rounded ``sqrt_rn`` / ``div_rn``), interleaved RoPE on the last ``2 R`` dims at position
 ``j * ratio`` (angle = fp32(pos) * inv_freq rounded to fp32, as ``longattn.rope``; ``tl.cos`` /
 ``tl.sin`` are libdevice ``cosf`` / ``sinf`` on GPUs, <= 2 ulp with full range reduction, numpy's under
@@ -93,7 +94,9 @@ def _slot_half(o_s, RATIO: tl.constexpr, C: tl.constexpr, d):
 @triton.jit
 def _pool_step(b_s, b_v, b_m, b_l, b_acc):
     """One tile of the per-channel online softmax over the slot axis: scores / values [BLOCK_S, C]
-    (absent slots: score -inf, value 0) into the running max / denominator / numerator [C]."""
+    (absent slots: score -inf, value 0) into the running max / denominator / numerator [C]. A NaN
+    score makes the denominator NaN whether or not the max dropped it (``tl.maximum`` ignores NaN on
+    GPUs, propagates it in the interpreter); a +inf score makes it exp(inf - inf) = NaN."""
     b_m_new = tl.maximum(b_m, tl.max(b_s, axis=0))
     b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, b_m_new)  # no slot yet: keep exp finite
     b_alpha = tl.exp(b_m - b_m_safe)
@@ -105,10 +108,12 @@ def _pool_step(b_s, b_v, b_m, b_l, b_acc):
 
 @triton.jit
 def _pool_result(b_l, b_acc, m_k):
-    """numerator / denominator; 0 for a channel without any slot (or a NaN / inf score: as the
-    reference, whose ``denom > 0`` test fails for a NaN denominator) and outside ``m_k``."""
-    m_has = b_l > 0.0
-    return tl.where(m_has & m_k, tl.div_rn(b_acc, tl.where(m_has, b_l, 1.0)), 0.0)
+    """numerator / denominator, IEEE (a NaN or +inf score, or a NaN value, leaves a NaN denominator
+    or numerator: the channel is NaN); 0 for a channel whose slots all score -inf (absent slots
+    included), i.e. a denominator of exactly 0, and outside ``m_k``. Never ``l > 0``: that is false
+    for a NaN denominator too."""
+    m_empty = b_l == 0.0
+    return tl.where(m_k & ~m_empty, tl.div_rn(b_acc, tl.where(m_empty, 1.0, b_l)), 0.0)
 
 
 @triton.jit

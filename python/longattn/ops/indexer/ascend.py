@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import List
 
 from ...backends.ascend import kernel_of
+from ..sparse_attention.ascend import _ELEM, L1_BYTES, _al
 
 MAX_TOPK, MAX_HEADS, MAX_ENTRIES = 1024, 128, 0x00FFFFFF
 
@@ -19,6 +20,10 @@ def reasons(inp) -> List[str]:
         out.append(f"Hi={Hi} > {MAX_HEADS} heads (the [Hi, 128] score tile must fit L0C twice)")
     if Di % 16:
         out.append(f"Di={Di} is not a multiple of 16 (cube fractals)")
+    # q and two 128-entry key tiles in L1 (mixed q / index_k dtypes run in fp32: the host widens both)
+    sz = _ELEM.get(inp.q.dtype, 4) if inp.q.dtype == inp.index_k.dtype else 4
+    if _al(Hi, 16) * Di * sz + 2 * 128 * Di * sz > L1_BYTES:
+        out.append(f"Di={Di} with {sz}-byte elements does not fit L1 (q and two key tiles)")
     if inp.num_entries >= MAX_ENTRIES:
         out.append(f"{inp.num_entries} entries >= 2**24 - 1 (ids must be exact in fp32 sort keys)")
     if inp.topk > MAX_TOPK:

@@ -99,6 +99,7 @@ LOGITS_OP = Op(
     "indexer_logits",
     "(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, Tensor? block_table, Tensor? seq_ids, "
     "str? backend) -> Tensor",
+    inputs_type=IndexerInputs,
     from_schema=_logits_from_schema,
     fake=_logits_fake,
     impls=LOGITS_IMPLS,
@@ -139,6 +140,7 @@ TOPK_OP = Op(
     "indexer_topk",
     "(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, int topk, Tensor? block_table, Tensor? seq_ids, "
     "bool return_slots, str? backend) -> (Tensor, Tensor)",
+    inputs_type=IndexerInputs,
     from_schema=_topk_from_schema,
     fake=_topk_fake,
     impls=TOPK_IMPLS,

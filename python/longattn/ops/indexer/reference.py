@@ -11,7 +11,8 @@ context, not the pool size.
 Top-k is exact and deterministic: each score is packed with its entry id into one int64 sort key
 (order-preserving float bits in the high 32 bits, ``0xFFFFFFFF - id`` in the low 32 bits), so
 ``torch.topk`` over keys sorts by score descending, then id ascending, and the running top-k of the
-blocks merges by a second ``topk`` over [running | block].
+blocks merges by a second ``topk`` over [running | block]. A NaN score (either sign bit) ranks as
++inf: it ties with +inf and with other NaN scores, the smaller id first.
 """
 
 from __future__ import annotations
@@ -178,9 +179,16 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                 yield tokens, s0, s1, scores.masked_fill_(~usable, NEG_INF), usable
 
 
+def rank_scores(scores: torch.Tensor) -> torch.Tensor:
+    """The scores as they are ranked: NaN (whatever its sign bit) as +inf, -0.0 as +0.0 (a tie)."""
+    if bool(torch.isnan(scores).any()):
+        scores = scores.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=NEG_INF)
+    return scores + 0.0  # + 0.0 turns -0.0 into +0.0
+
+
 def _pack(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose descending order is (score desc, id asc)."""
-    bits = (scores + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0 (a tie)
+    """int64 keys whose descending order is (score desc, id asc), scores ranked by ``rank_scores``."""
+    bits = rank_scores(scores).view(torch.int32).to(torch.int64)
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
     return ordered * (1 << 32) + (_LOW32 - ids)
 
@@ -206,11 +214,13 @@ def candidate_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int, k: int) 
     Exact: every usable entry scoring below the k-th largest score of its row is beaten by k usable
     entries on the score alone (unusable entries score -inf, so any score above -inf is usable; if the
     k-th largest is -inf every usable entry is kept), so only entries >= that score need ordering,
-    ties included. Spans with NaN scores, or too narrow to gain, get keys for every entry.
+    ties included. Scores are compared as ranked (NaN = +inf). Spans too narrow to gain get keys for
+    every entry.
     """
     Tg, n = scores.shape
-    if n <= 4 * k or bool(torch.isnan(scores).any()):
+    if n <= 4 * k:
         return sort_keys(scores, usable, j0)
+    scores = rank_scores(scores)
     kth = torch.topk(scores, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # [Tg, 1]
     r, c = (usable & (scores >= kth)).nonzero(as_tuple=True)  # row-major: rows in order
     counts = torch.bincount(r, minlength=Tg)

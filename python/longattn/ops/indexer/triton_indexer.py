@@ -15,9 +15,14 @@ top-k of the union of their top-k lists, so the result is exact.
 Merging a chunk into the running list (both power-of-two sizes, the chunk padded with ``NO_KEY``):
 ``tl.topk(join(running, chunk), TOPK_P2)`` (a bitonic top-k) on GPUs. A chunk whose best key does not
 beat the running list's worst key is skipped, which after the first ranks is the common case. Under
-the interpreter the same merge is done by ranking (``_topk_by_rank``: O(n^2) compares, vectorised in
-numpy, ~100x faster there than the bitonic network, which runs op by op in Python); both give the
-same exact result and the tests run the bitonic network on small cases too.
+the interpreter the same merge is done by ranking (``_rank_merge``: [chunk, list] compare
+matrices, vectorised in numpy, ~100x faster there than the bitonic network, which runs op by op in
+Python; chunks are cut into pieces so that no matrix exceeds 2^18 elements, which makes top-k up to
+2048 run there); both give the same exact result and the tests run the bitonic network on small
+cases too.
+
+Scores: relu keeps NaN (``_relu``; ``tl.maximum`` drops it on GPUs), padded heads add nothing, and
+a NaN score of either sign ranks as +inf (ties by id), as in the reference.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be sele
 _SIGN_FLIP = tl.constexpr(0x7FFFFFFF)  # negative floats: flip magnitude bits -> monotone order
 _HIGH = tl.constexpr(2**32)  # keys: ordered(score) * 2^32 + (2^32 - 1 - id); int64 arithmetic only
 _NEG_INF = tl.constexpr(float("-inf"))
+_POS_INF = tl.constexpr(float("inf"))
+_RANK_NUMEL = tl.constexpr(1 << 18)  # largest compare matrix of the interpreter's rank merge
 
 MIN_DOT = 16
 FANIN = 8  # lists merged per program per merge level
@@ -111,6 +118,12 @@ def _entry_rows(
 
 
 @triton.jit
+def _relu(x):
+    """max(x, 0) with NaN kept (as torch.relu): ``tl.maximum`` would drop it on GPUs (maxnum)."""
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
 def _score_entries(
     b_q,
     b_w,
@@ -142,7 +155,8 @@ def _score_entries(
         ).to(CDT)
         # [BLOCK_HI, BLOCK_N]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
-        return tl.sum(b_w[:, None] * tl.maximum(b_s, 0.0), 0)
+        m_h = tl.arange(0, BLOCK_HI) < Hi  # padded heads add nothing (not even 0 * NaN)
+        return tl.sum(tl.where(m_h[:, None], b_w[:, None] * _relu(b_s), 0.0), 0)
     else:
         b_score = tl.zeros([BLOCK_N], tl.float32)
         for h0 in range(0, Hi, BLOCK_HI):
@@ -166,13 +180,15 @@ def _score_entries(
                 b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
             # [BLOCK_HI]
             b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
-            b_score += tl.sum(b_wc[:, None] * tl.maximum(b_s, 0.0), 0)
+            b_score += tl.sum(tl.where(m_h[:, None], b_wc[:, None] * _relu(b_s), 0.0), 0)
         return b_score
 
 
 @triton.jit
 def _sort_keys(b_score, o_j, m_use):
-    """int64 keys whose descending order is (score desc, id asc); unusable entries -> NO_KEY."""
+    """int64 keys whose descending order is (score desc, id asc); unusable entries -> NO_KEY. A NaN
+    score (either sign bit) ranks as +inf, as in the reference."""
+    b_score = tl.where(b_score != b_score, _POS_INF, b_score)
     b_bits = b_score.to(tl.int32, bitcast=True)
     b_bits = tl.where(b_score == 0.0, 0, b_bits)  # -0.0 ties with +0.0
     b_ord = tl.where(b_bits < 0, b_bits ^ _SIGN_FLIP, b_bits).to(tl.int64)
@@ -181,38 +197,58 @@ def _sort_keys(b_score, o_j, m_use):
 
 
 @triton.jit
-def _topk_by_rank(b_x, K: tl.constexpr, N: tl.constexpr):
-    """Top-K of keys [N] (sorted descending) by ranking: rank_i = #keys that beat key i (equal keys,
-    i.e. NO_KEY, ordered by position), then out[r] = the key of rank r. O(N^2) compares: used under
-    the interpreter, where it is vectorised numpy while tl.topk's bitonic network runs in Python."""
-    o_i = tl.arange(0, N)
-    # [N, N]: key j beats key i
-    m_beats = (b_x[None, :] > b_x[:, None]) | ((b_x[None, :] == b_x[:, None]) & (o_i[None, :] < o_i[:, None]))
-    b_rank = tl.sum(m_beats.to(tl.int32), 1)  # [N], a permutation of 0..N-1
-    o_r = tl.arange(0, K)
-    # [N, K] one-hot by rank
-    return tl.sum(tl.where(b_rank[:, None] == o_r[None, :], b_x[:, None], 0), 0)
+def _rank_merge(b_run, b_new, K: tl.constexpr, C: tl.constexpr):
+    """Top-K (sorted descending) of running keys [K] (sorted descending) and new keys [C] (any order),
+    by ranking: new key c ranks after the running keys >= it and the new keys that beat it (equal
+    keys, i.e. NO_KEY, by position, running first); output position r takes the new key of rank r
+    if there is one, else running key r - #(new keys ranked before r) (a gather). [C, K], [C, C] and
+    [K, C] compares: vectorised numpy in the interpreter, where tl.topk's bitonic network runs op by
+    op in Python."""
+    o_k = tl.arange(0, K)
+    o_c = tl.arange(0, C)
+    # [C, C]: new key c2 beats new key c; [C, K]: running key i beats new key c
+    m_cc = (b_new[None, :] > b_new[:, None]) | ((b_new[None, :] == b_new[:, None]) & (o_c[None, :] < o_c[:, None]))
+    m_rc = b_run[None, :] >= b_new[:, None]
+    b_rank = tl.sum(m_cc.to(tl.int32), 1) + tl.sum(m_rc.to(tl.int32), 1)  # [C] ranks of the new keys
+    # [K, C]
+    m_at = b_rank[None, :] == o_k[:, None]
+    m_from_new = tl.sum(m_at.to(tl.int32), 1) > 0  # [K]
+    b_from_new = tl.sum(tl.where(m_at, b_new[None, :], 0), 1)
+    n_before = tl.sum((b_rank[None, :] < o_k[:, None]).to(tl.int32), 1)
+    b_from_run = tl.gather(b_run, o_k - n_before, 0)  # index in [0, r]: running keys keep their order
+    return tl.where(m_from_new, b_from_new, b_from_run)
 
 
 @triton.jit
 def _merge_topk(b_run, b_new, K: tl.constexpr, C: tl.constexpr, BITONIC: tl.constexpr):
-    """Top-K (sorted descending) of the union of the running keys [K] and new keys [C]."""
-    if C > K:
-        if BITONIC:
-            b_add = tl.topk(b_new, K)
-        else:
-            b_add = _topk_by_rank(b_new, K, C)
-    elif C < K:
-        # pad the chunk to [K] with NO_KEY: keep one replica of the broadcast rows
-        b_tiled = tl.broadcast_to(b_new[None, :], [K // C, C])
-        b_add = tl.reshape(tl.where(tl.arange(0, K // C)[:, None] == 0, b_tiled, _NO_KEY), [K])
-    else:
-        b_add = b_new
-    b_both = tl.reshape(tl.join(b_run, b_add), [2 * K])
+    """Top-K (sorted descending) of the union of the running keys [K] and new keys [C] (K and C powers
+    of two). Bitonic: ``tl.topk`` of [running | chunk padded with NO_KEY]. Else ``_rank_merge``, with no
+    compare matrix over RANK_NUMEL elements (Triton's block limit is 2^20): a wider chunk is merged in
+    P pieces of C / P keys (taken out of the registers by a one-hot sum; pieces that cannot enter the
+    list are skipped)."""
     if BITONIC:
+        if C > K:
+            b_add = tl.topk(b_new, K)
+        elif C < K:
+            # pad the chunk to [K] with NO_KEY: keep one replica of the broadcast rows
+            b_tiled = tl.broadcast_to(b_new[None, :], [K // C, C])
+            b_add = tl.reshape(tl.where(tl.arange(0, K // C)[:, None] == 0, b_tiled, _NO_KEY), [K])
+        else:
+            b_add = b_new
+        b_both = tl.reshape(tl.join(b_run, b_add), [2 * K])
         return tl.topk(b_both, K)
+    elif K * C <= _RANK_NUMEL:
+        return _rank_merge(b_run, b_new, K, C)
     else:
-        return _topk_by_rank(b_both, K, 2 * K)
+        P: tl.constexpr = (K * C) // _RANK_NUMEL
+        CP: tl.constexpr = C // P
+        b_parts = tl.reshape(b_new, [P, CP])
+        o_p = tl.arange(0, P)
+        for i in tl.static_range(P):
+            b_piece = tl.sum(tl.where(o_p[:, None] == i, b_parts, 0), 0)  # [CP]
+            if tl.max(b_piece, 0) > tl.min(b_run, 0):
+                b_run = _rank_merge(b_run, b_piece, K, CP)
+        return b_run
 
 
 @triton.jit

@@ -30,7 +30,7 @@ def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int) -> int:
     mh8 = _al(max(mh, 1), 8)
     b = _al(mh * D * 4, 32) + _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(mh * SA_BLOCK_KEYS * sz, 32)
     b += _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(_al(mh * SA_BLOCK_KEYS, 256) // 8, 32)
-    b += 10 * _al(mh8 * 4, 32) + 3 * _al(mh8 * 8 * 4, 32)
+    b += 10 * 64 * 4 + 3 * _al(mh8 * 8 * 4, 32)
     b += 2 * _al(r * D * 4, 32) + 2 * _al(r * D * sz, 32) + 2 * _al(mh8 * 4, 32) + 2 * _al(g * D * sz, 32)
     if sz == 4:
         b += 2 * _al(D * g * 4, 32)

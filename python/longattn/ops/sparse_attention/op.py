@@ -106,6 +106,7 @@ OP = Op(
     "(Tensor q, Tensor kv, int kv_page_size, Tensor indices, Tensor? topk_length, Tensor? extra_kv, "
     "int extra_page_size, Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, float softmax_scale, "
     "str? backend) -> (Tensor, Tensor)",
+    inputs_type=SparseAttentionInputs,
     from_schema=_from_schema,
     fake=_fake,
     impls=IMPLS,

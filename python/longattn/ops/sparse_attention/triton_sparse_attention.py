@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import and_flag, interpreting
 from ..triton_utils import cast_out as _cast_out
-from ..triton_utils import interpreting
 from ..triton_utils import num_sms as _num_sms
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,6 +39,9 @@ from ..triton_utils import num_sms as _num_sms
 _LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): logits are scaled into base 2 once
 _LN2 = tl.constexpr(0.6931471805599453)  # ln(2): base-2 lse back to the natural-log lse
 _NEG_INF = tl.constexpr(float("-inf"))
+_POS_INF = tl.constexpr(float("inf"))
+_NAN = tl.constexpr(float("nan"))
+_FP32_MAX = tl.constexpr(3.4028234663852886e38)  # the exp2 reference point once a logit is +inf
 # FP8 pool record (FlashMLA MODEL1 / vLLM fp8_ds_mla): 448 e4m3 + 64 bf16 per 576-B data row,
 # then 8-B scale rows (7 UE8M0 bytes, one per 64 nope dims) after the page's data rows.
 FP8_DATA_BYTES = 576
@@ -145,6 +148,9 @@ def _load_kv_rows(
         b_sc = tl.load(p_kv + o_scale[:, None] + (o_d // _FP8_TILE)[None, :], mask=m_nope, other=127)
         b_scale = (b_sc.to(tl.int32) << _FP32_EXP_SHIFT).to(tl.float32, bitcast=True)
         b_nope = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * b_scale
+        # e4m3fn's NaN codes (0x7F / 0xFF): NaN whatever the conversion does with them (the interpreter's
+        # gives a finite value); the record of a NaN key must make the key NaN, as the reference's does
+        b_nope = tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_nope)
         # [BLOCK_N, BLOCK_D] bf16 rope values (bf16 view of the same bytes; data rows are even)
         o_rope16 = (o_data + _FP8_NOPE) // 2
         b_rope = tl.load(p_kv16 + o_rope16[:, None] + (o_d - _FP8_NOPE)[None, :], mask=m_rope, other=0.0)
@@ -163,6 +169,7 @@ def _attend_stream(
     b_l,
     b_acc0,
     b_acc1,
+    n_used,
     p_kv,
     p_kv16,
     stride_row,
@@ -186,13 +193,20 @@ def _attend_stream(
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Online softmax over key blocks [blk_lo, blk_hi) of one index row (positions < n_pos)."""
+    """Online softmax over key blocks [blk_lo, blk_hi) of one index row (positions < n_pos); also
+    counts the valid keys used (``n_used``: whether a split saw any key, whatever its logits).
+
+    Non-finite logits follow IEEE: a NaN logit makes p, l and acc NaN (whether or not the max dropped
+    it: ``tl.maximum`` ignores NaN on GPUs, propagates it in the interpreter); once a logit is +inf
+    the reference point is the largest finite fp32, so that key weighs +inf and finite ones 0 (l =
+    +inf: lse +inf; the epilogue makes out NaN); -inf logits weigh 0."""
     for i_blk in range(blk_lo, blk_hi):
         o_n = i_blk * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = o_n < n_pos
         # [BLOCK_N] slots; invalid ones (out of range, -1, past topk_length) are masked, never read
         b_idx = tl.load(p_idx_row + o_n.to(tl.int64) * stride_ik, mask=m_n, other=-1).to(tl.int64)
         m_n = m_n & (b_idx >= 0) & (b_idx < num_slots)
+        n_used += tl.sum(m_n.to(tl.int32), 0)
         i_slot = tl.where(m_n, b_idx, 0)
         # [BLOCK_N, BLOCK_D0]
         b_k0 = _load_kv_rows(
@@ -209,7 +223,8 @@ def _attend_stream(
         b_s = tl.where(m_n[None, :], b_s * qk_scale, _NEG_INF)
         # [BLOCK_H]
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, b_m_new)  # no key yet: keep exp2 finite
+        # reference point: 0 while every logit so far is -inf (keeps exp2 finite), FP32_MAX once one is +inf
+        b_m_safe = tl.where(b_m_new == _NEG_INF, 0.0, tl.where(b_m_new == _POS_INF, _FP32_MAX, b_m_new))
         b_alpha = tl.exp2(b_m - b_m_safe)
         # [BLOCK_H, BLOCK_N]
         b_p = tl.exp2(b_s - b_m_safe[:, None])
@@ -218,7 +233,7 @@ def _attend_stream(
         if HAS_TAIL:
             b_acc1 = b_acc1 * b_alpha[:, None] + tl.dot(_cast_out(b_p, CDT), b_k1, input_precision=DOT_PREC)
         b_m = b_m_new
-    return b_m, b_l, b_acc0, b_acc1
+    return b_m, b_l, b_acc0, b_acc1, n_used
 
 
 @triton.jit(
@@ -340,9 +355,10 @@ def _sparse_attn_fwd_kernel(
     # [BLOCK_H, BLOCK_D0], [BLOCK_H, BLOCK_D1]
     b_acc0 = tl.zeros([BLOCK_H, BLOCK_D0], tl.float32)
     b_acc1 = tl.zeros([BLOCK_H, BLOCK_D1], tl.float32)
+    n_used = tl.zeros([], tl.int32)  # valid keys this split used (the same for every head)
 
-    b_m, b_l, b_acc0, b_acc1 = _attend_stream(
-        b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
+    b_m, b_l, b_acc0, b_acc1, n_used = _attend_stream(
+        b_q0, b_q1, b_m, b_l, b_acc0, b_acc1, n_used,
         p_kv, p_kv16, stride_kv_row, stride_kv_d, num_slots, kv_page_size, kv_page_bytes,
         p_idx + i_t * stride_it, stride_ik, n1,
         tl.minimum(blk_lo, nb1), tl.minimum(blk_hi, nb1),
@@ -350,8 +366,8 @@ def _sparse_attn_fwd_kernel(
         KV_FP8, HAS_TAIL, BLOCK_N, CDT, DOT_PREC,
     )  # fmt: skip
     if HAS_EXTRA:
-        b_m, b_l, b_acc0, b_acc1 = _attend_stream(
-            b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
+        b_m, b_l, b_acc0, b_acc1, n_used = _attend_stream(
+            b_q0, b_q1, b_m, b_l, b_acc0, b_acc1, n_used,
             p_ekv, p_ekv16, stride_ekv_row, stride_ekv_d, num_slots2, ekv_page_size, ekv_page_bytes,
             p_eidx + i_t * stride_eit, stride_eik, n2,
             tl.maximum(blk_lo - nb1, 0), tl.maximum(blk_hi - nb1, 0),
@@ -359,26 +375,31 @@ def _sparse_attn_fwd_kernel(
             EKV_FP8, HAS_TAIL, BLOCK_N, CDT, DOT_PREC,
         )  # fmt: skip
 
-    m_has = b_l > 0.0  # [BLOCK_H]: the split / row saw at least one key
-    b_l_safe = tl.where(m_has, b_l, 1.0)
-    b_lse2 = tl.where(m_has, b_m + tl.log2(b_l_safe), _NEG_INF)  # base-2 lse
-    b_inv = tl.where(m_has, 1.0 / b_l_safe, 0.0)
+    # [BLOCK_H] base-2 lse and 1 / l. l == 0 exactly when every used logit is -inf or no key was used:
+    # lse -inf, out 0. l is NaN after a NaN logit (lse NaN) and +inf after a +inf one (lse +inf);
+    # both make out NaN (README.md, "Edge semantics").
+    m_zero = b_l == 0.0
+    b_lse2 = tl.where(m_zero, _NEG_INF, b_m + tl.log2(tl.where(m_zero, 1.0, b_l)))
+    m_bad = (b_lse2 != b_lse2) | (b_lse2 == _POS_INF)
+    b_inv = tl.where(m_bad, _NAN, 1.0 / tl.where(m_zero, 1.0, b_l))
     if SPLIT:
-        # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. A split without keys
-        # writes only its lse (-inf); its out stays unwritten and is never read.
+        # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. "No keys" is decided by
+        # the count of valid keys, never by l (NaN compares false): a split without keys writes only
+        # its lse (-inf); its out stays unwritten and is never read.
         o_row = (i_split * T + i_t) * H + i_h  # [BLOCK_H] int64
         tl.store(p_ws_lse + o_row, b_lse2, mask=m_h)
-        m_w = (m_h & m_has)[:, None]
+        m_w = and_flag(m_h, n_used > 0)[:, None]
         tl.store(p_ws_out + o_row[:, None] * D + o_d0[None, :], b_acc0 * b_inv[:, None], mask=m_w & m_d0[None, :])
         if HAS_TAIL:
             tl.store(p_ws_out + o_row[:, None] * D + o_d1[None, :], b_acc1 * b_inv[:, None], mask=m_w & m_d1[None, :])
     else:
-        b_g = b_inv
+        b_g = b_inv  # rows without keys: acc = 0
         if HAS_SINK:
-            # g = exp(lse) / (exp(lse) + exp(sink)) = 1 / (1 + 2^(sink * log2e - lse2)); 0 for empty rows
+            # g = exp(lse) / (exp(lse) + exp(sink)) = 1 / (1 + 2^(sink * log2e - lse2)); 0 for rows with lse
+            # -inf whatever the sink; a NaN sink gives NaN
             b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
-            b_lse2_safe = tl.where(m_has, b_lse2, 0.0)
-            b_g = tl.where(m_has, b_inv / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)), 0.0)
+            b_lse2_safe = tl.where(m_zero, 0.0, b_lse2)
+            b_g = tl.where(m_zero, 0.0, b_inv / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
         p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh
         tl.store(
             p_o + o_d0[None, :] * stride_od,
@@ -416,7 +437,9 @@ def _combine_splits_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """merge_attention_states over the splits (n-way, base 2), then the sink; one program per
-    (token, head block), the head dim in BLOCK_D chunks. Splits with lse = -inf are never read."""
+    (token, head block), the head dim in BLOCK_D chunks. Splits with lse = -inf are never read; none
+    is read where the result is NaN. Non-finite lse as merge_attention_states: a NaN split lse gives
+    NaN, NaN; otherwise a +inf one gives +inf, NaN; all -inf gives -inf, 0."""
     i_t = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = i_h < H
@@ -425,14 +448,17 @@ def _combine_splits_kernel(
     # [BLOCK_H, BLOCK_S] base-2 lse of every split
     o_hs = (o_s[None, :] * T + i_t) * H + i_h[:, None]
     b_lse_s = tl.load(p_ws_lse + o_hs, mask=m_h[:, None] & m_s[None, :], other=_NEG_INF)
-    # [BLOCK_H]
+    # [BLOCK_H]; NaN is tested explicitly (tl.max drops it on GPUs, keeps it in the interpreter)
+    m_nan = tl.max((b_lse_s != b_lse_s).to(tl.int32), 1) > 0
     b_m = tl.max(b_lse_s, 1)
-    m_empty = b_m == _NEG_INF
-    b_m_safe = tl.where(m_empty, 0.0, b_m)
-    b_total = tl.sum(tl.exp2(b_lse_s - b_m_safe[:, None]), 1)  # >= 1 unless empty
-    b_total_safe = tl.where(m_empty, 1.0, b_total)
-    b_lse2 = tl.where(m_empty, _NEG_INF, b_m_safe + tl.log2(b_total_safe))
-    b_g = 1.0 / b_total_safe
+    m_bad = m_nan | (b_m == _POS_INF)  # out NaN
+    m_empty = (b_m == _NEG_INF) & ~m_nan
+    m_ok = ~(m_bad | m_empty)
+    b_m_safe = tl.where(m_ok, b_m, 0.0)
+    b_total = tl.sum(tl.exp2(b_lse_s - b_m_safe[:, None]), 1)  # >= 1 where ok
+    b_total_safe = tl.where(m_ok, b_total, 1.0)
+    b_lse2 = tl.where(m_ok, b_m_safe + tl.log2(b_total_safe), tl.where(m_nan, _NAN, b_m))
+    b_g = tl.where(m_bad, _NAN, 1.0 / b_total_safe)
     if HAS_SINK:
         b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
         b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
@@ -446,6 +472,7 @@ def _combine_splits_kernel(
         for i_s in range(0, num_splits):
             o_row = (i_s * T + i_t) * H + i_h  # [BLOCK_H] int64
             b_w = tl.exp2(tl.load(p_ws_lse + o_row, mask=m_h, other=_NEG_INF) - b_m_safe)  # [BLOCK_H]
+            b_w = tl.where(m_ok, b_w, 0.0)
             m_read = (m_h & (b_w > 0.0))[:, None] & m_d[None, :]  # an empty split (w = 0) is never read
             # [BLOCK_H, BLOCK_D]
             b_o = tl.load(p_ws_out + o_row[:, None] * D + o_d[None, :], mask=m_read, other=0.0)
