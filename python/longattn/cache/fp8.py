@@ -33,6 +33,7 @@ SCALE_BYTES = 8  # 7 scales + 1 pad
 RECORD_BYTES = DATA_BYTES + SCALE_BYTES  # 584
 E4M3_MAX = 448.0
 UE8M0_BIAS = 127
+MIN_EXPONENT = -13  # ceil(log2(1e-4)): the smallest scale exponent
 BF16_NAN = 0x7FC0  # the bf16 bits every NaN rope value is stored as (the kernels' canonical NaN)
 
 

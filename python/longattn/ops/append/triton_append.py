@@ -21,32 +21,30 @@ compressor kernel (``ops/compress/triton_compress.py``).
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
+from ...cache import fp8
 from ..triton_utils import and_flag
 
-# FP8 record (FlashMLA MODEL1 / vLLM fp8_ds_mla; longattn/cache/fp8.py)
-FP8_DATA_BYTES = 576
-FP8_SCALE_BYTES = 8
-FP8_NOPE = 448
-FP8_TILE = 64
-FP8_HEAD_DIM = 512
-_FP8_DATA_BYTES = tl.constexpr(FP8_DATA_BYTES)
-_FP8_SCALE_BYTES = tl.constexpr(FP8_SCALE_BYTES)
-_FP8_NOPE = tl.constexpr(FP8_NOPE)
-_FP8_TILE = tl.constexpr(FP8_TILE)
-_FP8_TILES = tl.constexpr(FP8_HEAD_DIM // FP8_TILE)  # 8 = 7 nope tiles + the rope tile
-_FP8_NOPE_TILES = tl.constexpr(FP8_NOPE // FP8_TILE)  # 7
-_UE8M0_BIAS = tl.constexpr(127)
-_MIN_EXP = tl.constexpr(-13)  # ceil(log2(1e-4)): the scale floor of quantize_rows
-_E4M3_MAX_BITS = tl.constexpr(0x43E00000)  # 448.0 as fp32 bits
+# FP8 record (FlashMLA MODEL1 / vLLM fp8_ds_mla): the facts are longattn/cache/fp8.py's
+_FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
+_FP8_SCALE_BYTES = tl.constexpr(fp8.SCALE_BYTES)
+_FP8_NOPE = tl.constexpr(fp8.NOPE_DIM)
+_FP8_TILE = tl.constexpr(fp8.TILE)
+_FP8_TILES = tl.constexpr(fp8.HEAD_DIM // fp8.TILE)  # 8 = 7 nope tiles + the rope tile
+_FP8_NOPE_TILES = tl.constexpr(fp8.NUM_TILES)  # 7
+_UE8M0_BIAS = tl.constexpr(fp8.UE8M0_BIAS)
+_MIN_EXP = tl.constexpr(fp8.MIN_EXPONENT)  # the scale floor of quantize_rows
+_E4M3_MAX_BITS = tl.constexpr(struct.unpack("<i", struct.pack("<f", fp8.E4M3_MAX))[0])  # 448.0 as fp32 bits
 _F32_ABS = tl.constexpr(0x7FFFFFFF)
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 _F32_MANT = tl.constexpr(0x7FFFFF)
 _MANT_1_75 = tl.constexpr(0x600000)  # mantissa field of 1.75 (448 = 1.75 * 2**8)
-_BF16_NAN = tl.constexpr(0x7FC0)
+_BF16_NAN = tl.constexpr(fp8.BF16_NAN)
 
 # append modes (float pools)
 COPY_BITS, TO_F32, TO_BF16, TO_F16 = 0, 1, 2, 3

@@ -56,6 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...cache import fp8
 from ..append.triton_append import (
     _bf16_bits,
     _store_fp8_record,
@@ -64,14 +65,12 @@ from ..append.triton_append import (
 from ..triton_utils import and_flag, interpreting
 
 _NEG_INF = tl.constexpr(float("-inf"))
-_FP8_DATA_BYTES = tl.constexpr(576)
-_FP8_SCALE_BYTES = tl.constexpr(8)
+_FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
+_FP8_SCALE_BYTES = tl.constexpr(fp8.SCALE_BYTES)
 
 OUT_F32, OUT_BF16, OUT_F16, OUT_FP8 = 0, 1, 2, 3
 _OUT_KIND = {torch.float32: OUT_F32, torch.bfloat16: OUT_BF16, torch.float16: OUT_F16}
 
-MAX_D = 1024  # the [BLOCK_D] entry and its accumulators live in registers
-FP8_HEAD_DIM = 512
 SEARCH_PROBES = 64  # BLOCK_K of the run-end search
 
 

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...cache import fp8
 from ..triton_utils import and_flag, interpreting
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
@@ -42,17 +43,12 @@ _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
 _NAN = tl.constexpr(float("nan"))
 _FP32_MAX = tl.constexpr(3.4028234663852886e38)  # the exp2 reference point once a logit is +inf
-# FP8 pool record (FlashMLA MODEL1 / vLLM fp8_ds_mla): 448 e4m3 + 64 bf16 per 576-B data row,
-# then 8-B scale rows (7 UE8M0 bytes, one per 64 nope dims) after the page's data rows.
-FP8_DATA_BYTES = 576
-FP8_SCALE_BYTES = 8
-FP8_NOPE = 448
-FP8_TILE = 64
-FP8_HEAD_DIM = 512
-_FP8_DATA_BYTES = tl.constexpr(FP8_DATA_BYTES)
-_FP8_SCALE_BYTES = tl.constexpr(FP8_SCALE_BYTES)
-_FP8_NOPE = tl.constexpr(FP8_NOPE)
-_FP8_TILE = tl.constexpr(FP8_TILE)
+# FP8 pool record (FlashMLA MODEL1 / vLLM fp8_ds_mla; the layout is longattn/cache/fp8.py's): 448 e4m3 +
+# 64 bf16 per 576-B data row, then 8-B scale rows (7 UE8M0 bytes, one per 64 nope dims) after the page's data rows.
+_FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
+_FP8_SCALE_BYTES = tl.constexpr(fp8.SCALE_BYTES)
+_FP8_NOPE = tl.constexpr(fp8.NOPE_DIM)
+_FP8_TILE = tl.constexpr(fp8.TILE)
 _FP32_EXP_SHIFT = tl.constexpr(23)  # (byte << 23) as fp32 bits = 2 ** (byte - 127): the UE8M0 scale
 
 MIN_DOT = 16  # smallest M / N / K of a tl.dot on NVIDIA GPUs
