@@ -163,6 +163,7 @@ def test_public_ops_run_through_their_custom_op(name):
 def test_compress_kv_runs_through_its_custom_op():
     att = _tiny_layers()[1]
     cache = PagedKVCache([att.layer], max_batch_size=1, max_context=16, page_size=4)
+    cache.begin_step(1, 9)
     with _Recorder() as rec, torch.no_grad():
         att(torch.randn(1, 9, 32), cache=cache)
     assert rec.ops.count("longattn.compress_kv.default") == 2  # attention and indexer compressors
@@ -214,8 +215,9 @@ def _decode_setup(att):
     caches = [PagedKVCache([att.layer], max_batch_size=2, max_context=32, page_size=4) for _ in range(2)]
     with torch.no_grad():
         for c in caches:
+            c.begin_step(2, 21)
             att(x0, cache=c)
-    plans = [c.begin_step(2, 1)[0] for c in caches]  # a decode step: one chunk
+    plans = [c.begin_step(2, 1).plans[0] for c in caches]  # a decode step: one chunk
     return x1, caches, plans
 
 

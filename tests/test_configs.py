@@ -1,4 +1,4 @@
-"""Model presets against deepseek-v4-attention.md section 1."""
+"""Model presets against docs/deepseek-v4-attention.md section 1."""
 
 import pytest
 from longattn.configs import V4_FLASH, V4_PRO, ModelConfig, kind_of_ratio

@@ -433,7 +433,7 @@ def test_e4m3_matches_torch_cast():
     tb = _torch_e4m3_byte(xs)
     bad = [(x, O.e4m3_encode(x), b) for x, b in zip(xs, tb) if O.e4m3_encode(x) != b]
     assert not bad, bad[:10]
-    assert O.e4m3_encode(470.0) == 0x7E and O.e4m3_encode(-470.0) == 0xFE  # api.md: saturating
+    assert O.e4m3_encode(470.0) == 0x7E and O.e4m3_encode(-470.0) == 0xFE  # docs/api.md section 4: saturating
 
 
 def test_bf16_bits():

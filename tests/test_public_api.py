@@ -1,4 +1,4 @@
-"""The public surface is a contract (api.md): names are frozen here; extend deliberately."""
+"""The public surface is a contract (docs/api.md): names are frozen here; extend deliberately."""
 
 import longattn
 

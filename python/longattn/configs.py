@@ -1,7 +1,7 @@
 """Model presets: DeepSeek-V4-Flash and V4-Pro attention hyper-parameters and layer schedules.
 
 Source: DeepSeek's reference ``config.json`` / ``inference/model.py`` (see
-``deepseek-v4-attention.md`` section 1). ``compress_ratios`` has ``n_layers + 1`` entries, the last one
+``docs/deepseek-v4-attention.md`` section 1). ``compress_ratios`` has ``n_layers + 1`` entries, the last one
 for the MTP block. The ratio selects the layer kind: 0 -> "swa" (sliding window only), 4 -> "csa"
 (overlapping compressor + lightning indexer top-k), any other ratio -> "hca" (non-overlapping
 compressor, all visible compressed entries attended).

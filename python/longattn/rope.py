@@ -4,7 +4,7 @@ Pairs are (x[2i], x[2i+1]) of the rope slice (view_as_complex layout, vLLM ``is_
 Angles are ``fp32(position) * fp32(inv_freq)`` rounded to fp32 and cos/sin taken in fp32, exactly as
 DeepSeek's reference (``torch.outer`` of fp32 tensors, then ``torch.polar``), so tables agree bit for
 bit with the model code. YaRN (compressed layers of V4): frequencies in the correction range
-[lo, hi] are blended between f and f / factor (deepseek-v4-attention.md section 3).
+[lo, hi] are blended between f and f / factor (docs/deepseek-v4-attention.md section 3).
 """
 
 from __future__ import annotations

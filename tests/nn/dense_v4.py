@@ -1,6 +1,6 @@
 """Float64 evaluation of one whole DeepSeek-V4 attention layer on one sequence (the parity tests' truth).
 
-Written from the spec (deepseek-v4-attention.md section 2), independently of both implementations
+Written from the spec (docs/deepseek-v4-attention.md section 2), independently of both implementations
 under test: every projection, norm and RoPE rotation in float64 on the module's weights, then the
 dense-mask float64 layer of ``tests/layers/dense_layer.py`` (window mask, visibility, float64 indexer
 top-k, sink) for the attention itself, then the inverse RoPE and the grouped output projection.

@@ -28,6 +28,12 @@ def tiny_layer(idx, seed=0):
     return m
 
 
+def step(module, x, cache, mask=None):
+    """One model step of ``module`` over ``x [B, S, dim]``: begin it explicitly, then run the layer."""
+    cache.begin_step(x.shape[0], x.shape[1], mask)
+    return module(x, cache=cache)
+
+
 def test_import_longattn_nn_does_not_import_transformers():
     code = "import sys, longattn, longattn.nn, longattn.integrations; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -41,7 +47,7 @@ def test_chunked_prefill_and_decode_equal_one_prefill(idx):
     with torch.no_grad():
         whole, _ = m(x)  # one-shot cache
         cache = PagedKVCache([m.layer], max_batch_size=2, max_context=29, page_size=3)
-        parts = [m(x[:, a:b], cache=cache)[0] for a, b in ((0, 11), (11, 12), (12, 20), (20, 21), (21, 29))]
+        parts = [step(m, x[:, a:b], cache)[0] for a, b in ((0, 11), (11, 12), (12, 20), (20, 21), (21, 29))]
     torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-5, rtol=0)
     assert cache.seq_lengths() == [29, 29] and cache.columns == 29
 
@@ -61,7 +67,7 @@ def test_long_step_runs_in_chunks_with_the_same_result(idx):
     with torch.no_grad():
         for step_tokens in (None, 5):
             cache = PagedKVCache([m.layer], max_batch_size=2, max_context=30, page_size=2, max_step_tokens=step_tokens)
-            plans = cache.begin_step(2, 23, mask)
+            plans = cache.begin_step(2, 23, mask).plans
             y, _ = m(x, cache=cache)
             cache.begin_step(2, 1)
             y1, _ = m(x_next, cache=cache)
@@ -80,11 +86,11 @@ def test_step_past_max_context_is_refused_before_planning():
     m = tiny_layer(0)
     cache = PagedKVCache([m.layer], max_batch_size=1, max_context=10, page_size=2, max_step_tokens=3)
     with torch.no_grad():
-        m(torch.randn(1, 8, 32), cache=cache)
+        step(m, torch.randn(1, 8, 32), cache)
         with pytest.raises(
             ValueError, match=r"max_context=10; make the cache with a larger max_context=.*growable=True"
         ):
-            m(torch.randn(1, 3, 32), cache=cache)
+            step(m, torch.randn(1, 3, 32), cache)
     assert cache.seq_lengths() == [8]  # nothing of the refused step was planned
     with pytest.raises(ValueError, match="max_step_tokens must be > 0"):
         PagedKVCache([m.layer], max_batch_size=1, max_context=10, max_step_tokens=0)
@@ -138,7 +144,7 @@ def test_growable_fp8_cache_equals_a_large_one(idx):
             cache = PagedKVCache(
                 [m.layer], max_batch_size=1, max_context=ctx, page_size=2, kv_format="fp8", growable=growable
             )
-            outs.append(torch.cat([m(x[:, a:b], cache=cache)[0] for a, b in ((0, 2), (2, 9), (9, 10), (10, 21))], 1))
+            outs.append(torch.cat([step(m, x[:, a:b], cache)[0] for a, b in ((0, 2), (2, 9), (9, 10), (10, 21))], 1))
     assert cache.max_context >= 21
     torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
 
@@ -150,8 +156,8 @@ def test_every_row_fits_a_chunk():
     cache = PagedKVCache([m.layer], max_batch_size=6, max_context=8, page_size=2, max_step_tokens=4)
     assert cache.step_tokens == 6
     with torch.no_grad():
-        m(torch.randn(6, 3, 32), cache=cache)  # 3 chunks of 6 tokens
-        m(torch.randn(6, 1, 32), cache=cache)
+        step(m, torch.randn(6, 3, 32), cache)  # 3 chunks of 6 tokens
+        step(m, torch.randn(6, 1, 32), cache)
     assert cache.seq_lengths() == [4] * 6
 
 
@@ -274,10 +280,15 @@ def test_cache_errors():
     with pytest.raises(TypeError, match="PagedKVCache"), torch.no_grad():
         m(torch.randn(1, 3, 32), cache=object())
     with torch.no_grad():
-        m(torch.randn(2, 3, 32), cache=cache)
+        step(m, torch.randn(2, 3, 32), cache)
+        with pytest.raises(RuntimeError, match="layer 1 has no step to run: call cache.begin_step"):
+            m(torch.randn(2, 1, 32), cache=cache)  # a step starts only by an explicit begin_step
         with pytest.raises(ValueError, match="serves 2 batch rows"):
-            m(torch.randn(1, 1, 32), cache=cache)
+            step(m, torch.randn(1, 1, 32), cache)
         with pytest.raises(ValueError, match="layer 2 was not declared"):
-            other(torch.randn(2, 1, 32), cache=cache)
+            step(other, torch.randn(2, 1, 32), cache)
+        cache.begin_step(2, 1)
+        with pytest.raises(ValueError, match=r"layer 1 got \[2, 3\] positions, the step planned \[2, 1\]"):
+            m(torch.randn(2, 3, 32), cache=cache)
     with pytest.raises(ValueError, match="holds 2 sequences"), torch.no_grad():
-        m(torch.randn(3, 1, 32), cache=PagedKVCache([m.layer], max_batch_size=2, max_context=16))
+        step(m, torch.randn(3, 1, 32), PagedKVCache([m.layer], max_batch_size=2, max_context=16))

@@ -8,7 +8,7 @@ tokens cross 75 CSA and 2 HCA block boundaries; generation adds 40 more.
 Tolerance (layer outputs on prefill). Both implementations evaluate the same function in fp32 with
 different operation orders (gathers vs dense masks, chunked softmax merges, pooling formulas), so
 neither is "the" answer; the truth is a float64 evaluation written from the spec (tests/nn/dense_v4.py).
-The rule is the project's (style.md rule 3, flash-attention's test rule), applied both ways: each
+The rule is the project's (flash-attention's test rule), applied both ways: each
 implementation's error against the truth is at most twice the other's, plus a few fp32 roundings of
 the output (8 u |y|max, u = 2^-24) for an exceptionally lucky one. So neither can be wrong while the
 other is right, and |longattn - transformers| <= 3 x the smaller error + that floor (asserted too).

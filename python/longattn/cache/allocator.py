@@ -43,3 +43,12 @@ class PageAllocator:
         for p in pages:
             self._used[p] = False
             self._free.append(p)
+
+    def grow(self, num_pages: int) -> None:
+        """Add pages ``self.num_pages .. num_pages - 1`` (free); allocated ids stay allocated."""
+        if num_pages <= self.num_pages:
+            return
+        new = list(range(num_pages - 1, self.num_pages - 1, -1))
+        self._free = new + self._free  # reused pages first, as before; the new ones after them
+        self._used += [False] * (num_pages - self.num_pages)
+        self.num_pages = num_pages

@@ -142,6 +142,15 @@ class HybridAttention:
         all_ = (self.window_pool, self.compressed_pool, self.index_pool, self.state_pool, self.index_state_pool)
         return [p for p in all_ if p is not None]
 
+    def fit_pools(self) -> None:
+        """Grow the pools to the manager's page counts (after its allocators grew), rows copied."""
+        m, r = self.manager, self.layer.compress_ratio
+        self.window_pool = _grown(self.window_pool, m.window_alloc.num_pages)
+        if r:
+            self.compressed_pool = _grown(self.compressed_pool, m.compressed_alloc[r].num_pages)
+            if self.index_pool is not None:
+                self.index_pool = _grown(self.index_pool, m.compressed_alloc[r].num_pages)
+
     # ---------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -375,6 +384,16 @@ class _NoGradientThroughCaches(torch.autograd.Function):
             + ", ".join(ctx.names)
             + " require grad) are stored as values. Run the layer under torch.no_grad() or torch.inference_mode()."
         )
+
+
+def _grown(pool, num_pages: int):
+    """``pool`` ([pages, ...] float tensor or ``Fp8KVPool``) with ``num_pages`` pages, rows copied."""
+    if _num_pages(pool) >= num_pages:
+        return pool
+    data = pool.data if isinstance(pool, Fp8KVPool) else pool
+    grown = data.new_zeros(num_pages, *data.shape[1:])
+    grown[: data.shape[0]].copy_(data)
+    return Fp8KVPool(grown, pool.page_size) if isinstance(pool, Fp8KVPool) else grown
 
 
 def _num_pages(pool) -> int:

@@ -1,6 +1,6 @@
 """``longattn.nn.DeepseekV4Attention``: one DeepSeek-V4 attention layer (SWA, CSA or HCA) as an nn.Module.
 
-The full layer math around the package's kernels (deepseek-v4-attention.md section 2, README.md here):
+The full layer math around the package's kernels (docs/deepseek-v4-attention.md section 2, README.md here):
 
     cq  = RMSNorm_w(q_a_proj(x))                          q low-rank projection + norm
     q   = rope(rms(q_b_proj(cq).view(H, D)))              weightless per-head RMS norm, RoPE on the last dims
@@ -272,7 +272,8 @@ class DeepseekV4Attention(nn.Module):
       forwards with ``use_cache=False``).
     - ``forward_paged(hidden_states [T, dim], plan, cache_layer) -> [T, dim]``: a ragged batch
       (prefill chunks and decode tokens of many sequences) with a ``CacheManager`` plan and this
-      layer's ``HybridAttention`` (``make_cache_layer``). This is what ``torch.compile`` can take whole.
+      layer's ``HybridAttention`` (``PagedKVCache.layer(layer_idx)``, or one made directly on a
+      ``CacheManager``). This is what ``torch.compile`` can take whole.
     """
 
     def __init__(self, config, layer_idx: int):
@@ -334,12 +335,6 @@ class DeepseekV4Attention(nn.Module):
         if self.rope_attention_factor == 1.0:
             return norm.weight
         return self._rope_scaled(norm.weight.to(torch.float32))
-
-    def make_cache_layer(
-        self, manager, *, kv_dtype=torch.bfloat16, kv_format: str = "float", backend=None
-    ) -> HybridAttention:
-        """This layer's paged pools (window, compressed, indexer keys, compressor states) on ``manager``."""
-        return HybridAttention(self.layer, manager, kv_dtype=kv_dtype, kv_format=kv_format, backend=backend)
 
     # -- the math ------------------------------------------------------------------------------------------
     def forward_paged(self, hidden_states: torch.Tensor, plan: StepPlan, cache_layer: HybridAttention) -> torch.Tensor:
@@ -412,13 +407,16 @@ class DeepseekV4Attention(nn.Module):
         B, S, dim = hidden_states.shape
         if cache is None:  # one-shot prefill from position 0, nothing kept
             cache = PagedKVCache([self.layer], max_batch_size=B, max_context=max(S, 1), device=hidden_states.device)
+            cache.begin_step(B, S)
         if not isinstance(cache, PagedKVCache):
             raise TypeError(
                 f"DeepseekV4Attention (longattn) runs on a longattn.nn.PagedKVCache, got {type(cache).__name__}; "
                 "with transformers use longattn.integrations.transformers.swap_attention(model), which makes "
                 "generate create one (or pass cache=LongattnCache(model, ...))"
             )
-        chunks, layer, rows = cache.layer_step(self, B, S, hidden_states.dtype)
+        step = cache.layer_step(self.layer_idx, B, S)
+        layer = cache.layer(self.layer_idx, hidden_states.dtype)
+        chunks, rows = step.chunks, step.rows
         x = hidden_states.reshape(B * S, dim)
         if rows is not None:  # padding: only the real tokens are sequence tokens
             x = x.index_select(0, rows)

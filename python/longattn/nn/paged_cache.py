@@ -4,10 +4,11 @@ It owns one ``CacheManager`` (page bookkeeping and the per-step plan, shared by 
 layer, the ``HybridAttention`` holding that layer's pools (created on first use, in the dtype of the
 hidden states unless ``kv_dtype`` is given). Batch row b is sequence b for the cache's lifetime.
 
-A step is one forward of the model over ``[B, S]`` new input positions. ``begin_step`` plans it once
-(from the 2-D attention mask when there is padding); every layer then takes the same plan through
-``layer_step``. Without an explicit ``begin_step`` (a layer used on its own) a layer call that finds
-its layer already served in the current step starts the next step itself.
+A step is one forward of the model over ``[B, S]`` new input positions. It starts only by an explicit
+``begin_step`` (from the 2-D attention mask when there is padding), which plans it once and returns it
+as a ``Step``; every layer then takes that step through ``layer_step`` (a layer that already ran it,
+or a call without a step begun, is refused). The cache builds each layer's ``HybridAttention`` (its
+pools) from its own ``LayerConfig`` on first use; the layer's weights stay with the module.
 
 Chunked prefill: a step with more than ``max_step_tokens`` new tokens (all rows together) is planned as
 consecutive chunks of at most that many tokens (the same number of positions from every row), and each
@@ -38,8 +39,6 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
-from ..cache.allocator import PageAllocator
-from ..cache.fp8 import Fp8KVPool
 from ..cache.manager import CacheManager, StepPlan
 from ..configs import LayerConfig
 from ..layers import HybridAttention
@@ -51,12 +50,19 @@ Chunk = Tuple[StepPlan, Optional[torch.Tensor]]
 
 
 @dataclasses.dataclass
-class _Step:
+class Step:
+    """One planned model step (``PagedKVCache.begin_step``): ``[batch, width]`` input positions."""
+
     batch: int
     width: int  # S: input positions per row in this step
     chunks: List[Chunk]  # in order; one unless the step has more than max_step_tokens new tokens
     rows: Optional[torch.Tensor]  # flat indices (b * S + s) of the real tokens, None when all are real
     served: Set[int] = dataclasses.field(default_factory=set)  # layer ids that consumed this step
+
+    @property
+    def plans(self) -> List[StepPlan]:
+        """The plans of the step's chunks, in order."""
+        return [plan for plan, _ in self.chunks]
 
 
 class PagedKVCache:
@@ -112,7 +118,7 @@ class PagedKVCache:
         self.layer_states: Dict[int, HybridAttention] = {}
         self.columns = 0  # input positions consumed per row, padding included (transformers' seq length)
         self.num_rows: Optional[int] = None  # batch rows served (fixed by the first step)
-        self._step: Optional[_Step] = None
+        self._step: Optional[Step] = None
 
     def _default_step_tokens(self, max_context: int) -> int:
         # a chunk takes at least one position of every row, so it may hold max_batch_size tokens
@@ -142,26 +148,18 @@ class PagedKVCache:
         m = self.manager
         self.step_tokens = max(self.step_tokens, self._default_step_tokens(max_context))
         sized = self._sized_manager(max_context, m.page_size, m.device)  # the page counts of the new size
-        n_window = sized.window_alloc.num_pages
-        n_comp = {r: sized.compressed_alloc[r].num_pages for r in m.ratios}
-        m.window_alloc = _grown_allocator(m.window_alloc, n_window)
+        m.window_alloc.grow(sized.window_alloc.num_pages)
         for r in m.ratios:
-            m.compressed_alloc[r] = _grown_allocator(m.compressed_alloc[r], n_comp[r])
+            m.compressed_alloc[r].grow(sized.compressed_alloc[r].num_pages)
         for layer in self.layer_states.values():
-            layer.window_pool = _grown_pool(layer.window_pool, m.window_alloc.num_pages)
-            r = layer.layer.compress_ratio
-            if r:
-                layer.compressed_pool = _grown_pool(layer.compressed_pool, m.compressed_alloc[r].num_pages)
-                if layer.index_pool is not None:
-                    layer.index_pool = _grown_pool(layer.index_pool, m.compressed_alloc[r].num_pages)
+            layer.fit_pools()
         self.max_context = max_context
 
     # -- steps -------------------------------------------------------------------------------------------
-    def begin_step(
-        self, batch_size: int, num_positions: int, attention_mask: Optional[torch.Tensor] = None
-    ) -> List[StepPlan]:
-        """Plan one model step of ``[batch_size, num_positions]`` new input positions; returns the plans
-        of its chunks, in order (one, unless the step has more than ``max_step_tokens`` new tokens).
+    def begin_step(self, batch_size: int, num_positions: int, attention_mask: Optional[torch.Tensor] = None) -> Step:
+        """Plan one model step of ``[batch_size, num_positions]`` new input positions and make it the
+        current step; its ``plans`` are those of its chunks, in order (one, unless the step has more than
+        ``max_step_tokens`` new tokens).
 
         ``attention_mask``: ``None`` (every position is a token) or the 2-D ``[B, >= S]`` mask whose
         last S columns belong to this step (0 = padding).
@@ -214,9 +212,9 @@ class PagedKVCache:
                 )
             self.grow(max(need, 2 * self.max_context))
         chunks = self._plan_chunks(counts)
-        self._step = _Step(B, S, chunks, rows)
+        self._step = Step(B, S, chunks, rows)
         self.columns += S
-        return [plan for plan, _ in chunks]
+        return self._step
 
     def _plan_chunks(self, counts: List[int]) -> List[Chunk]:
         """Plans of consecutive chunks of ``counts[b]`` new tokens per row: chunk k takes tokens
@@ -236,29 +234,37 @@ class PagedKVCache:
             chunks.append((plan, index.to(self.manager.device)))
         return chunks
 
-    def layer_step(self, module, batch_size: int, num_positions: int, dtype: torch.dtype):
-        """(chunks [(plan, token indices among the real tokens or None)], HybridAttention of the module's
-        layer, real-token rows or None) for this step."""
-        idx = module.layer_idx
-        if idx not in self.layer_configs:
-            raise ValueError(f"PagedKVCache: layer {idx} was not declared when the cache was made")
+    def layer_step(self, layer_idx: int, batch_size: int, num_positions: int) -> Step:
+        """The current step, for layer ``layer_idx`` over ``[batch_size, num_positions]`` positions.
+
+        Refused unless ``begin_step`` planned a step of that shape that this layer has not run yet."""
+        if layer_idx not in self.layer_configs:
+            raise ValueError(f"PagedKVCache: layer {layer_idx} was not declared when the cache was made")
         step = self._step
-        if step is None or idx in step.served:
-            self.begin_step(batch_size, num_positions)
-            step = self._step
+        if step is None or layer_idx in step.served:
+            raise RuntimeError(
+                f"PagedKVCache: layer {layer_idx} has no step to run: call cache.begin_step(batch, positions[, "
+                "attention_mask]) once before each forward of the layers (the transformers integration does)"
+            )
         if (step.batch, step.width) != (batch_size, num_positions):
             raise ValueError(
-                f"PagedKVCache: layer {idx} got [{batch_size}, {num_positions}] positions, the step planned "
+                f"PagedKVCache: layer {layer_idx} got [{batch_size}, {num_positions}] positions, the step planned "
                 f"[{step.batch}, {step.width}]"
             )
-        step.served.add(idx)
-        layer = self.layer_states.get(idx)
+        step.served.add(layer_idx)
+        return step
+
+    def layer(self, layer_idx: int, dtype: torch.dtype = torch.bfloat16) -> HybridAttention:
+        """Layer ``layer_idx``'s pools, made from its ``LayerConfig`` on first use (float pools in
+        ``kv_dtype``, else in ``dtype``: the hidden states' dtype)."""
+        layer = self.layer_states.get(layer_idx)
         if layer is None:
-            layer = module.make_cache_layer(
-                self.manager, kv_dtype=self.kv_dtype or dtype, kv_format=self.kv_format, backend=self.backend
-            )
-            self.layer_states[idx] = layer
-        return step.chunks, layer, step.rows
+            layer = HybridAttention(
+                self.layer_configs[layer_idx], self.manager, kv_dtype=self.kv_dtype or dtype,
+                kv_format=self.kv_format, backend=self.backend,
+            )  # fmt: skip
+            self.layer_states[layer_idx] = layer
+        return layer
 
     def seq_lengths(self):
         """Tokens cached per batch row (padding excluded)."""
@@ -269,29 +275,3 @@ class PagedKVCache:
         for b in range(self.num_rows or 0):
             self.manager.free_sequence(b)
         self.num_rows, self.columns, self._step = None, 0, None
-
-
-def _grown_allocator(alloc: PageAllocator, num_pages: int) -> PageAllocator:
-    """A ``num_pages`` allocator in which the pages allocated in ``alloc`` (same ids) are allocated."""
-    if num_pages <= alloc.num_pages:
-        return alloc
-    free = alloc.allocate(alloc.num_free)  # the ids free in the old allocator (it is dropped)
-    grown = PageAllocator(num_pages, alloc.name)
-    grown.allocate(alloc.num_pages)  # ids 0 .. old - 1
-    grown.release(free)
-    return grown
-
-
-def _grown_pool(pool, num_pages: int):
-    """``pool`` ([pages, ...] float tensor or ``Fp8KVPool``) with ``num_pages`` pages, rows copied."""
-    if isinstance(pool, Fp8KVPool):
-        if num_pages <= pool.num_pages:
-            return pool
-        data = pool.data.new_zeros(num_pages, pool.data.shape[1])
-        data[: pool.num_pages].copy_(pool.data)
-        return Fp8KVPool(data, pool.page_size)
-    if num_pages <= pool.shape[0]:
-        return pool
-    grown = pool.new_zeros(num_pages, *pool.shape[1:])
-    grown[: pool.shape[0]].copy_(pool)
-    return grown
