@@ -134,8 +134,7 @@ public:
             // bit = 1 where a < 2^k: keep; elsewhere this binade (or a higher one, later) applies.
             longattn_compat::CompareScalar(mask_, a_, thr, CMPMODE::LT, kFp8NopeDim);
             Select(q_, mask_, q_, quantum, SELMODE::VSEL_TENSOR_SCALAR_MODE, kFp8NopeDim);
-            Select(base_, mask_, base_, static_cast<float>(8 * (k + 6)), SELMODE::VSEL_TENSOR_SCALAR_MODE,
-                   kFp8NopeDim);
+            Select(base_, mask_, base_, static_cast<float>(8 * (k + 6)), SELMODE::VSEL_TENSOR_SCALAR_MODE, kFp8NopeDim);
             thr *= 2.0f;
             quantum *= 2.0f;
         }
@@ -156,8 +155,7 @@ public:
         Select(t_, mask_, even_, odd_, SELMODE::VSEL_TENSOR_TENSOR_MODE, kPairs);
         Cast(rec.ReinterpretCast<int16_t>(), t_, RoundMode::CAST_RINT, kFp8NopeDim / 2);
         // Rope dims: bf16, round to nearest even.
-        Cast(rec[kFp8NopeDim].ReinterpretCast<bfloat16_t>(), xf_[kFp8NopeDim],
-             RoundMode::CAST_RINT, kFp8RopeDim);
+        Cast(rec[kFp8NopeDim].ReinterpretCast<bfloat16_t>(), xf_[kFp8NopeDim], RoundMode::CAST_RINT, kFp8RopeDim);
     }
 
     // Writes one record to slot `slot` of the paged FP8 pool (data row and scale row).

@@ -63,7 +63,8 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     std::vector<T> row(static_cast<size_t>(blocks) * C0);
     for (uint32_t i = 0; i < p.ndNum; ++i)
         for (uint32_t r = 0; r < p.nValue; ++r) {
-            const uint64_t srow = static_cast<uint64_t>(i) * p.srcNdMatrixStride + static_cast<uint64_t>(r) * p.srcDValue;
+            const uint64_t srow =
+                static_cast<uint64_t>(i) * p.srcNdMatrixStride + static_cast<uint64_t>(r) * p.srcDValue;
             const T* s = GmSpan(src, srow, p.dValue, "Nd2Nz source row", loc);
             TrackGmRead(s, p.dValue * sizeof(T));
             std::fill(row.begin(), row.end(), T(0));
@@ -92,7 +93,8 @@ inline void Transpose16x16(uint8_t* frac)
     std::memcpy(frac, o, 512);
 }
 template <typename T>
-inline void CheckLoad2D(const LocalTensor<T>& dst, const LoadData2DParams& p, const char* api, longattn_emu::detail::Loc loc)
+inline void CheckLoad2D(const LocalTensor<T>& dst, const LoadData2DParams& p, const char* api,
+                        longattn_emu::detail::Loc loc)
 {
     using namespace longattn_emu::detail;
     RequireLocal(dst, Mem::L0A, Mem::L0B, api, "dst", loc);
@@ -102,7 +104,8 @@ inline void CheckLoad2D(const LocalTensor<T>& dst, const LoadData2DParams& p, co
     CheckRange(p.dstGap, 0, 65535, api, "dstGap", loc);
     if (p.addrMode != 0) Fatal(loc, "%s: addrMode must be 0 for L1/GM -> L0 loads", api);
     if (p.ifTranspose && sizeof(T) != 2)
-        Fatal(loc, "%s: ifTranspose needs a 16-bit type (documented); use LoadDataWithTranspose for %s", api, TypeName<T>());
+        Fatal(loc, "%s: ifTranspose needs a 16-bit type (documented); use LoadDataWithTranspose for %s", api,
+              TypeName<T>());
 }
 }  // namespace emu_internal
 
@@ -162,8 +165,10 @@ inline void InitConstValue(const LocalTensor<T>& dst, const InitConstValueParams
     const bool l1 = dst.emu_mem == Mem::L1;
     const char* api = "InitConstValue";
     BeginOp(l1 ? PIPE_MTE2 : PIPE_MTE1, api, loc);
-    if (!l1) RequireLocal(dst, Mem::L0A, Mem::L0B, api, "dst", loc);
-    else RequireLocal(dst, Mem::L1, Mem::L1, api, "dst", loc);
+    if (!l1)
+        RequireLocal(dst, Mem::L0A, Mem::L0B, api, "dst", loc);
+    else
+        RequireLocal(dst, Mem::L1, Mem::L1, api, "dst", loc);
     CheckRange(p.repeatTimes, 0, 32767, api, "repeatTimes", loc);
     CheckRange(p.blockNum, 0, 32767, api, "blockNum", loc);
     CheckRange(p.dstGap, 0, 32767, api, "dstGap", loc);
@@ -190,10 +195,11 @@ inline void Mmad(const LocalTensor<Tc>& dst, const LocalTensor<Ta>& fm, const Lo
 {
     using namespace longattn_emu::detail;
     static_assert(std::is_same<Ta, Tb>::value, "Mmad: left and right matrices must have the same type (A2/A3)");
-    static_assert((std::is_same<Ta, half>::value || std::is_same<Ta, bfloat16_t>::value || std::is_same<Ta, float>::value)
-                      ? std::is_same<Tc, float>::value
-                      : (std::is_same<Ta, int8_t>::value && std::is_same<Tc, int32_t>::value),
-                  "Mmad: supported (A, B, C) types are (half|bfloat16_t|float, same, float) and (int8_t, int8_t, int32_t)");
+    static_assert(
+        (std::is_same<Ta, half>::value || std::is_same<Ta, bfloat16_t>::value || std::is_same<Ta, float>::value)
+            ? std::is_same<Tc, float>::value
+            : (std::is_same<Ta, int8_t>::value && std::is_same<Tc, int32_t>::value),
+        "Mmad: supported (A, B, C) types are (half|bfloat16_t|float, same, float) and (int8_t, int8_t, int32_t)");
     const Loc loc = LAEMU_HERE;
     const char* api = "Mmad";
     BeginOp(PIPE_M, api, loc);
@@ -224,21 +230,25 @@ inline void Mmad(const LocalTensor<Tc>& dst, const LocalTensor<Ta>& fm, const Lo
     TrackLocal(dst.emu_mem, dst.emu_off, static_cast<uint32_t>(cBytes), true);
     // Zz / Zn / Nz addressing (see the header comment).
     auto aAt = [&](uint32_t i, uint32_t kk) {
-        return LoadAs<Ta>(pa + (static_cast<uint64_t>(i / 16) * K1 + kk / K0) * 512 + ((i % 16) * K0 + kk % K0) * sizeof(Ta));
+        return LoadAs<Ta>(pa + (static_cast<uint64_t>(i / 16) * K1 + kk / K0) * 512 +
+                          ((i % 16) * K0 + kk % K0) * sizeof(Ta));
     };
     auto bAt = [&](uint32_t kk, uint32_t j) {
-        return LoadAs<Tb>(pb + (static_cast<uint64_t>(kk / K0) * N1 + j / 16) * 512 + ((j % 16) * K0 + kk % K0) * sizeof(Tb));
+        return LoadAs<Tb>(pb + (static_cast<uint64_t>(kk / K0) * N1 + j / 16) * 512 +
+                          ((j % 16) * K0 + kk % K0) * sizeof(Tb));
     };
     for (uint32_t i = 0; i < p.m; ++i)
         for (uint32_t j = 0; j < p.n; ++j) {
             uint8_t* cp = pc + (static_cast<uint64_t>(j / 16) * M1 + i / 16) * 1024 + ((i % 16) * 16 + j % 16) * 4;
             if constexpr (std::is_same<Tc, int32_t>::value) {
                 int64_t acc = accumulate ? LoadAs<int32_t>(cp) : 0;
-                for (uint32_t kk = 0; kk < p.k; ++kk) acc += static_cast<int64_t>(aAt(i, kk)) * static_cast<int64_t>(bAt(kk, j));
+                for (uint32_t kk = 0; kk < p.k; ++kk)
+                    acc += static_cast<int64_t>(aAt(i, kk)) * static_cast<int64_t>(bAt(kk, j));
                 StoreAs<int32_t>(cp, static_cast<int32_t>(acc));
             } else {
                 float acc = accumulate ? LoadAs<float>(cp) : 0.f;
-                for (uint32_t kk = 0; kk < p.k; ++kk) acc += static_cast<float>(aAt(i, kk)) * static_cast<float>(bAt(kk, j));
+                for (uint32_t kk = 0; kk < p.k; ++kk)
+                    acc += static_cast<float>(aAt(i, kk)) * static_cast<float>(bAt(kk, j));
                 StoreAs<float>(cp, acc);
             }
         }
@@ -252,7 +262,8 @@ template <typename T, typename U, const FixpipeConfig& config = CFG_ROW_MAJOR>
 inline void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const FixpipeParamsV220& p, LAEMU_LOC)
 {
     using namespace longattn_emu::detail;
-    static_assert(std::is_same<U, float>::value || std::is_same<U, int32_t>::value, "Fixpipe: L0C holds float or int32_t");
+    static_assert(std::is_same<U, float>::value || std::is_same<U, int32_t>::value,
+                  "Fixpipe: L0C holds float or int32_t");
     const Loc loc = LAEMU_HERE;
     const char* api = "Fixpipe(L0C->GM)";
     BeginOp(PIPE_FIX, api, loc);
@@ -267,17 +278,20 @@ inline void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const
     if (p.isChannelSplit) Fatal(loc, "Fixpipe: channel split is not emulated");
     const bool toHalf = p.quantPre == F322F16, toBf16 = p.quantPre == F322BF16;
     if (p.quantPre != NoQuant && !toHalf && !toBf16)
-        Fatal(loc, "Fixpipe: quantPre %d is not emulated (NoQuant, F322F16, F322BF16 are)", static_cast<int>(p.quantPre));
+        Fatal(loc, "Fixpipe: quantPre %d is not emulated (NoQuant, F322F16, F322BF16 are)",
+              static_cast<int>(p.quantPre));
     constexpr bool f2h = std::is_same<T, half>::value && std::is_same<U, float>::value;
     constexpr bool f2b = std::is_same<T, bfloat16_t>::value && std::is_same<U, float>::value;
     if ((p.quantPre == NoQuant && !std::is_same<T, U>::value) || (toHalf && !f2h) || (toBf16 && !f2b))
-        Fatal(loc, "Fixpipe: quantPre does not match the %s -> %s conversion (use NoQuant for same types, F322F16 for "
-                   "float->half, F322BF16 for float->bfloat16_t; it is not inferred)",
+        Fatal(loc,
+              "Fixpipe: quantPre does not match the %s -> %s conversion (use NoQuant for same types, F322F16 for "
+              "float->half, F322BF16 for float->bfloat16_t; it is not inferred)",
               TypeName<U>(), TypeName<T>());
     if (p.ndNum == 0 || p.mSize == 0 || p.nSize == 0) return;
     if (p.srcStride < p.mSize)
-        Fatal(loc, "Fixpipe: srcStride = %u rows is smaller than mSize = %u (column blocks would overlap; normally "
-                   "ceil(m/16)*16)",
+        Fatal(loc,
+              "Fixpipe: srcStride = %u rows is smaller than mSize = %u (column blocks would overlap; normally "
+              "ceil(m/16)*16)",
               p.srcStride, p.mSize);
     if (p.dstStride < p.nSize)
         Fatal(loc, "Fixpipe: dstStride = %u elements per GM row is smaller than nSize = %u", p.dstStride, p.nSize);
@@ -287,7 +301,8 @@ inline void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const
         for (uint32_t i = 0; i < p.mSize; ++i) {
             for (uint32_t j = 0; j < p.nSize; ++j) {
                 const uint64_t e = static_cast<uint64_t>(nd) * p.srcNdStride * 256 +
-                                   static_cast<uint64_t>(j / 16) * p.srcStride * 16 + static_cast<uint64_t>(i) * 16 + j % 16;
+                                   static_cast<uint64_t>(j / 16) * p.srcStride * 16 + static_cast<uint64_t>(i) * 16 +
+                                   j % 16;
                 const uint8_t* ps = LocalSpan(s8, e * 4, 4, "Fixpipe L0C source", loc);
                 TrackLocal(src.emu_mem, src.emu_off + static_cast<uint32_t>(e * 4), 4, false);
                 U v = LoadAs<U>(ps);

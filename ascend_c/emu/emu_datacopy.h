@@ -23,8 +23,8 @@ template <typename T>
 inline void CheckGmAlign(const T* p, const char* api, Loc loc)
 {
     if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0)
-        Fatal(loc, "%s: GM address %p is not aligned to sizeof(%s)=%zu", api, static_cast<const void*>(p), TypeName<T>(),
-              sizeof(T));
+        Fatal(loc, "%s: GM address %p is not aligned to sizeof(%s)=%zu", api, static_cast<const void*>(p),
+              TypeName<T>(), sizeof(T));
 }
 inline void CheckRange(uint64_t v, uint64_t lo, uint64_t hi, const char* api, const char* field, Loc loc)
 {
@@ -188,9 +188,10 @@ inline void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, cons
     const uint64_t len = p.blockLen * 32ull;
     for (uint64_t i = 0; i < p.blockCount; ++i) {
         const uint64_t so = i * (p.blockLen + p.srcStride) * 32ull, dO = i * (p.blockLen + p.dstStride) * 32ull;
-        const uint8_t* s = reinterpret_cast<const uint8_t*>(GmSpan(src.template ReinterpretCast<uint8_t>(), so, len,
-                                                                   "DataCopy(GM->local) source", loc));
-        uint8_t* d = LocalSpan(dst.template ReinterpretCast<uint8_t>(), dO, len, "DataCopy(GM->local) destination", loc);
+        const uint8_t* s = reinterpret_cast<const uint8_t*>(
+            GmSpan(src.template ReinterpretCast<uint8_t>(), so, len, "DataCopy(GM->local) source", loc));
+        uint8_t* d =
+            LocalSpan(dst.template ReinterpretCast<uint8_t>(), dO, len, "DataCopy(GM->local) destination", loc);
         TrackGmRead(s, len);
         TrackLocal(dst.emu_mem, dst.emu_off + static_cast<uint32_t>(dO), static_cast<uint32_t>(len), true);
         std::memcpy(d, s, len);
@@ -212,8 +213,8 @@ inline void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, cons
     const uint64_t n = p.blockLen * 32ull / sizeof(T);
     for (uint64_t i = 0; i < p.blockCount; ++i) {
         const uint64_t so = i * (p.blockLen + p.srcStride) * 32ull, dO = i * (p.blockLen + p.dstStride) * 32ull;
-        const uint8_t* s = LocalSpan(src.template ReinterpretCast<uint8_t>(), so, n * sizeof(T),
-                                     "DataCopy(local->GM) source", loc);
+        const uint8_t* s =
+            LocalSpan(src.template ReinterpretCast<uint8_t>(), so, n * sizeof(T), "DataCopy(local->GM) source", loc);
         T* d = GmSpan(dst, dO / sizeof(T), n, "DataCopy(local->GM) destination", loc);
         TrackLocal(src.emu_mem, src.emu_off + static_cast<uint32_t>(so), static_cast<uint32_t>(n * sizeof(T)), false);
         GmWrite(d, s, n, loc);
@@ -334,7 +335,8 @@ inline void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src, c
     for (uint64_t i = 0; i < p.blockCount; ++i) {
         const uint64_t so = i * (rowBytes + static_cast<uint64_t>(p.srcStride) * 32u);
         const uint64_t dO = i * (static_cast<uint64_t>(p.blockLen) + p.dstStride);
-        const uint8_t* s = LocalSpan(src.template ReinterpretCast<uint8_t>(), so, p.blockLen, "DataCopyPad source", loc);
+        const uint8_t* s =
+            LocalSpan(src.template ReinterpretCast<uint8_t>(), so, p.blockLen, "DataCopyPad source", loc);
         T* d = reinterpret_cast<T*>(
             GmSpan(dst.template ReinterpretCast<uint8_t>(), dO, p.blockLen, "DataCopyPad destination", loc));
         TrackLocal(src.emu_mem, src.emu_off + static_cast<uint32_t>(so), p.blockLen, false);
@@ -375,6 +377,7 @@ inline void DisableDmaAtomic(LAEMU_LOC) { SetAtomicNone(LAEMU_LOC_FWD); }
 // Scalar GM cache maintenance: a no-op on the CPU (GM is coherent here; see README blind spots).
 template <typename T, int cacheLine = 0, int dcciDst = 0>
 inline void DataCacheCleanAndInvalid(const GlobalTensor<T>&)
-{}
+{
+}
 
 }  // namespace AscendC

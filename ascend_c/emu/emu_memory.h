@@ -261,7 +261,9 @@ public:
         return r;
     }
     template <typename... A>
-    void SetL2CacheHint(A...) const {}
+    void SetL2CacheHint(A...) const
+    {
+    }
 };
 
 }  // namespace AscendC
@@ -270,8 +272,7 @@ namespace longattn_emu {
 namespace detail {
 
 template <typename T>
-inline uint8_t* LocalSpan(const AscendC::LocalTensor<T>& t, uint64_t elemOff, uint64_t count, const char* what,
-                          Loc loc)
+inline uint8_t* LocalSpan(const AscendC::LocalTensor<T>& t, uint64_t elemOff, uint64_t count, const char* what, Loc loc)
 {
     if (t.emu_mem == Mem::NONE || t.emu_core == nullptr)
         Fatal(loc, "%s: LocalTensor is empty (not obtained from AllocTensor/DeQue/TBuf::Get)", what);
@@ -285,14 +286,15 @@ inline uint8_t* LocalSpan(const AscendC::LocalTensor<T>& t, uint64_t elemOff, ui
     }
     const uint64_t b = t.emu_off + elemOff * sizeof(T);
     const uint64_t e = b + count * sizeof(T);
-    if (count == 0) return c.arena[static_cast<int>(t.emu_mem)].base + (b < c.arena[static_cast<int>(t.emu_mem)].phys ? b : 0);
+    if (count == 0)
+        return c.arena[static_cast<int>(t.emu_mem)].base + (b < c.arena[static_cast<int>(t.emu_mem)].phys ? b : 0);
     if (b < t.emu_regBeg || e > t.emu_regEnd)
         Fatal(loc,
               "LocalTensor out-of-bounds: %s touches %s bytes [0x%llx, 0x%llx) (elements [%llu, %llu) of a "
               "%s tensor at 0x%x) but its buffer spans [0x%x, 0x%x) (TPosition %s)",
               what, MemName(t.emu_mem), static_cast<unsigned long long>(b), static_cast<unsigned long long>(e),
-              static_cast<unsigned long long>(elemOff), static_cast<unsigned long long>(elemOff + count),
-              TypeName<T>(), t.emu_off, t.emu_regBeg, t.emu_regEnd, PositionName(t.emu_pos));
+              static_cast<unsigned long long>(elemOff), static_cast<unsigned long long>(elemOff + count), TypeName<T>(),
+              t.emu_off, t.emu_regBeg, t.emu_regEnd, PositionName(t.emu_pos));
     return c.arena[static_cast<int>(t.emu_mem)].base + b;
 }
 
@@ -599,7 +601,8 @@ public:
     {
         longattn_emu::detail::CoreCtx& c = longattn_emu::detail::Core(LAEMU_HERE);
         if (c.activePipe != nullptr)
-            longattn_emu::detail::Fatal(LAEMU_HERE, "a second TPipe was constructed while another is alive on this core");
+            longattn_emu::detail::Fatal(LAEMU_HERE,
+                                        "a second TPipe was constructed while another is alive on this core");
         c.activePipe = this;
         for (auto& u : c.pipeUsed) u = 0;
         core_ = &c;
@@ -632,8 +635,8 @@ public:
         if (que.emu_num != 0)
             Fatal(LAEMU_HERE, "TPipe::InitBuffer called twice for the same TQue<%s>", PositionName(que.emu_pos));
         if (num == 0 || num > QueBase::kMaxBuffers)
-            Fatal(LAEMU_HERE, "TPipe::InitBuffer(TQue<%s>): num=%u out of range [1, %u]", PositionName(que.emu_pos), num,
-                  QueBase::kMaxBuffers);
+            Fatal(LAEMU_HERE, "TPipe::InitBuffer(TQue<%s>): num=%u out of range [1, %u]", PositionName(que.emu_pos),
+                  num, QueBase::kMaxBuffers);
         const Mem m = CheckPos(c, que.emu_pos, LAEMU_HERE);
         uint32_t alignedLen = 0;
         const uint32_t base = Carve(c, m, num, len, &alignedLen, PositionName(que.emu_pos), "TQue", LAEMU_HERE);
@@ -645,7 +648,8 @@ public:
     {
         using namespace longattn_emu::detail;
         CoreCtx& c = Live(LAEMU_HERE);
-        if (buf.emu_len != 0) Fatal(LAEMU_HERE, "TPipe::InitBuffer called twice for the same TBuf<%s>", PositionName(p));
+        if (buf.emu_len != 0)
+            Fatal(LAEMU_HERE, "TPipe::InitBuffer called twice for the same TBuf<%s>", PositionName(p));
         const Mem m = CheckPos(c, p, LAEMU_HERE);
         uint32_t alignedLen = 0;
         buf.emu_base = Carve(c, m, 1, len, &alignedLen, PositionName(p), "TBuf", LAEMU_HERE);
@@ -701,7 +705,8 @@ private:
             longattn_emu::detail::Fatal(loc, "TPipe used after Destroy() or on another core");
         return c;
     }
-    static longattn_emu::detail::Mem CheckPos(longattn_emu::detail::CoreCtx& c, TPosition p, longattn_emu::detail::Loc loc)
+    static longattn_emu::detail::Mem CheckPos(longattn_emu::detail::CoreCtx& c, TPosition p,
+                                              longattn_emu::detail::Loc loc)
     {
         using namespace longattn_emu::detail;
         const Mem m = PositionMem(p);

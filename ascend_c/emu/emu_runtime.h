@@ -52,7 +52,8 @@
 #define LAEMU_LOC const char *laFile = __builtin_FILE(), int laLine = __builtin_LINE()
 #define LAEMU_LOC_DECL const char *laFile, int laLine
 #define LAEMU_LOC_FWD laFile, laLine
-#define LAEMU_HERE ::longattn_emu::detail::Loc{laFile, laLine}
+#define LAEMU_HERE \
+    ::longattn_emu::detail::Loc { laFile, laLine }
 
 namespace longattn_emu {
 
@@ -104,9 +105,9 @@ inline void DescribeCore(const CoreCtx* c, char* buf, size_t n);
     va_start(ap, fmt);
     FatalV(loc, fmt, ap);
 }
-#define LAEMU_CHECK(cond, loc, ...)                                                              \
-    do {                                                                                         \
-        if (!(cond)) ::longattn_emu::detail::Fatal((loc), __VA_ARGS__);                          \
+#define LAEMU_CHECK(cond, loc, ...) \
+    do { \
+        if (!(cond)) ::longattn_emu::detail::Fatal((loc), __VA_ARGS__); \
     } while (0)
 
 inline double TimeoutSeconds()
@@ -222,7 +223,7 @@ inline const char* PositionName(AscendC::TPosition p)
 constexpr int kNumPipes = 7;  // S, V, M, MTE1, MTE2, MTE3, FIX (PIPE_ALL excluded)
 inline const char* PipeName(int p)
 {
-    static const char* const names[] = {"PIPE_S", "PIPE_V", "PIPE_M", "PIPE_MTE1",
+    static const char* const names[] = {"PIPE_S",    "PIPE_V",    "PIPE_M",   "PIPE_MTE1",
                                         "PIPE_MTE2", "PIPE_MTE3", "PIPE_FIX", "PIPE_ALL"};
     return (p >= 0 && p <= 7) ? names[p] : "PIPE_?";
 }
@@ -237,22 +238,38 @@ struct EventInfo {
 inline const EventInfo& EventTable(AscendC::HardEvent e)
 {
     static const EventInfo t[] = {
-        {"MTE2_V", PIPE_MTE2, PIPE_V, true, false},     {"V_MTE2", PIPE_V, PIPE_MTE2, true, false},
-        {"MTE3_V", PIPE_MTE3, PIPE_V, true, false},     {"V_MTE3", PIPE_V, PIPE_MTE3, true, false},
-        {"MTE2_MTE3", PIPE_MTE2, PIPE_MTE3, true, true}, {"MTE3_MTE2", PIPE_MTE3, PIPE_MTE2, true, true},
-        {"S_V", PIPE_S, PIPE_V, true, false},           {"V_S", PIPE_V, PIPE_S, true, false},
-        {"MTE2_S", PIPE_MTE2, PIPE_S, true, false},     {"S_MTE2", PIPE_S, PIPE_MTE2, true, false},
-        {"MTE3_S", PIPE_MTE3, PIPE_S, true, false},     {"S_MTE3", PIPE_S, PIPE_MTE3, true, false},
-        {"MTE2_MTE1", PIPE_MTE2, PIPE_MTE1, false, true}, {"MTE1_MTE2", PIPE_MTE1, PIPE_MTE2, false, true},
-        {"MTE1_M", PIPE_MTE1, PIPE_M, false, true},     {"M_MTE1", PIPE_M, PIPE_MTE1, false, true},
-        {"MTE2_M", PIPE_MTE2, PIPE_M, false, true},     {"M_MTE2", PIPE_M, PIPE_MTE2, false, true},
-        {"M_FIX", PIPE_M, PIPE_FIX, false, true},       {"FIX_M", PIPE_FIX, PIPE_M, false, true},
-        {"MTE1_FIX", PIPE_MTE1, PIPE_FIX, false, true}, {"FIX_MTE1", PIPE_FIX, PIPE_MTE1, false, true},
-        {"MTE1_MTE3", PIPE_MTE1, PIPE_MTE3, false, true}, {"MTE3_MTE1", PIPE_MTE3, PIPE_MTE1, false, true},
-        {"MTE2_FIX", PIPE_MTE2, PIPE_FIX, false, true}, {"FIX_MTE2", PIPE_FIX, PIPE_MTE2, false, true},
-        {"MTE3_FIX", PIPE_MTE3, PIPE_FIX, false, true}, {"FIX_MTE3", PIPE_FIX, PIPE_MTE3, false, true},
-        {"M_V", PIPE_M, PIPE_V, false, false},          {"V_M", PIPE_V, PIPE_M, false, false},
-        {"FIX_S", PIPE_FIX, PIPE_S, false, false},      {"S_FIX", PIPE_S, PIPE_FIX, false, false},
+        {"MTE2_V", PIPE_MTE2, PIPE_V, true, false},
+        {"V_MTE2", PIPE_V, PIPE_MTE2, true, false},
+        {"MTE3_V", PIPE_MTE3, PIPE_V, true, false},
+        {"V_MTE3", PIPE_V, PIPE_MTE3, true, false},
+        {"MTE2_MTE3", PIPE_MTE2, PIPE_MTE3, true, true},
+        {"MTE3_MTE2", PIPE_MTE3, PIPE_MTE2, true, true},
+        {"S_V", PIPE_S, PIPE_V, true, false},
+        {"V_S", PIPE_V, PIPE_S, true, false},
+        {"MTE2_S", PIPE_MTE2, PIPE_S, true, false},
+        {"S_MTE2", PIPE_S, PIPE_MTE2, true, false},
+        {"MTE3_S", PIPE_MTE3, PIPE_S, true, false},
+        {"S_MTE3", PIPE_S, PIPE_MTE3, true, false},
+        {"MTE2_MTE1", PIPE_MTE2, PIPE_MTE1, false, true},
+        {"MTE1_MTE2", PIPE_MTE1, PIPE_MTE2, false, true},
+        {"MTE1_M", PIPE_MTE1, PIPE_M, false, true},
+        {"M_MTE1", PIPE_M, PIPE_MTE1, false, true},
+        {"MTE2_M", PIPE_MTE2, PIPE_M, false, true},
+        {"M_MTE2", PIPE_M, PIPE_MTE2, false, true},
+        {"M_FIX", PIPE_M, PIPE_FIX, false, true},
+        {"FIX_M", PIPE_FIX, PIPE_M, false, true},
+        {"MTE1_FIX", PIPE_MTE1, PIPE_FIX, false, true},
+        {"FIX_MTE1", PIPE_FIX, PIPE_MTE1, false, true},
+        {"MTE1_MTE3", PIPE_MTE1, PIPE_MTE3, false, true},
+        {"MTE3_MTE1", PIPE_MTE3, PIPE_MTE1, false, true},
+        {"MTE2_FIX", PIPE_MTE2, PIPE_FIX, false, true},
+        {"FIX_MTE2", PIPE_FIX, PIPE_MTE2, false, true},
+        {"MTE3_FIX", PIPE_MTE3, PIPE_FIX, false, true},
+        {"FIX_MTE3", PIPE_FIX, PIPE_MTE3, false, true},
+        {"M_V", PIPE_M, PIPE_V, false, false},
+        {"V_M", PIPE_V, PIPE_M, false, false},
+        {"FIX_S", PIPE_FIX, PIPE_S, false, false},
+        {"S_FIX", PIPE_S, PIPE_FIX, false, false},
     };
     static_assert(sizeof(t) / sizeof(t[0]) == static_cast<size_t>(AscendC::HardEvent::MAX_EVENT),
                   "event table out of sync with HardEvent");
@@ -398,8 +415,9 @@ inline void DescribeCore(const CoreCtx* c, char* buf, size_t n)
 inline CoreCtx& Core(Loc loc = Loc{nullptr, 0})
 {
     if (!tlsCore)
-        Fatal(loc, "Ascend C API called outside an emulator launch (use longattn_emu::LaunchVector/"
-                   "LaunchCube/LaunchMix)");
+        Fatal(loc,
+              "Ascend C API called outside an emulator launch (use longattn_emu::LaunchVector/"
+              "LaunchCube/LaunchMix)");
     return *tlsCore;
 }
 
@@ -450,9 +468,8 @@ inline void DescribeOp(const CoreCtx& c, uint32_t t, char* buf, size_t n)
           "pipe hazard (%s): %s (%s) %s %s bytes [0x%x, 0x%x) %s %s (%s) with no synchronisation in "
           "between; on hardware these pipes run concurrently. Order them with %s, a TQue "
           "EnQue/DeQue (RAW) or FreeTensor/AllocTensor (WAR) handoff, or PipeBarrier<PIPE_ALL>()",
-          kind, PipeName(c.curPipe), c.curApi, war ? "overwrites" : (kind[0] == 'R' ? "reads" : "writes"),
-          MemName(m), blk * 32u, blk * 32u + 32u, war ? "still being read by" : "last written by",
-          PipeName(otherPipe), other, fix);
+          kind, PipeName(c.curPipe), c.curApi, war ? "overwrites" : (kind[0] == 'R' ? "reads" : "writes"), MemName(m),
+          blk * 32u, blk * 32u + 32u, war ? "still being read by" : "last written by", PipeName(otherPipe), other, fix);
 }
 
 // Record an access of bytes [off, off+bytes) of local memory m by the current op.

@@ -27,9 +27,11 @@ struct MrgSortSrcList {
     LocalTensor<T> src3;
     LocalTensor<T> src4;
     MrgSortSrcList() = default;
-    MrgSortSrcList(const LocalTensor<T>& s1, const LocalTensor<T>& s2, const LocalTensor<T>& s3, const LocalTensor<T>& s4)
+    MrgSortSrcList(const LocalTensor<T>& s1, const LocalTensor<T>& s2, const LocalTensor<T>& s3,
+                   const LocalTensor<T>& s4)
         : src1(s1), src2(s2), src3(s3), src4(s4)
-    {}
+    {
+    }
 };
 
 namespace emu_internal {
@@ -82,11 +84,14 @@ inline void Sort32(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const 
             v[i].score = static_cast<float>(LoadAs<T>(ps + (r * 32 + i) * sizeof(T)));
             v[i].index = LoadAs<uint32_t>(pi + (r * 32 + i) * 4);
             if (std::isnan(v[i].score))
-                Fatal(loc, "Sort32: score %d of repeat %d is NaN: where the hardware sorts a NaN is undocumented "
-                           "(replace NaN scores before sorting)", i, r);
+                Fatal(loc,
+                      "Sort32: score %d of repeat %d is NaN: where the hardware sorts a NaN is undocumented "
+                      "(replace NaN scores before sorting)",
+                      i, r);
         }
-        std::stable_sort(v.begin(), v.end(),
-                         [](const emu_internal::ScorePair& a, const emu_internal::ScorePair& b) { return a.score > b.score; });
+        std::stable_sort(v.begin(), v.end(), [](const emu_internal::ScorePair& a, const emu_internal::ScorePair& b) {
+            return a.score > b.score;
+        });
         for (int i = 0; i < 32; ++i) emu_internal::StorePair<T>(pd + (r * 32 + i) * 8, v[i]);
     }
 }
@@ -107,7 +112,8 @@ inline void MrgSort(const LocalTensor<T>& dst, const MrgSortSrcList<T>& srcList,
     for (int k = 0; k < nq; ++k) {
         CheckRange(params.elementLengths[k], 0, 4095, "MrgSort", "elementLengths[k]", loc);
         if (q[k]->emu_mem != Mem::UB) Fatal(loc, "MrgSort: queue %d is not a UB tensor", k + 1);
-        if (q[k]->emu_off % 8 != 0) Fatal(loc, "MrgSort: queue %d address 0x%x is not 8-byte aligned", k + 1, q[k]->emu_off);
+        if (q[k]->emu_off % 8 != 0)
+            Fatal(loc, "MrgSort: queue %d address 0x%x is not 8-byte aligned", k + 1, q[k]->emu_off);
     }
     if (params.repeatTimes == 0) return;
     uint64_t total = 0;
@@ -119,21 +125,25 @@ inline void MrgSort(const LocalTensor<T>& dst, const MrgSortSrcList<T>& srcList,
             ok = params.elementLengths[k] == params.elementLengths[0] &&
                  q[k]->emu_off == q[0]->emu_off + k * params.elementLengths[0] * 8u;
         if (!ok)
-            Fatal(loc, "MrgSort: repeatTimes > 1 needs 4 equal-length contiguous queues, validBit 15 and "
-                       "ifExhaustedSuspension = false (documented)");
+            Fatal(loc,
+                  "MrgSort: repeatTimes > 1 needs 4 equal-length contiguous queues, validBit 15 and "
+                  "ifExhaustedSuspension = false (documented)");
     }
     for (uint32_t rep = 0; rep < params.repeatTimes; ++rep) {
         std::vector<emu_internal::ScorePair> in[4];
         for (int k = 0; k < nq; ++k) {
             const uint64_t base = rep * total * 8;
-            const uint8_t* p = LocalSpan(q[k]->template ReinterpretCast<uint8_t>(), base, params.elementLengths[k] * 8ull,
-                                         "MrgSort source queue", loc);
-            TrackLocal(q[k]->emu_mem, q[k]->emu_off + static_cast<uint32_t>(base), params.elementLengths[k] * 8u, false);
+            const uint8_t* p = LocalSpan(q[k]->template ReinterpretCast<uint8_t>(), base,
+                                         params.elementLengths[k] * 8ull, "MrgSort source queue", loc);
+            TrackLocal(q[k]->emu_mem, q[k]->emu_off + static_cast<uint32_t>(base), params.elementLengths[k] * 8u,
+                       false);
             for (uint32_t i = 0; i < params.elementLengths[k]; ++i) {
                 in[k].push_back(emu_internal::LoadPair<T>(p + i * 8));
                 if (std::isnan(in[k][i].score))
-                    Fatal(loc, "MrgSort: source queue %d holds a NaN score at pair %u: where the hardware merges a "
-                               "NaN is undocumented (replace NaN scores before sorting)", k + 1, i);
+                    Fatal(loc,
+                          "MrgSort: source queue %d holds a NaN score at pair %u: where the hardware merges a "
+                          "NaN is undocumented (replace NaN scores before sorting)",
+                          k + 1, i);
                 if (i > 0 && in[k][i].score > in[k][i - 1].score)
                     Fatal(loc, "MrgSort: source queue %d is not sorted descending at pair %u", k + 1, i);
             }
@@ -154,8 +164,10 @@ inline void MrgSort(const LocalTensor<T>& dst, const MrgSortSrcList<T>& srcList,
             if (qb < dst.emu_off + dbase + out.size() * 8 && dst.emu_off + dbase < qe)
                 Fatal(loc, "MrgSort: destination overlaps source queue %d (not supported)", k + 1);
         }
-        uint8_t* pd = LocalSpan(dst.template ReinterpretCast<uint8_t>(), dbase, out.size() * 8, "MrgSort destination", loc);
-        TrackLocal(dst.emu_mem, dst.emu_off + static_cast<uint32_t>(dbase), static_cast<uint32_t>(out.size() * 8), true);
+        uint8_t* pd =
+            LocalSpan(dst.template ReinterpretCast<uint8_t>(), dbase, out.size() * 8, "MrgSort destination", loc);
+        TrackLocal(dst.emu_mem, dst.emu_off + static_cast<uint32_t>(dbase), static_cast<uint32_t>(out.size() * 8),
+                   true);
         for (size_t i = 0; i < out.size(); ++i) emu_internal::StorePair<T>(pd + i * 8, out[i]);
         CoreCtx& c = *tlsCore;
         for (int k = 0; k < 4; ++k) c.mrgSortResult[k] = static_cast<uint16_t>(k < nq ? pos[k] : 0);

@@ -104,7 +104,8 @@ inline void CrossSet(int mode, int pipe, uint16_t flag, Loc loc)
     CoreCtx& c = Core(loc);
     LaunchCtx& L = *c.launch;
     if (mode != 0 && mode != 1 && mode != 2)
-        Fatal(loc, "CrossCoreSetFlag<%d, ...>: only modes 0, 1, 2 exist on Atlas A2/A3 (mode 4 is Ascend 950 only)", mode);
+        Fatal(loc, "CrossCoreSetFlag<%d, ...>: only modes 0, 1, 2 exist on Atlas A2/A3 (mode 4 is Ascend 950 only)",
+              mode);
     if (pipe == PIPE_S || pipe == PIPE_ALL)
         Fatal(loc, "CrossCoreSetFlag<%d, %s>: PIPE_S and PIPE_ALL are not allowed", mode, PipeName(pipe));
     if (flag > 15) Fatal(loc, "CrossCoreSetFlag: flag id %u out of range [0, 15]", flag);
@@ -294,7 +295,8 @@ template <class F>
 inline void RunLaunch(LaunchKind kind, uint32_t blockDim, F& fn)
 {
     if (tlsCore) Fatal(Loc{nullptr, 0}, "nested emulator launch from inside a kernel");
-    if (blockDim == 0 || blockDim > 4096) Fatal(Loc{nullptr, 0}, "launch: blockDim %u out of range [1, 4096]", blockDim);
+    if (blockDim == 0 || blockDim > 4096)
+        Fatal(Loc{nullptr, 0}, "launch: blockDim %u out of range [1, 4096]", blockDim);
     LaunchCtx L;
     L.kind = kind;
     L.blockDim = blockDim;
@@ -350,8 +352,8 @@ inline void RunLaunch(LaunchKind kind, uint32_t blockDim, F& fn)
     // Every cross-core set must have been consumed by a wait.
     for (auto& core : L.cores)
         for (int f = 0; f < 16; ++f) {
-            const int pending = L.counter[core->index][f] + L.pend0[core->index][f] + L.pend1[core->index][f] +
-                                L.pend2[core->index][f];
+            const int pending =
+                L.counter[core->index][f] + L.pend0[core->index][f] + L.pend1[core->index][f] + L.pend2[core->index][f];
             if (pending != 0) {
                 tlsCore = core.get();  // for the core description in the message
                 Fatal(Loc{nullptr, 0},

@@ -48,8 +48,8 @@ enum KernelMetaType : uint8_t {
 };
 
 // Tiling: a POD struct copied out of the GM tiling pointer.
-#define GET_TILING_DATA_WITH_STRUCT(StructT, var, tilingPtr)                                     \
-    StructT var;                                                                                 \
+#define GET_TILING_DATA_WITH_STRUCT(StructT, var, tilingPtr) \
+    StructT var; \
     std::memcpy(&(var), (tilingPtr), sizeof(StructT))
 
 // ---------------------------------------------------------------------------------------------
@@ -61,8 +61,18 @@ using half = _Float16;
 
 namespace longattn_emu {
 namespace detail {
-inline uint32_t FloatBits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-inline float BitsFloat(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t FloatBits(float f)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float BitsFloat(uint32_t u)
+{
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 inline uint16_t FloatToBf16Rne(float f)
 {
     uint32_t u = FloatBits(f);
@@ -80,7 +90,8 @@ struct bfloat16_t {
     // From any arithmetic value (via float, then RNE). A double argument is rounded twice.
     template <typename U, typename = std::enable_if_t<std::is_arithmetic<U>::value>>
     bfloat16_t(U v) : emu_bits(longattn_emu::detail::FloatToBf16Rne(static_cast<float>(v)))
-    {}
+    {
+    }
     bfloat16_t(half v) : emu_bits(longattn_emu::detail::FloatToBf16Rne(static_cast<float>(v))) {}
     operator float() const { return longattn_emu::detail::Bf16ToFloat(emu_bits); }
     static bfloat16_t FromBits(uint16_t b)
@@ -107,7 +118,14 @@ enum pipe_t : uint8_t {
     PIPE_ALL = 7,
 };
 enum event_t : int32_t {
-    EVENT_ID0 = 0, EVENT_ID1, EVENT_ID2, EVENT_ID3, EVENT_ID4, EVENT_ID5, EVENT_ID6, EVENT_ID7,
+    EVENT_ID0 = 0,
+    EVENT_ID1,
+    EVENT_ID2,
+    EVENT_ID3,
+    EVENT_ID4,
+    EVENT_ID5,
+    EVENT_ID6,
+    EVENT_ID7,
 };
 
 namespace AscendC {
@@ -122,16 +140,62 @@ constexpr int32_t DEFAULT_REPEAT_STRIDE = 8;
 constexpr int32_t MASK_PLACEHOLDER = 0;
 
 enum class TPosition : uint8_t {
-    GM, A1, A2, B1, B2, C1, C2, CO1, CO2, VECIN, VECOUT, VECCALC, LCM = VECCALC, SPM, SHM = SPM,
-    TSCM, C2PIPE2GM, C2PIPE2LOCAL, MAX,
+    GM,
+    A1,
+    A2,
+    B1,
+    B2,
+    C1,
+    C2,
+    CO1,
+    CO2,
+    VECIN,
+    VECOUT,
+    VECCALC,
+    LCM = VECCALC,
+    SPM,
+    SHM = SPM,
+    TSCM,
+    C2PIPE2GM,
+    C2PIPE2LOCAL,
+    MAX,
 };
 using QuePosition = TPosition;
 
 // Intra-core events <src pipe>_<dst pipe> (SetFlag on src, WaitFlag on dst).
 enum class HardEvent : uint8_t {
-    MTE2_V, V_MTE2, MTE3_V, V_MTE3, MTE2_MTE3, MTE3_MTE2, S_V, V_S, MTE2_S, S_MTE2, MTE3_S, S_MTE3,
-    MTE2_MTE1, MTE1_MTE2, MTE1_M, M_MTE1, MTE2_M, M_MTE2, M_FIX, FIX_M, MTE1_FIX, FIX_MTE1,
-    MTE1_MTE3, MTE3_MTE1, MTE2_FIX, FIX_MTE2, MTE3_FIX, FIX_MTE3, M_V, V_M, FIX_S, S_FIX,
+    MTE2_V,
+    V_MTE2,
+    MTE3_V,
+    V_MTE3,
+    MTE2_MTE3,
+    MTE3_MTE2,
+    S_V,
+    V_S,
+    MTE2_S,
+    S_MTE2,
+    MTE3_S,
+    S_MTE3,
+    MTE2_MTE1,
+    MTE1_MTE2,
+    MTE1_M,
+    M_MTE1,
+    MTE2_M,
+    M_MTE2,
+    M_FIX,
+    FIX_M,
+    MTE1_FIX,
+    FIX_MTE1,
+    MTE1_MTE3,
+    MTE3_MTE1,
+    MTE2_FIX,
+    FIX_MTE2,
+    MTE3_FIX,
+    FIX_MTE3,
+    M_V,
+    V_M,
+    FIX_S,
+    S_FIX,
     MAX_EVENT,
 };
 
@@ -151,7 +215,15 @@ enum class SELMODE : uint8_t { VSEL_CMPMASK_SPR = 0, VSEL_TENSOR_SCALAR_MODE, VS
 enum class ReduceOrder : uint8_t { ORDER_VALUE_INDEX = 0, ORDER_INDEX_VALUE, ORDER_ONLY_VALUE, ORDER_ONLY_INDEX };
 
 enum QuantMode_t : uint8_t {
-    NoQuant = 0, F322F16, F322BF16, DEQF16, VDEQF16, QF322B8_PRE, VQF322B8_PRE, REQ8, VREQ8,
+    NoQuant = 0,
+    F322F16,
+    F322BF16,
+    DEQF16,
+    VDEQF16,
+    QF322B8_PRE,
+    VQF322B8_PRE,
+    REQ8,
+    VREQ8,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -166,7 +238,8 @@ struct DataCopyParams {
     DataCopyParams() = default;
     DataCopyParams(uint16_t count, uint16_t len, uint16_t srcStrideIn, uint16_t dstStrideIn)
         : blockCount(count), blockLen(len), srcStride(srcStrideIn), dstStride(dstStrideIn)
-    {}
+    {
+    }
 };
 
 struct DataCopyExtParams {
@@ -176,10 +249,10 @@ struct DataCopyExtParams {
     uint32_t dstStride = 0;   // gap; 32 B units on the UB side, bytes on the GM side
     uint32_t rsv = 0;
     DataCopyExtParams() = default;
-    DataCopyExtParams(uint16_t count, uint32_t len, uint32_t srcStrideIn, uint32_t dstStrideIn,
-                      uint32_t rsvIn = 0)
+    DataCopyExtParams(uint16_t count, uint32_t len, uint32_t srcStrideIn, uint32_t dstStrideIn, uint32_t rsvIn = 0)
         : blockCount(count), blockLen(len), srcStride(srcStrideIn), dstStride(dstStrideIn), rsv(rsvIn)
-    {}
+    {
+    }
 };
 
 template <typename T>
@@ -191,7 +264,8 @@ struct DataCopyPadExtParams {
     DataCopyPadExtParams() = default;
     DataCopyPadExtParams(bool isPadIn, uint8_t left, uint8_t right, T value)
         : isPad(isPadIn), leftPadding(left), rightPadding(right), paddingValue(value)
-    {}
+    {
+    }
 };
 
 // GM (ND, row-major) -> L1 (NZ) conversion. Element units unless noted.
@@ -206,12 +280,17 @@ struct Nd2NzParams {
     uint32_t dstNzMatrixStride = 0;  // elements between NZ matrices [0, 16384]
     Nd2NzParams() = default;
     Nd2NzParams(uint16_t ndNumIn, uint16_t nValueIn, uint16_t dValueIn, uint16_t srcNdMatrixStrideIn,
-                uint16_t srcDValueIn, uint16_t dstNzC0StrideIn, uint16_t dstNzNStrideIn,
-                uint16_t dstNzMatrixStrideIn)
-        : ndNum(ndNumIn), nValue(nValueIn), dValue(dValueIn), srcNdMatrixStride(srcNdMatrixStrideIn),
-          srcDValue(srcDValueIn), dstNzC0Stride(dstNzC0StrideIn), dstNzNStride(dstNzNStrideIn),
+                uint16_t srcDValueIn, uint16_t dstNzC0StrideIn, uint16_t dstNzNStrideIn, uint16_t dstNzMatrixStrideIn)
+        : ndNum(ndNumIn),
+          nValue(nValueIn),
+          dValue(dValueIn),
+          srcNdMatrixStride(srcNdMatrixStrideIn),
+          srcDValue(srcDValueIn),
+          dstNzC0Stride(dstNzC0StrideIn),
+          dstNzNStride(dstNzNStrideIn),
           dstNzMatrixStride(dstNzMatrixStrideIn)
-    {}
+    {
+    }
 };
 
 // L1 -> L0A/L0B fractal copy (512 B fractals).
@@ -226,9 +305,15 @@ struct LoadData2DParams {
     LoadData2DParams() = default;
     LoadData2DParams(uint16_t startIndexIn, uint8_t repeatTimesIn, uint16_t srcStrideIn, uint8_t sidIn,
                      uint16_t dstGapIn, bool ifTransposeIn, uint8_t addrModeIn = 0)
-        : startIndex(startIndexIn), repeatTimes(repeatTimesIn), srcStride(srcStrideIn), sid(sidIn),
-          dstGap(dstGapIn), ifTranspose(ifTransposeIn), addrMode(addrModeIn)
-    {}
+        : startIndex(startIndexIn),
+          repeatTimes(repeatTimesIn),
+          srcStride(srcStrideIn),
+          sid(sidIn),
+          dstGap(dstGapIn),
+          ifTranspose(ifTransposeIn),
+          addrMode(addrModeIn)
+    {
+    }
 };
 
 struct MmadParams {
@@ -247,9 +332,16 @@ struct MmadParams {
     MmadParams() = default;
     MmadParams(uint16_t mIn, uint16_t nIn, uint16_t kIn, bool isBiasIn = false, int32_t fmOffsetIn = 0,
                bool enSsparseIn = false, bool enWinogradAIn = false, bool enWinogradBIn = false)
-        : m(mIn), n(nIn), k(kIn), isBias(isBiasIn), fmOffset(fmOffsetIn), enSsparse(enSsparseIn),
-          enWinogradA(enWinogradAIn), enWinogradB(enWinogradBIn)
-    {}
+        : m(mIn),
+          n(nIn),
+          k(kIn),
+          isBias(isBiasIn),
+          fmOffset(fmOffsetIn),
+          enSsparse(enSsparseIn),
+          enWinogradA(enWinogradAIn),
+          enWinogradB(enWinogradBIn)
+    {
+    }
 };
 
 enum class CO2Layout : uint8_t { NZ = 0, ROW_MAJOR, COLUMN_MAJOR };
@@ -290,9 +382,14 @@ struct BinaryRepeatParams {
     BinaryRepeatParams() = default;
     BinaryRepeatParams(uint8_t dstBlk, uint8_t src0Blk, uint8_t src1Blk, uint8_t dstRep, uint8_t src0Rep,
                        uint8_t src1Rep)
-        : dstBlkStride(dstBlk), src0BlkStride(src0Blk), src1BlkStride(src1Blk), dstRepStride(dstRep),
-          src0RepStride(src0Rep), src1RepStride(src1Rep)
-    {}
+        : dstBlkStride(dstBlk),
+          src0BlkStride(src0Blk),
+          src1BlkStride(src1Blk),
+          dstRepStride(dstRep),
+          src0RepStride(src0Rep),
+          src1RepStride(src1Rep)
+    {
+    }
 };
 
 struct UnaryRepeatParams {
@@ -304,7 +401,8 @@ struct UnaryRepeatParams {
     UnaryRepeatParams() = default;
     UnaryRepeatParams(uint16_t dstBlk, uint16_t srcBlk, uint8_t dstRep, uint8_t srcRep)
         : dstBlkStride(dstBlk), srcBlkStride(srcBlk), dstRepStride(dstRep), srcRepStride(srcRep)
-    {}
+    {
+    }
 };
 
 struct BrcbRepeatParams {
@@ -336,7 +434,8 @@ struct InitConstValueParams {
     InitConstValueParams() = default;
     InitConstValueParams(uint16_t repeat, uint16_t blocks, uint16_t gap, T value)
         : repeatTimes(repeat), blockNum(blocks), dstGap(gap), initValue(value)
-    {}
+    {
+    }
 };
 
 }  // namespace AscendC

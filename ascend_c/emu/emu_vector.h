@@ -32,8 +32,8 @@ inline void CheckVecOperand(const AscendC::LocalTensor<T>& t, const char* api, c
 
 // Contiguous operand of a count-form op: check and record the access, return the bytes.
 template <typename T>
-inline uint8_t* VecSpan(const AscendC::LocalTensor<T>& t, uint64_t count, bool write, const char* api,
-                        const char* name, Loc loc, uint32_t align = 32)
+inline uint8_t* VecSpan(const AscendC::LocalTensor<T>& t, uint64_t count, bool write, const char* api, const char* name,
+                        Loc loc, uint32_t align = 32)
 {
     CheckVecOperand(t, api, name, loc, align);
     char what[96];
@@ -50,8 +50,9 @@ inline void CheckNoPartialOverlap(const AscendC::LocalTensor<D>& d, uint64_t dn,
 {
     const uint64_t db = d.emu_off, de = db + dn * sizeof(D), sb = s.emu_off, se = sb + sn * sizeof(S);
     if (db < se && sb < de && !(db == sb && sizeof(D) == sizeof(S)))
-        Fatal(loc, "%s: destination UB [0x%llx, 0x%llx) partially overlaps a source [0x%llx, 0x%llx) (only full "
-                   "in-place aliasing is allowed)",
+        Fatal(loc,
+              "%s: destination UB [0x%llx, 0x%llx) partially overlaps a source [0x%llx, 0x%llx) (only full "
+              "in-place aliasing is allowed)",
               api, static_cast<unsigned long long>(db), static_cast<unsigned long long>(de),
               static_cast<unsigned long long>(sb), static_cast<unsigned long long>(se));
 }
@@ -249,8 +250,8 @@ inline void BinaryRepeat(const AscendC::LocalTensor<T>& dst, const AscendC::Loca
 // Unary/scalar repeat form: `scalarOp` selects op(x, s) (a BinOp) instead of a UnOp.
 template <typename T>
 inline void UnaryRepeat(const AscendC::LocalTensor<T>& dst, const AscendC::LocalTensor<T>& a, MaskBits m,
-                        int64_t repeatTime, const AscendC::UnaryRepeatParams& p, bool scalarForm, UnOp uop,
-                        BinOp bop, T s, const char* api, Loc loc)
+                        int64_t repeatTime, const AscendC::UnaryRepeatParams& p, bool scalarForm, UnOp uop, BinOp bop,
+                        T s, const char* api, Loc loc)
 {
     BeginOp(PIPE_V, api, loc);
     CheckRepeat(repeatTime, api, loc);
@@ -304,98 +305,92 @@ inline T IndexAsElem(uint32_t idx)
 }  // namespace detail
 }  // namespace longattn_emu
 
-#define LAEMU_BINARY_OP(Name, OPK, TYPECOND)                                                                 \
-    template <typename T>                                                                                    \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,      \
-                     const int32_t& count, LAEMU_LOC)                                                        \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
-        longattn_emu::detail::BinaryCount(dst, src0, src1, count, longattn_emu::detail::BinOp::OPK, #Name,   \
-                                          LAEMU_HERE);                                                       \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,      \
-                     uint64_t mask, int32_t repeatTime, const BinaryRepeatParams& params, LAEMU_LOC)         \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+#define LAEMU_BINARY_OP(Name, OPK, TYPECOND) \
+    template <typename T> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, \
+                     const int32_t& count, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
+        longattn_emu::detail::BinaryCount(dst, src0, src1, count, longattn_emu::detail::BinOp::OPK, #Name, \
+                                          LAEMU_HERE); \
+    } \
+    template <typename T, bool isSetMask = true> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, uint64_t mask, \
+                     int32_t repeatTime, const BinaryRepeatParams& params, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::BinaryRepeat(dst, src0, src1,                                                  \
-                                           longattn_emu::detail::MaskFromCount<T>(mask, #Name, LAEMU_HERE),  \
-                                           repeatTime, params, longattn_emu::detail::BinOp::OPK, #Name,      \
-                                           LAEMU_HERE);                                                      \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,      \
+        longattn_emu::detail::BinaryRepeat(dst, src0, src1, \
+                                           longattn_emu::detail::MaskFromCount<T>(mask, #Name, LAEMU_HERE), \
+                                           repeatTime, params, longattn_emu::detail::BinOp::OPK, #Name, LAEMU_HERE); \
+    } \
+    template <typename T, bool isSetMask = true> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, \
                      const uint64_t mask[], int32_t repeatTime, const BinaryRepeatParams& params, LAEMU_LOC) \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::BinaryRepeat(dst, src0, src1,                                                  \
-                                           longattn_emu::detail::MaskFromArray<T>(mask, #Name, LAEMU_HERE),  \
-                                           repeatTime, params, longattn_emu::detail::BinOp::OPK, #Name,      \
-                                           LAEMU_HERE);                                                      \
+        longattn_emu::detail::BinaryRepeat(dst, src0, src1, \
+                                           longattn_emu::detail::MaskFromArray<T>(mask, #Name, LAEMU_HERE), \
+                                           repeatTime, params, longattn_emu::detail::BinOp::OPK, #Name, LAEMU_HERE); \
     }
 
-#define LAEMU_SCALAR_OP(Name, OPK, TYPECOND)                                                                 \
-    template <typename T>                                                                                    \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar,                  \
-                     const int32_t& count, LAEMU_LOC)                                                        \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
-        longattn_emu::detail::ScalarCount(dst, src, scalar, count, longattn_emu::detail::BinOp::OPK, #Name,  \
-                                          LAEMU_HERE);                                                       \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, uint64_t mask,   \
-                     int32_t repeatTime, const UnaryRepeatParams& params, LAEMU_LOC)                         \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+#define LAEMU_SCALAR_OP(Name, OPK, TYPECOND) \
+    template <typename T> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, const int32_t& count, \
+                     LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
+        longattn_emu::detail::ScalarCount(dst, src, scalar, count, longattn_emu::detail::BinOp::OPK, #Name, \
+                                          LAEMU_HERE); \
+    } \
+    template <typename T, bool isSetMask = true> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, uint64_t mask, \
+                     int32_t repeatTime, const UnaryRepeatParams& params, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromCount<T>(mask, #Name,      \
-                                                                                           LAEMU_HERE),     \
-                                          repeatTime, params, true, longattn_emu::detail::UnOp::Copy,        \
-                                          longattn_emu::detail::BinOp::OPK, scalar, #Name, LAEMU_HERE);      \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar,                  \
-                     const uint64_t mask[], int32_t repeatTime, const UnaryRepeatParams& params, LAEMU_LOC)  \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromCount<T>(mask, #Name, LAEMU_HERE), \
+                                          repeatTime, params, true, longattn_emu::detail::UnOp::Copy, \
+                                          longattn_emu::detail::BinOp::OPK, scalar, #Name, LAEMU_HERE); \
+    } \
+    template <typename T, bool isSetMask = true> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, const uint64_t mask[], \
+                     int32_t repeatTime, const UnaryRepeatParams& params, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromArray<T>(mask, #Name,      \
-                                                                                           LAEMU_HERE),     \
-                                          repeatTime, params, true, longattn_emu::detail::UnOp::Copy,        \
-                                          longattn_emu::detail::BinOp::OPK, scalar, #Name, LAEMU_HERE);      \
+        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromArray<T>(mask, #Name, LAEMU_HERE), \
+                                          repeatTime, params, true, longattn_emu::detail::UnOp::Copy, \
+                                          longattn_emu::detail::BinOp::OPK, scalar, #Name, LAEMU_HERE); \
     }
 
-#define LAEMU_UNARY_OP(Name, OPK, TYPECOND)                                                                  \
-    template <typename T>                                                                                    \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count, LAEMU_LOC)  \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+#define LAEMU_UNARY_OP(Name, OPK, TYPECOND) \
+    template <typename T> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         longattn_emu::detail::UnaryCount(dst, src, count, longattn_emu::detail::UnOp::OPK, #Name, LAEMU_HERE); \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
+    } \
+    template <typename T, bool isSetMask = true> \
     inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint64_t mask, int32_t repeatTime, \
-                     const UnaryRepeatParams& params, LAEMU_LOC)                                             \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+                     const UnaryRepeatParams& params, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromCount<T>(mask, #Name,      \
-                                                                                           LAEMU_HERE),     \
-                                          repeatTime, params, false, longattn_emu::detail::UnOp::OPK,        \
-                                          longattn_emu::detail::BinOp::Add, T(0), #Name, LAEMU_HERE);        \
-    }                                                                                                        \
-    template <typename T, bool isSetMask = true>                                                             \
-    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const uint64_t mask[],            \
-                     int32_t repeatTime, const UnaryRepeatParams& params, LAEMU_LOC)                         \
-    {                                                                                                        \
-        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3");                          \
+        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromCount<T>(mask, #Name, LAEMU_HERE), \
+                                          repeatTime, params, false, longattn_emu::detail::UnOp::OPK, \
+                                          longattn_emu::detail::BinOp::Add, T(0), #Name, LAEMU_HERE); \
+    } \
+    template <typename T, bool isSetMask = true> \
+    inline void Name(const LocalTensor<T>& dst, const LocalTensor<T>& src, const uint64_t mask[], int32_t repeatTime, \
+                     const UnaryRepeatParams& params, LAEMU_LOC) \
+    { \
+        static_assert(TYPECOND, #Name ": unsupported element type on Atlas A2/A3"); \
         static_assert(isSetMask, #Name ": isSetMask=false (mask set by SetVectorMask) is not emulated"); \
-        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromArray<T>(mask, #Name,      \
-                                                                                           LAEMU_HERE),     \
-                                          repeatTime, params, false, longattn_emu::detail::UnOp::OPK,        \
-                                          longattn_emu::detail::BinOp::Add, T(0), #Name, LAEMU_HERE);        \
+        longattn_emu::detail::UnaryRepeat(dst, src, longattn_emu::detail::MaskFromArray<T>(mask, #Name, LAEMU_HERE), \
+                                          repeatTime, params, false, longattn_emu::detail::UnOp::OPK, \
+                                          longattn_emu::detail::BinOp::Add, T(0), #Name, LAEMU_HERE); \
     }
 
 namespace AscendC {
@@ -509,7 +504,8 @@ inline void Brcb(const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_t r
     const uint64_t sb = src.emu_off, se = sb + vals.size() * sizeof(T);
     for (int32_t i = 0; i < repeatTime; ++i)
         for (uint32_t j = 0; j < 8; ++j) {
-            const uint64_t rel = (static_cast<uint64_t>(i) * repeatParams.dstRepStride + j * repeatParams.dstBlkStride) * 32u;
+            const uint64_t rel =
+                (static_cast<uint64_t>(i) * repeatParams.dstRepStride + j * repeatParams.dstBlkStride) * 32u;
             const uint64_t ab = dst.emu_off + rel;
             if (ab < se && sb < ab + 32) Fatal(loc, "Brcb: source and destination overlap (not supported)");
             uint8_t* pd = LocalSpan(dst.template ReinterpretCast<uint8_t>(), rel, 32, "Brcb dst", loc);
@@ -527,9 +523,8 @@ inline bool CastSupported(RoundMode m)
                           m == RoundMode::CAST_ROUND || m == RoundMode::CAST_TRUNC;
     if (std::is_same<S, float>::value && std::is_same<D, half>::value)
         return directed || m == RoundMode::CAST_ODD || m == RoundMode::CAST_NONE;
-    if (std::is_same<S, float>::value &&
-        (std::is_same<D, bfloat16_t>::value || std::is_same<D, int32_t>::value || std::is_same<D, float>::value ||
-         std::is_same<D, int16_t>::value))
+    if (std::is_same<S, float>::value && (std::is_same<D, bfloat16_t>::value || std::is_same<D, int32_t>::value ||
+                                          std::is_same<D, float>::value || std::is_same<D, int16_t>::value))
         return directed;
     if ((std::is_same<S, half>::value || std::is_same<S, bfloat16_t>::value) && std::is_same<D, float>::value)
         return m == RoundMode::CAST_NONE;
@@ -623,8 +618,8 @@ inline void CompareImpl(const LocalTensor<U>& dst, const LocalTensor<T>& src0, c
     if (std::is_same<T, int32_t>::value && mode != CMPMODE::EQ)
         Fatal(loc, "%s: int32_t sources only support CMPMODE::EQ on Atlas A2/A3", api);
     if ((static_cast<uint64_t>(count) * sizeof(T)) % 256u != 0)
-        Fatal(loc, "%s: count*sizeof(T) = %llu bytes is not a multiple of 256; hardware silently ignores the tail",
-              api, static_cast<unsigned long long>(count) * sizeof(T));
+        Fatal(loc, "%s: count*sizeof(T) = %llu bytes is not a multiple of 256; hardware silently ignores the tail", api,
+              static_cast<unsigned long long>(count) * sizeof(T));
     if (count == 0) return;
     const uint8_t* pa = VecSpan(src0, count, false, api, "src0", loc);
     const uint8_t* pb = src1 ? VecSpan(*src1, count, false, api, "src1", loc) : nullptr;
@@ -667,7 +662,8 @@ inline void Select(const LocalTensor<T>& dst, const LocalTensor<U>& selMask, con
     if (selMode != SELMODE::VSEL_TENSOR_SCALAR_MODE)
         Fatal(loc, "Select(dst, selMask, src0, scalar, ...) needs SELMODE::VSEL_TENSOR_SCALAR_MODE");
     if (count == 0) return;
-    const uint8_t* pm = VecSpan(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, false, "Select", "selMask", loc);
+    const uint8_t* pm =
+        VecSpan(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, false, "Select", "selMask", loc);
     const uint8_t* pa = VecSpan(src0, count, false, "Select", "src0", loc);
     uint8_t* pd = VecSpan(dst, count, true, "Select", "dst", loc);
     CheckNoPartialOverlap(dst, count, src0, count, "Select", loc);
@@ -684,10 +680,12 @@ inline void Select(const LocalTensor<T>& dst, const LocalTensor<U>& selMask, con
     const Loc loc = LAEMU_HERE;
     BeginOp(PIPE_V, "Select", loc);
     if (selMode != SELMODE::VSEL_TENSOR_TENSOR_MODE)
-        Fatal(loc, "Select(dst, selMask, src0, src1Tensor, ...): only SELMODE::VSEL_TENSOR_TENSOR_MODE is emulated "
-                   "(mode 0 needs the compare-mask register)");
+        Fatal(loc,
+              "Select(dst, selMask, src0, src1Tensor, ...): only SELMODE::VSEL_TENSOR_TENSOR_MODE is emulated "
+              "(mode 0 needs the compare-mask register)");
     if (count == 0) return;
-    const uint8_t* pm = VecSpan(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, false, "Select", "selMask", loc);
+    const uint8_t* pm =
+        VecSpan(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, false, "Select", "selMask", loc);
     const uint8_t* pa = VecSpan(src0, count, false, "Select", "src0", loc);
     const uint8_t* pb = VecSpan(src1, count, false, "Select", "src1", loc);
     uint8_t* pd = VecSpan(dst, count, true, "Select", "dst", loc);
@@ -718,7 +716,8 @@ inline void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const L
         if (byte % sizeof(T) != 0)
             Fatal(loc, "Gather: srcBaseAddr + srcOffset[%u] = %llu bytes is not aligned to sizeof(%s)", i,
                   static_cast<unsigned long long>(byte), TypeName<T>());
-        const uint8_t* ps = LocalSpan(src.template ReinterpretCast<uint8_t>(), byte, sizeof(T), "Gather src element", loc);
+        const uint8_t* ps =
+            LocalSpan(src.template ReinterpretCast<uint8_t>(), byte, sizeof(T), "Gather src element", loc);
         TrackLocal(src.emu_mem, src.emu_off + static_cast<uint32_t>(byte), sizeof(T), false);
         out[i] = LoadAs<T>(ps);
     }
@@ -759,7 +758,8 @@ inline void WholeReduceImpl(int kind /*0 max 1 min 2 sum*/, const LocalTensor<T>
     // Destination unit and alignment (documented table): sum / value-only: one element;
     // value+index: two elements' worth; index-only: 4 bytes.
     uint32_t unit = sizeof(T);
-    if (kind != 2 && (order == ReduceOrder::ORDER_VALUE_INDEX || order == ReduceOrder::ORDER_INDEX_VALUE)) unit = 2 * sizeof(T);
+    if (kind != 2 && (order == ReduceOrder::ORDER_VALUE_INDEX || order == ReduceOrder::ORDER_INDEX_VALUE))
+        unit = 2 * sizeof(T);
     if (kind != 2 && order == ReduceOrder::ORDER_ONLY_INDEX) unit = 4;
     CheckVecOperand(dst, api, "dst", loc, unit);
     if (repeatTime == 0 || m.Empty()) return;
@@ -807,8 +807,8 @@ inline void WholeReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src,
 {
     static_assert(isSetMask, "isSetMask=false (mask set by SetVectorMask) is not emulated");
     const auto m = longattn_emu::detail::MaskFromCount<T>(mask < 0 ? 1 << 20 : mask, "WholeReduceMax", LAEMU_HERE);
-    emu_internal::WholeReduceImpl(0, dst, src, m,
-                                  repeatTime, dstRepStride, srcBlkStride, srcRepStride, order, "WholeReduceMax", LAEMU_HERE);
+    emu_internal::WholeReduceImpl(0, dst, src, m, repeatTime, dstRepStride, srcBlkStride, srcRepStride, order,
+                                  "WholeReduceMax", LAEMU_HERE);
 }
 template <typename T, bool isSetMask = true>
 inline void WholeReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const uint64_t mask[],
@@ -816,8 +816,10 @@ inline void WholeReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src,
                            const int32_t srcRepStride, ReduceOrder order = ReduceOrder::ORDER_VALUE_INDEX, LAEMU_LOC)
 {
     static_assert(isSetMask, "isSetMask=false (mask set by SetVectorMask) is not emulated");
-    emu_internal::WholeReduceImpl(0, dst, src, longattn_emu::detail::MaskFromArray<T>(mask, "WholeReduceMax", LAEMU_HERE),
-                                  repeatTime, dstRepStride, srcBlkStride, srcRepStride, order, "WholeReduceMax", LAEMU_HERE);
+    emu_internal::WholeReduceImpl(0, dst, src,
+                                  longattn_emu::detail::MaskFromArray<T>(mask, "WholeReduceMax", LAEMU_HERE),
+                                  repeatTime, dstRepStride, srcBlkStride, srcRepStride, order, "WholeReduceMax",
+                                  LAEMU_HERE);
 }
 template <typename T, bool isSetMask = true>
 inline void WholeReduceMin(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t mask,
@@ -826,8 +828,8 @@ inline void WholeReduceMin(const LocalTensor<T>& dst, const LocalTensor<T>& src,
 {
     static_assert(isSetMask, "isSetMask=false (mask set by SetVectorMask) is not emulated");
     const auto m = longattn_emu::detail::MaskFromCount<T>(mask < 0 ? 1 << 20 : mask, "WholeReduceMin", LAEMU_HERE);
-    emu_internal::WholeReduceImpl(1, dst, src, m,
-                                  repeatTime, dstRepStride, srcBlkStride, srcRepStride, order, "WholeReduceMin", LAEMU_HERE);
+    emu_internal::WholeReduceImpl(1, dst, src, m, repeatTime, dstRepStride, srcBlkStride, srcRepStride, order,
+                                  "WholeReduceMin", LAEMU_HERE);
 }
 template <typename T, bool isSetMask = true>
 inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t mask,
@@ -836,9 +838,8 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
 {
     static_assert(isSetMask, "isSetMask=false (mask set by SetVectorMask) is not emulated");
     const auto m = longattn_emu::detail::MaskFromCount<T>(mask < 0 ? 1 << 20 : mask, "WholeReduceSum", LAEMU_HERE);
-    emu_internal::WholeReduceImpl(2, dst, src, m,
-                                  repeatTime, dstRepStride, srcBlkStride, srcRepStride, ReduceOrder::ORDER_ONLY_VALUE,
-                                  "WholeReduceSum", LAEMU_HERE);
+    emu_internal::WholeReduceImpl(2, dst, src, m, repeatTime, dstRepStride, srcBlkStride, srcRepStride,
+                                  ReduceOrder::ORDER_ONLY_VALUE, "WholeReduceSum", LAEMU_HERE);
 }
 template <typename T, bool isSetMask = true>
 inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const uint64_t mask[],
@@ -846,7 +847,8 @@ inline void WholeReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src,
                            const int32_t srcRepStride, LAEMU_LOC)
 {
     static_assert(isSetMask, "isSetMask=false (mask set by SetVectorMask) is not emulated");
-    emu_internal::WholeReduceImpl(2, dst, src, longattn_emu::detail::MaskFromArray<T>(mask, "WholeReduceSum", LAEMU_HERE),
+    emu_internal::WholeReduceImpl(2, dst, src,
+                                  longattn_emu::detail::MaskFromArray<T>(mask, "WholeReduceSum", LAEMU_HERE),
                                   repeatTime, dstRepStride, srcBlkStride, srcRepStride, ReduceOrder::ORDER_ONLY_VALUE,
                                   "WholeReduceSum", LAEMU_HERE);
 }
@@ -887,8 +889,8 @@ inline void ReduceCountImpl(int kind, const LocalTensor<T>& dst, const LocalTens
     const uint64_t need = ReduceTmpElems<T>(count, kind != 2, calIndex);
     CheckVecOperand(tmp, api, "sharedTmpBuffer", loc);
     if (tmp.GetSize() < need)
-        Fatal(loc, "%s: sharedTmpBuffer holds %u elements but %llu are required for count=%d (documented formula)",
-              api, tmp.GetSize(), static_cast<unsigned long long>(need), count);
+        Fatal(loc, "%s: sharedTmpBuffer holds %u elements but %llu are required for count=%d (documented formula)", api,
+              tmp.GetSize(), static_cast<unsigned long long>(need), count);
     uint8_t* pt = VecSpan(tmp, need, true, api, "sharedTmpBuffer", loc);
     const uint32_t outElems = (kind != 2 && calIndex) ? 2 : 1;
     CheckVecOperand(dst, api, "dst", loc, static_cast<uint32_t>(sizeof(T) * outElems));

@@ -32,10 +32,10 @@ namespace {
 
 constexpr int64_t kSysWorkspaceBytes = 16 * 1024 * 1024;  // Ascend C system workspace (GetUserWorkspace offset)
 
-#define LONGATTN_ACL_CHECK(expr)                                                                 \
-    do {                                                                                         \
-        const auto _err = (expr);                                                                \
-        TORCH_CHECK(_err == 0, "longattn_ascend: ", #expr, " failed with ACL error ", _err);    \
+#define LONGATTN_ACL_CHECK(expr) \
+    do { \
+        const auto _err = (expr); \
+        TORCH_CHECK(_err == 0, "longattn_ascend: ", #expr, " failed with ACL error ", _err); \
     } while (0)
 
 // Launch policy for csrc/common/host_ops.h on the current NPU device and stream.
@@ -57,7 +57,8 @@ struct NpuDevice {
     template <class T>
     void* Tiling(const T& t)
     {
-        at::Tensor host = at::empty({static_cast<int64_t>(sizeof(T))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+        at::Tensor host =
+            at::empty({static_cast<int64_t>(sizeof(T))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
         std::memcpy(host.data_ptr(), &t, sizeof(T));
         tiling = at::empty({static_cast<int64_t>(sizeof(T))}, opts.dtype(at::kByte));
         tiling.copy_(host, /*non_blocking=*/true);
@@ -86,16 +87,16 @@ struct NpuDevice {
                                          const_cast<int64_t*>(a.chunkStart), const_cast<int64_t*>(a.chunkEnd),
                                          const_cast<int32_t*>(a.emitTokens), const_cast<float*>(a.cosTab),
                                          const_cast<float*>(a.sinTab), const_cast<float*>(a.normWeight), a.state,
-                                         const_cast<int32_t*>(a.stateBt), a.out, const_cast<int32_t*>(a.outBt),
-                                         nullptr, tp);
+                                         const_cast<int32_t*>(a.stateBt), a.out, const_cast<int32_t*>(a.outBt), nullptr,
+                                         tp);
     }
     void IndexerTopk(const la::IndexerTopkArgs& a, const la::IndexerTopkTiling& t)
     {
         void* tp = Tiling(t);
         ACLRT_LAUNCH_KERNEL(indexer_topk)(t.blockDim, stream, const_cast<void*>(a.q), const_cast<float*>(a.weights),
                                           const_cast<void*>(a.indexK), const_cast<int32_t*>(a.visibleEnd),
-                                          const_cast<int32_t*>(a.blockTable), const_cast<int32_t*>(a.seqIds),
-                                          a.indices, a.lengths, a.logits, a.workspace, tp);
+                                          const_cast<int32_t*>(a.blockTable), const_cast<int32_t*>(a.seqIds), a.indices,
+                                          a.lengths, a.logits, a.workspace, tp);
     }
 
     at::TensorOptions opts;
@@ -111,7 +112,8 @@ void RawAppendKv(at::Tensor pool, int64_t page_size, const at::Tensor& rows, con
     la::host::AppendKv(dev, pool, page_size, rows, slot_mapping);
 }
 
-std::tuple<at::Tensor, at::Tensor> RawSparseAttention(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& indices,
+std::tuple<at::Tensor, at::Tensor> RawSparseAttention(const at::Tensor& q, const at::Tensor& kv,
+                                                      const at::Tensor& indices,
                                                       const c10::optional<at::Tensor>& topk_length,
                                                       const c10::optional<at::Tensor>& extra_kv,
                                                       const c10::optional<at::Tensor>& extra_indices,
@@ -148,13 +150,17 @@ std::vector<at::Tensor> RawIndexer(const at::Tensor& q, const at::Tensor& weight
 TORCH_LIBRARY(longattn_ascend, m)
 {
     m.def("append_kv(Tensor(a!) pool, int page_size, Tensor rows, Tensor slot_mapping) -> ()");
-    m.def("sparse_attention(Tensor q, Tensor kv, Tensor indices, Tensor? topk_length, Tensor? extra_kv, "
-          "Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, float softmax_scale) -> (Tensor, Tensor)");
-    m.def("compress_kv(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, "
-          "Tensor(a!) state, Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, "
-          "Tensor norm_weight, float eps, Tensor rope_inv_freq) -> ()");
-    m.def("indexer(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, int topk, Tensor? block_table, "
-          "Tensor? seq_ids, bool return_slots, bool logits_mode) -> Tensor[]");
+    m.def(
+        "sparse_attention(Tensor q, Tensor kv, Tensor indices, Tensor? topk_length, Tensor? extra_kv, "
+        "Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, float softmax_scale) -> (Tensor, "
+        "Tensor)");
+    m.def(
+        "compress_kv(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, "
+        "Tensor(a!) state, Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, "
+        "Tensor norm_weight, float eps, Tensor rope_inv_freq) -> ()");
+    m.def(
+        "indexer(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, int topk, Tensor? block_table, "
+        "Tensor? seq_ids, bool return_slots, bool logits_mode) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)

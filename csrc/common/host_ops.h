@@ -83,7 +83,8 @@ void AppendKv(Dev& dev, at::Tensor pool, int64_t page_size, const at::Tensor& ro
     uint32_t poolDt = 0, pageBytes = 0;
     int64_t numSlots = 0;
     if (page_size > 0) {  // FP8 MODEL1 pool data [num_pages, page_bytes]
-        TORCH_CHECK(pool.scalar_type() == at::kByte && pool.dim() == 2, "append_kv: FP8 pool data must be uint8 [P, page_bytes]");
+        TORCH_CHECK(pool.scalar_type() == at::kByte && pool.dim() == 2,
+                    "append_kv: FP8 pool data must be uint8 [P, page_bytes]");
         TORCH_CHECK(D == kFp8HeadDim, "append_kv: FP8 pools take rows of 512");
         poolDt = kDtFP8Record;
         pageBytes = U32(pool.size(1), "page_bytes");
@@ -136,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     at::Tensor sink;
     if (attn_sink.has_value()) sink = attn_sink->to(at::kFloat).contiguous();
     SparseAttentionTiling t;
-    const uint32_t blockDim = SparseAttentionTilingCompute(
-        t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, U32(n0, "kv rows"), U32(indices.size(1), "K"), len0.defined(),
-        U32(n1, "extra_kv rows"), U32(w1, "K2"), len1.defined(), sink.defined(), static_cast<float>(softmax_scale),
-        dev.AiCores());
+    const uint32_t blockDim =
+        SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, U32(n0, "kv rows"),
+                                     U32(indices.size(1), "K"), len0.defined(), U32(n1, "extra_kv rows"), U32(w1, "K2"),
+                                     len1.defined(), sink.defined(), static_cast<float>(softmax_scale), dev.AiCores());
     const double nan = std::numeric_limits<double>::quiet_NaN();
     at::Tensor out = at::full({T, H, D}, nan, q.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
@@ -185,13 +186,12 @@ inline CompressPlan PlanCompress(const at::Tensor& positions, const at::Tensor& 
         lastTok.slice(0, 0, T - 1).copy_(newSeq.slice(0, 1));
     }
     at::Tensor startTok = std::get<0>(at::cummax(at::where(newSeq, tok, at::zeros_like(tok)), 0));
-    at::Tensor endTok =
-        std::get<0>(at::cummin(at::where(lastTok, tok, at::full_like(tok, T)).flip({0}), 0)).flip({0});
+    at::Tensor endTok = std::get<0>(at::cummin(at::where(lastTok, tok, at::full_like(tok, T)).flip({0}), 0)).flip({0});
     p.chunkStart = pos.index_select(0, startTok).contiguous();  // int64: positions are never truncated
     p.chunkEnd = pos.index_select(0, endTok).contiguous();
     p.emit = at::nonzero(pos.add(1).remainder(ratio).eq(0)).squeeze(1).to(at::kInt).contiguous();
-    at::Tensor angles = pos.div(ratio, "floor").mul(ratio).to(at::kFloat).unsqueeze(-1) *
-                        rope_inv_freq.to(at::kFloat).unsqueeze(0);
+    at::Tensor angles =
+        pos.div(ratio, "floor").mul(ratio).to(at::kFloat).unsqueeze(-1) * rope_inv_freq.to(at::kFloat).unsqueeze(0);
     p.cosTab = at::cos(angles).contiguous();
     p.sinTab = at::sin(angles).contiguous();
     p.positions = pos.contiguous();  // int64 as given: the kernel handles any value (negative: no entry)
@@ -234,9 +234,9 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
         outPageSize = U32(out.size(1), "out page size");
     }
     const int64_t R = 2 * rope_inv_freq.numel();
-    const char* why = CompressKvUnsupported(U32(d, "d"), U32(W, "W"), static_cast<uint32_t>(ac.element_size()),
-                                            U32(R, "rope dims"), out_page_size > 0,
-                                            static_cast<uint32_t>(out.element_size()));
+    const char* why =
+        CompressKvUnsupported(U32(d, "d"), U32(W, "W"), static_cast<uint32_t>(ac.element_size()), U32(R, "rope dims"),
+                              out_page_size > 0, static_cast<uint32_t>(out.element_size()));
     TORCH_CHECK(why[0] == 0, "compress_kv: ", why);
     if (T == 0) return;
     CompressPlan plan = PlanCompress(positions, token_rows, ratio, rope_inv_freq);
@@ -275,8 +275,8 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
 template <class Dev>
 std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& index_k,
                                 const at::Tensor& visible_end, int64_t topk,
-                                const c10::optional<at::Tensor>& block_table,
-                                const c10::optional<at::Tensor>& seq_ids, bool return_slots, bool logits_mode)
+                                const c10::optional<at::Tensor>& block_table, const c10::optional<at::Tensor>& seq_ids,
+                                bool return_slots, bool logits_mode)
 {
     TORCH_CHECK(q.dim() == 3, "indexer: q must be [T, Hi, Di]");
     const int64_t T = q.size(0), Hi = q.size(1), Di = q.size(2);
@@ -302,11 +302,12 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
     }
     at::Tensor vis = visible_end.to(at::kLong).clamp(0, numEntries).to(at::kInt).contiguous();
     IndexerTopkTiling t;
-    const uint32_t blockDim = IndexerTopkTilingCompute(
-        t, U32(T, "T"), U32(Hi, "Hi"), U32(Di, "Di"), DtypeCode(qc, "indexer: q"), U32(numEntries, "entries"), paged,
-        U32(numPages, "pages"), U32(pageSize, "page size"), paged ? U32(bt.size(0), "block_table rows") : 0,
-        paged ? U32(bt.size(1), "block_table cols") : 0, U32(logits_mode ? 1 : topk, "topk"), logits_mode, return_slots,
-        dev.AiCores());
+    const uint32_t blockDim =
+        IndexerTopkTilingCompute(t, U32(T, "T"), U32(Hi, "Hi"), U32(Di, "Di"), DtypeCode(qc, "indexer: q"),
+                                 U32(numEntries, "entries"), paged, U32(numPages, "pages"), U32(pageSize, "page size"),
+                                 paged ? U32(bt.size(0), "block_table rows") : 0,
+                                 paged ? U32(bt.size(1), "block_table cols") : 0, U32(logits_mode ? 1 : topk, "topk"),
+                                 logits_mode, return_slots, dev.AiCores());
     at::Tensor indices, lengths, logits;
     const auto i32 = q.options().dtype(at::kInt);
     if (logits_mode) {

@@ -34,7 +34,8 @@ public:
         pipe_.InitBuffer(inQue_, 2, t.chunkElems * sizeof(TIn));
         if constexpr (!IsSameType<TIn, TOut>::value) {
             pipe_.InitBuffer(outQue_, 2, t.chunkElems * sizeof(TOut));
-            if constexpr (!IsSameType<TIn, float>::value && !IsSameType<TOut, float>::value) pipe_.InitBuffer(f32Buf_, t.chunkElems * 4);
+            if constexpr (!IsSameType<TIn, float>::value && !IsSameType<TOut, float>::value)
+                pipe_.InitBuffer(f32Buf_, t.chunkElems * 4);
         }
     }
 
@@ -128,8 +129,7 @@ public:
         r1_ = MinU(t.numRows, r0_ + t.rowsPerCore);
         if (r0_ > r1_) r0_ = r1_;
         rowsGm_.SetGlobalBuffer((__gm__ TIn*)rows, static_cast<uint64_t>(t.numRows) * kFp8HeadDim);
-        poolGm_.SetGlobalBuffer((__gm__ uint8_t*)pool,
-                                static_cast<uint64_t>(t.numSlots / t.pageSize) * t.pageBytes);
+        poolGm_.SetGlobalBuffer((__gm__ uint8_t*)pool, static_cast<uint64_t>(t.numSlots / t.pageSize) * t.pageBytes);
         slotGm_.SetGlobalBuffer((__gm__ int32_t*)slots, t.numRows);
         pipe_.InitBuffer(slotBuf_, t.slotBatch * sizeof(int32_t));
         pipe_.InitBuffer(inQue_, 2, kFp8HeadDim * sizeof(TIn));

@@ -99,7 +99,8 @@ inline uint32_t CompressKvUbBytes(uint32_t dim, uint32_t width, uint32_t inSize,
     b += al(8 * dV * 4) + al(dV / 8) + al(dPad * 4) + al(128 * 4);  // vecBuf_, maskBuf_, normBuf_, redBuf_
     b += al(2 * AlignUpU(MaxU(ropeDim / 2, 1), 8) * 4) + al(5 * AlignUpU(MaxU(ropeDim, 8), 8) * 4);  // rope
     b += al(2 * wPad * inSize) + al(2 * width * 4);                 // rowInQue_, rowOutQue_ (phase 2)
-    b += fp8Out ? 2 * al(kFp8DataBytes + 32) + al(kFp8QuantizerUbBytes) : 2 * al(dPad * outSize);  // outQue_ (+ quantiser)
+    b += fp8Out ? 2 * al(kFp8DataBytes + 32) + al(kFp8QuantizerUbBytes)
+                : 2 * al(dPad * outSize);  // outQue_ (+ quantiser)
     return b;
 }
 
@@ -109,7 +110,8 @@ inline const char* CompressKvUnsupported(uint32_t dim, uint32_t width, uint32_t 
                                          uint32_t outSize)
 {
     if (dim % 8 != 0) return "entry width d must be a multiple of 8 (32-B aligned fp32 rows)";
-    if (ropeDim % 2 != 0 || ropeDim > dim || (dim - ropeDim) % 8 != 0) return "rope dims must be even and start 32-B aligned";
+    if (ropeDim % 2 != 0 || ropeDim > dim || (dim - ropeDim) % 8 != 0)
+        return "rope dims must be even and start 32-B aligned";
     if (dim > 4096) return "entry width d > 4096 (UB)";
     if (fp8Out && dim != kFp8HeadDim) return "FP8 output pools need d = 512";
     if (CompressKvUbBytes(dim, width, inSize, ropeDim, fp8Out, outSize) > kUbBytes)

@@ -116,7 +116,8 @@ public:
 
     __aicore__ inline void Process()
     {
-        for (uint32_t e = core_; e < t_.numEmit; e += t_.blockDim) EmitEntry(static_cast<uint32_t>(emitGm_.GetValue(e)));
+        for (uint32_t e = core_; e < t_.numEmit; e += t_.blockDim)
+            EmitEntry(static_cast<uint32_t>(emitGm_.GetValue(e)));
         PipeBarrier<PIPE_ALL>();
         SyncAll<true>();  // every ring read of phase 1 (all cores) precedes every ring write
         for (uint32_t tk = core_; tk < t_.numTokens; tk += t_.blockDim) UpdateState(tk);
@@ -277,7 +278,8 @@ private:
         LocalTensor<float> cs = ropeQue_.AllocTensor<float>();
         const DataCopyExtParams p(1, half * 4, 0, 0, 0);
         DataCopyPad(cs, cosGm_[static_cast<uint64_t>(tok) * half], p, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
-        DataCopyPad(cs[hp], sinGm_[static_cast<uint64_t>(tok) * half], p, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+        DataCopyPad(cs[hp], sinGm_[static_cast<uint64_t>(tok) * half], p,
+                    DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
         ropeQue_.EnQue(cs);
         cs = ropeQue_.DeQue<float>();
         Gather(cosE_, cs, expandOff_, 0, R);

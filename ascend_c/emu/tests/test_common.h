@@ -18,14 +18,14 @@ inline int& Failures()
     return n;
 }
 
-#define EXPECT_TRUE(cond, ...)                                                   \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
+#define EXPECT_TRUE(cond, ...) \
+    do { \
+        if (!(cond)) { \
             std::fprintf(stderr, "FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            std::fprintf(stderr, __VA_ARGS__);                                   \
-            std::fprintf(stderr, "\n");                                          \
-            ++::emu_test::Failures();                                            \
-        }                                                                        \
+            std::fprintf(stderr, __VA_ARGS__); \
+            std::fprintf(stderr, "\n"); \
+            ++::emu_test::Failures(); \
+        } \
     } while (0)
 
 // |got - want| <= atol + rtol*|want| for every element; reports the first few mismatches.
@@ -51,7 +51,8 @@ inline bool AllClose(const char* what, const A& got, const B& want, double atol,
         if (err > worst && std::isfinite(err)) worst = err;
     }
     if (bad) {
-        std::fprintf(stderr, "FAILED %s: %zu of %zu elements differ (max abs err %.3g)\n", what, bad, got.size(), worst);
+        std::fprintf(stderr, "FAILED %s: %zu of %zu elements differ (max abs err %.3g)\n", what, bad, got.size(),
+                     worst);
         ++Failures();
         return false;
     }

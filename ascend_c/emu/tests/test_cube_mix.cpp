@@ -190,7 +190,8 @@ static void RunMatmul(uint32_t M, uint32_t K, uint32_t N, uint32_t kTile, bool b
             for (uint32_t j = 0; j < N; ++j) {
                 float acc = 0.f;
                 for (uint32_t k = 0; k < K; ++k) {
-                    const float bv = bT ? static_cast<float>(b[g * K * N + j * K + k]) : static_cast<float>(b[g * K * N + k * N + j]);
+                    const float bv = bT ? static_cast<float>(b[g * K * N + j * K + k])
+                                        : static_cast<float>(b[g * K * N + k * N + j]);
                     acc += static_cast<float>(a[g * M * K + i * K + k]) * bv;
                 }
                 want[g * M * N + i * N + j] = acc * t.scale;
@@ -216,7 +217,8 @@ static void TestMixIds()
     for (int64_t g = 0; g < 3; ++g) {
         EXPECT_TRUE(ids[g * 3] == g * 100 + 31, "AIC ids %lld", static_cast<long long>(ids[g * 3]));
         for (int64_t s = 0; s < 2; ++s)
-            EXPECT_TRUE(ids[g * 3 + 1 + s] == (2 * g + s) * 100 + 32, "AIV ids %lld", static_cast<long long>(ids[g * 3 + 1 + s]));
+            EXPECT_TRUE(ids[g * 3 + 1 + s] == (2 * g + s) * 100 + 32, "AIV ids %lld",
+                        static_cast<long long>(ids[g * 3 + 1 + s]));
     }
 }
 
@@ -261,7 +263,8 @@ static void TestFixpipeReluBf16()
         DataCopy(tb1, gb, Nd2NzParams(1, N, K, 0, K, N1 * 16, 1, 0));
         SetFlag<HardEvent::MTE2_MTE1>(EVENT_ID0);
         WaitFlag<HardEvent::MTE2_MTE1>(EVENT_ID0);
-        for (uint32_t m1 = 0; m1 < M1; ++m1) LoadData(ta2[m1 * K1 * 256], ta1, LoadData2DParams(m1, K1, M1, 0, 0, false));
+        for (uint32_t m1 = 0; m1 < M1; ++m1)
+            LoadData(ta2[m1 * K1 * 256], ta1, LoadData2DParams(m1, K1, M1, 0, 0, false));
         LoadData(tb2, tb1, LoadData2DParams(0, K1 * N1, 1, 0, 0, false));
         SetFlag<HardEvent::MTE1_M>(EVENT_ID0);
         WaitFlag<HardEvent::MTE1_M>(EVENT_ID0);
@@ -300,7 +303,8 @@ static void TestGatherThenMatmul()
     for (uint32_t i = 0; i < M; ++i)
         for (uint32_t j = 0; j < TOPK; ++j) {
             float acc = 0.f;
-            for (uint32_t d = 0; d < D; ++d) acc += static_cast<float>(q[i * D + d]) * static_cast<float>(kv[idx[j] * D + d]);
+            for (uint32_t d = 0; d < D; ++d)
+                acc += static_cast<float>(q[i * D + d]) * static_cast<float>(kv[idx[j] * D + d]);
             want[i * TOPK + j] = acc;
         }
     longattn_emu::LaunchMix(1, [&] {

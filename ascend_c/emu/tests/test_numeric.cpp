@@ -123,8 +123,8 @@ static float H(float v) { return v; }
 
 static void TestCastModes()
 {
-    const RoundMode modes[] = {RoundMode::CAST_RINT, RoundMode::CAST_ROUND, RoundMode::CAST_FLOOR,
-                               RoundMode::CAST_CEIL, RoundMode::CAST_TRUNC};
+    const RoundMode modes[] = {RoundMode::CAST_RINT, RoundMode::CAST_ROUND, RoundMode::CAST_FLOOR, RoundMode::CAST_CEIL,
+                               RoundMode::CAST_TRUNC};
     // float -> int32_t
     {
         const std::vector<float> in = {2.5f, -2.5f, 3.5f, 1.49f, -1.51f, 0.5f, -0.5f, 3e9f, -3e9f};
@@ -145,7 +145,8 @@ static void TestCastModes()
     // float -> half: exact tie (1 + 2^-11), three-quarter point, overflow, subnormal tie.
     {
         const float u = std::ldexp(1.f, -10);  // half ulp at 1
-        const std::vector<float> in = {1.f + u / 2, -(1.f + u / 2), 1.f + 0.75f * u, 70000.f, -70000.f, std::ldexp(1.f, -25)};
+        const std::vector<float> in = {1.f + u / 2, -(1.f + u / 2), 1.f + 0.75f * u,
+                                       70000.f,     -70000.f,       std::ldexp(1.f, -25)};
         const float inf = INFINITY, tiny = std::ldexp(1.f, -24);
         const float want[6][6] = {
             {1.f, -1.f, 1.f + u, inf, -inf, 0.f},                     // RINT
@@ -161,7 +162,8 @@ static void TestCastModes()
             auto got = KernelCast<half, float>(in, hmodes[m]);
             for (size_t i = 0; i < in.size(); ++i)
                 EXPECT_TRUE(static_cast<float>(got[i]) == H(want[m][i]), "float->half %s(%.9g) = %.9g want %.9g",
-                            longattn_emu::detail::RoundModeName(hmodes[m]), in[i], static_cast<float>(got[i]), want[m][i]);
+                            longattn_emu::detail::RoundModeName(hmodes[m]), in[i], static_cast<float>(got[i]),
+                            want[m][i]);
         }
         auto none = KernelCast<half, float>(in, RoundMode::CAST_NONE);  // NONE == RINT for lossy casts
         for (size_t i = 0; i < in.size(); ++i)
@@ -172,20 +174,24 @@ static void TestCastModes()
         const float u = std::ldexp(1.f, -7);
         const std::vector<float> in = {1.f + u / 2, -(1.f + u / 2), 1.f + 0.25f * u};
         const float want[5][3] = {
-            {1.f, -1.f, 1.f}, {1.f + u, -(1.f + u), 1.f}, {1.f, -(1.f + u), 1.f}, {1.f + u, -1.f, 1.f + u}, {1.f, -1.f, 1.f},
+            {1.f, -1.f, 1.f},         {1.f + u, -(1.f + u), 1.f}, {1.f, -(1.f + u), 1.f},
+            {1.f + u, -1.f, 1.f + u}, {1.f, -1.f, 1.f},
         };
         for (int m = 0; m < 5; ++m) {
             auto got = KernelCast<bfloat16_t, float>(in, modes[m]);
             for (size_t i = 0; i < in.size(); ++i)
                 EXPECT_TRUE(static_cast<float>(got[i]) == want[m][i], "float->bf16 %s(%.9g) = %.9g want %.9g",
-                            longattn_emu::detail::RoundModeName(modes[m]), in[i], static_cast<float>(got[i]), want[m][i]);
+                            longattn_emu::detail::RoundModeName(modes[m]), in[i], static_cast<float>(got[i]),
+                            want[m][i]);
         }
     }
     // int32_t -> float around 2^24, float -> float (round to integral), half/bf16 -> float exact.
     {
         const std::vector<int32_t> in = {16777217, -16777217, 16777219};
-        const float want[5][3] = {{16777216.f, -16777216.f, 16777220.f}, {16777218.f, -16777218.f, 16777220.f},
-                                  {16777216.f, -16777218.f, 16777218.f}, {16777218.f, -16777216.f, 16777220.f},
+        const float want[5][3] = {{16777216.f, -16777216.f, 16777220.f},
+                                  {16777218.f, -16777218.f, 16777220.f},
+                                  {16777216.f, -16777218.f, 16777218.f},
+                                  {16777218.f, -16777216.f, 16777220.f},
                                   {16777216.f, -16777216.f, 16777218.f}};
         for (int m = 0; m < 5; ++m) {
             auto got = KernelCast<float, int32_t>(in, modes[m]);
@@ -335,17 +341,22 @@ static void TestConversionSweep()
             uint16_t hb;
             std::memcpy(&hb, &h, 2);
             const uint16_t hw = RefHalf(fb, m);
-            if (hb != hw && bad++ < 8) std::fprintf(stderr, "  half %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, hb, hw);
+            if (hb != hw && bad++ < 8)
+                std::fprintf(stderr, "  half %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, hb, hw);
             // float -> bf16 (the helper implements ODD too; Cast accepts the other five)
             const uint16_t bb = d::FloatToBf16(f, rm).emu_bits, bw = RefBf16(fb, m);
-            if (bb != bw && bad++ < 8) std::fprintf(stderr, "  bf16 %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, bb, bw);
+            if (bb != bw && bad++ < 8)
+                std::fprintf(stderr, "  bf16 %s(0x%08x): emu 0x%04x ref 0x%04x\n", d::RoundModeName(rm), fb, bb, bw);
             if (m == M::ODD) continue;
             // float -> int32 (saturating) and float -> float (integral value, zero keeps its sign)
             const double r = RefIntegral(static_cast<double>(f), m);
-            const int32_t iw = std::isinf(r) ? (r > 0 ? INT32_MAX : INT32_MIN)
-                                             : (r >= 2147483647.0 ? INT32_MAX : (r <= -2147483648.0 ? INT32_MIN : static_cast<int32_t>(r)));
+            const int32_t iw =
+                std::isinf(r)
+                    ? (r > 0 ? INT32_MAX : INT32_MIN)
+                    : (r >= 2147483647.0 ? INT32_MAX : (r <= -2147483648.0 ? INT32_MIN : static_cast<int32_t>(r)));
             const int32_t ig = d::DoubleToInt32(static_cast<double>(f), rm);
-            if (ig != iw && bad++ < 8) std::fprintf(stderr, "  int32 %s(%.9g): emu %d ref %d\n", d::RoundModeName(rm), f, ig, iw);
+            if (ig != iw && bad++ < 8)
+                std::fprintf(stderr, "  int32 %s(%.9g): emu %d ref %d\n", d::RoundModeName(rm), f, ig, iw);
             const float fg = AscendC::emu_internal::CastOne<float, float>(f, rm);
             const float fw = static_cast<float>(r);
             if (FloatBits(fg) != FloatBits(fw) && bad++ < 8)
@@ -365,7 +376,8 @@ static void TestConversionSweep()
             std::fesetround(FE_TONEAREST);
             const float got = d::Int32ToFloat(v, rms[k]);
             if (FloatBits(got) != FloatBits(want) && bad++ < 8)
-                std::fprintf(stderr, "  int32->float %s(%d): emu %.9g ref %.9g\n", d::RoundModeName(rms[k]), static_cast<int32_t>(v), got, static_cast<float>(want));
+                std::fprintf(stderr, "  int32->float %s(%d): emu %.9g ref %.9g\n", d::RoundModeName(rms[k]),
+                             static_cast<int32_t>(v), got, static_cast<float>(want));
             ++checked;
         }
     }

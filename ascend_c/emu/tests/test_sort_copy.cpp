@@ -72,7 +72,8 @@ static void TestSortMerge()
         uint32_t gi;
         std::memcpy(&gi, &merged[2 * i + 1], 4);
         EXPECT_TRUE(merged[2 * i] == want[i].score && gi == want[i].index && topIdx[i] == want[i].index,
-                    "MrgSort pos %u: (%g,%u,%u) want (%g,%u)", i, merged[2 * i], gi, topIdx[i], want[i].score, want[i].index);
+                    "MrgSort pos %u: (%g,%u,%u) want (%g,%u)", i, merged[2 * i], gi, topIdx[i], want[i].score,
+                    want[i].index);
     }
 }
 
@@ -99,7 +100,8 @@ static void TestSortHalfAndSuspension()
                 const uint32_t p = r * 32 + i;
                 const float sc = static_cast<float>(d.GetValue(4 * p));
                 const uint32_t ix = d.ReinterpretCast<uint32_t>().GetValue(2 * p + 1);
-                EXPECT_TRUE(ix >= 1000 + r * 32 && ix < 1032 + r * 32 && sc == static_cast<float>(static_cast<half>(raw[ix - 1000])),
+                EXPECT_TRUE(ix >= 1000 + r * 32 && ix < 1032 + r * 32 &&
+                                sc == static_cast<float>(static_cast<half>(raw[ix - 1000])),
                             "half Sort32 layout at %u", p);
                 if (i > 0) EXPECT_TRUE(static_cast<float>(d.GetValue(4 * (p - 1))) >= sc, "half Sort32 order at %u", p);
             }
@@ -131,7 +133,8 @@ static void TestSortHalfAndSuspension()
         MrgSort(o, MrgSortSrcList<float>(q[0], q[16], q[32], q[48]), MrgSort4Info(lens, false, 15, 2));
         for (uint32_t rep = 0; rep < 2; ++rep)
             for (uint32_t i = 0; i < 32; ++i)
-                EXPECT_TRUE(o.GetValue(2 * (rep * 32 + i)) == 100.f * rep + 24.f - i, "repeat merge rep %u pos %u", rep, i);
+                EXPECT_TRUE(o.GetValue(2 * (rep * 32 + i)) == 100.f * rep + 24.f - i, "repeat merge rep %u pos %u", rep,
+                            i);
     });
 }
 
@@ -188,10 +191,13 @@ static void TestDataCopyPad()
     });
     for (uint32_t r = 0; r < rows; ++r) {
         for (uint32_t j = 0; j < 64; ++j) {
-            const int8_t want = j < len ? src[r * (len + srcGap) + j] : src[r * (len + srcGap)];  // dummy = first element
-            EXPECT_TRUE(ub[r * 96 + j] == want, "DataCopyPad int8 row %u byte %u: %d want %d", r, j, ub[r * 96 + j], want);
+            const int8_t want =
+                j < len ? src[r * (len + srcGap) + j] : src[r * (len + srcGap)];  // dummy = first element
+            EXPECT_TRUE(ub[r * 96 + j] == want, "DataCopyPad int8 row %u byte %u: %d want %d", r, j, ub[r * 96 + j],
+                        want);
         }
-        for (uint32_t j = 0; j < len; ++j) EXPECT_TRUE(back[r * (len + 3) + j] == src[r * (len + srcGap) + j], "UB->GM row %u byte %u", r, j);
+        for (uint32_t j = 0; j < len; ++j)
+            EXPECT_TRUE(back[r * (len + 3) + j] == src[r * (len + srcGap) + j], "UB->GM row %u byte %u", r, j);
         for (uint32_t j = len; j < len + 3; ++j) EXPECT_TRUE(back[r * (len + 3) + j] == 99, "UB->GM gap byte touched");
     }
     for (uint32_t r = 0; r < 2; ++r)
@@ -199,7 +205,8 @@ static void TestDataCopyPad()
             const float want = (j >= 2 && j < 5) ? static_cast<float>(hsrc[r * 3 + j - 2]) : 7.f;
             EXPECT_TRUE(static_cast<float>(hub[r * 16 + j]) == want, "DataCopyPad half row %u elem %u", r, j);
         }
-    for (uint32_t j = 0; j < 8; ++j) EXPECT_TRUE(fub[j] == (j < 5 ? fsrc[j] : -1.f), "DataCopyPad SetPadValue elem %u", j);
+    for (uint32_t j = 0; j < 8; ++j)
+        EXPECT_TRUE(fub[j] == (j < 5 ? fsrc[j] : -1.f), "DataCopyPad SetPadValue elem %u", j);
     for (uint32_t b = 0; b < 3; ++b)
         for (uint32_t j = 0; j < 8; ++j)
             EXPECT_TRUE(sub[b * 24 + j] == strided[b * 16 + j], "strided DataCopy block %u elem %u", b, j);
@@ -238,7 +245,8 @@ static void TestAtomicsAndSyncAll()
     emu_test::AllClose("atomic add", acc, wantAcc, 0, 0);
     for (uint32_t c = 0; c < blocks; ++c)
         for (uint32_t i = 0; i < n; ++i)
-            EXPECT_TRUE(out[c * n + i] == static_cast<float>((c + 1) % blocks + 1), "SyncAll neighbour read core %u", c);
+            EXPECT_TRUE(out[c * n + i] == static_cast<float>((c + 1) % blocks + 1), "SyncAll neighbour read core %u",
+                        c);
 }
 
 // Cross-core modes 0 (all AIVs) and 1 (the two AIVs of one AI core) in a mixed launch.

@@ -196,7 +196,8 @@ static void TestVectorApis()
         GlobalTensor<float> ga, gb;
         ga.SetGlobalBuffer(a.data(), N);
         gb.SetGlobalBuffer(b.data(), N);
-        LocalTensor<float> ta = bufA.Get<float>(), tb = bufB.Get<float>(), tc = bufC.Get<float>(), tt = bufT.Get<float>();
+        LocalTensor<float> ta = bufA.Get<float>(), tb = bufB.Get<float>(), tc = bufC.Get<float>(),
+                           tt = bufT.Get<float>();
         DataCopy(ta, ga, N);
         DataCopy(tb, gb, N);
         SetFlag<HardEvent::MTE2_V>(EVENT_ID0);  // TBuf tensors: order MTE2 before V by hand
@@ -279,8 +280,8 @@ static void TestVectorApis()
         float idxBits = tm.GetValue(1);
         uint32_t idx;
         std::memcpy(&idx, &idxBits, 4);
-        EXPECT_TRUE(tm.GetValue(0) == a[im] && idx == im, "ReduceMax value %g idx %u (want %g at %zu)",
-                    tm.GetValue(0), idx, a[im], im);
+        EXPECT_TRUE(tm.GetValue(0) == a[im] && idx == im, "ReduceMax value %g idx %u (want %g at %zu)", tm.GetValue(0),
+                    idx, a[im], im);
         ReduceMin(tm, ta, tt, cnt, false);
         EXPECT_TRUE(tm.GetValue(0) == *std::min_element(a.begin(), a.begin() + cnt), "ReduceMin");
         ReduceSum(tm, ta, tt, cnt);

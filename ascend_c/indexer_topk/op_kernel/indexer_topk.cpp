@@ -26,8 +26,8 @@ __aicore__ inline void RunIndexer(GM_ADDR q, GM_ADDR weights, GM_ADDR indexK, GM
 }  // namespace longattn_ascend
 
 extern "C" __global__ __aicore__ void indexer_topk(GM_ADDR q, GM_ADDR weights, GM_ADDR indexK, GM_ADDR visibleEnd,
-                                                   GM_ADDR blockTable, GM_ADDR seqIds, GM_ADDR indices,
-                                                   GM_ADDR lengths, GM_ADDR logits, GM_ADDR workspace, GM_ADDR tiling)
+                                                   GM_ADDR blockTable, GM_ADDR seqIds, GM_ADDR indices, GM_ADDR lengths,
+                                                   GM_ADDR logits, GM_ADDR workspace, GM_ADDR tiling)
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
     GET_TILING_DATA_WITH_STRUCT(longattn_ascend::IndexerTopkTiling, t, tiling);

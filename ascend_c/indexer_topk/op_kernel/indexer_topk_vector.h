@@ -114,7 +114,8 @@ public:
 
 private:
     // ---- scores of this AIV's 64 columns of block b -------------------------------------------------
-    __aicore__ inline void ScoreBlock(uint32_t seq, uint32_t b, const TokenInfo& info, const AscendC::LocalTensor<float>& w)
+    __aicore__ inline void ScoreBlock(uint32_t seq, uint32_t b, const TokenInfo& info,
+                                      const AscendC::LocalTensor<float>& w)
     {
         using namespace AscendC;
         const uint32_t buf = seq % 2, Hi = t_.numHeads;
@@ -195,7 +196,10 @@ private:
     }
 
     // ---- top-k mode -------------------------------------------------------------------------------
-    __aicore__ inline float ScoreAt(const AscendC::LocalTensor<float>& list, uint32_t i) { return list.GetValue(2 * i); }
+    __aicore__ inline float ScoreAt(const AscendC::LocalTensor<float>& list, uint32_t i)
+    {
+        return list.GetValue(2 * i);
+    }
 
     __aicore__ inline void TopkToken(uint32_t token, const TokenInfo& info, uint32_t& seq, uint32_t& exchanges)
     {

@@ -78,24 +78,24 @@ inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32
     b += Al32(mh * kSaBlockKeys * 4);            // column index tile
     b += Al32(AlignUpU(mh * kSaBlockKeys, 256) / 8);  // mask bits
     b += 10 * 64 * 4;                            // m, m2, l, alpha, rowmax, rowsum, lse, sink, factor, tmp
-                                                 // (64 floats each: whole Compare repeats; mh <= 32)
-    b += 3 * Al32(mh8 * 8 * 4);                  // Brcb outputs (m, alpha, factor)
-    b += 2 * Al32(r * D * 4);                    // O chunks (VECIN x2)
-    b += 2 * Al32(r * D * sz);                   // output chunks (VECOUT x2)
-    b += 2 * Al32(mh8 * 4);                      // lse out, sink in
-    b += 2 * Al32(g * D * sz);                   // gather tiles (VECIN x2)
+                       // (64 floats each: whole Compare repeats; mh <= 32)
+    b += 3 * Al32(mh8 * 8 * 4);  // Brcb outputs (m, alpha, factor)
+    b += 2 * Al32(r * D * 4);  // O chunks (VECIN x2)
+    b += 2 * Al32(r * D * sz);  // output chunks (VECOUT x2)
+    b += 2 * Al32(mh8 * 4);  // lse out, sink in
+    b += 2 * Al32(g * D * sz);  // gather tiles (VECIN x2)
     if (sz == 4) {
-        b += Al32(D * g * 4);                    // transposed tile (VECOUT x1)
-        b += Al32(D * g * 4);                    // transpose offsets
+        b += Al32(D * g * 4);  // transposed tile (VECOUT x1)
+        b += Al32(D * g * 4);  // transpose offsets
     }
     return b;
 }
 inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz)
 {
-    uint32_t b = mp * D * sz;                    // Q
-    b += 2 * kSaBlockKeys * D * sz;              // K tiles (double buffered)
-    b += mp * kSaBlockKeys * sz;                 // P
-    if (sz == 4) b += D * kSaBlockKeys * 4;      // V^T (fp32)
+    uint32_t b = mp * D * sz;  // Q
+    b += 2 * kSaBlockKeys * D * sz;  // K tiles (double buffered)
+    b += mp * kSaBlockKeys * sz;  // P
+    if (sz == 4) b += D * kSaBlockKeys * 4;  // V^T (fp32)
     return b;
 }
 }  // namespace sa_detail

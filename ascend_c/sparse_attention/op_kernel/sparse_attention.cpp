@@ -8,9 +8,9 @@
 
 namespace longattn_ascend {
 template <typename T>
-__aicore__ inline void RunSparseAttention(GM_ADDR q, GM_ADDR kv0, GM_ADDR idx0, GM_ADDR len0, GM_ADDR kv1,
-                                          GM_ADDR idx1, GM_ADDR len1, GM_ADDR sink, GM_ADDR out, GM_ADDR lse,
-                                          GM_ADDR ws, const SparseAttentionTiling& t)
+__aicore__ inline void RunSparseAttention(GM_ADDR q, GM_ADDR kv0, GM_ADDR idx0, GM_ADDR len0, GM_ADDR kv1, GM_ADDR idx1,
+                                          GM_ADDR len1, GM_ADDR sink, GM_ADDR out, GM_ADDR lse, GM_ADDR ws,
+                                          const SparseAttentionTiling& t)
 {
     if ASCEND_IS_AIC {
         sa::SparseAttentionCube<T> op;
@@ -25,9 +25,9 @@ __aicore__ inline void RunSparseAttention(GM_ADDR q, GM_ADDR kv0, GM_ADDR idx0, 
 }
 }  // namespace longattn_ascend
 
-extern "C" __global__ __aicore__ void sparse_attention(GM_ADDR q, GM_ADDR kv0, GM_ADDR idx0, GM_ADDR len0,
-                                                       GM_ADDR kv1, GM_ADDR idx1, GM_ADDR len1, GM_ADDR sink,
-                                                       GM_ADDR out, GM_ADDR lse, GM_ADDR workspace, GM_ADDR tiling)
+extern "C" __global__ __aicore__ void sparse_attention(GM_ADDR q, GM_ADDR kv0, GM_ADDR idx0, GM_ADDR len0, GM_ADDR kv1,
+                                                       GM_ADDR idx1, GM_ADDR len1, GM_ADDR sink, GM_ADDR out,
+                                                       GM_ADDR lse, GM_ADDR workspace, GM_ADDR tiling)
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
     GET_TILING_DATA_WITH_STRUCT(longattn_ascend::SparseAttentionTiling, t, tiling);

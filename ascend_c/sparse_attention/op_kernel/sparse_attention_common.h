@@ -20,8 +20,7 @@ constexpr uint16_t kFlagO = 6;   // AIC -> AIV: P.V of a block is in wsO[buf]
 // scalar GM loads (inputs only: no other core writes them, so no cache maintenance is needed).
 class KeyCursor {
 public:
-    __aicore__ inline void Init(GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1,
-                                const SparseAttentionTiling& t)
+    __aicore__ inline void Init(GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1, const SparseAttentionTiling& t)
     {
         t_ = &t;
         idx_[0].SetGlobalBuffer((__gm__ int32_t*)idx0, static_cast<uint64_t>(t.numTokens) * t.width0);

@@ -63,6 +63,7 @@ class Impl:
         if isinstance(self.run, str):
             module, _, name = self.run.partition(":")
             self.run = getattr(importlib.import_module(module), name)
+        assert callable(self.run)
         return self.run
 
     def declines(self, inputs) -> List[str]:

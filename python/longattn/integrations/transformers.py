@@ -52,6 +52,7 @@ from transformers.cache_utils import Cache
 
 from ..nn import DeepseekV4Attention, PagedKVCache
 
+_LayerBase: type
 try:  # transformers >= 4.56
     from transformers.cache_utils import CacheLayerMixin as _LayerBase
 except ImportError:  # pragma: no cover

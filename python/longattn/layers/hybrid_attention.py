@@ -17,7 +17,7 @@ unchanged, and no op validates or selects again while the step runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -39,7 +39,7 @@ class _Call:
     """One op of a step: its prepared inputs and the backend chosen for them (None while tracing)."""
 
     op: Op
-    inputs: object
+    inputs: Any  # the op's prepared-inputs dataclass
     selection: Optional[Selection]
 
     def run(self, backend: Optional[str], **changes):
@@ -218,8 +218,9 @@ class HybridAttention:
             every = dict(written, q=q, index_q=index_q, index_weights=index_weights, attn_sink=attn_sink)
             grad_inputs = tuple(k for k, v in every.items() if isinstance(v, torch.Tensor) and v.requires_grad)
             if grad_inputs:  # the caches keep values, never a graph
-                kv, compress_a, compress_b, index_a, index_b = (
-                    None if x is None else x.detach() for x in (kv, compress_a, compress_b, index_a, index_b)
+                kv = kv.detach()
+                compress_a, compress_b, index_a, index_b = (
+                    None if x is None else x.detach() for x in (compress_a, compress_b, index_a, index_b)
                 )
 
         def call(op: Op, inputs) -> _Call:
@@ -276,25 +277,27 @@ class HybridAttention:
     def run(self, step: LayerStep) -> torch.Tensor:
         """Run a prepared step: write the caches, then attend. Returns ``[T, H, D]``."""
         plan, be = step.plan, self.backend
+        attend = step.attend
+        assert attend is not None  # (prepare always sets it)
         if not torch.compiler.is_compiling():
             self.manager.check_plan(plan, self._last_plan, f"HybridAttention[{self.kind}, layer {self.layer.index}]")
             self._last_plan = plan.serial
         step.append.run(be)
         if step.compress is not None:
             step.compress.run(be)
-        if step.topk is not None:
+        if step.topk is not None and step.index_compress is not None:
             step.index_compress.run(be)
             top, lengths = step.topk.run(be)
-            out = step.attend.run(be, extra_indices=top, extra_topk_length=lengths)[0]
+            out = attend.run(be, extra_indices=top, extra_topk_length=lengths)[0]
         elif step.hca_chunks is None:
-            out = step.attend.run(be)[0]
+            out = attend.run(be)[0]
         else:  # HCA in token chunks (no scatter into a preallocated output: keeps the step graph functional)
             cp = plan.compressed[self.layer.compress_ratio]
-            outs = [step.attend.run(be)[0]]
+            outs = [attend.run(be)[0]]
             for t0, t1 in step.hca_chunks[1:]:
                 rows, lengths = cp.all_visible(plan.token_rows, t0, t1)
                 outs.append(
-                    step.attend.run(be, q=step.q[t0:t1], indices=plan.window_indices[t0:t1], extra_indices=rows,
+                    attend.run(be, q=step.q[t0:t1], indices=plan.window_indices[t0:t1], extra_indices=rows,
                                     extra_topk_length=lengths)[0]
                 )  # fmt: skip
             out = torch.cat(outs)

@@ -24,7 +24,7 @@ DeepSeek's reference code and what we do.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -301,6 +301,7 @@ class DeepseekV4Attention(nn.Module):
         self.o_a_proj = _linear(L.n_heads * L.head_dim // o_groups, o_groups * o_lora_rank)  # grouped
         self.o_b_proj = _linear(o_groups * o_lora_rank, dim)
         self.sinks = nn.Parameter(torch.zeros(L.n_heads, dtype=torch.float32))
+        self.compressor: Optional[Compressor]
         if L.kind == "csa":
             self.compressor = CSACompressor(dim, q_lora_rank, L)
         elif L.kind == "hca":
@@ -336,6 +337,11 @@ class DeepseekV4Attention(nn.Module):
             return norm.weight
         return self._rope_scaled(norm.weight.to(torch.float32))
 
+    def _rope_table(self) -> torch.Tensor:
+        table = self.rope_inv_freq  # a buffer (typed as a Module attribute)
+        assert isinstance(table, torch.Tensor)
+        return table
+
     # -- the math ------------------------------------------------------------------------------------------
     def forward_paged(self, hidden_states: torch.Tensor, plan: StepPlan, cache_layer: HybridAttention) -> torch.Tensor:
         """Ragged batch ``hidden_states [T, dim]`` (tokens in ``plan`` order) -> ``[T, dim]``.
@@ -347,7 +353,7 @@ class DeepseekV4Attention(nn.Module):
         x = hidden_states
         T = x.shape[0]
         pos = plan.positions
-        freqs = self.rope_inv_freq
+        freqs = self._rope_table()
         head_pos = pos.unsqueeze(1)  # broadcast over heads
 
         cq = self.q_a_norm(self.q_a_proj(x))
@@ -358,12 +364,12 @@ class DeepseekV4Attention(nn.Module):
 
         # Compressed entries and indexer keys are rotated inside compress_kv after their RMSNorm weight:
         # the attention factor rides on the weight's rope dims (rotation is linear).
-        extra = {}
+        extra: Dict[str, torch.Tensor] = {}
         if self.compressor is not None:
             a, b = self.compressor.inputs(x, pos)
             extra.update(compress_a=a, compress_b=b, compress_norm_weight=self._entry_norm(self.compressor.kv_norm))
-        if L.kind == "csa":
-            idx = self.compressor.indexer
+        if isinstance(self.compressor, CSACompressor):  # (CSA)
+            idx: Indexer = self.compressor.indexer
             ia, ib = idx.inputs(x, pos)
             iq = self._rope_scaled(apply_rope(idx.q_b_proj(cq).view(T, idx.n_heads, idx.head_dim), head_pos, freqs))
             # score = sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)
@@ -425,6 +431,7 @@ class DeepseekV4Attention(nn.Module):
         else:  # a long step: its chunks in order (chunked prefill)
             y = x.new_empty(x.shape[0], dim)
             for plan, index in chunks:
+                assert index is not None  # (chunks of a long step always carry their token indices)
                 y.index_copy_(0, index, self.forward_paged(x.index_select(0, index), plan, layer))
         if rows is not None:
             y = y.new_zeros(B * S, y.shape[-1]).index_copy_(0, rows, y)

@@ -225,7 +225,7 @@ class PagedKVCache:
         if n_chunks == 1:
             return [(self.manager.plan(list(range(B)), torch.tensor([0] + counts).cumsum(0)), None)]
         starts = [0, *itertools.accumulate(counts)][:-1]  # row b's first token among the real ones
-        chunks = []
+        chunks: List[Chunk] = []
         for k in range(n_chunks):
             lo = k * per_row
             part = [max(0, min(n, lo + per_row) - lo) for n in counts]

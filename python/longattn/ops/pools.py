@@ -38,6 +38,7 @@ def float_pool_rows(chk: ArgChecker, name: str, pool: torch.Tensor, head_dim: Op
         return pool.view(-1, pool.shape[-1])
     except RuntimeError:
         chk.fail(f"paged `{name}` {list(pool.shape)} must be viewable as [num_pages * page_size, D]")
+        raise  # (fail raises)
 
 
 def pool_object(chk: ArgChecker, name: str, pool, head_dim: int, attrs: Tuple[str, ...]):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -20,7 +20,7 @@ class AppendInputs:
     """pool: a contiguous float pool ``[num_slots, D]`` / ``[num_pages, page_size, D]`` (as given: it is
     written) or a pool object; rows ``[T, D]`` float; slot_mapping ``[T]`` int."""
 
-    pool: object
+    pool: Any  # a float tensor or a pool object
     rows: torch.Tensor
     slot_mapping: torch.Tensor
 

@@ -172,7 +172,7 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                     else:  # bmm into a strided out falls back to one matmul per token: use a buffer
                         dst.copy_(torch.bmm(w_g, ph, out=weighted.view(-1)[: dst.numel()].view(tg, 1, -1)).squeeze(1))
                 if s1 == n_vis:  # last span: free the block buffers before the consumer's work
-                    keys = per_head = weighted = None
+                    del keys, per_head, weighted
                     rows.release()
                 j = torch.arange(s1 - s0, dtype=torch.int32, device=q.device)
                 usable = (j.unsqueeze(0) < vis_g - s0) & rows.ok(s0, s1).unsqueeze(0)

@@ -152,6 +152,7 @@ def sparse_attention(
         for parts in groups:
             part = attend_chunk(q_c, parts, softmax_scale)
             acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
+        assert acc is not None  # (groups is never empty)
         o_c, lse_c = acc
         if attn_sink is not None:
             o_c = o_c * sink_factor(lse_c, attn_sink).unsqueeze(-1)

@@ -552,14 +552,14 @@ def sparse_attention(
     head_blocks = triton.cdiv(H, block_h)
 
     K1 = indices.shape[1]
-    K2 = extra_indices.shape[1] if has_extra else 0
+    K2 = extra_indices.shape[1] if extra_indices is not None else 0
     if num_splits is None:
         num_splits = choose_num_splits(T * head_blocks, K1 + K2, block_n, device)
     num_splits = max(1, min(int(num_splits), 65535))
 
     s1 = _stream_args(kv, device)
     i1 = _index_args(indices, device)
-    if has_extra:
+    if extra_indices is not None:
         s2 = _stream_args(extra_kv, device)
         i2 = _index_args(extra_indices, device)
     else:
