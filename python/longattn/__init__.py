@@ -13,16 +13,11 @@ from ._info import info
 from .backends import BackendError
 from .cache import CacheManager, Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from .layers import HybridAttention
-from .ops import (
-    append_kv,
-    apply_attention_sink,
-    compress_kv,
-    compress_pool,
-    indexer_logits,
-    indexer_topk,
-    merge_attention_states,
-    sparse_attention,
-)
+from .ops.append import append_kv
+from .ops.combine import apply_attention_sink, merge_attention_states
+from .ops.compress import compress_kv, compress_pool
+from .ops.indexer import indexer_logits, indexer_topk
+from .ops.sparse_attention import sparse_attention
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from typing import Hashable, Sequence
 import torch
 
 from .cache.manager import ring_capacity
-from .ops import append_kv
+from .ops.append import append_kv
 
 
 def _entry_slots(block_table_row: torch.Tensor, j: torch.Tensor, page_size: int) -> torch.Tensor:
