@@ -13,7 +13,7 @@ import longattn
 import pytest
 import torch
 
-from tests.layers.test_hybrid_attention import make_manager, make_sequence, tiny_layer
+from tests.layers.helpers import make_manager, make_sequence, tiny_layer
 
 BACKENDS = ["reference", "triton"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from longattn.cache import StalePlanError
 
-from tests.layers.test_hybrid_attention import D, H, make_manager, make_sequence, tiny_layer
+from tests.layers.helpers import D, H, make_manager, make_sequence, tiny_layer
 
 
 def pools(att):

@@ -1,0 +1,44 @@
+"""Layers, managers and random sequences for the HybridAttention tests (shared by several modules)."""
+
+import torch
+from longattn.cache import CacheManager
+from longattn.configs import LayerConfig, RopeConfig, YarnConfig
+
+RATIO = {"swa": 0, "csa": 4, "hca": 8}
+D, H, W = 32, 3, 8
+
+
+def tiny_layer(kind, topk=3):
+    rope = RopeConfig(10000.0) if kind == "swa" else RopeConfig(160000.0, YarnConfig(16, 64, 32, 1))
+    return LayerConfig(
+        index=0, kind=kind, compress_ratio=RATIO[kind], n_heads=H, head_dim=D, rope_dim=8, window=W,
+        index_n_heads=2, index_head_dim=16, index_topk=topk, rope=rope, eps=1e-6,
+    )  # fmt: skip
+
+
+def make_manager(layer, page_size, pages=128):
+    r = layer.compress_ratio
+    return CacheManager(
+        ratios=(r,) if r else (),
+        page_size=page_size,
+        num_window_pages=pages,
+        num_compressed_pages={r: pages} if r else {},
+        num_state_pages={r: pages} if r else {},
+        window=layer.window,
+    )
+
+
+def make_sequence(layer, S, g):
+    c = 2 if layer.overlap else 1
+    seq = dict(q=torch.randn(S, H, D, generator=g), kv=torch.randn(S, D, generator=g))
+    if layer.compress_ratio:
+        seq.update(compress_a=torch.randn(S, c * D, generator=g), compress_b=torch.randn(S, c * D, generator=g) * 2)
+    if layer.uses_indexer:
+        Hi, Di = layer.index_n_heads, layer.index_head_dim
+        seq.update(
+            index_q=torch.randn(S, Hi, Di, generator=g),
+            index_weights=torch.randn(S, Hi, generator=g),
+            index_a=torch.randn(S, 2 * Di, generator=g),
+            index_b=torch.randn(S, 2 * Di, generator=g) * 2,
+        )
+    return seq
