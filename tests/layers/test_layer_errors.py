@@ -62,6 +62,24 @@ CASES = [
         r"`index_weights` must be \[2, 2\]",
     ),
     ("int kv", lambda i: i.update(kv=torch.ones(2, D, dtype=torch.int64)), TypeError, r"`kv` must have dtype"),
+    (
+        "compressor norm weight",  # checked only inside compress_kv once, after the first writes
+        lambda i: i.update(compress_norm_weight=torch.ones(D + 1)),
+        ValueError,
+        r"`compress_norm_weight` has shape \[33\]: dim 0 must be 32",
+    ),
+    (
+        "indexer norm weight dtype",
+        lambda i: i.update(index_norm_weight=torch.ones(16, dtype=torch.int32)),
+        TypeError,
+        r"`index_norm_weight` must have dtype",
+    ),
+    (
+        "sink dtype",
+        lambda i: i.update(attn_sink=torch.ones(H, dtype=torch.int64)),
+        TypeError,
+        r"`attn_sink` must have dtype",
+    ),
 ]
 
 

@@ -212,6 +212,11 @@ class HybridAttention:
         L = self.layer
         chk = ArgChecker(f"HybridAttention[{L.kind}, layer {L.index}]")
         self._check(chk, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b)
+        for name, w, n in (("compress_norm_weight", compress_norm_weight, L.head_dim),
+                           ("index_norm_weight", index_norm_weight, L.index_head_dim)):  # fmt: skip
+            if w is not None:  # (named as the layer takes them; the ops check them again as `norm_weight`)
+                chk.tensor(name, w, ("d",))
+                chk.dim(name, w, 0, n, "the entry width of that compressor")
         written = dict(kv=kv, compress_a=compress_a, compress_b=compress_b, index_a=index_a, index_b=index_b)
         grad_inputs: Tuple[str, ...] = ()
         if torch.is_grad_enabled():
