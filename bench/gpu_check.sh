@@ -48,7 +48,8 @@ EOF
   python -m longattn || true
 } 2>&1 | tee "$OUT/env.txt"
 
-# ---- 1. the Triton test-suite on the GPU, in parallel shards (compile-bound: one process per shard) ----
+# ---- 1. the Triton tests on the GPU, in parallel shards (compile-bound: one process per shard): the op x
+# backend tests of tests/ops for the triton backend, and tests/triton but the offline sm_90 compile ----
 run_shard() {
   local name=$1; shift
   local rc=0
@@ -60,12 +61,14 @@ SHARD_TIMEOUT=$(( $(left) - 180 ))
 [ "$SHARD_TIMEOUT" -gt 300 ] && SHARD_TIMEOUT=300
 echo "== tests (shards in parallel, timeout ${SHARD_TIMEOUT}s)"
 T=tests/triton
-run_shard sparse_api  $T/test_triton_sparse_attention.py -k "cases_public_api" &
+O=tests/ops  # the op x backend tests: -k triton selects their Triton parameter (on CUDA tensors here)
+run_shard ops_sparse   $O/test_sparse_attention.py -k triton &
+run_shard ops_rest     $O/test_indexer.py $O/test_combine.py $O/test_compress.py $O/test_append.py -k triton &
 run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
-run_shard sparse_rest $T/test_triton_sparse_attention.py -k "not cases_public_api and not cases_split_kv" &
-run_shard indexer     $T/test_triton_indexer.py &
-run_shard combine     $T/test_triton_combine.py $T/test_triton_backend.py $T/test_triton_gpu_configs.py &
-run_shard cache_ops   $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
+run_shard sparse_rest  $T/test_triton_sparse_attention.py -k "not cases_split_kv" &
+run_shard indexer      $T/test_triton_indexer.py &
+run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py &
+run_shard cache_ops    $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
 wait
 {
   echo "== test summary ($(( $(date +%s) - START ))s elapsed)"

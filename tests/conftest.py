@@ -13,6 +13,8 @@ import random  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.helpers import backends as _backends  # noqa: E402  (after TRITON_INTERPRET is set)
+
 _real_empty = torch.empty
 _real_empty_like = torch.empty_like
 
@@ -78,3 +80,16 @@ def test_backend(monkeypatch):
         for op in ops:
             get_op(op).remove_impl(name)
         registry.unregister_backend(name)
+
+
+@pytest.fixture(params=_backends.backend_names())
+def backend(request):
+    """Every registered backend (``registry.backend_names()`` at collection time), one test each: a
+    backend that cannot run on the test device (tests/helpers/device.py) is skipped with its own reason.
+    Run the op with ``tests.helpers.backends.call(fn, ..., backend=backend)``: a call the backend
+    declines is skipped with its declared reasons."""
+    name = request.param
+    why = _backends.device_reason(name)
+    if why is not None:
+        pytest.skip(f"{name}: {why}")
+    return name

@@ -1,6 +1,6 @@
 """Literal float64 oracle for the longattn public API (tests only).
 
-This module is the specification transcribed literally: /work/shared/docs/api.md sections 1-4 and
+This module is the specification transcribed literally: docs/api.md sections 1-4 and
 deepseek-v4-attention.md sections 5-7 (and 9 for the FP8 record). It was written separately from the
 package's own PyTorch reference (``python/longattn``), without reading it, so that the two can be tested
 against each other. Nothing here is fast: plain Python loops over tokens, heads and keys, with ``math``

@@ -61,3 +61,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
             f"{what}: max error {float(err.max()):.3e} exceeds bound (atol {atol:.3e}, rtol {rtol:.1e}); "
             f"worst element {float(a[fin][i]):.6e} vs {float(e[fin][i]):.6e}"
         )
+
+
+# Low-precision outputs (bf16 / fp16) of a kernel backend: FlashAttention's rule. The kernel's error
+# against the float64 oracle is at most twice the error of a PyTorch run of the same math at the
+# kernel's precision (tests/helpers/sparse.py ``lowp_sparse_attention``), plus a floor far below a bf16
+# ulp: 2**-16 of the largest output, or 1e-6 of the largest value row (at least 1e-6).
+LOWP_FLOOR = 2.0**-16
+
+
+def assert_lowp_rule(out, ref_out, lowp_out, what, value_max=0.0):
+    """max |out - ref| <= 2 max |lowp - ref| + floor; ``out`` must be finite."""
+    a, r, b = out.double().cpu(), ref_out.double().cpu(), lowp_out.double().cpu()
+    assert torch.isfinite(a).all(), f"{what}: non-finite output"
+    err = float((a - r).abs().max()) if a.numel() else 0.0
+    base = float((b - r).abs().max()) if b.numel() else 0.0
+    floor = max(LOWP_FLOOR * (float(r.abs().max()) if r.numel() else 0.0), 1e-6 * max(value_max, 1.0))
+    assert err <= 2 * base + floor, f"{what}: error {err:.3e} > 2 x low-precision error {base:.3e} + {floor:.1e}"
+    return err, base

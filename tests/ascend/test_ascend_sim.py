@@ -1,20 +1,20 @@
-"""The Ascend C kernels (``backend="ascend_sim"``: ascend_c/<op> on the CPU emulator) vs the reference.
+"""The Ascend C kernels on the CPU emulator (``backend="ascend_sim"``): what is specific to them.
 
-Same random and adversarial inputs as the other backends (tests/ops/cases.py), bounds from
-tests/tolerance.py (fp32: derived worst-case bounds against the float64 oracle). bf16/fp16 outputs
-follow a measured rule: the kernel's error against the oracle is at most twice the error of a
-low-precision PyTorch run of the same math (matmuls and probabilities in the input dtype), plus a
-tiny floor. Outputs of the extension are poisoned with NaN before the kernel runs (and the
-workspace with 0xFF bytes), so an element a kernel forgets to write fails the comparison.
+The op x backend tests (tests/ops) run every generic case on ``ascend_sim`` too: float pools and FP8
+records of append_kv, the shared sparse cases and the tiling-crossing ones vs the float64 oracle
+(fp32: derived bounds; bf16 / fp16: twice the error of a run rounding like the cube unit), compress_kv
+over random chunk splits vs the reference, the indexer id for id, special values. Here: what the
+backend declines (``reasons``, mirrored from the C++ tiling), the tiling mirror itself, the UB limit of
+compress_kv, any number of emulated AI cores, availability and laziness, and the ``ascend`` (NPU)
+entry points marshalled against the emulator build.
 
-The emulator aborts the process on any strict-check violation; the cases here are known to pass.
-Configurations that may abort (AddressSanitizer, planted faults) run in subprocesses
-(test_ascend_sim_asan.py).
+Outputs of the extension are poisoned with NaN before the kernel runs (and the workspace with 0xFF
+bytes), so an element a kernel forgets to write fails the comparison. The emulator aborts the process
+on any strict-check violation; the cases here are known to pass. Configurations that may abort
+(AddressSanitizer, planted faults) run in subprocesses (test_ascend_sim_asan.py).
 """
 
 from __future__ import annotations
-
-import math
 
 import longattn
 import pytest
@@ -25,84 +25,30 @@ from longattn.ops.compress import ascend as compress_ascend
 from longattn.ops.op import get_op
 from longattn.ops.sparse_attention import ascend as sa_ascend
 
-from tests import oracle
+from tests.helpers.compress import Cache, check_float_run, make_steps, run_both
 from tests.helpers.dispatch import inputs, reasons
-from tests.ops.cases import SPARSE_CASES, SparseCase, make_sparse_inputs
-from tests.ops.test_sparse_attention import check_against_oracle, oracle_of
-from tests.tolerance import assert_close, attention_bounds
+from tests.helpers.indexer import int_inputs
+from tests.helpers.sparse import check_against_oracle
+from tests.ops.cases import SparseCase, make_sparse_inputs
 
 pytestmark = pytest.mark.skipif(
     ascend_sim.BACKEND.unavailable is not None, reason=f"ascend_sim: {ascend_sim.BACKEND.unavailable}"
 )
 SIM = "ascend_sim"
-
-
-# ----------------------------------------------------------------------------------------------------
-# append_kv
-# ----------------------------------------------------------------------------------------------------
 FLOATS = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("pool_dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("rows_dtype", FLOATS, ids=str)
-def test_append_kv_float_pools_exact(pool_dtype, rows_dtype):
-    g = torch.Generator().manual_seed(1)
-    pool = (torch.randn(7, 5, 96, generator=g) * 3).to(pool_dtype)  # paged view, D not a power of two
-    rows = (torch.randn(23, 96, generator=g) * 3).to(rows_dtype)
-    slots = torch.randperm(35, generator=g)[:23]
-    slots[::5] = -1  # padding
-    slots[1] = 35  # one past the pool
-    slots[2] = 2**31 - 1
-    ref = pool.clone()
-    longattn.append_kv(pool, rows, slots.to(torch.int32), backend=SIM)
-    longattn.append_kv(ref, rows, slots, backend="reference")
-    assert torch.equal(pool.view(torch.int8), ref.view(torch.int8))  # bit-exact, incl. casts
+def _int_inputs(g, T, Hi, Di, N, lo=-2, hi=3, dtype=torch.float32):
+    return int_inputs(T, Hi, Di, N, lo, hi, dtype, g=g)
 
 
-def test_append_kv_int64_slots_and_large_rows():
-    g = torch.Generator().manual_seed(2)
-    pool = torch.randn(20, 5000, generator=g)  # D > one UB tile (4096): two column tiles per row
-    rows = torch.randn(9, 5000, generator=g)
-    slots = torch.tensor([3, -1, 19, 20, 0, 2**40, -(2**40), 7, 11], dtype=torch.int64)
-    ref = pool.clone()
-    longattn.append_kv(pool, rows, slots, backend=SIM)
-    longattn.append_kv(ref, rows, slots, backend="reference")
-    assert torch.equal(pool, ref)
+def _both(fn, *args, **kw):
+    return fn(*args, backend=SIM, **kw), fn(*args, backend="reference", **kw)
 
 
-def test_append_kv_empty():
-    pool = torch.randn(4, 64)
-    ref = pool.clone()
-    longattn.append_kv(pool, torch.randn(0, 64), torch.zeros(0, dtype=torch.int32), backend=SIM)
-    assert torch.equal(pool, ref)
-
-
-@pytest.mark.parametrize("rows_dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("page", [1, 3, 16])
-def test_append_kv_fp8_pool_bytes_exact(rows_dtype, page):
-    """Quantisation on the vector core: every byte of the 584-B records equals the reference's."""
-    g = torch.Generator().manual_seed(3)
-    pages = 4
-    n = 2 * page + 1
-    rows = torch.randn(n, 512, generator=g) * torch.logspace(-6, 3, n).unsqueeze(1)  # many scale exponents
-    rows[0, :448] = 0.0  # all-zero tiles (e = -13)
-    rows[1, 5] = -0.0
-    rows[1, 64:128] = torch.tensor([2.0**-10, -(2.0**-10), 3 * 2.0**-11, 2.0**-9 * 1.5] * 16)  # subnormal ties
-    rows[2, 128:192] = 448.0 * 2.0**3  # amax exactly 448 * 2^e
-    rows[2, 200] = -1e-30  # rounds to -0 (keeps the sign)
-    rows = rows.to(rows_dtype)
-    slots = torch.randperm(pages * page, generator=g)[:n]
-    slots[-1] = -1
-    pool = longattn.Fp8KVPool.empty(pages, page)
-    ref = longattn.Fp8KVPool.empty(pages, page)
-    pool.data.fill_(0x5A)
-    ref.data.fill_(0x5A)
-    longattn.append_kv(pool, rows, slots, backend=SIM)
-    longattn.append_kv(ref, rows, slots, backend="reference")
-    diff = (pool.data != ref.data).nonzero()
-    assert diff.numel() == 0, f"{diff.shape[0]} bytes differ, first at {diff[:4].tolist()}"
-
-
+# ----------------------------------------------------------------------------------------------------
+# what the kernels decline, the tiling mirror, the UB limit
+# ----------------------------------------------------------------------------------------------------
 def test_append_kv_reasons():
     class Pool:  # a duck-typed pool the kernel cannot write
         num_slots, head_dim, device = 4, 8, torch.device("cpu")
@@ -112,109 +58,6 @@ def test_append_kv_reasons():
 
     why = reasons(SIM, "append_kv", pool=Pool(), rows=torch.zeros(1, 8), slot_mapping=torch.zeros(1, dtype=torch.int32))
     assert why and "Pool" in why[0]
-
-
-# ----------------------------------------------------------------------------------------------------
-# sparse_attention
-# ----------------------------------------------------------------------------------------------------
-EXTRA_CASES = [
-    SparseCase("multi_block", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, lengths="partial", sink="finite"),
-    SparseCase("multi_block_bf16", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, dtype=torch.bfloat16, sink="finite"),
-    SparseCase("head_groups_h80", T=2, H=80, D=64, N=90, K=70, sink="mixed"),
-    SparseCase("d256_h20_dups", T=2, H=20, D=256, N=40, K=65, pattern="duplicates", sink="finite"),
-    SparseCase("many_tokens", T=11, H=2, D=64, N=20, K=9, N2=7, K2=3, lengths="partial"),
-    SparseCase("exact_block", T=2, H=3, D=64, N=200, K=128, pattern="in_range"),
-    SparseCase("d576_fp32", T=1, H=16, D=576, N=30, K=70, sink="finite"),
-    SparseCase("d576_bf16", T=1, H=16, D=576, N=30, K=70, dtype=torch.bfloat16),
-    SparseCase("fp16_two_blocks", T=2, H=6, D=64, N=100, K=100, dtype=torch.float16, N2=9, K2=5, sink="mixed"),
-]
-SUPPORTED = [c for c in SPARSE_CASES if c.D % 64 == 0] + EXTRA_CASES
-
-
-def lowp_sparse_attention(args):
-    """The same math in the input dtype (PyTorch): q.k^T, the probabilities and P.V rounded to it."""
-    q = args["q"]
-    T, H, D = q.shape
-    dt = q.dtype
-    scale = args["softmax_scale"] or D**-0.5
-    out = torch.zeros(T, H, D, dtype=torch.float64)
-    lse = torch.full((T, H), -math.inf, dtype=torch.float64)
-    streams = [(args["kv"].reshape(-1, D), args["indices"], args["topk_length"])]
-    if args.get("extra_kv") is not None:
-        streams.append((args["extra_kv"], args["extra_indices"], args["extra_topk_length"]))
-    for t in range(T):
-        rows = []
-        for kv, idx, lens in streams:
-            n = idx.shape[1] if lens is None else max(0, min(idx.shape[1], int(lens[t])))
-            sel = [int(i) for i in idx[t, :n].tolist() if 0 <= int(i) < kv.shape[0]]
-            if sel:
-                rows.append(kv[torch.tensor(sel)])
-        if not rows:
-            continue
-        k = torch.cat(rows).to(dt)
-        logits = (q[t].to(dt) @ k.T).to(dt).float() * scale  # [H, n]
-        m = logits.amax(-1, keepdim=True)
-        p = torch.exp(logits - m)
-        l_ = p.sum(-1, keepdim=True)
-        o = (p.to(dt) @ k).float() / l_
-        lse_t = (m + torch.log(l_)).squeeze(-1)
-        if args["attn_sink"] is not None:
-            o = o * torch.sigmoid(lse_t - args["attn_sink"].float()).unsqueeze(-1)
-        out[t] = o.to(dt).double()
-        lse[t] = lse_t.double()
-    return out, lse
-
-
-def check_lowp(out, lse, args, what):
-    """bf16/fp16: |out - oracle| <= 2 |lowp - oracle| + floor; lse: the fp32 bound."""
-    q = args["q"]
-    ref_out, ref_lse = oracle_of(args)
-    lp_out, _ = lowp_sparse_attention(args)
-    rows = [args["kv"].reshape(-1, q.shape[-1])]
-    if args.get("extra_kv") is not None:
-        rows.append(args["extra_kv"])
-    rows = torch.cat([r.double() for r in rows])
-    num_keys = args["indices"].shape[1] + (args["extra_indices"].shape[1] if args.get("extra_kv") is not None else 0)
-    scale = args["softmax_scale"] or q.shape[-1] ** -0.5
-    _, _, lse_atol = attention_bounds(q, rows, scale, num_keys, torch.float32)
-    assert out.dtype == q.dtype and lse.dtype == torch.float32
-    assert_close(lse, ref_lse, lse_atol, 0.0, f"{what}: lse")
-    assert torch.equal(torch.isnan(out), torch.zeros_like(out, dtype=torch.bool)), f"{what}: NaN in out"
-    err = (out.double() - ref_out).abs().max().item() if out.numel() else 0.0
-    lp_err = (lp_out - ref_out).abs().max().item() if out.numel() else 0.0
-    vmax = rows.abs().max().item() if rows.numel() else 0.0
-    floor = 1e-6 * max(vmax, 1.0)
-    assert err <= 2 * lp_err + floor, f"{what}: error {err:.3e} > 2 x low-precision error {lp_err:.3e} + {floor:.1e}"
-    return err, lp_err
-
-
-@pytest.mark.parametrize("case", SUPPORTED, ids=str)
-def test_sparse_attention_matches_oracle(case: SparseCase):
-    args = make_sparse_inputs(case)
-    out, lse = longattn.sparse_attention(**args, backend=SIM)
-    if case.dtype == torch.float32:
-        check_against_oracle(out, lse, args, case.name)
-    else:
-        check_lowp(out, lse, args, case.name)
-    # Rows without keys: exactly 0 and -inf (never NaN), like the reference.
-    ref_out, ref_lse = longattn.sparse_attention(**args, backend="reference")
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))
-    assert torch.equal(out[torch.isneginf(lse)], ref_out[torch.isneginf(ref_lse)])
-
-
-def test_sparse_attention_paged_and_split_kv_consistency():
-    """A split of the keys into two calls + merge + sink equals one call (kernel-computed partials)."""
-    case = SparseCase("split", T=3, H=5, D=64, N=80, K=40, sink="finite", seed=4)
-    args = make_sparse_inputs(case)
-    full, full_lse = longattn.sparse_attention(**args, backend=SIM)
-    a = dict(args, indices=args["indices"][:, :20], attn_sink=None)
-    b = dict(args, indices=args["indices"][:, 20:], attn_sink=None)
-    oa, la = longattn.sparse_attention(**a, backend=SIM)
-    ob, lb = longattn.sparse_attention(**b, backend=SIM)
-    o, l_ = longattn.merge_attention_states(oa, la, ob, lb, backend="reference")
-    o = longattn.apply_attention_sink(o, l_, args["attn_sink"], backend="reference")
-    assert_close(l_, full_lse, 1e-5, 1e-6, "lse")
-    assert_close(o, full, 1e-5, 1e-5, "out")
 
 
 def test_sparse_attention_reasons():
@@ -258,147 +101,6 @@ def test_sparse_attention_tiling_mirror(dtype):
                 assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
 
 
-# ----------------------------------------------------------------------------------------------------
-# compress_kv
-# ----------------------------------------------------------------------------------------------------
-def _compress_run(
-    seed,
-    ratio,
-    overlap,
-    d,
-    page_size,
-    dtype=torch.float32,
-    out_kind="float",
-    rope_dim=16,
-    lengths=(29, 3, 18),
-    decode_tail=True,
-    bad_pages=False,
-):
-    """Feed the same random chunk/decode splits of several sequences to both backends, each with
-    its own state and out pool; return both pools and states after every step compared."""
-    import random
-
-    from longattn.configs import RopeConfig
-    from longattn.rope import inv_freq
-
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed)
-    c = 2 if overlap else 1
-    ring = c * ratio
-    s_ps = min(page_size, ring)
-    ring_pages = -(-ring // s_ps)
-    B = len(lengths)
-    seqs = [
-        (torch.randn(n, c * d, generator=g).to(dtype), (torch.randn(n, c * d, generator=g) * 2).to(dtype))
-        for n in lengths
-    ]
-    max_entries = max(lengths) // ratio + 1
-    pages_per_seq = -(-max_entries // page_size)
-    state = torch.full((B * ring_pages + 1, s_ps, 2 * c * d), float("nan"))
-    out_bt = torch.randperm(B * pages_per_seq, generator=g).view(B, pages_per_seq).int()
-    state_bt = torch.arange(1, B * ring_pages + 1).view(B, ring_pages).int()
-    if bad_pages:  # pages outside the pools: nothing may be read or written through them
-        out_bt[0, -1] = -1
-        out_bt[1, 0] = B * pages_per_seq + 5
-        state_bt[2, 0] = -7
-    freqs = inv_freq(RopeConfig(160000.0), rope_dim) if rope_dim else torch.zeros(0)
-    w = torch.linspace(0.5, 1.5, d)
-    if out_kind == "fp8":
-        pools = [longattn.Fp8KVPool.empty(B * pages_per_seq, page_size) for _ in range(2)]
-    else:
-        odt = {"float": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[out_kind]
-        pools = [torch.zeros(B * pages_per_seq, page_size, d, dtype=odt) for _ in range(2)]
-    states = [state.clone(), state.clone()]
-    splits = []
-    for n in lengths:
-        cuts, left = [], n
-        while left:
-            k = 1 if (decode_tail and left < n // 2) else min(left, rng.randint(1, 9))
-            cuts.append(k)
-            left -= k
-        splits.append(cuts)
-    done = [0] * B
-    while any(splits):
-        step = [i for i in range(B) if splits[i] and rng.random() < 0.7]
-        rng.shuffle(step)
-        if not step:
-            continue
-        a, b, pos, rows = [], [], [], []
-        for i in step:
-            k = splits[i].pop(0)
-            a.append(seqs[i][0][done[i] : done[i] + k])
-            b.append(seqs[i][1][done[i] : done[i] + k])
-            pos.append(torch.arange(done[i], done[i] + k))
-            rows.append(torch.full((k,), i))
-            done[i] += k
-        args = dict(
-            ratio=ratio,
-            overlap=overlap,
-            state_block_table=state_bt,
-            out_block_table=out_bt,
-            norm_weight=w,
-            eps=1e-6,
-            rope_inv_freq=freqs,
-        )
-        for be, st, pool in zip((SIM, "reference"), states, pools):
-            longattn.compress_kv(
-                torch.cat(a),
-                torch.cat(b),
-                torch.cat(pos),
-                torch.cat(rows).int(),
-                state=st,
-                out=pool,
-                backend=be,
-                **args,
-            )
-        assert torch.equal(states[0].nan_to_num(1234.5), states[1].nan_to_num(1234.5)), "state rings differ"
-    return pools
-
-
-def _compress_check(pools, out_kind):
-    if out_kind == "fp8":
-        a, b = (longattn.dequantize_kv_fp8(p) for p in pools)
-        # The kernel pools with an online softmax (a different rounding order than the reference's
-        # two passes), so a quantised byte may differ by one e4m3 step where the value sits at a
-        # rounding boundary; compare dequantised values with that tolerance and most bytes exactly.
-        same = (pools[0].data == pools[1].data).float().mean().item()
-        assert same > 0.995, f"only {same:.4f} of the FP8 bytes agree"
-        assert_close(a, b, 1e-6, 2.0**-3, "fp8 entries")
-        return
-    a, b = pools
-    if a.dtype == torch.float32:
-        assert_close(a, b, 2e-5, 2e-5, "entries")
-    else:  # one final rounding to the pool dtype
-        assert_close(a.float(), b.float(), 1e-4, 2 * (2.0**-8 if a.dtype == torch.bfloat16 else 2.0**-11), "entries")
-
-
-@pytest.mark.parametrize("ratio,overlap", [(4, True), (8, False), (3, True), (1, False)])
-@pytest.mark.parametrize("page_size", [1, 3, 16])
-@pytest.mark.parametrize("seed", range(2))
-def test_compress_kv_random_splits(ratio, overlap, page_size, seed):
-    pools = _compress_run(seed, ratio, overlap, 24, page_size)
-    _compress_check(pools, "float")
-
-
-@pytest.mark.parametrize(
-    "dtype,out_kind", [(torch.bfloat16, "bf16"), (torch.float16, "float"), (torch.float32, "fp16")], ids=str
-)
-def test_compress_kv_dtypes(dtype, out_kind):
-    pools = _compress_run(5, 4, True, 32, 3, dtype=dtype, out_kind=out_kind)
-    _compress_check(pools, out_kind)
-
-
-def test_compress_kv_invalid_pages():
-    pools = _compress_run(6, 4, True, 24, 2, bad_pages=True, rope_dim=8)
-    _compress_check(pools, "float")
-
-
-def test_compress_kv_fp8_v4_shape():
-    """CSA shape of V4 (d = 512, ratio 4 with overlap, 64 rope dims) into an FP8 pool."""
-    pools = _compress_run(7, 4, True, 512, 4, out_kind="fp8", rope_dim=64, lengths=(13, 6))
-    _compress_check(pools, "fp8")
-
-
 @pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])
 def test_compress_kv_ub_limit(overlap, dtype):
     """reasons() declines the entry widths whose buffers do not fit the UB (they used to abort the
@@ -440,120 +142,6 @@ print("OK")
     assert proc.returncode == 0 and "OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
 
 
-@pytest.mark.slow
-def test_compress_kv_hca_v4_shape():
-    """HCA shape of V4: ratio 128 without overlap, d = 512."""
-    pools = _compress_run(8, 128, False, 512, 2, rope_dim=64, lengths=(300, 130), decode_tail=False)
-    _compress_check(pools, "float")
-
-
-# ----------------------------------------------------------------------------------------------------
-# indexer_topk / indexer_logits
-# ----------------------------------------------------------------------------------------------------
-from tests.ops.test_indexer import check_topk, score_bound  # noqa: E402
-
-
-def _int_inputs(g, T, Hi, Di, N, lo=-2, hi=3, dtype=torch.float32):
-    q = torch.randint(lo, hi, (T, Hi, Di), generator=g).to(dtype)
-    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
-    k = torch.randint(lo, hi, (N, Di), generator=g).to(dtype)
-    return q, w, k
-
-
-def _both(fn, *args, **kw):
-    return fn(*args, backend=SIM, **kw), fn(*args, backend="reference", **kw)
-
-
-IDX_VISIBLE = {
-    "decode_like": [40, 40, 40],
-    "fewer_than_topk": [0, 1, 5],
-    "beyond_pool": [1000, 39, 41],
-    "mixed": [0, 17, 40],
-    "negative": [-5, 40, 2**31 - 1],
-}
-
-
-@pytest.mark.parametrize("visible", list(IDX_VISIBLE), ids=str)
-@pytest.mark.parametrize("topk", [1, 8, 64])
-def test_indexer_topk_exact_on_integer_inputs(visible, topk):
-    g = torch.Generator().manual_seed(topk)
-    q, w, k = _int_inputs(g, 3, 4, 16, 40)
-    k[5] = k[9]  # duplicate rows: ties broken by the smaller id
-    k[30] = k[9]
-    ve = torch.tensor(IDX_VISIBLE[visible], dtype=torch.int64)
-    (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, k, ve, topk)
-    assert idx.dtype == torch.int32 and ln.dtype == torch.int32
-    assert torch.equal(idx, ridx) and torch.equal(ln, rln)
-    assert torch.equal(*_both(longattn.indexer_logits, q, w, k, ve))
-
-
-@pytest.mark.parametrize("dtype", FLOATS, ids=str)
-@pytest.mark.parametrize("shape", [(4, 5, 32, 700, 50), (3, 64, 128, 500, 100), (2, 17, 48, 1200, 257)], ids=str)
-def test_indexer_topk_many_blocks_many_ties(dtype, shape):
-    """Several 128-entry blocks per token, small integer values (lots of exact ties, incl. +-0.0 from
-    negative weights), non-power-of-two heads: identical to the reference, id by id."""
-    T, Hi, Di, N, topk = shape
-    g = torch.Generator().manual_seed(sum(shape))
-    q, w, k = _int_inputs(g, T, Hi, Di, N, -1, 2, dtype)
-    ve = torch.randint(N // 2, N + 5, (T,), generator=g)
-    (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, k, ve, topk)
-    assert torch.equal(idx, ridx) and torch.equal(ln, rln)
-
-
-def test_indexer_all_equal_scores_pick_smallest_ids():
-    q = torch.zeros(2, 3, 16)
-    w, k = torch.randn(2, 3), torch.randn(300, 16)
-    idx, ln = longattn.indexer_topk(q, w, k, torch.tensor([300, 7]), 10, backend=SIM)
-    assert idx[0].tolist() == list(range(10))
-    assert idx[1].tolist() == list(range(7)) + [-1] * 3 and ln.tolist() == [10, 7]
-    idx, ln = longattn.indexer_topk(q, -w.abs(), k, torch.tensor([300, 300]), 200, backend=SIM)  # all -0.0
-    assert idx[0].tolist() == list(range(200)) and ln.tolist() == [200, 200]
-
-
-def test_indexer_negative_weights_and_inf_scores_stay_selectable():
-    q = torch.ones(1, 2, 16)
-    k = torch.tensor([[1.0] * 16, [-1.0] * 16, [2.0] * 16, [3e38] * 16])  # the last overflows to -inf
-    w = torch.tensor([[-1.0, -1.0]])
-    (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, k, torch.tensor([4]), 4)
-    assert idx[0].tolist() == [1, 0, 2, 3] and torch.equal(idx, ridx) and torch.equal(ln, rln)
-
-
-@pytest.mark.parametrize("page", [1, 3, 5, 16, 64])
-@pytest.mark.parametrize("return_slots", [False, True])
-def test_indexer_paged_exact(page, return_slots):
-    B, max_pages, Di, Hi = 3, 6, 16, 4
-    P = B * max_pages + 2
-    g = torch.Generator().manual_seed(page)
-    q, w, _ = _int_inputs(g, 7, Hi, Di, 1)
-    pool = torch.randint(-2, 3, (P, page, Di), generator=g).float()
-    bt = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).int()
-    bt[1, -1] = -1  # unused page
-    bt[2, 2] = P + 3  # page id outside the pool: its entries are skipped, never read
-    seq = torch.tensor([0, 1, 2, 2, 0, 1, -1], dtype=torch.int32)  # -1: an invalid sequence selects nothing
-    ve = torch.tensor([0, max_pages * page, max_pages * page, 3 * page - 1, page + 1, 2, 10**6], dtype=torch.int32)
-    kw = dict(block_table=bt, seq_ids=seq)
-    (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, pool, ve, 9, return_slots=return_slots, **kw)
-    assert torch.equal(idx, ridx) and torch.equal(ln, rln)
-    assert torch.equal(*_both(longattn.indexer_logits, q, w, pool, ve, **kw))
-
-
-@pytest.mark.parametrize("dtype", FLOATS, ids=str)
-def test_indexer_random_inputs_within_bound(dtype):
-    T, Hi, Di, N = 5, 8, 32, 300
-    g = torch.Generator().manual_seed(9)
-    q, w = torch.randn(T, Hi, Di, generator=g).to(dtype), torch.randn(T, Hi, generator=g)
-    k = torch.randn(N, Di, generator=g).to(dtype)
-    ve = torch.tensor([0, 3, 100, 300, 299], dtype=torch.int32)
-    ref = oracle.indexer_logits(q, w, k, ve)
-    bound = score_bound(q, w, k)
-    logits = longattn.indexer_logits(q, w, k, ve, backend=SIM)
-    fin = torch.isfinite(ref)
-    assert torch.equal(torch.isfinite(logits), fin)
-    assert torch.all((logits.double() - ref)[fin].abs() <= bound[fin])
-    idx, ln = longattn.indexer_topk(q, w, k, ve, 16, backend=SIM)
-    check_topk(idx, ln, ref, bound, 16, str(dtype))
-
-
 def test_indexer_reasons():
     cpu = torch.device("cpu")
     args = dict(
@@ -568,21 +156,6 @@ def test_indexer_reasons():
     )
     why = reasons(SIM, "indexer_topk", cpu, **args)
     assert any("multiple of 16" in r for r in why) and any("topk=2000" in r for r in why)
-
-
-@pytest.mark.slow
-def test_indexer_v4_shape_paged():
-    """V4 indexer shape: 64 heads x 128, top-512 over 2048 paged entries (integer values: exact)."""
-    T, Hi, Di, page, max_pages = 2, 64, 128, 64, 32
-    g = torch.Generator().manual_seed(11)
-    q, w, _ = _int_inputs(g, T, Hi, Di, 1, -1, 2, torch.bfloat16)
-    pool = torch.randint(-1, 2, (max_pages + 1, page, Di), generator=g).to(torch.bfloat16)
-    bt = torch.randperm(max_pages + 1, generator=g)[:max_pages].view(1, max_pages).int()
-    seq = torch.zeros(T, dtype=torch.int32)
-    ve = torch.tensor([2048, 1500], dtype=torch.int32)
-    kw = dict(block_table=bt, seq_ids=seq, return_slots=True)
-    (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, pool, ve, 512, **kw)
-    assert torch.equal(idx, ridx) and torch.equal(ln, rln)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -601,7 +174,9 @@ def test_any_core_count(cores, monkeypatch):
     ve = torch.randint(0, 705, (6,), generator=g)
     (idx, ln), (ridx, rln) = _both(longattn.indexer_topk, q, w, k, ve, 70)
     assert torch.equal(idx, ridx) and torch.equal(ln, rln)
-    _compress_check(_compress_run(cores, 4, True, 24, 3), "float")
+    seqs, steps = make_steps([29, 3, 18], 4, True, 24, seed=cores, decode_tail=True)
+    ref, got = run_both(Cache(3, 4, True, 24, 3, 29, seed=cores), steps, SIM)
+    check_float_run(ref, got, seqs)
 
 
 # ----------------------------------------------------------------------------------------------------

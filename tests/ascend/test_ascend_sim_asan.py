@@ -2,13 +2,13 @@
 
 A second build of the emulator extension (``LONGATTN_ASCEND_SIM_ASAN=1``: ``-O1
 -fsanitize=address,undefined -fno-sanitize-recover=undefined``, cached separately as
-``longattn_ascend_sim_asan``) runs
+``longattn_ascend_sim_asan``) runs, on the ``ascend_sim`` backend only,
 
-* a subset of test_ascend_sim.py that touches every kernel and every code path with irregular sizes
-  (every dtype pair of append_kv, FP8 records, partial blocks, invalid indices and pages, bf16 / fp16
-  compress_kv, ties, paged indexer, 3 emulated cores), and
-* all of test_ascend_sim_special.py (NaN / inf / -0.0 / subnormal inputs of every kernel, compress_kv
-  positions past 2**31, near 2**63 and negative).
+* a subset of the op x backend tests (tests/ops) that touches every kernel and every code path with
+  irregular sizes (every dtype pair of append_kv, FP8 records, partial blocks, invalid indices and
+  pages, bf16 / fp16 compress_kv, ties, paged indexer), every special-value test (NaN / inf / -0.0 /
+  subnormal inputs of every kernel, compress_kv positions past 2**31, near 2**63 and negative), and
+* test_ascend_sim.py's runs on 3 emulated cores.
 
 The child process preloads libasan (Python itself is not instrumented) and must pass with no
 sanitizer report; an emulator FATAL, an ASan error or a UBSan report ends only the child.
@@ -58,26 +58,40 @@ def _missing():
 MISSING = _missing()
 pytestmark = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=MISSING or "")
 
-SUBSET = " or ".join(
-    [
-        "append_kv_float_pools_exact",
-        "append_kv_fp8_pool_bytes_exact",
-        "append_kv_int64_slots",
-        "(sparse_attention_matches_oracle and (multi_block or two_streams_partial_len or d512_bf16 or all_invalid "
-        "or head_groups or d576 or paged_odd or fp16_two_blocks))",
-        "(compress_kv_random_splits and 4-True)",
-        "compress_kv_dtypes",
-        "compress_kv_fp8_v4_shape",
-        "compress_kv_invalid_pages",
-        "(indexer_paged_exact and 5)",
-        "indexer_all_equal",
-        "(indexer_topk_many_blocks_many_ties and 17)",
-        "indexer_topk_exact_on_integer_inputs and mixed",
-        "(any_core_count and 3)",
-        # every test of the special-value file (its module name is one of each test's keywords)
-        "test_ascend_sim_special",
-    ]
+# pytest -k over tests/ops (the ``ascend_sim`` parameter of each test) and test_ascend_sim.py.
+SUBSET = (
+    "ascend_sim and not test_pool_ and ("
+    + " or ".join(
+        [
+            "(float_pool_bit_identical and paged)",
+            "(fp8_records_bytes_exact and scales)",
+            "int64_slots_and_wide_rows",
+            "(test_sparse_attention and matches_oracle and (multi_block or two_streams_partial_len or d512_bf16 "
+            "or all_invalid or head_groups or d576 or paged_odd or fp16_two_blocks))",
+            "(kv_any_split and 4-True and not -2])",  # the seeds that run on the emulator
+            "kv_low_precision",
+            "kv_fp8_output",
+            "kv_invalid_pages",
+            "(test_indexer and paged_exact and 5)",
+            "(test_indexer and all_equal_scores)",
+            "(many_blocks_many_ties and 17)",
+            "(test_indexer and topk_exact_on_integer_inputs and mixed)",
+            "(any_core_count and 3)",
+            # the special values of every kernel
+            "fp8_special",
+            "fp8_nonfinite",
+            "kv_positions",
+            "kv_negative_positions",
+            "nonfinite",
+            "nan_",
+            "mixed_dtypes",
+            "fp8_records_of_special_entries",
+        ]
+    )
+    + ")"
 )
+CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/ops/test_indexer.py",
+               "tests/ops/test_sparse_attention.py", "tests/ascend/test_ascend_sim.py"]  # fmt: skip
 
 
 def test_kernels_under_address_sanitizer(tmp_path):
@@ -95,8 +109,7 @@ def test_kernels_under_address_sanitizer(tmp_path):
         sys.executable,
         "-m",
         "pytest",
-        str(REPO / "tests" / "ascend" / "test_ascend_sim.py"),
-        str(REPO / "tests" / "ascend" / "test_ascend_sim_special.py"),
+        *[str(REPO / f) for f in CHILD_FILES],
         "-q",
         "-x",
         "-p",

@@ -1,7 +1,8 @@
 """bench/gpu_check.sh is run once, on a lent GPU, with no second chance inside the same task: its plumbing
 is checked here on the CPU (SMOKE=1: interpreter, test shards only collected, the grid at tiny shapes,
-the bench CLI only listing). The shards must cover every test of tests/triton that can run on a GPU, and
-the grid must produce every case and goal without an error."""
+the bench CLI only listing). The shards must collect exactly the Triton tests that can run on a GPU: the
+op x backend tests of tests/ops for the triton backend (``-k triton``) and tests/triton but the offline
+sm_90 compile; and the grid must produce every case and goal without an error."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from bench import triton_grid
-from tests.triton import HAS_TRITON
+from tests.helpers.device import HAS_TRITON
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SM90_COMPILE = "tests/triton/test_triton_sm90_compile.py"  # offline compile: not run on the GPU itself
@@ -39,16 +40,22 @@ def test_gpu_check_smoke_run(tmp_path):
         text = (tmp_path / log).read_text()
         assert rc == "0", f"{log}: rc {rc}\n{text[-2000:]}"
         collected |= _node_ids(text)
+
     everything = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/triton", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "tests/triton", "tests/ops", "--collect-only", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    expected = {n for n in _node_ids(everything.stdout) if not n.startswith(SM90_COMPILE)}
-    assert expected, everything.stdout[-2000:]
-    assert collected == expected, f"not in any shard: {sorted(expected - collected)[:10]}"
+    nodes = _node_ids(everything.stdout)
+    triton_dir = {n for n in nodes if n.startswith("tests/triton/") and not n.startswith(SM90_COMPILE)}
+    ops = {n for n in nodes if n.startswith("tests/ops/") and re.search(r"\[(.*-)?triton(-.*)?\]$", n)}
+    assert triton_dir and ops, everything.stdout[-2000:]
+    expected = triton_dir | ops
+    assert collected == expected, (
+        f"not in any shard: {sorted(expected - collected)[:10]}; not expected: {sorted(collected - expected)[:10]}"
+    )
 
     with open(tmp_path / "triton_grid.json") as f:
         grid = json.load(f)

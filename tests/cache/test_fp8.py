@@ -1,4 +1,5 @@
-"""FP8 KV pool: byte layout checked byte by byte against the oracle, round trip, and use by ops."""
+"""FP8 KV pool: byte layout checked byte by byte against the oracle, round trip, errors. (The ops on FP8
+pools, every backend: tests/ops/test_sparse_attention.py and tests/ops/test_append.py.)"""
 
 import longattn
 import pytest
@@ -7,7 +8,6 @@ from longattn.cache import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from longattn.cache.fp8 import page_bytes
 
 from tests import oracle
-from tests.ops.test_sparse_attention import check_against_oracle
 
 
 def adversarial_kv(P, ps, g):
@@ -57,33 +57,8 @@ def test_round_trip_error_is_one_e4m3_rounding():
     assert rel.numel()
 
 
-def test_sparse_attention_reads_fp8_pool_like_its_dequantised_rows():
-    g = torch.Generator().manual_seed(3)
-    kv = torch.randn(5, 7, 512, generator=g)
-    pool = quantize_kv_fp8(kv)
-    deq = dequantize_kv_fp8(pool)
-    q = torch.randn(4, 3, 512, generator=g)
-    idx = torch.randint(-2, 40, (4, 9), generator=g, dtype=torch.int32)
-    sink = torch.randn(3, generator=g)
-    out, lse = longattn.sparse_attention(q, pool, idx, extra_kv=pool, extra_indices=idx.flip(1), attn_sink=sink)
-    ref_out, ref_lse = longattn.sparse_attention(q, deq, idx, extra_kv=deq, extra_indices=idx.flip(1), attn_sink=sink)
-    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6)
-    args = dict(
-        q=q,
-        kv=deq,
-        indices=idx,
-        topk_length=None,
-        attn_sink=sink,
-        softmax_scale=None,
-        extra_kv=deq.view(-1, 512),
-        extra_indices=idx.flip(1),
-        extra_topk_length=None,
-    )
-    check_against_oracle(out, lse, args, "fp8 pool")
-
-
 def test_fp8_reference_gathers_only_selected_rows(monkeypatch):
+    """The reference sparse_attention dequantises only the rows it reads, never the whole pool."""
     pool = quantize_kv_fp8(torch.randn(64, 64, 512))
     seen = []
     real = Fp8KVPool.gather_rows
@@ -95,22 +70,6 @@ def test_fp8_reference_gathers_only_selected_rows(monkeypatch):
     monkeypatch.setattr(Fp8KVPool, "gather_rows", spy)
     longattn.sparse_attention(torch.randn(2, 4, 512), pool, torch.randint(0, 4096, (2, 16), dtype=torch.int32))
     assert sum(seen) == 32  # 2 tokens x 16 indices, never the 4096-row pool
-
-
-def test_append_kv_fp8_and_float():
-    pool = Fp8KVPool.empty(3, 4, "cpu")
-    rows = torch.randn(5, 512) * 10
-    slots = torch.tensor([0, 11, -1, 5, 12], dtype=torch.int32)  # -1 and 12 (= num_slots) are skipped
-    longattn.append_kv(pool, rows, slots)
-    got = pool.gather_rows(torch.tensor([0, 11, 5]))
-    want = dequantize_kv_fp8(quantize_kv_fp8(rows[[0, 1, 3]].view(1, 3, 512))).view(3, 512)
-    assert torch.equal(got, want)
-    untouched = torch.ones(12, dtype=torch.bool)
-    untouched[[0, 11, 5]] = False
-    assert torch.all(pool.gather_rows(torch.arange(12)[untouched]) == 0)
-    fpool = torch.zeros(3, 4, 8, dtype=torch.bfloat16)
-    longattn.append_kv(fpool, rows[:, :8], slots)
-    assert torch.equal(fpool.view(-1, 8)[11], rows[1, :8].bfloat16()) and torch.all(fpool.view(-1, 8)[1] == 0)
 
 
 def test_fp8_pool_errors():

@@ -1,4 +1,4 @@
-"""Input factories for sparse attention, shared by every backend's tests.
+"""Input factories for sparse attention, shared by every backend's tests (a non-test module: import it).
 
 A case is a named, seeded recipe; ``make_sparse_inputs`` turns it into the keyword arguments of
 ``longattn.sparse_attention``. Adversarial knobs: index patterns (invalid, out of range, negative,
@@ -135,4 +135,18 @@ SPARSE_CASES = [
     SparseCase("empty_pool", N=0, K=6, N2=10, K2=4),
     SparseCase("custom_scale", scale=0.37, N2=6, K2=3),
     SparseCase("d128_h5", H=5, D=128, K=20, lengths="partial"),
+]
+
+# Shapes that cross the kernels' tiles (first written for the Ascend C tiling: 128-key blocks, head
+# groups, D = 576 in two passes, fp16 over two blocks); every backend runs them.
+TILING_CASES = [
+    SparseCase("multi_block", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, lengths="partial", sink="finite"),
+    SparseCase("multi_block_bf16", T=3, H=4, D=128, N=300, K=200, N2=50, K2=70, dtype=torch.bfloat16, sink="finite"),
+    SparseCase("head_groups_h80", T=2, H=80, D=64, N=90, K=70, sink="mixed"),
+    SparseCase("d256_h20_dups", T=2, H=20, D=256, N=40, K=65, pattern="duplicates", sink="finite"),
+    SparseCase("many_tokens", T=11, H=2, D=64, N=20, K=9, N2=7, K2=3, lengths="partial"),
+    SparseCase("exact_block", T=2, H=3, D=64, N=200, K=128, pattern="in_range"),
+    SparseCase("d576_fp32", T=1, H=16, D=576, N=30, K=70, sink="finite"),
+    SparseCase("d576_bf16", T=1, H=16, D=576, N=30, K=70, dtype=torch.bfloat16),
+    SparseCase("fp16_two_blocks", T=2, H=6, D=64, N=100, K=100, dtype=torch.float16, N2=9, K2=5, sink="mixed"),
 ]

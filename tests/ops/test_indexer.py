@@ -1,8 +1,10 @@
-"""indexer_logits / indexer_topk (reference) vs the float64 oracle.
+"""indexer_logits / indexer_topk on every backend vs the float64 oracle (and the reference).
 
-Integer-valued inputs make every fp32 score exact, so ids, order and tie-breaks are compared exactly.
-Random real inputs are compared under a derived score bound, with a top-k check that tolerates swaps
-only between entries whose scores are within that bound.
+Integer-valued inputs make every fp32 score exact, so ids, order and tie-breaks are compared exactly
+(keys 16 wide: the Ascend C kernel's cube fractals). Random real inputs are compared under a derived
+score bound, with a top-k check that tolerates swaps only between entries whose scores are within that
+bound (tests/helpers/indexer.py). Backend-specific checks (entry ranges per program, merge trees,
+bitonic merges, launch tiles): tests/triton, tests/ascend.
 """
 
 import longattn
@@ -11,147 +13,195 @@ import torch
 from longattn.memory import chunk_budget
 
 from tests import oracle
-from tests.tolerance import U32, assert_close
+from tests.helpers.backends import call, skip_if_emulated
+from tests.helpers.device import dev
+from tests.helpers.indexer import (
+    INF,
+    NAN,
+    NEG_NAN,
+    VISIBLE_CASES,
+    assert_same,
+    check_topk,
+    int_inputs,
+    nan_inputs,
+    neg_nan,
+    same_values,
+    score_bound,
+    topk_rule,
+)
+from tests.tolerance import assert_close
+
+FLOATS = [torch.float32, torch.bfloat16, torch.float16]
 
 
-def score_bound(q, weights, rows) -> torch.Tensor:
-    """[T, N] bound on |fp32 score - exact score|: (Di + Hi + 4) u sum_h |w_h| sum_d |q_hd k_d|."""
-    T, Hi, Di = q.shape
-    mag = torch.einsum("th,thd,nd->tn", weights.double().abs(), q.double().abs(), rows.double().abs())
-    return 2 * (Di + Hi + 4) * U32 * mag
+def topk_of(backend, q, w, k, ve, topk, **kw):
+    """indexer_topk on ``backend`` (inputs moved to the test device)."""
+    kw = {a: (dev(v)[0] if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+    return call(longattn.indexer_topk, *dev(q, w, k, ve), topk, backend=backend, **kw)
 
 
-def check_topk(indices, lengths, scores, bound, topk, what):
-    """indices [T, topk] / lengths [T] are a valid top-k of the oracle ``scores`` [T, N] (-inf:
-    unselectable) up to ``bound`` [T, N]: right count, distinct selectable ids, sorted, and nothing left
-    out that beats a selected entry by more than the bound."""
-    for t in range(scores.shape[0]):
-        selectable = torch.isfinite(scores[t]) | (scores[t] == float("inf"))
-        n = int(lengths[t])
-        assert n == min(topk, int(selectable.sum())), f"{what}: token {t}: length {n}"
-        sel = indices[t, :n].long()
-        assert torch.all(indices[t, n:] == -1), f"{what}: token {t}: padding is not -1"
-        assert len(set(sel.tolist())) == n and bool(selectable[sel].all()), f"{what}: token {t}: bad ids"
-        s, b = scores[t, sel], bound[t, sel]
-        assert torch.all(s[:-1] >= s[1:] - b[:-1] - b[1:]), f"{what}: token {t}: not sorted"
-        rest = selectable.clone()
-        rest[sel] = False
-        if n and bool(rest.any()):
-            worst = int(torch.argmin(s))
-            best_left = torch.max(scores[t][rest] - bound[t][rest])
-            assert s[worst] + b[worst] >= best_left, f"{what}: token {t}: a better entry was left out"
+def logits_of(backend, q, w, k, ve, **kw):
+    kw = {a: (dev(v)[0] if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+    return call(longattn.indexer_logits, *dev(q, w, k, ve), backend=backend, **kw).cpu()
 
 
-def int_inputs(T, Hi, Di, N, lo=-2, hi=3):
-    q = torch.randint(lo, hi, (T, Hi, Di)).float()
-    w = torch.randint(-2, 3, (T, Hi)).float()
-    k = torch.randint(lo, hi, (N, Di)).float()
+def _dup_inputs():
+    q, w, k = int_inputs(3, 4, 16, 40)
+    k[5] = k[9]  # exact duplicate rows: ties broken by the smaller id
+    k[30] = k[9]
     return q, w, k
 
 
-VISIBLE_CASES = {
-    "decode_like": [40, 40, 40],
-    "fewer_than_topk": [0, 1, 5],
-    "beyond_pool": [1000, 39, 41],
-    "mixed": [0, 17, 40],
-}
-
-
+@pytest.mark.parametrize("topk", [1, 5, 8, 64])
 @pytest.mark.parametrize("visible", list(VISIBLE_CASES), ids=str)
+def test_topk_exact_on_integer_inputs(backend, visible, topk):
+    q, w, k = _dup_inputs()
+    ve = torch.tensor(VISIBLE_CASES[visible], dtype=torch.int64)
+    got = topk_of(backend, q, w, k, ve, topk)
+    assert_same(got, oracle.indexer_topk(q, w, k, ve, topk), f"{visible} topk={topk}")
+    assert torch.equal(logits_of(backend, q, w, k, ve).double(), oracle.indexer_logits(q, w, k, ve))
+
+
 @pytest.mark.parametrize("topk", [1, 8, 64])
-def test_topk_exact_on_integer_inputs(visible, topk):
-    q, w, k = int_inputs(3, 4, 8, 40)
-    k[5] = k[9]  # exact duplicate rows: ties broken by the smaller id
-    k[30] = k[9]
+@pytest.mark.parametrize("visible", list(VISIBLE_CASES), ids=str)
+def test_reference_topk_chunked_equals_unchunked(visible, topk):
+    """The reference's entry chunks (a chunk budget of one entry) change nothing on exact scores."""
+    q, w, k = _dup_inputs()
     ve = torch.tensor(VISIBLE_CASES[visible], dtype=torch.int32)
-    idx, lengths = longattn.indexer_topk(q, w, k, ve, topk)
-    ref_idx, ref_len = oracle.indexer_topk(q, w, k, ve, topk)
-    assert idx.dtype == torch.int32 and lengths.dtype == torch.int32
-    assert torch.equal(idx.long(), ref_idx) and torch.equal(lengths.long(), ref_len)
+    idx, lengths = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
     with chunk_budget(1):
-        idx_c, len_c = longattn.indexer_topk(q, w, k, ve, topk)
+        idx_c, len_c = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
     assert torch.equal(idx_c, idx) and torch.equal(len_c, lengths)
 
 
-def test_all_equal_scores_pick_smallest_ids():
-    q = torch.zeros(2, 3, 4)  # every score is exactly 0
-    w, k = torch.randn(2, 3), torch.randn(50, 4)
-    idx, lengths = longattn.indexer_topk(q, w, k, torch.tensor([50, 7]), 10)
+def test_all_equal_scores_pick_smallest_ids(backend):
+    q = torch.zeros(2, 3, 16)  # every score is exactly 0
+    w, k = torch.randn(2, 3), torch.randn(300, 16)
+    idx, lengths = topk_of(backend, q, w, k, torch.tensor([300, 7]), 10)
     assert idx[0].tolist() == list(range(10))
     assert idx[1].tolist() == list(range(7)) + [-1] * 3 and lengths.tolist() == [10, 7]
+    idx, lengths = topk_of(backend, q, -w.abs(), k, torch.tensor([300, 300]), 200)  # all -0.0
+    assert idx[0].tolist() == list(range(200)) and lengths.tolist() == [200, 200]
 
 
-def test_negative_weights_rank_below_zero():
-    q = torch.ones(1, 2, 4)
-    k = torch.tensor([[1.0] * 4, [-1.0] * 4, [2.0] * 4])  # q.k = 4, -4 (relu 0), 8
-    w = torch.tensor([[-1.0, -1.0]])
-    idx, _ = longattn.indexer_topk(q, w, k, torch.tensor([3]), 3)
-    assert idx[0].tolist() == [1, 0, 2]  # scores 0, -8, -16
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # the interpreter's numpy
+def test_negative_weights_and_inf_scores_stay_selectable(backend):
+    q = torch.ones(1, 2, 16)
+    k = torch.tensor([[1.0] * 16, [-1.0] * 16, [2.0] * 16, [3e38] * 16])  # q.k = 16, -16 (relu 0), 32, inf
+    w = torch.tensor([[-1.0, -1.0]])  # scores 0, -32, -inf for the last (still selectable)
+    got = topk_of(backend, q, w, k, torch.tensor([4]), 4)
+    assert got[0][0].tolist() == [1, 0, 2, 3]
+    assert_same(got, longattn.indexer_topk(q, w, k, torch.tensor([4]), 4, backend="reference"), "reference")
 
 
-@pytest.mark.parametrize("page", [1, 3, 5, 16])
-@pytest.mark.parametrize("return_slots", [False, True])
-def test_paged_exact(page, return_slots):
-    B, max_pages, Di, Hi = 3, 6, 8, 4
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_overflowing_scores_stay_selectable(backend, sign):
+    """Visible entries whose score overflows to +-inf are still candidates (inf first, -inf last)."""
+    q = torch.ones(1, 1, 16) * 1e20
+    k = torch.zeros(6, 16)
+    k[1] = 1e20  # +-inf score
+    k[3] = 1.0  # large finite
+    idx, lengths = topk_of(backend, q, torch.tensor([[sign]]), k, torch.tensor([6]), 8)
+    want = [1, 3, 0, 2, 4, 5] if sign > 0 else [0, 2, 4, 5, 3, 1]
+    assert idx[0].tolist() == want + [-1, -1] and lengths.tolist() == [6]
+
+
+def test_negative_zero_ties_with_positive_zero(backend):
+    """Negative weights times relu(...) = 0 give -0.0 scores; they tie with +0.0 (order by id)."""
+    q = torch.zeros(2, 2, 16)
+    q[:, :, 0] = 1.0
+    k = torch.zeros(40, 16)
+    k[::3, 0] = -1.0  # q.k = -1 -> relu 0 -> w * 0
+    k[1::3, 0] = 0.0
+    k[2::3, 0] = 2.0  # q.k = 2 -> w * 2
+    w = torch.tensor([[-1.0, -2.0], [1.0, 0.5]])  # token 0: -0.0 scores; token 1: +0.0 scores
+    ve = torch.tensor([40, 40])
+    got = topk_of(backend, q, w, k, ve, 30)
+    assert_same(got, oracle.indexer_topk(q, w, k, ve, 30), "-0.0")
+    assert got[0][0, :5].tolist() == [0, 1, 3, 4, 6]  # all zero scores, ascending ids
+
+
+def paged_inputs(page, Di=16, Hi=4):
+    """7 tokens of 3 sequences over a paged pool: an unused page (-1), a page id outside the pool (its
+    entries are skipped, never read), an invalid sequence id (-1: selects nothing), visible ends of 0,
+    whole and partial pages and past the table."""
+    B, max_pages = 3, 6
     P = B * max_pages + 2
     q, w, _ = int_inputs(7, Hi, Di, 1)
     pool = torch.randint(-2, 3, (P, page, Di)).float()
     bt = torch.randperm(P)[: B * max_pages].view(B, max_pages).int()
-    bt[1, -1] = -1  # unused page
-    bt[2, 2] = P + 3  # page id outside the pool: its entries are skipped
-    seq = torch.tensor([0, 1, 2, 2, 0, 1, 2], dtype=torch.int32)
+    bt[1, -1] = -1
+    bt[2, 2] = P + 3
+    seq = torch.tensor([0, 1, 2, 2, 0, 1, -1], dtype=torch.int32)
     ve = torch.tensor([0, max_pages * page, max_pages * page, 3 * page - 1, page + 1, 2, 10**6], dtype=torch.int32)
-    idx, lengths = longattn.indexer_topk(q, w, pool, ve, 9, block_table=bt, seq_ids=seq, return_slots=return_slots)
-    ref_idx, ref_len = oracle.indexer_topk(q, w, pool, ve, 9, block_table=bt, seq_ids=seq, return_slots=return_slots)
-    assert torch.equal(idx.long(), ref_idx) and torch.equal(lengths.long(), ref_len)
-    logits = longattn.indexer_logits(q, w, pool, ve, block_table=bt, seq_ids=seq)
-    assert torch.equal(logits.double(), oracle.indexer_logits(q, w, pool, ve, block_table=bt, seq_ids=seq))
+    return q, w, pool, ve, dict(block_table=bt, seq_ids=seq)
 
 
-def test_invalid_sequence_id_selects_nothing():
-    q, w, _ = int_inputs(2, 2, 4, 1)
-    pool = torch.randn(4, 2, 4)
+@pytest.mark.parametrize("return_slots", [False, True])
+@pytest.mark.parametrize("page", [1, 3, 5, 16, 64])
+def test_paged_exact(backend, page, return_slots):
+    q, w, pool, ve, kw = paged_inputs(page)
+    got = topk_of(backend, q, w, pool, ve, 9, return_slots=return_slots, **kw)
+    assert_same(got, oracle.indexer_topk(q, w, pool, ve, 9, return_slots=return_slots, **kw), f"page={page}")
+    assert torch.equal(logits_of(backend, q, w, pool, ve, **kw).double(), oracle.indexer_logits(q, w, pool, ve, **kw))
+
+
+def test_invalid_sequence_id_selects_nothing(backend):
+    q, w, _ = int_inputs(3, 2, 16, 1)
+    pool = torch.randn(4, 2, 16)
     bt = torch.arange(4, dtype=torch.int32).view(1, 4)
-    seq = torch.tensor([0, 5])
-    idx, lengths = longattn.indexer_topk(q, w, pool, torch.tensor([8, 8]), 3, block_table=bt, seq_ids=seq)
-    assert lengths.tolist() == [3, 0] and idx[1].tolist() == [-1, -1, -1]
-    ref_idx, ref_len = oracle.indexer_topk(q, w, pool, torch.tensor([8, 8]), 3, block_table=bt, seq_ids=seq)
-    assert torch.equal(idx.long(), ref_idx) and torch.equal(lengths.long(), ref_len)
+    seq = torch.tensor([0, 5, -1])
+    ve = torch.tensor([8, 8, 8])
+    idx, lengths = topk_of(backend, q, w, pool, ve, 3, block_table=bt, seq_ids=seq)
+    assert lengths.tolist() == [3, 0, 0] and idx[1].tolist() == [-1, -1, -1] and idx[2].tolist() == [-1] * 3
+    assert_same((idx, lengths), oracle.indexer_topk(q, w, pool, ve, 3, block_table=bt, seq_ids=seq), "oracle")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_random_inputs_within_bound(dtype):
+def _random_inputs(dtype):
     T, Hi, Di, N = 5, 8, 32, 300
-    q, w, k = torch.randn(T, Hi, Di).to(dtype), torch.randn(T, Hi), torch.randn(N, Di).to(dtype)
+    g = torch.Generator().manual_seed(9)
+    q, w = torch.randn(T, Hi, Di, generator=g).to(dtype), torch.randn(T, Hi, generator=g)
+    k = torch.randn(N, Di, generator=g).to(dtype)
     ve = torch.tensor([0, 3, 100, 300, 299], dtype=torch.int32)
+    return q, w, k, ve
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_random_inputs_within_bound(backend, dtype):
+    q, w, k, ve = _random_inputs(dtype)
     ref = oracle.indexer_logits(q, w, k, ve)
     bound = score_bound(q, w, k)
-    logits = longattn.indexer_logits(q, w, k, ve)
+    logits = logits_of(backend, q, w, k, ve)
     fin = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(logits), fin)
     assert torch.all((logits.double() - ref)[fin].abs() <= bound[fin])
-    for budget in (None, 1):
-        if budget is None:
-            idx, lengths = longattn.indexer_topk(q, w, k, ve, 16)
-        else:
-            with chunk_budget(budget):
-                idx, lengths = longattn.indexer_topk(q, w, k, ve, 16)
-        check_topk(idx, lengths, ref, bound, 16, f"budget {budget}")
+    idx, lengths = topk_of(backend, q, w, k, ve, 16)
+    check_topk(idx, lengths, ref, bound, 16, str(dtype))
 
 
-def test_logits_chunked_equal_unchunked_on_integers():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_reference_random_inputs_chunked(dtype):
+    q, w, k, ve = _random_inputs(dtype)
+    ref = oracle.indexer_logits(q, w, k, ve)
+    with chunk_budget(1):
+        idx, lengths = longattn.indexer_topk(q, w, k, ve, 16, backend="reference")
+    check_topk(idx, lengths, ref, score_bound(q, w, k), 16, "budget 1")
+
+
+def test_reference_logits_chunked_equal_unchunked_on_integers():
     q, w, k = int_inputs(4, 3, 6, 70)
     ve = torch.tensor([70, 0, 33, 12])
-    full = longattn.indexer_logits(q, w, k, ve)
+    full = longattn.indexer_logits(q, w, k, ve, backend="reference")
     with chunk_budget(1):
-        assert torch.equal(longattn.indexer_logits(q, w, k, ve), full)
+        assert torch.equal(longattn.indexer_logits(q, w, k, ve, backend="reference"), full)
     assert_close(full, oracle.indexer_logits(q, w, k, ve), 0.0, 0.0, "integer logits are exact")
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_candidate_prefilter_is_exact(seed):
-    """The span prefilter keeps exactly what a full sort would select: ties at the k-th score, usable
-    -inf / +inf scores, -0.0 vs +0.0, rows with fewer usable entries than k."""
+def test_reference_candidate_prefilter_is_exact(seed):
+    """The reference's span prefilter keeps exactly what a full sort would select: ties at the k-th
+    score, usable -inf / +inf scores, -0.0 vs +0.0, rows with fewer usable entries than k."""
     from longattn.ops.indexer.reference import candidate_keys, sort_keys
 
     g = torch.Generator().manual_seed(seed)
@@ -171,53 +221,110 @@ def test_candidate_prefilter_is_exact(seed):
     assert torch.equal(torch.topk(torch.cat([cand, pad], 1), k, dim=1).values, full)
 
 
-NAN, INF = float("nan"), float("inf")
-NEG_NAN = -float("nan")  # sign bit set
+def test_strided_inputs_and_int64_metadata(backend):
+    q, w, k = int_inputs(4, 3, 16, 60)
+    qs = torch.zeros(3, 4, 32)
+    qs[:, :, ::2] = q.transpose(0, 1)
+    k_nc = torch.zeros(60, 40)
+    k_nc[:, 3:19] = k
+    ve = torch.tensor([[60, 0], [0, 0], [33, 0], [12, 0]]).long()
+    qs, k_nc, ve, wt = dev(qs, k_nc, ve, w.t().contiguous())
+    q_nc = qs.transpose(0, 1)[:, :, ::2]  # [T, Hi, Di] with strides (32, 128, 2)
+    got = call(longattn.indexer_topk, q_nc, wt.t(), k_nc[:, 3:19], ve[:, 0], 10, backend=backend)
+    assert_same(got, oracle.indexer_topk(q, w, k, ve[:, 0].cpu(), 10), "strided")
 
 
-def nan_inputs(T=4, Hi=3, Di=8, N=70):
-    """Integer inputs with NaN / +inf scores (ops/indexer/README.md: NaN ranks as +inf, ties by id):
-    token 0 has a NaN in q (every score NaN); key rows 3, 40 hold a NaN, row 25 a negative NaN (its
-    scores are NaN with the sign bit set), rows 5, 30, 60 a +inf (positive q[..., 0] and weights:
-    +inf scores on every other token)."""
-    q, w, k = int_inputs(T, Hi, Di, N)
-    w = w.abs() + 1
-    q[..., 0] = q[..., 0].abs() + 1
-    q[0, 1, 2] = NAN
-    k[3, 1] = NAN
-    k[40, 7] = NAN
-    k[25, 4] = NEG_NAN
-    k[[5, 30, 60], 0] = INF
-    return q, w, k
+def test_many_heads_and_wide_dims(backend):
+    """Hi > 64 and Di > 128 (the Triton scoring loops over head and dim tiles)."""
+    q, w, k = int_inputs(2, 70, 136, 50, lo=-1, hi=2)
+    ve = torch.tensor([50, 31])
+    assert_same(topk_of(backend, q, w, k, ve, 7), oracle.indexer_topk(q, w, k, ve, 7), "tiled")
+    assert torch.equal(logits_of(backend, q, w, k, ve).double(), oracle.indexer_logits(q, w, k, ve))
 
 
-def _assert_same(got, want, what):
-    assert torch.equal(got[0].long(), want[0]), f"{what}: indices\n{got[0]}\n{want[0]}"
-    assert torch.equal(got[1].long(), want[1]), f"{what}: lengths {got[1]} vs {want[1]}"
+def test_chunked_prefill_paged_vs_reference(backend):
+    """Many tokens of two sequences (causal visible_end), paged keys, return_slots."""
+    page, max_pages, Di, Hi = 16, 12, 16, 8
+    P = 2 * max_pages + 3
+    q, w, _ = int_inputs(48, Hi, Di, 1, lo=-1, hi=2)
+    pool = torch.randint(-1, 2, (P, page, Di)).float()
+    bt = torch.randperm(P)[: 2 * max_pages].view(2, max_pages).int()
+    seq = torch.tensor([0] * 24 + [1] * 24, dtype=torch.int32)
+    pos = torch.cat([torch.arange(600, 624), torch.arange(0, 720, 30)])
+    ve = ((pos + 1) // 4).int()
+    for slots in (False, True):
+        kw = dict(block_table=bt, seq_ids=seq, return_slots=slots)
+        ref = longattn.indexer_topk(q, w, pool, ve, 32, backend="reference", **kw)
+        assert_same(topk_of(backend, q, w, pool, ve, 32, **kw), ref, f"prefill slots={slots}")
 
 
+@pytest.mark.parametrize("shape", [(4, 5, 32, 700, 50), (3, 64, 128, 500, 100), (2, 17, 48, 1200, 257)], ids=str)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_many_blocks_many_ties(backend, dtype, shape):
+    """Several 128-entry blocks per token, small integer values (lots of exact ties, incl. +-0.0 from
+    negative weights), non-power-of-two heads: identical to the reference, id by id. (The Triton merge
+    trees over many ranges: tests/triton/test_triton_indexer.py.)"""
+    skip_if_emulated(backend, "several 128-entry blocks per token", interpreted_only=True)
+    T, Hi, Di, N, topk = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    q, w, k = int_inputs(T, Hi, Di, N, -1, 2, dtype, g=g)
+    ve = torch.randint(N // 2, N + 5, (T,), generator=g)
+    ref = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
+    assert_same(topk_of(backend, q, w, k, ve, topk), ref, "many blocks")
+
+
+@pytest.mark.slow
+def test_v4_shape_paged(backend):
+    """V4 indexer shape: 64 heads x 128, top-512 over 2048 paged entries (integer values: exact)."""
+    T, Hi, Di, page, max_pages = 2, 64, 128, 64, 32
+    g = torch.Generator().manual_seed(11)
+    q, w, _ = int_inputs(T, Hi, Di, 1, -1, 2, torch.bfloat16, g=g)
+    pool = torch.randint(-1, 2, (max_pages + 1, page, Di), generator=g).to(torch.bfloat16)
+    bt = torch.randperm(max_pages + 1, generator=g)[:max_pages].view(1, max_pages).int()
+    kw = dict(block_table=bt, seq_ids=torch.zeros(T, dtype=torch.int32), return_slots=True)
+    ve = torch.tensor([2048, 1500], dtype=torch.int32)
+    ref = longattn.indexer_topk(q, w, pool, ve, 512, backend="reference", **kw)
+    assert_same(topk_of(backend, q, w, pool, ve, 512, **kw), ref, "v4 paged")
+
+
+# ---------------------------------------------------------------------------------------------------
+# NaN scores rank as +inf (README.md), whatever their sign; ties by the smaller id
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's numpy: inf - inf, 0 * inf
 @pytest.mark.parametrize("topk", [2, 8, 40])
-def test_topk_nan_scores_rank_as_pos_inf(topk):
-    q, w, k = nan_inputs()
+def test_topk_nan_scores_rank_as_pos_inf(backend, topk):
+    """All-NaN rows (NaN in q), NaN keys, a negative NaN key, +inf scores (3 heads: a kernel that pads
+    heads must not add 0 * inf = NaN)."""
+    q, w, k = nan_inputs(Di=16)
     ve = torch.tensor([70, 70, 26, 4], dtype=torch.int32)
-    scores = longattn.indexer_logits(q, w, k, ve)
+    scores = longattn.indexer_logits(q, w, k, ve, backend="reference")
     assert bool(torch.isnan(scores[0, :70]).all())
     assert int(scores[1, 25].view(torch.int32)) < 0 and bool(scores[1, 25].isnan())  # a negative NaN
     assert bool((scores[1, [5, 30, 60]] == INF).all())
+    logits = logits_of(backend, q, w, k, ve)
+    assert torch.equal(logits.isnan(), scores.isnan()) and torch.equal(logits.nan_to_num(0.0), scores.nan_to_num(0.0))
     want = oracle.indexer_topk_nan_high(q, w, k, ve, topk)
-    _assert_same(longattn.indexer_topk(q, w, k, ve, topk), want, f"topk={topk}")
-    with chunk_budget(1):
-        _assert_same(longattn.indexer_topk(q, w, k, ve, topk), want, f"chunked topk={topk}")
+    assert_same(topk_of(backend, q, w, k, ve, topk), want, f"topk={topk}")
     # token 0 (all NaN) takes the smallest ids; token 1: +inf and NaN scores tie, smaller id first
     assert want[0][0, : min(topk, 70)].tolist() == list(range(min(topk, 70)))
     assert want[0][1, :6].tolist() == [3, 5, 25, 30, 40, 60][: min(6, topk)]
     assert want[1].tolist() == [min(topk, 70), min(topk, 70), min(topk, 26), min(topk, 4)]
 
 
-def test_topk_nan_scores_paged():
-    q, w, _ = nan_inputs()
+@pytest.mark.parametrize("topk", [2, 8, 40])
+def test_reference_topk_nan_scores_chunked(topk):
+    q, w, k = nan_inputs(Di=16)
+    ve = torch.tensor([70, 70, 26, 4], dtype=torch.int32)
+    with chunk_budget(1):
+        got = longattn.indexer_topk(q, w, k, ve, topk, backend="reference")
+    assert_same(got, oracle.indexer_topk_nan_high(q, w, k, ve, topk), f"chunked topk={topk}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_topk_nan_scores_paged(backend):
+    q, w, _ = nan_inputs(Di=16)
     page, P = 8, 12
-    pool = torch.randint(-2, 3, (P, page, 8)).float()
+    pool = torch.randint(-2, 3, (P, page, 16)).float()
     pool[2, 3, 1] = NAN
     pool[7, 0, 4] = NEG_NAN
     pool[4, 5, 0] = INF
@@ -225,6 +332,90 @@ def test_topk_nan_scores_paged():
     seq = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
     ve = torch.tensor([64, 64, 30, 19], dtype=torch.int32)
     for slots in (False, True):
-        want = oracle.indexer_topk_nan_high(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
-        got = longattn.indexer_topk(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
-        _assert_same(got, want, f"paged slots={slots}")
+        kw = dict(block_table=bt, seq_ids=seq, return_slots=slots)
+        want = oracle.indexer_topk_nan_high(q, w, pool, ve, 12, **kw)
+        assert_same(topk_of(backend, q, w, pool, ve, 12, **kw), want, f"paged slots={slots}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("topk", [8, 40])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_topk_nan_and_overflowing_scores(backend, dtype, topk):
+    """NaN scores of both signs (NaN in q, NaN keys, -NaN key bits), +inf / -inf / NaN (0 * inf) scores
+    of huge keys, overflowing products, tokens with 5 and with no visible entries: the rule written out
+    (``topk_rule``) and the reference agree."""
+    T, Hi, Di, N = 6, 4, 32, 300
+    g = torch.Generator().manual_seed(topk)
+    q = torch.randint(-2, 3, (T, Hi, Di), generator=g).to(dtype)
+    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
+    w[:, 0] = 1.0
+    k = torch.randint(-2, 3, (N, Di), generator=g).to(dtype)
+    q[0, 1, 5] = NAN  # token 0: every score NaN (NaN reaches every entry through head 1)
+    k[7, 3] = NAN  # entries 7, 150: NaN scores for every token
+    k[150, 0] = NAN
+    k[151] = neg_nan((Di,)).to(dtype)  # -NaN bits
+    k[[20, 21, 140]] = 0  # huge keys, one non-zero dim (so q . k has one product: no order effects)
+    k[20, 0] = 3e4 if dtype == torch.float16 else 3e38  # +inf / -inf / NaN (0 * inf) scores
+    k[21, 0] = -k[20, 0]
+    k[140, 0] = k[20, 0]
+    q[1, 0] = 1.0  # token 1, head 0: <q, k20> = +inf, w = 1 -> +inf score (ties with the NaN entries)
+    q[2] = 0.0  # token 2: 0 * huge = 0 except NaN keys
+    q[3, :, 0] = 60000.0 if dtype == torch.float16 else 3e38  # token 3: overflow -> +-inf products
+    ve = torch.tensor([300, 300, 160, 250, 5, 0], dtype=torch.int32)  # token 4: 5 entries; token 5 none
+    ref_logits = longattn.indexer_logits(q, w, k, ve, backend="reference")
+    assert same_values(logits_of(backend, q, w, k, ve), ref_logits), "logits (NaN included) differ from the reference"
+    assert torch.isnan(ref_logits[0, :300]).all() and torch.isnan(ref_logits[1, 7])
+    usable = torch.arange(N).unsqueeze(0) < ve.unsqueeze(1)
+    want = topk_rule(ref_logits, usable, topk)
+    idx, ln = topk_of(backend, q, w, k, ve, topk)
+    assert_same((idx, ln), want, "the rule")
+    assert idx[0].tolist() == list(range(topk)) and int(ln[0]) == topk  # all NaN: ids 0.. (was length 0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_topk_nan_scores_paged_missing_page(backend):
+    """An all-NaN token skips a missing page (-1); a NaN entry of another sequence's page."""
+    B, max_pages, page, Di, Hi = 2, 4, 16, 16, 2
+    P = B * max_pages + 1
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(-2, 3, (4, Hi, Di), generator=g).float()
+    w = torch.ones(4, Hi)
+    pool = torch.randint(-2, 3, (P, page, Di), generator=g).float()
+    bt = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).int()
+    bt[1, 1] = -1  # entries 16..31 of sequence 1 are not usable
+    pool[bt[0, 2], 3, 0] = NAN  # sequence 0, entry 35
+    q[2, 0, 0] = NAN  # token 2: all NaN
+    seq = torch.tensor([0, 1, 1, 0], dtype=torch.int32)
+    ve = torch.tensor([64, 64, 40, 36], dtype=torch.int32)
+    kw = dict(block_table=bt, seq_ids=seq)
+    ref_logits = longattn.indexer_logits(q, w, pool, ve, backend="reference", **kw)
+    assert same_values(logits_of(backend, q, w, pool, ve, **kw), ref_logits)
+    usable = torch.zeros(4, max_pages * page, dtype=torch.bool)
+    for t in range(4):
+        for j in range(int(ve[t])):
+            usable[t, j] = bool(bt[seq[t], j // page] >= 0)
+    want = topk_rule(ref_logits, usable, 20)
+    idx, ln = topk_of(backend, q, w, pool, ve, 20, **kw)
+    assert_same((idx, ln), want, "the rule")
+    assert idx[2].tolist() == list(range(16)) + [32, 33, 34, 35]  # the NaN token skips the missing page
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_mixed_dtypes_are_widened_not_rounded(backend, q_dtype):
+    """q in 16 bits, index_k fp32 (huge and non-integer values): both are widened to fp32 (exact)
+    instead of rounding the keys to q's dtype (fp16 would overflow 1e30 to inf: NaN scores; bf16
+    would lose bits the reference keeps)."""
+    T, Hi, Di, N = 3, 4, 32, 200
+    g = torch.Generator().manual_seed(61)
+    q = torch.randint(-2, 3, (T, Hi, Di), generator=g).to(q_dtype)
+    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
+    k = torch.randn(N, Di, generator=g)
+    k[[3, 50, 120], 5] = 1e30  # beyond fp16
+    ve = torch.tensor([200, 150, 7])
+    logits = logits_of(backend, q, w, k, ve)
+    ref = longattn.indexer_logits(q, w, k, ve, backend="reference")
+    assert not torch.isnan(ref).any() and not torch.isnan(logits).any()
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-5)
+    idx, ln = topk_of(backend, q, w, k, ve, 16)
+    ridx, rln = longattn.indexer_topk(q, w, k, ve, 16, backend="reference")
+    assert torch.equal(ln.cpu(), rln) and torch.equal(idx[:, :3].cpu(), ridx[:, :3])  # the huge entries lead

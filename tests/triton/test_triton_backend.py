@@ -14,8 +14,10 @@ import pytest
 import torch
 from longattn.backends import BackendError, registry
 
+from tests.helpers.device import CAN_RUN_TRITON as CAN_RUN
+from tests.helpers.device import DEVICE, INTERPRET
+from tests.helpers.device import TRITON_SKIP_REASON as SKIP_REASON
 from tests.helpers.dispatch import reasons, selected
-from tests.triton import CAN_RUN, DEVICE, INTERPRET, SKIP_REASON
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

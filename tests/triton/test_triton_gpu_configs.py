@@ -12,37 +12,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.triton import CAN_RUN, DEVICE, SKIP_REASON, to_device
+from tests import oracle
+from tests.helpers.compress import Cache, check_float_run, make_steps, run_both
+from tests.helpers.device import CAN_RUN_TRITON, DEVICE, TRITON_SKIP_REASON, to_device
+from tests.helpers.indexer import assert_same
+from tests.helpers.sparse import check_sparse, check_sparse_nonfinite, fp8_pool, sparse_nonfinite_inputs
+from tests.helpers.triton_kernels import check_pool_kernel as check_pool
+from tests.helpers.triton_kernels import gpu_config
+from tests.helpers.triton_kernels import run_sparse_kernel as run_kernel
+from tests.ops.cases import SparseCase, make_sparse_inputs
 
-pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
+pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
 
-if CAN_RUN:
+if CAN_RUN_TRITON:
     import longattn
     from longattn.ops.compress import triton_compress
     from longattn.ops.indexer import triton_indexer as ti
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
 
-    from tests import oracle
-    from tests.ops.cases import SparseCase, make_sparse_inputs
-    from tests.ops.test_combine import check_sparse_nonfinite, sparse_nonfinite_inputs
-    from tests.triton.test_triton_cache_ops import Cache, check_float_run, make_steps, run_both
-    from tests.triton.test_triton_compress_pool import _check as check_pool
-    from tests.triton.test_triton_indexer import assert_same
-    from tests.triton.test_triton_sparse_attention import _fp8_pool, check, run_kernel
-
 CUDA = torch.device("cuda")  # only passed to the config functions; nothing runs on it
-
-
-def gpu_config(module, fn, *args, **kw):
-    """``fn(*args)`` of ``module`` as it answers for a CUDA device outside the interpreter (the config
-    functions return the interpreter's tiles whenever TRITON_INTERPRET=1)."""
-    saved = module.interpreting
-    module.interpreting = lambda: False
-    try:
-        cfg = fn(*args, **kw)
-    finally:
-        module.interpreting = saved
-    return cfg
 
 
 @pytest.mark.parametrize(
@@ -63,12 +51,12 @@ def test_sparse_attention_gpu_tiles(case):
     cfg = gpu_config(tsa, tsa.default_config, case.H, case.D, cdt, CUDA)
     for splits in (1, 3, tsa.MAX_SPLITS):  # MAX_SPLITS: the combine's widest split axis, most splits empty
         out, lse = run_kernel(args, num_splits=splits, config=cfg)
-        check(out, lse, args, f"{case.name} {cfg} splits={splits}")
+        check_sparse(out, lse, args, f"{case.name} {cfg} splits={splits}", "triton")
 
 
 def test_sparse_attention_fp8_gpu_tiles():
     g = torch.Generator().manual_seed(5)
-    pool = _fp8_pool(3, 64, g)
+    pool = fp8_pool(3, 64, g, device=DEVICE)
     T, H = 2, 64
     args = dict(
         q=torch.randn(T, H, 512, generator=g).bfloat16().to(DEVICE),
@@ -84,7 +72,7 @@ def test_sparse_attention_fp8_gpu_tiles():
     cfg = gpu_config(tsa, tsa.default_config, H, 512, torch.bfloat16, CUDA, fp8=True)
     for splits in (1, 2):
         out, lse = run_kernel(args, num_splits=splits, config=cfg)
-        check(out, lse, args, f"fp8 {cfg} splits={splits}")
+        check_sparse(out, lse, args, f"fp8 {cfg} splits={splits}", "triton")
 
 
 def test_indexer_topk_gpu_tiles():
@@ -119,6 +107,7 @@ def test_compress_kv_gpu_tiles(ratio, overlap):
     ref, got = run_both(
         cache,
         steps,
+        "triton",
         config=gpu_config(triton_compress, triton_compress.default_config, d, ratio, 2 if overlap else 1, CUDA),
     )
     check_float_run(ref, got, seqs)
@@ -138,7 +127,7 @@ def test_compress_pool_gpu_tiles():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
 @pytest.mark.parametrize("dtype,D", [(torch.float32, 64), (torch.bfloat16, 512)], ids=["fp32_d64", "bf16_d512"])
 def test_sparse_attention_nonfinite_gpu_tiles(dtype, D):
-    """The non-finite logit rule (tests/ops/test_combine.py ``sparse_nonfinite_inputs``) at the GPU
+    """The non-finite logit rule (tests/helpers/sparse.py ``sparse_nonfinite_inputs``) at the GPU
     tiles (fp32: 16 heads x 32 keys, 2 key blocks per row; bf16 D = 512: 32 x 32), one and several
     splits; MAX_SPLITS splits (most of them empty) on three tokens: a NaN key in the last block; +inf
     and all--inf heads; a +inf logit early and a NaN key late."""

@@ -1,10 +1,9 @@
-"""Triton indexer_topk / indexer_logits vs the float64 oracle and the reference.
+"""The Triton indexer kernels with explicit entry ranges per program (partial top-k lists through one or
+several levels of the merge kernel), the bitonic merge network, large top-k, the range heuristic.
 
-Integer-valued inputs make every fp32 score exact (whatever the summation order), so ids, order,
-tie-breaks (smaller id first), -0.0 == +0.0, padding, lengths and return_slots are compared exactly.
-Random real inputs are checked with the derived score bound (tests/ops/test_indexer.py). Every exact
-case also runs with small per-program entry ranges, so the partial top-k lists go through one or
-several levels of the merge kernel.
+The generic cases through the public API, on every backend, are in tests/ops/test_indexer.py; here the
+same kinds of inputs run with small per-program entry ranges. Integer-valued inputs make every fp32
+score exact, so ids, order, tie-breaks, padding, lengths and return_slots are compared exactly.
 """
 
 from __future__ import annotations
@@ -13,37 +12,28 @@ import pytest
 import torch
 
 from tests import oracle
-from tests.ops.test_indexer import VISIBLE_CASES, check_topk, int_inputs, nan_inputs, score_bound
-from tests.triton import CAN_RUN, DEVICE, SKIP_REASON
+from tests.helpers.device import CAN_RUN_TRITON, DEVICE, TRITON_SKIP_REASON, dev
+from tests.helpers.indexer import (
+    INF,
+    NAN,
+    NEG_NAN,
+    VISIBLE_CASES,
+    assert_same,
+    check_topk,
+    int_inputs,
+    nan_inputs,
+    score_bound,
+)
+from tests.helpers.triton_kernels import run_topk_kernel as run_topk
 
-pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
+pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
 
-if CAN_RUN:
+if CAN_RUN_TRITON:
     import longattn
     from longattn.ops.indexer import triton_indexer as ti
 
 
-def dev(*xs):
-    return [x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in xs]
-
-
-def run_topk(q, w, k, ve, topk, per=None, bitonic=None, **kw):
-    q, w, k, ve = dev(q, w, k, ve)
-    kw = {a: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
-    if per is None and bitonic is None:
-        return longattn.indexer_topk(q, w, k, ve, topk, backend="triton", **kw)
-    return ti.indexer_topk(q, w, k, ve, topk, entries_per_program=per, bitonic=bitonic, **kw)
-
-
-def assert_same(got, ref, what):
-    idx, lengths = got
-    ref_idx, ref_len = ref
-    assert idx.dtype == torch.int32 and lengths.dtype == torch.int32, what
-    assert torch.equal(idx.cpu().long(), ref_idx.long()), f"{what}: indices\n{idx}\n{ref_idx}"
-    assert torch.equal(lengths.cpu().long(), ref_len.long()), f"{what}: lengths {lengths} vs {ref_len}"
-
-
-@pytest.mark.parametrize("per", [None, 16, 32])
+@pytest.mark.parametrize("per", [16, 32])
 @pytest.mark.parametrize("visible", list(VISIBLE_CASES), ids=str)
 @pytest.mark.parametrize("topk", [1, 5, 8, 64])
 def test_topk_exact_on_integer_inputs(visible, topk, per):
@@ -77,7 +67,7 @@ def test_topk_exact_low_precision_integers(dtype):
 def test_all_equal_scores_pick_smallest_ids():
     q = torch.zeros(2, 3, 4)  # every score is exactly 0
     w, k = torch.randn(2, 3), torch.randn(50, 4)
-    for per in (None, 16):
+    for per in (16,):
         idx, lengths = run_topk(q, w, k, torch.tensor([50, 7]), 10, per)
         assert idx[0].tolist() == list(range(10))
         assert idx[1].tolist() == list(range(7)) + [-1] * 3 and lengths.tolist() == [10, 7]
@@ -94,36 +84,29 @@ def test_negative_zero_ties_with_positive_zero():
     w = torch.tensor([[-1.0, -2.0], [1.0, 0.5]])  # token 0: -0.0 scores; token 1: +0.0 scores
     ve = torch.tensor([40, 40])
     ref = oracle.indexer_topk(q, w, k, ve, 30)
-    for per in (None, 16):
+    for per in (16,):
         got = run_topk(q, w, k, ve, 30, per)
         assert_same(got, ref, f"-0.0 per={per}")
         assert got[0][0, :5].tolist() == [0, 1, 3, 4, 6]  # all zero scores, ascending ids
 
 
-def test_negative_weights_rank_below_zero():
-    q = torch.ones(1, 2, 4)
-    k = torch.tensor([[1.0] * 4, [-1.0] * 4, [2.0] * 4])
-    w = torch.tensor([[-1.0, -1.0]])
-    idx, _ = run_topk(q, w, k, torch.tensor([3]), 3)
-    assert idx[0].tolist() == [1, 0, 2]
-
-
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_overflowing_scores_stay_selectable():
-    """Visible entries whose score overflows to +-inf are still candidates (inf first, -inf last)."""
+    """Visible entries whose score overflows to +-inf are still candidates (inf first, -inf last), with
+    ranges of 16 entries (the public API: tests/ops/test_indexer.py)."""
     q = torch.ones(1, 1, 4) * 1e20
     k = torch.zeros(6, 4)
     k[1] = 1e20  # +inf score
     k[3] = 1.0  # large finite
     w = torch.tensor([[1.0]])
-    idx, lengths = run_topk(q, w, k, torch.tensor([6]), 8)
+    idx, lengths = run_topk(q, w, k, torch.tensor([6]), 8, per=16)
     assert idx[0].tolist() == [1, 3, 0, 2, 4, 5, -1, -1] and lengths.tolist() == [6]
     w = torch.tensor([[-1.0]])  # -inf score for entry 1
     idx, _ = run_topk(q, w, k, torch.tensor([6]), 8, per=16)
     assert idx[0].tolist() == [0, 2, 4, 5, 3, 1, -1, -1]
 
 
-@pytest.mark.parametrize("per", [None, 16])
+@pytest.mark.parametrize("per", [16])
 @pytest.mark.parametrize("page", [1, 3, 5, 16])
 @pytest.mark.parametrize("return_slots", [False, True])
 def test_paged_exact(page, return_slots, per):
@@ -139,17 +122,13 @@ def test_paged_exact(page, return_slots, per):
     ref = oracle.indexer_topk(q, w, pool, ve, 9, block_table=bt, seq_ids=seq, return_slots=return_slots)
     got = run_topk(q, w, pool, ve, 9, per, block_table=bt, seq_ids=seq, return_slots=return_slots)
     assert_same(got, ref, f"paged page={page} slots={return_slots} per={per}")
-    logits = longattn.indexer_logits(
-        *dev(q, w, pool, ve), block_table=bt.to(DEVICE), seq_ids=seq.to(DEVICE), backend="triton"
-    )
-    assert torch.equal(logits.cpu().double(), oracle.indexer_logits(q, w, pool, ve, block_table=bt, seq_ids=seq))
 
 
 def test_invalid_sequence_id_selects_nothing():
     q, w, _ = int_inputs(3, 2, 4, 1)
     pool = torch.randn(4, 2, 4)
     bt = torch.arange(4, dtype=torch.int32).view(1, 4)
-    for per in (None, 2):
+    for per in (2,):
         idx, lengths = run_topk(
             q, w, pool, torch.tensor([8, 8, 8]), 3, per, block_table=bt, seq_ids=torch.tensor([0, 5, -1])
         )
@@ -165,8 +144,7 @@ def test_strided_inputs_and_int64_metadata():
     k_nc[:, 3:19] = k
     ve = torch.tensor([[60, 0], [0, 0], [33, 0], [12, 0]]).long()[:, 0]
     ref = oracle.indexer_topk(q, w, k, ve, 10)
-    for per in (None, 16):
-        assert_same(run_topk(q_nc, w.t().contiguous().t(), k_nc[:, 3:19], ve, 10, per), ref, f"strided per={per}")
+    assert_same(run_topk(q_nc, w.t().contiguous().t(), k_nc[:, 3:19], ve, 10, 16), ref, "strided per=16")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -180,20 +158,15 @@ def test_random_inputs_within_bound(dtype):
     fin = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(logits), fin)
     assert torch.all((logits.double() - ref)[fin].abs() <= bound[fin])
-    for per in (None, 64):
-        idx, lengths = run_topk(q, w, k, ve, 16, per)
-        check_topk(idx.cpu(), lengths.cpu(), ref, bound, 16, f"per {per}")
+    idx, lengths = run_topk(q, w, k, ve, 16, 64)
+    check_topk(idx.cpu(), lengths.cpu(), ref, bound, 16, "per 64")
 
 
 def test_many_heads_and_wide_dims_tiled():
     """Hi > 64 and Di > 128: the scoring loops over head and dim tiles (no single-tile fast path)."""
     q, w, k = int_inputs(2, 70, 136, 50, lo=-1, hi=2)
     ve = torch.tensor([50, 31])
-    ref = oracle.indexer_topk(q, w, k, ve, 7)
-    for per in (None, 32):
-        assert_same(run_topk(q, w, k, ve, 7, per), ref, f"tiled per={per}")
-    logits = longattn.indexer_logits(*dev(q, w, k, ve), backend="triton")
-    assert torch.equal(logits.cpu().double(), oracle.indexer_logits(q, w, k, ve))
+    assert_same(run_topk(q, w, k, ve, 7, 32), oracle.indexer_topk(q, w, k, ve, 7), "tiled per=32")
 
 
 def test_merge_tree_levels_vs_reference():
@@ -204,24 +177,6 @@ def test_merge_tree_levels_vs_reference():
     ref = longattn.indexer_topk(q, w, k, ve, 16, backend="reference")
     assert_same(run_topk(q, w, k, ve, 16, per=16), ref, "tree")
     assert_same(run_topk(q, w, k, ve, 16), ref, "heuristic")
-
-
-def test_chunked_prefill_paged_vs_reference():
-    """Many tokens of two sequences (causal visible_end), paged keys, return_slots."""
-    page, max_pages, Di, Hi = 16, 12, 16, 8
-    P = 2 * max_pages + 3
-    q, w, _ = int_inputs(48, Hi, Di, 1, lo=-1, hi=2)
-    pool = torch.randint(-1, 2, (P, page, Di)).float()
-    bt = torch.randperm(P)[: 2 * max_pages].view(2, max_pages).int()
-    seq = torch.tensor([0] * 24 + [1] * 24, dtype=torch.int32)
-    pos = torch.cat([torch.arange(600, 624), torch.arange(0, 720, 30)])
-    ve = ((pos + 1) // 4).int()
-    for slots in (False, True):
-        ref = longattn.indexer_topk(
-            q, w, pool, ve, 32, block_table=bt, seq_ids=seq, return_slots=slots, backend="reference"
-        )
-        got = run_topk(q, w, pool, ve, 32, None, block_table=bt, seq_ids=seq, return_slots=slots)
-        assert_same(got, ref, f"prefill slots={slots}")
 
 
 def test_entries_per_program_heuristic():
@@ -250,28 +205,18 @@ def test_decode_262144_entries_vs_reference():
 # ---------------------------------------------------------------------------------------------------
 # NaN scores rank as +inf (README.md); top-k 513..2048 under the interpreter
 # ---------------------------------------------------------------------------------------------------
-NAN, INF = float("nan"), float("inf")
-NEG_NAN = -float("nan")  # sign bit set
-
-
-def _same(got, want, what):
-    assert torch.equal(got[0].cpu().long(), want[0]), f"{what}: indices\n{got[0]}\n{want[0]}"
-    assert torch.equal(got[1].cpu().long(), want[1]), f"{what}: lengths {got[1]} vs {want[1]}"
-
-
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, 0 * inf
-@pytest.mark.parametrize(
-    "topk,per,bitonic", [(2, None, None), (40, None, None), (8, 16, None), (40, 16, None), (2, 16, True)]
-)
+@pytest.mark.parametrize("topk,per,bitonic", [(8, 16, None), (40, 16, None), (2, 16, True)])
 def test_indexer_nan_scores_rank_as_pos_inf(topk, per, bitonic):
-    """All-NaN rows (NaN in q), NaN keys, a negative NaN key, +inf scores (4 heads padded to a 16-head
-    tile: padded heads must not add 0 * inf = NaN), flat keys, one range or ranges of 16 + merges."""
+    """All-NaN rows (NaN in q), NaN keys, a negative NaN key, +inf scores (3 heads padded to a 16-head
+    tile: padded heads must not add 0 * inf = NaN), flat keys, ranges of 16 + merges (one range: the
+    public API in tests/ops/test_indexer.py)."""
     q, w, k = nan_inputs()
     ve = torch.tensor([70, 70, 26, 4], dtype=torch.int32)
     want = oracle.indexer_topk_nan_high(q, w, k, ve, topk)
     q, w, k, ve = (x.to(DEVICE) for x in (q, w, k, ve))
     got = ti.indexer_topk(q, w, k, ve, topk, entries_per_program=per, bitonic=bitonic)
-    _same(got, want, f"topk={topk} per={per} bitonic={bitonic}")
+    assert_same(got, want, f"topk={topk} per={per} bitonic={bitonic}")
     ref = longattn.indexer_logits(*(x.cpu() for x in (q, w, k, ve)), backend="reference")
     logits = longattn.indexer_logits(q, w, k, ve, backend="triton").cpu()
     assert torch.equal(logits.isnan(), ref.isnan()) and torch.equal(logits.nan_to_num(0.0), ref.nan_to_num(0.0))
@@ -288,13 +233,13 @@ def test_indexer_nan_scores_paged():
     bt = torch.tensor([[2, 7, 4, 0, 1, -1, 9, 11], [4, 2, 7, 3, 5, 6, 8, 10]], dtype=torch.int32)
     seq = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
     ve = torch.tensor([64, 64, 30, 19], dtype=torch.int32)
-    for slots, per in ((False, None), (True, 16)):
+    for slots, per in ((True, 16),):
         want = oracle.indexer_topk_nan_high(q, w, pool, ve, 12, block_table=bt, seq_ids=seq, return_slots=slots)
         got = ti.indexer_topk(
             *(x.to(DEVICE) for x in (q, w, pool, ve)), 12, block_table=bt.to(DEVICE), seq_ids=seq.to(DEVICE),
             return_slots=slots, entries_per_program=per,
         )  # fmt: skip
-        _same(got, want, f"paged slots={slots} per={per}")
+        assert_same(got, want, f"paged slots={slots} per={per}")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -317,5 +262,5 @@ def test_indexer_large_topk(topk, per):
         got = longattn.indexer_topk(dq, dw, dk, dve, topk, backend="triton")
     else:
         got = ti.indexer_topk(dq, dw, dk, dve, topk, entries_per_program=per)
-    _same(got, (want[0].long(), want[1].long()), f"topk={topk} per={per}")
+    assert_same(got, (want[0].long(), want[1].long()), f"topk={topk} per={per}")
     assert int(want[0][0, 0]) == 7 and want[1].tolist() == [min(topk, N), 500]

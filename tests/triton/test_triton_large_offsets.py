@@ -13,7 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.triton import CAN_RUN, DEVICE, SKIP_REASON
+from tests.helpers.device import CAN_RUN_TRITON as CAN_RUN
+from tests.helpers.device import DEVICE
+from tests.helpers.device import TRITON_SKIP_REASON as SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
 

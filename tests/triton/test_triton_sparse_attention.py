@@ -1,9 +1,11 @@
-"""Triton sparse_attention vs the float64 oracle (and the reference where the oracle is too slow).
+"""The Triton sparse_attention kernel with explicit split counts and tile configurations.
 
-fp32: the derived bound (tests/tolerance.py). bf16/fp16: the low-precision 2x rule (tests/triton).
-Every case runs with the heuristic split count and with forced split-KV (partials + combine kernel),
-including more splits than key blocks (empty splits, whose partial outputs stay NaN-poisoned and must
-never be read).
+The shared random and adversarial cases through the public API, on every backend, are in
+tests/ops/test_sparse_attention.py. Here every shared case also runs with forced split-KV (partials +
+combine kernel), including more splits than key blocks (empty splits, whose partial outputs stay
+NaN-poisoned and must never be read); stress shapes (heads, head dims, long rows) under several split
+counts; key block sizes; the split heuristic. fp32: the derived bound (tests/tolerance.py); bf16 /
+fp16: the low-precision 2x rule (tests/helpers/sparse.py).
 """
 
 from __future__ import annotations
@@ -11,80 +13,31 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.ops.cases import INT32_MAX, SPARSE_CASES, SparseCase, make_sparse_inputs
-from tests.ops.test_combine import check_sparse_nonfinite, sparse_nonfinite_inputs
-from tests.ops.test_sparse_attention import check_against_oracle, oracle_of
-from tests.tolerance import assert_close, attention_bounds
-from tests.triton import (
-    CAN_RUN,
-    DEVICE,
-    SKIP_REASON,
-    assert_lowp_rule,
-    canonical,
-    lowp_sparse_attention,
-    to_device,
+from tests.helpers.device import CAN_RUN_TRITON, DEVICE, TRITON_SKIP_REASON, to_device
+from tests.helpers.sparse import (
+    check_against_oracle,
+    check_sparse,
+    check_sparse_nonfinite,
+    fp8_pool,
+    sparse_nonfinite_inputs,
 )
+from tests.helpers.triton_kernels import run_sparse_kernel as run_kernel
+from tests.ops.cases import INT32_MAX, SPARSE_CASES, SparseCase, make_sparse_inputs
 
-pytestmark = pytest.mark.skipif(not CAN_RUN, reason=SKIP_REASON)
+pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
 
-if CAN_RUN:
+if CAN_RUN_TRITON:
     import longattn
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
 
 
-def run_kernel(args, num_splits=None, config=None):
-    return tsa.sparse_attention(**canonical(args), num_splits=num_splits, config=config)
-
-
 def check(out, lse, args, what):
-    """fp32: derived bound on out and lse; bf16/fp16: 2x rule on out, derived bound on lse."""
-    q = args["q"]
-    if q.dtype == torch.float32:
-        check_against_oracle(out, lse, args, what)
-        return
-    ref_out, ref_lse = oracle_of(_oracle_args(args))
-    rows = [_rows(args["kv"], q.shape[-1])] + (
-        [_rows(args["extra_kv"], q.shape[-1])] if args.get("extra_kv") is not None else []
-    )
-    rows = torch.cat([r.double().cpu() for r in rows])
-    num_keys = args["indices"].shape[1] + (
-        args["extra_indices"].shape[1] if args.get("extra_indices") is not None else 0
-    )
-    _, _, lse_atol = attention_bounds(
-        q.cpu(), rows, args.get("softmax_scale") or q.shape[-1] ** -0.5, num_keys, q.dtype
-    )
-    assert out.dtype == q.dtype and lse.dtype == torch.float32
-    assert_close(lse, ref_lse, lse_atol, 0.0, f"{what}: lse")
-    assert_lowp_rule(out, ref_out, lowp_sparse_attention(args), f"{what}: out")
-
-
-def _rows(kv, D):
-    if isinstance(kv, torch.Tensor):
-        return kv.reshape(-1, D)
-    from longattn.cache import dequantize_kv_fp8
-
-    return dequantize_kv_fp8(kv).reshape(-1, D)
-
-
-def _oracle_args(args):
-    D = args["q"].shape[-1]
-    a = dict(args)
-    a["kv"] = _rows(args["kv"], D)
-    if args.get("extra_kv") is not None:
-        a["extra_kv"] = _rows(args["extra_kv"], D)
-    return a
+    check_sparse(out, lse, args, what, "triton")
 
 
 # ---------------------------------------------------------------------------------------------------
-# the shared adversarial cases (tests/ops/cases.py), through the public API and with forced splits
+# the shared adversarial cases (tests/ops/cases.py) with forced splits
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", SPARSE_CASES, ids=str)
-def test_cases_public_api(case: SparseCase):
-    args = to_device(make_sparse_inputs(case))
-    out, lse = longattn.sparse_attention(**args, backend="triton")
-    check(out, lse, args, case.name)
-
-
 @pytest.mark.parametrize("num_splits", [2, 5])
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=str)
 def test_cases_split_kv(case: SparseCase, num_splits):
@@ -167,22 +120,6 @@ def test_invalid_indices_never_read():
         check_against_oracle(out, lse, args, f"sentinel splits={splits}")
 
 
-def test_strided_and_noncontiguous_inputs():
-    """q with arbitrary strides, a pool whose rows are strided (a column slice of a wider tensor),
-    int64 indices and lengths with a non-unit stride."""
-    T, H, D, N = 3, 5, 64, 40
-    q = torch.randn(H, T, D).transpose(0, 1)  # [T, H, D], non-contiguous
-    wide = torch.randn(N, 3 * D)
-    kv = wide[:, D : 2 * D]  # row stride 3D
-    idx = torch.randint(-2, N + 2, (T, 2 * 20)).long()[:, ::2]  # column stride 2
-    lengths = torch.tensor([[20, 0], [7, 0], [15, 0]]).long()[:, 0]
-    args = to_device(dict(q=q, kv=kv, indices=idx, topk_length=lengths, attn_sink=None, softmax_scale=0.2))
-    if DEVICE != "cpu":
-        args["kv"] = wide.to(DEVICE)[:, D : 2 * D]
-    out, lse = longattn.sparse_attention(**args, backend="triton")
-    check_against_oracle(out, lse, args, "strided")
-
-
 def test_split_of_empty_rows_and_partial_rows():
     """More splits than blocks, rows whose only keys are in the last block, rows with no keys."""
     T, H, D, N, K = 4, 3, 64, 50, 64
@@ -216,80 +153,35 @@ def test_split_heuristic():
     assert tsa.head_dim_tiles(100) == (64, 64) and tsa.head_dim_tiles(8) == (16, 0)
 
 
-def test_merge_of_split_calls_equals_whole():
-    """Triton partials (no sink) + Triton merge + Triton sink == one Triton call with the sink."""
-    T, H, D, N, K = 4, 6, 64, 40, 24
-    q, kv = torch.randn(T, H, D), torch.randn(N, D)
-    idx = torch.stack([torch.randperm(N)[:K] for _ in range(T)]).int()
-    idx[1, :] = -1
-    idx[2, :12] = -1
-    sink = torch.randn(H)
-    q, kv, idx, sink = (x.to(DEVICE) for x in (q, kv, idx, sink))
-    whole, lse_whole = longattn.sparse_attention(q, kv, idx, attn_sink=sink, backend="triton")
-    a, lse_a = longattn.sparse_attention(q, kv, idx[:, :12], backend="triton")
-    b, lse_b = longattn.sparse_attention(q, kv, idx[:, 12:], backend="triton")
-    merged, lse_m = longattn.merge_attention_states(a, lse_a, b, lse_b, backend="triton")
-    torch.testing.assert_close(lse_m, lse_whole, atol=1e-5, rtol=1e-5)
-    sunk = longattn.apply_attention_sink(merged, lse_m, sink, backend="triton")
-    torch.testing.assert_close(sunk, whole, atol=1e-5, rtol=1e-5)
-
-
 # ---------------------------------------------------------------------------------------------------
 # FP8 pool (longattn.cache.Fp8KVPool, read by duck typing)
 # ---------------------------------------------------------------------------------------------------
-def _fp8_pool(P, page, g, surround=False):
-    from longattn.cache import Fp8KVPool, quantize_kv_fp8
-    from longattn.cache.fp8 import page_bytes
-
-    kv = torch.randn(P, page, 512, generator=g) * torch.logspace(-5, 3, 512)  # many scale ranges
-    kv.view(-1, 512)[0, :64] = 448.0 * 2.0**3
-    kv.view(-1, 512)[1, :448] = -1e-30  # tiny negatives (e4m3 subnormals / zero)
-    pool = quantize_kv_fp8(kv.to(DEVICE))
-    if surround:  # the same bytes inside a buffer of NaN-ish pages (0x7F = e4m3 NaN)
-        pb = page_bytes(page)
-        big = torch.full((P + 2, pb), 0x7F, dtype=torch.uint8, device=DEVICE)
-        big[1 : P + 1] = pool.data
-        pool = Fp8KVPool(big[1 : P + 1], page)
-    return pool
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("page", [1, 7, 64])
-def test_fp8_pool(dtype, page):
+def test_fp8_pool_split_kv(dtype, page):
+    """tests/ops/test_sparse_attention.py ``test_fp8_pool`` (an FP8 pool inside e4m3-NaN pages, a float
+    second stream) with 3 splits."""
     g = torch.Generator().manual_seed(page)
     P = max(2, 80 // page)
-    pool = _fp8_pool(P, page, g, surround=True)
+    pool = fp8_pool(P, page, g, device=DEVICE, surround=True)
     T, H = 3, 5
     n = pool.num_slots
     idx = torch.randint(-3, n + 3, (T, 40), generator=g).int()
     idx[0, 0], idx[1, 0] = INT32_MAX, -(2**31)
     ekv = torch.randn(30, 512, generator=g)
     eidx = torch.randint(-1, 30, (T, 9), generator=g).int()
-    args = dict(
-        q=torch.randn(T, H, 512, generator=g).to(dtype),
-        indices=idx.to(DEVICE),
-        topk_length=None,
-        extra_kv=ekv.to(dtype).to(DEVICE),
-        extra_indices=eidx.to(DEVICE),
-        extra_topk_length=None,
-        attn_sink=torch.randn(H, generator=g).to(DEVICE),
-        softmax_scale=None,
-    )
-    args["q"] = args["q"].to(DEVICE)
+    args = to_device(dict(q=torch.randn(T, H, 512, generator=g).to(dtype), indices=idx, topk_length=None,
+                          extra_kv=ekv.to(dtype), extra_indices=eidx, extra_topk_length=None,
+                          attn_sink=torch.randn(H, generator=g), softmax_scale=None))  # fmt: skip
     args["kv"] = pool
-    for splits in (None, 3):
-        out, lse = (
-            longattn.sparse_attention(**args, backend="triton")
-            if splits is None
-            else run_kernel(args, num_splits=splits)
-        )
-        assert torch.isfinite(out).all()
-        check(out, lse, _oracle_args(args) if dtype == torch.float32 else args, f"fp8 page={page} {dtype}")
+    out, lse = run_kernel(args, num_splits=3)
+    assert torch.isfinite(out).all()
+    check(out, lse, args, f"fp8 page={page} {dtype}")
 
 
 def test_fp8_pool_as_second_stream():
     g = torch.Generator().manual_seed(3)
-    pool = _fp8_pool(4, 16, g)
+    pool = fp8_pool(4, 16, g, device=DEVICE)
     T, H = 2, 64
     args = dict(
         q=torch.randn(T, H, 512, generator=g).bfloat16().to(DEVICE),
@@ -367,28 +259,8 @@ def test_many_heads_long_rows_oracle():
         check(out, lse, args, f"h128 long splits={splits}")
 
 
-def test_fp8_pool_without_pages():
-    from longattn.cache import Fp8KVPool
-
-    g = torch.Generator().manual_seed(4)
-    idx = torch.tensor([[0, -1, 5], [3, 2, 1]], dtype=torch.int32, device=DEVICE)
-    args = dict(
-        q=torch.randn(2, 3, 512, generator=g).to(DEVICE),
-        kv=Fp8KVPool.empty(0, 4, device=DEVICE),
-        indices=idx,
-        topk_length=None,
-        extra_kv=torch.randn(5, 512, generator=g).to(DEVICE),
-        extra_indices=idx,
-        extra_topk_length=None,
-        attn_sink=None,
-        softmax_scale=None,
-    )
-    out, lse = longattn.sparse_attention(**args, backend="triton")
-    check_against_oracle(out, lse, dict(args, kv=torch.zeros(0, 512, device=DEVICE)), "empty fp8 pool")
-
-
 # ---------------------------------------------------------------------------------------------------
-# non-finite logits (README.md "Edge semantics"; inputs and checks shared with tests/ops/test_combine.py)
+# non-finite logits (README.md "Edge semantics"; inputs and checks: tests/helpers/sparse.py)
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
 @pytest.mark.parametrize("splits", [1, 2, 3])

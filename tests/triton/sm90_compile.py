@@ -1,0 +1,260 @@
+"""Offline compile of the Triton kernels for sm_90 (``compile_all``), run by
+tests/triton/test_triton_sm90_compile.py in a subprocess without TRITON_INTERPRET (a non-test module, so
+the subprocess imports no test module)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def _sparse(tl, tsa, dt, D, cfg, fp8=False, split=False):
+    d0, d1 = tsa.head_dim_tiles(D)
+    ptr = {"bf16": "*bf16", "fp32": "*fp32"}[dt]
+    types = dict(p_q=ptr, p_kv="*u8" if fp8 else ptr, p_kv16="*bf16" if fp8 else ptr, p_idx="*i32", p_len="*i32",
+                 p_ekv=ptr, p_ekv16=ptr, p_eidx="*i32", p_elen="*i32", p_sink="*fp32", p_out=ptr, p_lse="*fp32",
+                 p_ws_out="*fp32", p_ws_lse="*fp32", qk_scale="fp32", num_slots="i64", num_slots2="i64")  # fmt: skip
+    cx = dict(
+        HAS_LEN=True,
+        HAS_EXTRA=True,
+        HAS_ELEN=True,
+        HAS_SINK=True,
+        KV_FP8=fp8,
+        EKV_FP8=False,
+        SPLIT=split,
+        BLOCK_H=cfg["BLOCK_H"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D0=d0,
+        BLOCK_D1=max(d1, 16),
+        HAS_TAIL=d1 > 0,
+        CDT=tl.float32 if dt == "fp32" else tl.bfloat16,
+        DOT_PREC="ieee" if dt == "fp32" else None,
+        stride_qd=1,
+        stride_kv_d=1,
+        stride_ekv_d=1,
+        stride_od=1,
+        stride_ik=1,
+        stride_eik=1,
+        stride_lh=1,
+    )
+    return types, cx, cfg["num_warps"], cfg["num_stages"]
+
+
+def compile_all() -> list:
+    """Compile every configuration; returns [{name, ok, error?, ptxas?}] (run with TRITON_INTERPRET unset)."""
+    import re
+    import tempfile
+
+    import torch
+    import triton
+    import triton.language as tl
+    from longattn.ops.append import triton_append as ta
+    from longattn.ops.combine import triton_combine as tc
+    from longattn.ops.compress import triton_compress as tcp
+    from longattn.ops.indexer import triton_indexer as ti
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    cuda = torch.device("cuda")
+    results = []
+
+    def build(name, fn, types, constexprs, num_warps, num_stages):
+        sig = {a: ("constexpr" if a in constexprs else types.get(a, "i32")) for a in fn.arg_names}
+        rec = {"name": name}
+        try:
+            k = triton.compile(
+                ASTSource(fn, sig, constexprs), target=target, options=dict(num_warps=num_warps, num_stages=num_stages)
+            )
+            rec["ok"] = True
+            rec["shared"] = k.metadata.shared
+            if os.path.exists(ptxas):
+                with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                    f.write(k.asm["ptx"])
+                r = subprocess.run(
+                    [ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
+                )
+                os.unlink(f.name)
+                rec["ptxas"] = re.sub(
+                    r"\s+", " ", " ".join(ln for ln in r.stderr.splitlines() if "registers" in ln or "spill" in ln)
+                )
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            rec["ok"] = False
+            rec["error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        results.append(rec)
+
+    for dt, D, fp8, split in [
+        ("bf16", 512, False, False),
+        ("bf16", 576, False, True),
+        ("bf16", 512, True, False),
+        ("bf16", 128, False, False),
+        ("fp32", 64, False, True),
+    ]:
+        cfg = tsa.default_config(128, D, torch.float32 if dt == "fp32" else torch.bfloat16, cuda, fp8)
+        build(
+            f"sparse {dt} D={D} fp8={fp8} split={split} {cfg}",
+            tsa._sparse_attn_fwd_kernel,
+            *_sparse(tl, tsa, dt, D, cfg, fp8, split),
+        )
+    build(
+        "combine_splits",
+        tsa._combine_splits_kernel,
+        dict(p_ws_out="*fp32", p_ws_lse="*fp32", p_sink="*fp32", p_out="*bf16", p_lse="*fp32"),
+        dict(HAS_SINK=True, BLOCK_H=16, BLOCK_S=64, BLOCK_D=128, stride_od=1, stride_lh=1),
+        4,
+        1,
+    )
+    build(
+        "merge_attention_states",
+        tc._merge_states_kernel,
+        dict(p_oa="*bf16", p_la="*fp32", p_ob="*bf16", p_lb="*fp32", p_out="*bf16", p_lse="*fp32"),
+        dict(BLOCK_H=16, BLOCK_D=128),
+        4,
+        1,
+    )
+    build(
+        "apply_attention_sink",
+        tc._apply_sink_kernel,
+        dict(p_o="*bf16", p_lse="*fp32", p_sink="*fp32", p_out="*bf16"),
+        dict(BLOCK_H=16, BLOCK_D=128),
+        4,
+        1,
+    )
+    icfg = ti.default_config(64, 128, cuda)
+    itypes = dict(
+        p_q="*bf16",
+        p_w="*fp32",
+        p_k="*bf16",
+        p_bt="*i32",
+        p_seq="*i32",
+        p_vis="*i32",
+        p_ws="*i64",
+        p_out_idx="*i32",
+        p_out_len="*i32",
+        p_ws_in="*i64",
+        p_ws_out="*i64",
+        p_out="*fp32",
+    )
+    build(
+        f"indexer partial top-512 paged {icfg}",
+        ti._indexer_topk_partial_kernel,
+        itypes,
+        dict(
+            PAGED=True,
+            FINAL=False,
+            TO_SLOTS=True,
+            TOPK_P2=512,
+            BLOCK_HI=icfg["BLOCK_HI"],
+            BLOCK_DI=icfg["BLOCK_DI"],
+            BLOCK_N=icfg["BLOCK_N"],
+            ONE_TILE=True,
+            CDT=tl.bfloat16,
+            DOT_PREC=None,
+            BITONIC=True,
+            stride_qd=1,
+            stride_kd=1,
+        ),
+        icfg["num_warps"],
+        icfg["num_stages"],
+    )
+    build(
+        "indexer merge top-512",
+        ti._indexer_topk_merge_kernel,
+        itypes,
+        dict(FANIN_C=ti.FANIN, PAGED=True, FINAL=True, TO_SLOTS=True, TOPK_P2=512, BITONIC=True),
+        4,
+        1,
+    )
+    build(
+        "indexer logits",
+        ti._indexer_logits_kernel,
+        itypes,
+        dict(PAGED=False, BLOCK_HI=64, BLOCK_DI=128, BLOCK_N=icfg["BLOCK_N"], CDT=tl.bfloat16, DOT_PREC=None),
+        icfg["num_warps"],
+        1,
+    )
+    # cache writes: append_kv (bf16 rows into a bf16 pool / fp32 rows into a bf16 pool / FP8 records)
+    for mode, src, dst in [
+        (ta.COPY_BITS, "*i16", "*i16"),
+        (ta.TO_BF16, "*fp32", "*i16"),
+        (ta.TO_F16, "*bf16", "*fp16"),
+    ]:
+        bt, bd = ta._tiles(512)
+        build(
+            f"append_kv float mode={mode} {src}->{dst} BLOCK_T={bt} BLOCK_D={bd}",
+            ta._append_float_kernel,
+            dict(p_rows=src, p_slots="*i64", p_pool=dst, stride_rt="i64", stride_pr="i64"),
+            dict(MODE=mode, BLOCK_T=bt, BLOCK_D=bd, stride_rd=1, stride_pd=1, stride_s=1),
+            4,
+            1,
+        )
+    build(
+        "append_kv fp8 record",
+        ta._append_fp8_kernel,
+        dict(p_rows="*bf16", p_slots="*i32", p_u8="*u8", p_i16="*i16"),
+        dict(stride_rd=1, stride_s=1),
+        4,
+        1,
+    )
+    # compress_kv: CSA (ratio 4, overlap, d = 512, bf16 and FP8 out), HCA (ratio 128, d = 512),
+    # indexer compressor (ratio 4, overlap, d = 128)
+    for ratio, overlap, d, out in [(4, True, 512, "bf16"), (4, True, 512, "fp8"), (128, False, 512, "bf16"),
+                                   (4, True, 128, "bf16")]:  # fmt: skip
+        c = 2 if overlap else 1
+        cfg = tcp.default_config(d, ratio, c, cuda)
+        kind = tcp.OUT_FP8 if out == "fp8" else tcp.OUT_BF16
+        build(
+            f"compress_kv ratio={ratio} overlap={overlap} d={d} out={out} {cfg}",
+            tcp._compress_kv_kernel,
+            dict(
+                p_a="*bf16",
+                p_b="*bf16",
+                p_pos="*i32",
+                p_rows="*i32",
+                p_state="*fp32",
+                p_sbt="*i32",
+                p_out="*u8" if out == "fp8" else "*bf16",
+                p_out16="*i16",
+                p_obt="*i32",
+                p_w="*fp32",
+                p_freq="*fp32",
+                eps="fp32",
+            ),  # fmt: skip
+            dict(
+                RATIO=ratio,
+                C=c,
+                D=d,
+                R=32,
+                OUT_KIND=kind,
+                BLOCK_S=cfg["BLOCK_S"],
+                BLOCK_D=triton.next_power_of_2(d),
+                BLOCK_K=cfg["BLOCK_K"],
+                BLOCK_RW=cfg["BLOCK_RW"],
+                BLOCK_W=cfg["BLOCK_W"],
+                stride_ac=1,
+                stride_bc=1,
+                stride_pos=1,
+                stride_rows=1,
+                stride_sbt_p=1,
+                stride_obt_p=1,
+                stride_w=1,
+                stride_f=1,
+            ),  # fmt: skip
+            cfg["num_warps"],
+            1,
+        )
+    for ratio, c, dt in [(4, 2, "*bf16"), (128, 1, "*bf16"), (4, 2, "*fp32")]:
+        cfg = tcp.pool_config(512, ratio, c, cuda)
+        build(
+            f"compress_pool ratio={ratio} c={c} {dt} {cfg}",
+            tcp._compress_pool_kernel,
+            dict(p_a=dt, p_b=dt, p_out="*fp32", d="i32"),
+            dict(
+                RATIO=ratio, C=c, BLOCK_S=cfg["BLOCK_S"], BLOCK_C=cfg["BLOCK_C"], stride_ac=1, stride_bc=1, stride_od=1
+            ),  # fmt: skip
+            cfg["num_warps"],
+            1,
+        )
+    return results
