@@ -59,7 +59,7 @@ def quantize_rows(rows: torch.Tensor):
     rope_f = rows[:, NOPE_DIM:]
     rope_bits = rope_f.to(torch.bfloat16).contiguous().view(torch.int16)
     rope_bits = torch.where(torch.isnan(rope_f), torch.tensor(BF16_NAN, dtype=torch.int16), rope_bits)
-    rope = rope_bits.view(torch.uint8).reshape(n, 2 * ROPE_DIM)
+    rope = rope_bits.contiguous().view(torch.uint8).reshape(n, 2 * ROPE_DIM)
     scales = torch.zeros(n, SCALE_BYTES, dtype=torch.uint8, device=rows.device)
     scales[:, :NUM_TILES] = (e + UE8M0_BIAS).to(torch.uint8)
     return torch.cat([nope, rope], dim=1), scales
