@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Ascend C kernels under AddressSanitizer + UndefinedBehaviorSanitizer: builds the sanitizer
 # variant of the emulator extension (longattn_ascend_sim_asan: -O0 -fsanitize=address,undefined) and
-# runs tests/ascend/test_ascend_sim_asan.py, whose child process runs every kernel (a subset of
-# test_ascend_sim.py plus all of test_ascend_sim_special.py) with libasan preloaded.
+# runs tests/ascend/test_ascend_sim_asan.py, whose child process runs every kernel (the ascend_sim
+# cases of tests/ops and tests/ascend/test_ascend_sim.py) with libasan preloaded.
 #
 # Run inside the activated venv from the repository root, after the install (as .ci/run does):
 #   bash .ci/ascend_asan.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Triton kernels must keep working on triton 3.6 through 3.9 (the GPU image ships 3.6.0; CUDA
-# torch 2.13 pins 3.7.1, which the main test run uses). This runs tests/triton under the interpreter
-# (and the offline sm_90 compile) with each other release, installed beside the venv's packages with
+# torch 2.13 pins 3.7.1, which the main test run uses). This runs tests/triton and the triton cases
+# of the op x backend tests (tests/ops -k triton) under the interpreter (and the offline sm_90 compile) with each other release, installed beside the venv's packages with
 # --target and put first on PYTHONPATH. triton 3.6's interpreter needs numpy < 2.4 (its range() over
 # program-derived bounds fails with numpy >= 2.4), so that numpy rides along in 3.6's directory.
 # Run inside the activated venv from the repository root: bash .ci/triton_versions.sh [version...]
@@ -18,7 +18,7 @@ for v in "${versions[@]}"; do
     pip install -q --no-deps --target "$dir" "triton==$v" "${extra[@]}"
     touch "$dir/.installed"
   fi
-  echo "== tests/triton with triton $v"
+  echo "== tests/triton and tests/ops -k triton with triton $v"
   PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}" python -c "import triton; assert triton.__version__ == '$v', triton.__file__"
-  PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}" python -m pytest tests/triton -q -p no:cacheprovider -W ignore::DeprecationWarning
+  PYTHONPATH="$PWD/$dir${PYTHONPATH:+:$PYTHONPATH}" python -m pytest tests/triton tests/ops -k "triton or not (reference or ascend_sim)" -q -p no:cacheprovider -W ignore::DeprecationWarning
 done

@@ -80,7 +80,7 @@ def worker_cmd(op, backend, n, s, log, start=0, only=None) -> List[str]:
 def repro(op, backend, n, s, i=None) -> str:
     extra = f" --only {i}" if i is not None else ""
     return (f"python -m tests.fuzz.worker --op {op} --backend {backend} --examples {n} --seed {s} "
-            f"--log /tmp/fuzz-repro.jsonl{extra}")  # fmt: skip
+            f"--log fuzz-repro.jsonl{extra}")  # fmt: skip
 
 
 def _describe_rc(rc: Optional[int]) -> str:

@@ -1,7 +1,7 @@
 """Run N hypothesis examples of one op on one backend in this process.
 
     python -m tests.fuzz.worker --op sparse_attention --backend triton --examples 10 --seed 1234 \
-        --log /tmp/fuzz.jsonl [--start K] [--only K] [--no-targeted]
+        --log fuzz.jsonl [--start K] [--only K] [--no-targeted]
 
 Every example is appended to the log (JSON lines, flushed and fsync'ed) *before* it runs:
 ``{"event": "start", "i": K, "spec": ..., "inputs": ...}``; after it: ``{"event": "end", "i": K,

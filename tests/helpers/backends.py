@@ -98,10 +98,3 @@ def skip_if_emulated(name: str, what: str = "a large shape", interpreted_only: b
 def other_or_reference(op: str, name: str) -> str:
     """``name`` if it implements ``op`` (a helper op of a composite check), else the reference."""
     return name if implements(op, name) else REFERENCE
-
-
-def known_bug(request, backend: str, bugs: dict) -> None:
-    """Mark this test ``xfail(strict=True)`` when ``backend`` has a known library bug on it (``bugs``:
-    backend name -> the bug): it must keep failing until the library is fixed, then the entry goes."""
-    if backend in bugs:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known {backend} bug: {bugs[backend]}"))

@@ -42,3 +42,36 @@ def make_sequence(layer, S, g):
             index_b=torch.randn(S, 2 * Di, generator=g) * 2,
         )
     return seq
+
+
+def schedules(lengths, rng):
+    """Three ways to feed sequences ``lengths`` (name -> tokens) to a layer: one prefill, random
+    chunked prefill mixed across sequences, and prefill then interleaved one-token decode. Each is a list
+    of steps, a step a list of (sequence name, tokens)."""
+    names = list(lengths)
+    one_prefill = [[(nm, lengths[nm]) for nm in names]]
+    # random chunked prefill, sequences mixed in each step
+    left, chunked = dict(lengths), []
+    while any(left.values()):
+        step = []
+        for nm in rng.sample(names, len(names)):
+            if left[nm] and rng.random() < 0.8:
+                n = min(left[nm], rng.randint(1, 11))
+                step.append((nm, n))
+                left[nm] -= n
+        if step:
+            chunked.append(step)
+    # prefill then token-by-token decode, interleaved (sequences start decoding at different times)
+    left, decode = dict(lengths), []
+    first = {nm: rng.randint(1, lengths[nm]) for nm in names}
+    while any(left.values()):
+        step = []
+        for nm in names:
+            if not left[nm] or rng.random() < 0.3:
+                continue
+            n = first.pop(nm) if nm in first else 1
+            step.append((nm, n))
+            left[nm] -= n
+        if step:
+            decode.append(step)
+    return {"one_prefill": one_prefill, "chunked": chunked, "decode": decode}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.layers.dense_layer import dense_layer, indexer_margin
-from tests.layers.helpers import RATIO, D, H, W, make_manager, make_sequence, tiny_layer  # noqa: F401
+from tests.layers.helpers import RATIO, D, H, W, make_manager, make_sequence, schedules, tiny_layer  # noqa: F401
 from tests.tolerance import U32, attention_bounds
 
 
@@ -33,36 +33,6 @@ def run_schedule(layer, page_size, seqs, schedule, weights):
             outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
             done[nm] += n
     return outs
-
-
-def schedules(lengths, rng):
-    names = list(lengths)
-    one_prefill = [[(nm, lengths[nm]) for nm in names]]
-    # random chunked prefill, sequences mixed in each step
-    left, chunked = dict(lengths), []
-    while any(left.values()):
-        step = []
-        for nm in rng.sample(names, len(names)):
-            if left[nm] and rng.random() < 0.8:
-                n = min(left[nm], rng.randint(1, 11))
-                step.append((nm, n))
-                left[nm] -= n
-        if step:
-            chunked.append(step)
-    # prefill then token-by-token decode, interleaved (sequences start decoding at different times)
-    left, decode = dict(lengths), []
-    first = {nm: rng.randint(1, lengths[nm]) for nm in names}
-    while any(left.values()):
-        step = []
-        for nm in names:
-            if not left[nm] or rng.random() < 0.3:
-                continue
-            n = first.pop(nm) if nm in first else 1
-            step.append((nm, n))
-            left[nm] -= n
-        if step:
-            decode.append(step)
-    return {"one_prefill": one_prefill, "chunked": chunked, "decode": decode}
 
 
 @pytest.mark.parametrize("kind", ["swa", "csa", "hca"])

@@ -19,7 +19,7 @@ from longattn.rope import apply_rope
 
 from tests import oracle
 from tests.helpers.append import expected_records, place_records
-from tests.helpers.backends import call, known_bug, skip_if_emulated, skip_unless_implements
+from tests.helpers.backends import call, skip_if_emulated, skip_unless_implements
 from tests.helpers.compress import (
     EPS,
     INF,
@@ -463,12 +463,11 @@ def test_kv_positions_near_int64_max(backend):
     assert torch.equal(outs[0], outs[1]) and outs[0].abs().sum() == 0
 
 
-def test_kv_negative_positions_match_reference(backend, request):
+def test_kv_negative_positions_match_reference(backend):
     """Negative positions: no entry is written for them (entry 0 stays untouched) and they are absent
     from every window (README.md); a token at a negative position still goes to its ring slot
     floor_mod(p, ring) when it is among the last ring positions of its chunk, exactly as the reference."""
     skip_unless_implements(KV, backend)
-    known_bug(request, backend, {"triton": NEGATIVE_POSITIONS_BUG})
     d, ratio = 16, 4
     g = torch.Generator().manual_seed(33)
     # row 0: padding-like chunk [-3, -2, -1]; row 1: a decode token at -1; row 2: a chunk from -2 to 5;
@@ -491,13 +490,6 @@ def test_kv_negative_positions_match_reference(backend, request):
     torch.testing.assert_close(outs[0], outs[1], atol=2e-5, rtol=2e-5)  # online vs two-pass softmax
     assert bool((outs[0][[0, 1, 3, 4]] == marker).all())  # rows without a position >= 0: nothing written
     assert bool((outs[0][2, 0] != marker).all()) and bool((outs[0][2, 1:] == marker).all())  # entry 0 of row 2
-
-
-NEGATIVE_POSITIONS_BUG = (
-    "compress_kv pools the tokens of a chunk at negative positions into entry 0's window (a chunk at "
-    "positions -2..5: entry 0 differs from the reference and ascend_sim by up to ~9), though README.md says "
-    "negative positions are absent"
-)
 
 
 def _check_rule(got, want):

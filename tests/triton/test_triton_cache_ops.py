@@ -107,8 +107,7 @@ def test_layer_on_triton_matches_dense_float64(kind):
     from longattn.cache import CacheManager
 
     from tests.layers.dense_layer import dense_layer, indexer_margin
-    from tests.layers.helpers import D, H, make_sequence, tiny_layer
-    from tests.layers.test_hybrid_attention import schedules  # still a test module: belongs in tests/layers/helpers.py
+    from tests.layers.helpers import D, H, make_sequence, schedules, tiny_layer
     from tests.tolerance import U32, attention_bounds
 
     layer = tiny_layer(kind)

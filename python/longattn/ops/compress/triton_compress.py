@@ -44,7 +44,7 @@ the write to ``out_block_table[row, j // page] * page + j % page`` (pages outsid
 
 Differences from the reference: summation order (online softmax over slot tiles, tree reductions),
 ``tl.exp`` (``ex2.approx`` on GPUs: ~2 ulp) and cos/sin ulps; a few fp32 ulps in total
-(tests/triton/test_triton_cache_ops.py bounds them).
+(tests/ops/test_compress.py bounds them).
 """
 
 from __future__ import annotations
@@ -321,7 +321,10 @@ def _compress_kv_kernel(
     if is_head:
         te = _run_end(p_rows, stride_rows, t, row_t, T, BLOCK_K)
     ce = tl.load(p_pos + te * stride_pos).to(tl.int64)
-    off0 = (RATIO - 1) - (tl.maximum(p_t, 0) % RATIO)  # first emitting token of the run: t + off0
+    # first emitting token of the run: t + off0, at the first position >= max(p_t, 0) with
+    # (p + 1) % RATIO == 0 (negative positions never emit). p_t is clamped at -RING: any earlier start
+    # puts every emission past the head's reach (u - t > RING - 2), and -p_t cannot overflow.
+    off0 = tl.where(p_t >= 0, (RATIO - 1) - (p_t % RATIO), (RATIO - 1) - tl.maximum(p_t, -RING))
 
     # job 0: own emission; jobs 1..C: head emissions (tokens t + off0 + (k-1)*RATIO, within RING-2)
     for k in range(0, C + 1):
