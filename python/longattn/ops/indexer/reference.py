@@ -186,7 +186,7 @@ def rank_scores(scores: torch.Tensor) -> torch.Tensor:
     return scores + 0.0  # + 0.0 turns -0.0 into +0.0
 
 
-def _pack(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def pack_keys(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """int64 keys whose descending order is (score desc, id asc), scores ranked by ``rank_scores``."""
     bits = rank_scores(scores).view(torch.int32).to(torch.int64)
     ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
@@ -196,7 +196,7 @@ def _pack(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tensor:
     """int64 keys [Tg, n] of a span's entries j0.. ; unusable entries get NO_KEY."""
     ids = torch.arange(j0, j0 + scores.shape[1], device=scores.device)
-    return _pack(scores, ids).masked_fill_(~usable, NO_KEY)
+    return pack_keys(scores, ids).masked_fill_(~usable, NO_KEY)
 
 
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None):
@@ -226,7 +226,7 @@ def candidate_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int, k: int) 
     counts = torch.bincount(r, minlength=Tg)
     first = torch.cumsum(counts, 0) - counts
     keys = torch.full((Tg, max(1, int(counts.max()))), NO_KEY, dtype=torch.int64, device=scores.device)
-    keys[r, torch.arange(r.numel(), device=r.device) - first[r]] = _pack(scores[r, c], c + j0)
+    keys[r, torch.arange(r.numel(), device=r.device) - first[r]] = pack_keys(scores[r, c], c + j0)
     return keys
 
 

@@ -1,0 +1,11 @@
+"""Context parallelism over ``torch.distributed`` (gloo on CPU, NCCL on GPU, HCCL on NPU).
+
+Decode: the compressed KV and index keys sharded page by page over the ranks (``PageShards``); the
+indexer's top-k merged exactly across ranks (``cp_indexer_topk``); attention partials merged with the
+sink applied once (``cp_sparse_attention``). See README.md in this folder.
+"""
+
+from .decode import CPError, cp_indexer_topk, cp_sparse_attention, decode_comm_bytes
+from .layout import PageShards
+
+__all__ = ["CPError", "PageShards", "cp_indexer_topk", "cp_sparse_attention", "decode_comm_bytes"]

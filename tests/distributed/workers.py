@@ -1,0 +1,175 @@
+"""What each rank runs in the CP tests (module-level functions: spawned processes import them).
+
+Every rank builds the same single-device problem from a seed (paged compressed KV + index keys of
+several sequences, a window, decode tokens), computes the single-device answer with the ordinary ops,
+then its CP answer from its own shard (``PageShards.shard_pool``), and asserts they agree:
+top-k ids bit for bit, attention within the derived fp32 bound (tests/tolerance.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+import longattn
+import torch
+import torch.distributed as dist
+from longattn.distributed import CPError, PageShards, cp_indexer_topk, cp_sparse_attention
+
+from tests.tolerance import U32, assert_close, attention_bounds
+
+
+@dataclasses.dataclass
+class Problem:
+    index_k: torch.Tensor  # [P, ps, Di] single-device pools (page ids shared by both)
+    kv: torch.Tensor  # [P, ps, D]
+    block_table: torch.Tensor  # [B, max_pages]
+    seq_ids: torch.Tensor  # [T]
+    visible_end: torch.Tensor  # [T] compressed entries each token sees
+    q_idx: torch.Tensor  # [T, Hi, Di]
+    weights: torch.Tensor  # [T, Hi]
+    q: torch.Tensor  # [T, H, D]
+    window: torch.Tensor  # [Nw, D] (held by rank 0 in CP)
+    window_idx: torch.Tensor  # [T, Kw]
+    attn_sink: torch.Tensor  # [H]
+
+
+def build_problem(seed: int, page_size: int, lengths: List[int], T: int, integer_valued: bool,
+                  H: int = 5, D: int = 32, Hi: int = 3, Di: int = 16) -> Problem:  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    max_pages = max(1, max(-(-n // page_size) for n in lengths) + 1)  # one unused column (-1) at least
+    used = sum(-(-n // page_size) for n in lengths)
+    P = used + 3  # pages no sequence uses (never read)
+    perm = torch.randperm(P, generator=g)
+    block_table = torch.full((B, max_pages), -1, dtype=torch.int32)
+    k = 0
+    for b, n in enumerate(lengths):
+        for p in range(-(-n // page_size)):
+            block_table[b, p] = int(perm[k])
+            k += 1
+
+    def values(*shape):
+        if integer_valued:  # exact fp32 scores: massive ties, ids decide
+            return torch.randint(-1, 2, shape, generator=g).float()
+        return torch.randn(*shape, generator=g)
+
+    seq_ids = torch.randint(0, B, (T,), generator=g, dtype=torch.int32)
+    n_of = torch.tensor(lengths)[seq_ids.long()]
+    visible_end = (torch.rand(T, generator=g) * (n_of + 1).float()).long().clamp(max=n_of)
+    visible_end[: min(T, B)] = n_of[: min(T, B)]  # some tokens see their whole sequence
+    Nw, Kw = 7, 4
+    return Problem(
+        index_k=values(P, page_size, Di),
+        kv=torch.randn(P, page_size, D, generator=g),
+        block_table=block_table,
+        seq_ids=seq_ids,
+        visible_end=visible_end.to(torch.int32),
+        q_idx=values(T, Hi, Di),
+        weights=values(T, Hi),
+        q=torch.randn(T, H, D, generator=g),
+        window=torch.randn(Nw, D, generator=g),
+        window_idx=torch.randint(-1, Nw, (T, Kw), generator=g, dtype=torch.int32),
+        attn_sink=torch.randn(H, generator=g),
+    )
+
+
+def _slots(p: Problem, ids: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Single-device slots of global entry ids (the same mapping, with the whole table)."""
+    return PageShards(1, 0, page_size).local_slots(ids, p.block_table, p.seq_ids)
+
+
+def _check_attention(p: Problem, out, lse, ref_out, ref_lse, num_keys: int, world: int, what: str) -> None:
+    rows = torch.cat([p.window, p.kv.reshape(-1, p.kv.shape[-1])])
+    scale = p.q.shape[-1] ** -0.5
+    # both results are within the bound of the exact value; the CP merge adds world - 1 merges
+    # (a few roundings each, counted as extra summed terms) and one more sink factor.
+    out_atol, out_rtol, lse_atol = attention_bounds(p.q, rows, scale, num_keys + 4 * world, torch.float32, True)
+    assert_close(out, ref_out, 2 * out_atol, out_rtol, f"{what} out")
+    assert_close(lse, ref_lse, 2 * lse_atol + 4 * world * U32, 0.0, f"{what} lse")
+
+
+def csa_decode(rank: int, world: int, seed: int, page_size: int, lengths: List[int], T: int, topk: int,
+               integer_valued: bool, backend: Optional[str]) -> None:  # fmt: skip
+    """CSA decode: cp_indexer_topk ids == indexer_topk ids on one device (bit for bit, every rank);
+    cp_sparse_attention over window (rank 0) + each rank's selected entries == one device."""
+    p = build_problem(seed, page_size, lengths, T, integer_valued)
+    ids_1, len_1 = longattn.indexer_topk(p.q_idx, p.weights, p.index_k, p.visible_end, topk,
+                                         block_table=p.block_table, seq_ids=p.seq_ids)  # fmt: skip
+    out_1, lse_1 = longattn.sparse_attention(p.q, p.window, p.window_idx, extra_kv=p.kv.reshape(-1, p.kv.shape[-1]),
+                                             extra_indices=_slots(p, ids_1, page_size), extra_topk_length=len_1,
+                                             attn_sink=p.attn_sink)  # fmt: skip
+
+    shards = PageShards(world, rank, page_size)
+    index_k, bt = shards.shard_pool(p.index_k, p.block_table)
+    kv, bt_kv = shards.shard_pool(p.kv, p.block_table)
+    assert torch.equal(bt, bt_kv)
+    ids, lengths_cp = cp_indexer_topk(p.q_idx, p.weights, index_k, p.visible_end, topk, shards=shards,
+                                      block_table=bt, seq_ids=p.seq_ids, backend=backend)  # fmt: skip
+    assert torch.equal(ids, ids_1), f"rank {rank}: ids differ from one device\n{ids}\n{ids_1}"
+    assert torch.equal(lengths_cp, len_1)
+
+    slots = shards.local_slots(shards.to_local(ids), bt, p.seq_ids)
+    flat_kv = kv.reshape(-1, kv.shape[-1])
+    if rank == 0:
+        out, lse = cp_sparse_attention(p.q, p.window, p.window_idx, extra_kv=flat_kv, extra_indices=slots,
+                                       attn_sink=p.attn_sink, backend=backend)  # fmt: skip
+    else:
+        out, lse = cp_sparse_attention(p.q, flat_kv, slots, attn_sink=p.attn_sink, backend=backend)
+    _check_attention(p, out, lse, out_1, lse_1, p.window_idx.shape[1] + topk, world, f"rank {rank}")
+    _same_on_every_rank(out, lse)
+
+
+def hca_decode(rank: int, world: int, seed: int, page_size: int, lengths: List[int], T: int) -> None:
+    """HCA decode (no indexer): each rank attends to all its visible entries; == one device."""
+    p = build_problem(seed, page_size, lengths, T, integer_valued=False)
+    n_max = int(p.visible_end.max()) if T else 0
+    all_ids = torch.arange(n_max).expand(T, n_max)
+    all_ids = torch.where(all_ids < p.visible_end.long().unsqueeze(1), all_ids, -1)
+    out_1, lse_1 = longattn.sparse_attention(p.q, p.window, p.window_idx, extra_kv=p.kv.reshape(-1, p.kv.shape[-1]),
+                                             extra_indices=_slots(p, all_ids, page_size),
+                                             attn_sink=p.attn_sink)  # fmt: skip
+    shards = PageShards(world, rank, page_size)
+    kv, bt = shards.shard_pool(p.kv, p.block_table)
+    slots = shards.local_slots(shards.local_visible_ids(p.visible_end), bt, p.seq_ids)
+    flat_kv = kv.reshape(-1, kv.shape[-1])
+    if rank == 0:
+        out, lse = cp_sparse_attention(p.q, p.window, p.window_idx, extra_kv=flat_kv, extra_indices=slots,
+                                       attn_sink=p.attn_sink)  # fmt: skip
+    else:
+        out, lse = cp_sparse_attention(p.q, flat_kv, slots, attn_sink=p.attn_sink)
+    _check_attention(p, out, lse, out_1, lse_1, p.window_idx.shape[1] + n_max, world, f"rank {rank}")
+    _same_on_every_rank(out, lse)
+
+
+def _same_on_every_rank(out: torch.Tensor, lse: torch.Tensor) -> None:
+    """Every rank holds the same bits (rank 0's broadcast compared)."""
+    for x in (out, lse):
+        ref = x.clone()
+        dist.broadcast(ref, src=0)
+        assert torch.equal(ref.nan_to_num(7.0), x.nan_to_num(7.0)), "ranks disagree"
+
+
+def failing_rank(rank: int, world: int, how: str) -> None:
+    """A malformed argument on rank 1 (or a replicated argument that differs) raises CPError naming
+    rank 1 on every rank, and the group stays usable afterwards (no rank is left in a collective)."""
+    p = build_problem(3, 2, [9, 4], 3, integer_valued=False)
+    shards = PageShards(world, rank, 2)
+    index_k, bt = shards.shard_pool(p.index_k, p.block_table)
+    q_idx, topk = p.q_idx, 4
+    if rank == 1 and how == "bad_shape":
+        q_idx = q_idx[:, :, :-1]  # Di mismatch with the index keys: indexer_topk refuses it
+    if rank == 1 and how == "different_topk":
+        topk = 5
+    try:
+        cp_indexer_topk(q_idx, p.weights, index_k, p.visible_end, topk, shards=shards, block_table=bt,
+                        seq_ids=p.seq_ids)  # fmt: skip
+    except CPError as exc:
+        assert exc.rank == 1, exc
+        if how == "bad_shape":
+            assert "indexer_topk" in exc.message and "q" in exc.message, exc.message
+    else:
+        raise AssertionError(f"rank {rank}: no CPError")
+    flag = torch.ones(1)
+    dist.all_reduce(flag)  # the group still works on every rank
+    assert float(flag) == world
