@@ -9,6 +9,7 @@ top-k ids bit for bit, attention within the derived fp32 bound (tests/tolerance.
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import List, Optional
 
 import longattn
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 from longattn.distributed import CPError, PageShards, cp_indexer_topk, cp_sparse_attention
 
+from tests.layers.helpers import D, H, make_manager, make_sequence, run_schedule, schedules, tiny_layer
 from tests.tolerance import U32, assert_close, attention_bounds
 
 
@@ -173,3 +175,99 @@ def failing_rank(rank: int, world: int, how: str) -> None:
     flag = torch.ones(1)
     dist.all_reduce(flag)  # the group still works on every rank
     assert float(flag) == world
+
+
+def layer_equals_one_device(rank: int, world: int, kind: str, page_size: int, seed: int, kv_dtype_name: str) -> None:
+    """HybridAttention over a sharded CacheManager (every rank the same steps and inputs) == the
+    single-device layer, for one prefill, chunked prefill and interleaved decode of 3 sequences: the
+    compressed entries are the same bits (the same compressor code on replicated rings), the top-k the
+    same ids, so the outputs differ only by the merge's roundings."""
+    kv_dtype = getattr(torch, kv_dtype_name)
+    layer = tiny_layer(kind)
+    g = torch.Generator().manual_seed(seed)
+    lengths = {"a": 37, "b": 21, "c": 9}
+    seqs = {nm: make_sequence(layer, S, g) for nm, S in lengths.items()}
+    weights = dict(
+        attn_sink=torch.randn(H, generator=g),
+        compress_norm_weight=1 + 0.1 * torch.randn(D, generator=g),
+        index_norm_weight=1 + 0.1 * torch.randn(layer.index_head_dim, generator=g),
+    )
+    shards = PageShards(world, rank, page_size)
+
+    def one_device(L, ps):
+        return longattn.HybridAttention(L, make_manager(L, ps), kv_dtype=kv_dtype)
+
+    def sharded(L, ps):
+        return longattn.HybridAttention(L, make_manager(L, ps, shards=shards), kv_dtype=kv_dtype)
+
+    for how, sched in schedules(lengths, random.Random(seed)).items():
+        ref = run_schedule(layer, page_size, seqs, sched, weights, make_layer=one_device)
+        got = run_schedule(layer, page_size, seqs, sched, weights, make_layer=sharded)
+        for nm, s in seqs.items():
+            assert not torch.isnan(got[nm]).any(), f"{how} {nm}: unwritten outputs"
+            rows = torch.cat([s["kv"], torch.ones(1, D) * 4])  # window rows and RMS-normalised entries
+            out_atol, out_rtol, _ = attention_bounds(s["q"], rows, layer.softmax_scale, 64 + 4 * world,
+                                                     torch.float32, True)  # fmt: skip
+            if kv_dtype != torch.float32:  # rows stored in bf16 on both sides: same rounding, same bound
+                out_rtol = 2 * 2.0**-8
+            assert_close(got[nm], ref[nm], 2 * out_atol, out_rtol, f"rank {rank} {kind} {how} seq {nm}")
+            _same_on_every_rank(got[nm], got[nm][:, 0, 0].contiguous())
+
+
+def layer_bad_argument_on_one_rank(rank: int, world: int) -> None:
+    """A wrong-shape compressor norm weight on rank 1 only: every rank raises CPError naming rank 1
+    and no rank wrote its caches (the next good step gives the single-device result)."""
+    layer = tiny_layer("csa")
+    g = torch.Generator().manual_seed(2)
+    seq = make_sequence(layer, 12, g)
+    shards = PageShards(world, rank, 4)
+    att = longattn.HybridAttention(layer, make_manager(layer, 4, shards=shards), kv_dtype=torch.float32)
+    ref = longattn.HybridAttention(layer, make_manager(layer, 4), kv_dtype=torch.float32)
+    for a in (att, ref):
+        a.manager.add_sequence("s")
+    bad = torch.ones(D + 1) if rank == 1 else torch.ones(D)
+    plan = att.manager.plan(["s"], [0, 12])
+    inputs = {k: v for k, v in seq.items() if k not in ("q", "kv")}
+    try:
+        att(plan, seq["q"], seq["kv"], compress_norm_weight=bad, **inputs)
+    except CPError as exc:
+        assert exc.rank == 1 and "compress_norm_weight" in exc.message, exc
+    else:
+        raise AssertionError("no CPError")
+    before = [p.clone() for p in att.pools()]
+    assert all(torch.equal(b, p) for b, p in zip(before, att.pools()))
+    assert all(float(p.abs().sum()) == 0.0 for p in att.pools()), "a pool was written by the failed step"
+    out = att(plan, seq["q"], seq["kv"], **inputs)  # the newest plan may be run again
+    want = ref(ref.manager.plan(["s"], [0, 12]), seq["q"], seq["kv"], **inputs)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def module_equals_one_device(rank: int, world: int, idx: int) -> None:
+    """longattn.nn.DeepseekV4Attention over a PagedKVCache with ``group="world"``: chunked prefill then
+    decode give the single-device module's outputs (weights identical on every rank)."""
+    from longattn.configs import ModelConfig
+    from longattn.nn import DeepseekV4Attention, PagedKVCache
+
+    cfg = ModelConfig(
+        name="tiny-cp", dim=24, n_layers=3, n_heads=4, q_lora_rank=12, o_groups=2, o_lora_rank=8, index_topk=4,
+        compress_ratios=(0, 4, 8, 0), head_dim=32, rope_dim=8, window=6, index_n_heads=4, index_head_dim=16,
+    )  # fmt: skip
+    m = DeepseekV4Attention(cfg, idx).eval()
+    g = torch.Generator().manual_seed(idx)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.randn(2, 31, cfg.dim, generator=g)
+    caches = [
+        PagedKVCache([m.layer], max_batch_size=2, max_context=31, page_size=2, group=grp) for grp in (None, "world")
+    ]
+    outs = [[], []]
+    with torch.no_grad():
+        for a, b in ((0, 17), (17, 18), (18, 29), (29, 30), (30, 31)):
+            for cache, out in zip(caches, outs):
+                cache.begin_step(2, b - a)
+                out.append(m(x[:, a:b], cache=cache)[0])
+    one, cp = torch.cat(outs[0], 1), torch.cat(outs[1], 1)
+    torch.testing.assert_close(cp, one, atol=1e-5, rtol=1e-5)  # merges of O(1) outputs: a few fp32 ulps
+    assert caches[1].shards is not None and caches[1].shards.world == world
+    _same_on_every_rank(cp.contiguous(), cp[..., 0].contiguous())

@@ -1,5 +1,6 @@
 """Layers, managers and random sequences for the HybridAttention tests (shared by several modules)."""
 
+import longattn
 import torch
 from longattn.cache import CacheManager
 from longattn.configs import LayerConfig, RopeConfig, YarnConfig
@@ -16,7 +17,7 @@ def tiny_layer(kind, topk=3):
     )  # fmt: skip
 
 
-def make_manager(layer, page_size, pages=128):
+def make_manager(layer, page_size, pages=128, shards=None):
     r = layer.compress_ratio
     return CacheManager(
         ratios=(r,) if r else (),
@@ -25,6 +26,7 @@ def make_manager(layer, page_size, pages=128):
         num_compressed_pages={r: pages} if r else {},
         num_state_pages={r: pages} if r else {},
         window=layer.window,
+        shards=shards,
     )
 
 
@@ -75,3 +77,29 @@ def schedules(lengths, rng):
         if step:
             decode.append(step)
     return {"one_prefill": one_prefill, "chunked": chunked, "decode": decode}
+
+
+def run_schedule(layer, page_size, seqs, schedule, weights, make_layer=None):
+    """schedule: list of steps, each a list of (seq name, n tokens). Returns outputs per sequence.
+    ``make_layer(layer, page_size) -> HybridAttention`` (default: an fp32 layer over ``make_manager``)."""
+    if make_layer is None:
+        att = longattn.HybridAttention(layer, make_manager(layer, page_size), kv_dtype=torch.float32)
+    else:
+        att = make_layer(layer, page_size)
+    m = att.manager
+    done = {name: 0 for name in seqs}
+    outs = {name: torch.full_like(s["q"], float("nan")) for name, s in seqs.items()}
+    for step in schedule:
+        for name, _ in step:
+            if name not in m:
+                m.add_sequence(name)
+        ids = [name for name, _ in step]
+        counts = [n for _, n in step]
+        cu = torch.tensor([0] + counts).cumsum(0)
+        plan = m.plan(ids, cu)
+        inputs = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
+        out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs, **weights)
+        for (nm, n), t0 in zip(step, cu[:-1].tolist()):
+            outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
+            done[nm] += n
+    return outs

@@ -9,30 +9,8 @@ import pytest
 import torch
 
 from tests.layers.dense_layer import dense_layer, indexer_margin
-from tests.layers.helpers import RATIO, D, H, W, make_manager, make_sequence, schedules, tiny_layer  # noqa: F401
+from tests.layers.helpers import RATIO, D, H, W, make_manager, make_sequence, run_schedule, schedules, tiny_layer  # noqa: F401
 from tests.tolerance import U32, attention_bounds
-
-
-def run_schedule(layer, page_size, seqs, schedule, weights):
-    """schedule: list of steps, each a list of (seq name, n tokens). Returns outputs per sequence."""
-    m = make_manager(layer, page_size)
-    att = longattn.HybridAttention(layer, m, kv_dtype=torch.float32)
-    done = {name: 0 for name in seqs}
-    outs = {name: torch.full_like(s["q"], float("nan")) for name, s in seqs.items()}
-    for step in schedule:
-        for name, _ in step:
-            if name not in m:
-                m.add_sequence(name)
-        ids = [name for name, _ in step]
-        counts = [n for _, n in step]
-        cu = torch.tensor([0] + counts).cumsum(0)
-        plan = m.plan(ids, cu)
-        inputs = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
-        out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs, **weights)
-        for (nm, n), t0 in zip(step, cu[:-1].tolist()):
-            outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
-            done[nm] += n
-    return outs
 
 
 @pytest.mark.parametrize("kind", ["swa", "csa", "hca"])

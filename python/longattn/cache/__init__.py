@@ -4,6 +4,7 @@ from .allocator import PageAllocator
 from .errors import CacheError, CacheFullError, StalePlanError, UnknownSequenceError
 from .fp8 import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from .manager import CacheManager, CompressedPlan, StepPlan, ring_capacity
+from .shards import PageShards
 
 __all__ = [
     "CacheManager",
@@ -18,4 +19,5 @@ __all__ = [
     "quantize_kv_fp8",
     "dequantize_kv_fp8",
     "ring_capacity",
+    "PageShards",
 ]

@@ -32,6 +32,7 @@ from ..configs import CSA_RATIO, LayerConfig
 from ..memory import rows_per_chunk
 from .allocator import PageAllocator
 from .errors import CacheError, StalePlanError, UnknownSequenceError
+from .shards import PageShards
 
 _MANAGER_IDS = itertools.count(1)
 
@@ -65,13 +66,20 @@ class CompressedPlan:
     # Largest visible_end of the step (a Python int, known when the plan is built on the host, so
     # that no layer needs a device sync or a data-dependent shape to size its index rows).
     max_visible: Optional[int] = None
+    # Context parallelism (a manager with ``shards``): ``block_table`` above is in the sequence's
+    # logical page numbering with -1 for the pages other ranks hold (compress_kv writes only this
+    # rank's entries); ``local_block_table [B, local_pages]`` numbers this rank's pages compactly
+    # (local entry l: ``PageShards``), what the indexer and attention read.
+    shards: Optional[PageShards] = None
+    local_block_table: Optional[torch.Tensor] = None
     _all_rows: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def all_visible(self, token_rows: torch.Tensor, t0: int = 0, t1: Optional[int] = None):
         """(indices [t1-t0, K] int32 slots of every visible entry, lengths [t1-t0] int32) for HCA.
 
         K = ``max_visible`` (the largest visible count of the step; else of the range); rows are -1
-        padded. The full range is cached.
+        padded. The full range is cached. With ``shards``: the entries this rank holds, as slots of its
+        own pool (K and lengths count them).
         """
         full = t0 == 0 and (t1 is None or t1 == token_rows.shape[0])
         if full and self._all_rows is not None:
@@ -82,9 +90,15 @@ class CompressedPlan:
             K = self.max_visible
         else:
             K = int(vis.max()) if vis.numel() else 0
+        table = self.block_table
+        if self.shards is not None:
+            assert self.local_block_table is not None
+            vis = self.shards.local_count(vis).to(torch.int32)
+            K = int(self.shards.local_count(torch.tensor(K)))
+            table = self.local_block_table
         j = torch.arange(K, device=vis.device)
         rows = token_rows[t0:t1].long()
-        pages = self.block_table.long()[rows][:, j // self.page_size] if K else vis.new_zeros(t1 - t0, 0).long()
+        pages = table.long()[rows][:, j // self.page_size] if K else vis.new_zeros(t1 - t0, 0).long()
         slots = pages * self.page_size + j % self.page_size
         ok = (j.unsqueeze(0) < vis.unsqueeze(1)) & (pages >= 0)
         out = (torch.where(ok, slots, torch.full_like(slots, -1)).to(torch.int32), vis.to(torch.int32))
@@ -130,6 +144,11 @@ class CacheManager:
         page_size: rows per page of every pool (state rings use ``min(page_size, ring capacity)``).
         num_window_pages, num_compressed_pages[r], num_state_pages[r]: pool sizes in pages.
         window: sliding-window length (128 for V4).
+        shards: context parallelism (``PageShards(world, rank, page_size)``): this manager is one
+            rank's. Compressed pages are taken only for the logical pages this rank holds
+            (``num_compressed_pages`` counts this rank's pool); the window and the compressor rings
+            are replicated (every rank runs every step's plan in the same order, so all ranks' plans
+            agree). See ``longattn.distributed``.
     """
 
     def __init__(
@@ -142,9 +161,13 @@ class CacheManager:
         num_state_pages: Dict[int, int],
         window: int = 128,
         device=None,
+        shards: Optional[PageShards] = None,
     ):
         if page_size <= 0 or window <= 0:
             raise ValueError(f"page_size and window must be > 0, got {page_size}, {window}")
+        if shards is not None and shards.page_size != page_size:
+            raise ValueError(f"shards.page_size {shards.page_size} != page_size {page_size}")
+        self.shards = shards
         self.ratios = tuple(sorted(set(ratios)))
         for r in self.ratios:
             if r <= 0 or r not in num_compressed_pages or r not in num_state_pages:
@@ -180,14 +203,17 @@ class CacheManager:
         max_step_tokens: int,
         page_size: int = 64,
         device=None,
+        shards: Optional[PageShards] = None,
     ) -> "CacheManager":
         """Size every pool for ``max_seqs`` sequences of up to ``max_context`` tokens, with at most
-        ``max_step_tokens`` new tokens per step (all sequences together)."""
+        ``max_step_tokens`` new tokens per step (all sequences together). With ``shards`` the
+        compressed pools hold this rank's pages only."""
         window = layers[0].window if layers else 128
         ratios = sorted({l.compress_ratio for l in layers if l.compress_ratio > 0})
         per_seq_window = _cdiv(window, page_size) + 1
         num_window = max_seqs * per_seq_window + _cdiv(max_step_tokens, page_size) + max_seqs
-        comp = {r: max_seqs * _cdiv(_cdiv(max_context, r), page_size) for r in ratios}
+        pages_of = (lambda n: n) if shards is None else shards.local_pages  # noqa: E731
+        comp = {r: max_seqs * pages_of(_cdiv(_cdiv(max_context, r), page_size)) for r in ratios}
         state = {r: max_seqs * _cdiv(ring_capacity(r), min(page_size, ring_capacity(r))) for r in ratios}
         return cls(
             ratios=ratios,
@@ -197,6 +223,7 @@ class CacheManager:
             num_state_pages=state,
             window=window,
             device=device,
+            shards=shards,
         )
 
     # -- sequences -------------------------------------------------------------------------------
@@ -300,7 +327,8 @@ class CacheManager:
         comp_new = {}
         for r in self.ratios:
             comp_new[r] = [
-                _cdiv((p0 + n) // r, ps) - len(s.compressed_pages[r]) for s, p0, n in zip(seqs, starts, counts)
+                self._pages_held(_cdiv((p0 + n) // r, ps)) - len(s.compressed_pages[r])
+                for s, p0, n in zip(seqs, starts, counts)
             ]
             self.compressed_alloc[r].check(sum(comp_new[r]))
 
@@ -317,6 +345,10 @@ class CacheManager:
             s.length += n
         self._plans_made += 1
         return self._build_plan(seq_ids, seqs, cu, expected, counts)
+
+    def _pages_held(self, logical_pages: int) -> int:
+        """Pages of a sequence's first ``logical_pages`` compressed pages that this manager holds."""
+        return logical_pages if self.shards is None else self.shards.local_pages(logical_pages)
 
     def check_plan(self, plan: StepPlan, last_serial: int, who: str) -> None:
         """Raise ``StalePlanError`` unless ``plan`` may be run now by a layer whose last plan had
@@ -370,13 +402,21 @@ class CacheManager:
             {},
             {"window": max(max(s.window_pages.values(), default=-1) for s in seqs) if seqs else -1},
         )
+        sh = self.shards
         for r in self.ratios:
-            max_pages = max([len(s.compressed_pages[r]) for s in seqs] + [1])
-            bt = torch.full((max(B, 1), max_pages), -1, dtype=torch.int32)
+            max_held = max([len(s.compressed_pages[r]) for s in seqs] + [1])
+            held = torch.full((max(B, 1), max_held), -1, dtype=torch.int32)  # the pages this manager holds
             sbt = torch.full((max(B, 1), self.ring_pages(r)), -1, dtype=torch.int32)
             for i, s in enumerate(seqs):
-                bt[i, : len(s.compressed_pages[r])] = torch.tensor(s.compressed_pages[r], dtype=torch.int32)
+                held[i, : len(s.compressed_pages[r])] = torch.tensor(s.compressed_pages[r], dtype=torch.int32)
                 sbt[i] = torch.tensor(s.state_pages[r], dtype=torch.int32)
+            if sh is None:
+                bt, local_bt = held, None
+            else:  # logical numbering with holes: local page k is logical page k * world + rank
+                logical = [_cdiv(s.length // r, ps) for s in seqs]
+                bt = torch.full((max(B, 1), max(logical + [1])), -1, dtype=torch.int32)
+                bt[:, sh.rank :: sh.world] = held[:, : bt[:, sh.rank :: sh.world].shape[1]]
+                local_bt = held.to(dev)
             visible_end = ((positions + 1) // r).to(torch.int32)  # positions are on the host here
             compressed[r] = CompressedPlan(
                 ratio=r,
@@ -385,8 +425,10 @@ class CacheManager:
                 state_block_table=sbt.to(dev),
                 page_size=ps,
                 max_visible=int(visible_end.max()) if visible_end.numel() else 0,
+                shards=sh,
+                local_block_table=local_bt,
             )
-            max_page[f"compressed:{r}"] = int(bt.max())
+            max_page[f"compressed:{r}"] = int(held.max())
             max_page[f"state:{r}"] = int(sbt.max())
         return StepPlan(
             seq_ids=seq_ids,

@@ -5,7 +5,7 @@ indexer's top-k merged exactly across ranks (``cp_indexer_topk``); attention par
 sink applied once (``cp_sparse_attention``). See README.md in this folder.
 """
 
+from ..cache.shards import PageShards
 from .decode import CPError, cp_indexer_topk, cp_sparse_attention, decode_comm_bytes
-from .layout import PageShards
 
 __all__ = ["CPError", "PageShards", "cp_indexer_topk", "cp_sparse_attention", "decode_comm_bytes"]

@@ -31,11 +31,11 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..cache.shards import PageShards
 from ..ops.combine import apply_attention_sink, merge_attention_states
 from ..ops.indexer import indexer_topk
 from ..ops.indexer.reference import _LOW32, NO_KEY, pack_keys
 from ..ops.sparse_attention import sparse_attention
-from .layout import PageShards
 
 R = TypeVar("R")
 
@@ -58,7 +58,7 @@ def _signature(*parts) -> int:
     return zlib.crc32(repr(parts).encode()) & ((1 << 62) - 1)
 
 
-def _agree(op: str, group, device: torch.device, local: Callable[[], R], signature: Callable[[], object]) -> R:
+def agree(op: str, group, device: torch.device, local: Callable[[], R], signature: Callable[[], object]) -> R:
     """Run ``local`` (the rank's checks and work before any collective) and agree on the outcome:
     one all-reduce of [failed, -failed rank, signature, -signature] (MAX). On a failure, or when the
     signature differs across ranks, every rank raises ``CPError`` naming the first bad rank."""
@@ -161,20 +161,32 @@ def cp_indexer_topk(
         ids_l, _ = indexer_topk(
             q, weights, index_k, local_end, topk, block_table=block_table, seq_ids=seq_ids, backend=backend
         )
-        gids = shards.to_global(ids_l.long())
-        if bool((gids > _LOW32 - 1).any()):
-            raise ValueError("cp_indexer_topk: global entry ids must be < 2**32 - 1")
-        rows = _index_rows(index_k, ids_l, shards, block_table, seq_ids)
-        keys = pack_keys(_scores(q, weights, rows), gids.clamp_min(0))
-        return keys.masked_fill_(ids_l < 0, NO_KEY)
+        return local_topk_keys(q, weights, index_k, ids_l, shards, block_table, seq_ids)
 
-    keys = _agree(
+    keys = agree(
         "cp_indexer_topk",
         group,
         q.device,
         local,
         lambda: (tuple(q.shape), q.dtype, tuple(weights.shape), tuple(visible_end.shape), int(topk)),
     )
+    return merge_topk_keys(keys, topk, group)
+
+
+def local_topk_keys(q, weights, index_k, local_ids, shards: PageShards, block_table=None, seq_ids=None):
+    """int64 sort keys ``[T, K]`` of this rank's top-k (local ids ``[T, K]``, -1 padded): the fp32
+    score of each, then ``2^32 - 1 - global id``; ``NO_KEY`` for padding."""
+    gids = shards.to_global(local_ids.long())
+    if bool((gids > _LOW32 - 1).any()):
+        raise ValueError("cp_indexer_topk: global entry ids must be < 2**32 - 1")
+    rows = _index_rows(index_k, local_ids, shards, block_table, seq_ids)
+    keys = pack_keys(_scores(q, weights, rows), gids.clamp_min(0))
+    return keys.masked_fill_(local_ids < 0, NO_KEY)
+
+
+def merge_topk_keys(keys: torch.Tensor, topk: int, group=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' keys ``[T, K]`` -> the global top-``topk`` ``(ids [T, topk] int32, lengths [T] int32)``,
+    the same on every rank (one all-gather; call on every rank)."""
     merged = torch.topk(torch.cat(_all_gather(keys, group), dim=1), topk, dim=1, sorted=True).values
     selected = merged != NO_KEY
     ids = torch.where(selected, _LOW32 - (merged & _LOW32), -1).to(torch.int32)
@@ -217,20 +229,27 @@ def cp_sparse_attention(
             backend=backend,
         )
 
-    out, lse = _agree(
+    out, lse = agree(
         "cp_sparse_attention",
         group,
         q.device,
         local,
         lambda: (tuple(q.shape), q.dtype, softmax_scale, None if attn_sink is None else tuple(attn_sink.shape)),
     )
+    return merge_partials(out, lse, attn_sink, group, backend)
+
+
+def merge_partials(out: torch.Tensor, lse: torch.Tensor, attn_sink=None, group=None, backend=None):
+    """Every rank's attention partial ``(out [T, H, D], lse [T, H])`` (no sink) -> the attention over
+    all their keys: all-gathered, merged in rank order in fp32, then ``attn_sink`` applied once.
+    Returns ``(out in out's dtype, lse fp32)``, the same bits on every rank (call on every rank)."""
     outs, lses = _all_gather(out, group), _all_gather(lse, group)
     acc_out, acc_lse = outs[0].to(torch.float32), lses[0]
     for o, s in zip(outs[1:], lses[1:]):
         acc_out, acc_lse = merge_attention_states(acc_out, acc_lse, o.to(torch.float32), s, backend=backend)
     if attn_sink is not None:
         acc_out = apply_attention_sink(acc_out, acc_lse, attn_sink, backend=backend)
-    return acc_out.to(q.dtype), acc_lse
+    return acc_out.to(out.dtype), acc_lse
 
 
 def decode_comm_bytes(world: int, tokens: int, topk: int, heads: int, head_dim: int, out_bytes: int = 2) -> dict:

@@ -62,6 +62,7 @@ class LayerStep:
     topk: Optional[_Call] = None
     hca_chunks: Optional[List[Tuple[int, int]]] = None  # token ranges of the HCA attention
     grad_inputs: Tuple[str, ...] = ()  # inputs that require grad (the output refuses backward)
+    cp_sink: Optional[torch.Tensor] = None  # context parallelism: the sink, applied after the merge
 
 
 class HybridAttention:
@@ -74,6 +75,10 @@ class HybridAttention:
         kv_format: "float" or "fp8" (the 584-B FP8 record of ``longattn.cache.fp8``; D must be 512).
         index_dtype: dtype of the indexer-key pool (CSA), default ``kv_dtype``.
         backend: forwarded to every op (None: dispatch by device).
+        group: context parallelism, when ``manager`` has ``shards``: the ``torch.distributed`` process
+            group of the ranks (None: the default group). Every rank runs the same steps with the same
+            inputs; each holds its pages of the compressed KV and index keys, and every rank returns the
+            whole output (``longattn.distributed``). The window and compressor rings are replicated.
 
     The layer holds caches only; its weights (sink, compressor norms) belong to the caller (e.g.
     ``longattn.nn.DeepseekV4Attention``) and are passed to ``forward`` on every call.
@@ -92,6 +97,7 @@ class HybridAttention:
         kv_format: str = "float",
         index_dtype: Optional[torch.dtype] = None,
         backend: Optional[str] = None,
+        group=None,
     ):
         if kv_format not in ("float", "fp8"):
             raise ValueError(f"HybridAttention: kv_format must be 'float' or 'fp8', got {kv_format!r}")
@@ -105,6 +111,9 @@ class HybridAttention:
         if layer.window != manager.window:
             raise ValueError(f"HybridAttention: layer window {layer.window} != manager window {manager.window}")
         self.layer, self.manager, self.backend = layer, manager, backend
+        self.shards, self.group = manager.shards, group
+        if self.shards is not None:
+            _check_group(self.shards, group)
         self.kv_format = kv_format
         dev, ps, D = manager.device, manager.page_size, layer.head_dim
 
@@ -208,7 +217,26 @@ class HybridAttention:
         compress_norm_weight=None,
         index_norm_weight=None,
     ) -> LayerStep:
-        """Check every argument of the step and prepare every op call (see ``forward``); writes nothing."""
+        """Check every argument of the step and prepare every op call (see ``forward``); writes nothing.
+        With context parallelism the ranks agree on the outcome first: a bad argument on any rank
+        raises ``CPError`` on every rank."""
+        args = dict(compress_a=compress_a, compress_b=compress_b, index_q=index_q, index_weights=index_weights,
+                    index_a=index_a, index_b=index_b, attn_sink=attn_sink,
+                    compress_norm_weight=compress_norm_weight, index_norm_weight=index_norm_weight)  # fmt: skip
+        if self.shards is None:
+            return self._prepare(plan, q, kv, **args)
+        from ..distributed.decode import agree
+
+        return agree(
+            f"HybridAttention[{self.kind}, layer {self.layer.index}]",
+            self.group,
+            q.device if isinstance(q, torch.Tensor) else torch.device("cpu"),
+            lambda: self._prepare(plan, q, kv, **args),
+            lambda: (plan.serial, plan.num_tokens, tuple(q.shape), q.dtype),
+        )
+
+    def _prepare(self, plan, q, kv, *, compress_a, compress_b, index_q, index_weights, index_a, index_b,
+                 attn_sink, compress_norm_weight, index_norm_weight) -> LayerStep:  # fmt: skip
         L = self.layer
         chk = ArgChecker(f"HybridAttention[{L.kind}, layer {L.index}]")
         self._check(chk, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b)
@@ -251,6 +279,10 @@ class HybridAttention:
                                             out=self.compressed_pool, norm_weight=norm, **common),
         )  # fmt: skip
         step = LayerStep(plan, q, append, None, compress=compress, grad_inputs=grad_inputs)
+        shards = self.shards
+        if shards is not None:  # partials without the sink (applied once after the merge); the window on rank 0
+            step.cp_sink, attn_sink = attn_sink, None
+        window_indices = plan.window_indices[:, :0] if shards is not None and shards.rank != 0 else plan.window_indices
         if L.kind == "csa":
             index_norm = self._unit_index_norm if index_norm_weight is None else index_norm_weight
             step.index_compress = call(
@@ -258,11 +290,15 @@ class HybridAttention:
                 compress_op.prepare_compress_kv(a=index_a, b=index_b, state=self.index_state_pool,
                                                 out=self.index_pool, norm_weight=index_norm, **common),
             )  # fmt: skip
-            step.topk = call(
-                indexer_op.TOPK_OP,
-                indexer_op.prepare("indexer_topk", index_q, index_weights, self.index_pool, cp.visible_end,
-                                   cp.block_table, plan.token_rows, L.index_topk, True),
-            )  # fmt: skip
+            if shards is not None:  # this rank's top-k among its entries, as local ids (merged in run)
+                topk_inputs = indexer_op.prepare("indexer_topk", index_q, index_weights, self.index_pool,
+                                                 shards.local_count(cp.visible_end), cp.local_block_table,
+                                                 plan.token_rows, L.index_topk, False)  # fmt: skip
+            else:
+                topk_inputs = indexer_op.prepare("indexer_topk", index_q, index_weights, self.index_pool,
+                                                 cp.visible_end, cp.block_table, plan.token_rows, L.index_topk,
+                                                 True)  # fmt: skip
+            step.topk = call(indexer_op.TOPK_OP, topk_inputs)
             # The compressed stream's rows come from the indexer: placeholders of their final shape here.
             rows = torch.empty(T, L.index_topk, dtype=torch.int32, device=q.device)
             lengths = torch.empty(T, dtype=torch.int32, device=q.device)
@@ -273,7 +309,7 @@ class HybridAttention:
             step.hca_chunks = chunks if len(chunks) > 1 else None
             t1 = chunks[0][1] if chunks else T
             rows, lengths = cp.all_visible(plan.token_rows, 0, t1)
-        attend = attention_op.prepare(q[:t1], self.window_pool, plan.window_indices[:t1],
+        attend = attention_op.prepare(q[:t1], self.window_pool, window_indices[:t1],
                                       extra_kv=self.compressed_pool, extra_indices=rows, extra_topk_length=lengths,
                                       attn_sink=attn_sink, softmax_scale=L.softmax_scale)  # fmt: skip
         step.attend = call(attention_op.OP, attend)
@@ -290,25 +326,48 @@ class HybridAttention:
         step.append.run(be)
         if step.compress is not None:
             step.compress.run(be)
+        merged = self._merged if self.shards is not None and self.kind != "swa" else _first
         if step.topk is not None and step.index_compress is not None:
             step.index_compress.run(be)
             top, lengths = step.topk.run(be)
-            out = attend.run(be, extra_indices=top, extra_topk_length=lengths)[0]
+            if self.shards is not None:  # local top-k -> the global top-k -> this rank's slots of it
+                top, lengths = self._global_topk(step, top, plan)
+            out = merged(step, attend.run(be, extra_indices=top, extra_topk_length=lengths))
         elif step.hca_chunks is None:
-            out = attend.run(be)[0]
+            out = merged(step, attend.run(be))
         else:  # HCA in token chunks (no scatter into a preallocated output: keeps the step graph functional)
             cp = plan.compressed[self.layer.compress_ratio]
-            outs = [attend.run(be)[0]]
+            outs = [merged(step, attend.run(be))]
+            window = attend.inputs.indices.shape[1]
             for t0, t1 in step.hca_chunks[1:]:
                 rows, lengths = cp.all_visible(plan.token_rows, t0, t1)
-                outs.append(
-                    attend.run(be, q=step.q[t0:t1], indices=plan.window_indices[t0:t1], extra_indices=rows,
-                                    extra_topk_length=lengths)[0]
-                )  # fmt: skip
+                part = attend.run(be, q=step.q[t0:t1], indices=plan.window_indices[t0:t1, :window],
+                                  extra_indices=rows, extra_topk_length=lengths)  # fmt: skip
+                outs.append(merged(step, part))
             out = torch.cat(outs)
         if step.grad_inputs:
             out = _NoGradientThroughCaches.apply(out, step.grad_inputs)
         return out
+
+    # -- context parallelism ---------------------------------------------------------------------
+    def _global_topk(self, step: LayerStep, local_ids: torch.Tensor, plan: StepPlan):
+        """This rank's local top-k ids -> (its slots of the global top-k [T, topk], lengths [T])."""
+        from ..distributed.decode import local_topk_keys, merge_topk_keys
+
+        assert self.shards is not None and step.topk is not None
+        inp, cp = step.topk.inputs, plan.compressed[self.layer.compress_ratio]
+        assert cp.local_block_table is not None
+        keys = local_topk_keys(inp.q, inp.weights, self.index_pool, local_ids, self.shards, cp.local_block_table,
+                               plan.token_rows)  # fmt: skip
+        ids, lengths = merge_topk_keys(keys, self.layer.index_topk, self.group)
+        slots = self.shards.local_slots(self.shards.to_local(ids), cp.local_block_table, plan.token_rows)
+        return slots.to(torch.int32), lengths
+
+    def _merged(self, step: LayerStep, partial) -> torch.Tensor:
+        """The ranks' partials of a token range -> its output (sink applied once, after the merge)."""
+        from ..distributed.decode import merge_partials
+
+        return merge_partials(partial[0], partial[1], step.cp_sink, self.group, self.backend)[0]
 
     # ---------------------------------------------------------------------------------------------
     def _check(self, chk, plan, q, kv, compress_a, compress_b, index_q, index_weights, index_a, index_b):
@@ -392,6 +451,23 @@ class _NoGradientThroughCaches(torch.autograd.Function):
             + ", ".join(ctx.names)
             + " require grad) are stored as values. Run the layer under torch.no_grad() or torch.inference_mode()."
         )
+
+
+def _first(step: LayerStep, result) -> torch.Tensor:
+    return result[0]
+
+
+def _check_group(shards, group) -> None:
+    """A sharded manager's ranks must be this process group's."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("HybridAttention: the manager has shards (context parallelism) but torch.distributed "
+                         "is not initialised (call torch.distributed.init_process_group first)")  # fmt: skip
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if (shards.rank, shards.world) != (rank, world):
+        raise ValueError(f"HybridAttention: the manager's shards are rank {shards.rank} of {shards.world} but "
+                         f"this process is rank {rank} of {world} in the group")  # fmt: skip
 
 
 def _grown(pool, num_pages: int):

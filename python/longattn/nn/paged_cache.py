@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 
 from ..cache.manager import CacheManager, StepPlan
+from ..cache.shards import PageShards
 from ..configs import LayerConfig
 from ..layers import HybridAttention
 
@@ -84,6 +85,10 @@ class PagedKVCache:
         growable: grow (re-allocate the pools and copy the cached rows) when a step would take a row
             past ``max_context``, instead of refusing the step. ``max_context`` is then only the
             initial size.
+        group: context parallelism over this ``torch.distributed`` process group (``"world"``: the
+            default group): each rank holds its pages of the compressed KV and index keys
+            (``longattn.distributed``); every rank runs the same steps on the same inputs and gets
+            the whole output.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class PagedKVCache:
         backend: Optional[str] = None,
         device=None,
         growable: bool = False,
+        group=None,
     ):
         if not layers:
             raise ValueError("PagedKVCache: needs the LayerConfig of at least one layer")
@@ -113,6 +119,7 @@ class PagedKVCache:
         if max_step_tokens is not None and max_step_tokens <= 0:
             raise ValueError(f"PagedKVCache: max_step_tokens must be > 0, got {max_step_tokens}")
         self._requested_step_tokens = max_step_tokens
+        self.group, self.shards = _context_parallel(group, page_size)
         self.step_tokens = self._default_step_tokens(max_context)
         self.manager = self._sized_manager(max_context, page_size, device)
         self.layer_states: Dict[int, HybridAttention] = {}
@@ -133,6 +140,7 @@ class PagedKVCache:
             max_step_tokens=self.step_tokens,
             page_size=page_size,
             device=device,
+            shards=self.shards,
         )
 
     # -- growth ------------------------------------------------------------------------------------------
@@ -261,7 +269,7 @@ class PagedKVCache:
         if layer is None:
             layer = HybridAttention(
                 self.layer_configs[layer_idx], self.manager, kv_dtype=self.kv_dtype or dtype,
-                kv_format=self.kv_format, backend=self.backend,
+                kv_format=self.kv_format, backend=self.backend, group=self.group,
             )  # fmt: skip
             self.layer_states[layer_idx] = layer
         return layer
@@ -275,3 +283,15 @@ class PagedKVCache:
         for b in range(self.num_rows or 0):
             self.manager.free_sequence(b)
         self.num_rows, self.columns, self._step = None, 0, None
+
+
+def _context_parallel(group, page_size: int):
+    """(process group, this rank's PageShards) for ``group`` (None: no context parallelism)."""
+    if group is None:
+        return None, None
+    import torch.distributed as dist
+
+    pg = None if isinstance(group, str) and group == "world" else group
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("PagedKVCache: `group` needs torch.distributed initialised (init_process_group)")
+    return pg, PageShards(dist.get_world_size(pg), dist.get_rank(pg), page_size)

@@ -43,6 +43,25 @@ def test_a_failing_rank_raises_on_every_rank(how):
     run_ranks(3, workers.failing_rank, how, timeout=120)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("kind", ["csa", "hca", "swa"])
+def test_layer_over_sharded_caches_equals_one_device(kind, world):
+    run_ranks(world, workers.layer_equals_one_device, kind, 3, 40 + world, "float32")
+
+
+def test_layer_over_sharded_bf16_caches_equals_one_device():
+    run_ranks(2, workers.layer_equals_one_device, "csa", 2, 7, "bfloat16")
+
+
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_deepseek_v4_module_with_a_process_group_equals_one_device(idx):
+    run_ranks(2, workers.module_equals_one_device, idx)
+
+
+def test_layer_bad_argument_on_one_rank_writes_nothing_anywhere():
+    run_ranks(2, workers.layer_bad_argument_on_one_rank, timeout=120)
+
+
 # --- the layout, without processes ---------------------------------------------------------------
 @pytest.mark.parametrize("world,page", [(1, 1), (2, 3), (4, 2), (3, 5)])
 def test_page_shards_partition_every_entry_once(world, page):

@@ -73,6 +73,10 @@ class PageShards:
         ids = torch.arange(n, device=visible_end.device).expand(counts.shape[0], n)
         return torch.where(ids < counts.unsqueeze(1), ids, -1)
 
+    def local_pages(self, global_pages: int) -> int:
+        """How many of a sequence's first ``global_pages`` logical pages this rank holds."""
+        return max(0, -(-(global_pages - self.rank) // self.world))
+
     # -- block tables and pools -------------------------------------------------------------------------
     def local_block_table(self, block_table: torch.Tensor) -> torch.Tensor:
         """This rank's columns of a single-device block table ``[B, max_pages]`` (same page ids)."""
