@@ -2,8 +2,8 @@
 gradient needs is dropped silently, and a cache never joins an autograd graph.
 
 - merge_attention_states, apply_attention_sink, compress_pool: real backward passes, checked against
-  autograd through an independent float64 formula;
-- sparse_attention, indexer_logits: the forward runs under grad mode, ``backward()`` raises;
+  autograd through an independent float64 formula (sparse_attention: tests/ops/test_sparse_attention_backward.py);
+- indexer_logits: the forward runs under grad mode, ``backward()`` raises;
 - append_kv, compress_kv: inputs that require grad are refused under grad mode (the cache keeps values);
 - HybridAttention (and so a DeepseekV4Attention model): the forward runs under grad mode, the caches
   stay plain tensors, ``backward()`` raises.
@@ -92,10 +92,6 @@ def test_compress_pool_backward(backend, overlap):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_differentiable_ops_run_forward_and_refuse_backward(backend):
     q = torch.randn(2, 2, 16, requires_grad=True)
-    out, lse = longattn.sparse_attention(q, torch.randn(8, 16), torch.zeros(2, 3, dtype=torch.int32), backend=backend)
-    assert out.requires_grad
-    with pytest.raises(NotImplementedError, match="longattn.sparse_attention has no backward pass"):
-        out.sum().backward()
     logits = longattn.indexer_logits(q, torch.randn(2, 2), torch.randn(5, 16), torch.full((2,), 5), backend=backend)
     with pytest.raises(NotImplementedError, match="longattn.indexer_logits has no backward pass"):
         logits.sum().backward()

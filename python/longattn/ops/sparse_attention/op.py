@@ -101,6 +101,30 @@ def _fake(q, *args):
     return torch.empty_like(q), q.new_empty((T, H), dtype=torch.float32)
 
 
+def _setup_context(ctx, inputs, output) -> None:
+    q, kv, kv_ps, indices, topk_length, extra_kv, extra_ps, extra_indices, extra_topk_length, sink, scale, _ = inputs
+    ctx.scale, ctx.float_pools = scale, (kv_ps == 0, extra_kv is None or extra_ps == 0)
+    ctx.save_for_backward(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, output[1])
+
+
+def _backward(ctx, dout, dlse):
+    """Gradients for q, both float streams and the sink (backward.py); FP8 pools (bytes) get none."""
+    from .backward import sparse_attention_backward
+
+    q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, lse = ctx.saved_tensors
+    if not all(ctx.float_pools):
+        if any(ctx.needs_input_grad[i] for i in (0, 9)):
+            raise NotImplementedError("longattn.sparse_attention: no backward through an FP8 pool (inference only)")
+        return (None,) * 12
+    streams = [(kv, indices, topk_length)] + (
+        [] if extra_kv is None else [(extra_kv, extra_indices, extra_topk_length)]
+    )
+    dq, drows, dsink = sparse_attention_backward(q, streams, sink, ctx.scale, lse, dout, dlse)
+    d_extra = drows[1].to(extra_kv.dtype) if extra_kv is not None else None
+    return (dq.to(q.dtype), drows[0].to(kv.dtype), None, None, None, d_extra, None, None, None,
+            None if dsink is None else dsink.to(sink.dtype), None, None)  # fmt: skip
+
+
 OP = Op(
     NAME,
     "(Tensor q, Tensor kv, int kv_page_size, Tensor indices, Tensor? topk_length, Tensor? extra_kv, "
@@ -110,6 +134,8 @@ OP = Op(
     from_schema=_from_schema,
     fake=_fake,
     impls=IMPLS,
+    backward=_backward,
+    setup_context=_setup_context,
 )
 
 
@@ -148,7 +174,8 @@ def sparse_attention(
         Special values (README.md): a NaN logit gives out and lse NaN; a +inf logit gives lse +inf and
         out NaN; keys with logit -inf weigh 0.
 
-    Not differentiable: the forward runs under grad mode, ``backward()`` raises.
+    Differentiable in q, float KV streams (both) and attn_sink, on every backend (the backward is
+    pure PyTorch, ``backward.py``); not through an FP8 pool.
     """
     inputs = prepare(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, attn_sink,
                      softmax_scale)  # fmt: skip
