@@ -370,6 +370,25 @@ def compress_pool(a, b, ratio, overlap):
 # ----------------------------------------------------------------------------------------------------
 
 
+def compress_pool_autograd(a, b, ratio, overlap):
+    """``compress_pool`` as a differentiable float64 formula (softmax over each entry's slots; block -1
+    absent): the truth for gradients. Finite inputs only (``compress_pool`` above has the IEEE rules)."""
+    a, b = a.double(), b.double()
+    S, w = a.shape
+    d = w // 2 if overlap else w
+    entries = []
+    for j in range(S // ratio):
+        own = slice(j * ratio, (j + 1) * ratio)
+        if overlap:
+            prev = slice((j - 1) * ratio, j * ratio)
+            s = torch.cat([b[prev, :d] if j else b.new_full((ratio, d), float("-inf")), b[own, d:]])
+            v = torch.cat([a[prev, :d] if j else a.new_zeros(ratio, d), a[own, d:]])
+        else:
+            s, v = b[own], a[own]
+        entries.append((torch.softmax(s, 0) * v).sum(0))
+    return torch.stack(entries)
+
+
 def _round_half_even(v: float) -> float:
     """Round a non-negative float64 to the nearest integer, ties to even (exact for v < 2**52)."""
     f = math.floor(v)

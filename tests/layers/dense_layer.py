@@ -34,7 +34,10 @@ def rope64(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> tor
 def entries(a, b, layer, norm_weight, freqs):
     """Compressed entries [n, d] float64: pool -> RMSNorm -> RoPE at j * ratio."""
     r = layer.compress_ratio
-    c = oracle.compress_pool(a, b, r, layer.overlap)
+    if a.requires_grad or b.requires_grad:  # the truth of training gradients
+        c = oracle.compress_pool_autograd(a, b, r, layer.overlap)
+    else:
+        c = oracle.compress_pool(a, b, r, layer.overlap)
     c = c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + layer.eps) * norm_weight.double()
     return rope64(c, torch.arange(c.shape[0]) * r, freqs)
 

@@ -9,6 +9,10 @@ and transformers use (``longattn.rope.cos_sin``); everything after that is float
 attention factor s (transformers multiplies its cos and sin by s) scales every rotated vector's rope
 dims by s: q, kv, compressed entries and indexer keys (through their norm weights' rope dims: the
 rotation is linear), indexer queries, and the output's inverse rotation.
+
+``live=True`` uses the module's parameters as they are (a float64 copy of the module, e.g.
+``copy.deepcopy(m).double()``): the result is then differentiable in them, the float64 truth of the
+training gradients (the indexer's top-k is a selection: no gradient flows through it).
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ def _scaled(module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., :-r], x[..., -r:] * s], dim=-1)
 
 
-def layer_inputs(module, x: torch.Tensor) -> dict:
+def _w(t: torch.Tensor, live: bool) -> torch.Tensor:
+    return t.double() if live else t.detach().double()
+
+
+def layer_inputs(module, x: torch.Tensor, live: bool = False) -> dict:
     """Per-token inputs of the attention core, float64: q, kv (normed, rotated), compressor and indexer
     inputs, for ``x [S, dim]`` of one sequence starting at position 0."""
     L = module.layer
-    W = {k: v.detach().double() for k, v in module.state_dict().items()}
+    W = {k: _w(v, live) for k, v in module.state_dict(keep_vars=True).items()}
     x = x.double()
     S = x.shape[0]
     pos = torch.arange(S)
@@ -60,27 +68,27 @@ def layer_inputs(module, x: torch.Tensor) -> dict:
     return seq
 
 
-def _norm_weights(module):
+def _norm_weights(module, live: bool = False):
     """Compressor / indexer norm weights, float64, with the attention factor on their rope dims."""
     c = module.compressor
-    comp = None if c is None else _scaled(module, c.kv_norm.weight.detach().double())
-    idx = _scaled(module, c.indexer.kv_norm.weight.detach().double()) if module.kind == "csa" else None
+    comp = None if c is None else _scaled(module, _w(c.kv_norm.weight, live))
+    idx = _scaled(module, _w(c.indexer.kv_norm.weight, live)) if module.kind == "csa" else None
     return comp, idx
 
 
-def dense_v4_layer(module, x: torch.Tensor) -> torch.Tensor:
+def dense_v4_layer(module, x: torch.Tensor, live: bool = False) -> torch.Tensor:
     """Layer output ``[S, dim]`` float64 for ``x [S, dim]`` (one sequence from position 0)."""
     L = module.layer
-    seq = layer_inputs(module, x)
-    comp_w, idx_w = _norm_weights(module)
-    sinks = module.sinks.detach().double()
+    seq = layer_inputs(module, x, live)
+    comp_w, idx_w = _norm_weights(module, live)
+    sinks = _w(module.sinks, live)
     o = dense_layer(L, seq, sinks, comp_w, idx_w)  # [S, H, D] float64
     S = o.shape[0]
     o = _scaled(module, rope64(o, torch.arange(S).unsqueeze(1), -module.rope_inv_freq))  # conjugate (-angle)
     G = module.o_groups
-    wa = module.o_a_proj.weight.detach().double().view(G, -1, L.n_heads * L.head_dim // G)
+    wa = _w(module.o_a_proj.weight, live).view(G, -1, L.n_heads * L.head_dim // G)
     z = torch.einsum("sgi,gri->sgr", o.reshape(S, G, -1), wa).reshape(S, -1)
-    return z @ module.o_b_proj.weight.detach().double().T
+    return z @ _w(module.o_b_proj.weight, live).T
 
 
 def topk_margin(module, x: torch.Tensor) -> float:

@@ -248,12 +248,14 @@ class HybridAttention:
         written = dict(kv=kv, compress_a=compress_a, compress_b=compress_b, index_a=index_a, index_b=index_b)
         grad_inputs: Tuple[str, ...] = ()
         if torch.is_grad_enabled():
-            every = dict(written, q=q, index_q=index_q, index_weights=index_weights, attn_sink=attn_sink)
+            every = dict(written, q=q, index_q=index_q, index_weights=index_weights, attn_sink=attn_sink,
+                         compress_norm_weight=compress_norm_weight, index_norm_weight=index_norm_weight)  # fmt: skip
             grad_inputs = tuple(k for k, v in every.items() if isinstance(v, torch.Tensor) and v.requires_grad)
-            if grad_inputs:  # the caches keep values, never a graph
+            if grad_inputs:  # the caches keep values, never a graph (the norm weights shape stored entries)
                 kv = kv.detach()
-                compress_a, compress_b, index_a, index_b = (
-                    None if x is None else x.detach() for x in (compress_a, compress_b, index_a, index_b)
+                compress_a, compress_b, index_a, index_b, compress_norm_weight, index_norm_weight = (
+                    None if x is None else x.detach()
+                    for x in (compress_a, compress_b, index_a, index_b, compress_norm_weight, index_norm_weight)
                 )
 
         def call(op: Op, inputs) -> _Call:

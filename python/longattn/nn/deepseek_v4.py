@@ -206,7 +206,7 @@ class Compressor(nn.Module):
     def __init__(self, dim: int, head_dim: int, ratio: int, overlap: bool, eps: float):
         super().__init__()
         width = (2 if overlap else 1) * head_dim
-        self.ratio = ratio
+        self.ratio, self.overlap = ratio, overlap
         self.kv_proj = _linear(dim, width)
         self.gate_proj = _linear(dim, width)
         self.position_bias = nn.Parameter(torch.zeros(ratio, width, dtype=torch.float32))
@@ -383,6 +383,94 @@ class DeepseekV4Attention(nn.Module):
         o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
         return self._output_projection(o)
 
+    # -- training: whole sequences, no cache, differentiable -----------------------------------------------
+    def forward_train(self, hidden_states: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Whole sequences from position 0 without a cache, differentiable: ``[B, S, dim]`` (each row a
+        sequence), or sequence-packed ``[T, dim]`` with ``cu_seqlens [N+1]`` (varlen). Same function as
+        the paged path: compressed entries and indexer keys by ``compress_pool`` + RMSNorm + RoPE (what
+        ``compress_kv`` computes), the indexer's top-k (a selection: no gradient reaches the indexer
+        through it), then one ``sparse_attention`` over the window and the selected entries.
+
+        Gradients reach every weight except the indexer's (q_b_proj, weights_proj and its compressor:
+        trained by its own loss in DeepSeek's recipe, not built here yet)."""
+        x = hidden_states
+        if cu_seqlens is None:
+            if x.dim() != 3:
+                raise ValueError(f"forward_train: hidden_states must be [B, S, dim], got {list(x.shape)}")
+            return torch.stack([self._train_sequence(row) for row in x]) if x.shape[0] else x.new_zeros(x.shape)
+        if x.dim() != 2:
+            raise ValueError(f"forward_train: with cu_seqlens, hidden_states must be [T, dim], got {list(x.shape)}")
+        cu = [int(v) for v in cu_seqlens.tolist()]
+        if cu[0] != 0 or cu[-1] != x.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"forward_train: cu_seqlens must go from 0 to T={x.shape[0]} without decreasing, got {cu}")
+        parts = [self._train_sequence(x[a:b]) for a, b in zip(cu, cu[1:]) if b > a]
+        return torch.cat(parts) if parts else x.new_zeros(0, self.o_b_proj.weight.shape[0])
+
+    def _train_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        """``forward`` under grad mode without a kept cache: every row a sequence from position 0
+        (``forward_train``); with a call-only cache whose step has padding, only each row's real tokens
+        (their count per row from the step) form its sequence, padding rows give 0."""
+        B, S, dim = hidden_states.shape
+        if cache is None:
+            return self.forward_train(hidden_states)
+        rows = cache.layer_step(self.layer_idx, B, S).rows
+        if rows is None:
+            return self.forward_train(hidden_states)
+        x = hidden_states.reshape(B * S, dim).index_select(0, rows)
+        counts = torch.bincount(rows // S, minlength=B)
+        cu = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        y = self.forward_train(x, cu)
+        return y.new_zeros(B * S, y.shape[-1]).index_copy(0, rows, y).view(B, S, -1)
+
+    def _train_entries(self, comp: "Compressor", x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """``[S // ratio, d]`` compressed entries of one whole sequence (fp32, differentiable)."""
+        from ..ops.compress import compress_pool
+
+        a, b = comp.inputs(x, pos)
+        pooled = compress_pool(a, b, comp.ratio, comp.overlap)
+        w = self._entry_norm(comp.kv_norm).to(torch.float32)
+        normed = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        starts = torch.arange(pooled.shape[0], device=x.device) * comp.ratio  # entry j at position j * ratio
+        return apply_rope(normed, starts, self._rope_table())
+
+    def _train_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """One sequence ``x [S, dim]`` from position 0 -> ``[S, dim]`` (see ``forward_train``)."""
+        from ..ops.indexer import indexer_topk
+        from ..ops.sparse_attention import sparse_attention
+
+        L = self.layer
+        S = x.shape[0]
+        pos = torch.arange(S, device=x.device)
+        freqs = self._rope_table()
+        head_pos = pos.unsqueeze(1)
+        cq = self.q_a_norm(self.q_a_proj(x))
+        q = self.q_b_proj(cq).view(S, L.n_heads, L.head_dim)
+        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
+        q = self._rope_scaled(apply_rope(q, head_pos, freqs))
+        kv = self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs))
+        window = (pos.unsqueeze(1) - (L.window - 1) + torch.arange(L.window, device=x.device)).to(torch.int32)
+        entries = ids = lengths = None
+        if self.compressor is not None:
+            r = L.compress_ratio
+            entries = self._train_entries(self.compressor, x, pos).to(kv.dtype)
+            visible = ((pos + 1) // r).to(torch.int32)
+            if isinstance(self.compressor, CSACompressor):
+                idx: Indexer = self.compressor.indexer
+                with torch.no_grad():  # the selection: ids only
+                    keys = self._train_entries(idx, x, pos)
+                    iq = apply_rope(idx.q_b_proj(cq).view(S, idx.n_heads, idx.head_dim), head_pos, freqs)
+                    wp = idx.scorer.weights_proj
+                    iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+                    ids, lengths = indexer_topk(self._rope_scaled(iq), iw, keys, visible, L.index_topk)
+            else:  # HCA: every visible entry
+                j = torch.arange(entries.shape[0], device=x.device)
+                ids = torch.where(j.unsqueeze(0) < visible.unsqueeze(1), j, -1).to(torch.int32)
+                lengths = visible
+        o, _ = sparse_attention(q, kv, window, extra_kv=entries, extra_indices=ids, extra_topk_length=lengths,
+                                attn_sink=self.sinks, softmax_scale=self.scaling)  # fmt: skip
+        o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
+        return self._output_projection(o)
+
     def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank projection: group g of heads -> o_a_proj block g -> concat -> o_b_proj."""
         T, G = o.shape[0], self.o_groups
@@ -406,11 +494,15 @@ class DeepseekV4Attention(nn.Module):
         from .paged_cache import PagedKVCache
 
         cache = cache if cache is not None else past_key_values
+        call_only = cache is None  # nothing is kept after this call
         if cache is None:  # a cache for this call only (the transformers integration's cache-less forwards)
             cache = longattn_cache
         if hidden_states.dim() != 3:
             raise ValueError(f"DeepseekV4Attention: hidden_states must be [B, S, dim], got {list(hidden_states.shape)}")
         B, S, dim = hidden_states.shape
+        if call_only and torch.is_grad_enabled():
+            if hidden_states.requires_grad or any(p.requires_grad for p in self.parameters()):
+                return self._train_step(hidden_states, cache), None  # training: differentiable, no cache
         if cache is None:  # one-shot prefill from position 0, nothing kept
             cache = PagedKVCache([self.layer], max_batch_size=B, max_context=max(S, 1), device=hidden_states.device)
             cache.begin_step(B, S)

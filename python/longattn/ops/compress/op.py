@@ -87,7 +87,15 @@ def _pool_backward(ctx, grad):
         b_ = b.detach().requires_grad_(need_b)
         out = pool_entries(a_, b_, ctx.ratio, ctx.overlap)
         wrt = [x for x, need in ((a_, need_a), (b_, need_b)) if need]
-        grads = iter(torch.autograd.grad(out, wrt, grad))
+        # allow_unused: no entry (S < ratio) reads no token; unused inputs get zeros
+        grads = (
+            iter(
+                g if g is not None else torch.zeros_like(x)
+                for g, x in zip(torch.autograd.grad(out, wrt, grad, allow_unused=True, materialize_grads=False), wrt)
+            )
+            if out.requires_grad
+            else iter(torch.zeros_like(x) for x in wrt)
+        )
     return (next(grads) if need_a else None), (next(grads) if need_b else None), None, None, None
 
 
