@@ -389,6 +389,29 @@ def compress_pool_autograd(a, b, ratio, overlap):
     return torch.stack(entries)
 
 
+def indexer_kl_loss(q, kv, iq, iw, ik, ve, indices, scale):
+    """Dense float64 formula: candidate counts [T, N], target = mean over heads of the softmaxes over
+    the candidates, KL against the log-softmax of the scores over the candidates, mean over tokens."""
+    T, N = q.shape[0], kv.shape[0]
+    j = torch.arange(N)
+    if indices is None:
+        count = (j.unsqueeze(0) < ve.unsqueeze(1)).double()
+    else:
+        ids = indices.long()
+        ok = (ids >= 0) & (ids < ve.unsqueeze(1)) & (ids < N)
+        count = torch.zeros(T, N, dtype=torch.float64).scatter_add_(1, torch.where(ok, ids, 0), ok.double())
+    has = count.sum(1) > 0  # tokens with a candidate (the others do not count)
+    if not bool(has.any()):
+        return (iq.sum() + iw.sum() + ik.sum()) * 0.0
+    logc = torch.log(count[has])  # -inf where not a candidate; log 2 for an id given twice
+    s = scale * torch.einsum("thd,nd->thn", q[has].double(), kv.double()) + logc.unsqueeze(1)
+    p = torch.softmax(s, -1).mean(1)
+    score = torch.einsum("th,thn->tn", iw[has], torch.relu(torch.einsum("thd,nd->thn", iq[has], ik))) + logc
+    log_q = torch.log_softmax(score, -1)
+    kl = torch.where(p > 0, p * (torch.log(p) - log_q.masked_fill(p == 0, 0.0)), torch.zeros_like(p)).sum(1)
+    return kl.sum() / has.sum()
+
+
 def _round_half_even(v: float) -> float:
     """Round a non-negative float64 to the nearest integer, ties to even (exact for v < 2**52)."""
     f = math.floor(v)

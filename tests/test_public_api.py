@@ -9,6 +9,7 @@ EXPECTED = {
     "apply_attention_sink",
     "indexer_logits",
     "indexer_topk",
+    "indexer_kl_loss",
     "compress_pool",
     "compress_kv",
     "append_kv",

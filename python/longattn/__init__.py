@@ -16,7 +16,7 @@ from .layers import HybridAttention
 from .ops.append import append_kv
 from .ops.combine import apply_attention_sink, merge_attention_states
 from .ops.compress import compress_kv, compress_pool
-from .ops.indexer import indexer_logits, indexer_topk
+from .ops.indexer import indexer_kl_loss, indexer_logits, indexer_topk
 from .ops.sparse_attention import sparse_attention
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "apply_attention_sink",
     "indexer_logits",
     "indexer_topk",
+    "indexer_kl_loss",
     "compress_pool",
     "compress_kv",
     "append_kv",

@@ -9,7 +9,9 @@ import pytest
 import torch
 from longattn.nn import DeepseekV4Attention, PagedKVCache
 
-from tests.nn.dense_v4 import dense_v4_layer
+from tests import oracle
+from tests.layers.dense_layer import entries
+from tests.nn.dense_v4 import _norm_weights, dense_v4_layer, layer_inputs
 from tests.nn.helpers import TINY, tiny_layer
 
 U32 = 2.0**-24
@@ -90,3 +92,32 @@ def test_a_kept_cache_stays_inference_only():
     out, _ = m(torch.randn(1, 12, TINY.dim), cache=cache)
     with pytest.raises(NotImplementedError, match="has no backward pass"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("stage", ["dense", "sparse"])
+def test_indexer_loss_trains_the_indexer_only(stage):
+    """forward_train(indexer_loss=...) returns the same output and the layer's indexer KL loss; its
+    gradient reaches the indexer's weights and nothing else. The dense stage's value equals the float64
+    oracle on the spec's entries and keys (tests/oracle.py)."""
+    m = tiny_layer(KINDS["csa"], seed=6)
+    x = torch.randn(1, 29, 32, generator=torch.Generator().manual_seed(7))
+    out, loss = m.forward_train(x, indexer_loss=stage)
+    torch.testing.assert_close(out, m.forward_train(x), atol=0, rtol=0)
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert (p.grad is not None and bool(p.grad.any())) == name.startswith(INDEXER), name
+    if stage == "dense":
+        L = m.layer
+        seq = layer_inputs(m, x[0])
+        comp_w, idx_w = _norm_weights(m)
+        ent = entries(seq["compress_a"], seq["compress_b"], L, comp_w, m.rope_inv_freq)
+        keys = entries(seq["index_a"], seq["index_b"], L, idx_w, m.rope_inv_freq)
+        vis = (torch.arange(29) + 1) // L.compress_ratio
+        want = oracle.indexer_kl_loss(seq["q"], ent, seq["index_q"], seq["index_weights"], keys, vis, None,
+                                      L.softmax_scale)  # fmt: skip
+        assert abs(loss.item() - want.item()) <= 1e-5 * (1 + abs(want.item()))
+
+
+def test_indexer_loss_only_on_csa_layers():
+    with pytest.raises(ValueError, match="CSA"):
+        tiny_layer(KINDS["hca"]).forward_train(torch.randn(1, 9, 32), indexer_loss="dense")

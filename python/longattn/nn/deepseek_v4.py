@@ -384,27 +384,46 @@ class DeepseekV4Attention(nn.Module):
         return self._output_projection(o)
 
     # -- training: whole sequences, no cache, differentiable -----------------------------------------------
-    def forward_train(self, hidden_states: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward_train(
+        self, hidden_states: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None, indexer_loss: Optional[str] = None
+    ):
         """Whole sequences from position 0 without a cache, differentiable: ``[B, S, dim]`` (each row a
         sequence), or sequence-packed ``[T, dim]`` with ``cu_seqlens [N+1]`` (varlen). Same function as
         the paged path: compressed entries and indexer keys by ``compress_pool`` + RMSNorm + RoPE (what
         ``compress_kv`` computes), the indexer's top-k (a selection: no gradient reaches the indexer
         through it), then one ``sparse_attention`` over the window and the selected entries.
 
-        Gradients reach every weight except the indexer's (q_b_proj, weights_proj and its compressor:
-        trained by its own loss in DeepSeek's recipe, not built here yet)."""
+        Gradients reach every weight except the indexer's (q_b_proj, weights_proj and its compressor):
+        the top-k is a selection. DeepSeek trains the indexer with its own loss: ``indexer_loss="dense"``
+        (warm-up: over every visible entry) or ``"sparse"`` (over the selected entries) also returns
+        ``longattn.indexer_kl_loss`` of the layer (CSA only), averaged over the tokens that have a
+        candidate: ``(out, loss)``; its gradient reaches only the indexer's weights (the indexer's
+        inputs are detached, as in DeepSeek-V3.2's recipe)."""
+        if indexer_loss not in (None, "dense", "sparse"):
+            raise ValueError(f"forward_train: indexer_loss must be None, 'dense' or 'sparse', got {indexer_loss!r}")
+        if indexer_loss is not None and self.kind != "csa":
+            raise ValueError(f"forward_train: indexer_loss applies to CSA layers (this one is {self.kind})")
         x = hidden_states
         if cu_seqlens is None:
             if x.dim() != 3:
                 raise ValueError(f"forward_train: hidden_states must be [B, S, dim], got {list(x.shape)}")
-            return torch.stack([self._train_sequence(row) for row in x]) if x.shape[0] else x.new_zeros(x.shape)
-        if x.dim() != 2:
-            raise ValueError(f"forward_train: with cu_seqlens, hidden_states must be [T, dim], got {list(x.shape)}")
-        cu = [int(v) for v in cu_seqlens.tolist()]
-        if cu[0] != 0 or cu[-1] != x.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
-            raise ValueError(f"forward_train: cu_seqlens must go from 0 to T={x.shape[0]} without decreasing, got {cu}")
-        parts = [self._train_sequence(x[a:b]) for a, b in zip(cu, cu[1:]) if b > a]
-        return torch.cat(parts) if parts else x.new_zeros(0, self.o_b_proj.weight.shape[0])
+            rows = [self._train_sequence(row, indexer_loss) for row in x]
+            out = torch.stack([r[0] for r in rows]) if rows else x.new_zeros(x.shape)
+        else:
+            if x.dim() != 2:
+                raise ValueError(f"forward_train: with cu_seqlens, hidden_states must be [T, dim], got {list(x.shape)}")
+            cu = [int(v) for v in cu_seqlens.tolist()]
+            if cu[0] != 0 or cu[-1] != x.shape[0] or any(b < a for a, b in zip(cu, cu[1:])):
+                raise ValueError(
+                    f"forward_train: cu_seqlens must go from 0 to T={x.shape[0]} without decreasing, got {cu}"
+                )
+            rows = [self._train_sequence(x[a:b], indexer_loss) for a, b in zip(cu, cu[1:]) if b > a]
+            out = torch.cat([r[0] for r in rows]) if rows else x.new_zeros(0, self.o_b_proj.weight.shape[0])
+        if indexer_loss is None:
+            return out
+        counted = sum(r[2] for r in rows)  # token-weighted mean over the sequences
+        loss = sum(r[1] * r[2] for r in rows) / max(counted, 1) if rows else x.new_zeros(())
+        return out, loss
 
     def _train_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         """``forward`` under grad mode without a kept cache: every row a sequence from position 0
@@ -433,9 +452,10 @@ class DeepseekV4Attention(nn.Module):
         starts = torch.arange(pooled.shape[0], device=x.device) * comp.ratio  # entry j at position j * ratio
         return apply_rope(normed, starts, self._rope_table())
 
-    def _train_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """One sequence ``x [S, dim]`` from position 0 -> ``[S, dim]`` (see ``forward_train``)."""
-        from ..ops.indexer import indexer_topk
+    def _train_sequence(self, x: torch.Tensor, indexer_loss: Optional[str] = None):
+        """One sequence ``x [S, dim]`` from position 0 -> (``[S, dim]``, its indexer loss or 0, the tokens
+        that loss averages over) (see ``forward_train``)."""
+        from ..ops.indexer import indexer_kl_loss, indexer_topk
         from ..ops.sparse_attention import sparse_attention
 
         L = self.layer
@@ -450,18 +470,27 @@ class DeepseekV4Attention(nn.Module):
         kv = self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs))
         window = (pos.unsqueeze(1) - (L.window - 1) + torch.arange(L.window, device=x.device)).to(torch.int32)
         entries = ids = lengths = None
+        aux, n_aux = x.new_zeros(()), 0
         if self.compressor is not None:
             r = L.compress_ratio
             entries = self._train_entries(self.compressor, x, pos).to(kv.dtype)
             visible = ((pos + 1) // r).to(torch.int32)
             if isinstance(self.compressor, CSACompressor):
                 idx: Indexer = self.compressor.indexer
-                with torch.no_grad():  # the selection: ids only
-                    keys = self._train_entries(idx, x, pos)
-                    iq = apply_rope(idx.q_b_proj(cq).view(S, idx.n_heads, idx.head_dim), head_pos, freqs)
+                # The indexer's inputs are detached (DeepSeek-V3.2: its loss trains the indexer only)
+                xi, cqi = x.detach(), cq.detach()
+                with torch.set_grad_enabled(indexer_loss is not None and torch.is_grad_enabled()):
+                    keys = self._train_entries(idx, xi, pos)
+                    iq = self._rope_scaled(
+                        apply_rope(idx.q_b_proj(cqi).view(S, idx.n_heads, idx.head_dim), head_pos, freqs)
+                    )
                     wp = idx.scorer.weights_proj
-                    iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
-                    ids, lengths = indexer_topk(self._rope_scaled(iq), iw, keys, visible, L.index_topk)
+                    iw = wp(xi.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+                ids, lengths = indexer_topk(iq.detach(), iw.detach(), keys.detach(), visible, L.index_topk)
+                if indexer_loss is not None:
+                    cand = None if indexer_loss == "dense" else ids
+                    aux = indexer_kl_loss(q, entries, iq, iw, keys, visible, indices=cand, softmax_scale=self.scaling)
+                    n_aux = int((visible > 0).sum()) if cand is None else int((lengths > 0).sum())
             else:  # HCA: every visible entry
                 j = torch.arange(entries.shape[0], device=x.device)
                 ids = torch.where(j.unsqueeze(0) < visible.unsqueeze(1), j, -1).to(torch.int32)
@@ -469,7 +498,7 @@ class DeepseekV4Attention(nn.Module):
         o, _ = sparse_attention(q, kv, window, extra_kv=entries, extra_indices=ids, extra_topk_length=lengths,
                                 attn_sink=self.sinks, softmax_scale=self.scaling)  # fmt: skip
         o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
-        return self._output_projection(o)
+        return self._output_projection(o), aux, n_aux
 
     def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank projection: group g of heads -> o_a_proj block g -> concat -> o_b_proj."""
