@@ -62,12 +62,12 @@ SHARD_TIMEOUT=$(( $(left) - 180 ))
 echo "== tests (shards in parallel, timeout ${SHARD_TIMEOUT}s)"
 T=tests/triton
 O=tests/ops  # the op x backend tests: -k triton selects their Triton parameter (on CUDA tensors here)
-run_shard ops_sparse   $O/test_sparse_attention.py -k triton &
+run_shard ops_sparse   $O/test_sparse_attention.py $O/test_sparse_attention_backward.py -k triton &
 run_shard ops_rest     $O/test_indexer.py $O/test_combine.py $O/test_compress.py $O/test_append.py -k triton &
 run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
 run_shard sparse_rest  $T/test_triton_sparse_attention.py -k "not cases_split_kv" &
 run_shard indexer      $T/test_triton_indexer.py &
-run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py &
+run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py $T/test_triton_sparse_attention_backward.py &
 run_shard cache_ops    $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
 wait
 {

@@ -98,6 +98,54 @@ def compile_all() -> list:
             tsa._sparse_attn_fwd_kernel,
             *_sparse(tl, tsa, dt, D, cfg, fp8, split),
         )
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    for D, atomic in [(512, True), (576, False), (128, True)]:
+        bcfg = tbw.default_config(D)
+        build(
+            f"sparse backward bf16 D={D} atomic={atomic} {bcfg}",
+            tbw._sparse_attn_bwd_kernel,
+            dict(
+                p_q="*bf16",
+                p_do="*bf16",
+                p_L="*fp32",
+                p_lse="*fp32",
+                p_delta="*fp32",
+                p_dlse="*fp32",
+                p_dq="*fp32",
+                p_kv="*bf16",
+                p_idx="*i32",
+                p_len="*i32",
+                p_kv2="*bf16",
+                p_idx2="*i32",
+                p_len2="*i32",
+                p_dkv="*fp32",
+                p_dkv2="*fp32",
+                p_ws="*fp32",
+                scale="fp32",
+                t_base="i64",
+                num_slots="i64",
+                num_slots2="i64",
+            ),  # fmt: skip
+            dict(
+                HAS_LEN=True,
+                HAS_EXTRA=True,
+                HAS_ELEN=True,
+                HAS_DLSE=True,
+                ATOMIC=atomic,
+                BLOCK_H=bcfg["BLOCK_H"],
+                BLOCK_N=bcfg["BLOCK_N"],
+                BLOCK_D=bcfg["BLOCK_D"],
+                stride_qd=1,
+                stride_dod=1,
+                stride_kd=1,
+                stride_k2d=1,
+                stride_ik=1,
+                stride_i2k=1,
+            ),  # fmt: skip
+            bcfg["num_warps"],
+            1,
+        )
     build(
         "combine_splits",
         tsa._combine_splits_kernel,

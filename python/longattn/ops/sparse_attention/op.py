@@ -102,16 +102,27 @@ def _fake(q, *args):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, kv, kv_ps, indices, topk_length, extra_kv, extra_ps, extra_indices, extra_topk_length, sink, scale, _ = inputs
-    ctx.scale, ctx.float_pools = scale, (kv_ps == 0, extra_kv is None or extra_ps == 0)
-    ctx.save_for_backward(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, output[1])
+    q, kv, kv_ps, indices, topk_length, extra_kv, extra_ps, extra_indices, extra_topk_length, sink, scale, be = inputs
+    ctx.scale, ctx.float_pools, ctx.backend = scale, (kv_ps == 0, extra_kv is None or extra_ps == 0), be
+    ctx.save_for_backward(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, *output)
+
+
+def _triton_backward(ctx, q) -> bool:
+    """The Triton backward runs where the forward's backend was forced to triton, or on CUDA tensors
+    by default when triton is installed; otherwise the PyTorch one (backward.py)."""
+    if ctx.backend == "triton":
+        return True
+    if ctx.backend is not None or q.device.type != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _backward(ctx, dout, dlse):
-    """Gradients for q, both float streams and the sink (backward.py); FP8 pools (bytes) get none."""
-    from .backward import sparse_attention_backward
-
-    q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, lse = ctx.saved_tensors
+    """Gradients for q, both float streams and the sink (backward.py or triton_backward.py); FP8
+    pools (bytes) get none."""
+    q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length, sink, out, lse = ctx.saved_tensors
     if not all(ctx.float_pools):
         if any(ctx.needs_input_grad[i] for i in (0, 9)):
             raise NotImplementedError("longattn.sparse_attention: no backward through an FP8 pool (inference only)")
@@ -119,7 +130,14 @@ def _backward(ctx, dout, dlse):
     streams = [(kv, indices, topk_length)] + (
         [] if extra_kv is None else [(extra_kv, extra_indices, extra_topk_length)]
     )
-    dq, drows, dsink = sparse_attention_backward(q, streams, sink, ctx.scale, lse, dout, dlse)
+    if _triton_backward(ctx, q):
+        from .triton_backward import sparse_attention_backward as triton_bwd
+
+        dq, drows, dsink = triton_bwd(q, streams, sink, ctx.scale, out, lse, dout, dlse)
+    else:
+        from .backward import sparse_attention_backward
+
+        dq, drows, dsink = sparse_attention_backward(q, streams, sink, ctx.scale, lse, dout, dlse)
     d_extra = drows[1].to(extra_kv.dtype) if extra_kv is not None else None
     return (dq.to(q.dtype), drows[0].to(kv.dtype), None, None, None, d_extra, None, None, None,
             None if dsink is None else dsink.to(sink.dtype), None, None)  # fmt: skip
