@@ -81,3 +81,11 @@ def test_bad_arguments_are_named():
         longattn.indexer_kl_loss(q, kv, iq, iw, ik[:-1], ve)
     with pytest.raises(ValueError, match="index_weights"):
         longattn.indexer_kl_loss(q, kv, iq, iw[:, :1], ik, ve)
+
+
+def test_custom_op_opcheck_with_gradients():
+    g = torch.Generator().manual_seed(6)
+    q, kv, iq, iw, ik, ve, idx = _case(g, T=4, N=9, K=4)
+    for indices in (None, idx):
+        args = (q, kv, iq.requires_grad_(), iw.requires_grad_(), ik.requires_grad_(), ve.clamp(0, 9), indices, 0.5)
+        torch.library.opcheck(torch.ops.longattn.indexer_kl_loss.default, args)

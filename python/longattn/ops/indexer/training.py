@@ -15,11 +15,13 @@ Blockwise: entries in blocks (dense) or the K selected rows per token (sparse), 
 kept. The backward recomputes the blocks: ``dI_tj = g_t (softmax(I_t)_j - p_t(j))``, then through the
 score into the indexer's q, weights and keys (``index_add_`` for the keys: deterministic on CPU).
 Gradients flow only into the indexer's inputs (the target is detached). fp32 (float64 inputs: float64).
+Registered as the custom op ``torch.ops.longattn.indexer_kl_loss`` (a fake implementation and its
+backward through ``torch.library``; it returns the loss and the log-sum-exps the backward reuses).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -56,62 +58,106 @@ def _block(q, kv, iq, iw, ik, ve, indices, j0, j1, scale):
     return s, a, score, mask, rows, kk
 
 
-class _IndexerKL(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, kv, iq, iw, ik, ve, indices, scale):  # type: ignore[override]
-        cdt = torch.float64 if iq.dtype == torch.float64 else torch.float32
-        T = q.shape[0]
-        per_token = (q.shape[1] + iq.shape[1] + 4) * 4 * DENSE_BLOCK * 3 + (kv.shape[1] + ik.shape[1]) * 4 * DENSE_BLOCK
-        step = max(1, rows_per_chunk(per_token, T, chunk_budget_bytes()))
-        losses = torch.zeros(T, dtype=cdt, device=q.device)
-        lse_s = torch.full((T, q.shape[1]), NEG_INF, dtype=cdt, device=q.device)
-        lse_i = torch.full((T,), NEG_INF, dtype=cdt, device=q.device)
-        n_max = int(ve.max()) if T else 0
-        for t0 in range(0, T, step):
-            t1 = min(T, t0 + step)
-            args = _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt)
-            blocks = _blocks(n_max, t1 - t0, args[6])
-            for j0, j1 in blocks:  # pass 1: log-sum-exps over the candidates
-                s, _, score, _, _, _ = _block(*args, j0, j1, scale)
-                lse_s[t0:t1] = torch.logaddexp(lse_s[t0:t1], torch.logsumexp(s, -1))
-                lse_i[t0:t1] = torch.logaddexp(lse_i[t0:t1], torch.logsumexp(score, -1))
-            for j0, j1 in blocks:  # pass 2: KL(p || softmax(I))
-                s, _, score, mask, _, _ = _block(*args, j0, j1, scale)
-                p = _target(s, lse_s[t0:t1], mask)
-                log_q = score - lse_i[t0:t1].unsqueeze(1)
-                losses[t0:t1] += torch.where(p > 0, p * (torch.log(p) - log_q), 0.0).sum(-1)
-        counted = torch.isfinite(lse_i)  # tokens with at least one candidate
-        n = counted.sum().clamp_min(1)
-        ctx.save_for_backward(q, kv, iq, iw, ik, ve, indices, lse_s, lse_i, counted)
-        ctx.scale, ctx.n, ctx.step, ctx.n_max = scale, n, step, n_max
-        return torch.where(counted, losses, 0.0).sum() / n
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        q, kv, iq, iw, ik, ve, indices, lse_s, lse_i, counted = ctx.saved_tensors
-        cdt = lse_s.dtype
-        T = q.shape[0]
-        d_iq = torch.zeros(iq.shape, dtype=cdt, device=iq.device)
-        d_iw = torch.zeros(iw.shape, dtype=cdt, device=iw.device)
-        d_ik = torch.zeros(ik.shape, dtype=cdt, device=ik.device)
-        g_t = torch.where(counted, grad.to(cdt) / ctx.n, 0.0)  # d loss / d KL_t
-        for t0 in range(0, T, ctx.step):
-            t1 = min(T, t0 + ctx.step)
-            args = _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt)
-            for j0, j1 in _blocks(ctx.n_max, t1 - t0, args[6]):
-                s, a, score, mask, rows, kk = _block(*args, j0, j1, ctx.scale)
-                p = _target(s, lse_s[t0:t1], mask)
-                soft_i = torch.where(mask, torch.exp(score - lse_i[t0:t1].unsqueeze(1)), 0.0)
-                d_score = g_t[t0:t1].unsqueeze(1) * (soft_i - p)  # [Tc, B]
-                d_a = d_score.unsqueeze(1) * args[3].unsqueeze(-1) * (a > 0)  # [Tc, Hi, B]
-                d_iw[t0:t1] += torch.einsum("tb,thb->th", d_score, torch.relu(a))
-                d_iq[t0:t1] += torch.einsum("thb,tbd->thd", d_a, kk)
-                d_rows = torch.where(mask.unsqueeze(-1), torch.einsum("thb,thd->tbd", d_a, args[2]), 0.0)
-                d_ik.index_add_(0, rows.reshape(-1), d_rows.reshape(-1, ik.shape[1]))
-        return None, None, d_iq.to(iq.dtype), d_iw.to(iw.dtype), d_ik.to(ik.dtype), None, None, None
+def _plan(q, iq, kv, ik, ve):
+    """(token chunk, largest visible count) of one call (the same in the forward and the backward)."""
+    T = q.shape[0]
+    per_token = (q.shape[1] + iq.shape[1] + 4) * 4 * DENSE_BLOCK * 3 + (kv.shape[1] + ik.shape[1]) * 4 * DENSE_BLOCK
+    return max(1, rows_per_chunk(per_token, T, chunk_budget_bytes())), (int(ve.max()) if T else 0)
 
 
-def _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt):
+@torch.library.custom_op("longattn::indexer_kl_loss", mutates_args=())
+def _kl_op(
+    q: torch.Tensor, kv: torch.Tensor, iq: torch.Tensor, iw: torch.Tensor, ik: torch.Tensor, ve: torch.Tensor,
+    indices: Optional[torch.Tensor], scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss, lse_s [T, H], lse_i [T]): the loss and the log-sum-exps its backward reuses."""
+    cdt = torch.float64 if iq.dtype == torch.float64 else torch.float32
+    T = q.shape[0]
+    step, n_max = _plan(q, iq, kv, ik, ve)
+    losses = torch.zeros(T, dtype=cdt, device=q.device)
+    lse_s = torch.full((T, q.shape[1]), NEG_INF, dtype=cdt, device=q.device)
+    lse_i = torch.full((T,), NEG_INF, dtype=cdt, device=q.device)
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        args = _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt)
+        blocks = _blocks(n_max, t1 - t0, args[6])
+        for j0, j1 in blocks:  # pass 1: log-sum-exps over the candidates
+            s, _, score, _, _, _ = _block(*args, j0, j1, scale)
+            lse_s[t0:t1] = torch.logaddexp(lse_s[t0:t1], torch.logsumexp(s, -1))
+            lse_i[t0:t1] = torch.logaddexp(lse_i[t0:t1], torch.logsumexp(score, -1))
+        for j0, j1 in blocks:  # pass 2: KL(p || softmax(I))
+            s, _, score, mask, _, _ = _block(*args, j0, j1, scale)
+            p = _target(s, lse_s[t0:t1], mask)
+            log_q = score - lse_i[t0:t1].unsqueeze(1)
+            losses[t0:t1] += torch.where(p > 0, p * (torch.log(p) - log_q), 0.0).sum(-1)
+    counted = torch.isfinite(lse_i)  # tokens with at least one candidate
+    loss = torch.where(counted, losses, 0.0).sum() / counted.sum().clamp_min(1)
+    return loss.to(iq.dtype), lse_s, lse_i
+
+
+@_kl_op.register_fake
+def _kl_fake(q, kv, iq, iw, ik, ve, indices, scale):
+    cdt = torch.float64 if iq.dtype == torch.float64 else torch.float32
+    T, H = q.shape[0], q.shape[1]
+    return iq.new_empty(()), q.new_empty((T, H), dtype=cdt), q.new_empty((T,), dtype=cdt)
+
+
+def _kl_setup(ctx, inputs, output) -> None:
+    q, kv, iq, iw, ik, ve, indices, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(q, kv, iq, iw, ik, ve, indices, output[1], output[2])
+
+
+def _kl_backward(ctx, grad, _g_lse_s, _g_lse_i):
+    q, kv, iq, iw, ik, ve, indices, lse_s, lse_i = ctx.saved_tensors
+    d_iq, d_iw, d_ik = _kl_backward_op(q, kv, iq, iw, ik, ve, indices, ctx.scale, lse_s, lse_i, grad)
+    return None, None, d_iq, d_iw, d_ik, None, None, None
+
+
+@torch.library.custom_op("longattn::indexer_kl_loss_backward", mutates_args=())
+def _kl_backward_op(
+    q: torch.Tensor, kv: torch.Tensor, iq: torch.Tensor, iw: torch.Tensor, ik: torch.Tensor, ve: torch.Tensor,
+    indices: Optional[torch.Tensor], scale: float, lse_s: torch.Tensor, lse_i: torch.Tensor, grad: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Recomputes the blocks: ``dI = g (softmax(I) - p) / n``, then through relu into q, w and keys
+    (a custom op of its own: its block loop depends on the data, so a traced graph calls it whole)."""
+    cdt = lse_s.dtype
+    T = q.shape[0]
+    step, n_max = _plan(q, iq, kv, ik, ve)
+    d_iq = torch.zeros(iq.shape, dtype=cdt, device=iq.device)
+    d_iw = torch.zeros(iw.shape, dtype=cdt, device=iw.device)
+    d_ik = torch.zeros(ik.shape, dtype=cdt, device=ik.device)
+    counted = torch.isfinite(lse_i)
+    g_t = torch.where(counted, grad.to(cdt) / counted.sum().clamp_min(1), 0.0)  # d loss / d KL_t
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        args = _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt)
+        for j0, j1 in _blocks(n_max, t1 - t0, args[6]):
+            s, a, score, mask, rows, kk = _block(*args, j0, j1, scale)
+            p = _target(s, lse_s[t0:t1], mask)
+            soft_i = torch.where(mask, torch.exp(score - lse_i[t0:t1].unsqueeze(1)), 0.0)
+            d_score = g_t[t0:t1].unsqueeze(1) * (soft_i - p)  # [Tc, B]
+            d_a = d_score.unsqueeze(1) * args[3].unsqueeze(-1) * (a > 0)  # [Tc, Hi, B]
+            d_iw[t0:t1] += torch.einsum("tb,thb->th", d_score, torch.relu(a))
+            d_iq[t0:t1] += torch.einsum("thb,tbd->thd", d_a, kk)
+            d_rows = torch.where(mask.unsqueeze(-1), torch.einsum("thb,thd->tbd", d_a, args[2]), 0.0)
+            d_ik.index_add_(0, rows.reshape(-1), d_rows.reshape(-1, ik.shape[1]))
+    return d_iq.to(iq.dtype), d_iw.to(iw.dtype), d_ik.to(ik.dtype)
+
+
+@_kl_backward_op.register_fake
+def _kl_backward_fake(q, kv, iq, iw, ik, ve, indices, scale, lse_s, lse_i, grad):
+    return torch.empty_like(iq), torch.empty_like(iw), torch.empty_like(ik)
+
+
+_kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
+
+
+_T = torch.Tensor
+_Args = Tuple[_T, _T, _T, _T, _T, _T, Optional[_T]]  # q, kv, iq, iw, ik, ve, indices of a token chunk
+
+
+def _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt) -> _Args:
     return (q[t0:t1].to(cdt), kv, iq[t0:t1].to(cdt), iw[t0:t1].to(cdt), ik, ve[t0:t1].long(),
             None if indices is None else indices[t0:t1])  # fmt: skip
 
@@ -169,4 +215,4 @@ def indexer_kl_loss(
         chk.dim("indices", indices, 0, T, "one row per token of q")
     scale = D**-0.5 if softmax_scale is None else chk.finite_scale("softmax_scale", softmax_scale)
     ve = visible_end.clamp(0, kv.shape[0])
-    return _IndexerKL.apply(q.detach(), kv.detach(), index_q, index_weights, index_k, ve, indices, scale)
+    return _kl_op(q.detach(), kv.detach(), index_q, index_weights, index_k, ve, indices, scale)[0]
