@@ -130,3 +130,20 @@ def test_layer_runs_under_grad_mode_and_refuses_backward(kind):
         assert p.grad_fn is None and not p.requires_grad
     with pytest.raises(NotImplementedError, match="has no backward pass"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("op", ["merge_attention_states", "apply_attention_sink", "compress_pool"])
+def test_opcheck_with_gradients(op):
+    """The registered backward passes torch.library's checks (autograd registration, AOT dispatch of
+    the forward and backward with static and dynamic shapes) on inputs that require grad."""
+    g = torch.Generator().manual_seed(9)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).requires_grad_()
+
+    args = {
+        "merge_attention_states": (r(3, 2, 8), r(3, 2), r(3, 2, 8), r(3, 2), None),
+        "apply_attention_sink": (r(3, 2, 8), r(3, 2), r(2), None),
+        "compress_pool": (r(13, 12), r(13, 12), 4, True, None),
+    }[op]
+    torch.library.opcheck(getattr(torch.ops.longattn, op).default, args)
