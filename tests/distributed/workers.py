@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from longattn.distributed import CPError, PageShards, cp_indexer_topk, cp_sparse_attention
 
-from tests.layers.helpers import D, H, make_manager, make_sequence, run_schedule, schedules, tiny_layer
+from tests.layers.helpers import D, layer_weights, make_manager, make_sequence, run_schedule, schedules, tiny_layer
 from tests.tolerance import U32, assert_close, attention_bounds
 
 
@@ -187,11 +187,7 @@ def layer_equals_one_device(rank: int, world: int, kind: str, page_size: int, se
     g = torch.Generator().manual_seed(seed)
     lengths = {"a": 37, "b": 21, "c": 9}
     seqs = {nm: make_sequence(layer, S, g) for nm, S in lengths.items()}
-    weights = dict(
-        attn_sink=torch.randn(H, generator=g),
-        compress_norm_weight=1 + 0.1 * torch.randn(D, generator=g),
-        index_norm_weight=1 + 0.1 * torch.randn(layer.index_head_dim, generator=g),
-    )
+    weights = layer_weights(layer, g)
     shards = PageShards(world, rank, page_size)
 
     def one_device(L, ps):

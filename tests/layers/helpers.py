@@ -30,7 +30,12 @@ def make_manager(layer, page_size, pages=128, shards=None):
     )
 
 
-def make_sequence(layer, S, g):
+def make_sequence(layer, S, g, monotone_index=False):
+    """Per-token inputs of one sequence of ``layer``. ``monotone_index``: indexer keys whose direction
+    turns toward a fixed vector u as the position grows (non-rope dims), and queries along u with
+    positive weights, so that the indexer score grows with the entry id (the newest visible entry
+    ranks first)."""
+    H, D = layer.n_heads, layer.head_dim
     c = 2 if layer.overlap else 1
     seq = dict(q=torch.randn(S, H, D, generator=g), kv=torch.randn(S, D, generator=g))
     if layer.compress_ratio:
@@ -43,7 +48,28 @@ def make_sequence(layer, S, g):
             index_a=torch.randn(S, 2 * Di, generator=g),
             index_b=torch.randn(S, 2 * Di, generator=g) * 2,
         )
+        if monotone_index:
+            free = Di - layer.rope_dim  # RoPE rotates the last rope_dim dims of each key
+            u = torch.zeros(Di)
+            u[: free // 2] = 1.0
+            v = torch.zeros(Di)
+            v[free // 2 : free] = 1.0
+            t = torch.arange(S, dtype=torch.float32).unsqueeze(1)
+            a = v + 0.25 * t * u  # pooled entry j ~ v + t_j u: its angle to u shrinks as j grows
+            seq["index_a"] = torch.cat([a, a], 1) + 0.01 * torch.randn(S, 2 * Di, generator=g)
+            seq["index_b"] = 0.1 * torch.randn(S, 2 * Di, generator=g)
+            seq["index_q"] = u.expand(S, Hi, Di) + 0.01 * torch.randn(S, Hi, Di, generator=g)
+            seq["index_weights"] = 1.0 + torch.rand(S, Hi, generator=g)
     return seq
+
+
+def layer_weights(layer, g):
+    """The weights a layer step takes (sink, compressor and indexer norm weights), O(1) and random."""
+    return dict(
+        attn_sink=torch.randn(layer.n_heads, generator=g),
+        compress_norm_weight=1 + 0.1 * torch.randn(layer.head_dim, generator=g),
+        index_norm_weight=1 + 0.1 * torch.randn(layer.index_head_dim, generator=g),
+    )
 
 
 def schedules(lengths, rng):

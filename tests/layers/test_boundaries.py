@@ -27,6 +27,7 @@ from longattn.rope import inv_freq
 
 from tests import oracle
 from tests.layers.dense_layer import dense_layer, entries, indexer_margin
+from tests.layers.helpers import make_sequence
 from tests.tolerance import U32, attention_bounds
 
 
@@ -48,37 +49,6 @@ def make_manager(layer, page_size, window_pages, entry_pages, state_pages):
         num_state_pages={r: state_pages},
         window=layer.window,
     )
-
-
-def make_sequence(layer, S, g, monotone_index=False):
-    """Per-token inputs of one sequence. ``monotone_index``: indexer keys whose direction turns toward
-    a fixed vector u as the position grows (non-rope dims), and queries along u with positive
-    weights, so that the indexer score grows with the entry id (the newest visible entry ranks first)."""
-    H, D = layer.n_heads, layer.head_dim
-    c = 2 if layer.overlap else 1
-    seq = dict(q=torch.randn(S, H, D, generator=g), kv=torch.randn(S, D, generator=g))
-    seq.update(compress_a=torch.randn(S, c * D, generator=g), compress_b=torch.randn(S, c * D, generator=g) * 2)
-    if layer.uses_indexer:
-        Hi, Di = layer.index_n_heads, layer.index_head_dim
-        seq.update(
-            index_q=torch.randn(S, Hi, Di, generator=g),
-            index_weights=torch.randn(S, Hi, generator=g),
-            index_a=torch.randn(S, 2 * Di, generator=g),
-            index_b=torch.randn(S, 2 * Di, generator=g) * 2,
-        )
-        if monotone_index:
-            free = Di - layer.rope_dim  # RoPE rotates the last rope_dim dims of each key
-            u = torch.zeros(Di)
-            u[: free // 2] = 1.0
-            v = torch.zeros(Di)
-            v[free // 2 : free] = 1.0
-            t = torch.arange(S, dtype=torch.float32).unsqueeze(1)
-            a = v + 0.25 * t * u  # pooled entry j ~ v + t_j u: its angle to u shrinks as j grows
-            seq["index_a"] = torch.cat([a, a], 1) + 0.01 * torch.randn(S, 2 * Di, generator=g)
-            seq["index_b"] = 0.1 * torch.randn(S, 2 * Di, generator=g)
-            seq["index_q"] = u.expand(S, Hi, Di) + 0.01 * torch.randn(S, Hi, Di, generator=g)
-            seq["index_weights"] = 1.0 + torch.rand(S, Hi, generator=g)
-    return seq
 
 
 def run_steps(layer, mgr, seqs, steps, weights):

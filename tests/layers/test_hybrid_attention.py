@@ -9,7 +9,18 @@ import pytest
 import torch
 
 from tests.layers.dense_layer import dense_layer, indexer_margin
-from tests.layers.helpers import RATIO, D, H, W, make_manager, make_sequence, run_schedule, schedules, tiny_layer  # noqa: F401
+from tests.layers.helpers import (  # noqa: F401
+    RATIO,
+    D,
+    H,
+    W,
+    layer_weights,
+    make_manager,
+    make_sequence,
+    run_schedule,
+    schedules,
+    tiny_layer,
+)
 from tests.tolerance import U32, attention_bounds
 
 
@@ -20,11 +31,7 @@ def test_splits_agree_and_match_dense_float64(kind, page_size):
     g = torch.Generator().manual_seed(7 + page_size)
     lengths = {"a": 37, "b": 21, "c": 9}
     seqs = {nm: make_sequence(layer, S, g) for nm, S in lengths.items()}
-    weights = dict(
-        attn_sink=torch.randn(H, generator=g),
-        compress_norm_weight=1 + 0.1 * torch.randn(D, generator=g),
-        index_norm_weight=1 + 0.1 * torch.randn(layer.index_head_dim, generator=g),
-    )
+    weights = layer_weights(layer, g)
     for nm, s in seqs.items():  # a top-k decided by a near tie would not be a fair comparison
         assert indexer_margin(layer, s, weights["index_norm_weight"]) > 1e-4, nm
     results = {
