@@ -147,3 +147,41 @@ def test_opcheck_with_gradients(op):
         "compress_pool": (r(13, 12), r(13, 12), 4, True, None),
     }[op]
     torch.library.opcheck(getattr(torch.ops.longattn, op).default, args)
+
+
+def test_merge_and_sink_backward_formulas_pass_float64_gradcheck():
+    """The registered backward formulas (ops/combine/op.py) against numerical derivatives: each wrapped
+    with a float64 forward of its op's math (the ops take fp32 / bf16 / fp16 only)."""
+    from types import SimpleNamespace
+
+    from longattn.ops.combine import op as combine
+
+    class Merge(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, oa, la, ob, lb):
+            lse = torch.logaddexp(la, lb)
+            out = torch.exp(la - lse).unsqueeze(-1) * oa + torch.exp(lb - lse).unsqueeze(-1) * ob
+            ctx.save_for_backward(oa, la, ob, lb, out, lse)
+            return out, lse
+
+        @staticmethod
+        def backward(ctx, g_out, g_lse):
+            return combine._merge_backward(SimpleNamespace(saved_tensors=ctx.saved_tensors), g_out, g_lse)[:4]
+
+    class Sink(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, out, lse, sink):
+            ctx.save_for_backward(out, lse, sink)
+            return out * torch.sigmoid(lse - sink.unsqueeze(0)).unsqueeze(-1)
+
+        @staticmethod
+        def backward(ctx, g):
+            return combine._sink_backward(SimpleNamespace(saved_tensors=ctx.saved_tensors), g)[:3]
+
+    g = torch.Generator().manual_seed(10)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    assert torch.autograd.gradcheck(Merge.apply, (r(3, 2, 5), r(3, 2), r(3, 2, 5), r(3, 2)))
+    assert torch.autograd.gradcheck(Sink.apply, (r(3, 2, 5), r(3, 2), r(2)))

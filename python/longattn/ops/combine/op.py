@@ -51,6 +51,11 @@ def _merge_fake(out_a, lse_a, out_b, lse_b, backend):
     return torch.empty_like(out_a), lse_a.new_empty(lse_a.shape, dtype=torch.float32)
 
 
+def _compute_dtype(*xs: torch.Tensor) -> torch.dtype:
+    """fp32 for the backward formulas; float64 when the saved tensors are (to gradcheck them)."""
+    return torch.float64 if all(x.dtype == torch.float64 for x in xs) else torch.float32
+
+
 def _merge_setup(ctx, inputs, output):
     out_a, lse_a, out_b, lse_b, _ = inputs
     ctx.save_for_backward(out_a, lse_a, out_b, lse_b, output[0], output[1])
@@ -60,14 +65,15 @@ def _merge_backward(ctx, grad_out, grad_lse):
     """out = w_a out_a + w_b out_b, lse = log(e^lse_a + e^lse_b), w_x = e^(lse_x - lse):
     d out_x = g w_x;  d lse_x = w_x (<g, out_x - out> + g_lse). An empty side (w_x = 0) gets 0."""
     out_a, lse_a, out_b, lse_b, out, lse = ctx.saved_tensors
-    g = grad_out.float() if grad_out is not None else torch.zeros_like(out, dtype=torch.float32)
-    gl = grad_lse.float() if grad_lse is not None else torch.zeros_like(lse)
+    cdt = _compute_dtype(out_a, lse_a)
+    g = grad_out.to(cdt) if grad_out is not None else torch.zeros_like(out, dtype=cdt)
+    gl = grad_lse.to(cdt) if grad_lse is not None else torch.zeros_like(lse, dtype=cdt)
     grads = []
     for o_x, l_x in ((out_a, lse_a), (out_b, lse_b)):
-        w = torch.exp(l_x.float() - lse)
-        w = torch.where(torch.isneginf(l_x.float()), torch.zeros_like(w), w)  # an empty side: exactly 0
+        w = torch.exp(l_x.to(cdt) - lse.to(cdt))
+        w = torch.where(torch.isneginf(l_x), torch.zeros_like(w), w)  # an empty side: exactly 0
         d_out = g * w.unsqueeze(-1)
-        diff = torch.where((w > 0).unsqueeze(-1), o_x.float() - out.float(), torch.zeros_like(g))
+        diff = torch.where((w > 0).unsqueeze(-1), o_x.to(cdt) - out.to(cdt), torch.zeros_like(g))
         d_lse = w * ((g * diff).sum(-1) + gl)
         grads += [d_out.to(o_x.dtype), d_lse.to(l_x.dtype)]
     return grads[0], grads[1], grads[2], grads[3], None
@@ -148,11 +154,12 @@ def _sink_backward(ctx, grad):
     """y = out * f, f = sigmoid(lse - sink) (0 where lse = -inf): d out = g f;
     d lse = <g, out> f (1 - f); d sink = -sum over tokens of <g, out> f (1 - f)."""
     out, lse, attn_sink = ctx.saved_tensors
-    f = torch.sigmoid(lse.float() - attn_sink.float().unsqueeze(0))
-    f = torch.where(torch.isneginf(lse.float()), torch.zeros_like(f), f)
-    g = grad.float()
+    cdt = _compute_dtype(out, lse)
+    f = torch.sigmoid(lse.to(cdt) - attn_sink.to(cdt).unsqueeze(0))
+    f = torch.where(torch.isneginf(lse), torch.zeros_like(f), f)
+    g = grad.to(cdt)
     d_out = g * f.unsqueeze(-1)
-    slope = (g * out.float()).sum(-1) * f * (1 - f)  # [T, H]
+    slope = (g * out.to(cdt)).sum(-1) * f * (1 - f)  # [T, H]
     return d_out.to(out.dtype), slope.to(lse.dtype), (-slope.sum(0)).to(attn_sink.dtype), None
 
 
