@@ -185,3 +185,15 @@ def test_merge_and_sink_backward_formulas_pass_float64_gradcheck():
 
     assert torch.autograd.gradcheck(Merge.apply, (r(3, 2, 5), r(3, 2), r(3, 2, 5), r(3, 2)))
     assert torch.autograd.gradcheck(Sink.apply, (r(3, 2, 5), r(3, 2), r(2)))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_compress_pool_backward_passes_float64_gradcheck(overlap):
+    """compress_pool's backward differentiates the reference's pooling (ops/compress/op.py); that
+    pooling in float64 against numerical derivatives."""
+    from longattn.ops.compress.reference import compress_pool as pool_entries
+
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(13, 8, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(13, 8, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: pool_entries(x, y, 4, overlap), (a, b))

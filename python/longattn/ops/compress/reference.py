@@ -29,25 +29,27 @@ def pool_slots(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def compress_pool(a: torch.Tensor, b: torch.Tensor, ratio: int, overlap: bool) -> torch.Tensor:
+    """[S // ratio, d] entries in fp32 (float64 when a and b are: the backward's gradcheck)."""
     S, width = a.shape
     d = width // 2 if overlap else width
     n = S // ratio
-    out = torch.empty(n, d, dtype=torch.float32, device=a.device)
+    cdt = torch.float64 if a.dtype == b.dtype == torch.float64 else torch.float32
+    out = torch.empty(n, d, dtype=cdt, device=a.device)
     per_entry = 2 * ratio * d * 4 * 3
     step = rows_per_chunk(per_entry, n)
     for e0 in range(0, n, step):
         e1 = min(n, e0 + step)
         own = slice(e0 * ratio, e1 * ratio)
         if not overlap:
-            scores = b[own].to(torch.float32).view(e1 - e0, ratio, d)
-            values = a[own].to(torch.float32).view(e1 - e0, ratio, d)
+            scores = b[own].to(cdt).view(e1 - e0, ratio, d)
+            values = a[own].to(cdt).view(e1 - e0, ratio, d)
         else:
             # Slots 0..ratio-1: half A of the previous block; slots ratio..2*ratio-1: half B of the own.
-            own_b = b[own, d:].to(torch.float32).view(e1 - e0, ratio, d)
-            own_a = a[own, d:].to(torch.float32).view(e1 - e0, ratio, d)
+            own_b = b[own, d:].to(cdt).view(e1 - e0, ratio, d)
+            own_a = a[own, d:].to(cdt).view(e1 - e0, ratio, d)
             p0 = max(0, e0 - 1)  # first previous block that exists
-            prev_b = b[p0 * ratio : (e1 - 1) * ratio, :d].to(torch.float32).view(-1, ratio, d)
-            prev_a = a[p0 * ratio : (e1 - 1) * ratio, :d].to(torch.float32).view(-1, ratio, d)
+            prev_b = b[p0 * ratio : (e1 - 1) * ratio, :d].to(cdt).view(-1, ratio, d)
+            prev_a = a[p0 * ratio : (e1 - 1) * ratio, :d].to(cdt).view(-1, ratio, d)
             if e0 == 0:  # entry 0 has no previous block: score -inf, value 0
                 prev_b = torch.cat([own_b.new_full((1, ratio, d), NEG_INF), prev_b])
                 prev_a = torch.cat([own_a.new_zeros(1, ratio, d), prev_a])
