@@ -13,7 +13,8 @@ kernels themselves are verified on the CPU emulator only (``backend="ascend_sim"
 
 torch_npu is imported only on the first op call, and only when it is installed; importing this
 module imports neither torch_npu nor the library. The library is looked for in
-``$LONGATTN_ASCEND_NPU_LIB``, next to this package (``longattn/_lib``) and in ``ascend_c/build_npu``.
+``$LONGATTN_ASCEND_NPU_LIB``, next to this package (``longattn/_lib``), in ``$LONGATTN_NPU_BUILD_DIR`` and
+in ``ascend_c/build_npu``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def library_path() -> Optional[Path]:
+    """The kernel library: ``$LONGATTN_ASCEND_NPU_LIB``, ``longattn/_lib``, the build folder of
+    ``ascend_c/build_npu.sh`` (``$LONGATTN_NPU_BUILD_DIR``, default ``ascend_c/build_npu``)."""
+    build_dir = os.environ.get("LONGATTN_NPU_BUILD_DIR")
     candidates = [os.environ.get("LONGATTN_ASCEND_NPU_LIB")]
     candidates += [
         str(Path(__file__).resolve().parents[1] / "_lib" / LIB_NAME),
+        str(Path(build_dir) / LIB_NAME) if build_dir else None,
         str(REPO / "ascend_c" / "build_npu" / LIB_NAME),
     ]
     for c in candidates:

@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from .._env import positive_int
 from .ascend_sim_build import ASCEND_C, CSRC, EXT_NAME, SOURCES, build_flags, source_paths
 from .base import Backend
 
@@ -36,7 +37,7 @@ DEFAULT_CORES = 4
 
 
 def num_cores() -> int:
-    return max(1, int(os.environ.get("LONGATTN_ASCEND_SIM_CORES", DEFAULT_CORES)))
+    return positive_int("LONGATTN_ASCEND_SIM_CORES", DEFAULT_CORES)
 
 
 def compiler() -> Optional[str]:

@@ -49,13 +49,13 @@ Differences from the reference: summation order (online softmax over slot tiles,
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ..._env import positive_ints
 from ...cache import fp8
 from ..append.triton_append import (
     _bf16_bits,
@@ -447,9 +447,9 @@ def default_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
         BLOCK_K=SEARCH_PROBES,
         num_warps=8 if block_d >= 512 else 4,
     )
-    env = os.environ.get("LONGATTN_TRITON_COMPRESS_CFG")
+    env = positive_ints("LONGATTN_TRITON_COMPRESS_CFG", "BLOCK_S,num_warps")
     if env:
-        bs, nw = (int(v) for v in env.split(","))
+        bs, nw = env
         cfg.update(BLOCK_S=bs, num_warps=nw)
     return cfg
 

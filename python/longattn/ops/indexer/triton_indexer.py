@@ -27,13 +27,13 @@ a NaN score of either sign ranks as +inf (ties by id), as in the reference.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..._env import positive_ints
 from ..triton_utils import and_flag, interpreting
 from ..triton_utils import num_sms as _num_sms
 
@@ -63,9 +63,9 @@ def default_config(Hi: int, Di: int, device: torch.device) -> dict:
     overrides them for tuning."""
     block_hi = max(MIN_DOT, min(64, triton.next_power_of_2(Hi)))
     block_di = max(MIN_DOT, min(128, triton.next_power_of_2(Di)))
-    env = os.environ.get("LONGATTN_TRITON_INDEXER_CFG")
+    env = positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages")
     if env:
-        bn, nw, ns = (int(v) for v in env.split(","))
+        bn, nw, ns = env
         return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=bn, num_warps=nw, num_stages=ns)
     if device.type != "cuda" or interpreting():
         return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=4, num_stages=1)

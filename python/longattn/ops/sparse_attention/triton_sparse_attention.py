@@ -22,13 +22,13 @@ for the tensor-core dots (``P`` is rounded to that dtype before ``P V``, as in F
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..._env import positive_ints
 from ...cache import fp8
 from ..triton_utils import and_flag, interpreting
 from ..triton_utils import cast_out as _cast_out
@@ -76,9 +76,9 @@ def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.dev
     reports; no GPU timing yet): the largest head block whose [BLOCK_H, D] fp32 accumulator fits the
     registers without spilling. ``LONGATTN_TRITON_SPARSE_CFG`` = "BLOCK_H,BLOCK_N,num_warps,num_stages"
     overrides them (for tuning on a GPU; bench/triton_grid.py sweeps a few)."""
-    env = os.environ.get("LONGATTN_TRITON_SPARSE_CFG")
+    env = positive_ints("LONGATTN_TRITON_SPARSE_CFG", "BLOCK_H,BLOCK_N,num_warps,num_stages")
     if env:
-        bh, bn, nw, ns = (int(v) for v in env.split(","))
+        bh, bn, nw, ns = env
         return dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=ns)
     h_tile = max(MIN_DOT, min(64, triton.next_power_of_2(H)))
     if device.type != "cuda" or interpreting():
