@@ -58,6 +58,15 @@ def test_deepseek_v4_module_with_a_process_group_equals_one_device(idx):
     run_ranks(2, workers.module_equals_one_device, idx)
 
 
+def test_swapped_transformers_model_generates_with_a_group():
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install longattn[transformers])")
+    try:
+        from transformers import DeepseekV4ForCausalLM  # noqa: F401
+    except ImportError:
+        pytest.skip("this transformers has no DeepSeek-V4")
+    run_ranks(2, workers.swapped_generate_equals_one_device, timeout=600)
+
+
 def test_layer_bad_argument_on_one_rank_writes_nothing_anywhere():
     run_ranks(2, workers.layer_bad_argument_on_one_rank, timeout=120)
 

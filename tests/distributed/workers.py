@@ -267,3 +267,28 @@ def module_equals_one_device(rank: int, world: int, idx: int) -> None:
     torch.testing.assert_close(cp, one, atol=1e-5, rtol=1e-5)  # merges of O(1) outputs: a few fp32 ulps
     assert caches[1].shards is not None and caches[1].shards.world == world
     _same_on_every_rank(cp.contiguous(), cp[..., 0].contiguous())
+
+
+def swapped_generate_equals_one_device(rank: int, world: int) -> None:
+    """A transformers DeepSeek-V4 model swapped with ``group="world"``: greedy ``generate`` on every rank
+    (same prompt) gives the tokens of the single-device swapped model, and of transformers' own."""
+    import copy
+
+    from longattn.integrations.transformers import swap_attention
+    from transformers import DeepseekV4ForCausalLM
+
+    from tests.nn.helpers import randomize_attention, tiny_config
+
+    torch.manual_seed(0)
+    model = DeepseekV4ForCausalLM(tiny_config()).eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in model.model.layers:
+        randomize_attention(layer.self_attn, g)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1, generator=g)
+    ids = torch.randint(1, 128, (2, 140), generator=torch.Generator().manual_seed(9))
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    one = swap_attention(copy.deepcopy(model), page_size=4).generate(ids, **kw)
+    cp = swap_attention(copy.deepcopy(model), page_size=4, group="world").generate(ids, **kw)
+    assert torch.equal(cp, one), (rank, cp[:, 140:], one[:, 140:])
+    assert torch.equal(one, model.generate(ids, **kw))

@@ -29,7 +29,7 @@ transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install longattn[transformers])"
 )
 try:
-    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM, DynamicCache
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM, DynamicCache  # noqa: F401  (has DeepSeek-V4)
     from transformers.masking_utils import create_sliding_window_causal_mask
     from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
 except ImportError as exc:  # transformers older than 5.8 has no DeepSeek-V4
@@ -48,40 +48,11 @@ from longattn.integrations.transformers import LongattnCache, swap_attention  # 
 from longattn.nn import DeepseekV4Attention  # noqa: E402
 
 from tests.nn.dense_v4 import dense_v4_layer, topk_margin  # noqa: E402
+from tests.nn.helpers import randomize_attention, tiny_config  # noqa: E402
 
 U32 = 2.0**-24
 KINDS = ["swa", "csa", "hca"]
 PROMPT, NEW = 300, 40
-
-
-def tiny_config(**overrides):
-    kw = dict(
-        vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, head_dim=32,
-        partial_rotary_factor=0.25, q_lora_rank=32, o_groups=2, o_lora_rank=16,
-        index_n_heads=8, index_head_dim=16, index_topk=4, sliding_window=16,
-        layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
-        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 128},
-        rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536,
-                         "beta_fast": 32, "beta_slow": 1},
-        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, hc_mult=2,
-        eos_token_id=None, pad_token_id=0,
-    )  # fmt: skip
-    kw.update(overrides)
-    cfg = DeepseekV4Config(**kw)
-    cfg._attn_implementation = "eager"
-    return cfg
-
-
-def randomize_attention(module, g):
-    """O(1) activations everywhere (the default init of 0.02 would make attention nearly uniform)."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-            else:  # sinks, position biases
-                p.copy_(torch.randn(p.shape, generator=g))
 
 
 @pytest.fixture(scope="module")

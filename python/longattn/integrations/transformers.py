@@ -132,7 +132,8 @@ class LongattnCache(PagedKVCache, Cache):
             ``growable`` (the default) only the initial size: a longer step grows the cache.
         growable: grow on demand (re-allocate the pools, copy the rows) rather than refuse a step past
             ``max_context``.
-        page_size, kv_format ("float" | "fp8"), kv_dtype, backend, max_step_tokens: see ``PagedKVCache``.
+        page_size, kv_format ("float" | "fp8"), kv_dtype, backend, max_step_tokens, group (context
+            parallelism over a ``torch.distributed`` group): see ``PagedKVCache``.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class LongattnCache(PagedKVCache, Cache):
         backend: Optional[str] = None,
         max_step_tokens: Optional[int] = None,
         growable: bool = True,
+        group=None,
     ):
         mods = longattn_modules(model)
         if not mods:
@@ -166,6 +168,7 @@ class LongattnCache(PagedKVCache, Cache):
             backend=backend,
             device=device,
             growable=growable,
+            group=group,
         )
         n_layers = max(m.layer_idx for m in mods) + 1
         Cache.__init__(self, layers=[_LongattnCacheLayer(self) for _ in range(n_layers)])
@@ -317,11 +320,14 @@ def swap_attention(
     kv_format: str = "float",
     kv_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
+    group=None,
 ):
     """Replace every transformers ``DeepseekV4Attention`` of ``model`` by longattn's, keeping weights.
 
     Returns ``model`` (changed in place). ``page_size``, ``kv_format``, ``kv_dtype`` and ``backend``
-    configure the caches that ``generate`` (and cache-less forwards) create.
+    configure the caches that ``generate`` (and cache-less forwards) create; ``group`` (a
+    ``torch.distributed`` process group, or ``"world"``) makes them context-parallel: every rank runs
+    the same ``generate`` on the same inputs and holds its pages of the compressed caches.
     """
     HFAttention, HFModel = _hf_classes()
     swapped = 0
@@ -337,7 +343,7 @@ def swap_attention(
             swapped += 1
     if not swapped and not longattn_modules(model):
         raise ValueError(f"swap_attention: {type(model).__name__} has no transformers DeepseekV4Attention module")
-    options = dict(page_size=page_size, kv_format=kv_format, kv_dtype=kv_dtype, backend=backend)
+    options = dict(page_size=page_size, kv_format=kv_format, kv_dtype=kv_dtype, backend=backend, group=group)
     bases = [m for m in model.modules() if isinstance(m, HFModel)]
     for base in bases:
         if getattr(base, "_longattn_hook", None) is not None:
