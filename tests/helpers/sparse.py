@@ -169,6 +169,27 @@ def fp8_pool(P, page, g, device="cpu", surround=False):
     return pool
 
 
+def fp8_pool_inputs(page, dtype, device="cpu"):
+    """sparse_attention arguments over an FP8 pool inside a buffer of e4m3-NaN pages (``fp8_pool``) and
+    a float second stream, with indices of every invalid kind (out of range, -1, INT32_MAX, INT32_MIN);
+    tensors on ``device``."""
+    g = torch.Generator().manual_seed(page)
+    P = max(2, 80 // page)
+    pool = fp8_pool(P, page, g, device=device, surround=True)
+    T, H = 3, 5
+    n = pool.num_slots
+    idx = torch.randint(-3, n + 3, (T, 40), generator=g).int()
+    idx[0, 0], idx[1, 0] = 2**31 - 1, -(2**31)
+    ekv = torch.randn(30, 512, generator=g)
+    eidx = torch.randint(-1, 30, (T, 9), generator=g).int()
+    args = dict(q=torch.randn(T, H, 512, generator=g).to(dtype), indices=idx, topk_length=None,
+                extra_kv=ekv.to(dtype), extra_indices=eidx, extra_topk_length=None,
+                attn_sink=torch.randn(H, generator=g), softmax_scale=None)  # fmt: skip
+    args = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    args["kv"] = pool
+    return args
+
+
 # ---------------------------------------------------------------------------------------------------
 # non-finite logits (ops/sparse_attention/README.md, "Edge semantics")
 # ---------------------------------------------------------------------------------------------------

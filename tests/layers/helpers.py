@@ -105,9 +105,10 @@ def schedules(lengths, rng):
     return {"one_prefill": one_prefill, "chunked": chunked, "decode": decode}
 
 
-def run_schedule(layer, page_size, seqs, schedule, weights, make_layer=None):
+def run_schedule(layer, page_size, seqs, schedule, weights, make_layer=None, plans=None):
     """schedule: list of steps, each a list of (seq name, n tokens). Returns outputs per sequence.
-    ``make_layer(layer, page_size) -> HybridAttention`` (default: an fp32 layer over ``make_manager``)."""
+    ``make_layer(layer, page_size) -> HybridAttention`` (default: an fp32 layer over ``make_manager``);
+    ``plans``: a list that receives each step's plan."""
     if make_layer is None:
         att = longattn.HybridAttention(layer, make_manager(layer, page_size), kv_dtype=torch.float32)
     else:
@@ -123,6 +124,8 @@ def run_schedule(layer, page_size, seqs, schedule, weights, make_layer=None):
         counts = [n for _, n in step]
         cu = torch.tensor([0] + counts).cumsum(0)
         plan = m.plan(ids, cu)
+        if plans is not None:
+            plans.append(plan)
         inputs = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
         out = att(plan, inputs.pop("q"), inputs.pop("kv"), **inputs, **weights)
         for (nm, n), t0 in zip(step, cu[:-1].tolist()):

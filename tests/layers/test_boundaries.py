@@ -27,7 +27,7 @@ from longattn.rope import inv_freq
 
 from tests import oracle
 from tests.layers.dense_layer import dense_layer, entries, indexer_margin
-from tests.layers.helpers import make_sequence
+from tests.layers.helpers import make_sequence, run_schedule
 from tests.tolerance import U32, attention_bounds
 
 
@@ -52,25 +52,10 @@ def make_manager(layer, page_size, window_pages, entry_pages, state_pages):
 
 
 def run_steps(layer, mgr, seqs, steps, weights):
-    """steps: list of [(name, count), ...]. Returns (outputs per sequence, plans)."""
-    att = longattn.HybridAttention(layer, mgr, kv_dtype=torch.float32)
-    done = {name: 0 for name in seqs}
-    outs = {name: torch.full_like(s["q"], float("nan")) for name, s in seqs.items()}
+    """steps: list of [(name, count), ...] on an fp32 layer over ``mgr``. Returns (outputs per sequence, plans)."""
     plans = []
-    for step in steps:
-        for name, _ in step:
-            if name not in mgr:
-                mgr.add_sequence(name)
-        ids = [name for name, _ in step]
-        counts = [n for _, n in step]
-        cu = torch.tensor([0] + counts).cumsum(0)
-        plan = mgr.plan(ids, cu)
-        plans.append(plan)
-        x = {k: torch.cat([seqs[nm][k][done[nm] : done[nm] + n] for nm, n in step]) for k in seqs[ids[0]]}
-        out = att(plan, x.pop("q"), x.pop("kv"), **x, **weights)
-        for (nm, n), t0 in zip(step, cu[:-1].tolist()):
-            outs[nm][done[nm] : done[nm] + n] = out[t0 : t0 + n]
-            done[nm] += n
+    outs = run_schedule(layer, mgr.page_size, seqs, steps, weights, plans=plans,
+                        make_layer=lambda L, _: longattn.HybridAttention(L, mgr, kv_dtype=torch.float32))  # fmt: skip
     return outs, plans
 
 

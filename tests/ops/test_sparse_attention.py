@@ -23,10 +23,10 @@ from tests.helpers.sparse import (
     check_against_oracle,
     check_sparse,
     check_sparse_nonfinite,
-    fp8_pool,
+    fp8_pool_inputs,
     sparse_nonfinite_inputs,
 )
-from tests.ops.cases import INT32_MAX, SPARSE_CASES, TILING_CASES, SparseCase, make_sparse_inputs
+from tests.ops.cases import SPARSE_CASES, TILING_CASES, SparseCase, make_sparse_inputs
 
 OP = "sparse_attention"
 
@@ -250,18 +250,7 @@ def test_skipped_entries_never_read_the_pool(backend, pool):
 def test_fp8_pool(backend, dtype, page):
     """An FP8 pool (inside a buffer of e4m3-NaN pages) and a float second stream, indices of every
     invalid kind: the oracle of the dequantised rows."""
-    g = torch.Generator().manual_seed(page)
-    P = max(2, 80 // page)
-    pool = fp8_pool(P, page, g, device=DEVICE, surround=True)
-    T, H = 3, 5
-    n = pool.num_slots
-    idx = torch.randint(-3, n + 3, (T, 40), generator=g).int()
-    idx[0, 0], idx[1, 0] = INT32_MAX, -(2**31)
-    ekv = torch.randn(30, 512, generator=g)
-    eidx = torch.randint(-1, 30, (T, 9), generator=g).int()
-    args = dict(q=torch.randn(T, H, 512, generator=g).to(dtype), kv=pool, indices=idx, topk_length=None,
-                extra_kv=ekv.to(dtype), extra_indices=eidx, extra_topk_length=None,
-                attn_sink=torch.randn(H, generator=g), softmax_scale=None)  # fmt: skip
+    args = fp8_pool_inputs(page, dtype, DEVICE)
     out, lse = run(args, backend)
     assert torch.isfinite(out).all()
     check_sparse(out, lse, args, f"fp8 page={page} {dtype}", backend)

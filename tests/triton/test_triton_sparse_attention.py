@@ -19,6 +19,7 @@ from tests.helpers.sparse import (
     check_sparse,
     check_sparse_nonfinite,
     fp8_pool,
+    fp8_pool_inputs,
     sparse_nonfinite_inputs,
 )
 from tests.helpers.triton_kernels import run_sparse_kernel as run_kernel
@@ -161,19 +162,7 @@ def test_split_heuristic():
 def test_fp8_pool_split_kv(dtype, page):
     """tests/ops/test_sparse_attention.py ``test_fp8_pool`` (an FP8 pool inside e4m3-NaN pages, a float
     second stream) with 3 splits."""
-    g = torch.Generator().manual_seed(page)
-    P = max(2, 80 // page)
-    pool = fp8_pool(P, page, g, device=DEVICE, surround=True)
-    T, H = 3, 5
-    n = pool.num_slots
-    idx = torch.randint(-3, n + 3, (T, 40), generator=g).int()
-    idx[0, 0], idx[1, 0] = INT32_MAX, -(2**31)
-    ekv = torch.randn(30, 512, generator=g)
-    eidx = torch.randint(-1, 30, (T, 9), generator=g).int()
-    args = to_device(dict(q=torch.randn(T, H, 512, generator=g).to(dtype), indices=idx, topk_length=None,
-                          extra_kv=ekv.to(dtype), extra_indices=eidx, extra_topk_length=None,
-                          attn_sink=torch.randn(H, generator=g), softmax_scale=None))  # fmt: skip
-    args["kv"] = pool
+    args = fp8_pool_inputs(page, dtype, DEVICE)
     out, lse = run_kernel(args, num_splits=3)
     assert torch.isfinite(out).all()
     check(out, lse, args, f"fp8 page={page} {dtype}")

@@ -322,9 +322,12 @@ def _compress_kv_kernel(
         te = _run_end(p_rows, stride_rows, t, row_t, T, BLOCK_K)
     ce = tl.load(p_pos + te * stride_pos).to(tl.int64)
     # first emitting token of the run: t + off0, at the first position >= max(p_t, 0) with
-    # (p + 1) % RATIO == 0 (negative positions never emit). p_t is clamped at -RING: any earlier start
-    # puts every emission past the head's reach (u - t > RING - 2), and -p_t cannot overflow.
-    off0 = tl.where(p_t >= 0, (RATIO - 1) - (p_t % RATIO), (RATIO - 1) - tl.maximum(p_t, -RING))
+    # (p + 1) % RATIO == 0 (negative positions never emit): RATIO - 1 - p % RATIO for p >= 0, RATIO - 1 - p
+    # below; min(p, p % RATIO) is both (p % RATIO <= p when p >= 0; > p when p < 0, whether % truncates
+    # as on GPUs or floors as in the interpreter). p_t is clamped at -RING: any earlier start puts every
+    # emission past the head's reach (u - t > RING - 2), and -p_t cannot overflow.
+    p_c = tl.maximum(p_t, -RING)
+    off0 = (RATIO - 1) - tl.minimum(p_c, p_c % RATIO)
 
     # job 0: own emission; jobs 1..C: head emissions (tokens t + off0 + (k-1)*RATIO, within RING-2)
     for k in range(0, C + 1):

@@ -26,14 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ...memory import chunk_budget_bytes, rows_per_chunk
-
-
-def _valid(idx: torch.Tensor, lengths: Optional[torch.Tensor], num_slots: int) -> torch.Tensor:
-    valid = (idx >= 0) & (idx < num_slots)
-    if lengths is not None:
-        cols = torch.arange(idx.shape[1], device=idx.device)
-        valid &= cols.unsqueeze(0) < lengths.long().unsqueeze(1)
-    return valid
+from .reference import valid_mask
 
 
 def sparse_attention_backward(
@@ -79,7 +72,7 @@ def _chunk(q, streams, t0, t1, sink, scale, lse, dout, dlse, dq, drows, dsink) -
     keys, valids, slots = [], [], []
     for rows, idx, lengths in streams:
         idx_c = idx[t0:t1].long()
-        valid = _valid(idx_c, None if lengths is None else lengths[t0:t1], rows.shape[0])
+        valid = valid_mask(rows, idx_c, 0, None if lengths is None else lengths[t0:t1])
         safe = torch.where(valid, idx_c, 0)
         if rows.shape[0] == 0:
             k = q.new_zeros(Tc, idx_c.shape[1], D)

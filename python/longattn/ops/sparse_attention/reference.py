@@ -94,12 +94,12 @@ def attend_chunk(
     return torch.bmm(probs, keys), lse
 
 
-def _valid_mask(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+def valid_mask(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) -> torch.Tensor:
     """Which entries of the index block idx (columns k0.. of the rows) count as keys."""
     valid = (idx >= 0) & (idx < _num_slots(kv))
     if lengths is not None:
         cols = torch.arange(k0, k0 + idx.shape[1], device=idx.device)
-        valid &= cols.unsqueeze(0) < lengths.unsqueeze(1)
+        valid &= cols.unsqueeze(0) < lengths.long().unsqueeze(1)
     return valid
 
 
@@ -146,7 +146,7 @@ def sparse_attention(
                 if idx_c.shape[1] > room:
                     groups.append([])
                     room = keys_per_step
-                groups[-1].append((pool, idx_c, _valid_mask(pool, idx_c, k0, lengths_c)))
+                groups[-1].append((pool, idx_c, valid_mask(pool, idx_c, k0, lengths_c)))
                 room -= idx_c.shape[1]
         acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         for parts in groups:

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ...memory import chunk_budget_bytes, rows_per_chunk
+from .reference import valid_mask
 
 _NEG_INF = tl.constexpr(float("-inf"))
 
@@ -202,9 +203,7 @@ def sparse_attention_backward(
             for i, (rows, ix, ln) in enumerate(streams):
                 lo, hi = (0, K) if i == 0 else (K, K + K2)
                 ids = ix[t0:t1].long()
-                ok = (ids >= 0) & (ids < rows.shape[0])
-                if ln is not None:
-                    ok &= torch.arange(hi - lo, device=dev).unsqueeze(0) < ln[t0:t1].long().unsqueeze(1)
+                ok = valid_mask(rows, ids, 0, None if ln is None else ln[t0:t1])
                 drows[i].index_add_(0, torch.where(ok, ids, 0).reshape(-1),
                                     torch.where(ok.unsqueeze(-1), w[:, lo:hi], 0.0).reshape(-1, D))  # fmt: skip
     return dq, drows, dsink
