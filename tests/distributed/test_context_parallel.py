@@ -4,7 +4,7 @@ ranks holding nothing, sequences shorter than the rank count; a failing rank rai
 
 import pytest
 import torch
-from longattn.distributed import PageShards, decode_comm_bytes
+from longattn.distributed import PageShards, TokenShards, decode_comm_bytes, prefill_comm_bytes
 
 from tests.distributed import workers
 from tests.distributed.ranks import run_ranks
@@ -99,3 +99,57 @@ def test_shard_pool_keeps_only_own_pages_and_invalid_ids():
 def test_comm_bytes_model():
     b = decode_comm_bytes(world=8, tokens=1, topk=1024, heads=128, head_dim=512)
     assert b["topk_keys"] == 7 * 1024 * 8 and b["partials"] == 7 * 128 * (512 * 2 + 4)
+
+
+# --- prefill: query tokens sharded ---------------------------------------------------------------------------
+# Sequence lengths: empty, shorter than the rank count, chunks shorter than the halo (window 8, CSA
+# blocks of 2 x 4, HCA blocks of 8), and uneven chunks longer than it.
+PREFILL_LENGTHS = [0, 1, 3, 9, 37, 70]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_prefill_equals_one_device(world, idx):
+    run_ranks(world, workers.prefill_equals_one_device, idx, PREFILL_LENGTHS, "float32")
+
+
+def test_prefill_bf16_equals_one_device():
+    run_ranks(3, workers.prefill_equals_one_device, 1, [5, 50], "bfloat16")
+
+
+def test_prefill_bad_input_on_one_rank_raises_everywhere():
+    run_ranks(3, workers.prefill_bad_input_on_one_rank, timeout=120)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("S", [0, 1, 7, 8, 100, 101])
+def test_token_shards_partition_and_balance(world, S):
+    """Every token on exactly one rank, each rank's rows in position order per chunk; the causal work
+    (sum of positions + 1) of the ranks within S of each other (one token per chunk boundary's rounding),
+    where contiguous blocks differ by about S^2 / world."""
+    shards = [TokenShards(world, r, S) for r in range(world)]
+    pos = torch.cat([s.positions for s in shards])
+    assert sorted(pos.tolist()) == list(range(S))
+    assert [s.count() for s in shards] == [len(s.positions) for s in shards]
+    work = [int((s.positions + 1).sum()) for s in shards]
+    assert max(work) - min(work) <= S, work
+    if world > 1 and S >= 100:
+        blocks = [sum(range(r * S // world + 1, (r + 1) * S // world + 1)) for r in range(world)]
+        assert max(blocks) - min(blocks) > 10 * (max(work) - min(work) + 1)
+    x = torch.arange(S * 2).view(S, 2)
+    assert torch.equal(shards[-1].take(x)[:, 0], 2 * shards[-1].positions)
+
+
+def test_token_shards_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="rank"):
+        TokenShards(2, 2, 10)
+    with pytest.raises(ValueError, match="num_tokens"):
+        TokenShards(2, 0, -1)
+    with pytest.raises(ValueError, match="num_tokens=10"):
+        TokenShards(2, 0, 10).take(torch.zeros(9, 1))
+
+
+def test_prefill_comm_bytes_model():
+    b = prefill_comm_bytes(world=8, tokens=1 << 20, dim=7168, halo=127, ratio=4, entry_bytes=584, key_bytes=132)
+    assert b["halo"] == 7 * 2 * 127 * 7168 * 2
+    assert b["entries"] == (262144 - 32768) * 584 and b["index_keys"] == (262144 - 32768) * 132

@@ -292,3 +292,76 @@ def swapped_generate_equals_one_device(rank: int, world: int) -> None:
     cp = swap_attention(copy.deepcopy(model), page_size=4, group="world").generate(ids, **kw)
     assert torch.equal(cp, one), (rank, cp[:, 140:], one[:, 140:])
     assert torch.equal(one, model.generate(ids, **kw))
+
+
+# --- prefill: query tokens sharded (TokenShards) ----------------------------------------------------------
+def _recording_topk(calls: list):
+    """Wrap ``longattn.ops.indexer.indexer_topk`` (what the module imports per call) to record its ids."""
+    import longattn.ops.indexer as indexer_ops
+
+    real = indexer_ops.indexer_topk
+
+    def record(*args, **kwargs):
+        ids, lengths = real(*args, **kwargs)
+        calls.append(ids)
+        return ids, lengths
+
+    indexer_ops.indexer_topk = record
+    return lambda: setattr(indexer_ops, "indexer_topk", real)
+
+
+def prefill_equals_one_device(rank: int, world: int, idx: int, lengths: List[int], dtype_name: str) -> None:
+    """DeepseekV4Attention.forward_cp over TokenShards == forward_train of the whole sequence on one
+    device: the indexer's ids bit for bit (the halo-computed entries and keys are the single-device
+    ones), outputs within a few fp32 ulps (the projections of a shorter row block may round
+    differently), the same gathered sequence on every rank."""
+    from longattn.distributed import TokenShards
+
+    from tests.nn.helpers import tiny_layer
+
+    dtype = getattr(torch, dtype_name)
+    m = tiny_layer(idx).to(dtype)
+    for S in lengths:
+        x = torch.randn(S, m.q_a_proj.weight.shape[1], generator=torch.Generator().manual_seed(S)).to(dtype)
+        one, cp = [], []
+        undo = _recording_topk(one)
+        try:
+            with torch.no_grad():
+                ref = m.forward_train(x.unsqueeze(0))[0]
+        finally:
+            undo()
+        shards = TokenShards(world, rank, S)
+        undo = _recording_topk(cp)
+        try:
+            got = m.forward_cp(shards.take(x), shards)
+        finally:
+            undo()
+        assert got.shape == (shards.count(), ref.shape[1]) and got.dtype == dtype
+        assert len(one) == len(cp) == (1 if m.kind == "csa" else 0)
+        if cp:  # this rank's tokens' ids == the single-device ids of those tokens
+            assert torch.equal(cp[0], shards.take(one[0])), f"rank {rank} S={S}: ids differ from one device"
+        full = shards.gather(got)
+        tol = 1e-5 if dtype == torch.float32 else 2 * 2.0**-8  # bf16: one rounding of O(1) outputs either way
+        torch.testing.assert_close(full, ref, atol=tol, rtol=tol, msg=lambda s: f"rank {rank} S={S}: {s}")
+        if S:
+            _same_on_every_rank(full.float().contiguous(), full[:, 0].float().contiguous())
+
+
+def prefill_bad_input_on_one_rank(rank: int, world: int) -> None:
+    """A wrong-width hidden state on rank 1 only: CPError naming rank 1 on every rank, no hang."""
+    from longattn.distributed import TokenShards
+
+    from tests.nn.helpers import tiny_layer
+
+    m = tiny_layer(1)
+    shards = TokenShards(world, rank, 20)
+    x = torch.randn(shards.count(), 32 if rank != 1 else 31)
+    try:
+        m.forward_cp(x, shards)
+    except CPError as exc:
+        assert exc.rank == 1 and "hidden_states" in exc.message, exc
+    else:
+        raise AssertionError(f"rank {rank}: no CPError")
+    flag = torch.ones(1)
+    dist.all_reduce(flag)  # the group still works on every rank
+    assert float(flag) == world

@@ -195,6 +195,14 @@ class RMSNorm(nn.Module):
         return (self.weight * x).to(dtype)
 
 
+def all_visible(visible: torch.Tensor, num_entries: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """HCA's selection: every visible entry. ``visible [T]`` -> (ids ``[T, num_entries]`` int32, entry j
+    where j < visible else -1; lengths ``[T]`` int32)."""
+    j = torch.arange(num_entries, device=visible.device)
+    ids = torch.where(j.unsqueeze(0) < visible.unsqueeze(1), j, -1).to(torch.int32)
+    return ids, visible.to(torch.int32)
+
+
 def _linear(n_in: int, n_out: int) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=False)
 
@@ -349,18 +357,12 @@ class DeepseekV4Attention(nn.Module):
         Writes the step's rows into ``cache_layer``'s pools (window, compressed, indexer keys,
         compressor states) and attends; ``plan`` is the ``CacheManager.plan`` of the step.
         """
-        L = self.layer
         x = hidden_states
-        T = x.shape[0]
         pos = plan.positions
-        freqs = self._rope_table()
         head_pos = pos.unsqueeze(1)  # broadcast over heads
-
         cq = self.q_a_norm(self.q_a_proj(x))
-        q = self.q_b_proj(cq).view(T, L.n_heads, L.head_dim)
-        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
-        q = self._rope_scaled(apply_rope(q, head_pos, freqs))
-        kv = self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs))
+        q = self._queries(cq, head_pos)
+        kv = self._window_rows(x, pos)
 
         # Compressed entries and indexer keys are rotated inside compress_kv after their RMSNorm weight:
         # the attention factor rides on the weight's rope dims (rotation is linear).
@@ -371,16 +373,13 @@ class DeepseekV4Attention(nn.Module):
         if isinstance(self.compressor, CSACompressor):  # (CSA)
             idx: Indexer = self.compressor.indexer
             ia, ib = idx.inputs(x, pos)
-            iq = self._rope_scaled(apply_rope(idx.q_b_proj(cq).view(T, idx.n_heads, idx.head_dim), head_pos, freqs))
-            # score = sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)
-            wp = idx.scorer.weights_proj
-            iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+            iq, iw = self._index_queries(idx, cq, x, head_pos)
             extra.update(
                 index_q=iq, index_weights=iw, index_a=ia, index_b=ib, index_norm_weight=self._entry_norm(idx.kv_norm)
             )
 
         o = cache_layer(plan, q, kv, attn_sink=self.sinks, **extra)  # [T, H, D]
-        o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
+        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True))
         return self._output_projection(o)
 
     # -- training: whole sequences, no cache, differentiable -----------------------------------------------
@@ -442,32 +441,62 @@ class DeepseekV4Attention(nn.Module):
         return y.new_zeros(B * S, y.shape[-1]).index_copy(0, rows, y).view(B, S, -1)
 
     def _train_entries(self, comp: "Compressor", x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """``[S // ratio, d]`` compressed entries of one whole sequence (fp32, differentiable)."""
+        """``[len(pos) // ratio, d]`` compressed entries (fp32, differentiable) of the tokens ``x`` at the
+        consecutive positions ``pos``, which start at a multiple of the ratio (0 for a whole sequence):
+        entry ``i`` is global entry ``pos[0] // ratio + i``. With overlap (CSA) the first entry of a
+        range starting after 0 lacks its previous block: the caller drops it (context parallelism)."""
         from ..ops.compress import compress_pool
 
         a, b = comp.inputs(x, pos)
         pooled = compress_pool(a, b, comp.ratio, comp.overlap)
         w = self._entry_norm(comp.kv_norm).to(torch.float32)
         normed = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + self.eps) * w
-        starts = torch.arange(pooled.shape[0], device=x.device) * comp.ratio  # entry j at position j * ratio
+        first = int(pos[0]) // comp.ratio if len(pos) else 0
+        starts = (first + torch.arange(pooled.shape[0], device=x.device)) * comp.ratio  # entry j at j * ratio
         return apply_rope(normed, starts, self._rope_table())
+
+    def _queries(self, cq: torch.Tensor, head_pos: torch.Tensor) -> torch.Tensor:
+        """Attention queries ``[T, H, D]`` from the q LoRA activations ``cq [T, q_lora_rank]``."""
+        L = self.layer
+        q = self.q_b_proj(cq).view(cq.shape[0], L.n_heads, L.head_dim)
+        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
+        return self._rope_scaled(apply_rope(q, head_pos, self._rope_table()))
+
+    def _window_rows(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The window's KV rows ``[T, D]`` of tokens ``x`` at positions ``pos``."""
+        return self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, self._rope_table()))
+
+    def _index_queries(self, idx: "Indexer", cq: torch.Tensor, x: torch.Tensor, head_pos: torch.Tensor):
+        """The indexer's queries ``[T, Hi, Di]`` and fp32 head weights ``[T, Hi]``: score =
+        sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)."""
+        iq = idx.q_b_proj(cq).view(cq.shape[0], idx.n_heads, idx.head_dim)
+        iq = self._rope_scaled(apply_rope(iq, head_pos, self._rope_table()))
+        wp = idx.scorer.weights_proj
+        iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+        return iq, iw
+
+    def _attend(self, q, kv, window, entries, ids, lengths, head_pos) -> torch.Tensor:
+        """One ``sparse_attention`` over the window rows and the selected entries, with the sink, then
+        the inverse rotation of the output and the output projection: ``[T, dim]``."""
+        from ..ops.sparse_attention import sparse_attention
+
+        o, _ = sparse_attention(q, kv, window, extra_kv=entries, extra_indices=ids, extra_topk_length=lengths,
+                                attn_sink=self.sinks, softmax_scale=self.scaling)  # fmt: skip
+        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True))
+        return self._output_projection(o)
 
     def _train_sequence(self, x: torch.Tensor, indexer_loss: Optional[str] = None):
         """One sequence ``x [S, dim]`` from position 0 -> (``[S, dim]``, its indexer loss or 0, the tokens
         that loss averages over) (see ``forward_train``)."""
         from ..ops.indexer import indexer_kl_loss, indexer_topk
-        from ..ops.sparse_attention import sparse_attention
 
         L = self.layer
         S = x.shape[0]
         pos = torch.arange(S, device=x.device)
-        freqs = self._rope_table()
         head_pos = pos.unsqueeze(1)
         cq = self.q_a_norm(self.q_a_proj(x))
-        q = self.q_b_proj(cq).view(S, L.n_heads, L.head_dim)
-        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
-        q = self._rope_scaled(apply_rope(q, head_pos, freqs))
-        kv = self._rope_scaled(apply_rope(self.kv_norm(self.kv_proj(x)), pos, freqs))
+        q = self._queries(cq, head_pos)
+        kv = self._window_rows(x, pos)
         window = (pos.unsqueeze(1) - (L.window - 1) + torch.arange(L.window, device=x.device)).to(torch.int32)
         entries = ids = lengths = None
         aux, n_aux = x.new_zeros(()), 0
@@ -481,31 +510,91 @@ class DeepseekV4Attention(nn.Module):
                 xi, cqi = x.detach(), cq.detach()
                 with torch.set_grad_enabled(indexer_loss is not None and torch.is_grad_enabled()):
                     keys = self._train_entries(idx, xi, pos)
-                    iq = self._rope_scaled(
-                        apply_rope(idx.q_b_proj(cqi).view(S, idx.n_heads, idx.head_dim), head_pos, freqs)
-                    )
-                    wp = idx.scorer.weights_proj
-                    iw = wp(xi.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
+                    iq, iw = self._index_queries(idx, cqi, xi, head_pos)
                 ids, lengths = indexer_topk(iq.detach(), iw.detach(), keys.detach(), visible, L.index_topk)
                 if indexer_loss is not None:
                     cand = None if indexer_loss == "dense" else ids
                     aux = indexer_kl_loss(q, entries, iq, iw, keys, visible, indices=cand, softmax_scale=self.scaling)
                     n_aux = int((visible > 0).sum()) if cand is None else int((lengths > 0).sum())
             else:  # HCA: every visible entry
-                j = torch.arange(entries.shape[0], device=x.device)
-                ids = torch.where(j.unsqueeze(0) < visible.unsqueeze(1), j, -1).to(torch.int32)
-                lengths = visible
-        o, _ = sparse_attention(q, kv, window, extra_kv=entries, extra_indices=ids, extra_topk_length=lengths,
-                                attn_sink=self.sinks, softmax_scale=self.scaling)  # fmt: skip
-        o = self._rope_scaled(apply_rope(o, head_pos, freqs, inverse=True))
-        return self._output_projection(o), aux, n_aux
+                ids, lengths = all_visible(visible, entries.shape[0])
+        return self._attend(q, kv, window, entries, ids, lengths, head_pos), aux, n_aux
+
+    # -- context parallelism: one sequence's query tokens sharded over ranks (prefill) ----------------------
+    def forward_cp(self, hidden_states: torch.Tensor, shards, group=None) -> torch.Tensor:
+        """Context-parallel prefill of one sequence from position 0 (inference; no autograd through the
+        collectives): this rank's tokens ``hidden_states [shards.count(), dim]`` (``TokenShards``
+        order: ``shards.take(x)`` of the whole sequence) -> their outputs ``[shards.count(), dim]``, the
+        rows ``forward_train`` gives those tokens on one device. Call on every rank of ``group``.
+
+        Each rank projects its own tokens and the halo before each of its chunks (the window's rows and
+        the compressor blocks that cross into the chunk), emits the entries (and index keys) whose
+        last token is in its chunks, all-gathers them, and runs the indexer and attention for its own
+        tokens only (``longattn.distributed.prefill``). A malformed input on one rank raises
+        ``CPError`` on every rank."""
+        from ..distributed.decode import agree
+        from ..distributed.prefill import check_group, entry_range, gather_entries, left_halo
+        from ..ops.indexer import indexer_topk
+
+        L, x, comp = self.layer, hidden_states, self.compressor
+        dim = self.q_a_proj.weight.shape[1]
+
+        def check():
+            check_group(shards, group)
+            if x.dim() != 2 or x.shape[0] != shards.count() or x.shape[1] != dim:
+                raise ValueError(
+                    f"forward_cp: hidden_states must be [{shards.count()}, {dim}] (this rank's tokens of "
+                    f"{shards.num_tokens}), got {list(x.shape)}"
+                )
+
+        agree("forward_cp", group, x.device, check, lambda: (shards.num_tokens, dim, x.dtype))
+        r = L.compress_ratio
+        span = 0 if comp is None else (2 if comp.overlap else 1) * r  # tokens one entry pools
+        with torch.no_grad():
+            halos = left_halo(x, shards, max(L.window - 1, span - 1), group)
+            q, kv, window, entries, keys, iq, iw = ([] for _ in range(7))
+            row, row0 = 0, 0  # this rank's next own row; the first local kv row of the chunk
+            for (s, e), hx in zip(shards.chunks, halos):
+                own, row = x[row : row + e - s], row + e - s
+                ext, ext_pos = torch.cat([hx, own]), torch.arange(s - hx.shape[0], e, device=x.device)
+                pos = ext_pos[hx.shape[0] :]
+                cq = self.q_a_norm(self.q_a_proj(own))
+                q.append(self._queries(cq, pos.unsqueeze(1)))
+                kv.append(self._window_rows(ext, ext_pos))
+                w = pos.unsqueeze(1) - (L.window - 1) + torch.arange(L.window, device=x.device)
+                window.append(torch.where(w >= 0, w - (s - hx.shape[0]) + row0, -1))  # local kv rows
+                row0 += ext.shape[0]
+                if comp is None:
+                    continue
+                a, b = entry_range(s, e, r)
+                first = max(0, a - (span // r - 1))  # the first block entry a pools (CSA: the one before)
+                sub = slice(first * r - (s - hx.shape[0]), None)  # from that block's first token
+                entries.append(self._train_entries(comp, ext[sub], ext_pos[sub])[a - first : b - first])
+                if isinstance(comp, CSACompressor):
+                    keys.append(self._train_entries(comp.indexer, ext[sub], ext_pos[sub])[a - first : b - first])
+                    iq_i, iw_i = self._index_queries(comp.indexer, cq, own, pos.unsqueeze(1))
+                    iq.append(iq_i)
+                    iw.append(iw_i)
+            kv_rows = torch.cat(kv)
+            ids = lengths = all_entries = None
+            pos = shards.positions.to(x.device)
+            if comp is not None:
+                all_entries = gather_entries(entries, shards, r, group).to(kv_rows.dtype)
+                visible = ((pos + 1) // r).to(torch.int32)
+                if isinstance(comp, CSACompressor):
+                    all_keys = gather_entries(keys, shards, r, group)
+                    ids, lengths = indexer_topk(torch.cat(iq), torch.cat(iw), all_keys, visible, L.index_topk)
+                else:
+                    ids, lengths = all_visible(visible, all_entries.shape[0])
+            win = torch.cat(window).to(torch.int32)
+            return self._attend(torch.cat(q), kv_rows, win, all_entries, ids, lengths, pos.unsqueeze(1))
 
     def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank projection: group g of heads -> o_a_proj block g -> concat -> o_b_proj."""
         T, G = o.shape[0], self.o_groups
-        grouped = o.reshape(T, G, -1).transpose(0, 1)  # [G, T, H/G * D]
+        grouped = o.reshape(T, G, self.num_heads // G * self.head_dim).transpose(0, 1)  # [G, T, H/G * D]
         w = self.o_a_proj.weight.view(G, -1, grouped.shape[-1]).transpose(1, 2)  # [G, H/G * D, r]
-        z = torch.bmm(grouped.to(w.dtype), w).transpose(0, 1).reshape(T, -1)  # [T, G * r]
+        z = torch.bmm(grouped.to(w.dtype), w).transpose(0, 1).reshape(T, G * w.shape[2])  # [T, G * r]
         return self.o_b_proj(z)
 
     # -- transformers-compatible entry point ---------------------------------------------------------------
