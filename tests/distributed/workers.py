@@ -342,7 +342,7 @@ def prefill_equals_one_device(rank: int, world: int, idx: int, lengths: List[int
             assert torch.equal(cp[0], shards.take(one[0])), f"rank {rank} S={S}: ids differ from one device"
         full = shards.gather(got)
         tol = 1e-5 if dtype == torch.float32 else 2 * 2.0**-8  # bf16: one rounding of O(1) outputs either way
-        torch.testing.assert_close(full, ref, atol=tol, rtol=tol, msg=lambda s: f"rank {rank} S={S}: {s}")
+        torch.testing.assert_close(full, ref, atol=tol, rtol=tol, msg=lambda s, S=S: f"rank {rank} S={S}: {s}")
         if S:
             _same_on_every_rank(full.float().contiguous(), full[:, 0].float().contiguous())
 

@@ -83,6 +83,14 @@ def test_forward_train_rejects_bad_cu_seqlens():
         m.forward_train(torch.randn(1, 10, 32), torch.tensor([0, 10]))
 
 
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_forward_train_of_empty_sequences(idx):
+    """Rows of zero tokens give zero rows (the output projection used to fail reshaping 0 elements)."""
+    m = tiny_layer(idx)
+    assert m.forward_train(torch.randn(2, 0, 32)).shape == (2, 0, 32)
+    assert m.forward_train(torch.randn(0, 32), torch.tensor([0, 0])).shape == (0, 32)
+
+
 def test_a_kept_cache_stays_inference_only():
     """With a cache the caller keeps (decode, generation), the paged path runs and backward refuses
     clearly: the caches hold values, never a graph."""

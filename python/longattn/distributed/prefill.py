@@ -137,9 +137,7 @@ def gather_entries(entries: Sequence[torch.Tensor], shards: TokenShards, ratio: 
 
     ``entries``: per chunk of this rank, ``[n_i, ...]`` with ``n_i`` the size of its ``entry_range``.
     One all-gather (padded to the largest chunk's count)."""
-    width = max(
-        max(0, b - a) for c in range(2 * shards.world) for a, b in [entry_range(*shards.bounds(c), ratio)]
-    )
+    width = max(len(range(*entry_range(*shards.bounds(c), ratio))) for c in range(2 * shards.world))
     like = entries[0]
     padded = like.new_zeros(2, width, *like.shape[1:])
     for k, e in enumerate(entries):
