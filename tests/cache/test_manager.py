@@ -142,3 +142,26 @@ def test_plan_refuses_non_integer_cu_seqlens(cu):
     assert m.seq_len("a") == 0 and m.seq_len("b") == 0
     with pytest.raises(TypeError, match="plan: `positions` must hold integers"):
         m.plan(["a", "b"], [0, 1, 2], positions=[0.0, 0.0])
+
+
+def test_plan_prefilled_takes_tail_window_pages_and_every_entry_page():
+    """A context-parallel prefill's plan: the tail's positions, window pages for the tail only (a
+    1,000-token prefill takes the pages of its last positions, not 250), compressed pages for all 250
+    entries; a refused call changes nothing."""
+    m = manager(page_size=4, window_pages=6, comp_pages=70, state_pages=2, window=8)
+    m.add_sequence("s")
+    before = snapshot(m)
+    with pytest.raises(ValueError, match=r"`tail` must be in \[8, num_tokens=1000\]"):
+        m.plan_prefilled("s", 1000, 7)
+    with pytest.raises(UnknownSequenceError):
+        m.plan_prefilled("t", 10, 8)
+    with pytest.raises(CacheFullError):
+        m.plan_prefilled("s", 1200, 8)  # 300 entries: 75 pages > 70
+    assert snapshot(m) == before
+    plan = m.plan_prefilled("s", 1000, 8)
+    assert plan.positions.tolist() == list(range(992, 1000))
+    assert m.seq_len("s") == 1000
+    assert sorted(m._seqs["s"].window_pages) == [246, 247, 248, 249]  # positions 985..999
+    assert len(m._seqs["s"].compressed_pages[4]) == 250 // 4 + 1
+    with pytest.raises(CacheError, match="already holds 1000 tokens"):
+        m.plan_prefilled("s", 10, 8)

@@ -153,3 +153,15 @@ def test_prefill_comm_bytes_model():
     b = prefill_comm_bytes(world=8, tokens=1 << 20, dim=7168, halo=127, ratio=4, entry_bytes=584, key_bytes=132)
     assert b["halo"] == 7 * 2 * 127 * 7168 * 2
     assert b["entries"] == (262144 - 32768) * 584 and b["index_keys"] == (262144 - 32768) * 132
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["page_sharded", "replicated"])
+@pytest.mark.parametrize("idx", [0, 1, 2], ids=["swa", "csa", "hca"])
+def test_prefill_fills_the_caches_for_decode(idx, sharded):
+    """Query-sharded prefill that writes the paged caches, then decode: equals one device."""
+    run_ranks(2, workers.prefill_then_decode_equals_one_device, idx, 45, 4, sharded, "float")
+
+
+@pytest.mark.parametrize("S", [0, 2, 13])
+def test_prefill_fills_fp8_caches_for_short_sequences(S):
+    run_ranks(3, workers.prefill_then_decode_equals_one_device, 1, S, 2, True, "fp8")

@@ -365,3 +365,69 @@ def prefill_bad_input_on_one_rank(rank: int, world: int) -> None:
     flag = torch.ones(1)
     dist.all_reduce(flag)  # the group still works on every rank
     assert float(flag) == world
+
+
+def _pool_bits(pool) -> Optional[torch.Tensor]:
+    """A copy of a pool's storage (an FP8 pool's bytes), or None."""
+    return None if pool is None else (pool.data if hasattr(pool, "data") else pool).clone()
+
+
+def prefill_then_decode_equals_one_device(rank: int, world: int, idx: int, S: int, page_size: int,
+                                          sharded: bool, kv_format: str) -> None:  # fmt: skip
+    """forward_cp with ``plan_prefilled`` + the layer's caches, then 3 decode steps of forward_paged
+    on every rank (decode CP over PageShards when ``sharded``, else a replicated cache): the decode
+    outputs equal a single-device paged prefill + decode, and the cache holds the same entries."""
+    from longattn.cache import CacheManager
+    from longattn.distributed import TokenShards
+
+    from tests.nn.helpers import tiny_layer
+
+    if kv_format == "fp8":  # the FP8 record holds 512-d rows (V4's latent head)
+        from longattn.configs import ModelConfig
+        from longattn.nn import DeepseekV4Attention
+
+        cfg = ModelConfig(
+            name="tiny-fp8", dim=32, n_layers=3, n_heads=2, q_lora_rank=16, o_groups=2, o_lora_rank=8, index_topk=3,
+            compress_ratios=(0, 4, 8, 0), head_dim=512, rope_dim=64, window=6, index_n_heads=2, index_head_dim=64,
+        )  # fmt: skip
+        m = DeepseekV4Attention(cfg, idx).eval()
+        g = torch.Generator().manual_seed(idx)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / (p.shape[-1] ** 0.5 if p.dim() == 2 else 1.0))
+    else:
+        m = tiny_layer(idx)
+    L = m.layer
+    x = torch.randn(S + 3, m.q_a_proj.weight.shape[1], generator=torch.Generator().manual_seed(S))
+
+    def make(shards):
+        mgr = CacheManager.for_layers([L], max_seqs=1, max_context=S + 3, max_step_tokens=S + 3,
+                                      page_size=page_size, shards=shards)  # fmt: skip
+        return longattn.HybridAttention(L, mgr, kv_dtype=torch.float32, kv_format=kv_format,
+                                        group=None if shards is None else dist.group.WORLD)  # fmt: skip
+
+    one = make(None)
+    one.manager.add_sequence("s")
+    with torch.no_grad():
+        pre_1 = m.forward_paged(x[:S], one.manager.plan(["s"], [0, S]), one)
+        names = ("compressed_pool", "index_pool", "state_pool", "index_state_pool")
+        pools_1 = {n: _pool_bits(getattr(one, n)) for n in names}
+        dec_1 = [m.forward_paged(x[S + i : S + i + 1], one.manager.plan(["s"], [0, 1]), one) for i in range(3)]
+
+    cp = make(PageShards(world, rank, page_size) if sharded else None)
+    cp.manager.add_sequence("s")
+    shards = TokenShards(world, rank, S)
+    tail = min(S, max(L.window - 1, 2 * L.compress_ratio if L.compress_ratio else 0))
+    plan = cp.manager.plan_prefilled("s", S, tail)
+    pre = shards.gather(m.forward_cp(shards.take(x[:S]), shards, plan=plan, cache_layer=cp))
+    if kv_format == "float":  # (an FP8 paged prefill attends to the quantised rows; forward_cp does not)
+        torch.testing.assert_close(pre, pre_1, atol=1e-5, rtol=1e-5)
+    if not sharded:  # the same pages: the compressed, index-key and ring pools hold the same bits
+        for name in names:
+            got = _pool_bits(getattr(cp, name))
+            assert (got is None) == (pools_1[name] is None)
+            assert got is None or torch.equal(got, pools_1[name]), f"rank {rank}: {name} differs from one device's"
+    with torch.no_grad():
+        dec = [m.forward_paged(x[S + i : S + i + 1], cp.manager.plan(["s"], [0, 1]), cp) for i in range(3)]
+    for i, (a, b) in enumerate(zip(dec, dec_1)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s, i=i: f"rank {rank} decode {i}: {s}")

@@ -346,6 +346,30 @@ class CacheManager:
         self._plans_made += 1
         return self._build_plan(seq_ids, seqs, cu, expected, counts)
 
+    def plan_prefilled(self, seq_id: Hashable, num_tokens: int, tail: int) -> "StepPlan":
+        """A new sequence whose first ``num_tokens`` tokens were computed elsewhere (a context-parallel
+        prefill): the plan of writing its last ``tail`` tokens only. The tokens before the tail take
+        no window pages; the plan's compressed block tables cover all ``num_tokens // ratio`` entries
+        (the caller writes them) and its window and ring slots the tail's rows. ``tail`` must cover
+        what later tokens read: the last ``window - 1`` rows and every compressor ring."""
+        seq = self._seqs.get(seq_id)
+        if seq is None:
+            raise UnknownSequenceError(f"plan_prefilled: sequence {seq_id!r} is not in the cache (add_sequence first)")
+        if seq.length != 0:
+            raise CacheError(f"plan_prefilled: sequence {seq_id!r} already holds {seq.length} tokens (it must be new)")
+        need = min(num_tokens, max([self.window - 1] + [ring_capacity(r) for r in self.ratios]))
+        if not need <= tail <= num_tokens:
+            raise ValueError(
+                f"plan_prefilled: `tail` must be in [{need}, num_tokens={num_tokens}] (the window and the "
+                f"compressor rings), got {tail}"
+            )
+        seq.length = num_tokens - tail
+        try:
+            return self.plan([seq_id], [0, tail])
+        except Exception:
+            seq.length = 0
+            raise
+
     def _pages_held(self, logical_pages: int) -> int:
         """Pages of a sequence's first ``logical_pages`` compressed pages that this manager holds."""
         return logical_pages if self.shards is None else self.shards.local_pages(logical_pages)

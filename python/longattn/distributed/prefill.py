@@ -96,13 +96,16 @@ class TokenShards:
         return out
 
 
-def left_halo(rows: torch.Tensor, shards: TokenShards, halo: int, group=None) -> List[torch.Tensor]:
+def left_halo(
+    rows: torch.Tensor, shards: TokenShards, halo: int, group=None, *, tail: bool = False
+) -> List[torch.Tensor]:
     """The up to ``halo`` rows before each of this rank's chunks (fewer at the start of the sequence).
 
     ``rows [count, ...]``: this rank's rows (``TokenShards`` order). Every rank sends the last
     ``min(halo, len)`` rows of each of its chunks (one all-gather of ``[2, halo, ...]``); the halo of a
     chunk is the tail of the tails of the chunks before it, so chunks shorter than the halo work too.
-    Returns one ``[h_i, ...]`` tensor per chunk, ``h_i = min(halo, start_i)``.
+    Returns one ``[h_i, ...]`` tensor per chunk, ``h_i = min(halo, start_i)``; with ``tail=True`` a
+    third: the sequence's last ``min(halo, S)`` rows (what a cache keeps after the prefill).
     """
     tails = rows.new_zeros(2, halo, *rows.shape[1:])
     i = 0
@@ -117,12 +120,13 @@ def left_halo(rows: torch.Tensor, shards: TokenShards, halo: int, group=None) ->
         for k, c in enumerate(shards.chunks_of(r)):
             s, e = shards.bounds(c)
             tail_of[c] = got[k, halo - min(halo, e - s) :]
-    out = []
-    for c in shards.chunks_of(shards.rank):
-        start = shards.bounds(c)[0]
-        before = torch.cat([tail_of[p] for p in range(c)]) if c else rows.new_zeros(0, *rows.shape[1:])
-        out.append(before[before.shape[0] - min(halo, start) :])
-    return out
+
+    def before(chunk: int) -> torch.Tensor:
+        start = shards.bounds(chunk)[0]
+        rows_before = torch.cat([tail_of[p] for p in range(chunk)]) if chunk else rows.new_zeros(0, *rows.shape[1:])
+        return rows_before[rows_before.shape[0] - min(halo, start) :]
+
+    return [before(c) for c in shards.chunks_of(shards.rank)] + ([before(2 * shards.world)] if tail else [])
 
 
 def entry_range(start: int, end: int, ratio: int) -> Tuple[int, int]:

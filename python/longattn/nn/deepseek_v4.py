@@ -521,7 +521,10 @@ class DeepseekV4Attention(nn.Module):
         return self._attend(q, kv, window, entries, ids, lengths, head_pos), aux, n_aux
 
     # -- context parallelism: one sequence's query tokens sharded over ranks (prefill) ----------------------
-    def forward_cp(self, hidden_states: torch.Tensor, shards, group=None) -> torch.Tensor:
+    def forward_cp(
+        self, hidden_states: torch.Tensor, shards, group=None, plan: Optional[StepPlan] = None,
+        cache_layer: Optional[HybridAttention] = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Context-parallel prefill of one sequence from position 0 (inference; no autograd through the
         collectives): this rank's tokens ``hidden_states [shards.count(), dim]`` (``TokenShards``
         order: ``shards.take(x)`` of the whole sequence) -> their outputs ``[shards.count(), dim]``, the
@@ -531,7 +534,14 @@ class DeepseekV4Attention(nn.Module):
         the compressor blocks that cross into the chunk), emits the entries (and index keys) whose
         last token is in its chunks, all-gathers them, and runs the indexer and attention for its own
         tokens only (``longattn.distributed.prefill``). A malformed input on one rank raises
-        ``CPError`` on every rank."""
+        ``CPError`` on every rank.
+
+        With ``plan`` (``CacheManager.plan_prefilled`` of a new sequence of ``shards.num_tokens``
+        tokens) and this layer's ``cache_layer`` (``HybridAttention`` over that manager, sharded with
+        ``PageShards`` like a decode-CP cache or not), the prefill also leaves the caches as a
+        single-device prefill would: every rank writes its pages of the gathered entries and index
+        keys, and the tail (the last window rows and compressor-ring tokens, from the same halo
+        all-gather); decode continues with ``forward_paged``."""
         from ..distributed.decode import agree
         from ..distributed.prefill import check_group, entry_range, gather_entries, left_halo
         from ..ops.indexer import indexer_topk
@@ -546,15 +556,27 @@ class DeepseekV4Attention(nn.Module):
                     f"forward_cp: hidden_states must be [{shards.count()}, {dim}] (this rank's tokens of "
                     f"{shards.num_tokens}), got {list(x.shape)}"
                 )
+            if (plan is None) != (cache_layer is None):
+                raise ValueError("forward_cp: pass both `plan` and `cache_layer` (to fill the caches) or neither")
+            if plan is not None and cache_layer is not None:
+                end = int(plan.positions[-1]) + 1 if plan.positions.numel() else 0
+                if len(plan.seq_ids) != 1 or end != shards.num_tokens:
+                    raise ValueError(
+                        f"forward_cp: `plan` must be CacheManager.plan_prefilled(seq, {shards.num_tokens}, tail) "
+                        f"of one sequence, got positions of {list(plan.seq_ids)}"
+                    )
+                if cache_layer.layer != L:
+                    raise ValueError("forward_cp: `cache_layer` was built for another layer config than this module's")
 
-        agree("forward_cp", group, x.device, check, lambda: (shards.num_tokens, dim, x.dtype))
+        tail = 0 if plan is None else int(plan.positions.numel())
+        agree("forward_cp", group, x.device, check, lambda: (shards.num_tokens, dim, x.dtype, tail))
         r = L.compress_ratio
         span = 0 if comp is None else (2 if comp.overlap else 1) * r  # tokens one entry pools
         with torch.no_grad():
-            halos = left_halo(x, shards, max(L.window - 1, span - 1), group)
+            halos = left_halo(x, shards, max(L.window - 1, span - 1, tail), group, tail=plan is not None)
             q, kv, window, entries, keys, iq, iw = ([] for _ in range(7))
             row, row0 = 0, 0  # this rank's next own row; the first local kv row of the chunk
-            for (s, e), hx in zip(shards.chunks, halos):
+            for (s, e), hx in zip(shards.chunks, halos[:2]):
                 own, row = x[row : row + e - s], row + e - s
                 ext, ext_pos = torch.cat([hx, own]), torch.arange(s - hx.shape[0], e, device=x.device)
                 pos = ext_pos[hx.shape[0] :]
@@ -578,16 +600,57 @@ class DeepseekV4Attention(nn.Module):
             kv_rows = torch.cat(kv)
             ids = lengths = all_entries = None
             pos = shards.positions.to(x.device)
+            all_keys = None
             if comp is not None:
-                all_entries = gather_entries(entries, shards, r, group).to(kv_rows.dtype)
+                all_entries = gather_entries(entries, shards, r, group)  # fp32
                 visible = ((pos + 1) // r).to(torch.int32)
                 if isinstance(comp, CSACompressor):
                     all_keys = gather_entries(keys, shards, r, group)
                     ids, lengths = indexer_topk(torch.cat(iq), torch.cat(iw), all_keys, visible, L.index_topk)
                 else:
                     ids, lengths = all_visible(visible, all_entries.shape[0])
+            if plan is not None and cache_layer is not None:
+                self._fill_cache(plan, cache_layer, halos[2][halos[2].shape[0] - tail :], all_entries, all_keys)
+            if all_entries is not None:
+                all_entries = all_entries.to(kv_rows.dtype)
             win = torch.cat(window).to(torch.int32)
             return self._attend(torch.cat(q), kv_rows, win, all_entries, ids, lengths, pos.unsqueeze(1))
+
+    def _fill_cache(self, plan: StepPlan, cache_layer: HybridAttention, x_tail, entries, keys) -> None:
+        """Write a context-parallel prefill into ``cache_layer`` (see ``forward_cp``): the tail's window
+        rows and compressor-ring rows (``x_tail``: the hidden states of ``plan``'s positions), and
+        the entries and index keys (all ``S // ratio``, fp32) of the pages this rank holds."""
+        from ..ops.append import append_kv
+
+        pos = plan.positions.long()
+        append_kv(cache_layer.window_pool, self._window_rows(x_tail, pos), plan.window_slots)
+        comp = self.compressor
+        if comp is None:
+            return
+        r = self.layer.compress_ratio
+        cp = plan.compressed[r]
+        ps = cp.page_size
+        j = torch.arange(entries.shape[0], device=entries.device)
+        lp = j // ps
+        page = cp.block_table[0, lp.clamp_max(cp.block_table.shape[1] - 1)].long()
+        mine = (lp < cp.block_table.shape[1]) & (page >= 0)  # this rank's pages (-1: another rank's)
+        slots = page * ps + j % ps
+
+        def write_ring(ring_pool, compressor):  # ring slot p % ring of the last `ring` positions
+            a, b = compressor.inputs(x_tail, pos)
+            ring = (2 if compressor.overlap else 1) * r
+            keep = pos >= int(pos[-1]) + 1 - ring if pos.numel() else pos.bool()
+            k = pos % ring
+            s_page = ring_pool.shape[1]
+            ring_slots = cp.state_block_table[0, k // s_page].long() * s_page + k % s_page
+            rows = torch.cat([a, b], dim=1).to(torch.float32)
+            ring_pool.view(-1, ring_pool.shape[-1]).index_copy_(0, ring_slots[keep], rows[keep])
+
+        write_ring(cache_layer.state_pool, comp)
+        append_kv(cache_layer.compressed_pool, entries[mine], slots[mine].to(torch.int32))
+        if isinstance(comp, CSACompressor):
+            write_ring(cache_layer.index_state_pool, comp.indexer)
+            append_kv(cache_layer.index_pool, keys[mine], slots[mine].to(torch.int32))
 
     def _output_projection(self, o: torch.Tensor) -> torch.Tensor:
         """Grouped low-rank projection: group g of heads -> o_a_proj block g -> concat -> o_b_proj."""
