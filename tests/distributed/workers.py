@@ -348,10 +348,13 @@ def prefill_equals_one_device(rank: int, world: int, idx: int, lengths: List[int
 
 
 def prefill_bad_input_on_one_rank(rank: int, world: int) -> None:
-    """A wrong-width hidden state on rank 1 only: CPError naming rank 1 on every rank, no hang."""
+    """A wrong-width hidden state, a plan without its cache layer, a plan of another sequence length,
+    each on one rank only: CPError naming that rank on every rank, no hang, nothing written."""
     from longattn.distributed import TokenShards
 
     from tests.nn.helpers import tiny_layer
+
+    from longattn.cache import CacheManager
 
     m = tiny_layer(1)
     shards = TokenShards(world, rank, 20)
@@ -362,6 +365,20 @@ def prefill_bad_input_on_one_rank(rank: int, world: int) -> None:
         assert exc.rank == 1 and "hidden_states" in exc.message, exc
     else:
         raise AssertionError(f"rank {rank}: no CPError")
+    # a plan without its cache layer (rank 2), then a plan of another length (rank 1)
+    mgr = CacheManager.for_layers([m.layer], max_seqs=2, max_context=40, max_step_tokens=40, page_size=4)
+    layer = longattn.HybridAttention(m.layer, mgr, kv_dtype=torch.float32)
+    x = torch.randn(shards.count(), 32)
+    for bad, what in ((2, "both `plan` and `cache_layer`"), (1, "ending at 24 tokens")):
+        mgr.add_sequence(bad)
+        plan = mgr.plan_prefilled(bad, 24 if rank == bad == 1 else 20, 8)
+        try:
+            m.forward_cp(x, shards, plan=plan, cache_layer=None if rank == bad == 2 else layer)
+        except CPError as exc:
+            assert exc.rank == bad and what in exc.message, exc
+        else:
+            raise AssertionError(f"rank {rank}: no CPError")
+    assert all(float(p.abs().sum()) == 0.0 for p in layer.pools()), "a refused call wrote the caches"
     flag = torch.ones(1)
     dist.all_reduce(flag)  # the group still works on every rank
     assert float(flag) == world

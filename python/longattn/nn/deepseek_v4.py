@@ -563,7 +563,7 @@ class DeepseekV4Attention(nn.Module):
                 if len(plan.seq_ids) != 1 or end != shards.num_tokens:
                     raise ValueError(
                         f"forward_cp: `plan` must be CacheManager.plan_prefilled(seq, {shards.num_tokens}, tail) "
-                        f"of one sequence, got positions of {list(plan.seq_ids)}"
+                        f"of one sequence, got a plan of {len(plan.seq_ids)} sequence(s) ending at {end} tokens"
                     )
                 if cache_layer.layer != L:
                     raise ValueError("forward_cp: `cache_layer` was built for another layer config than this module's")
