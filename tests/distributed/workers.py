@@ -350,11 +350,10 @@ def prefill_equals_one_device(rank: int, world: int, idx: int, lengths: List[int
 def prefill_bad_input_on_one_rank(rank: int, world: int) -> None:
     """A wrong-width hidden state, a plan without its cache layer, a plan of another sequence length,
     each on one rank only: CPError naming that rank on every rank, no hang, nothing written."""
+    from longattn.cache import CacheManager
     from longattn.distributed import TokenShards
 
     from tests.nn.helpers import tiny_layer
-
-    from longattn.cache import CacheManager
 
     m = tiny_layer(1)
     shards = TokenShards(world, rank, 20)
