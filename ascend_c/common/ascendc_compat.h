@@ -22,6 +22,20 @@
 
 namespace longattn_compat {
 
+// The tiling of a kernel-direct-call build (ascendc_library + ACLRT_LAUNCH_KERNEL): a POD struct the
+// host copied to device memory, read word by word through its __gm__ pointer by the scalar unit.
+// (GET_TILING_DATA* belong to the op-project flow with registered tiling; the emulator refuses them.)
+template <typename T>
+__aicore__ inline T ReadTiling(GM_ADDR tiling)
+{
+    static_assert(sizeof(T) % sizeof(uint32_t) == 0, "tiling structs are whole 32-bit words");
+    T t;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&t);
+    const __gm__ uint32_t* src = reinterpret_cast<const __gm__ uint32_t*>(tiling);
+    for (uint32_t i = 0; i < sizeof(T) / sizeof(uint32_t); ++i) dst[i] = src[i];
+    return t;
+}
+
 // CompareScalar (8.5) -> Compares (9.0).
 template <typename T, typename U>
 __aicore__ inline void CompareScalar(const AscendC::LocalTensor<U>& dst, const AscendC::LocalTensor<T>& src0,

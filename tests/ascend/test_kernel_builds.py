@@ -75,3 +75,21 @@ def test_kernels_compile_with_device_flags():
     with ThreadPoolExecutor(max_workers=2) as pool:
         for op, proc in pool.map(build, OPS):
             assert proc.returncode == 0, f"{op}:\n{proc.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(GXX is None, reason="no C++ compiler")
+@pytest.mark.parametrize("macro", ["GET_TILING_DATA_WITH_STRUCT(Tiling, t, tiling)", "GET_TILING_DATA(t, tiling)"])
+def test_tiling_macros_of_the_op_project_flow_do_not_build(tmp_path, macro):
+    """A kernel direct-call build (ascendc_library + ACLRT_LAUNCH_KERNEL) has no GET_TILING_DATA*:
+    the emulator refuses them at compile time, so a kernel using one fails here as on the toolchain."""
+    src = tmp_path / "k.cpp"
+    src.write_text(
+        '#include "ascend_c/common/ascendc_compat.h"\n'
+        "struct Tiling { uint32_t n; };\n"
+        "extern \"C\" __global__ __aicore__ void k(GM_ADDR tiling) {\n"
+        f"    {macro};\n"
+        "}\n"
+    )
+    cmd = [GXX, "-std=c++17", "-fsyntax-only", "-DLONGATTN_ASCEND_EMU", f"-I{REPO}", str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "not available in a kernel direct-call build" in proc.stderr, proc.stderr[-800:]

@@ -210,7 +210,7 @@ extern "C" __global__ __aicore__ void append_kv(GM_ADDR pool, GM_ADDR rows, GM_A
 {
     (void)workspace;
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
-    GET_TILING_DATA_WITH_STRUCT(longattn_ascend::AppendKvTiling, t, tiling);
+    const auto t = longattn_compat::ReadTiling<longattn_ascend::AppendKvTiling>(tiling);
     if (t.rowsDtype == longattn_ascend::kDtF32) longattn_ascend::RunAppendKvPool<float>(pool, rows, slots, t);
     if (t.rowsDtype == longattn_ascend::kDtBF16) longattn_ascend::RunAppendKvPool<bfloat16_t>(pool, rows, slots, t);
     if (t.rowsDtype == longattn_ascend::kDtF16) longattn_ascend::RunAppendKvPool<half>(pool, rows, slots, t);

@@ -41,10 +41,30 @@ using namespace AscendC;
 
 namespace longattn_ascend {
 
+// The kernel's GM arguments, kept as __gm__ pointers (GM_ADDR): a generic pointer (the host-side
+// CompressKvArgs' const void*) would drop the address space on the device compiler.
+// (GM_ADDR is a macro for `__gm__ uint8_t*`: one member per declaration.)
+struct CompressKvGm {
+    GM_ADDR a;
+    GM_ADDR b;
+    GM_ADDR positions;
+    GM_ADDR tokenRows;
+    GM_ADDR chunkStart;
+    GM_ADDR chunkEnd;
+    GM_ADDR emitTokens;
+    GM_ADDR cosTab;
+    GM_ADDR sinTab;
+    GM_ADDR normWeight;
+    GM_ADDR state;
+    GM_ADDR stateBt;
+    GM_ADDR out;
+    GM_ADDR outBt;
+};
+
 template <typename TIn, typename TOut, bool kFp8>
 class CompressKvKernel {
 public:
-    __aicore__ inline void Init(const CompressKvArgs& a, const CompressKvTiling& t)
+    __aicore__ inline void Init(const CompressKvGm& a, const CompressKvTiling& t)
     {
         t_ = t;
         core_ = static_cast<uint32_t>(GetBlockIdx());
@@ -380,7 +400,7 @@ private:
 };
 
 template <typename TIn>
-__aicore__ inline void RunCompressKv(const CompressKvArgs& a, const CompressKvTiling& t)
+__aicore__ inline void RunCompressKv(const CompressKvGm& a, const CompressKvTiling& t)
 {
     if (t.outDtype == kDtF32) {
         CompressKvKernel<TIn, float, false> op;
@@ -411,22 +431,9 @@ extern "C" __global__ __aicore__ void compress_kv(GM_ADDR a, GM_ADDR b, GM_ADDR 
 {
     (void)workspace;
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIV_1_0);
-    GET_TILING_DATA_WITH_STRUCT(longattn_ascend::CompressKvTiling, t, tiling);
-    longattn_ascend::CompressKvArgs args;
-    args.a = a;
-    args.b = b;
-    args.positions = (const int64_t*)positions;
-    args.tokenRows = (const int32_t*)tokenRows;
-    args.chunkStart = (const int64_t*)chunkStart;
-    args.chunkEnd = (const int64_t*)chunkEnd;
-    args.emitTokens = (const int32_t*)emitTokens;
-    args.cosTab = (const float*)cosTab;
-    args.sinTab = (const float*)sinTab;
-    args.normWeight = (const float*)normWeight;
-    args.state = (float*)state;
-    args.stateBt = (const int32_t*)stateBt;
-    args.out = out;
-    args.outBt = (const int32_t*)outBt;
+    const auto t = longattn_compat::ReadTiling<longattn_ascend::CompressKvTiling>(tiling);
+    const longattn_ascend::CompressKvGm args{a,     b,         positions,  tokenRows, chunkStart, chunkEnd, emitTokens,
+                                             cosTab, sinTab, normWeight, state,     stateBt,    out,      outBt};
     if (t.inDtype == longattn_ascend::kDtF32) longattn_ascend::RunCompressKv<float>(args, t);
     if (t.inDtype == longattn_ascend::kDtBF16) longattn_ascend::RunCompressKv<bfloat16_t>(args, t);
     if (t.inDtype == longattn_ascend::kDtF16) longattn_ascend::RunCompressKv<half>(args, t);

@@ -161,7 +161,7 @@ template <typename T>
 __global__ __aicore__ void matmul_scale_mix(GM_ADDR a, GM_ADDR b, GM_ADDR ws, GM_ADDR out, GM_ADDR tiling)
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
-    GET_TILING_DATA_WITH_STRUCT(MatmulTiling, t, tiling);
+    const auto t = longattn_compat::ReadTiling<MatmulTiling>(tiling);
     if ASCEND_IS_AIC {
         MatmulCube<T> op;
         op.Init(a, b, ws, t);

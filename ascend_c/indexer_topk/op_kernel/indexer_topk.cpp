@@ -30,7 +30,7 @@ extern "C" __global__ __aicore__ void indexer_topk(GM_ADDR q, GM_ADDR weights, G
                                                    GM_ADDR logits, GM_ADDR workspace, GM_ADDR tiling)
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
-    GET_TILING_DATA_WITH_STRUCT(longattn_ascend::IndexerTopkTiling, t, tiling);
+    const auto t = longattn_compat::ReadTiling<longattn_ascend::IndexerTopkTiling>(tiling);
     GM_ADDR ws = AscendC::GetUserWorkspace(workspace);
     if (t.dtype == longattn_ascend::kDtF32)
         longattn_ascend::RunIndexer<float>(q, weights, indexK, visibleEnd, blockTable, seqIds, indices, lengths, logits,

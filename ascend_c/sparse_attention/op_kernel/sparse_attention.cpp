@@ -30,7 +30,7 @@ extern "C" __global__ __aicore__ void sparse_attention(GM_ADDR q, GM_ADDR kv0, G
                                                        GM_ADDR lse, GM_ADDR workspace, GM_ADDR tiling)
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
-    GET_TILING_DATA_WITH_STRUCT(longattn_ascend::SparseAttentionTiling, t, tiling);
+    const auto t = longattn_compat::ReadTiling<longattn_ascend::SparseAttentionTiling>(tiling);
     GM_ADDR ws = AscendC::GetUserWorkspace(workspace);
     if (t.dtype == longattn_ascend::kDtF32)
         longattn_ascend::RunSparseAttention<float>(q, kv0, idx0, len0, kv1, idx1, len1, sink, out, lse, ws, t);
