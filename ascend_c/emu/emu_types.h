@@ -51,9 +51,10 @@ enum KernelMetaType : uint8_t {
 // GET_TILING_DATA / GET_TILING_DATA_WITH_STRUCT belong to the op-project flow (tiling registered with
 // the framework); a kernel-direct-call build (ascendc_library + ACLRT_LAUNCH_KERNEL), longattn's, has
 // no registered tiling: using them there does not build. Refused here at compile time.
-#define LAEMU_NO_TILING_MACRO(name)                                                                          \
-    static_assert(sizeof(char) == 0, name " is not available in a kernel direct-call build: read the "     \
-                                          "tiling struct through its __gm__ pointer (longattn_compat::ReadTiling)")
+#define LAEMU_NO_TILING_MACRO(name) \
+    static_assert(sizeof(char) == 0, name \
+                  " is not available in a kernel direct-call build: read the " \
+                  "tiling struct through its __gm__ pointer (longattn_compat::ReadTiling)")
 #define GET_TILING_DATA_WITH_STRUCT(StructT, var, tilingPtr) LAEMU_NO_TILING_MACRO("GET_TILING_DATA_WITH_STRUCT")
 #define GET_TILING_DATA(var, tilingPtr) LAEMU_NO_TILING_MACRO("GET_TILING_DATA")
 

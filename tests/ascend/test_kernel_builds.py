@@ -86,7 +86,7 @@ def test_tiling_macros_of_the_op_project_flow_do_not_build(tmp_path, macro):
     src.write_text(
         '#include "ascend_c/common/ascendc_compat.h"\n'
         "struct Tiling { uint32_t n; };\n"
-        "extern \"C\" __global__ __aicore__ void k(GM_ADDR tiling) {\n"
+        'extern "C" __global__ __aicore__ void k(GM_ADDR tiling) {\n'
         f"    {macro};\n"
         "}\n"
     )

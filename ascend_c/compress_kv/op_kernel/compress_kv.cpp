@@ -432,7 +432,7 @@ extern "C" __global__ __aicore__ void compress_kv(GM_ADDR a, GM_ADDR b, GM_ADDR 
     (void)workspace;
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIV_1_0);
     const auto t = longattn_compat::ReadTiling<longattn_ascend::CompressKvTiling>(tiling);
-    const longattn_ascend::CompressKvGm args{a,     b,         positions,  tokenRows, chunkStart, chunkEnd, emitTokens,
+    const longattn_ascend::CompressKvGm args{a,      b,      positions,  tokenRows, chunkStart, chunkEnd, emitTokens,
                                              cosTab, sinTab, normWeight, state,     stateBt,    out,      outBt};
     if (t.inDtype == longattn_ascend::kDtF32) longattn_ascend::RunCompressKv<float>(args, t);
     if (t.inDtype == longattn_ascend::kDtBF16) longattn_ascend::RunCompressKv<bfloat16_t>(args, t);
