@@ -36,6 +36,17 @@ __aicore__ inline T ReadTiling(GM_ADDR tiling)
     return t;
 }
 
+// One SetFlag / WaitFlag pair (evt's source pipe finishes before its destination pipe goes on) with an
+// event id from the TPipe's pool: a hand-picked EVENT_IDn can be an id one of the TPipe's queues holds
+// (undefined on hardware, can hang; the emulator refuses it on events the queues use).
+template <AscendC::HardEvent evt>
+__aicore__ inline void PipeWait(AscendC::TPipe& pipe)
+{
+    const AscendC::TEventID id = pipe.template FetchEventID<evt>();
+    AscendC::SetFlag<evt>(id);
+    AscendC::WaitFlag<evt>(id);
+}
+
 // CompareScalar (8.5) -> Compares (9.0).
 template <typename T, typename U>
 __aicore__ inline void CompareScalar(const AscendC::LocalTensor<U>& dst, const AscendC::LocalTensor<T>& src0,

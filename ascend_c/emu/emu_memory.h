@@ -48,6 +48,27 @@ inline uint32_t QueConsumerPipes(AscendC::TPosition p)
         default: return 0;
     }
 }
+// The events a TQue's own synchronisation uses (page *TPipe-TQue auto sync*): EnQue sets and DeQue
+// waits producer -> consumer; FreeTensor sets and AllocTensor waits consumer -> producer. Their ids come
+// from the same per-event pool as AllocEventID / FetchEventID, so a hand-set SetFlag on one of these
+// events must take its id from that pool (the emulator checks it; see SetFlag).
+inline int FirstPipe(uint32_t mask);
+inline int QueForwardEvent(AscendC::TPosition p)
+{
+    const uint32_t prod = QueProducerPipes(p), cons = QueConsumerPipes(p);
+    return prod && cons ? EventForPipes(FirstPipe(prod), FirstPipe(cons)) : -1;
+}
+inline int QueReverseEvent(AscendC::TPosition p)
+{
+    const uint32_t prod = QueProducerPipes(p), cons = QueConsumerPipes(p);
+    return prod && cons ? EventForPipes(FirstPipe(cons), FirstPipe(prod)) : -1;
+}
+inline int FreeEventId(const CoreCtx& c, int e)  // lowest id nobody holds, has set or was handed
+{
+    for (int i = 0; i < 8; ++i)
+        if (!c.eventIdBusy[e][i] && !c.queueHeld[e][i] && !c.fetched[e][i] && !c.flags[e][i].set) return i;
+    return -1;
+}
 inline int FirstPipe(uint32_t mask)
 {
     for (int p = 0; p < kNumPipes; ++p)
@@ -451,6 +472,18 @@ public:
             s.snap = SnapshotOfMask(c, prod);
             s.snapValid = true;
         }
+        const int ev = QueForwardEvent(emu_pos);
+        if (ev >= 0) {
+            const int id = FreeEventId(c, ev);
+            if (id < 0)
+                Fatal(loc,
+                      "TQue<%s>::EnQue: no free id of HardEvent::%s (8 per event type; held by queues, "
+                      "AllocEventID or hand-set flags)",
+                      PositionName(emu_pos), EventTable(static_cast<AscendC::HardEvent>(ev)).name);
+            c.queueHeld[ev][id] = true;
+            s.heldEvent = static_cast<int8_t>(ev);
+            s.heldId = static_cast<int8_t>(id);
+        }
         s.state = SlotState::Enqueued;
         emu_fifo[(emu_head + emu_count) % kMaxBuffers] = i;
         ++emu_count;
@@ -471,6 +504,8 @@ public:
         const uint32_t cons = QueConsumerPipes(emu_pos);
         if (c.hazardOn && cons && s.snapValid) JoinIntoMask(c, cons, s.snap);
         s.snapValid = false;
+        if (s.heldEvent >= 0) c.queueHeld[s.heldEvent][s.heldId] = false;
+        s.heldEvent = s.heldId = -1;
         s.state = SlotState::Dequeued;
         return MakeTensor<T>(i);
     }
@@ -641,6 +676,8 @@ public:
         uint32_t alignedLen = 0;
         const uint32_t base = Carve(c, m, num, len, &alignedLen, PositionName(que.emu_pos), "TQue", LAEMU_HERE);
         que.Bind(c, num, alignedLen, base, m);
+        for (const int ev : {QueForwardEvent(que.emu_pos), QueReverseEvent(que.emu_pos)})
+            if (ev >= 0) c.queueEvent[ev] = true;
         return true;
     }
     template <TPosition p>
@@ -663,12 +700,12 @@ public:
     template <HardEvent evt>
     TEventID AllocEventID(LAEMU_LOC)
     {
-        auto& busy = Live(LAEMU_HERE).eventIdBusy[static_cast<int>(evt)];
-        for (int i = 0; i < 8; ++i)
-            if (!busy[i]) {
-                busy[i] = true;
-                return static_cast<TEventID>(i);
-            }
+        longattn_emu::detail::CoreCtx& c = Live(LAEMU_HERE);
+        const int i = longattn_emu::detail::FreeEventId(c, static_cast<int>(evt));
+        if (i >= 0) {
+            c.eventIdBusy[static_cast<int>(evt)][i] = true;
+            return static_cast<TEventID>(i);
+        }
         longattn_emu::detail::Fatal(LAEMU_HERE, "AllocEventID<%s>: all 8 event ids are in use (ReleaseEventID missing)",
                                     longattn_emu::detail::EventTable(evt).name);
     }
@@ -688,11 +725,14 @@ public:
     }
     TEventID FetchEventID(HardEvent evt, LAEMU_LOC)
     {
-        auto& busy = Live(LAEMU_HERE).eventIdBusy[static_cast<int>(evt)];
-        for (int i = 0; i < 8; ++i)
-            if (!busy[i]) return static_cast<TEventID>(i);
-        longattn_emu::detail::Fatal(LAEMU_HERE, "FetchEventID<%s>: no free event id",
-                                    longattn_emu::detail::EventTable(evt).name);
+        // A free id (not allocated, not held by a queue, not set) for one SetFlag/WaitFlag pair.
+        longattn_emu::detail::CoreCtx& c = Live(LAEMU_HERE);
+        const int id = longattn_emu::detail::FreeEventId(c, static_cast<int>(evt));
+        if (id < 0)
+            longattn_emu::detail::Fatal(LAEMU_HERE, "FetchEventID<%s>: no free event id",
+                                        longattn_emu::detail::EventTable(evt).name);
+        c.fetched[static_cast<int>(evt)][id] = true;
+        return static_cast<TEventID>(id);
     }
 
 private:

@@ -276,6 +276,14 @@ inline const EventInfo& EventTable(AscendC::HardEvent e)
     return t[static_cast<int>(e)];
 }
 constexpr int kNumEvents = static_cast<int>(AscendC::HardEvent::MAX_EVENT);
+inline int EventForPipes(int src, int dst)  // HardEvent index of src -> dst, or -1
+{
+    for (int i = 0; i < kNumEvents; ++i) {
+        const EventInfo& e = EventTable(static_cast<AscendC::HardEvent>(i));
+        if (e.src == src && e.dst == dst) return i;
+    }
+    return -1;
+}
 inline const char* EventNameForPipes(int src, int dst)
 {
     for (int i = 0; i < kNumEvents; ++i) {
@@ -316,6 +324,8 @@ struct SlotRec {
     uint32_t queueId = 0;
     VClock snap{};  // producer snapshot (EnQue) or consumer snapshot (FreeTensor)
     bool snapValid = false;
+    int8_t heldEvent = -1;  // the event id an EnQue took from the pool, released by the DeQue
+    int8_t heldId = -1;
 };
 
 struct FlagRec {
@@ -353,7 +363,10 @@ struct CoreCtx {
     std::vector<SlotRec> slots;
     // intra-core flags and TPipe event ids
     FlagRec flags[kNumEvents][8];
-    bool eventIdBusy[kNumEvents][8] = {};
+    bool eventIdBusy[kNumEvents][8] = {};  // AllocEventID'd (until ReleaseEventID)
+    bool fetched[kNumEvents][8] = {};      // FetchEventID'd (until the SetFlag that uses it)
+    bool queueHeld[kNumEvents][8] = {};    // taken by a TQue EnQue (until its DeQue)
+    bool queueEvent[kNumEvents] = {};      // some TQue of this core synchronises with this event
     // misc per-core registers
     uint64_t padValueBits = 0;
     bool padValueSet = false;

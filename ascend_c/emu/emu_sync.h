@@ -44,6 +44,18 @@ inline void SetFlag(int32_t eventID, LAEMU_LOC)
               "SetFlag<HardEvent::%s>(%d) twice without a WaitFlag in between (undefined behaviour on hardware; "
               "first set at %s:%d)",
               e.name, eventID, f.setLoc.file ? BaseName(f.setLoc.file) : "?", f.setLoc.line);
+    // The event-id pool: ids of an event that this core's TQues synchronise with are handed out by the
+    // TPipe (queues, AllocEventID, FetchEventID). A literal id there can be one a queue holds now or
+    // will take next (undefined behaviour, can hang on hardware), whatever the emulator's order; ids
+    // from the pool never collide (queues skip allocated, fetched and set ids).
+    const int ev = static_cast<int>(event);
+    if (c.queueEvent[ev] && !c.eventIdBusy[ev][eventID] && !c.fetched[ev][eventID])
+        Fatal(LAEMU_HERE,
+              "SetFlag<HardEvent::%s>(%d): a hand-picked event id on an event this core's TQues synchronise "
+              "with (their ids come from the same pool; a collision is undefined on hardware and can hang). "
+              "Take the id from TPipe::FetchEventID<HardEvent::%s>() or AllocEventID",
+              e.name, eventID, e.name);
+    c.fetched[ev][eventID] = false;
     if (c.hazardOn) {
         BeginOp(e.src, "SetFlag", LAEMU_HERE);
         f.snap = SnapshotOf(c, e.src);

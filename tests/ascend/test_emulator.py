@@ -74,6 +74,8 @@ PLANTED = {
     ],
     "unmatched_setflag": ["unmatched SetFlag<HardEvent::V_MTE3>(1)"],
     "double_setflag": ["SetFlag<HardEvent::V_MTE3>(0) twice without a WaitFlag"],
+    "handpicked_queue_event_id": ["SetFlag<HardEvent::MTE2_V>(0): a hand-picked event id", "FetchEventID"],
+    "fetched_event_id_reused": ["SetFlag<HardEvent::V_MTE3>(0): a hand-picked event id"],
     "crosscore_never_set": ["CrossCoreWaitFlag: flag 3 not set within", "on AIV core", "AI core 0"],
     "crosscore_setter_exited": ["CrossCoreWaitFlag: flag 3 can never be set", "on AIV core"],
     "crosscore_unconsumed": ["launch ended with cross-core flag 2 still pending"],

@@ -45,13 +45,11 @@ public:
         for (uint32_t b0 = r0_; b0 < r1_; b0 += t_.slotBatch) {
             const uint32_t n = MinU(t_.slotBatch, r1_ - b0);
             if (b0 != r0_) {  // the scalar reads of the previous batch are done before MTE2 refills
-                SetFlag<HardEvent::S_MTE2>(EVENT_ID0);
-                WaitFlag<HardEvent::S_MTE2>(EVENT_ID0);
+                longattn_compat::PipeWait<HardEvent::S_MTE2>(pipe_);
             }
             DataCopyPad(slots, slotGm_[b0], DataCopyExtParams(1, n * sizeof(int32_t), 0, 0, 0),
                         DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-            SetFlag<HardEvent::MTE2_S>(EVENT_ID0);
-            WaitFlag<HardEvent::MTE2_S>(EVENT_ID0);
+            longattn_compat::PipeWait<HardEvent::MTE2_S>(pipe_);
             for (uint32_t i = 0; i < n; ++i) {
                 const int32_t slot = slots.GetValue(i);
                 if (slot < 0 || static_cast<uint32_t>(slot) >= t_.numSlots) continue;  // never addressed
@@ -143,13 +141,11 @@ public:
         for (uint32_t b0 = r0_; b0 < r1_; b0 += t_.slotBatch) {
             const uint32_t n = MinU(t_.slotBatch, r1_ - b0);
             if (b0 != r0_) {
-                SetFlag<HardEvent::S_MTE2>(EVENT_ID0);
-                WaitFlag<HardEvent::S_MTE2>(EVENT_ID0);
+                longattn_compat::PipeWait<HardEvent::S_MTE2>(pipe_);
             }
             DataCopyPad(slots, slotGm_[b0], DataCopyExtParams(1, n * sizeof(int32_t), 0, 0, 0),
                         DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-            SetFlag<HardEvent::MTE2_S>(EVENT_ID0);
-            WaitFlag<HardEvent::MTE2_S>(EVENT_ID0);
+            longattn_compat::PipeWait<HardEvent::MTE2_S>(pipe_);
             for (uint32_t i = 0; i < n; ++i) {
                 const int32_t slot = slots.GetValue(i);
                 if (slot < 0 || static_cast<uint32_t>(slot) >= t_.numSlots) continue;

@@ -130,8 +130,7 @@ public:
         }
         LocalTensor<float> nw = normBuf_.Get<float>();
         DataCopyPad(nw, normGm_, DataCopyExtParams(1, d * 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
-        SetFlag<HardEvent::MTE2_V>(EVENT_ID0);
-        WaitFlag<HardEvent::MTE2_V>(EVENT_ID0);
+        longattn_compat::PipeWait<HardEvent::MTE2_V>(pipe_);
     }
 
     __aicore__ inline void Process()

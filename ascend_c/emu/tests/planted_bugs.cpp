@@ -193,6 +193,34 @@ void DoubleSetFlag()
     });
 }
 
+// A literal event id on an event the core's queues use (VECIN: MTE2 -> V): it may be the id the
+// queue's EnQue holds (undefined on hardware, can hang).
+void HandPickedQueueEventId()
+{
+    longattn_emu::LaunchVector(1, [] {
+        TPipe pipe;
+        TQue<TPosition::VECIN, 1> q;
+        pipe.InitBuffer(q, 1, 256);
+        SetFlag<HardEvent::MTE2_V>(EVENT_ID0);
+        WaitFlag<HardEvent::MTE2_V>(EVENT_ID0);
+    });
+}
+
+// A fetched id is good for one SetFlag / WaitFlag pair; reusing it later is a hand-picked id again.
+void FetchedEventIdReused()
+{
+    longattn_emu::LaunchVector(1, [] {
+        TPipe pipe;
+        TQue<TPosition::VECOUT, 1> q;
+        pipe.InitBuffer(q, 1, 256);
+        const TEventID id = pipe.FetchEventID<HardEvent::V_MTE3>();
+        SetFlag<HardEvent::V_MTE3>(id);
+        WaitFlag<HardEvent::V_MTE3>(id);
+        SetFlag<HardEvent::V_MTE3>(id);
+        WaitFlag<HardEvent::V_MTE3>(id);
+    });
+}
+
 // The AIC never sets flag 3: the AIV waits forever on hardware; the watchdog fires.
 void CrossCoreNeverSet()
 {
@@ -400,6 +428,8 @@ const Case kCases[] = {
     {"waitflag_without_setflag", WaitFlagWithoutSetFlag},
     {"unmatched_setflag", UnmatchedSetFlag},
     {"double_setflag", DoubleSetFlag},
+    {"handpicked_queue_event_id", HandPickedQueueEventId},
+    {"fetched_event_id_reused", FetchedEventIdReused},
     {"crosscore_never_set", CrossCoreNeverSet},
     {"crosscore_setter_exited", CrossCoreSetterExited},
     {"crosscore_unconsumed", CrossCoreUnconsumed},

@@ -96,8 +96,7 @@ public:
         Muls(oi, oi, static_cast<int32_t>(8), cap);
         Adds(oi, oi, static_cast<int32_t>(4), cap);  // byte offset of the id of pair i
         Duplicate(negInf_, kNegInf, NH);
-        SetFlag<HardEvent::V_MTE3>(EVENT_ID0);  // negInf_ is only read by MTE3 from now on
-        WaitFlag<HardEvent::V_MTE3>(EVENT_ID0);
+        longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe_);  // negInf_ is only read by MTE3 from now on
     }
 
     __aicore__ inline void Process()
@@ -124,8 +123,7 @@ private:
         DataCopy(s, wsS_[buf][sub_ * NH], DataCopyParams(Hi, NH * 4 / 32, NH * 4 / 32, 0));  // [Hi, 64] of [Hi, 128]
         sQue_.EnQue(s);
         s = sQue_.DeQue<float>();
-        SetFlag<HardEvent::MTE3_MTE2>(EVENT_ID1);  // earlier GM writes are ordered before the flag's pipe
-        WaitFlag<HardEvent::MTE3_MTE2>(EVENT_ID1);
+        longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // earlier GM writes are ordered before the flag's pipe
         CrossCoreSetFlag<2, PIPE_MTE2>(static_cast<uint16_t>(kFlagC + buf));  // the AIC may reuse wsS[buf]
         LocalTensor<uint8_t> notNan = nanBuf_.Get<uint8_t>();
         Compare(notNan, s, s, CMPMODE::EQ, Hi * NH);  // 0 exactly where S is NaN (IEEE compare)
@@ -239,23 +237,19 @@ private:
         // AIV 1 hands its list to AIV 0 through GM; mode-1 flags synchronise the pair.
         const uint32_t lb = exchanges++ % 2;
         if (sub_ == 1) {
-            SetFlag<HardEvent::V_MTE3>(EVENT_ID2);
-            WaitFlag<HardEvent::V_MTE3>(EVENT_ID2);
+            longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe_);
             DataCopyPad(wsList_[lb], cur, DataCopyExtParams(1, 2 * K * 4, 0, 0, 0));
             CrossCoreSetFlag<1, PIPE_MTE3>(kFlagX);
             CrossCoreWaitFlag(kFlagX);
-            SetFlag<HardEvent::MTE3_V>(EVENT_ID2);  // the list buffers are rewritten by the next token
-            WaitFlag<HardEvent::MTE3_V>(EVENT_ID2);
+            longattn_compat::PipeWait<HardEvent::MTE3_V>(pipe_);  // the list buffers are rewritten by the next token
             return;
         }
         CrossCoreSetFlag<1, PIPE_MTE3>(kFlagX);
         CrossCoreWaitFlag(kFlagX);
-        SetFlag<HardEvent::V_MTE2>(EVENT_ID2);
-        WaitFlag<HardEvent::V_MTE2>(EVENT_ID2);
+        longattn_compat::PipeWait<HardEvent::V_MTE2>(pipe_);
         DataCopyPad(sortA_, wsList_[lb], DataCopyExtParams(1, 2 * K * 4, 0, 0, 0),
                     DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
-        SetFlag<HardEvent::MTE2_V>(EVENT_ID2);
-        WaitFlag<HardEvent::MTE2_V>(EVENT_ID2);
+        longattn_compat::PipeWait<HardEvent::MTE2_V>(pipe_);
         MrgSort4Info m;
         m.elementLengths[0] = static_cast<uint16_t>(K);
         m.elementLengths[1] = static_cast<uint16_t>(K);
