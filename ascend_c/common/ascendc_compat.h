@@ -47,6 +47,11 @@ __aicore__ inline void PipeWait(AscendC::TPipe& pipe)
     AscendC::WaitFlag<evt>(id);
 }
 
+// Mmad's m for a left matrix of `rows` rows kept in the Zz fractal layout: m = 1 switches Mmad to GEMV
+// mode on A2/A3 (L0A read as one ND row; page *Mmad*, constraints), so one row is computed as a whole
+// 16-row fractal (the same cube work; output rows 1..15 are not read).
+__aicore__ inline uint16_t MmadRows(uint32_t rows) { return static_cast<uint16_t>(rows == 1 ? 16 : rows); }
+
 // CompareScalar (8.5) -> Compares (9.0).
 template <typename T, typename U>
 __aicore__ inline void CompareScalar(const AscendC::LocalTensor<U>& dst, const AscendC::LocalTensor<T>& src0,

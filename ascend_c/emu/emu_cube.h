@@ -228,8 +228,13 @@ inline void Mmad(const LocalTensor<Tc>& dst, const LocalTensor<Ta>& fm, const Lo
     const bool accumulate = p.isBias || !p.cmatrixInitVal;
     if (accumulate) TrackLocal(dst.emu_mem, dst.emu_off, static_cast<uint32_t>(cBytes), false);
     TrackLocal(dst.emu_mem, dst.emu_off, static_cast<uint32_t>(cBytes), true);
-    // Zz / Zn / Nz addressing (see the header comment).
+    // Zz / Zn / Nz addressing (see the header comment). GEMV mode (page *Mmad*, constraints): with m = 1
+    // the hardware reads L0A as one ND row, A[0][kk] at element kk, not in the Zz fractal layout; the
+    // two agree only for k <= K0 (one fractal row). Emulated as the hardware does: a kernel that keeps
+    // a one-row A in Zz layout computes wrong results here as on a 910B / 910C.
+    const bool gemv = p.m == 1;
     auto aAt = [&](uint32_t i, uint32_t kk) {
+        if (gemv) return LoadAs<Ta>(pa + static_cast<uint64_t>(kk) * sizeof(Ta));
         return LoadAs<Ta>(pa + (static_cast<uint64_t>(i / 16) * K1 + kk / K0) * 512 +
                           ((i % 16) * K0 + kk % K0) * sizeof(Ta));
     };

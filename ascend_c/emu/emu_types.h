@@ -309,8 +309,10 @@ struct LoadData2DParams {
     bool ifTranspose = false;  // transpose each fractal (16-bit types only)
     uint32_t addrMode = 0;
     LoadData2DParams() = default;
+    // CANN 8.5.0 declares the default and this 7-argument constructor only (no default for addrMode):
+    // a 6-argument call does not build with the toolchain, so it does not build here either.
     LoadData2DParams(uint16_t startIndexIn, uint8_t repeatTimesIn, uint16_t srcStrideIn, uint8_t sidIn,
-                     uint16_t dstGapIn, bool ifTransposeIn, uint8_t addrModeIn = 0)
+                     uint16_t dstGapIn, bool ifTransposeIn, uint8_t addrModeIn)
         : startIndex(startIndexIn),
           repeatTimes(repeatTimesIn),
           srcStride(srcStrideIn),
@@ -336,8 +338,10 @@ struct MmadParams {
     bool cmatrixSource = false;    // true => init from bias table (not emulated)
     bool cmatrixInitVal = true;    // true => C = A*B; false => C += A*B
     MmadParams() = default;
-    MmadParams(uint16_t mIn, uint16_t nIn, uint16_t kIn, bool isBiasIn = false, int32_t fmOffsetIn = 0,
-               bool enSsparseIn = false, bool enWinogradAIn = false, bool enWinogradBIn = false)
+    // The constructors CANN 8.5.0 declares (no defaulted arguments): the 8-argument legacy form and the
+    // 6-argument (m, n, k, unitFlag, cmatrixSource, cmatrixInitVal) form.
+    MmadParams(uint16_t mIn, uint16_t nIn, uint16_t kIn, bool isBiasIn, int32_t fmOffsetIn, bool enSsparseIn,
+               bool enWinogradAIn, bool enWinogradBIn)
         : m(mIn),
           n(nIn),
           k(kIn),
@@ -346,6 +350,11 @@ struct MmadParams {
           enSsparse(enSsparseIn),
           enWinogradA(enWinogradAIn),
           enWinogradB(enWinogradBIn)
+    {
+    }
+    MmadParams(uint16_t mIn, uint16_t nIn, uint16_t kIn, uint8_t unitFlagIn, bool cmatrixSourceIn,
+               bool cmatrixInitValIn)
+        : m(mIn), n(nIn), k(kIn), unitFlag(unitFlagIn), cmatrixSource(cmatrixSourceIn), cmatrixInitVal(cmatrixInitValIn)
     {
     }
 };

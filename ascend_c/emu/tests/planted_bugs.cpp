@@ -107,7 +107,7 @@ void L0aMisaligned()
         pipe.InitBuffer(l1, 4096);
         pipe.InitBuffer(l0a, 4096);
         LocalTensor<half> a1 = l1.Get<half>(), a2 = l0a.Get<half>();
-        LoadData(a2[100], a1, LoadData2DParams(0, 1, 1, 0, 0, false));  // 200-byte offset in L0A
+        LoadData(a2[100], a1, LoadData2DParams(0, 1, 1, 0, 0, false, 0));  // 200-byte offset in L0A
     });
 }
 

@@ -53,14 +53,14 @@ public:
             const uint32_t k1This = (kThis + C0 - 1) / C0, k1Start = kt * K1t_;
             LocalTensor<T> a2 = qA2_.AllocTensor<T>();
             for (uint32_t m1 = 0; m1 < M1_; ++m1)  // Nz (L1) -> Zz (L0A): one fractal row per call
-                LoadData(a2[m1 * k1This * FRAC], a1, LoadData2DParams(k1Start * M1_ + m1, k1This, M1_, 0, 0, false));
+                LoadData(a2[m1 * k1This * FRAC], a1, LoadData2DParams(k1Start * M1_ + m1, k1This, M1_, 0, 0, false, 0));
             qA2_.EnQue(a2);
             LocalTensor<T> b2 = qB2_.AllocTensor<T>();
             if (t_.bTransposed) {  // L1 already holds Zn fractals in (k1, n1) order
-                LoadData(b2, b1, LoadData2DParams(k1Start * N1_, k1This * N1_, 1, 0, 0, false));
+                LoadData(b2, b1, LoadData2DParams(k1Start * N1_, k1This * N1_, 1, 0, 0, false, 0));
             } else {  // transpose every 16x16 fractal: Nz -> Zn
                 for (uint32_t k1 = 0; k1 < k1This; ++k1)
-                    LoadData(b2[k1 * N1_ * FRAC], b1, LoadData2DParams(k1Start + k1, N1_, K1_, 0, 0, true));
+                    LoadData(b2[k1 * N1_ * FRAC], b1, LoadData2DParams(k1Start + k1, N1_, K1_, 0, 0, true, 0));
             }
             qB2_.EnQue(b2);
             a2 = qA2_.DeQue<T>();
@@ -264,11 +264,11 @@ static void TestFixpipeReluBf16()
         SetFlag<HardEvent::MTE2_MTE1>(EVENT_ID0);
         WaitFlag<HardEvent::MTE2_MTE1>(EVENT_ID0);
         for (uint32_t m1 = 0; m1 < M1; ++m1)
-            LoadData(ta2[m1 * K1 * 256], ta1, LoadData2DParams(m1, K1, M1, 0, 0, false));
-        LoadData(tb2, tb1, LoadData2DParams(0, K1 * N1, 1, 0, 0, false));
+            LoadData(ta2[m1 * K1 * 256], ta1, LoadData2DParams(m1, K1, M1, 0, 0, false, 0));
+        LoadData(tb2, tb1, LoadData2DParams(0, K1 * N1, 1, 0, 0, false, 0));
         SetFlag<HardEvent::MTE1_M>(EVENT_ID0);
         WaitFlag<HardEvent::MTE1_M>(EVENT_ID0);
-        Mmad(tc, ta2, tb2, MmadParams(M, N, K));
+        Mmad(tc, ta2, tb2, MmadParams(M, N, K, 0, false, true));
         SetFlag<HardEvent::M_FIX>(EVENT_ID0);
         WaitFlag<HardEvent::M_FIX>(EVENT_ID0);
         FixpipeParamsV220 fp;
@@ -360,8 +360,8 @@ static void TestGatherThenMatmul()
             a1 = qa1.DeQue<half>();
             b1 = qb1.DeQue<half>();
             LocalTensor<half> a2 = qa2.AllocTensor<half>(), b2 = qb2.AllocTensor<half>();
-            LoadData(a2, a1, LoadData2DParams(0, K1, M1, 0, 0, false));
-            LoadData(b2, b1, LoadData2DParams(0, K1 * N1, 1, 0, 0, false));
+            LoadData(a2, a1, LoadData2DParams(0, K1, M1, 0, 0, false, 0));
+            LoadData(b2, b1, LoadData2DParams(0, K1 * N1, 1, 0, 0, false, 0));
             qa2.EnQue(a2);
             qb2.EnQue(b2);
             qa1.FreeTensor(a1);
@@ -369,7 +369,7 @@ static void TestGatherThenMatmul()
             a2 = qa2.DeQue<half>();
             b2 = qb2.DeQue<half>();
             LocalTensor<float> c = qc.AllocTensor<float>();
-            Mmad(c, a2, b2, MmadParams(M, TOPK, D));
+            Mmad(c, a2, b2, MmadParams(M, TOPK, D, 0, false, true));
             qc.EnQue(c);
             qa2.FreeTensor(a2);
             qb2.FreeTensor(b2);
@@ -384,6 +384,49 @@ static void TestGatherThenMatmul()
         }
     });
     emu_test::AllClose("gather (AIV) -> QK^T (AIC)", scores, want, 1e-5, 1e-5);
+}
+
+// GEMV mode (page *Mmad*, constraints): with m = 1, L0A is read as one ND row. A 1 x 32 row written
+// in ND order gives the dot products at m = 1; the same bytes read as the Zz layout (m = 16, row 0)
+// take k 16..31 from the second fractal (bytes 512..), so a Zz-laid-out single row is wrong at m = 1.
+static void TestGemvModeAtOneRow()
+{
+    const uint32_t K = 32, N = 16;
+    std::vector<float> out1(N), out16(N), want(N);
+    longattn_emu::LaunchCube(1, [&] {
+        TPipe pipe;
+        TBuf<TPosition::A2> l0a;
+        TBuf<TPosition::B2> l0b;
+        TBuf<TPosition::CO1> l0c;
+        pipe.InitBuffer(l0a, 2 * 512);
+        pipe.InitBuffer(l0b, 2 * 512);
+        pipe.InitBuffer(l0c, 1024);
+        LocalTensor<half> a = l0a.Get<half>(), b = l0b.Get<half>();
+        LocalTensor<float> c = l0c.Get<float>();
+        for (uint32_t i = 0; i < 2 * 256; ++i) a.SetValue(i, half(0));
+        for (uint32_t kk = 0; kk < K; ++kk) a.SetValue(kk, half(static_cast<float>(kk % 7) - 3.0f));  // ND row
+        for (uint32_t kk = 0; kk < K; ++kk)  // Zn: fractal kk/16, inside column j, row kk%16
+            for (uint32_t j = 0; j < N; ++j) b.SetValue((kk / 16) * 256 + j * 16 + kk % 16, half(float(j + 1)));
+        for (uint32_t j = 0; j < N; ++j) {
+            float acc = 0.f;
+            for (uint32_t kk = 0; kk < K; ++kk) acc += (static_cast<float>(kk % 7) - 3.0f) * float(j + 1);
+            want[j] = acc;
+        }
+        PipeBarrier<PIPE_ALL>();
+        for (const uint16_t m : {uint16_t(1), uint16_t(16)}) {
+            Mmad(c, a, b, MmadParams(m, N, K, 0, false, true));
+            PipeBarrier<PIPE_ALL>();
+            for (uint32_t j = 0; j < N; ++j) (m == 1 ? out1 : out16)[j] = c.GetValue(j);  // row 0 of C (Nz)
+            PipeBarrier<PIPE_ALL>();
+        }
+    });
+    size_t bad1 = 0, same16 = 0;
+    for (uint32_t j = 0; j < N; ++j) {
+        bad1 += out1[j] != want[j];
+        same16 += out16[j] == want[j];
+    }
+    EXPECT_TRUE(bad1 == 0, "Mmad m = 1 (GEMV, ND row): %zu of %u results differ", bad1, N);
+    EXPECT_TRUE(same16 == 0, "Mmad m = 16 read the ND row as Zz and still matched %zu of %u results", same16, N);
 }
 
 int main()
@@ -401,5 +444,6 @@ int main()
     RunMatmul<float>(9, 13, 5, 16, true, "matmul fp32 9x13x5 B^T");
     TestFixpipeReluBf16();
     TestGatherThenMatmul();
+    TestGemvModeAtOneRow();
     return emu_test::Finish("test_cube_mix");
 }

@@ -112,15 +112,16 @@ private:
             const uint32_t kThis = MinU(t_.kTile, Di - k0), k1This = kThis / C0, k1Start = k0 / C0;
             LocalTensor<T> a2 = aQue_.AllocTensor<T>();
             for (uint32_t m1 = 0; m1 < m1_; ++m1)
-                LoadData(a2[m1 * k1This * FRAC], qL1_, LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false));
+                LoadData(a2[m1 * k1This * FRAC], qL1_,
+                         LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false, 0));
             aQue_.EnQue(a2);
             LocalTensor<T> b2 = bQue_.AllocTensor<T>();
-            LoadData(b2, k, LoadData2DParams(k1Start * N1, k1This * N1, 1, 0, 0, false));
+            LoadData(b2, k, LoadData2DParams(k1Start * N1, k1This * N1, 1, 0, 0, false, 0));
             bQue_.EnQue(b2);
             a2 = aQue_.DeQue<T>();
             b2 = bQue_.DeQue<T>();
             MmadParams mm;
-            mm.m = t_.numHeads;
+            mm.m = longattn_compat::MmadRows(t_.numHeads); // m = 1 would be GEMV mode
             mm.n = NB;
             mm.k = kThis;
             mm.cmatrixInitVal = (k0 == 0);

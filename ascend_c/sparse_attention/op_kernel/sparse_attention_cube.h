@@ -112,15 +112,16 @@ private:
             const uint32_t kThis = MinU(t_.kTile, D - k0), k1This = kThis / C0, k1Start = k0 / C0;
             LocalTensor<T> a2 = aQue_.AllocTensor<T>();
             for (uint32_t m1 = 0; m1 < m1_; ++m1)  // Nz (L1) -> Zz (L0A), one fractal row per call
-                LoadData(a2[m1 * k1This * FRAC], qL1_, LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false));
+                LoadData(a2[m1 * k1This * FRAC], qL1_,
+                         LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false, 0));
             aQue_.EnQue(a2);
             LocalTensor<T> b2 = bQue_.AllocTensor<T>();  // keys as n x k: Nz fractals are already Zn
-            LoadData(b2, kL1_[buf], LoadData2DParams(k1Start * N1, k1This * N1, 1, 0, 0, false));
+            LoadData(b2, kL1_[buf], LoadData2DParams(k1Start * N1, k1This * N1, 1, 0, 0, false, 0));
             bQue_.EnQue(b2);
             a2 = aQue_.DeQue<T>();
             b2 = bQue_.DeQue<T>();
             MmadParams mm;
-            mm.m = heads;
+            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
             mm.n = NB;
             mm.k = kThis;
             mm.cmatrixInitVal = (k0 == 0);
@@ -175,7 +176,7 @@ private:
         pL1 = pQue_.DeQue<T>();
         LocalTensor<T> a2 = aQue_.AllocTensor<T>();
         for (uint32_t m1 = 0; m1 < m1_; ++m1)
-            LoadData(a2[m1 * KB1 * FRAC], pL1, LoadData2DParams(m1, KB1, m1_, 0, 0, false));
+            LoadData(a2[m1 * KB1 * FRAC], pL1, LoadData2DParams(m1, KB1, m1_, 0, 0, false, 0));
         aQue_.EnQue(a2);
         a2 = aQue_.DeQue<T>();
         for (uint32_t d0 = 0; d0 < D; d0 += t_.dChunk) {
@@ -186,18 +187,18 @@ private:
                 // transposing each 16x16 fractal gives the Zn layout of V as k x n.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], kL1_[buf],
-                             LoadData2DParams((d0 / 16) * N1 + k1, n1This, N1, 0, 0, true));
+                             LoadData2DParams((d0 / 16) * N1 + k1, n1This, N1, 0, 0, true, 0));
             } else {
                 // V^T [D, 64] Nz: fractal (D block, key block k1) at k1*(D/16) + d/16 is already Zn.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], vt.template ReinterpretCast<T>(),
-                             LoadData2DParams(k1 * (D / 16) + d0 / 16, n1This, 1, 0, 0, false));
+                             LoadData2DParams(k1 * (D / 16) + d0 / 16, n1This, 1, 0, 0, false, 0));
             }
             bQue_.EnQue(b2);
             b2 = bQue_.DeQue<T>();
             LocalTensor<float> c = cQue_.AllocTensor<float>();
             MmadParams mm;
-            mm.m = heads;
+            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
             mm.n = dThis;
             mm.k = NB;
             mm.cmatrixInitVal = true;
