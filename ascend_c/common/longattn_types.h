@@ -8,6 +8,14 @@
 
 #include <stdint.h>
 
+// Helpers below are called from kernel code, so they carry __aicore__ (the device compiler rejects a
+// call from an AI-core function to a host function). Host compilers (tiling code, the torch
+// bindings) see it as nothing; kernel translation units get it from kernel_operator.h (included
+// first, by ascendc_compat.h) or from the emulator.
+#if !defined(__aicore__) && !defined(__NPU_ARCH__)
+#define __aicore__
+#endif
+
 namespace longattn_ascend {
 
 template <typename A, typename B>
@@ -31,11 +39,11 @@ enum DataTypeCode : uint32_t {
     kDtFP8Record = 3,  // FP8 "MODEL1" pool: 584-B records (448 e4m3 + 64 bf16 + 8 scale bytes), see cache/fp8.py
 };
 
-inline constexpr uint32_t DtSize(uint32_t dt) { return dt == kDtF32 ? 4u : (dt == kDtFP8Record ? 1u : 2u); }
-inline constexpr uint32_t CeilDivU(uint32_t a, uint32_t b) { return (a + b - 1u) / b; }
-inline constexpr uint32_t AlignUpU(uint32_t a, uint32_t b) { return CeilDivU(a, b) * b; }
-inline constexpr uint32_t MinU(uint32_t a, uint32_t b) { return a < b ? a : b; }
-inline constexpr uint32_t MaxU(uint32_t a, uint32_t b) { return a > b ? a : b; }
+__aicore__ inline constexpr uint32_t DtSize(uint32_t dt) { return dt == kDtF32 ? 4u : (dt == kDtFP8Record ? 1u : 2u); }
+__aicore__ inline constexpr uint32_t CeilDivU(uint32_t a, uint32_t b) { return (a + b - 1u) / b; }
+__aicore__ inline constexpr uint32_t AlignUpU(uint32_t a, uint32_t b) { return CeilDivU(a, b) * b; }
+__aicore__ inline constexpr uint32_t MinU(uint32_t a, uint32_t b) { return a < b ? a : b; }
+__aicore__ inline constexpr uint32_t MaxU(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
 // FP8 MODEL1 record layout (python/longattn/cache/fp8.py): within a page all 576-B data rows come
 // first, then the 8-B scale rows; a page is padded to a multiple of 576 B.
@@ -48,7 +56,7 @@ constexpr uint32_t kFp8DataBytes = 576;
 constexpr uint32_t kFp8ScaleBytes = 8;
 constexpr uint32_t kFp8RecordBytes = 584;
 constexpr uint32_t kFp8QuantizerUbBytes = 16512;  // scratch of the vector-core quantiser (fp8_quant.h)
-inline constexpr uint32_t Fp8PageBytes(uint32_t pageSize)
+__aicore__ inline constexpr uint32_t Fp8PageBytes(uint32_t pageSize)
 {
     return CeilDivU(pageSize * kFp8RecordBytes, kFp8DataBytes) * kFp8DataBytes;
 }

@@ -17,15 +17,16 @@ inline bool CurrentIsAiv() { return Core().kind == CoreKind::AIV; }
 inline bool CurrentIsAic() { return Core().kind == CoreKind::AIC; }
 
 // Producer and consumer pipes (bit masks) of the sync a TQue at this position performs: EnQue/DeQue
-// order producers before consumers, FreeTensor/AllocTensor consumers before producers. The
-// documented TPipe-TQue auto-sync table includes MTE2->MTE3, so a VECIN tensor may also be consumed
-// by MTE3 (copy-through) and a VECOUT tensor produced by MTE2.
+// order producers before consumers, FreeTensor/AllocTensor consumers before producers. TQue<VECIN> is
+// TQueBind<GM, VECIN>: its events are MTE2_V / V_MTE2 only; TQue<VECOUT> (VECOUT -> GM) V_MTE3 / MTE3_V
+// only. A VECIN tile copied straight to GM by MTE3 (copy-through) is NOT ordered by the queue (only
+// TQueBind<VECIN, VECOUT> orders MTE2 before MTE3); the hazard tracker reports it.
 inline uint32_t QueProducerPipes(AscendC::TPosition p)
 {
     using AscendC::TPosition;
     switch (p) {
         case TPosition::VECIN: return 1u << PIPE_MTE2;
-        case TPosition::VECOUT: return (1u << PIPE_V) | (1u << PIPE_MTE2);
+        case TPosition::VECOUT: return 1u << PIPE_V;
         case TPosition::A1:
         case TPosition::B1: return 1u << PIPE_MTE2;
         case TPosition::A2:
@@ -38,7 +39,7 @@ inline uint32_t QueConsumerPipes(AscendC::TPosition p)
 {
     using AscendC::TPosition;
     switch (p) {
-        case TPosition::VECIN: return (1u << PIPE_V) | (1u << PIPE_MTE3);
+        case TPosition::VECIN: return 1u << PIPE_V;
         case TPosition::VECOUT: return 1u << PIPE_MTE3;
         case TPosition::A1:
         case TPosition::B1: return 1u << PIPE_MTE1;

@@ -485,6 +485,17 @@ inline void DescribeOp(const CoreCtx& c, uint32_t t, char* buf, size_t n)
           blk * 32u, blk * 32u + 32u, war ? "still being read by" : "last written by", PipeName(otherPipe), other, fix);
 }
 
+[[noreturn]] inline void SamePipeFail(CoreCtx& c, Mem m, uint32_t blk, uint32_t otherTime)
+{
+    char other[256];
+    DescribeOp(c, otherTime, other, sizeof(other));
+    Fatal(c.curLoc,
+          "pipe hazard (same-pipe WAW): %s (%s) writes %s bytes [0x%x, 0x%x) that %s on the same pipe wrote with "
+          "no PipeBarrier<%s>() in between; transfers of one MTE pipe to overlapping destinations may complete "
+          "out of order on hardware",
+          PipeName(c.curPipe), c.curApi, MemName(m), blk * 32u, blk * 32u + 32u, other, PipeName(c.curPipe));
+}
+
 // Record an access of bytes [off, off+bytes) of local memory m by the current op.
 inline void TrackLocal(Mem m, uint32_t off, uint32_t bytes, bool write)
 {
@@ -502,6 +513,11 @@ inline void TrackLocal(Mem m, uint32_t off, uint32_t bytes, bool write)
                 if (p == q || AutoSynced(c, p, q)) continue;
                 if (s.rTime[p] > c.vc[q].v[p]) HazardFail(c, m, b, p, s.rTime[p], "WAR");
             }
+            // Two MTE2 transfers into overlapping local bytes (a DataCopy or an L1 InitConstValue) are
+            // not ordered by the pipe (page *basic data movement*: overlapping destinations need
+            // PipeBarrier<PIPE_MTE2>), unless a sync chain already proves the first one complete.
+            if (q == PIPE_MTE2 && s.wPipe == PIPE_MTE2 && s.wTime != c.curTime && s.wTime > c.vc[q].v[q])
+                SamePipeFail(c, m, b, s.wTime);
             s.wPipe = static_cast<uint8_t>(q);
             s.wTime = c.curTime;
         } else {
@@ -517,6 +533,24 @@ inline void TrackGmWrite(const void* p, uint64_t bytes)
     if (!c.hazardOn || bytes == 0) return;
     c.lastGmWrite[c.curPipe] = c.curTime;
     const uintptr_t b = reinterpret_cast<uintptr_t>(p);
+    // Overlapping GM destinations of two MTE3 transfers need PipeBarrier<PIPE_MTE3> (page *basic data
+    // movement*) unless a sync chain proves the first complete. The recent writes are scanned.
+    if (c.curPipe == PIPE_MTE3) {
+        const int q = PIPE_MTE3;
+        const size_t n = c.gmWrites.size(), first = n > 1024 ? n - 1024 : 0;
+        for (size_t i = first; i < n; ++i) {
+            const GmWrite& w = c.gmWrites[i];
+            if (w.pipe == q && w.time != c.curTime && w.time > c.vc[q].v[q] && w.begin < b + bytes && b < w.end) {
+                char other[256];
+                DescribeOp(c, w.time, other, sizeof(other));
+                Fatal(c.curLoc,
+                      "pipe hazard (same-pipe WAW): PIPE_MTE3 (%s) writes GM [%p, +%llu) that %s on the same pipe "
+                      "wrote with no PipeBarrier<PIPE_MTE3>() in between; transfers of one MTE pipe to "
+                      "overlapping destinations may complete out of order on hardware",
+                      c.curApi, p, static_cast<unsigned long long>(bytes), other);
+            }
+        }
+    }
     if (!c.gmWrites.empty()) {
         GmWrite& last = c.gmWrites.back();  // merge adjacent writes of the same op
         if (last.time == c.curTime && last.end == b) {

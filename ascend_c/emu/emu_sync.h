@@ -24,6 +24,8 @@ inline void PipeBarrier(LAEMU_LOC)
     if (pipe == PIPE_ALL && c.hazardOn) {
         BeginOp(PIPE_S, "PipeBarrier<PIPE_ALL>", LAEMU_HERE);
         BarrierAll(c);
+    } else if (c.hazardOn) {  // every op of `pipe` issued so far completes before the pipe's next op
+        c.vc[pipe].v[pipe] = c.clock;
     }
 }
 

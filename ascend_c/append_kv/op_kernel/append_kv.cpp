@@ -92,9 +92,14 @@ private:
     __aicore__ inline void CopyOut(uint32_t slot, uint32_t c0, uint32_t len)
     {
         const DataCopyExtParams p(1, len * sizeof(TOut), 0, 0, 0);
-        if constexpr (IsSameType<TIn, TOut>::value) {  // copy-through: VECIN consumed by MTE3
+        if constexpr (IsSameType<TIn, TOut>::value) {
+            // Copy-through: the VECIN queue orders MTE2 before V only (TQue<VECIN> = TQueBind<GM, VECIN>),
+            // so MTE3 waits for the copy-in explicitly, and the next copy-in into this buffer (MTE2,
+            // after FreeTensor's V_MTE2) waits for the copy-out.
             LocalTensor<TIn> x = inQue_.DeQue<TIn>();
+            longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe_);
             DataCopyPad(poolGm_[static_cast<uint64_t>(slot) * t_.headDim + c0], x, p);
+            longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);
             inQue_.FreeTensor(x);
         } else {
             LocalTensor<TOut> y = outQue_.DeQue<TOut>();

@@ -221,6 +221,55 @@ void FetchedEventIdReused()
     });
 }
 
+// Copy-through: a VECIN tile DeQue'd and copied straight to GM. The queue orders MTE2 before V only
+// (TQue<VECIN> = TQueBind<GM, VECIN>), so MTE3 can read the tile before the copy-in lands.
+void VecinCopyThrough()
+{
+    longattn_emu::LaunchVector(1, [] {
+        TPipe pipe;
+        TQue<TPosition::VECIN, 1> q;
+        pipe.InitBuffer(q, 1, 256);
+        GlobalTensor<float> gin, gout;
+        gin.SetGlobalBuffer(gIn.data(), 1024);
+        gout.SetGlobalBuffer(gOut.data(), 1024);
+        LocalTensor<float> t = q.AllocTensor<float>();
+        DataCopy(t, gin, 64);
+        q.EnQue(t);
+        t = q.DeQue<float>();
+        DataCopy(gout, t, 64);  // missing: MTE2 -> MTE3
+        q.FreeTensor(t);
+    });
+}
+
+// A zero fill of an L1 tile and a copy into it: two MTE2 writes of the same bytes, unordered without
+// PipeBarrier<PIPE_MTE2> (overlapping destinations of one MTE pipe may complete out of order).
+void SamePipeOverlapWithoutBarrier()
+{
+    longattn_emu::LaunchCube(1, [] {
+        TPipe pipe;
+        TBuf<TPosition::A1> l1;
+        pipe.InitBuffer(l1, 1024);
+        GlobalTensor<half> g;
+        static std::vector<half> src(256, half(1));
+        g.SetGlobalBuffer(src.data(), src.size());
+        LocalTensor<half> t = l1.Get<half>();
+        InitConstValue(t, InitConstValueParams<half>(1, 1024 / 32, 0, half(0)));
+        DataCopy(t, g, 256);  // missing: PipeBarrier<PIPE_MTE2>()
+    });
+}
+
+// Two copy-outs to the same GM bytes: unordered on MTE3 without PipeBarrier<PIPE_MTE3>.
+void GmOverlapWithoutBarrier()
+{
+    OnAiv([](TPipe&, LocalTensor<float> a, LocalTensor<float> b, GlobalTensor<float>, GlobalTensor<float> gout) {
+        Duplicate(a, 1.0f, 64);
+        Duplicate(b, 2.0f, 64);
+        PipeBarrier<PIPE_ALL>();
+        DataCopy(gout, a, 64);
+        DataCopy(gout[32], b, 64);  // overlaps floats 32..63; missing: PipeBarrier<PIPE_MTE3>()
+    });
+}
+
 // The AIC never sets flag 3: the AIV waits forever on hardware; the watchdog fires.
 void CrossCoreNeverSet()
 {
@@ -430,6 +479,9 @@ const Case kCases[] = {
     {"double_setflag", DoubleSetFlag},
     {"handpicked_queue_event_id", HandPickedQueueEventId},
     {"fetched_event_id_reused", FetchedEventIdReused},
+    {"vecin_copy_through", VecinCopyThrough},
+    {"same_pipe_overlap_without_barrier", SamePipeOverlapWithoutBarrier},
+    {"gm_overlap_without_barrier", GmOverlapWithoutBarrier},
     {"crosscore_never_set", CrossCoreNeverSet},
     {"crosscore_setter_exited", CrossCoreSetterExited},
     {"crosscore_unconsumed", CrossCoreUnconsumed},

@@ -259,6 +259,7 @@ static void TestFixpipeReluBf16()
         // Zero the L1 tiles first so the padded rows are defined (InitConstValue on L1 is PIPE_MTE2).
         InitConstValue(ta1, InitConstValueParams<half>(1, M1 * 16 * K * 2 / 32, 0, half(0)));
         InitConstValue(tb1, InitConstValueParams<half>(1, N1 * 16 * K * 2 / 32, 0, half(0)));
+        PipeBarrier<PIPE_MTE2>();  // the copies below write the zeroed tiles again on the same pipe
         DataCopy(ta1, ga, Nd2NzParams(1, M, K, 0, K, M1 * 16, 1, 0));
         DataCopy(tb1, gb, Nd2NzParams(1, N, K, 0, K, N1 * 16, 1, 0));
         SetFlag<HardEvent::MTE2_MTE1>(EVENT_ID0);

@@ -341,12 +341,36 @@ static void TestCopyThroughQueue()
             LocalTensor<float> x = q.AllocTensor<float>();
             DataCopy(x, gs[t * 64], 64);
             q.EnQue(x);
-            x = q.DeQue<float>();
+            x = q.DeQue<float>();  // orders MTE2 before V only: the copy-out waits for the copy-in itself
+            longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe);
             DataCopy(gd[t * 64], x, 64);
+            longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe);  // before the next copy-in reuses x
             q.FreeTensor(x);
         }
     });
     emu_test::AllClose("copy-through VECIN", dst, src, 0, 0);
+}
+
+// Overlapping copy-outs ordered by PipeBarrier<PIPE_MTE3>: the later one wins, no hazard reported.
+static void TestOverlappingCopyOutsWithBarrier()
+{
+    std::vector<float> dst(96, 0.f), want(96, 1.f);
+    for (uint32_t i = 32; i < 96; ++i) want[i] = 2.f;
+    longattn_emu::LaunchVector(1, [&] {
+        TPipe pipe;
+        TBuf<TPosition::VECCALC> a, b;
+        pipe.InitBuffer(a, 256);
+        pipe.InitBuffer(b, 256);
+        GlobalTensor<float> gd;
+        gd.SetGlobalBuffer(dst.data(), dst.size());
+        Duplicate(a.Get<float>(), 1.0f, 64);
+        Duplicate(b.Get<float>(), 2.0f, 64);
+        longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe);
+        DataCopy(gd, a.Get<float>(), 64);
+        PipeBarrier<PIPE_MTE3>();
+        DataCopy(gd[32], b.Get<float>(), 64);
+    });
+    emu_test::AllClose("overlapping copy-outs with PipeBarrier<PIPE_MTE3>", dst, want, 0, 0);
 }
 
 int main()
@@ -358,5 +382,6 @@ int main()
     TestCrossCoreModes();
     TestQueueQueriesAndEventIds();
     TestCopyThroughQueue();
+    TestOverlappingCopyOutsWithBarrier();
     return emu_test::Finish("test_sort_copy");
 }

@@ -95,7 +95,10 @@ private:
         const uint32_t buf = seq % 2, D = t_.headDim;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagKv + buf));
         LocalTensor<T> k = kQue_.AllocTensor<T>();
-        if (nb < NB) longattn_compat::InitConstValue(k, InitConstValueParams<T>(1, NB * D * sizeof(T) / 32, 0, T(0)));
+        if (nb < NB) {  // zero the padded keys; the gather below is another MTE2 write of the same tile
+            longattn_compat::InitConstValue(k, InitConstValueParams<T>(1, NB * D * sizeof(T) / 32, 0, T(0)));
+            PipeBarrier<PIPE_MTE2>();
+        }
         Nd2NzParams p;
         p.ndNum = 1;
         p.nValue = nb;
@@ -161,7 +164,10 @@ private:
         LocalTensor<float> vt;
         if constexpr (sizeof(T) == 4) {  // V^T [D, 64] written by the AIVs; padding keys zeroed here
             vt = vtQue_.AllocTensor<float>();
-            if (nb < NB) longattn_compat::InitConstValue(vt, InitConstValueParams<float>(1, D * NB * 4 / 32, 0, 0.0f));
+            if (nb < NB) {  // as above: zero fill and copy are two MTE2 writes of the tile
+                longattn_compat::InitConstValue(vt, InitConstValueParams<float>(1, D * NB * 4 / 32, 0, 0.0f));
+                PipeBarrier<PIPE_MTE2>();
+            }
             Nd2NzParams v;
             v.ndNum = 1;
             v.nValue = D;

@@ -171,7 +171,8 @@ private:
                             DataCopyExtParams(1, D * sizeof(T), 0, 0, 0), DataCopyPadExtParams<T>(false, 0, 0, T(0)));
             }
             gQue_.EnQue(tile);
-            tile = gQue_.DeQue<T>();
+            tile = gQue_.DeQue<T>();  // orders the gather (MTE2) before V only: MTE3 waits explicitly
+            longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe_);
             DataCopy(wsKv_[buf][r0 * D], tile, rows * D);
             if constexpr (sizeof(T) == 4) {
                 LocalTensor<float> tt = tQue_.AllocTensor<float>();
@@ -182,6 +183,7 @@ private:
                 DataCopyPad(wsVt_[buf][r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
                 tQue_.FreeTensor(tt);
             }
+            longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // the next gather into this buffer
             gQue_.FreeTensor(tile);
         }
         for (uint32_t i = hi; i < nb; ++i) cursor_.Next(stream, slot);
