@@ -368,6 +368,7 @@ struct CoreCtx {
     bool queueHeld[kNumEvents][8] = {};    // taken by a TQue EnQue (until its DeQue)
     bool queueEvent[kNumEvents] = {};      // some TQue of this core synchronises with this event
     // misc per-core registers
+    uint8_t* sysWorkspace = nullptr;  // SetSysWorkspace
     uint64_t padValueBits = 0;
     bool padValueSet = false;
     int atomicOp = 0;  // 0 none, 1 add, 2 max, 3 min

@@ -435,8 +435,26 @@ inline void printf(const char* fmt, ...)
     std::fflush(stdout);
 }
 
-// The emulator has no system workspace: the user workspace starts at the pointer passed in.
-inline GM_ADDR GetUserWorkspace(GM_ADDR workspace) { return workspace; }
+// System workspace, as on the device (page *GetUserWorkspace*): GetUserWorkspace ignores its argument
+// and returns the system workspace base set by SetSysWorkspace plus the 16 MiB the library reserves on
+// arch 2201. A kernel direct-call build sets no base unless the kernel calls SetSysWorkspace (or is
+// built with HAVE_WORKSPACE): without it the device returns a bogus address, so the emulator aborts.
+inline void SetSysWorkspace(GM_ADDR workspace, LAEMU_LOC)
+{
+    longattn_emu::detail::Core(LAEMU_HERE).sysWorkspace = workspace;
+}
+inline GM_ADDR GetUserWorkspace(GM_ADDR workspace, LAEMU_LOC)
+{
+    (void)workspace;
+    longattn_emu::detail::CoreCtx& c = longattn_emu::detail::Core(LAEMU_HERE);
+    if (c.sysWorkspace == nullptr)
+        longattn_emu::detail::Fatal(
+            LAEMU_HERE,
+            "GetUserWorkspace without a system workspace: on the device it ignores its argument "
+            "and returns the base set by SetSysWorkspace (or a HAVE_WORKSPACE build's wrapper) "
+            "+ 16 MiB; in a direct-call build without either that address is invalid");
+    return c.sysWorkspace + 16u * 1024u * 1024u;
+}
 
 }  // namespace AscendC
 

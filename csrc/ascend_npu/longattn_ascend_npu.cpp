@@ -30,8 +30,6 @@ namespace la = longattn_ascend;
 
 namespace {
 
-constexpr int64_t kSysWorkspaceBytes = 16 * 1024 * 1024;  // Ascend C system workspace (GetUserWorkspace offset)
-
 #define LONGATTN_ACL_CHECK(expr) \
     do { \
         const auto _err = (expr); \
@@ -50,7 +48,7 @@ struct NpuDevice {
     }
     uint32_t AiCores() const { return aiCores; }
     uint32_t VectorCores() const { return 2 * aiCores; }  // Atlas A2/A3: 1 AIC : 2 AIV
-    int64_t SysWorkspaceBytes() const { return kSysWorkspaceBytes; }
+    bool PoisonWorkspace() const { return false; }  // no per-call fill on the device
 
     // The tiling struct as device memory (an async H2D copy on the launch stream; the tensor stays
     // alive until the end of the call, the caching allocator orders its reuse after the kernel).

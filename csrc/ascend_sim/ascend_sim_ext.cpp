@@ -22,7 +22,7 @@ struct EmuDevice {
     uint32_t cores;
     uint32_t AiCores() const { return cores; }
     uint32_t VectorCores() const { return 2 * cores; }
-    int64_t SysWorkspaceBytes() const { return 0; }  // GetUserWorkspace is the identity here
+    bool PoisonWorkspace() const { return true; }  // unwritten workspace reads show as NaN / -1
     void AppendKv(void* pool, const void* rows, const int32_t* slots, const la::AppendKvTiling& t)
     {
         pybind11::gil_scoped_release nogil;

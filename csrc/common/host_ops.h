@@ -10,11 +10,10 @@
 // (poisoned with 0xFF), then hand GM pointers + tiling to `Dev` (the launch policy):
 //   struct Dev {
 //       uint32_t AiCores();  uint32_t VectorCores();
-//       int64_t SysWorkspaceBytes();   // system workspace in front of the user workspace (0 on the emulator)
-//       void AppendKv(void*, const void*, const int32_t*, const AppendKvTiling&);
-//       void SparseAttention(const SparseAttentionArgs&, const SparseAttentionTiling&);
-//       void CompressKv(const CompressKvArgs&, const CompressKvTiling&);
-//       void IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
+//       bool PoisonWorkspace();        // fill workspaces with 0xFF before a launch (the emulator: unwritten reads
+//       show) void AppendKv(void*, const void*, const int32_t*, const AppendKvTiling&); void SparseAttention(const
+//       SparseAttentionArgs&, const SparseAttentionTiling&); void CompressKv(const CompressKvArgs&, const
+//       CompressKvTiling&); void IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
 //   };
 #pragma once
 
@@ -65,11 +64,13 @@ inline at::Tensor Lengths32(const c10::optional<at::Tensor>& len, int64_t width)
     return len->to(at::kLong).clamp(0, width).to(at::kInt).contiguous();
 }
 
-// The kernels find their part with GetUserWorkspace(workspace): the system workspace comes first.
+// The kernels use the whole workspace as their user workspace (no system workspace in front: they call
+// no high-level API that needs one). Poisoned with 0xFF on the emulator only; no per-call fill on an NPU.
 template <class Dev>
 at::Tensor Workspace(Dev& dev, int64_t userBytes, const at::TensorOptions& like)
 {
-    return at::full({dev.SysWorkspaceBytes() + std::max<int64_t>(userBytes, 64)}, 0xFF, like.dtype(at::kByte));
+    const int64_t n = std::max<int64_t>(userBytes, 64);
+    return dev.PoisonWorkspace() ? at::full({n}, 0xFF, like.dtype(at::kByte)) : at::empty({n}, like.dtype(at::kByte));
 }
 
 // ---- append_kv ----------------------------------------------------------------------------------------

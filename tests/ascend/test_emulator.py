@@ -79,6 +79,7 @@ PLANTED = {
     "vecin_copy_through": ["pipe hazard (RAW): PIPE_MTE3", "last written by PIPE_MTE2", "MTE2_MTE3"],
     "same_pipe_overlap_without_barrier": ["pipe hazard (same-pipe WAW): PIPE_MTE2", "PipeBarrier<PIPE_MTE2>()"],
     "gm_overlap_without_barrier": ["pipe hazard (same-pipe WAW): PIPE_MTE3", "PipeBarrier<PIPE_MTE3>()"],
+    "user_workspace_without_sys_workspace": ["GetUserWorkspace without a system workspace", "SetSysWorkspace"],
     "crosscore_never_set": ["CrossCoreWaitFlag: flag 3 not set within", "on AIV core", "AI core 0"],
     "crosscore_setter_exited": ["CrossCoreWaitFlag: flag 3 can never be set", "on AIV core"],
     "crosscore_unconsumed": ["launch ended with cross-core flag 2 still pending"],

@@ -270,6 +270,16 @@ void GmOverlapWithoutBarrier()
     });
 }
 
+// GetUserWorkspace in a direct-call build that never set the system workspace: a bogus address on
+// the device (it ignores its argument).
+void UserWorkspaceWithoutSysWorkspace()
+{
+    longattn_emu::LaunchVector(1, [] {
+        GM_ADDR ws = GetUserWorkspace(reinterpret_cast<GM_ADDR>(gOut.data()));
+        (void)ws;
+    });
+}
+
 // The AIC never sets flag 3: the AIV waits forever on hardware; the watchdog fires.
 void CrossCoreNeverSet()
 {
@@ -482,6 +492,7 @@ const Case kCases[] = {
     {"vecin_copy_through", VecinCopyThrough},
     {"same_pipe_overlap_without_barrier", SamePipeOverlapWithoutBarrier},
     {"gm_overlap_without_barrier", GmOverlapWithoutBarrier},
+    {"user_workspace_without_sys_workspace", UserWorkspaceWithoutSysWorkspace},
     {"crosscore_never_set", CrossCoreNeverSet},
     {"crosscore_setter_exited", CrossCoreSetterExited},
     {"crosscore_unconsumed", CrossCoreUnconsumed},

@@ -31,7 +31,10 @@ extern "C" __global__ __aicore__ void sparse_attention(GM_ADDR q, GM_ADDR kv0, G
 {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
     const auto t = longattn_compat::ReadTiling<longattn_ascend::SparseAttentionTiling>(tiling);
-    GM_ADDR ws = AscendC::GetUserWorkspace(workspace);
+    // The whole workspace is the user workspace: no high-level API here needs the system workspace, and
+    // GetUserWorkspace on the device ignores its argument (system workspace base + 16 MiB, valid only
+    // after SetSysWorkspace or in a HAVE_WORKSPACE build), so it is not called.
+    GM_ADDR ws = workspace;
     if (t.dtype == longattn_ascend::kDtF32)
         longattn_ascend::RunSparseAttention<float>(q, kv0, idx0, len0, kv1, idx1, len1, sink, out, lse, ws, t);
     if (t.dtype == longattn_ascend::kDtBF16)
