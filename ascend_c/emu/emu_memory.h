@@ -262,7 +262,7 @@ public:
         longattn_emu::detail::BeginOp(PIPE_S, "GlobalTensor::GetValue", LAEMU_HERE);
         return *longattn_emu::detail::GmSpan(*this, offset, 1, "GetValue", LAEMU_HERE);
     }
-    void SetValue(uint64_t offset, T value, LAEMU_LOC) const
+    void SetValue(uint64_t offset, T value, LAEMU_LOC)  // non-const, as CANN 8.5.0
     {
         longattn_emu::detail::BeginOp(PIPE_S, "GlobalTensor::SetValue", LAEMU_HERE);
         *longattn_emu::detail::GmSpan(*this, offset, 1, "SetValue", LAEMU_HERE) = value;

@@ -614,8 +614,6 @@ struct LaunchCtx {
     double timeoutS = LONGATTN_EMU_DEFAULT_TIMEOUT_S;
     // cross-core flag counters (CrossCoreSetFlag/WaitFlag), per core and flag id
     std::vector<std::array<int, 16>> counter, pend0, pend1, pend2;
-    bool usedSyncAll = false;
-    uint32_t usedCrossFlags = 0;
     // SyncAll barriers: [0] all AIV cores, [1] all cores
     uint32_t barArrived[2] = {0, 0};
     uint64_t barGen[2] = {0, 0};

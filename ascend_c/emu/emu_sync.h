@@ -107,12 +107,6 @@ inline void BumpCounter(LaunchCtx& L, CoreCtx* core, uint16_t flag, Loc loc)
     }
 }
 
-inline void CheckReservedFlags(LaunchCtx& L, Loc loc)
-{
-    if (L.usedSyncAll && (L.usedCrossFlags & 0x7800u))
-        Fatal(loc, "CrossCoreSetFlag flag ids 11-14 are reserved by SyncAll; this launch uses both");
-}
-
 inline void CrossSet(int mode, int pipe, uint16_t flag, Loc loc)
 {
     CoreCtx& c = Core(loc);
@@ -122,7 +116,10 @@ inline void CrossSet(int mode, int pipe, uint16_t flag, Loc loc)
               mode);
     if (pipe == PIPE_S || pipe == PIPE_ALL)
         Fatal(loc, "CrossCoreSetFlag<%d, %s>: PIPE_S and PIPE_ALL are not allowed", mode, PipeName(pipe));
-    if (flag > 15) Fatal(loc, "CrossCoreSetFlag: flag id %u out of range [0, 15]", flag);
+    if (flag > 10)
+        Fatal(loc,
+              "CrossCoreSetFlag: flag id %u out of the documented range [0, 10] on Atlas A2/A3 (11-14 are SyncAll's)",
+              flag);
     if ((mode == 1 || mode == 2) && L.kind != LaunchKind::Mix)
         Fatal(loc, "CrossCoreSetFlag<%d>: modes 1 and 2 need a mixed AIC+AIV launch (LaunchMix)", mode);
     if (mode == 1 && c.kind != CoreKind::AIV)
@@ -145,8 +142,6 @@ inline void CrossSet(int mode, int pipe, uint16_t flag, Loc loc)
             if (s.v[p] > c.crossSnap.v[p]) c.crossSnap.v[p] = s.v[p];
     }
     std::lock_guard<std::mutex> lk(L.mu);
-    L.usedCrossFlags |= 1u << flag;
-    CheckReservedFlags(L, loc);
     if (mode == 0) {
         L.pend0[c.index][flag]++;
         bool all = true;
@@ -221,7 +216,10 @@ inline void CrossWait(int mode, uint16_t flag, Loc loc)
 {
     CoreCtx& c = Core(loc);
     LaunchCtx& L = *c.launch;
-    if (flag > 15) Fatal(loc, "CrossCoreWaitFlag: flag id %u out of range [0, 15]", flag);
+    if (flag > 10)
+        Fatal(loc,
+              "CrossCoreWaitFlag: flag id %u out of the documented range [0, 10] on Atlas A2/A3 (11-14 are SyncAll's)",
+              flag);
     std::unique_lock<std::mutex> lk(L.mu);
     const auto deadline = Deadline(L.timeoutS);
     while (L.counter[c.index][flag] == 0) {
@@ -263,8 +261,6 @@ inline void SyncAllImpl(bool aivOnly, Loc loc)
     for (auto& p : L.cores)
         if (!aivOnly || p->kind == CoreKind::AIV) ++participants;
     std::unique_lock<std::mutex> lk(L.mu);
-    L.usedSyncAll = true;
-    CheckReservedFlags(L, loc);
     const uint64_t gen = L.barGen[which];
     if (++L.barArrived[which] == participants) {
         L.barArrived[which] = 0;

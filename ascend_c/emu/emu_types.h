@@ -255,7 +255,7 @@ struct DataCopyExtParams {
     uint32_t dstStride = 0;   // gap; 32 B units on the UB side, bytes on the GM side
     uint32_t rsv = 0;
     DataCopyExtParams() = default;
-    DataCopyExtParams(uint16_t count, uint32_t len, uint32_t srcStrideIn, uint32_t dstStrideIn, uint32_t rsvIn = 0)
+    DataCopyExtParams(uint16_t count, uint32_t len, uint32_t srcStrideIn, uint32_t dstStrideIn, uint32_t rsvIn)
         : blockCount(count), blockLen(len), srcStride(srcStrideIn), dstStride(dstStrideIn), rsv(rsvIn)
     {
     }
@@ -276,13 +276,13 @@ struct DataCopyPadExtParams {
 
 // GM (ND, row-major) -> L1 (NZ) conversion. Element units unless noted.
 struct Nd2NzParams {
-    uint32_t ndNum = 1;              // number of ND matrices [0, 4095]
+    uint32_t ndNum = 0;              // number of ND matrices [0, 4095] (CANN: every field defaults to 0)
     uint32_t nValue = 0;             // rows [0, 16384]
     uint32_t dValue = 0;             // columns [0, 65535]
     uint32_t srcNdMatrixStride = 0;  // elements between ND matrices in GM [0, 65535]
     uint32_t srcDValue = 0;          // GM row pitch in elements [1, 65535]
     uint32_t dstNzC0Stride = 0;      // distance between column blocks (C0 wide), 32 B units [1, 16384]
-    uint32_t dstNzNStride = 1;       // distance between rows, 32 B units [1, 16384]
+    uint32_t dstNzNStride = 0;       // distance between rows, 32 B units [1, 16384]
     uint32_t dstNzMatrixStride = 0;  // elements between NZ matrices [0, 16384]
     Nd2NzParams() = default;
     Nd2NzParams(uint16_t ndNumIn, uint16_t nValueIn, uint16_t dValueIn, uint16_t srcNdMatrixStrideIn,
@@ -430,7 +430,7 @@ struct BrcbRepeatParams {
 struct MrgSort4Info {
     uint16_t elementLengths[4] = {0, 0, 0, 0};  // (score, index) pairs per queue, [0, 4095]
     bool ifExhaustedSuspension = false;
-    uint16_t validBit = 15;                     // 3, 7 or 15
+    uint16_t validBit = 0;                      // 3, 7 or 15 (CANN default 0: set it)
     uint32_t repeatTimes = 1;                   // [0, 255]
     MrgSort4Info() = default;
     MrgSort4Info(const uint16_t lengths[4], bool exhausted, uint16_t valid, uint16_t repeat)

@@ -46,7 +46,7 @@ CONFIGS = {
     "plain": ["-O1"],
     "asan": ["-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
 }
-POSITIVE = ["test_vector_kernels", "test_cube_mix", "test_numeric", "test_sort_copy"]
+POSITIVE = ["test_vector_kernels", "test_cube_mix", "test_numeric", "test_sort_copy", "test_signatures"]
 PROGRAMS = POSITIVE + ["planted_bugs"]
 
 # Planted bug -> substrings that must all appear on stderr (besides "[longattn-emu] FATAL").

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,3 +94,25 @@ def test_tiling_macros_of_the_op_project_flow_do_not_build(tmp_path, macro):
     cmd = [GXX, "-std=c++17", "-fsyntax-only", "-DLONGATTN_ASCEND_EMU", f"-I{REPO}", str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode != 0 and "not available in a kernel direct-call build" in proc.stderr, proc.stderr[-800:]
+
+
+CANN_INCLUDE = os.environ.get("LONGATTN_CANN_INCLUDE", "")
+
+
+@pytest.mark.skipif(GXX is None, reason="no C++ compiler")
+@pytest.mark.skipif(
+    not CANN_INCLUDE,
+    reason="opt-in: set LONGATTN_CANN_INCLUDE to the CANN 8.5.0 Ascend C include directories (os.pathsep-separated; "
+    "extra flags in LONGATTN_CANN_CXXFLAGS) to hold the real headers to the same signature list as the emulator",
+)
+def test_signature_audit_against_the_real_headers(tmp_path):
+    """ascend_c/emu/tests/cann_signatures.h compiled against kernel_operator.h of a CANN install
+    (CPU-debug mode, syntax only): the constructor forms the kernels rely on exist there, and those
+    the emulator refuses do not. Never run here (no CANN toolkit); see ascend_c/README.md."""
+    src = tmp_path / "audit.cpp"
+    src.write_text('#include "kernel_operator.h"\n#include "ascend_c/emu/tests/cann_signatures.h"\n')
+    flags = os.environ.get("LONGATTN_CANN_CXXFLAGS", "-DASCENDC_CPU_DEBUG=1 -D__NPU_ARCH__=2201").split()
+    incs = [f"-I{p}" for p in CANN_INCLUDE.split(os.pathsep) if p]
+    cmd = [GXX, "-std=c++17", "-fsyntax-only", *flags, *incs, f"-I{REPO}", str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
