@@ -190,7 +190,14 @@ inline CompressPlan PlanCompress(const at::Tensor& positions, const at::Tensor& 
     at::Tensor endTok = std::get<0>(at::cummin(at::where(lastTok, tok, at::full_like(tok, T)).flip({0}), 0)).flip({0});
     p.chunkStart = pos.index_select(0, startTok).contiguous();  // int64: positions are never truncated
     p.chunkEnd = pos.index_select(0, endTok).contiguous();
-    p.emit = at::nonzero(pos.add(1).remainder(ratio).eq(0)).squeeze(1).to(at::kInt).contiguous();
+    // The emitting tokens, compacted to the front of a [T] list padded with -1, without a host sync
+    // (nonzero would copy its count to the host): each emitting token's index in the list is the
+    // running count before it; the others all write a dump slot past the end.
+    at::Tensor emits = pos.add(1).remainder(ratio).eq(0);
+    at::Tensor slot = at::where(emits, emits.to(at::kLong).cumsum(0).sub(1), at::full_like(tok, T));
+    at::Tensor emit = at::full({T + 1}, -1, pos.options().dtype(at::kInt));
+    emit.scatter_(0, slot, tok.to(at::kInt));
+    p.emit = emit.slice(0, 0, T).contiguous();
     at::Tensor angles =
         pos.div(ratio, "floor").mul(ratio).to(at::kFloat).unsqueeze(-1) * rope_inv_freq.to(at::kFloat).unsqueeze(0);
     p.cosTab = at::cos(angles).contiguous();
@@ -250,7 +257,7 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
                             U32(sbt.size(0), "state_block_table rows"), U32(sbt.size(1), "state_block_table cols"),
                             outPages, outPageSize, outPageBytes, U32(obt.size(0), "out_block_table rows"),
                             U32(obt.size(1), "out_block_table cols"), U32(R, "rope dims"), static_cast<float>(eps),
-                            U32(plan.emit.numel(), "entries"), dev.VectorCores());
+                            U32(T, "entries (at most one per token)"), dev.VectorCores());
     if (t.blockDim == 0) return;
     void* never = nw.data_ptr();  // stands in for empty inputs (never read)
     CompressKvArgs args{};

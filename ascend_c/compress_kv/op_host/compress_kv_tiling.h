@@ -33,7 +33,7 @@ struct CompressKvTiling {
     uint32_t outBtCols;
     uint32_t ropeDim;        // R: rotated dims (the last R of d), interleaved pairs
     float eps;               // RMSNorm epsilon
-    uint32_t numEmit;        // E: entries emitted by this batch
+    uint32_t numEmit;        // length of the emitting-token list (T: its -1 tail marks the end)
     uint32_t blockDim;       // AIV cores
     uint32_t rsv;
 };

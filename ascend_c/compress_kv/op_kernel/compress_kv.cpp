@@ -135,8 +135,13 @@ public:
 
     __aicore__ inline void Process()
     {
-        for (uint32_t e = core_; e < t_.numEmit; e += t_.blockDim)
-            EmitEntry(static_cast<uint32_t>(emitGm_.GetValue(e)));
+        // emitTokens: the emitting tokens first, then -1 (the host compacts it on the device without
+        // knowing the count; numEmit is its length, an upper bound).
+        for (uint32_t e = core_; e < t_.numEmit; e += t_.blockDim) {
+            const int32_t tok = emitGm_.GetValue(e);
+            if (tok < 0) break;
+            EmitEntry(static_cast<uint32_t>(tok));
+        }
         PipeBarrier<PIPE_ALL>();
         SyncAll<true>();  // every ring read of phase 1 (all cores) precedes every ring write
         for (uint32_t tk = core_; tk < t_.numTokens; tk += t_.blockDim) UpdateState(tk);
