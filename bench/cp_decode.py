@@ -99,6 +99,15 @@ def _sleep_until_all_arrive(rank: int) -> None:
     work.wait()
 
 
+def init_ranks():
+    """(distributed, rank, world): a gloo group when started by torchrun with several ranks, else one process."""
+    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    return distributed, rank, world
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--context", type=int, default=131072, help="tokens of the sequence (default 131072)")
@@ -109,10 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here (rank 0)")
     a = ap.parse_args(argv)
 
-    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed, rank, world = init_ranks()
     cores = os.cpu_count() or 1
     T, H, D = a.tokens, V4["heads"], V4["head_dim"]
     g = torch.Generator().manual_seed(1)

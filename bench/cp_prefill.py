@@ -27,7 +27,7 @@ from longattn.configs import ModelConfig
 from longattn.distributed import TokenShards, prefill_comm_bytes
 from longattn.nn import DeepseekV4Attention
 
-from bench.cp_decode import FP8_RECORD_BYTES, INDEX_KEY_BYTES, MACHINES, V4, _sleep_until_all_arrive, _time
+from bench.cp_decode import FP8_RECORD_BYTES, INDEX_KEY_BYTES, MACHINES, V4, _sleep_until_all_arrive, _time, init_ranks
 
 # The measured layer: V4's latent head (512), indexer head (128), window (128) and ratio (4); 16
 # attention and 16 indexer heads instead of 64 so that a prefill of 8K tokens takes seconds on one core.
@@ -81,10 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here (rank 0)")
     a = ap.parse_args(argv)
 
-    distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    distributed, rank, world = init_ranks()
     cores = os.cpu_count() or 1
     torch.manual_seed(0)
     m = DeepseekV4Attention(LAYER, 1).eval()

@@ -238,22 +238,32 @@ def layer_bad_argument_on_one_rank(rank: int, world: int) -> None:
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
+def random_module(cfg, idx: int, scale: Optional[float] = None):
+    """DeepseekV4Attention layer ``idx`` of ``cfg`` with random weights (seed ``idx``): ``scale`` times
+    N(0, 1), or N(0, 1 / fan_in) for matrices (O(1) activations) when ``scale`` is None."""
+    from longattn.nn import DeepseekV4Attention
+
+    m = DeepseekV4Attention(cfg, idx).eval()
+    g = torch.Generator().manual_seed(idx)
+    with torch.no_grad():
+        for p in m.parameters():
+            std = scale if scale is not None else (p.shape[-1] ** -0.5 if p.dim() == 2 else 1.0)
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return m
+
+
 def module_equals_one_device(rank: int, world: int, idx: int) -> None:
     """longattn.nn.DeepseekV4Attention over a PagedKVCache with ``group="world"``: chunked prefill then
     decode give the single-device module's outputs (weights identical on every rank)."""
     from longattn.configs import ModelConfig
-    from longattn.nn import DeepseekV4Attention, PagedKVCache
+    from longattn.nn import PagedKVCache
 
     cfg = ModelConfig(
         name="tiny-cp", dim=24, n_layers=3, n_heads=4, q_lora_rank=12, o_groups=2, o_lora_rank=8, index_topk=4,
         compress_ratios=(0, 4, 8, 0), head_dim=32, rope_dim=8, window=6, index_n_heads=4, index_head_dim=16,
     )  # fmt: skip
-    m = DeepseekV4Attention(cfg, idx).eval()
-    g = torch.Generator().manual_seed(idx)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    x = torch.randn(2, 31, cfg.dim, generator=g)
+    m = random_module(cfg, idx, scale=0.3)
+    x = torch.randn(2, 31, cfg.dim, generator=torch.Generator().manual_seed(100 + idx))
     caches = [
         PagedKVCache([m.layer], max_batch_size=2, max_context=31, page_size=2, group=grp) for grp in (None, "world")
     ]
@@ -400,17 +410,12 @@ def prefill_then_decode_equals_one_device(rank: int, world: int, idx: int, S: in
 
     if kv_format == "fp8":  # the FP8 record holds 512-d rows (V4's latent head)
         from longattn.configs import ModelConfig
-        from longattn.nn import DeepseekV4Attention
 
         cfg = ModelConfig(
             name="tiny-fp8", dim=32, n_layers=3, n_heads=2, q_lora_rank=16, o_groups=2, o_lora_rank=8, index_topk=3,
             compress_ratios=(0, 4, 8, 0), head_dim=512, rope_dim=64, window=6, index_n_heads=2, index_head_dim=64,
         )  # fmt: skip
-        m = DeepseekV4Attention(cfg, idx).eval()
-        g = torch.Generator().manual_seed(idx)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) / (p.shape[-1] ** 0.5 if p.dim() == 2 else 1.0))
+        m = random_module(cfg, idx)
     else:
         m = tiny_layer(idx)
     L = m.layer
