@@ -59,6 +59,10 @@ public:
                     Compute(len);
                     CopyOut(static_cast<uint32_t>(slot), c0, len);
                 }
+                // A later row of this core may name the same slot (duplicates): copy-outs of one MTE pipe
+                // to overlapping GM are unordered without a barrier, and a slot must end up holding one
+                // row whole.
+                PipeBarrier<PIPE_MTE3>();
             }
         }
     }
@@ -164,6 +168,7 @@ public:
                 inQue_.FreeTensor(x);
                 rec = outQue_.DeQue<uint8_t>();
                 quant_.Store(poolGm_, rec, static_cast<uint32_t>(slot), t_.pageSize, t_.pageBytes);
+                PipeBarrier<PIPE_MTE3>();  // as above: a duplicate slot later in this core's rows
                 outQue_.FreeTensor(rec);
             }
         }
