@@ -91,6 +91,15 @@ def agree(op: str, group, device: torch.device, local: Callable[[], R], signatur
     return result  # type: ignore[return-value]
 
 
+def check_group(op: str, shards, group) -> None:
+    """``shards`` (``PageShards`` or ``TokenShards``) must describe this process in ``group``."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if (shards.rank, shards.world) != (rank, world):
+        raise ValueError(
+            f"{op}: `shards` is for rank {shards.rank} of {shards.world} but this process is rank {rank} of {world}"
+        )
+
+
 def _all_gather(x: torch.Tensor, group) -> List[torch.Tensor]:
     """All ranks' ``x`` (same shape and dtype everywhere), in rank order, on ``x``'s device."""
     dev = _comm_device(group, x.device)
@@ -149,12 +158,7 @@ def cp_indexer_topk(
         ``ids [T, topk]`` int32 global entry ids, score descending, smaller id first on ties, -1
         padded; ``lengths [T]`` int32. Use ``shards.to_local`` / ``local_slots`` for this rank's part.
     """
-    rank = dist.get_rank(group)
-    if shards.rank != rank or shards.world != dist.get_world_size(group):
-        raise ValueError(
-            f"cp_indexer_topk: `shards` is for rank {shards.rank} of {shards.world} but this process is rank "
-            f"{rank} of {dist.get_world_size(group)}"
-        )
+    check_group("cp_indexer_topk", shards, group)
 
     def local():
         local_end = shards.local_count(visible_end.long())

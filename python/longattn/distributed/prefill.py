@@ -28,7 +28,6 @@ import dataclasses
 from typing import List, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 
 from .decode import _all_gather
 
@@ -83,17 +82,8 @@ class TokenShards:
     def gather(self, rows: torch.Tensor, group=None) -> torch.Tensor:
         """Every rank's rows ``[count, ...]`` -> the whole sequence ``[S, ...]`` on every rank (one
         all-gather; call on every rank)."""
-        width = max(self.count(r) for r in range(self.world))
-        padded = rows.new_zeros(width, *rows.shape[1:])
-        padded[: rows.shape[0]] = rows
-        out = rows.new_empty(self.num_tokens, *rows.shape[1:])
-        for r, got in enumerate(_all_gather(padded, group)):
-            i = 0
-            for c in self.chunks_of(r):
-                s, e = self.bounds(c)
-                out[s:e] = got[i : i + e - s]
-                i += e - s
-        return out
+        n0 = self.chunks[0][1] - self.chunks[0][0]
+        return gather_entries([rows[:n0], rows[n0:]], self, 1, group)  # one token per "entry"
 
 
 def left_halo(
@@ -165,12 +155,3 @@ def prefill_comm_bytes(world: int, tokens: int, dim: int, halo: int, ratio: int 
     entries, keys = others * entry_bytes, others * key_bytes
     return {"halo": halo_b, "entries": entries, "index_keys": keys, "agreement": 32,
             "total": halo_b + entries + keys + 32}  # fmt: skip
-
-
-def check_group(shards: TokenShards, group) -> None:
-    """``shards`` must describe this process in ``group``."""
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    if (shards.rank, shards.world) != (rank, world):
-        raise ValueError(
-            f"`shards` is for rank {shards.rank} of {shards.world} but this process is rank {rank} of {world}"
-        )

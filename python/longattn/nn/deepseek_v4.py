@@ -542,15 +542,15 @@ class DeepseekV4Attention(nn.Module):
         single-device prefill would: every rank writes its pages of the gathered entries and index
         keys, and the tail (the last window rows and compressor-ring tokens, from the same halo
         all-gather); decode continues with ``forward_paged``."""
-        from ..distributed.decode import agree
-        from ..distributed.prefill import check_group, entry_range, gather_entries, left_halo
+        from ..distributed.decode import agree, check_group
+        from ..distributed.prefill import entry_range, gather_entries, left_halo
         from ..ops.indexer import indexer_topk
 
         L, x, comp = self.layer, hidden_states, self.compressor
         dim = self.q_a_proj.weight.shape[1]
 
         def check():
-            check_group(shards, group)
+            check_group("forward_cp", shards, group)
             if x.dim() != 2 or x.shape[0] != shards.count() or x.shape[1] != dim:
                 raise ValueError(
                     f"forward_cp: hidden_states must be [{shards.count()}, {dim}] (this rank's tokens of "
