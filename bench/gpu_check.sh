@@ -53,7 +53,7 @@ EOF
 run_shard() {
   local name=$1; shift
   local rc=0
-  timeout "$SHARD_TIMEOUT" python -m pytest "$@" "${COLLECT_ONLY[@]}" -q -rfEs -p no:cacheprovider \
+  timeout "$SHARD_TIMEOUT" python -m pytest "$@" "${COLLECT_ONLY[@]}" -q -rfEs --durations=10 -p no:cacheprovider \
     --junitxml="$OUT/junit-$name.xml" >"$OUT/pytest-$name.log" 2>&1 || rc=$?
   echo "$rc" >"$OUT/pytest-$name.rc"
 }

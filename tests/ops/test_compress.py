@@ -274,12 +274,12 @@ def test_kv_fp8_output_is_the_quantised_entries(backend):
     a, b = torch.randn(21, 2 * d, generator=g), torch.randn(21, 2 * d, generator=g)
     pool = Fp8KVPool.empty(6, 2, DEVICE)
     w, freqs = torch.linspace(0.5, 1.5, d), inv_freq(RopeConfig(160000.0), 16)
-    state = torch.full((1, 2 * ratio, 4 * d), float("nan"))
+    state = dev(torch.full((1, 2 * ratio, 4 * d), float("nan")))[0]  # on the device once: the ring persists
     bt, state_bt = torch.tensor([[3, 0, 5]], dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32)
     s0 = 0
     for k in (5, 1, 1, 9, 5):
         call(longattn.compress_kv, *dev(a[s0 : s0 + k], b[s0 : s0 + k], torch.arange(s0, s0 + k),
-             torch.zeros(k, dtype=torch.int32)), ratio=ratio, overlap=True, state=dev(state)[0],
+             torch.zeros(k, dtype=torch.int32)), ratio=ratio, overlap=True, state=state,
              state_block_table=dev(state_bt)[0], out=pool, out_block_table=dev(bt)[0], norm_weight=dev(w)[0],
              eps=EPS, rope_inv_freq=dev(freqs)[0], backend=backend)  # fmt: skip
         s0 += k

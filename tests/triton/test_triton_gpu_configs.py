@@ -14,7 +14,7 @@ import torch
 
 from tests import oracle
 from tests.helpers.compress import Cache, check_float_run, make_steps, run_both
-from tests.helpers.device import CAN_RUN_TRITON, DEVICE, TRITON_SKIP_REASON, to_device
+from tests.helpers.device import CAN_RUN_TRITON, DEVICE, INTERPRET, TRITON_SKIP_REASON, to_device
 from tests.helpers.indexer import assert_same
 from tests.helpers.sparse import check_sparse, check_sparse_nonfinite, fp8_pool, sparse_nonfinite_inputs
 from tests.helpers.triton_kernels import check_pool_kernel as check_pool
@@ -145,6 +145,7 @@ def test_sparse_attention_nonfinite_gpu_tiles(dtype, D):
         check_sparse_nonfinite(out, lse, [want[t] for t in sub], ref_out[sub], ref_lse[sub], what="MAX_SPLITS")
 
 
+@pytest.mark.skipif(not INTERPRET, reason="on a GPU the launchers' own tiles are the GPU tiles")
 def test_gpu_tiles_differ_from_the_interpreters():
     """Guard: the configs above really are the GPU ones (else this file tests the interpreter tiles again)."""
     assert gpu_config(tsa, tsa.default_config, 64, 512, torch.bfloat16, CUDA) != tsa.default_config(

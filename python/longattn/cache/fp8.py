@@ -57,6 +57,9 @@ def quantize_rows(rows: torch.Tensor):
     e = scale_exponents(rows[:, :NOPE_DIM])  # [n, 7]
     scaled = rows[:, :NOPE_DIM].reshape(n, NUM_TILES, TILE) * torch.exp2(-e.float()).unsqueeze(-1)
     nope = scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8).reshape(n, NOPE_DIM)
+    # The sign bit is the input's: the scaling multiply keeps it for every value but NaN, whose sign a
+    # GPU (or any IEEE unit) may drop, so -NaN is 0xFF on every device.
+    nope = (nope & 0x7F) | (torch.signbit(rows[:, :NOPE_DIM]).to(torch.uint8) << 7)
     rope_f = rows[:, NOPE_DIM:]
     rope_bits = rope_f.to(torch.bfloat16).contiguous().view(torch.int16)
     rope_bits = torch.where(torch.isnan(rope_f), torch.tensor(BF16_NAN, dtype=torch.int16), rope_bits)

@@ -37,6 +37,17 @@ def cast_out(x, DST: tl.constexpr):
     return x.to(DST)
 
 
+_F32_QNAN_BITS = tl.constexpr(0x7FC00000)
+
+
+@triton.jit
+def nan_where(cond, x):
+    """``tl.where(cond, NaN, x)`` for an fp32 block ``x``. The NaN is made from its bits: a NaN global
+    constexpr fails Triton 3.6's check that a kernel's globals are unchanged since it was compiled
+    (nan != nan), so every launch after the first would raise."""
+    return tl.where(cond, tl.full(x.shape, _F32_QNAN_BITS, tl.int32).to(tl.float32, bitcast=True), x)
+
+
 @triton.jit
 def and_flag(mask, flag):
     """``mask & flag`` for a block mask and a scalar flag, written as a select. Triton 3.9's interpreter

@@ -126,7 +126,8 @@ def _store_fp8_record(x, p_u8, p_i16, data_off, scale_off, ok):
     b_e = tl.where(m_nonfinite, 0, tl.maximum(b_e, _MIN_EXP))
     b_mult = ((127 - b_e) << 23).to(tl.float32, bitcast=True)  # 2**-e, e in [-13, 120]
     # [8, 64]
-    b_code = _e4m3_bits(x * b_mult[:, None])
+    # the sign is x's: the multiply keeps it for every value but NaN (a GPU returns the canonical +NaN)
+    b_code = (_e4m3_bits(x * b_mult[:, None]) & 0x7F) | ((x.to(tl.int32, bitcast=True) >> 24) & 0x80)
     m_full = and_flag((o_t[:, None] >= 0) & (o_c[None, :] >= 0), ok)
     m_nope = m_full & (o_t < _FP8_NOPE_TILES)[:, None]
     m_rope = m_full & (o_t == _FP8_NOPE_TILES)[:, None]

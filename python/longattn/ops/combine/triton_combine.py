@@ -12,10 +12,10 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import cast_out as _cast_out
+from ..triton_utils import nan_where
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
 BLOCK_H_MAX = 16
 BLOCK_D_MAX = 128
 
@@ -65,11 +65,11 @@ def _merge_states_kernel(
     b_wa = tl.where(m_ok, tl.exp(b_la - b_m_safe), 0.0)  # exp(-inf) = 0: an empty side weighs nothing
     b_wb = tl.where(m_ok, tl.exp(b_lb - b_m_safe), 0.0)
     b_total = tl.where(m_ok, b_wa + b_wb, 1.0)
-    b_ca = tl.where(m_bad, _NAN, b_wa / b_total)
-    b_cb = tl.where(m_bad, _NAN, b_wb / b_total)
+    b_ca = nan_where(m_bad, b_wa / b_total)
+    b_cb = nan_where(m_bad, b_wb / b_total)
     m_a = m_h & (b_wa > 0.0)
     m_b = m_h & (b_wb > 0.0)
-    b_lse = tl.where(m_ok, b_m_safe + tl.log(b_total), tl.where(m_nan, _NAN, b_m))
+    b_lse = tl.where(m_ok, b_m_safe + tl.log(b_total), nan_where(m_nan, b_m))
     tl.store(p_lse + i_t * stride_l_t + i_h * stride_l_h, b_lse, mask=m_h)
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)

@@ -11,8 +11,8 @@ the saved log-sum-exps (nothing ``[T, K]`` was kept by the forward):
 elementwise terms computed by the launcher in PyTorch. Row gradients go to an fp32 ``[num_slots, D]``
 buffer with ``tl.atomic_add`` (fast, summation order not fixed), or, when PyTorch's deterministic mode
 is on, to a ``[tokens, K, D]`` workspace that the program owns (no race: one program per token adds
-all its head blocks) and that is summed into the rows by ``index_add_`` in token chunks (deterministic;
-costs one workspace write and read, ``T * K * D * 4`` bytes, per chunk).
+all its head blocks) and that is summed into the rows in a fixed order (``_add_rows_in_fixed_order``)
+in token chunks (deterministic; costs one workspace write and read, ``T * K * D * 4`` bytes, per chunk).
 
 The head dim is walked in tiles of ``BLOCK_D`` (64): per key block, ``s`` and ``dp`` are summed over
 the tiles, then each tile's ``dq`` (the token's own fp32 rows: read, add, write) and row gradient are
@@ -198,12 +198,23 @@ def sparse_attention_backward(
             HAS_LEN=length is not None, HAS_EXTRA=extra is not None, HAS_ELEN=length2 is not None,
             HAS_DLSE=dlse is not None, ATOMIC=not deterministic, **cfg,
         )  # fmt: skip
-        if deterministic:  # sum the workspace rows into the pools' rows (index_add_: a fixed order)
+        if deterministic:  # sum the workspace rows into the pools' rows in a fixed order
             w = ws.view(t1 - t0, K + K2, D)
             for i, (rows, ix, ln) in enumerate(streams):
                 lo, hi = (0, K) if i == 0 else (K, K + K2)
                 ids = ix[t0:t1].long()
                 ok = valid_mask(rows, ids, 0, None if ln is None else ln[t0:t1])
-                drows[i].index_add_(0, torch.where(ok, ids, 0).reshape(-1),
-                                    torch.where(ok.unsqueeze(-1), w[:, lo:hi], 0.0).reshape(-1, D))  # fmt: skip
+                _add_rows_in_fixed_order(drows[i], torch.where(ok, ids, 0).reshape(-1),
+                                         torch.where(ok.unsqueeze(-1), w[:, lo:hi], 0.0).reshape(-1, D))  # fmt: skip
     return dq, drows, dsink
+
+
+def _add_rows_in_fixed_order(dst: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor) -> None:
+    """``dst[ids[j]] += vals[j]`` with a summation order that does not change between runs. On CUDA,
+    ``index_add_`` uses atomics (any order) unless PyTorch's deterministic mode is on, while
+    ``index_put_(accumulate=True)`` always sorts the indices and sums each row's values in that order
+    (what deterministic ``index_add_`` runs); on the CPU ``index_add_`` is a serial loop."""
+    if dst.is_cuda:
+        dst.index_put_((ids,), vals, accumulate=True)
+    else:
+        dst.index_add_(0, ids, vals)

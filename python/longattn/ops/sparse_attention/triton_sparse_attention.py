@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import and_flag, interpreting
+from ..triton_utils import and_flag, interpreting, nan_where
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
@@ -41,7 +41,6 @@ _LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): logits are scaled into bas
 _LN2 = tl.constexpr(0.6931471805599453)  # ln(2): base-2 lse back to the natural-log lse
 _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
 _FP32_MAX = tl.constexpr(3.4028234663852886e38)  # the exp2 reference point once a logit is +inf
 # FP8 pool record (FlashMLA MODEL1 / vLLM fp8_ds_mla; the layout is longattn/cache/fp8.py's): 448 e4m3 +
 # 64 bf16 per 576-B data row, then 8-B scale rows (7 UE8M0 bytes, one per 64 nope dims) after the page's data rows.
@@ -377,7 +376,7 @@ def _sparse_attn_fwd_kernel(
     m_zero = b_l == 0.0
     b_lse2 = tl.where(m_zero, _NEG_INF, b_m + tl.log2(tl.where(m_zero, 1.0, b_l)))
     m_bad = (b_lse2 != b_lse2) | (b_lse2 == _POS_INF)
-    b_inv = tl.where(m_bad, _NAN, 1.0 / tl.where(m_zero, 1.0, b_l))
+    b_inv = nan_where(m_bad, 1.0 / tl.where(m_zero, 1.0, b_l))
     if SPLIT:
         # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. "No keys" is decided by
         # the count of valid keys, never by l (NaN compares false): a split without keys writes only
@@ -453,8 +452,8 @@ def _combine_splits_kernel(
     b_m_safe = tl.where(m_ok, b_m, 0.0)
     b_total = tl.sum(tl.exp2(b_lse_s - b_m_safe[:, None]), 1)  # >= 1 where ok
     b_total_safe = tl.where(m_ok, b_total, 1.0)
-    b_lse2 = tl.where(m_ok, b_m_safe + tl.log2(b_total_safe), tl.where(m_nan, _NAN, b_m))
-    b_g = tl.where(m_bad, _NAN, 1.0 / b_total_safe)
+    b_lse2 = tl.where(m_ok, b_m_safe + tl.log2(b_total_safe), nan_where(m_nan, b_m))
+    b_g = nan_where(m_bad, 1.0 / b_total_safe)
     if HAS_SINK:
         b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
         b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
