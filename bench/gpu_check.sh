@@ -4,6 +4,7 @@
 # Writes under $OUT (default .device_out/): env.txt, pytest-<shard>.log / junit-<shard>.xml /
 # pytest-<shard>.rc, summary.txt, triton_grid.json (+ .log), bench/ (the bench CLI's JSON, if present).
 # Total wall time is bounded (~7 min): every step runs under `timeout` with what is left of the budget.
+# Knobs: BUDGET_S (seconds in all), SHARD_TIMEOUT (per test shard), GRID=0 / BENCH=0 skip steps 2 / 3.
 # SMOKE=1 checks this script's plumbing on a CPU (tests/bench/test_gpu_check.py): the interpreter, the
 # test shards only collected, the grid at tiny shapes, the bench CLI only listing its cases.
 set -euo pipefail
@@ -57,7 +58,7 @@ run_shard() {
     --junitxml="$OUT/junit-$name.xml" >"$OUT/pytest-$name.log" 2>&1 || rc=$?
   echo "$rc" >"$OUT/pytest-$name.rc"
 }
-SHARD_TIMEOUT=$(( $(left) - 180 ))
+SHARD_TIMEOUT=${SHARD_TIMEOUT:-$(( $(left) - 180 ))}
 [ "$SHARD_TIMEOUT" -gt 300 ] && SHARD_TIMEOUT=300
 echo "== tests (shards in parallel, timeout ${SHARD_TIMEOUT}s)"
 T=tests/triton
@@ -81,7 +82,9 @@ wait
 
 # ---- 2. the benchmark grid of the Triton kernels (ms, TFLOP/s, GB/s, fractions of measured ceilings) ----
 GRID_TIMEOUT=$(( $(left) - 60 ))
-if [ "$GRID_TIMEOUT" -gt 30 ]; then
+if [ "${GRID:-1}" = 0 ]; then
+  echo "== bench/triton_grid.py skipped (GRID=0)" | tee -a "$OUT/summary.txt"
+elif [ "$GRID_TIMEOUT" -gt 30 ]; then
   [ "$GRID_TIMEOUT" -gt 200 ] && GRID_TIMEOUT=200
   echo "== bench/triton_grid.py (timeout ${GRID_TIMEOUT}s)"
   rc=0
@@ -94,7 +97,9 @@ fi
 
 # ---- 3. the package benchmark CLI (if this checkout has it), with what is left ----
 BENCH_TIMEOUT=$(( $(left) - 5 ))
-if python -m bench --help 2>/dev/null | grep -q -- "--backends"; then
+if [ "${BENCH:-1}" = 0 ]; then
+  echo "== python -m bench skipped (BENCH=0)" | tee -a "$OUT/summary.txt"
+elif python -m bench --help 2>/dev/null | grep -q -- "--backends"; then
   if [ "$BENCH_TIMEOUT" -gt 45 ]; then
     echo "== python -m bench (timeout ${BENCH_TIMEOUT}s)"
     rc=0

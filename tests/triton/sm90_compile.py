@@ -207,6 +207,38 @@ def compile_all() -> list:
         icfg["num_warps"],
         icfg["num_stages"],
     )
+    scfg = ti.select_config(64, 128, cuda)
+    build(
+        f"indexer select keys paged {scfg}",
+        ti._indexer_topk_partial_kernel,
+        itypes,
+        dict(
+            PAGED=True,
+            FINAL=False,
+            TO_SLOTS=False,
+            TOPK_P2=512,
+            BLOCK_HI=scfg["BLOCK_HI"],
+            BLOCK_DI=scfg["BLOCK_DI"],
+            BLOCK_N=scfg["BLOCK_N"],
+            ONE_TILE=True,
+            CDT=tl.bfloat16,
+            DOT_PREC=None,
+            BITONIC=False,
+            KEYS_ONLY=True,
+            stride_qd=1,
+            stride_kd=1,
+        ),
+        scfg["num_warps"],
+        scfg["num_stages"],
+    )
+    build(
+        "indexer select write top-512",
+        ti._indexer_topk_merge_kernel,
+        itypes,
+        dict(FANIN_C=1, PAGED=True, FINAL=True, TO_SLOTS=True, TOPK_P2=512, BITONIC=True),
+        4,
+        1,
+    )
     build(
         "indexer merge top-512",
         ti._indexer_topk_merge_kernel,

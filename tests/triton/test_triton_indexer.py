@@ -264,3 +264,61 @@ def test_indexer_large_topk(topk, per):
         got = ti.indexer_topk(dq, dw, dk, dve, topk, entries_per_program=per)
     assert_same(got, (want[0].long(), want[1].long()), f"topk={topk} per={per}")
     assert int(want[0][0, 0]) == 7 and want[1].tolist() == [min(topk, N), 500]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the "select" path (every entry's key, torch.topk, one write launch): exact like the fused path
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("workspace", [None, 3 * 70 * 8], ids=["one_chunk", "token_chunks_of_3"])
+@pytest.mark.parametrize("topk", [1, 12, 64, 100])  # 100 > the 70 entries: -1 padding after them
+def test_select_path_flat_exact(topk, workspace, monkeypatch):
+    """Ties (duplicate rows), NaN / +inf scores, visible_end 0 / past the keys / negative, top-k past
+    the entries; tokens in chunks of 3 when the key workspace is small (the ragged last chunk too)."""
+    if workspace:
+        monkeypatch.setattr(ti, "WORKSPACE_BYTES", workspace)
+    q, w, k = nan_inputs()  # 4 tokens, 70 entries: NaN rows, NaN / -NaN keys, +inf scores
+    q, w = torch.cat([q, q.flip(0)]), torch.cat([w, w.flip(0)])  # 8 tokens
+    k[11] = k[3]  # a tie
+    ve = torch.tensor([70, 70, 26, 4, 0, 10**6, -5, 69], dtype=torch.int32)
+    want = oracle.indexer_topk_nan_high(q, w, k, ve, topk)
+    got = ti.indexer_topk(*(x.to(DEVICE) for x in (q, w, k, ve)), topk, method="select")
+    assert_same(got, want, f"select topk={topk} workspace={workspace}")
+
+
+@pytest.mark.parametrize("page", [1, 5, 16])
+@pytest.mark.parametrize("return_slots", [False, True])
+def test_select_path_paged_exact(page, return_slots):
+    """Pages -1 / past the pool, invalid sequence ids, slots: the select path equals the oracle and
+    the fused path element for element."""
+    B, max_pages, Di, Hi = 3, 6, 8, 4
+    P = B * max_pages + 2
+    q, w, _ = int_inputs(8, Hi, Di, 1)
+    pool = torch.randint(-2, 3, (P, page, Di)).float()
+    bt = torch.randperm(P)[: B * max_pages].view(B, max_pages).int()
+    bt[1, -1] = -1
+    bt[2, 2] = P + 3
+    seq = torch.tensor([0, 1, 2, 2, 0, 1, 5, -1], dtype=torch.int32)
+    ve = torch.tensor([0, max_pages * page, max_pages * page, 3 * page - 1, page + 1, 2, 9, 9], dtype=torch.int32)
+    args = dict(block_table=bt, seq_ids=seq, return_slots=return_slots)
+    ref = oracle.indexer_topk(q, w, pool, ve, 9, **args)
+    dargs = {a: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for a, v in args.items()}
+    d = [x.to(DEVICE) for x in (q, w, pool, ve)]
+    got = ti.indexer_topk(*d, 9, method="select", **dargs)
+    assert_same(got, ref, f"select paged page={page} slots={return_slots}")
+    fused = ti.indexer_topk(*d, 9, method="fused", **dargs)
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, fused))
+
+
+def test_select_path_rejects_unknown_method():
+    q, w, k = int_inputs(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="`method` must be 'select' or 'fused', got 'radix'"):
+        ti.indexer_topk(*(x.to(DEVICE) for x in (q, w, k, torch.tensor([8]))), 2, method="radix")
+
+
+def test_select_path_no_entries():
+    """A pool of zero entries: every row -1, lengths 0 (no key row, no select)."""
+    q, w, _ = int_inputs(2, 2, 4, 1)
+    idx, lengths = ti.indexer_topk(*(x.to(DEVICE) for x in (q, w, torch.zeros(0, 4), torch.tensor([3, 0]))), 4,
+                                   method="select")  # fmt: skip
+    assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]

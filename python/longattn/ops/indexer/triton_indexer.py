@@ -342,8 +342,11 @@ def _indexer_topk_partial_kernel(
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BITONIC: tl.constexpr,
+    KEYS_ONLY: tl.constexpr = False,
 ):
-    """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t."""
+    """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t, or with
+    ``KEYS_ONLY`` the sort key of every entry of the range (NO_KEY past visible_end) at
+    ``p_ws[t, j]``, for a top-k select by the launcher."""
     i_t = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
@@ -399,10 +402,18 @@ def _indexer_topk_partial_kernel(
             DOT_PREC,
         )
         b_key = _sort_keys(b_score, o_j, m_row)
-        if tl.max(b_key, 0) > tl.min(b_run, 0):
+        if KEYS_ONLY:
+            tl.store(p_ws + i_t * stride_ws_t + o_j, b_key, mask=m_j)
+        elif tl.max(b_key, 0) > tl.min(b_run, 0):
             b_run = _merge_topk(b_run, b_key, TOPK_P2, BLOCK_N, BITONIC)
 
-    if FINAL:
+    if KEYS_ONLY:
+        # the range's entries past visible_end: never scored, never selectable
+        j_end = tl.minimum(j_lo + entries_per_prog, num_entries)
+        for j0 in range(tl.maximum(j_hi, j_lo), j_end, BLOCK_N):
+            o_j = j0 + tl.arange(0, BLOCK_N)
+            tl.store(p_ws + i_t * stride_ws_t + o_j, tl.full([BLOCK_N], _NO_KEY, tl.int64), mask=o_j < j_end)
+    elif FINAL:
         _write_topk(
             b_run,
             i_t,
@@ -476,7 +487,9 @@ def _indexer_topk_merge_kernel(
     b_run = tl.full([TOPK_P2], _NO_KEY, tl.int64)
     for i_b in range(b_lo, b_hi):
         b_new = tl.load(p_ws_in + i_t * stride_in_t + i_b * stride_in_b + o_k)
-        if tl.max(b_new, 0) > tl.min(b_run, 0):
+        if FANIN_C == 1:
+            b_run = b_new  # one sorted list (the select path's): its own top-k
+        elif tl.max(b_new, 0) > tl.min(b_run, 0):
             b_run = _merge_topk(b_run, b_new, TOPK_P2, TOPK_P2, BITONIC)
     if FINAL:
         p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
@@ -650,9 +663,18 @@ def indexer_topk(
     entries_per_program: Optional[int] = None,
     config: Optional[dict] = None,
     bitonic: Optional[bool] = None,
+    method: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launch the kernels (canonical op args; ``entries_per_program``, ``config`` and ``bitonic``
-    (the merge network: tl.topk, default off the interpreter) override the defaults)."""
+    """Launch the kernels (canonical op args). ``method``: "select" (default: every entry's sort key
+    written, ``torch.topk`` over them, one write launch) or "fused" (running top-k lists in registers
+    and a merge tree; the default when ``entries_per_program`` or ``bitonic`` is given, its knobs).
+    ``config`` overrides the tiles of either."""
+    if method is None:
+        method = "fused" if entries_per_program is not None or bitonic is not None else "select"
+    if method not in ("select", "fused"):
+        raise ValueError(f"indexer_topk: `method` must be 'select' or 'fused', got {method!r}")
+    if method == "select":
+        return _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots, config)
     T, Hi, Di = q.shape
     device = q.device
     indices = torch.empty(T, topk, dtype=torch.int32, device=device)
@@ -704,6 +726,82 @@ def indexer_topk(
             num_warps=4,
         )  # fmt: skip
         ws, ranges, span = out_ws, groups, span * FANIN
+    return indices, lengths
+
+
+def select_config(Hi: int, Di: int, device: torch.device) -> dict:
+    """Tiles of the "select" path's key kernel: no running list in registers, so wider entry blocks
+    than the fused kernel's (``LONGATTN_TRITON_INDEXER_CFG`` overrides them as for ``default_config``)."""
+    cfg = default_config(Hi, Di, device)
+    if positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages"):
+        return cfg
+    if device.type == "cuda" and not interpreting():
+        # sm_90 offline compile: 64 heads x 128 dims x 64 entries, 212 registers and no spills at 8
+        # warps (4 warps spill 540 B)
+        cfg.update(BLOCK_N=64, num_warps=8, num_stages=3)
+    return cfg
+
+
+def _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots, config):
+    """Top-k by select, per chunk of tokens (the key rows within WORKSPACE_BYTES):
+    1. ``_indexer_topk_partial_kernel`` with KEYS_ONLY: the int64 sort key of every entry, [Tc, N]
+       (each program scores a range of entries with q and w held in registers);
+    2. ``torch.topk`` of each key row (keys are unique per entry, so the result is exact and its
+       order, score descending then id ascending, is fixed: no tie is left to the select);
+    3. ``_indexer_topk_merge_kernel`` (FINAL, one list per token): ids or slots, -1 padding, lengths.
+    No host synchronisation: the launches are CUDA-graph capturable for fixed shapes."""
+    T, Hi, Di = q.shape
+    device = q.device
+    indices = torch.empty(T, topk, dtype=torch.int32, device=device)
+    lengths = torch.empty(T, dtype=torch.int32, device=device)
+    if T == 0:
+        return indices, lengths
+    visible_end = visible_end.contiguous()
+    seq_ids = seq_ids.contiguous() if seq_ids is not None else None
+    pa = _pool_args(index_k, block_table, seq_ids)
+    n, paged = pa[0], pa[12]
+    to_slots = bool(return_slots and paged)
+    cfg = dict(config) if config is not None else select_config(Hi, Di, device)
+    cdt = compute_dtype(q, index_k)
+    topk_p2 = max(2, triton.next_power_of_2(topk))
+    block_n = cfg["BLOCK_N"]
+    one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
+    rows = max(1, min(T, WORKSPACE_BYTES // max(1, n * 8)))
+    keys = torch.empty(rows, max(n, 1), dtype=torch.int64, device=device)
+    best = torch.full((rows, 1, topk_p2), _NO_KEY.value, dtype=torch.int64, device=device)
+    k_sel = min(topk_p2, n)
+    for t0 in range(0, T, rows):
+        t1 = min(T, t0 + rows)
+        tc = t1 - t0
+        per = choose_entries_per_program(tc, n, 1, block_n, device)
+        ranges = max(1, triton.cdiv(n, per))
+        vis = visible_end[t0:t1]
+        seq = seq_ids[t0:t1] if paged else pa[8]
+        q_c, w_c = q[t0:t1], weights[t0:t1]
+        if n > 0:
+            _indexer_topk_partial_kernel[(tc, ranges)](
+                q_c, q_c.stride(0), q_c.stride(1), q_c.stride(2),
+                w_c, w_c.stride(0), w_c.stride(1),
+                _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+                pa[5], pa[6], pa[7], seq, pa[9], pa[10], pa[11],
+                vis, n, per,
+                keys, keys.stride(0), 0,
+                indices, indices.stride(0), lengths, topk, Hi, Di,
+                PAGED=paged, FINAL=False, TO_SLOTS=False, TOPK_P2=topk_p2,
+                BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
+                CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
+                KEYS_ONLY=True, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+            )  # fmt: skip
+            best[:tc, 0, :k_sel] = torch.topk(keys[:tc, :n], k_sel, dim=1, sorted=True).values
+        out_idx = indices[t0:t1]
+        _indexer_topk_merge_kernel[(tc, 1)](
+            best, best.stride(0), best.stride(1), best, best.stride(0), best.stride(1),
+            vis, n, max(n, 1),
+            pa[5], pa[6], pa[7], seq, pa[9], pa[11],
+            out_idx, out_idx.stride(0), lengths[t0:t1], topk,
+            FANIN_C=1, PAGED=paged, FINAL=True, TO_SLOTS=to_slots, TOPK_P2=topk_p2, BITONIC=not interpreting(),
+            num_warps=4,
+        )  # fmt: skip
     return indices, lengths
 
 
