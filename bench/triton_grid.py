@@ -189,6 +189,11 @@ def sweep_sparse(name, args, flops, nbytes, ceil, quick, results):
         (32, 64, 8, 1),
         (64, 32, 8, 1),
         (64, 16, 8, 1),
+        # 64-head blocks: wgmma (v3) for Q.K^T in the offline sm_90 compile, and with 2 stages cp.async
+        # gathers, at the price of spills (triton_sass_probe --whatif: 112 B at 64,32,8,2)
+        (64, 32, 8, 2),
+        (64, 64, 8, 2),
+        (64, 32, 4, 2),
     ]:
         cfg = dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=ns)
         try:
@@ -353,7 +358,12 @@ def _smoke(kw):
     return {**kw, **{k: v for k, v in small.items() if k in kw}}
 
 
-SWEPT = ("sparse decode CSA H=128 128+1024 T=64", "sparse decode HCA H=128 128+8192 T=1")
+SWEPT = (
+    "sparse decode CSA H=128 128+1024 T=64",
+    "sparse decode HCA H=128 128+8192 T=1",
+    "sparse decode CSA fp8 H=128 128+1024 T=64",
+    "sparse prefill V4-Pro H=128 128+1024 T=2048",
+)
 
 
 def sparse_cases():
@@ -473,6 +483,13 @@ def main(argv=None):
         f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, bf16 matmul {ceil['bf16_matmul_TFLOPs']:.0f} TFLOP/s", flush=True
     )
     res = doc["results"]
+
+    def save():  # after every section: a run cut short by its timeout keeps what it measured
+        doc["wall_s"] = time.time() - t0
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(doc, f, indent=1)
+
     cases = sparse_cases()
     for name, kw in cases:
         try:
@@ -481,6 +498,7 @@ def main(argv=None):
         except Exception:
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+        save()
     for name, kw in indexer_cases():
         try:
             ((q, w, k, ve, topk), pkw), flops, nbytes = indexer_case(device, **kw)
@@ -510,8 +528,10 @@ def main(argv=None):
         except Exception:
             traceback.print_exc()
             res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+        save()
     run_cache_writes(device, ceil, a.quick, res)
     run_compress_pool(device, ceil, a.quick, res)
+    save()
     if not a.no_sweep:
         for name, kw in [c for c in cases if c[0] in SWEPT]:
             try:
@@ -520,12 +540,10 @@ def main(argv=None):
             except Exception:
                 traceback.print_exc()
                 res.append({"case": name + " sweep", "error": traceback.format_exc()[-2000:]})
+            save()
     print("goals (triton backend):", flush=True)
     doc["goals"] = goals(res)
-    doc["wall_s"] = time.time() - t0
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    save()
     print(f"wrote {a.out} ({doc['wall_s']:.0f} s)")
     return 0
 
