@@ -68,7 +68,8 @@ run_shard ops_rest     $O/test_indexer.py $O/test_combine.py $O/test_compress.py
 run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
 run_shard sparse_rest  $T/test_triton_sparse_attention.py -k "not cases_split_kv" &
 run_shard indexer      $T/test_triton_indexer.py &
-run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py $T/test_triton_sparse_attention_backward.py &
+run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py $T/test_triton_sparse_attention_backward.py \
+                       $T/test_triton_cuda_graph.py &
 run_shard cache_ops    $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
 wait
 {
