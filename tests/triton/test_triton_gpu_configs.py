@@ -36,8 +36,9 @@ CUDA = torch.device("cuda")  # only passed to the config functions; nothing runs
 @pytest.mark.parametrize(
     "case",
     [
-        # D = 512 bf16: BLOCK_H 32, BLOCK_N 32 -> two head blocks, a partial key block per stream
-        SparseCase("v4_bf16_d512", T=2, H=64, D=512, N=90, K=70, N2=40, K2=21, dtype=torch.bfloat16, sink="finite"),
+        # D = 512 bf16: BLOCK_H 64, BLOCK_N 64, 2 stages -> two head blocks (the second partial), a
+        # partial key block per stream
+        SparseCase("v4_bf16_d512", T=2, H=80, D=512, N=90, K=70, N2=40, K2=21, dtype=torch.bfloat16, sink="finite"),
         # D = 128 bf16: BLOCK_H 64, BLOCK_N 64, 2 stages; H = 40: one partial head block
         SparseCase("bf16_d128", T=2, H=40, D=128, N=150, K=100, dtype=torch.bfloat16, lengths="partial"),
         # fp32: BLOCK_H 16, BLOCK_N 32
@@ -57,7 +58,7 @@ def test_sparse_attention_gpu_tiles(case):
 def test_sparse_attention_fp8_gpu_tiles():
     g = torch.Generator().manual_seed(5)
     pool = fp8_pool(3, 64, g, device=DEVICE)
-    T, H = 2, 64
+    T, H = 2, 72  # BLOCK_H 64: a full and a partial head block
     args = dict(
         q=torch.randn(T, H, 512, generator=g).bfloat16().to(DEVICE),
         kv=torch.randn(40, 512, generator=g).bfloat16().to(DEVICE),

@@ -42,5 +42,26 @@ def test_kernels_compile_for_sm90():
     # a launch needing more shared memory than a block may opt into fails only on the GPU (OutOfResources)
     too_big = [f"{r['name']}: {r['shared']} B" for r in results if r["shared"] > SM90_MAX_SHARED_PER_BLOCK]
     assert not too_big, f"over the {SM90_MAX_SHARED_PER_BLOCK} B of shared memory per block: {too_big}"
-    spills = [r["name"] for r in results if re.search(r"[1-9]\d* bytes spill", r.get("ptxas", ""))]
-    assert not spills, f"register spills: {spills}"
+    over = [f"{r['name']}: {n} B > {spill_budget(r['name'])} B" for r in results
+            if (n := spill_bytes(r.get("ptxas", ""))) > spill_budget(r["name"])]  # fmt: skip
+    assert not over, f"register spills over budget: {over}"
+
+
+# Spill budgets (bytes of spill stores, this test's compile: triton 3.7.1, no JIT specialisation).
+# Zero for every kernel but the forward sparse attention at D >= 512 with its 64-head tiles: there the
+# [64, D] fp32 accumulator spills, and the tiles were still measured 2-2.8x faster on an H200 than the
+# spill-free 32-head ones (triton_sparse_attention.default_config). A change that spills more fails.
+SPARSE_D512_SPILL_BUDGETS = {
+    "sparse bf16 D=512 fp8=False": 3072,  # measured here: 2684 B (with the JIT's specialisation: 444 B)
+    "sparse bf16 D=576 fp8=False": 6400,  # 5838 B (split-KV, D = 576 = 512 + a 64-wide tail tile)
+    "sparse bf16 D=512 fp8=True": 3328,  # 2994 B
+}
+
+
+def spill_budget(name: str) -> int:
+    return next((b for prefix, b in SPARSE_D512_SPILL_BUDGETS.items() if name.startswith(prefix)), 0)
+
+
+def spill_bytes(ptxas: str) -> int:
+    m = re.search(r"(\d+) bytes spill stores", ptxas)
+    return int(m.group(1)) if m else 0

@@ -41,6 +41,7 @@ _UE8M0_BIAS = tl.constexpr(fp8.UE8M0_BIAS)
 _MIN_EXP = tl.constexpr(fp8.MIN_EXPONENT)  # the scale floor of quantize_rows
 _E4M3_MAX_BITS = tl.constexpr(struct.unpack("<i", struct.pack("<f", fp8.E4M3_MAX))[0])  # 448.0 as fp32 bits
 _F32_ABS = tl.constexpr(0x7FFFFFFF)
+_F32_SIGN = tl.constexpr(-(2**31))  # 0x80000000 as int32
 _F32_INF_BITS = tl.constexpr(0x7F800000)
 _F32_MANT = tl.constexpr(0x7FFFFF)
 _MANT_1_75 = tl.constexpr(0x600000)  # mantissa field of 1.75 (448 = 1.75 * 2**8)
@@ -71,6 +72,12 @@ def _to_f32(x):
     fp32 conversion flushes / garbles subnormals; on a GPU this is the same single shift)."""
     if x.dtype == tl.bfloat16:
         return ((x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+    elif x.dtype == tl.float16:
+        # cvt.f32.f16 turns every NaN into the canonical +NaN (seen on an H200): the sign bit is put
+        # back from the fp16 bits (for every other value it is unchanged), so -NaN stays -NaN
+        b_neg = x.to(tl.int16, bitcast=True) < 0
+        b_abs = x.to(tl.float32).to(tl.int32, bitcast=True) & _F32_ABS
+        return tl.where(b_neg, b_abs | _F32_SIGN, b_abs).to(tl.float32, bitcast=True)
     else:
         return x.to(tl.float32)
 

@@ -67,14 +67,13 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
     return d0, d1
 
 
-_TRITON_AT_LEAST_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
 
 
 def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
-    """Tile sizes per problem (README.md). Chosen from offline sm_90 compiles (ptxas register / spill
-    reports; no GPU timing yet): the largest head block whose [BLOCK_H, D] fp32 accumulator fits the
-    registers without spilling. ``LONGATTN_TRITON_SPARSE_CFG`` = "BLOCK_H,BLOCK_N,num_warps,num_stages"
-    overrides them (for tuning on a GPU; bench/triton_grid.py sweeps a few)."""
+    """Tile sizes per problem (README.md). D = 512 / 576 on a GPU: measured on an H200 (triton 3.6.0,
+    bench/results/triton-grid-h200-2026-12-04.json); other sizes from offline sm_90 compiles.
+    ``LONGATTN_TRITON_SPARSE_CFG`` = "BLOCK_H,BLOCK_N,num_warps,num_stages" overrides them (for tuning
+    on a GPU; bench/triton_grid.py sweeps a few)."""
     env = positive_ints("LONGATTN_TRITON_SPARSE_CFG", "BLOCK_H,BLOCK_N,num_warps,num_stages")
     if env:
         bh, bn, nw, ns = env
@@ -90,12 +89,14 @@ def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.dev
         return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
     if d_total <= 256:
         return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
-    # D = 512 / 576: the [BLOCK_H, D] fp32 accumulator dominates the register file (64 heads spill).
-    # FP8 pools add the dequantised [BLOCK_N, D] tile: 32 heads x 16 keys fit on triton >= 3.7 (226
-    # registers) but spill 512 B on triton 3.6 (the GPU image's), where only 16 x 16 at 8 warps fits.
+    # D = 512 / 576: 64-head blocks make Q.K^T a wgmma (M = 64) and 2 stages give cp.async gathers;
+    # the [64, D] fp32 accumulator then spills a few hundred bytes (tests/triton/sm90_compile.py
+    # budgets them), and still, on the H200 (H = 128, bf16 / FP8 compressed pool):
+    #   bf16 64,64,8,2: CSA decode T=64 172 us (32,32,8,1: 336), V4-Pro prefill T=2048 3.66 ms (10.2)
+    #   FP8  64,32,8,2: CSA decode T=64 624 us (32,32,8,1: 898; the former 16,16,8,1 default: 1510)
     if fp8:
-        return dict(BLOCK_H=min(h_tile, 32 if _TRITON_AT_LEAST_3_7 else 16), BLOCK_N=16, num_warps=8, num_stages=1)
-    return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=8, num_stages=1)
+        return dict(BLOCK_H=h_tile, BLOCK_N=32, num_warps=8, num_stages=2)
+    return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
 def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
