@@ -64,13 +64,18 @@ def check_pool_kernel(a, b, ratio, overlap, config=None):
     return got
 
 
-def gpu_config(module, fn, *args, **kw):
-    """``fn(*args)`` of ``module`` as it answers for a CUDA device outside the interpreter (the config
-    functions return the interpreter's tiles whenever TRITON_INTERPRET=1)."""
-    saved = module.interpreting
+def gpu_config(module, fn, *args, capability=(9, 0), **kw):
+    """``fn(*args)`` of ``module`` as it answers for a CUDA device of compute ``capability`` (an
+    H100 / H200 by default) outside the interpreter (the config functions return the interpreter's
+    tiles whenever TRITON_INTERPRET=1)."""
+    saved = module.interpreting, getattr(module, "_capability", None)
     module.interpreting = lambda: False
+    if saved[1] is not None:
+        module._capability = lambda device: capability
     try:
         cfg = fn(*args, **kw)
     finally:
-        module.interpreting = saved
+        module.interpreting = saved[0]
+        if saved[1] is not None:
+            module._capability = saved[1]
     return cfg

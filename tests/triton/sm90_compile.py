@@ -1,6 +1,8 @@
-"""Offline compile of the Triton kernels for sm_90 (``compile_all``), run by
-tests/triton/test_triton_sm90_compile.py in a subprocess without TRITON_INTERPRET (a non-test module, so
-the subprocess imports no test module)."""
+"""Offline compile of the Triton kernels for an NVIDIA architecture (``compile_all(arch)``: 90 = sm_90a,
+the H100 / H200; 80 = the A100; 89 = the L40S / RTX 4090), run by tests/triton/test_triton_sm90_compile.py
+in a subprocess without TRITON_INTERPRET (a non-test module, so the subprocess imports no test module).
+Each record: name, ok / error, shared bytes, the ptxas register / spill line, and what the PTX holds
+(wgmma / mma.sync / cp.async / TMA bulk-copy instruction counts)."""
 
 from __future__ import annotations
 
@@ -40,8 +42,25 @@ def _sparse(tl, tsa, dt, D, cfg, fp8=False, split=False):
     return types, cx, cfg["num_warps"], cfg["num_stages"]
 
 
-def compile_all() -> list:
-    """Compile every configuration; returns [{name, ok, error?, ptxas?}] (run with TRITON_INTERPRET unset)."""
+def ptx_properties(ptx: str) -> dict:
+    """Instruction counts that tell how a kernel computes and moves data."""
+    bulk = ptx.count("cp.async.bulk")
+    return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+                cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
+                tma=bulk)  # fmt: skip
+
+
+def amdgcn_properties(asm: str) -> dict:
+    """MFMA (matrix core) instruction count and the compiler's VGPR / SGPR spill counts."""
+    import re
+
+    spills = sum(int(n) for n in re.findall(r"\.[vs]gpr_spill_count:\s*(\d+)", asm))
+    return dict(mfma=len(re.findall(r"\bv_mfma_", asm)), ptxas=f"{spills} registers spilled (VGPR + SGPR)")
+
+
+def compile_all(arch=90) -> list:
+    """Compile every configuration for sm_<arch>; returns [{name, ok, error?, shared?, ptxas?, wgmma?,
+    mma_sync?, cp_async?, tma?}] (run with TRITON_INTERPRET unset)."""
     import re
     import tempfile
 
@@ -53,10 +72,14 @@ def compile_all() -> list:
     from longattn.ops.compress import triton_compress as tcp
     from longattn.ops.indexer import triton_indexer as ti
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+    from longattn.backends.triton import FP8_MIN_CAPABILITY
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    target = GPUTarget("cuda", 90, 32)
+    amd = isinstance(arch, str)  # e.g. "gfx942" (MI300X): the AMD backend, hsaco, no ptxas
+    target = GPUTarget("hip", arch, 64) if amd else GPUTarget("cuda", arch, 32)
+    capability = (0, 0) if amd else (arch // 10, arch % 10)  # AMD: no wgmma / e4m3 path of NVIDIA's
+    ptx_arch = "sm_90a" if arch == 90 else f"sm_{arch}"
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     cuda = torch.device("cuda")
     results = []
@@ -70,11 +93,15 @@ def compile_all() -> list:
             )
             rec["ok"] = True
             rec["shared"] = k.metadata.shared
-            if os.path.exists(ptxas):
+            if amd:
+                rec.update(amdgcn_properties(k.asm["amdgcn"]))
+            else:
+                rec.update(ptx_properties(k.asm["ptx"]))
+            if not amd and os.path.exists(ptxas):
                 with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
                     f.write(k.asm["ptx"])
                 r = subprocess.run(
-                    [ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
+                    [ptxas, f"-arch={ptx_arch}", "-v", f.name, "-o", os.devnull], capture_output=True, text=True
                 )
                 os.unlink(f.name)
                 rec["ptxas"] = re.sub(
@@ -92,7 +119,9 @@ def compile_all() -> list:
         ("bf16", 128, False, False),
         ("fp32", 64, False, True),
     ]:
-        cfg = tsa.default_config(128, D, torch.float32 if dt == "fp32" else torch.bfloat16, cuda, fp8)
+        if fp8 and capability < FP8_MIN_CAPABILITY:  # declined there (backends.triton.fp8_pool_problem)
+            continue
+        cfg = tsa.default_config(128, D, torch.float32 if dt == "fp32" else torch.bfloat16, cuda, fp8, capability)
         build(
             f"sparse {dt} D={D} fp8={fp8} split={split} {cfg}",
             tsa._sparse_attn_fwd_kernel,

@@ -61,6 +61,8 @@ def fp8_pool_problem(pool, *, reads: bool) -> str:
     if data.shape[1] != page_bytes or int(pool.num_slots) > data.shape[0] * page_size:
         return f"{name}.data shape {list(data.shape)} does not match page_bytes / num_slots"
     if reads and data.device.type == "cuda" and not interpreting():
+        if torch.version.hip:
+            return "FP8 pools are not read on AMD GPUs (the record is e4m3fn; MI300's native FP8 is e4m3fnuz)"
         if torch.cuda.get_device_capability(data.device) < FP8_MIN_CAPABILITY:
             return "FP8 pools need a GPU with native e4m3 conversion (compute capability >= 8.9)"
     return ""

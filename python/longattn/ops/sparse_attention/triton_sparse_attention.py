@@ -67,13 +67,25 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
     return d0, d1
 
 
+def _capability(device: torch.device) -> Tuple[int, int]:
+    """NVIDIA compute capability; (0, 0) on AMD GPUs (ROCm torch reports gfx versions there, e.g.
+    (9, 4) for an MI300X, which must not select the Hopper tiles)."""
+    return (0, 0) if torch.version.hip else torch.cuda.get_device_capability(device)
 
 
-def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.device, fp8: bool = False) -> dict:
+def default_config(
+    H: int,
+    D: int,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    fp8: bool = False,
+    capability: Optional[Tuple[int, int]] = None,
+) -> dict:
     """Tile sizes per problem (README.md). D = 512 / 576 on a GPU: measured on an H200 (triton 3.6.0,
     bench/results/triton-grid-h200-2026-12-04.json); other sizes from offline sm_90 compiles.
     ``LONGATTN_TRITON_SPARSE_CFG`` = "BLOCK_H,BLOCK_N,num_warps,num_stages" overrides them (for tuning
-    on a GPU; bench/triton_grid.py sweeps a few)."""
+    on a GPU; bench/triton_grid.py sweeps a few). ``capability``: the GPU's (major, minor), queried
+    from ``device`` when None (offline compiles pass it)."""
     env = positive_ints("LONGATTN_TRITON_SPARSE_CFG", "BLOCK_H,BLOCK_N,num_warps,num_stages")
     if env:
         bh, bn, nw, ns = env
@@ -89,6 +101,10 @@ def default_config(H: int, D: int, compute_dtype: torch.dtype, device: torch.dev
         return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
     if d_total <= 256:
         return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
+    if (capability or _capability(device)) < (9, 0):
+        # sm_80 / sm_89 / AMD: no wgmma, so the 64-head tiles only spill (and sm_89 has 99 KiB of
+        # shared memory per block): the spill-free 32-head tiles of the offline compiles (tests/triton)
+        return dict(BLOCK_H=min(h_tile, 16 if fp8 else 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
     # D = 512 / 576: 64-head blocks make Q.K^T a wgmma (M = 64) and 2 stages give cp.async gathers;
     # the [64, D] fp32 accumulator then spills a few hundred bytes (tests/triton/sm90_compile.py
     # budgets them), and still, on the H200 (H = 128, bf16 / FP8 compressed pool):
