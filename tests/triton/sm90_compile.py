@@ -67,12 +67,12 @@ def compile_all(arch=90) -> list:
     import torch
     import triton
     import triton.language as tl
+    from longattn.backends.triton import FP8_MIN_CAPABILITY
     from longattn.ops.append import triton_append as ta
     from longattn.ops.combine import triton_combine as tc
     from longattn.ops.compress import triton_compress as tcp
     from longattn.ops.indexer import triton_indexer as ti
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
-    from longattn.backends.triton import FP8_MIN_CAPABILITY
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
