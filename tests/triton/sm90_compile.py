@@ -179,7 +179,7 @@ def compile_all(arch=90) -> list:
         "combine_splits",
         tsa._combine_splits_kernel,
         dict(p_ws_out="*fp32", p_ws_lse="*fp32", p_sink="*fp32", p_out="*bf16", p_lse="*fp32"),
-        dict(HAS_SINK=True, BLOCK_H=16, BLOCK_S=64, BLOCK_D=128, stride_od=1, stride_lh=1),
+        dict(HAS_SINK=True, BLOCK_H=16, BLOCK_S=64, BLOCK_D=64, stride_od=1, stride_lh=1),
         4,
         1,
     )

@@ -449,11 +449,14 @@ def _combine_splits_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """merge_attention_states over the splits (n-way, base 2), then the sink; one program per
-    (token, head block), the head dim in BLOCK_D chunks. Splits with lse = -inf are never read; none
-    is read where the result is NaN. Non-finite lse as merge_attention_states: a NaN split lse gives
-    NaN, NaN; otherwise a +inf one gives +inf, NaN; all -inf gives -inf, 0."""
+    (token, head block, BLOCK_D chunk of the head dim): at T = 1 the head dim spreads the combine over
+    cdiv(D, BLOCK_D) times more SMs (every program reads the [BLOCK_H, splits] lse; chunk 0 writes
+    lse). Splits with lse = -inf are never read; none is read where the result is NaN. Non-finite lse
+    as merge_attention_states: a NaN split lse gives NaN, NaN; otherwise a +inf one gives +inf, NaN;
+    all -inf gives -inf, 0."""
     i_t = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    i_d = tl.program_id(2)
     m_h = i_h < H
     o_s = tl.arange(0, BLOCK_S).to(tl.int64)
     m_s = o_s < num_splits
@@ -475,22 +478,21 @@ def _combine_splits_kernel(
         b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
         b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
         b_g = tl.where(m_empty, 0.0, b_g / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
-    tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=m_h)
-    for d0 in range(0, D, BLOCK_D):
-        o_d = d0 + tl.arange(0, BLOCK_D)
-        m_d = o_d < D
+    tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=and_flag(m_h, i_d == 0))
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    # [BLOCK_H, BLOCK_D]
+    b_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for i_s in range(0, num_splits):
+        o_row = (i_s * T + i_t) * H + i_h  # [BLOCK_H] int64
+        b_w = tl.exp2(tl.load(p_ws_lse + o_row, mask=m_h, other=_NEG_INF) - b_m_safe)  # [BLOCK_H]
+        b_w = tl.where(m_ok, b_w, 0.0)
+        m_read = (m_h & (b_w > 0.0))[:, None] & m_d[None, :]  # an empty split (w = 0) is never read
         # [BLOCK_H, BLOCK_D]
-        b_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-        for i_s in range(0, num_splits):
-            o_row = (i_s * T + i_t) * H + i_h  # [BLOCK_H] int64
-            b_w = tl.exp2(tl.load(p_ws_lse + o_row, mask=m_h, other=_NEG_INF) - b_m_safe)  # [BLOCK_H]
-            b_w = tl.where(m_ok, b_w, 0.0)
-            m_read = (m_h & (b_w > 0.0))[:, None] & m_d[None, :]  # an empty split (w = 0) is never read
-            # [BLOCK_H, BLOCK_D]
-            b_o = tl.load(p_ws_out + o_row[:, None] * D + o_d[None, :], mask=m_read, other=0.0)
-            b_acc += b_o * b_w[:, None]
-        p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh + o_d[None, :] * stride_od
-        tl.store(p_o, _cast_out(b_acc * b_g[:, None], p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+        b_o = tl.load(p_ws_out + o_row[:, None] * D + o_d[None, :], mask=m_read, other=0.0)
+        b_acc += b_o * b_w[:, None]
+    p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh + o_d[None, :] * stride_od
+    tl.store(p_o, _cast_out(b_acc * b_g[:, None], p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -627,7 +629,8 @@ def sparse_attention(
     )  # fmt: skip
     if split:
         combine_h = min(16, triton.next_power_of_2(H))
-        _combine_splits_kernel[(T, triton.cdiv(H, combine_h))](
+        combine_d = min(64, triton.next_power_of_2(D))
+        _combine_splits_kernel[(T, triton.cdiv(H, combine_h), triton.cdiv(D, combine_d))](
             ws_out, ws_lse, sink,
             out, out.stride(0), out.stride(1), out.stride(2),
             lse, lse.stride(0), lse.stride(1),
@@ -635,7 +638,7 @@ def sparse_attention(
             HAS_SINK=attn_sink is not None,
             BLOCK_H=combine_h,
             BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-            BLOCK_D=min(128, triton.next_power_of_2(D)),
+            BLOCK_D=combine_d,
             num_warps=4,
         )  # fmt: skip
     return out, lse
