@@ -214,52 +214,17 @@ def compile_all(arch=90) -> list:
         p_ws_out="*i64",
         p_out="*fp32",
     )
-    build(
-        f"indexer partial top-512 paged {icfg}",
-        ti._indexer_topk_partial_kernel,
-        itypes,
-        dict(
-            PAGED=True,
-            FINAL=False,
-            TO_SLOTS=True,
-            TOPK_P2=512,
-            BLOCK_HI=icfg["BLOCK_HI"],
-            BLOCK_DI=icfg["BLOCK_DI"],
-            BLOCK_N=icfg["BLOCK_N"],
-            ONE_TILE=True,
-            CDT=tl.bfloat16,
-            DOT_PREC=None,
-            BITONIC=True,
-            stride_qd=1,
-            stride_kd=1,
-        ),
-        icfg["num_warps"],
-        icfg["num_stages"],
-    )
-    scfg = ti.select_config(64, 128, cuda)
-    build(
-        f"indexer select keys paged {scfg}",
-        ti._indexer_topk_partial_kernel,
-        itypes,
-        dict(
-            PAGED=True,
-            FINAL=False,
-            TO_SLOTS=False,
-            TOPK_P2=512,
-            BLOCK_HI=scfg["BLOCK_HI"],
-            BLOCK_DI=scfg["BLOCK_DI"],
-            BLOCK_N=scfg["BLOCK_N"],
-            ONE_TILE=True,
-            CDT=tl.bfloat16,
-            DOT_PREC=None,
-            BITONIC=False,
-            KEYS_ONLY=True,
-            stride_qd=1,
-            stride_kd=1,
-        ),
-        scfg["num_warps"],
-        scfg["num_stages"],
-    )
+
+    def indexer_partial(name, cfg, **mode):  # the partial kernel over paged bf16 keys, top-512
+        cx = dict(PAGED=True, FINAL=False, TOPK_P2=512, BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"],
+                  BLOCK_N=cfg["BLOCK_N"], ONE_TILE=True, CDT=tl.bfloat16, DOT_PREC=None,
+                  stride_qd=1, stride_kd=1)  # fmt: skip
+        build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, itypes, dict(cx, **mode), cfg["num_warps"],
+              cfg["num_stages"])  # fmt: skip
+
+    indexer_partial("indexer partial top-512 paged", icfg, TO_SLOTS=True, BITONIC=True)
+    indexer_partial("indexer select keys paged", ti.select_config(64, 128, cuda), TO_SLOTS=False, BITONIC=False,
+                    KEYS_ONLY=True)  # fmt: skip
     build(
         "indexer select write top-512",
         ti._indexer_topk_merge_kernel,

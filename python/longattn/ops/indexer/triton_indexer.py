@@ -673,8 +673,6 @@ def indexer_topk(
         method = "fused" if entries_per_program is not None or bitonic is not None else "select"
     if method not in ("select", "fused"):
         raise ValueError(f"indexer_topk: `method` must be 'select' or 'fused', got {method!r}")
-    if method == "select":
-        return _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots, config)
     T, Hi, Di = q.shape
     device = q.device
     indices = torch.empty(T, topk, dtype=torch.int32, device=device)
@@ -687,6 +685,9 @@ def indexer_topk(
     n = pa[0]
     paged = pa[12]
     to_slots = bool(return_slots and paged)
+    if method == "select":
+        _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, config, indices, lengths)
+        return indices, lengths
     cfg = dict(config) if config is not None else default_config(Hi, Di, device)
     cdt = compute_dtype(q, index_k)
     topk_p2 = max(2, triton.next_power_of_2(topk))
@@ -742,8 +743,9 @@ def select_config(Hi: int, Di: int, device: torch.device) -> dict:
     return cfg
 
 
-def _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots, config):
-    """Top-k by select, per chunk of tokens (the key rows within WORKSPACE_BYTES):
+def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, config, indices, lengths):
+    """``indexer_topk``'s select path, into ``indices`` / ``lengths`` (T >= 1; ``pa``: ``_pool_args``),
+    per chunk of tokens (the key rows within WORKSPACE_BYTES):
     1. ``_indexer_topk_partial_kernel`` with KEYS_ONLY: the int64 sort key of every entry, [Tc, N]
        (each program scores a range of entries with q and w held in registers);
     2. ``torch.topk`` of each key row (keys are unique per entry, so the result is exact and its
@@ -752,15 +754,7 @@ def _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, se
     No host synchronisation: the launches are CUDA-graph capturable for fixed shapes."""
     T, Hi, Di = q.shape
     device = q.device
-    indices = torch.empty(T, topk, dtype=torch.int32, device=device)
-    lengths = torch.empty(T, dtype=torch.int32, device=device)
-    if T == 0:
-        return indices, lengths
-    visible_end = visible_end.contiguous()
-    seq_ids = seq_ids.contiguous() if seq_ids is not None else None
-    pa = _pool_args(index_k, block_table, seq_ids)
     n, paged = pa[0], pa[12]
-    to_slots = bool(return_slots and paged)
     cfg = dict(config) if config is not None else select_config(Hi, Di, device)
     cdt = compute_dtype(q, index_k)
     topk_p2 = max(2, triton.next_power_of_2(topk))
@@ -802,7 +796,6 @@ def _indexer_topk_select(q, weights, index_k, visible_end, topk, block_table, se
             FANIN_C=1, PAGED=paged, FINAL=True, TO_SLOTS=to_slots, TOPK_P2=topk_p2, BITONIC=not interpreting(),
             num_warps=4,
         )  # fmt: skip
-    return indices, lengths
 
 
 def run_logits(inp):
