@@ -82,8 +82,9 @@ def test_kernels_compile_for_sm90():
 @pytest.mark.parametrize("arch,max_shared", [(80, 163 * 1024), (89, 99 * 1024)], ids=["sm80", "sm89"])
 def test_kernels_compile_for_ampere_and_ada(arch, max_shared):
     """A100 (sm_80) and L40S / RTX 4090 (sm_89): every kernel compiles with the launchers' tiles for
-    that architecture, fits its shared memory (opt-in maximum per block) and spills nothing (FP8 pool
-    reads: sm_89 only, declined on sm_80). Tensor-core kernels use mma.sync there (no wgmma)."""
+    that architecture, fits its shared memory (opt-in maximum per block) and spills nothing but a few
+    bytes in the compressor (FP8 pool reads: sm_89 only, declined on sm_80). Tensor-core kernels use
+    mma.sync there (no wgmma)."""
     results = check_compiled(arch, max_shared)
     for r in by_prefix(results, "sparse bf16"):
         assert r["mma_sync"] > 0 and r["wgmma"] == 0, f"{r['name']}: mma.sync expected on sm_{arch}, got {r}"
@@ -112,13 +113,17 @@ SPARSE_D512_SPILL_BUDGETS = {
 }
 
 
-OTHER_ARCH_SPILL_BUDGETS = {
-    "compress_kv ratio=4 overlap=True d=128": 8,  # sm_80 / sm_89: 4 B (the indexer compressor)
-}
+# The compressor kernels spill a few bytes on some triton releases and architectures (4 B on sm_80 /
+# sm_89 with 3.6.0 and 3.7.1; 12 B on sm_90 with the JIT's specialisation): 16 B each, anywhere.
+COMPRESS_SPILL_BUDGETS = {"compress_kv": 16}
+
+
+# sm_80 / sm_89: the fused indexer's bitonic merge of two 512-key lists spills 48 B with triton 3.9.
+OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64}
 
 
 def spill_budget(arch, name: str) -> int:
-    budgets = SPARSE_D512_SPILL_BUDGETS if arch == 90 else OTHER_ARCH_SPILL_BUDGETS
+    budgets = dict(COMPRESS_SPILL_BUDGETS, **(SPARSE_D512_SPILL_BUDGETS if arch == 90 else OTHER_ARCH_SPILL_BUDGETS))
     return next((b for prefix, b in budgets.items() if name.startswith(prefix)), 0)
 
 
