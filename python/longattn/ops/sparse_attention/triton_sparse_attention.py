@@ -69,8 +69,11 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
 
 def _capability(device: torch.device) -> Tuple[int, int]:
     """NVIDIA compute capability; (0, 0) on AMD GPUs (ROCm torch reports gfx versions there, e.g.
-    (9, 4) for an MI300X, which must not select the Hopper tiles)."""
-    return (0, 0) if torch.version.hip else torch.cuda.get_device_capability(device)
+    (9, 4) for an MI300X, which must not select the Hopper tiles). Without a CUDA runtime (tiles
+    planned offline, e.g. by a compile study for an H200): (9, 0)."""
+    if torch.version.hip:
+        return (0, 0)
+    return torch.cuda.get_device_capability(device) if torch.cuda.is_available() else (9, 0)
 
 
 def default_config(
