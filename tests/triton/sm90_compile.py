@@ -44,10 +44,13 @@ def _sparse(tl, tsa, dt, D, cfg, fp8=False, split=False):
 
 def ptx_properties(ptx: str) -> dict:
     """Instruction counts that tell how a kernel computes and moves data."""
+    import re
+
     bulk = ptx.count("cp.async.bulk")
+    narrow = {n: len(re.findall(rf"\bld\.global(?:\.[a-z]+)*\.[bus]{8 * n}\b", ptx)) for n in (1, 2)}
     return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
-                tma=bulk)  # fmt: skip
+                tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2])  # fmt: skip
 
 
 def amdgcn_properties(asm: str) -> dict:
@@ -84,12 +87,14 @@ def compile_all(arch=90) -> list:
     cuda = torch.device("cuda")
     results = []
 
-    def build(name, fn, types, constexprs, num_warps, num_stages):
-        sig = {a: ("constexpr" if a in constexprs else types.get(a, "i32")) for a in fn.arg_names}
+    def build(name, fn, types, constexprs, num_warps, num_stages, attrs=None, signature=None):
+        sig = signature or {a: ("constexpr" if a in constexprs else types.get(a, "i32")) for a in fn.arg_names}
         rec = {"name": name}
         try:
             k = triton.compile(
-                ASTSource(fn, sig, constexprs), target=target, options=dict(num_warps=num_warps, num_stages=num_stages)
+                ASTSource(fn, sig, constexprs, attrs),
+                target=target,
+                options=dict(num_warps=num_warps, num_stages=num_stages),
             )
             rec["ok"] = True
             rec["shared"] = k.metadata.shared
@@ -331,4 +336,93 @@ def compile_all(arch=90) -> list:
             cfg["num_warps"],
             1,
         )
+    if arch == 90:
+        for name, fn, grid, args, kwargs in jit_launches(tsa):
+            jit = jit_specialisation(fn, args, kwargs, target)
+            if jit is None:
+                results.append({"name": f"jit {name}", "ok": True, "skipped": "this triton's JIT binder differs"})
+                continue
+            signature, constexprs, attrs, options = jit
+            build(f"jit {name}", fn, None, constexprs, options.num_warps, options.num_stages, attrs, signature)
+            results[-1]["grid"] = list(grid)
     return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# The launchers' real launches: the V4 cases run through the launcher on CPU tensors (the kernel
+# objects swapped for recorders, 132 SMs as on an H200), each launch then specialised exactly as
+# JITFunction.run does it (pointer alignment, integer % 16 / == 1, do_not_specialize honoured) and
+# compiled. What the GPU runs, unlike compile_all's hand-written signatures (no specialisation).
+# ---------------------------------------------------------------------------------------------------
+class _Recorder:
+    """Stands in for a JITFunction in its module: ``kernel[grid](*args, **kwargs)`` records the launch."""
+
+    def __init__(self, fn, launches):
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.fn, tuple(grid), args, kwargs))
+
+
+def captured_launches(module, kernel_names, call) -> list:
+    """[(fn, grid, args, kwargs)] of the launches ``call()`` makes of ``module``'s kernels."""
+    launches = []
+    saved = {n: getattr(module, n) for n in kernel_names}
+    try:
+        for n in kernel_names:
+            setattr(module, n, _Recorder(saved[n], launches))
+        call()
+    finally:
+        for n, fn in saved.items():
+            setattr(module, n, fn)
+    return launches
+
+
+def jit_launches(tsa) -> list:
+    """[(name, fn, grid, args, kwargs)]: the sparse-attention forward of the V4 decode and prefill cases
+    (bench/triton_grid.py's) with the launcher's own tiles, split count and arguments."""
+    import torch
+    from longattn.cache import Fp8KVPool
+
+    cuda = torch.device("cuda")  # only handed to default_config(): no CUDA call is made
+    sms = tsa._num_sms
+    tsa._num_sms = lambda device: 132  # the split heuristic sees an H200
+    out = []
+    try:
+        for name, T, H, window, keys, pool in [
+            ("sparse CSA decode bf16 H=128 128+1024 T=64", 64, 128, 128, 1024, "bf16"),
+            ("sparse CSA decode fp8-pool H=128 128+1024 T=64", 64, 128, 128, 1024, "fp8"),
+            ("sparse prefill V4-Pro H=128 128+1024 T=2048", 2048, 128, 128, 1024, "bf16"),
+        ]:
+            D = 512
+            q = torch.empty(T, H, D, dtype=torch.bfloat16)
+            kv = torch.empty(4 * window, D, dtype=torch.bfloat16)
+            comp = (Fp8KVPool.empty(4 * keys // 64, 64) if pool == "fp8"
+                    else torch.empty(4 * keys, D, dtype=torch.bfloat16))  # fmt: skip
+            win, idx = torch.zeros(T, window, dtype=torch.int32), torch.zeros(T, keys, dtype=torch.int32)
+            cfg = tsa.default_config(H, D, torch.bfloat16, cuda, pool == "fp8")
+
+            def call():
+                tsa.sparse_attention(q, kv, win, None, comp, idx, None, torch.zeros(H), D**-0.5, config=cfg)
+
+            launches = captured_launches(tsa, ["_sparse_attn_fwd_kernel", "_combine_splits_kernel"], call)
+            out += [(f"{name} {cfg}", fn, grid, a, kw) for fn, grid, a, kw in launches if fn is tsa._sparse_attn_fwd_kernel]
+    finally:
+        tsa._num_sms = sms
+    return out
+
+
+def jit_specialisation(fn, args, kwargs, target):
+    """(signature, constexprs, attrs, options) as ``JITFunction.run`` builds them for ``target``, through
+    the JIT's own binder (private API: None where this triton release lays it out differently)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend
+        from triton.runtime.jit import create_function_from_signature
+
+        backend = CUDABackend(target)
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        bound_args, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return signature, constexprs, attrs, options

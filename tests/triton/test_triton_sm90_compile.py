@@ -79,6 +79,26 @@ def test_kernels_compile_for_sm90():
             assert r["wgmma"] > 0, f"{r['name']}: wgmma expected, got {r}"
 
 
+def test_launches_as_the_jit_specialises_them_for_sm90():
+    """The V4 sparse-attention launches exactly as the GPU builds them: the launcher run on CPU tensors
+    (132 SMs, its own tiles, split count and arguments), each launch specialised by the JIT's own binder
+    (16-B pointer alignment, integer % 16) and compiled (tests/triton/sm90_compile.jit_launches). The
+    spill budgets of these are tight (SPARSE_D512_SPILL_BUDGETS, "jit ..."), and the FP8 pool's rows
+    must arrive 16 bytes at a time: its e4m3 bytes through cp.async with the rest of the tile, its bf16
+    rope values in vector loads, so that only the UE8M0 scale bytes are loaded one byte at a time."""
+    results = [r for r in check_compiled(90, SM90_MAX_SHARED_PER_BLOCK) if r["name"].startswith("jit ")]
+    assert len(results) == 3, [r["name"] for r in results]
+    if any("skipped" in r for r in results):
+        pytest.skip(results[0]["skipped"])
+    for r in results:
+        assert r["wgmma"] > 0 and r["mma_sync"] == 0 and r["cp_async"] > 0, r
+    (fp8,) = by_prefix(results, "jit sparse CSA decode fp8-pool")
+    (bf16,) = by_prefix(results, "jit sparse CSA decode bf16")
+    assert fp8["ld_global_2b"] == 0, f"bf16 rope values loaded 2 bytes at a time: {fp8}"
+    # 64 byte loads: the scale bytes of the [BLOCK_N, 512] tile (before: 128, with the e4m3 bytes)
+    assert fp8["ld_global_1b"] <= 64 and fp8["cp_async"] > bf16["cp_async"] // 2, fp8
+
+
 @pytest.mark.parametrize("arch,max_shared", [(80, 163 * 1024), (89, 99 * 1024)], ids=["sm80", "sm89"])
 def test_kernels_compile_for_ampere_and_ada(arch, max_shared):
     """A100 (sm_80) and L40S / RTX 4090 (sm_89): every kernel compiles with the launchers' tiles for
@@ -102,14 +122,19 @@ def test_kernels_compile_for_amd_mi300x():
             assert r["mfma"] > 0, f"{r['name']}: MFMA expected on gfx942, got {r}"
 
 
-# Spill budgets (bytes of spill stores, this test's compile: triton 3.7.1, no JIT specialisation).
+# Spill budgets (bytes of spill stores; the hand-written signatures: triton 3.7.1, no JIT specialisation).
 # Zero for every kernel but the forward sparse attention at D >= 512 with its 64-head tiles: there the
 # [64, D] fp32 accumulator spills, and the tiles were still measured 2-2.8x faster on an H200 than the
 # spill-free 32-head ones (triton_sparse_attention.default_config). A change that spills more fails.
 SPARSE_D512_SPILL_BUDGETS = {
     "sparse bf16 D=512 fp8=False": 3072,  # measured here: 2684 B (with the JIT's specialisation: 444 B)
     "sparse bf16 D=576 fp8=False": 6400,  # 5838 B (split-KV, D = 576 = 512 + a 64-wide tail tile)
-    "sparse bf16 D=512 fp8=True": 3328,  # 2994 B
+    "sparse bf16 D=512 fp8=True": 3328,  # 2922 B
+    # the launches as the JIT specialises them (measured with triton 3.6.0 / 3.7.1 / 3.8.0; 3.9.0's
+    # wheel has no ptxas): what the GPU runs
+    "jit sparse CSA decode bf16": 704,  # 628 / 444 / 464 B
+    "jit sparse CSA decode fp8-pool": 448,  # 408 / 276 / 384 B (before 16-B FP8 row loads: 578 B with 3.7.1)
+    "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 B
 }
 
 

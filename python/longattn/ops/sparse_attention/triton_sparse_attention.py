@@ -152,6 +152,9 @@ def _load_kv_rows(
     """Rows ``i_slot`` ([BLOCK_N] int64, 0 where masked) at columns ``o_d``; masked -> 0."""
     m_nd = m_n[:, None] & m_d[None, :]
     if IS_FP8:
+        # page_bytes is a whole number of 576-B data rows (cache/fp8.py): written so that the compiler
+        # knows every row starts 64-B aligned and loads its 448 + 128 bytes 16 at a time
+        page_bytes = (page_bytes // _FP8_DATA_BYTES) * _FP8_DATA_BYTES
         i_page = i_slot // page_size
         i_off = i_slot % page_size
         o_data = i_page * page_bytes + i_off * _FP8_DATA_BYTES  # [BLOCK_N] byte offset of the row
