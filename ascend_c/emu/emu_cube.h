@@ -211,6 +211,13 @@ inline void Mmad(const LocalTensor<Tc>& dst, const LocalTensor<Ta>& fm, const Lo
     CheckRange(p.n, 0, 4095, api, "n", loc);
     CheckRange(p.k, 0, 4095, api, "k", loc);
     if (p.cmatrixSource) Fatal(loc, "Mmad: cmatrixSource (bias-table initialisation) is not emulated");
+    {  // work counters: MACs as issued; fractal steps (16 x 16 x K0, K0 = 32 B of the input type), the
+       // cube's per-cycle unit in the performance model
+        const uint64_t k0 = 32 / sizeof(Ta);
+        CoreCtx& c = Core(loc);
+        c.cubeMacs += static_cast<uint64_t>(p.m) * p.n * p.k;
+        c.cubeFractals += ((p.m + 15u) / 16u) * ((p.n + 15u) / 16u) * ((p.k + k0 - 1) / k0);
+    }
     if (p.kDirectionAlign && !std::is_same<Ta, float>::value)
         Fatal(loc, "Mmad: kDirectionAlign only applies to float inputs");
     if (p.m == 0 || p.n == 0 || p.k == 0) return;

@@ -387,6 +387,14 @@ struct CoreCtx {
     int curPipe = 0;
     const char* curApi = "";
     Loc curLoc{nullptr, 0};
+    // work counters (always on; read by the performance model, see CoreCounters)
+    uint64_t opsPerPipe[kNumPipes] = {};   // API operations issued per pipe
+    uint64_t gmReadBytes[kNumPipes] = {};  // GM bytes read per pipe (MTE2 / MTE1 for DMA, S for scalar reads)
+    uint64_t gmWriteBytes[kNumPipes] = {}; // GM bytes written per pipe (MTE3 / FIX for DMA, S for scalar)
+    uint64_t localReadBytes = 0;           // UB bytes read by the vector pipe
+    uint64_t localWriteBytes = 0;          // UB bytes written by the vector pipe
+    uint64_t cubeMacs = 0;                 // multiply-accumulates of Mmad (m * n * k each)
+    uint64_t cubeFractals = 0;             // Mmad fractal steps (16 x 16 x 32-byte K blocks)
 
     CoreCtx() = default;
     CoreCtx(const CoreCtx&) = delete;
@@ -443,6 +451,7 @@ inline void BeginOp(int pipe, const char* api, Loc loc)
     c.curPipe = pipe;
     c.curApi = api;
     c.curLoc = loc;
+    ++c.opsPerPipe[pipe];
     if (!c.hazardOn) return;
     c.curTime = ++c.clock;
     if (c.clock == 0xFFFFFFF0u) Fatal(loc, "hazard tracker clock overflow (run with LONGATTN_EMU_HAZARD=0)");
@@ -501,6 +510,7 @@ inline void DescribeOp(const CoreCtx& c, uint32_t t, char* buf, size_t n)
 inline void TrackLocal(Mem m, uint32_t off, uint32_t bytes, bool write)
 {
     CoreCtx& c = *tlsCore;
+    if (c.curPipe == PIPE_V) (write ? c.localWriteBytes : c.localReadBytes) += bytes;
     if (!c.hazardOn || bytes == 0) return;
     Arena& a = c.arena[static_cast<int>(m)];
     const int q = c.curPipe;
@@ -531,6 +541,7 @@ inline void TrackLocal(Mem m, uint32_t off, uint32_t bytes, bool write)
 inline void TrackGmWrite(const void* p, uint64_t bytes)
 {
     CoreCtx& c = *tlsCore;
+    c.gmWriteBytes[c.curPipe] += bytes;
     if (!c.hazardOn || bytes == 0) return;
     c.lastGmWrite[c.curPipe] = c.curTime;
     const uintptr_t b = reinterpret_cast<uintptr_t>(p);
@@ -565,6 +576,7 @@ inline void TrackGmWrite(const void* p, uint64_t bytes)
 inline void TrackGmRead(const void* p, uint64_t bytes)
 {
     CoreCtx& c = *tlsCore;
+    c.gmReadBytes[c.curPipe] += bytes;
     if (!c.hazardOn || bytes == 0 || c.gmWrites.empty()) return;
     const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
     const int q = c.curPipe;

@@ -301,6 +301,54 @@ inline void FinishCore(CoreCtx& c)
     c.launch->cv.notify_all();
 }
 
+// ---- work counters of finished launches (the performance model's input) -------------------------
+struct CoreCounters {
+    bool aic = false;
+    int64_t group = 0;  // AI core
+    uint64_t ops[kNumPipes] = {};
+    uint64_t gmRead[kNumPipes] = {}, gmWrite[kNumPipes] = {};
+    uint64_t ubRead = 0, ubWrite = 0, macs = 0, fractals = 0;
+};
+struct LaunchCounters {
+    const char* kind = "vector";  // vector | cube | mix
+    uint32_t blockDim = 0;
+    std::vector<CoreCounters> cores;
+};
+inline std::mutex& CountersMutex()
+{
+    static std::mutex m;
+    return m;
+}
+inline std::vector<LaunchCounters>& RecordedLaunches()  // guarded by CountersMutex()
+{
+    static std::vector<LaunchCounters> v;
+    return v;
+}
+inline void RecordCounters(const LaunchCtx& L)
+{
+    LaunchCounters r;
+    r.kind = L.kind == LaunchKind::Vector ? "vector" : L.kind == LaunchKind::Cube ? "cube" : "mix";
+    r.blockDim = L.blockDim;
+    for (const auto& c : L.cores) {
+        CoreCounters k;
+        k.aic = c->kind == CoreKind::AIC;
+        k.group = c->group;
+        for (int p = 0; p < kNumPipes; ++p) {
+            k.ops[p] = c->opsPerPipe[p];
+            k.gmRead[p] = c->gmReadBytes[p];
+            k.gmWrite[p] = c->gmWriteBytes[p];
+        }
+        k.ubRead = c->localReadBytes;
+        k.ubWrite = c->localWriteBytes;
+        k.macs = c->cubeMacs;
+        k.fractals = c->cubeFractals;
+        r.cores.push_back(k);
+    }
+    std::lock_guard<std::mutex> g(CountersMutex());
+    auto& v = RecordedLaunches();
+    if (v.size() < 4096) v.push_back(std::move(r));  // bounded: a caller that never reads them loses the rest
+}
+
 template <class F>
 inline void RunLaunch(LaunchKind kind, uint32_t blockDim, F& fn)
 {
@@ -358,6 +406,7 @@ inline void RunLaunch(LaunchKind kind, uint32_t blockDim, F& fn)
         });
     }
     for (auto& t : threads) t.join();
+    RecordCounters(L);
 
     // Every cross-core set must have been consumed by a wait.
     for (auto& core : L.cores)
@@ -375,6 +424,15 @@ inline void RunLaunch(LaunchKind kind, uint32_t blockDim, F& fn)
 }
 
 }  // namespace detail
+
+// The work counters of the launches finished since the last call (and forget them).
+inline std::vector<detail::LaunchCounters> TakeLaunchCounters()
+{
+    std::lock_guard<std::mutex> g(detail::CountersMutex());
+    std::vector<detail::LaunchCounters> out;
+    out.swap(detail::RecordedLaunches());
+    return out;
+}
 
 // Run fn() once per core. Vector: blockDim AIV cores. Cube: blockDim AIC cores.
 // Mix (KERNEL_TYPE_MIX_AIC_1_2): blockDim AI cores, each 1 AIC + 2 AIV threads, all concurrent.

@@ -115,6 +115,41 @@ pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_
     return d;
 }
 
+// The work counters of the emulated launches since the last call: [{kind, block_dim, cores: [{aic, group,
+// ops, gm_read, gm_write (per pipe: S, V, M, MTE1, MTE2, MTE3, FIX), ub_read, ub_write, macs, fractals}]}].
+pybind11::list TakeLaunchWork()
+{
+    static const char* kPipes[la::kEmuPipes] = {"S", "V", "M", "MTE1", "MTE2", "MTE3", "FIX"};
+    auto per_pipe = [](const uint64_t* v) {
+        pybind11::dict d;
+        for (int p = 0; p < la::kEmuPipes; ++p) d[kPipes[p]] = v[p];
+        return d;
+    };
+    pybind11::list launches;
+    for (const la::EmuLaunchWork& w : la::TakeEmuLaunchWork()) {
+        pybind11::list cores;
+        for (const la::EmuCoreWork& c : w.cores) {
+            pybind11::dict d;
+            d["aic"] = c.aic;
+            d["group"] = c.group;
+            d["ops"] = per_pipe(c.ops);
+            d["gm_read"] = per_pipe(c.gmRead);
+            d["gm_write"] = per_pipe(c.gmWrite);
+            d["ub_read"] = c.ubRead;
+            d["ub_write"] = c.ubWrite;
+            d["macs"] = c.macs;
+            d["fractals"] = c.fractals;
+            cores.append(d);
+        }
+        pybind11::dict l;
+        l["kind"] = w.kind;
+        l["block_dim"] = w.blockDim;
+        l["cores"] = cores;
+        launches.append(l);
+    }
+    return launches;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
@@ -125,4 +160,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("compress_kv", &CompressKv, "compress_kv (in place: state, out)");
     m.def("indexer", &Indexer, "indexer_topk -> [indices, lengths] / indexer_logits -> [logits]");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
+    m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
 }

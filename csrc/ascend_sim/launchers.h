@@ -5,12 +5,33 @@
 // only kernel code and the emulator, compiled with -Wall -Werror.
 #pragma once
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "ascend_c/append_kv/op_host/append_kv_tiling.h"
 #include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
 #include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
 #include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
 
 namespace longattn_ascend {
+
+// The emulator's work counters of one core / one launch (plain copies of longattn_emu's, so that the
+// torch binding needs no emulator header). Pipes in the order S, V, M, MTE1, MTE2, MTE3, FIX.
+constexpr int kEmuPipes = 7;
+struct EmuCoreWork {
+    bool aic = false;
+    int64_t group = 0;
+    uint64_t ops[kEmuPipes] = {}, gmRead[kEmuPipes] = {}, gmWrite[kEmuPipes] = {};
+    uint64_t ubRead = 0, ubWrite = 0, macs = 0, fractals = 0;
+};
+struct EmuLaunchWork {
+    std::string kind;
+    uint32_t blockDim = 0;
+    std::vector<EmuCoreWork> cores;
+};
+// The launches finished since the last call, oldest first (and forget them).
+std::vector<EmuLaunchWork> TakeEmuLaunchWork();
 
 void LaunchAppendKv(void* pool, const void* rows, const int32_t* slots, const AppendKvTiling& t);
 

@@ -381,6 +381,8 @@ def captured_launches(module, kernel_names, call) -> list:
 def jit_launches(tsa) -> list:
     """[(name, fn, grid, args, kwargs)]: the sparse-attention forward of the V4 decode and prefill cases
     (bench/triton_grid.py's) with the launcher's own tiles, split count and arguments."""
+    import functools
+
     import torch
     from longattn.cache import Fp8KVPool
 
@@ -402,11 +404,13 @@ def jit_launches(tsa) -> list:
             win, idx = torch.zeros(T, window, dtype=torch.int32), torch.zeros(T, keys, dtype=torch.int32)
             cfg = tsa.default_config(H, D, torch.bfloat16, cuda, pool == "fp8")
 
-            def call():
-                tsa.sparse_attention(q, kv, win, None, comp, idx, None, torch.zeros(H), D**-0.5, config=cfg)
+            call = functools.partial(tsa.sparse_attention, q, kv, win, None, comp, idx, None, torch.zeros(H), D**-0.5,
+                                     config=cfg)  # fmt: skip
 
             launches = captured_launches(tsa, ["_sparse_attn_fwd_kernel", "_combine_splits_kernel"], call)
-            out += [(f"{name} {cfg}", fn, grid, a, kw) for fn, grid, a, kw in launches if fn is tsa._sparse_attn_fwd_kernel]
+            out += [
+                (f"{name} {cfg}", fn, grid, a, kw) for fn, grid, a, kw in launches if fn is tsa._sparse_attn_fwd_kernel
+            ]
     finally:
         tsa._num_sms = sms
     return out
