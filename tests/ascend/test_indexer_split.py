@@ -3,12 +3,12 @@ a decode batch smaller than the core count scores each token's chunks on differe
 the union of the chunks' top-k). Forced here with small chunks and 8 emulated cores; every result is
 compared id for id with the float64 oracle on integer-valued inputs (exact scores, many ties)."""
 
+import longattn
 import pytest
 import torch
-
-import longattn
 from longattn.backends import ascend_sim
 from longattn.ops.indexer import ascend as indexer_ascend
+
 from tests import oracle
 from tests.helpers.indexer import assert_same, int_inputs
 
