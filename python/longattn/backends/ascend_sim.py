@@ -23,6 +23,7 @@ variant; the process must be started with libasan preloaded), ``LONGATTN_ASCEND_
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -74,10 +75,13 @@ def _unavailable() -> Optional[str]:
 
 
 def build_directory(name: str = EXT_NAME) -> Path:
+    """Where the extension is built: one folder per source checkout (two checkouts, e.g. git
+    worktrees, must not rebuild each other's library under a loaded process)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "longattn", "torch_extensions"
     )
-    path = Path(root) / name
+    checkout = hashlib.sha1(str(ASCEND_C.resolve()).encode()).hexdigest()[:10]
+    path = Path(root) / f"{name}-{checkout}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
