@@ -20,6 +20,7 @@ SOURCES = (
     "sparse_attention_emu.cpp",
     "compress_kv_emu.cpp",
     "indexer_topk_emu.cpp",
+    "combine_emu.cpp",
 )
 
 
