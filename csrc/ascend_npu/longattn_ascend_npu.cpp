@@ -20,8 +20,10 @@
 
 #include "acl/acl.h"
 #include "aclrtlaunch_append_kv.h"
+#include "aclrtlaunch_apply_attention_sink.h"
 #include "aclrtlaunch_compress_kv.h"
 #include "aclrtlaunch_indexer_topk.h"
+#include "aclrtlaunch_merge_attention_states.h"
 #include "aclrtlaunch_sparse_attention.h"
 #include "csrc/common/host_ops.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
@@ -121,6 +123,26 @@ struct NpuDevice {
                                                      a.indices, a.lengths, a.logits, a.workspace, tp);
         });
     }
+    void MergeAttentionStates(const la::MergeArgs& a, const la::CombineTiling& t)
+    {
+        void* tp = Tiling(t);
+        aclrtStream s = stream;
+        Launch("longattn_merge_attention_states", [=] {
+            return ACLRT_LAUNCH_KERNEL(merge_attention_states)(t.blockDim, s, const_cast<void*>(a.outA),
+                                                               const_cast<float*>(a.lseA), const_cast<void*>(a.outB),
+                                                               const_cast<float*>(a.lseB), a.out, a.lse, nullptr, tp);
+        });
+    }
+    void ApplyAttentionSink(const la::SinkArgs& a, const la::CombineTiling& t)
+    {
+        void* tp = Tiling(t);
+        aclrtStream s = stream;
+        Launch("longattn_apply_attention_sink", [=] {
+            return ACLRT_LAUNCH_KERNEL(apply_attention_sink)(t.blockDim, s, const_cast<void*>(a.out),
+                                                             const_cast<float*>(a.lse), const_cast<float*>(a.sinkTable),
+                                                             a.result, nullptr, tp);
+        });
+    }
 
     at::TensorOptions opts;
     aclrtStream stream;
@@ -168,6 +190,19 @@ std::vector<at::Tensor> RawIndexer(const at::Tensor& q, const at::Tensor& weight
                              logits_mode);
 }
 
+std::tuple<at::Tensor, at::Tensor> RawMergeAttentionStates(const at::Tensor& out_a, const at::Tensor& lse_a,
+                                                           const at::Tensor& out_b, const at::Tensor& lse_b)
+{
+    NpuDevice dev(out_a);
+    return la::host::MergeAttentionStates(dev, out_a, lse_a, out_b, lse_b);
+}
+
+at::Tensor RawApplyAttentionSink(const at::Tensor& out, const at::Tensor& lse, const at::Tensor& attn_sink)
+{
+    NpuDevice dev(out);
+    return la::host::ApplyAttentionSink(dev, out, lse, attn_sink);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(longattn_ascend, m)
@@ -184,6 +219,8 @@ TORCH_LIBRARY(longattn_ascend, m)
     m.def(
         "indexer(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, int topk, Tensor? block_table, "
         "Tensor? seq_ids, bool return_slots, bool logits_mode) -> Tensor[]");
+    m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
+    m.def("apply_attention_sink(Tensor out, Tensor lse, Tensor attn_sink) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)
@@ -192,4 +229,6 @@ TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)
     m.impl("sparse_attention", TORCH_FN(RawSparseAttention));
     m.impl("compress_kv", TORCH_FN(RawCompressKv));
     m.impl("indexer", TORCH_FN(RawIndexer));
+    m.impl("merge_attention_states", TORCH_FN(RawMergeAttentionStates));
+    m.impl("apply_attention_sink", TORCH_FN(RawApplyAttentionSink));
 }

@@ -43,6 +43,16 @@ struct EmuDevice {
         pybind11::gil_scoped_release nogil;
         la::LaunchIndexerTopk(a, t);
     }
+    void MergeAttentionStates(const la::MergeArgs& a, const la::CombineTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchMergeAttentionStates(a, t);
+    }
+    void ApplyAttentionSink(const la::SinkArgs& a, const la::CombineTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchApplyAttentionSink(a, t);
+    }
 };
 
 EmuDevice Device(int64_t num_cores)
@@ -97,6 +107,38 @@ std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor ind
     EmuDevice dev = Device(num_cores);
     return la::host::Indexer(dev, q, weights, index_k, visible_end, topk, block_table, seq_ids, return_slots,
                              logits_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor> MergeAttentionStates(at::Tensor out_a, at::Tensor lse_a, at::Tensor out_b,
+                                                        at::Tensor lse_b, int64_t num_cores)
+{
+    CheckCpu({&out_a, &lse_a, &out_b, &lse_b});
+    EmuDevice dev = Device(num_cores);
+    return la::host::MergeAttentionStates(dev, out_a, lse_a, out_b, lse_b);
+}
+
+at::Tensor ApplyAttentionSink(at::Tensor out, at::Tensor lse, at::Tensor attn_sink, int64_t num_cores)
+{
+    CheckCpu({&out, &lse, &attn_sink});
+    EmuDevice dev = Device(num_cores);
+    return la::host::ApplyAttentionSink(dev, out, lse, attn_sink);
+}
+
+// mode: 0 merge, 1 sink; rows = T * H.
+pybind11::dict CombineTilingInfo(int64_t mode, int64_t rows, int64_t H, int64_t D, int64_t dtype_code,
+                                 int64_t num_cores)
+{
+    const la::CombineTiling t =
+        la::host::CombineTilingOf(mode, rows, H, D, dtype_code, Device(num_cores).VectorCores());
+    pybind11::dict d;
+    d["block_dim"] = t.blockDim;
+    d["rows_per_core"] = t.rowsPerCore;
+    d["batch_rows"] = t.batchRows;
+    d["chunk_rows"] = t.chunkRows;
+    d["col_tile"] = t.colTile;
+    d["sink_table_len"] = t.sinkTableLen;
+    d["ub_bytes"] = t.ubBytes;
+    return d;
 }
 
 pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t num_cores)
@@ -159,6 +201,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("sparse_attention", &SparseAttention, "sparse_attention -> (out, lse)");
     m.def("compress_kv", &CompressKv, "compress_kv (in place: state, out)");
     m.def("indexer", &Indexer, "indexer_topk -> [indices, lengths] / indexer_logits -> [logits]");
+    m.def("merge_attention_states", &MergeAttentionStates, "merge_attention_states -> (out, lse)");
+    m.def("apply_attention_sink", &ApplyAttentionSink, "apply_attention_sink -> out");
+    m.def("combine_tiling", &CombineTilingInfo, "tiling fields of a merge (mode 0) / sink (mode 1) call");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
     m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
 }

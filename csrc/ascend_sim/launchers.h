@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ascend_c/append_kv/op_host/append_kv_tiling.h"
+#include "ascend_c/combine/op_host/combine_tiling.h"
 #include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
 #include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
 #include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
@@ -40,5 +41,9 @@ void LaunchSparseAttention(const SparseAttentionArgs& a, const SparseAttentionTi
 void LaunchCompressKv(const CompressKvArgs& a, const CompressKvTiling& t);
 
 void LaunchIndexerTopk(const IndexerTopkArgs& a, const IndexerTopkTiling& t);
+
+void LaunchMergeAttentionStates(const MergeArgs& a, const CombineTiling& t);
+
+void LaunchApplyAttentionSink(const SinkArgs& a, const CombineTiling& t);
 
 }  // namespace longattn_ascend

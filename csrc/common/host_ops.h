@@ -14,6 +14,8 @@
 //       show) void AppendKv(void*, const void*, const int32_t*, const AppendKvTiling&); void SparseAttention(const
 //       SparseAttentionArgs&, const SparseAttentionTiling&); void CompressKv(const CompressKvArgs&, const
 //       CompressKvTiling&); void IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
+//       void MergeAttentionStates(const MergeArgs&, const CombineTiling&);
+//       void ApplyAttentionSink(const SinkArgs&, const CombineTiling&);
 //   };
 #pragma once
 
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "ascend_c/append_kv/op_host/append_kv_tiling.h"
+#include "ascend_c/combine/op_host/combine_tiling.h"
 #include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
 #include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
 #include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
@@ -343,6 +346,81 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
     }
     if (logits_mode) return {logits};
     return {indices, lengths};
+}
+
+// ---- merge_attention_states / apply_attention_sink -----------------------------------------------------
+// Rows r = t * H + h of contiguous [T*H, D] outs; lse values widened to fp32 (exact) before the kernel.
+template <class Dev>
+std::tuple<at::Tensor, at::Tensor> MergeAttentionStates(Dev& dev, const at::Tensor& out_a, const at::Tensor& lse_a,
+                                                        const at::Tensor& out_b, const at::Tensor& lse_b)
+{
+    TORCH_CHECK(out_a.dim() == 3 && out_b.sizes() == out_a.sizes(),
+                "merge_attention_states: out_a, out_b must be [T, H, D]");
+    TORCH_CHECK(out_b.scalar_type() == out_a.scalar_type(), "merge_attention_states: out_b must have out_a's dtype");
+    const int64_t T = out_a.size(0), H = out_a.size(1), D = out_a.size(2);
+    TORCH_CHECK(lse_a.dim() == 2 && lse_a.size(0) == T && lse_a.size(1) == H && lse_b.sizes() == lse_a.sizes(),
+                "merge_attention_states: lse_a, lse_b must be [T, H]");
+    const uint32_t dt = DtypeCode(out_a, "merge_attention_states: out_a");
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    at::Tensor out = at::full({T, H, D}, nan, out_a.options());
+    at::Tensor lse = at::full({T, H}, nan, out_a.options().dtype(at::kFloat));
+    if (T * H == 0) return {out, lse};
+    U32(T * H * D, "merge_attention_states: out numel");
+    CombineTiling t;
+    const uint32_t blockDim =
+        CombineTilingCompute(t, kCombineMerge, U32(T * H, "T*H"), U32(H, "H"), U32(D, "D"), dt, dev.VectorCores());
+    TORCH_CHECK(blockDim > 0, "merge_attention_states: no tiling for D=", D);
+    at::Tensor oa = out_a.contiguous(), ob = out_b.contiguous();
+    at::Tensor la = lse_a.to(at::kFloat).contiguous(), lb = lse_b.to(at::kFloat).contiguous();
+    void* never = lse.data_ptr();  // stands in for the empty outs of D = 0 (never read)
+    MergeArgs a{};
+    a.outA = D ? oa.data_ptr() : never;
+    a.lseA = la.data_ptr<float>();
+    a.outB = D ? ob.data_ptr() : never;
+    a.lseB = lb.data_ptr<float>();
+    a.out = D ? out.data_ptr() : never;
+    a.lse = lse.data_ptr<float>();
+    dev.MergeAttentionStates(a, t);
+    return {out, lse};
+}
+
+template <class Dev>
+at::Tensor ApplyAttentionSink(Dev& dev, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& attn_sink)
+{
+    TORCH_CHECK(out.dim() == 3, "apply_attention_sink: out must be [T, H, D]");
+    const int64_t T = out.size(0), H = out.size(1), D = out.size(2);
+    TORCH_CHECK(lse.dim() == 2 && lse.size(0) == T && lse.size(1) == H, "apply_attention_sink: lse must be [T, H]");
+    TORCH_CHECK(attn_sink.dim() == 1 && attn_sink.size(0) == H, "apply_attention_sink: attn_sink must be [H]");
+    const uint32_t dt = DtypeCode(out, "apply_attention_sink: out");
+    at::Tensor res = at::full({T, H, D}, std::numeric_limits<double>::quiet_NaN(), out.options());
+    if (res.numel() == 0) return res;
+    U32(T * H * D, "apply_attention_sink: out numel");
+    CombineTiling t;
+    const uint32_t blockDim =
+        CombineTilingCompute(t, kCombineSink, U32(T * H, "T*H"), U32(H, "H"), U32(D, "D"), dt, dev.VectorCores());
+    TORCH_CHECK(blockDim > 0, "apply_attention_sink: no tiling for D=", D);
+    at::Tensor o = out.contiguous();
+    at::Tensor l = lse.to(at::kFloat).contiguous();
+    // sink[j mod H] for j < H + batchRows: the sinks of any batch of rows are one contiguous slice.
+    const int64_t len = t.sinkTableLen;
+    at::Tensor table = attn_sink.to(at::kFloat).repeat({(len + H - 1) / H}).slice(0, 0, len).contiguous();
+    SinkArgs a{};
+    a.out = o.data_ptr();
+    a.lse = l.data_ptr<float>();
+    a.sinkTable = table.data_ptr<float>();
+    a.result = res.data_ptr();
+    dev.ApplyAttentionSink(a, t);
+    return res;
+}
+
+// Tiling fields of a combine call (tests and README tables).
+inline CombineTiling CombineTilingOf(int64_t mode, int64_t rows, int64_t H, int64_t D, int64_t dtype_code,
+                                     uint32_t vectorCores)
+{
+    CombineTiling t;
+    CombineTilingCompute(t, static_cast<uint32_t>(mode), U32(rows, "rows"), U32(H, "H"), U32(D, "D"),
+                         static_cast<uint32_t>(dtype_code), vectorCores);
+    return t;
 }
 
 // Tiling fields of a sparse_attention call (tests and README tables).

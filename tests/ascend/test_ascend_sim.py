@@ -30,6 +30,7 @@ from tests.helpers.dispatch import inputs, reasons
 from tests.helpers.indexer import int_inputs
 from tests.helpers.sparse import check_against_oracle
 from tests.ops.cases import SparseCase, make_sparse_inputs
+from tests.tolerance import OUT_ROUNDING
 
 pytestmark = pytest.mark.skipif(
     ascend_sim.BACKEND.unavailable is not None, reason=f"ascend_sim: {ascend_sim.BACKEND.unavailable}"
@@ -180,6 +181,148 @@ def test_any_core_count(cores, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------
+# merge_attention_states / apply_attention_sink (ascend_c/combine): what the op tests (tests/ops/
+# test_combine.py, tests/fuzz) do not reach with their small shapes: the row split over the vector cores,
+# batches of lse values, chunks of rows, column tiles, both row-scaling forms, unread sides in runs
+# ----------------------------------------------------------------------------------------------------
+CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+UB_BYTES = 192 * 1024 - 8 * 1024 - 256
+INF = float("inf")
+
+
+def _combine_tiling(mode, rows, H, D, dtype, cores=4):
+    return ascend_sim.extension().combine_tiling(mode, rows, H, D, CODE[dtype], cores)
+
+
+def test_combine_reasons():
+    """Only what int32 offsets cannot address is declined (meta tensors: no memory)."""
+    cpu = torch.device("cpu")
+
+    def merge(T, H, D):
+        o, lse = torch.empty(T, H, D, device="meta"), torch.empty(T, H, device="meta")
+        return reasons(SIM, "merge_attention_states", cpu, out_a=o, lse_a=lse, out_b=o, lse_b=lse)
+
+    def sink(T, H, D):
+        o, lse, s = torch.empty(T, H, D, device="meta"), torch.empty(T, H, device="meta"), torch.empty(H, device="meta")
+        return reasons(SIM, "apply_attention_sink", cpu, out=o, lse=lse, attn_sink=s)
+
+    for why in (merge, sink):
+        assert why(7, 3, 100000) == [] and why(0, 5, 3) == [] and why(2**20, 128, 1) == []
+        assert any("2**31" in r for r in why(2**16, 128, 256))
+        assert any("2**31" in r for r in why(2**24, 128, 0))  # T*H rows
+
+
+@pytest.mark.parametrize("mode", [0, 1], ids=["merge", "sink"])
+def test_combine_tiling_fits_the_ub(mode):
+    """Every D gets a tiling within the UB (the emulator would abort otherwise) whose column tiles cover D."""
+    for dtype in FLOATS:
+        for D in (0, 1, 7, 16, 64, 100, 512, 576, 1000, 1024, 1025, 4096, 4097, 100000):
+            t = _combine_tiling(mode, 1000, 8, D, dtype)
+            assert t["block_dim"] == 8 and t["rows_per_core"] == 125
+            assert t["ub_bytes"] <= UB_BYTES, (D, dtype, t)
+            assert 1 <= t["chunk_rows"] <= 255 and 16 <= t["col_tile"] <= 1024 and t["col_tile"] % 16 == 0
+            assert t["batch_rows"] % 64 == 0 and t["sink_table_len"] == 8 + t["batch_rows"]
+            if D:
+                tiles = -(-D // t["col_tile"])
+                assert tiles == -(-D // 1024)  # as few column tiles as 1024-wide ones, near-equal widths
+
+
+def _merge_case(T, H, D, dtype, seed, empty="runs"):
+    """Random states with empty sides in runs of rows (whole chunks and single rows), both-empty rows,
+    underflowing weights and NaN / +inf lse rows; the out of every side that is not read is NaN."""
+    g = torch.Generator().manual_seed(seed)
+    oa, ob = torch.randn(T, H, D, generator=g).to(dtype), torch.randn(T, H, D, generator=g).to(dtype)
+    la, lb = torch.randn(T, H, generator=g) * 3, torch.randn(T, H, generator=g) * 3
+    if empty == "runs":
+        r = torch.arange(T * H).view(T, H)
+        la[(r // 5) % 3 == 0] = -INF  # runs of 5 rows without keys on side a
+        lb[(r // 7) % 4 == 1] = -INF  # runs of 7 on side b (some rows: both empty)
+        lb[r % 11 == 3] = la[r % 11 == 3] - 200.0  # weight of b underflows to 0: never read either
+        la[r % 97 == 50] = float("nan")
+        lb[r % 89 == 20] = INF
+        oa[torch.isneginf(la)] = float("nan")
+        ob[torch.isneginf(lb) | (lb < la - 150)] = float("nan")
+    return oa, la, ob, lb
+
+
+def _assert_merge_matches_reference(oa, la, ob, lb, what):
+    out, lse = longattn.merge_attention_states(oa, la, ob, lb, backend=SIM)
+    ref, rlse = longattn.merge_attention_states(oa, la, ob, lb, backend="reference")
+    rtol = 2 * OUT_ROUNDING[oa.dtype] + 4e-7  # exp / ln of the emulator's libm vs torch's
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), what  # every element written (outputs are poisoned)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=rtol, atol=1e-6, equal_nan=True, msg=what)
+    assert torch.equal(torch.isnan(lse), torch.isnan(rlse)), what
+    torch.testing.assert_close(lse, rlse, rtol=1e-6, atol=1e-6, equal_nan=True, msg=what)
+    return out, lse
+
+
+def _assert_sink_matches_reference(out, lse, sink, what):
+    got = longattn.apply_attention_sink(out, lse, sink, backend=SIM)
+    ref = longattn.apply_attention_sink(out, lse, sink, backend="reference")
+    rtol = 2 * OUT_ROUNDING[out.dtype] + 4e-7
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)), what
+    torch.testing.assert_close(got.float(), ref.float(), rtol=rtol, atol=1e-6, equal_nan=True, msg=what)
+    return got
+
+
+# (T, H, D): rows fewer than the vector cores, one row, D = 1, rows not a multiple of the chunk (D = 200:
+# 24 fp32 rows per chunk), several lse batches per core (T*H > 512 per core on 2 vector cores, H = 7:
+# batches whose sink slices start at b0 mod H != 0), D over one column tile with a narrow last tile
+# (the per-row scaling form), H > a batch.
+SPLIT_CASES = [(1, 3, 40), (1, 1, 1), (3, 5, 1), (7, 11, 200), (160, 7, 3), (2, 3, 4097), (2, 600, 8), (9, 2, 1025)]
+
+
+@pytest.mark.parametrize("cores", [1, 3, 7])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_combine_row_split_and_tiles(cores, dtype, monkeypatch):
+    monkeypatch.setenv("LONGATTN_ASCEND_SIM_CORES", str(cores))
+    for i, (T, H, D) in enumerate(SPLIT_CASES):
+        what = f"T={T} H={H} D={D} {dtype} on {2 * cores} vector cores"
+        oa, la, ob, lb = _merge_case(T, H, D, dtype, seed=i)
+        out, lse = _assert_merge_matches_reference(oa, la, ob, lb, what)
+        g = torch.Generator().manual_seed(100 + i)
+        sink = torch.randn(H, generator=g) * 2
+        sink[::5] = INF
+        sink[1::7] = -INF
+        _assert_sink_matches_reference(out.nan_to_num(), lse, sink, what)
+        # all finite, no empty side: every element of both outputs written (the host poisons them with NaN)
+        oa, la, ob, lb = _merge_case(T, H, D, dtype, seed=i, empty="none")
+        out, lse = longattn.merge_attention_states(oa, la, ob, lb, backend=SIM)
+        assert not torch.isnan(out).any() and not torch.isnan(lse).any(), what
+        got = longattn.apply_attention_sink(out, lse, torch.randn(H, generator=g), backend=SIM)
+        assert not torch.isnan(got).any(), what
+
+
+def test_combine_one_empty_side_is_exactly_the_other():
+    """lse_b = -inf (or an underflowing weight): out is out_a bit for bit, lse is lse_a, whatever out_b
+    holds; D = 4097 spans column tiles and both row-scaling forms."""
+    for D, dtype in ((4097, torch.float32), (200, torch.bfloat16), (1, torch.float16)):
+        g = torch.Generator().manual_seed(D)
+        T, H = 40, 3
+        oa = torch.randn(T, H, D, generator=g).to(dtype)
+        la = torch.randn(T, H, generator=g) * 30
+        lb = torch.full((T, H), -INF)
+        lb[::2] = la[::2] - 120.0  # exp(-120) underflows in fp32
+        ob = torch.full((T, H, D), float("nan"), dtype=dtype)
+        out, lse = longattn.merge_attention_states(oa, la, ob, lb, backend=SIM)
+        assert torch.equal(out, oa) and torch.equal(lse, la), (D, dtype)
+
+
+def test_combine_lse_and_sink_dtypes():
+    """bf16 / fp16 lse and sinks are widened exactly (as the reference does); strided inputs too."""
+    g = torch.Generator().manual_seed(5)
+    T, H, D = 6, 4, 72
+    oa, ob = torch.randn(T, H, D, generator=g), torch.randn(T, H, D, generator=g)
+    for ldt in (torch.bfloat16, torch.float16):
+        la, lb = (torch.randn(T, H, generator=g) * 3).to(ldt), (torch.randn(T, H, generator=g) * 3).to(ldt)
+        _assert_merge_matches_reference(
+            oa.transpose(0, 1).contiguous().transpose(0, 1), la, ob, lb.t().contiguous().t(), str(ldt)
+        )
+        sink = torch.randn(H, generator=g).to(ldt)
+        _assert_sink_matches_reference(oa, la, sink, str(ldt))
+
+
+# ----------------------------------------------------------------------------------------------------
 # availability, laziness
 # ----------------------------------------------------------------------------------------------------
 def test_unavailable_reasons_are_specific(monkeypatch, tmp_path):
@@ -261,6 +404,15 @@ def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
         npu("append_kv", pool=mine, rows=rows, slot_mapping=slots)
         longattn.append_kv(pool, rows, slots, backend=SIM)
         assert torch.equal(*(p if isinstance(p, torch.Tensor) else p.data for p in (mine, pool)))
+
+    oa, la, ob, lb = _merge_case(5, 7, 40, torch.bfloat16, seed=1, empty="none")
+    la[0, :3], lb[1, 2:] = -INF, -INF  # empty sides (never read), no NaN rows: torch.equal compares
+    got = npu("merge_attention_states", out_a=oa, lse_a=la, out_b=ob, lse_b=lb)
+    want = longattn.merge_attention_states(oa, la, ob, lb, backend=SIM)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))  # NaN rows: the same bits (nan_to_num'd)
+    sink = torch.randn(7, generator=g)
+    got = npu("apply_attention_sink", out=want[0], lse=want[1], attn_sink=sink)
+    assert torch.equal(got, longattn.apply_attention_sink(want[0], want[1], sink, backend=SIM))
 
     from longattn.configs import RopeConfig
     from longattn.rope import inv_freq

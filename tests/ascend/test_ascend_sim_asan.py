@@ -6,7 +6,8 @@ A second build of the emulator extension (``LONGATTN_ASCEND_SIM_ASAN=1``: ``-O1
 
 * a subset of the op x backend tests (tests/ops) that touches every kernel and every code path with
   irregular sizes (every dtype pair of append_kv, FP8 records, partial blocks, invalid indices and
-  pages, bf16 / fp16 compress_kv, ties, paged indexer), every special-value test (NaN / inf / -0.0 /
+  pages, bf16 / fp16 compress_kv, ties, paged indexer, merge / sink over row, chunk and column-tile
+  edges), every special-value test (NaN / inf / -0.0 /
   subnormal inputs of every kernel, compress_kv positions past 2**31, near 2**63 and negative), and
 * test_ascend_sim.py's runs on 3 emulated cores.
 
@@ -77,6 +78,12 @@ SUBSET = (
             "(many_blocks_many_ties and 17)",
             "(test_indexer and topk_exact_on_integer_inputs and mixed)",
             "(any_core_count and 3)",
+            # merge_attention_states / apply_attention_sink: the op cases, the row-split / tile edges on
+            # 3 emulated cores, empty sides never read
+            "(test_merge_ or test_apply_sink_)",
+            "(combine_row_split and -3])",
+            "combine_one_empty_side",
+            "combine_lse_and_sink",
             # the special values of every kernel
             "fp8_special",
             "fp8_nonfinite",
@@ -91,7 +98,8 @@ SUBSET = (
     + ")"
 )
 CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/ops/test_indexer.py",
-               "tests/ops/test_sparse_attention.py", "tests/ascend/test_ascend_sim.py"]  # fmt: skip
+               "tests/ops/test_sparse_attention.py", "tests/ops/test_combine.py",
+               "tests/ascend/test_ascend_sim.py"]  # fmt: skip
 
 
 def test_kernels_under_address_sanitizer(tmp_path):

@@ -52,7 +52,7 @@ MERGE_CATEGORIES = ("api", "nan_lse", "posinf_lse", "both_neginf", "one_neginf",
                     "strided", "finite_fp32", "finite_lowp")  # fmt: skip
 SINK_CATEGORIES = ("api", "lse_neginf", "lse_nan", "lse_posinf", "sink_nan", "sink_posinf", "sink_neginf",
                    "nonfinite_out", "strided", "finite_fp32", "finite_lowp")  # fmt: skip
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "triton", "ascend_sim")
 
 LSE_KINDS = ("nan", "-nan", "inf", "-inf", "-inf", "-inf", "huge", "-huge", "-0", "sub", "gap", "-gap")
 OUT_KINDS = ("nan", "-nan", "inf", "-inf", "huge", "-huge", "-0", "sub", "-sub")

@@ -21,6 +21,7 @@ SOURCES = (
     "compress_kv_emu.cpp",
     "indexer_topk_emu.cpp",
     "emu_counters.cpp",
+    "combine_emu.cpp",
 )
 
 
