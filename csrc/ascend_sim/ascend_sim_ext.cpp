@@ -38,6 +38,11 @@ struct EmuDevice {
         pybind11::gil_scoped_release nogil;
         la::LaunchCompressKv(a, t);
     }
+    void CompressPool(const la::CompressPoolArgs& a, const la::CompressPoolTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchCompressPool(a, t);
+    }
     void IndexerTopk(const la::IndexerTopkArgs& a, const la::IndexerTopkTiling& t)
     {
         pybind11::gil_scoped_release nogil;
@@ -89,6 +94,13 @@ void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor tok
                          out_block_table, norm_weight, eps, rope_inv_freq);
 }
 
+at::Tensor CompressPool(at::Tensor a, at::Tensor b, int64_t ratio, bool overlap, int64_t num_cores)
+{
+    CheckCpu({&a, &b});
+    EmuDevice dev = Device(num_cores);
+    return la::host::CompressPool(dev, a, b, ratio, overlap);
+}
+
 std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor index_k, at::Tensor visible_end,
                                 int64_t topk, c10::optional<at::Tensor> block_table, c10::optional<at::Tensor> seq_ids,
                                 bool return_slots, bool logits_mode, int64_t num_cores)
@@ -115,6 +127,21 @@ pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_
     return d;
 }
 
+pybind11::dict CompressPoolTilingInfo(int64_t S, int64_t W, int64_t ratio, bool overlap, int64_t dtype_code,
+                                      int64_t num_cores)
+{
+    const la::CompressPoolTiling t =
+        la::host::CompressPoolTilingOf(S, W, ratio, overlap, dtype_code, Device(num_cores).VectorCores());
+    pybind11::dict d;
+    d["block_dim"] = t.blockDim;
+    d["tile_dim"] = t.tileDim;
+    d["num_tiles"] = t.numTiles;
+    d["chunk_rows"] = t.chunkRows;
+    d["num_tasks"] = t.numTasks;
+    d["ub_bytes"] = t.ubBytes;
+    return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
@@ -123,6 +150,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("append_kv", &AppendKv, "append_kv (in place)");
     m.def("sparse_attention", &SparseAttention, "sparse_attention -> (out, lse)");
     m.def("compress_kv", &CompressKv, "compress_kv (in place: state, out)");
+    m.def("compress_pool", &CompressPool, "compress_pool -> entries [S // ratio, d] fp32");
     m.def("indexer", &Indexer, "indexer_topk -> [indices, lengths] / indexer_logits -> [logits]");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
+    m.def("compress_pool_tiling", &CompressPoolTilingInfo, "tiling fields of a compress_pool call");
 }

@@ -120,7 +120,7 @@ def extension():
 
 def kernel(name: str):
     """The emulator build's entry point ``name`` (``append_kv``, ``sparse_attention``, ``compress_kv``,
-    ``indexer``), taking the NPU build's arguments (the AI-core count is added here)."""
+    ``compress_pool``, ``indexer``), taking the NPU build's arguments (the AI-core count is added here)."""
     fn, cores = getattr(extension(), name), num_cores()
     return lambda *args: fn(*args, cores)
 
