@@ -22,6 +22,7 @@
 #include "aclrtlaunch_append_kv.h"
 #include "aclrtlaunch_apply_attention_sink.h"
 #include "aclrtlaunch_compress_kv.h"
+#include "aclrtlaunch_compress_pool.h"
 #include "aclrtlaunch_indexer_topk.h"
 #include "aclrtlaunch_merge_attention_states.h"
 #include "aclrtlaunch_sparse_attention.h"
@@ -111,6 +112,15 @@ struct NpuDevice {
                              const_cast<int32_t*>(a.stateBt), a.out, const_cast<int32_t*>(a.outBt), nullptr, tp);
         });
     }
+    void CompressPool(const la::CompressPoolArgs& a, const la::CompressPoolTiling& t)
+    {
+        void* tp = Tiling(t);
+        aclrtStream s = stream;
+        Launch("longattn_compress_pool", [=] {
+            return ACLRT_LAUNCH_KERNEL(compress_pool)(t.blockDim, s, const_cast<void*>(a.a), const_cast<void*>(a.b),
+                                                      a.out, nullptr, tp);
+        });
+    }
     void IndexerTopk(const la::IndexerTopkArgs& a, const la::IndexerTopkTiling& t)
     {
         void* tp = Tiling(t);
@@ -180,6 +190,12 @@ void RawCompressKv(const at::Tensor& a, const at::Tensor& b, const at::Tensor& p
                          out_block_table, norm_weight, eps, rope_inv_freq);
 }
 
+at::Tensor RawCompressPool(const at::Tensor& a, const at::Tensor& b, int64_t ratio, bool overlap)
+{
+    NpuDevice dev(a);
+    return la::host::CompressPool(dev, a, b, ratio, overlap);
+}
+
 std::vector<at::Tensor> RawIndexer(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& index_k,
                                    const at::Tensor& visible_end, int64_t topk,
                                    const c10::optional<at::Tensor>& block_table,
@@ -216,6 +232,7 @@ TORCH_LIBRARY(longattn_ascend, m)
         "compress_kv(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, "
         "Tensor(a!) state, Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, "
         "Tensor norm_weight, float eps, Tensor rope_inv_freq) -> ()");
+    m.def("compress_pool(Tensor a, Tensor b, int ratio, bool overlap) -> Tensor");
     m.def(
         "indexer(Tensor q, Tensor weights, Tensor index_k, Tensor visible_end, int topk, Tensor? block_table, "
         "Tensor? seq_ids, bool return_slots, bool logits_mode) -> Tensor[]");
@@ -228,6 +245,7 @@ TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)
     m.impl("append_kv", TORCH_FN(RawAppendKv));
     m.impl("sparse_attention", TORCH_FN(RawSparseAttention));
     m.impl("compress_kv", TORCH_FN(RawCompressKv));
+    m.impl("compress_pool", TORCH_FN(RawCompressPool));
     m.impl("indexer", TORCH_FN(RawIndexer));
     m.impl("merge_attention_states", TORCH_FN(RawMergeAttentionStates));
     m.impl("apply_attention_sink", TORCH_FN(RawApplyAttentionSink));

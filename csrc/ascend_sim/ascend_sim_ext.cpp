@@ -38,6 +38,11 @@ struct EmuDevice {
         pybind11::gil_scoped_release nogil;
         la::LaunchCompressKv(a, t);
     }
+    void CompressPool(const la::CompressPoolArgs& a, const la::CompressPoolTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchCompressPool(a, t);
+    }
     void IndexerTopk(const la::IndexerTopkArgs& a, const la::IndexerTopkTiling& t)
     {
         pybind11::gil_scoped_release nogil;
@@ -97,6 +102,13 @@ void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor tok
     EmuDevice dev = Device(num_cores);
     la::host::CompressKv(dev, a, b, positions, token_rows, ratio, overlap, state, state_block_table, out, out_page_size,
                          out_block_table, norm_weight, eps, rope_inv_freq);
+}
+
+at::Tensor CompressPool(at::Tensor a, at::Tensor b, int64_t ratio, bool overlap, int64_t num_cores)
+{
+    CheckCpu({&a, &b});
+    EmuDevice dev = Device(num_cores);
+    return la::host::CompressPool(dev, a, b, ratio, overlap);
 }
 
 std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor index_k, at::Tensor visible_end,
@@ -192,6 +204,21 @@ pybind11::list TakeLaunchWork()
     return launches;
 }
 
+pybind11::dict CompressPoolTilingInfo(int64_t S, int64_t W, int64_t ratio, bool overlap, int64_t dtype_code,
+                                      int64_t num_cores)
+{
+    const la::CompressPoolTiling t =
+        la::host::CompressPoolTilingOf(S, W, ratio, overlap, dtype_code, Device(num_cores).VectorCores());
+    pybind11::dict d;
+    d["block_dim"] = t.blockDim;
+    d["tile_dim"] = t.tileDim;
+    d["num_tiles"] = t.numTiles;
+    d["chunk_rows"] = t.chunkRows;
+    d["num_tasks"] = t.numTasks;
+    d["ub_bytes"] = t.ubBytes;
+    return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
@@ -200,10 +227,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("append_kv", &AppendKv, "append_kv (in place)");
     m.def("sparse_attention", &SparseAttention, "sparse_attention -> (out, lse)");
     m.def("compress_kv", &CompressKv, "compress_kv (in place: state, out)");
+    m.def("compress_pool", &CompressPool, "compress_pool -> entries [S // ratio, d] fp32");
     m.def("indexer", &Indexer, "indexer_topk -> [indices, lengths] / indexer_logits -> [logits]");
     m.def("merge_attention_states", &MergeAttentionStates, "merge_attention_states -> (out, lse)");
     m.def("apply_attention_sink", &ApplyAttentionSink, "apply_attention_sink -> out");
     m.def("combine_tiling", &CombineTilingInfo, "tiling fields of a merge (mode 0) / sink (mode 1) call");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
     m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
+}
+
+    m.def("compress_pool_tiling", &CompressPoolTilingInfo, "tiling fields of a compress_pool call");
 }

@@ -12,6 +12,7 @@
 #include "ascend_c/append_kv/op_host/append_kv_tiling.h"
 #include "ascend_c/combine/op_host/combine_tiling.h"
 #include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
+#include "ascend_c/compress_pool/op_host/compress_pool_tiling.h"
 #include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
 #include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
 
@@ -39,6 +40,8 @@ void LaunchAppendKv(void* pool, const void* rows, const int32_t* slots, const Ap
 void LaunchSparseAttention(const SparseAttentionArgs& a, const SparseAttentionTiling& t);
 
 void LaunchCompressKv(const CompressKvArgs& a, const CompressKvTiling& t);
+
+void LaunchCompressPool(const CompressPoolArgs& a, const CompressPoolTiling& t);
 
 void LaunchIndexerTopk(const IndexerTopkArgs& a, const IndexerTopkTiling& t);
 

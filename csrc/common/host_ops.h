@@ -13,7 +13,8 @@
 //       bool PoisonWorkspace();        // fill workspaces with 0xFF before a launch (the emulator: unwritten reads
 //       show) void AppendKv(void*, const void*, const int32_t*, const AppendKvTiling&); void SparseAttention(const
 //       SparseAttentionArgs&, const SparseAttentionTiling&); void CompressKv(const CompressKvArgs&, const
-//       CompressKvTiling&); void IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
+//       CompressKvTiling&); void CompressPool(const CompressPoolArgs&, const CompressPoolTiling&); void
+//       IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
 //       void MergeAttentionStates(const MergeArgs&, const CombineTiling&);
 //       void ApplyAttentionSink(const SinkArgs&, const CombineTiling&);
 //   };
@@ -29,6 +30,7 @@
 #include "ascend_c/append_kv/op_host/append_kv_tiling.h"
 #include "ascend_c/combine/op_host/combine_tiling.h"
 #include "ascend_c/compress_kv/op_host/compress_kv_tiling.h"
+#include "ascend_c/compress_pool/op_host/compress_pool_tiling.h"
 #include "ascend_c/indexer_topk/op_host/indexer_topk_tiling.h"
 #include "ascend_c/sparse_attention/op_host/sparse_attention_tiling.h"
 
@@ -279,6 +281,61 @@ void CompressKv(Dev& dev, const at::Tensor& a, const at::Tensor& b, const at::Te
     args.out = out.data_ptr();
     args.outBt = obt.numel() ? obt.data_ptr<int32_t>() : static_cast<int32_t*>(never);
     dev.CompressKv(args, t);
+}
+
+// ---- compress_pool ----------------------------------------------------------------------------------
+// x as the kernel reads it (dtype dt) and its row pitch in elements: rows with a unit column stride that
+// do not overlap are read where they are (a slice of a wider projection costs no copy); anything else
+// (transposed, broadcast rows, a pitch of 2^31 bytes or more) is made contiguous first.
+inline at::Tensor PoolRows(const at::Tensor& x, at::ScalarType dt, int64_t& pitch)
+{
+    at::Tensor y = x.scalar_type() == dt ? x : x.to(dt);
+    const int64_t S = y.size(0), W = y.size(1);
+    const bool cols = W <= 1 || y.stride(1) == 1;
+    const bool rows = S <= 1 || (y.stride(0) >= W && y.stride(0) * y.element_size() < (int64_t(1) << 31));
+    if (!(cols && rows)) y = y.contiguous();
+    pitch = S <= 1 ? W : y.stride(0);
+    return y;
+}
+
+// Entries [S / ratio, d] fp32 (NaN-poisoned, every element written by the kernel).
+template <class Dev>
+at::Tensor CompressPool(Dev& dev, const at::Tensor& a, const at::Tensor& b, int64_t ratio, bool overlap)
+{
+    TORCH_CHECK(a.dim() == 2 && b.sizes() == a.sizes(), "compress_pool: a, b must be [S, c*d] of one shape");
+    TORCH_CHECK(ratio > 0, "compress_pool: ratio must be positive");
+    const int64_t S = a.size(0), W = a.size(1);
+    TORCH_CHECK(!overlap || W % 2 == 0, "compress_pool: with overlap, the width must be even (2*d)");
+    const char* why = CompressPoolUnsupported(static_cast<uint64_t>(a.numel()), static_cast<uint64_t>(b.numel()));
+    TORCH_CHECK(why[0] == 0, "compress_pool: ", why);
+    const int64_t d = overlap ? W / 2 : W, n = S / ratio;
+    at::Tensor out = at::full({n, d}, std::numeric_limits<double>::quiet_NaN(), a.options().dtype(at::kFloat));
+    if (n == 0 || d == 0) return out;
+    // One input dtype in the kernel: equal dtypes as they are, different ones both widened to fp32 (exact).
+    const at::ScalarType dt = a.scalar_type() == b.scalar_type() ? a.scalar_type() : at::kFloat;
+    int64_t pa = 0, pb = 0;
+    at::Tensor ac = PoolRows(a, dt, pa), bc = PoolRows(b, dt, pb);
+    CompressPoolTiling t;
+    CompressPoolTilingCompute(t, U32(S, "S"), U32(W, "W"), U32(ratio, "ratio"), overlap,
+                              DtypeCode(ac, "compress_pool: a"), U32(pa, "a row pitch"), U32(pb, "b row pitch"),
+                              dev.VectorCores());
+    if (t.blockDim == 0) return out;
+    CompressPoolArgs args{};
+    args.a = ac.data_ptr();
+    args.b = bc.data_ptr();
+    args.out = out.data_ptr<float>();
+    dev.CompressPool(args, t);
+    return out;
+}
+
+// Tiling fields of a compress_pool call (tests and README tables); contiguous rows.
+inline CompressPoolTiling CompressPoolTilingOf(int64_t S, int64_t W, int64_t ratio, bool overlap, int64_t dtype_code,
+                                               uint32_t vectorCores)
+{
+    CompressPoolTiling t;
+    CompressPoolTilingCompute(t, U32(S, "S"), U32(W, "W"), U32(ratio, "ratio"), overlap,
+                              static_cast<uint32_t>(dtype_code), U32(W, "W"), U32(W, "W"), vectorCores);
+    return t;
 }
 
 // ---- indexer_topk / indexer_logits ------------------------------------------------------------------

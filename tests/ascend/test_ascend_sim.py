@@ -6,7 +6,8 @@ records of append_kv, the shared sparse cases and the tiling-crossing ones vs th
 over random chunk splits vs the reference, the indexer id for id, special values. Here: what the
 backend declines (``reasons``, mirrored from the C++ tiling), the tiling mirror itself, the UB limit of
 compress_kv, any number of emulated AI cores, availability and laziness, and the ``ascend`` (NPU)
-entry points marshalled against the emulator build.
+entry points marshalled against the emulator build. The compress_pool kernel's own checks:
+test_ascend_sim_compress_pool.py.
 
 Outputs of the extension are poisoned with NaN before the kernel runs (and the workspace with 0xFF
 bytes), so an element a kernel forgets to write fails the comparison. The emulator aborts the process
@@ -413,6 +414,10 @@ def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
     sink = torch.randn(7, generator=g)
     got = npu("apply_attention_sink", out=want[0], lse=want[1], attn_sink=sink)
     assert torch.equal(got, longattn.apply_attention_sink(want[0], want[1], sink, backend=SIM))
+    a, b = torch.randn(13, 2 * 40, generator=g), torch.randn(13, 2 * 40, generator=g) * 3
+    got = npu("compress_pool", a=a, b=b.bfloat16(), ratio=4, overlap=True)
+    assert torch.equal(got, longattn.compress_pool(a, b.bfloat16(), 4, True, backend=SIM))
+    assert got.shape == (3, 40) and bool(torch.isfinite(got).all())
 
     from longattn.configs import RopeConfig
     from longattn.rope import inv_freq

@@ -51,7 +51,7 @@ def test_kernels_need_the_real_toolchain_without_the_emulator_macro(tmp_path):
         assert proc.returncode != 0 and "kernel_operator.h" in proc.stderr, (op, proc.stderr[-500:])
 
 
-OPS = ("append_kv", "sparse_attention", "compress_kv", "indexer_topk", "combine")
+OPS = ("append_kv", "sparse_attention", "compress_kv", "compress_pool", "indexer_topk", "combine")
 
 
 @pytest.mark.skipif(GXX is None, reason="no C++ compiler")

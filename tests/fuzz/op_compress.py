@@ -59,7 +59,7 @@ from .common import (
     with_layout,
 )  # fmt: skip
 
-POOL_BACKENDS = ("reference", "triton")
+POOL_BACKENDS = ("reference", "triton", "ascend_sim")
 KV_BACKENDS = ("reference", "triton", "ascend_sim")
 POOL_CATEGORIES = ("api", "all_neginf", "nan_score", "posinf_score", "nan_value", "neginf_score_inf_value",
                    "inf_value", "huge_scores", "strided", "finite_fp32", "finite_lowp")  # fmt: skip

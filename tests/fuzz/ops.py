@@ -53,7 +53,7 @@ OPS: Dict[str, FuzzOp] = {
                examples={"reference": 30, "triton": 10, "ascend_sim": 20}),
         FuzzOp("compress_pool", op_compress.POOL_BACKENDS, op_compress.POOL_CATEGORIES, op_compress.pool_strategy,
                op_compress.pool_targeted, op_compress.pool_build, op_compress.pool_run, op_compress.pool_check,
-               examples={"reference": 40, "triton": 12}),
+               examples={"reference": 40, "triton": 12, "ascend_sim": 40}),
         FuzzOp("compress_kv", op_compress.KV_BACKENDS, op_compress.KV_CATEGORIES, op_compress.kv_strategy,
                op_compress.kv_targeted, op_compress.kv_build, op_compress.kv_run, op_compress.kv_check,
                describe=op_compress.kv_describe, examples={"reference": 25, "triton": 6, "ascend_sim": 15}),

@@ -33,8 +33,10 @@
 // e^(b - m*) are 0 instead of e^(-inf + inf) = NaN, s stays exactly 0, and that is how "no finite
 // score" is recognised at the end (s == 0; a NaN / +inf score makes s NaN, never 0). Nothing here
 // depends on how the hardware's Max orders a NaN: the NaN reaches s through e^(b - m*) either way.
+// The update and the result are common/softmax_pool.h (shared with compress_pool), one position at a time.
 #include "../../common/ascendc_compat.h"
 #include "../../common/fp8_quant.h"
+#include "../../common/softmax_pool.h"
 #include "../op_host/compress_kv_tiling.h"
 
 using namespace AscendC;
@@ -116,6 +118,7 @@ public:
         tmp_ = v[6 * dV_];
         entry_ = v[7 * dV_];
         mask_ = maskBuf_.Get<uint8_t>();
+        pool_.Bind(m_, w_, entry_, tmp_, s_, acc_, mask_);  // entry_ holds m* until the pooling ends
         const uint32_t rs = AlignUpU(MaxU(R, 8), 8);
         LocalTensor<float> r = ropeBuf_.Get<float>();
         cosE_ = r[0];
@@ -223,21 +226,7 @@ private:
             DataCopy(bv_, x[dPad_], d);
             ringQue_.FreeTensor(x);
         }
-        // entry_ is free until the pooling ends: it holds m* = max(m', -FLT_MAX).
-        Max(w_, m_, bv_, d);                   // m' = max(m, b)
-        Maxs(entry_, w_, -kFltMax, d);         // m* = m' unless every score so far is -inf
-        Sub(tmp_, m_, entry_, d);
-        Exp(tmp_, tmp_, d);      // alpha = e^(m - m*): 0 on the first position (m = -inf)
-        Sub(bv_, bv_, entry_, d);
-        Exp(bv_, bv_, d);        // e^(b - m*)
-        Mul(s_, s_, tmp_, d);
-        Add(s_, s_, bv_, d);
-        Mul(acc_, acc_, tmp_, d);
-        Mul(av_, av_, bv_, d);
-        Add(acc_, acc_, av_, d);
-        LocalTensor<float> t = m_;
-        m_ = w_;
-        w_ = t;
+        pool_.Accumulate(av_, bv_, 1, dPad_, d);  // the online softmax update (common/softmax_pool.h)
     }
 
     __aicore__ inline void EmitEntry(uint32_t tok)
@@ -246,9 +235,7 @@ private:
         const int64_t p = posGm_.GetValue(tok), cs = csGm_.GetValue(tok);
         const int32_t row = rowGm_.GetValue(tok);
         if (p < 0) return;  // entry floor(p / ratio) < 0: not in any page (nothing read or written)
-        Duplicate(m_, kNegInf, d);
-        Duplicate(s_, 0.0f, dV_);  // the tail beyond d stays 0 (read by the Compare below)
-        Duplicate(acc_, 0.0f, d);
+        pool_.Reset(d, dV_);
         // Pooling with a one-position prefetch: CopyIn(next) is issued before Compute(current).
         Source cur{}, nxt{};
         uint32_t i = 0, count = 0;
@@ -267,9 +254,7 @@ private:
         if (count == 0) {
             Duplicate(entry_, 0.0f, d);
         } else {  // channels whose present scores are all -inf (s == 0) pool to 0; NaN stays NaN
-            Div(entry_, acc_, s_, d);
-            longattn_compat::CompareScalar(mask_, s_, 0.0f, CMPMODE::NE, dV_);
-            Select(entry_, mask_, entry_, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, d);
+            pool_.Result(entry_, d, dV_);
         }
         Normalize();
         if (t_.ropeDim > 0) Rope(tok);
@@ -392,6 +377,7 @@ private:
     LocalTensor<uint8_t> mask_;
     LocalTensor<uint32_t> swapOff_, expandOff_;
     Fp8Quantizer quant_;
+    SoftmaxPool pool_;
     GlobalTensor<TIn> aGm_, bGm_;
     GlobalTensor<int64_t> posGm_, csGm_, ceGm_;
     GlobalTensor<int32_t> rowGm_, emitGm_, stateBtGm_, outBtGm_;
@@ -400,7 +386,6 @@ private:
     GlobalTensor<uint8_t> outFp8Gm_;
     CompressKvTiling t_{};
     uint32_t core_ = 0, dPad_ = 16, dV_ = 64;
-    static constexpr float kFltMax = 3.40282347e38f;
 };
 
 template <typename TIn>

@@ -19,6 +19,7 @@ SOURCES = (
     "append_kv_emu.cpp",
     "sparse_attention_emu.cpp",
     "compress_kv_emu.cpp",
+    "compress_pool_emu.cpp",
     "indexer_topk_emu.cpp",
     "emu_counters.cpp",
     "combine_emu.cpp",

@@ -1,5 +1,8 @@
-"""``compress_kv`` on the Ascend C kernel (ascend_c/compress_kv): its limits and arguments, for the
-``ascend_sim`` and ``ascend`` backends (there is no Ascend ``compress_pool``)."""
+"""``compress_kv`` and ``compress_pool`` on the Ascend C kernels (ascend_c/compress_kv,
+ascend_c/compress_pool): their limits and arguments, for the ``ascend_sim`` and ``ascend`` backends.
+
+The UB budgets mirror the C++ op_host code (``CompressKvUbBytes``, ``CompressPoolUbBytes`` and
+``CompressPoolTilingCompute``); tests/ascend checks the mirrors against the extension's tiling."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from ...cache.fp8 import Fp8KVPool
 from .. import pools
 from ..sparse_attention.ascend import UB_BYTES
 
+# --- compress_kv (ascend_c/compress_kv) -----------------------------------------------------------------
 MAX_D = 4096  # the entry and its pooling state live in UB
 FP8_QUANTIZER_UB = 16512  # kFp8QuantizerUbBytes (ascend_c/common/longattn_types.h)
 
@@ -62,3 +66,52 @@ def run(backend: str, inp) -> None:
         inp.state_block_table, *pools.to_schema(inp.out), inp.out_block_table, inp.norm_weight, float(inp.eps),
         inp.rope_inv_freq,
     )  # fmt: skip
+
+
+# --- compress_pool (ascend_c/compress_pool) -------------------------------------------------------------
+POOL_MAX_TILE, POOL_MIN_TILE, POOL_TILE_ALIGN, POOL_MAX_ROWS = 512, 64, 64, 4095  # kPool* of the tiling header
+
+
+def compress_pool_ub_bytes(tile: int, rows: int, in_size: int) -> int:
+    """UB bytes of a compress_pool AIV (mirrors CompressPoolUbBytes in ascend_c/compress_pool/op_host)."""
+    row_elems, d_v = _al(tile, 32 // in_size), _al(tile, 64)
+    b = 2 * _al(2 * rows * row_elems * in_size, 32)
+    if in_size != 4:
+        b += _al(2 * rows * row_elems * 4, 32)
+    return b + _al(6 * d_v * 4, 32) + _al(d_v // 8, 32) + 2 * _al(tile * 4, 32)
+
+
+def pool_tiling(S: int, width: int, ratio: int, overlap: bool, in_size: int, vector_cores: int) -> dict:
+    """The compress_pool tiling (mirrors CompressPoolTilingCompute): channel tiles, chunk rows, tasks,
+    launched AIV cores and UB bytes; ``block_dim`` 0 when there is no entry."""
+    d = width // 2 if overlap else width
+    n = S // ratio
+    if n == 0 or d == 0 or vector_cores == 0:
+        return dict(block_dim=0, tile_dim=0, num_tiles=0, chunk_rows=0, num_tasks=0, ub_bytes=0)
+    tiles = -(-d // POOL_MAX_TILE)
+    if n < vector_cores:
+        tiles = max(tiles, min(-(-vector_cores // n), -(-d // POOL_MIN_TILE)))
+    tile = d if tiles == 1 else _al(-(-d // tiles), POOL_TILE_ALIGN)
+    num_tiles = -(-d // tile)
+    fixed = compress_pool_ub_bytes(tile, 0, in_size)
+    per_row = compress_pool_ub_bytes(tile, 1, in_size) - fixed
+    fit = (UB_BYTES - fixed) // per_row if UB_BYTES > fixed else 0
+    rows = max(1, min((2 if overlap else 1) * ratio, POOL_MAX_ROWS, fit))
+    tasks = n * num_tiles
+    return dict(block_dim=min(vector_cores, tasks), tile_dim=tile, num_tiles=num_tiles, chunk_rows=rows,
+                num_tasks=tasks, ub_bytes=compress_pool_ub_bytes(tile, rows, in_size))  # fmt: skip
+
+
+def pool_reasons(inp) -> List[str]:
+    """What the compress_pool kernel declines. Every d and ratio fits the UB (channel tiles of at most
+    512, chunks of as many slots as fit); a, b of any strides (rows read in place or copied) and dtypes
+    (different ones widened to fp32)."""
+    out = []
+    for name, x in (("a", inp.a), ("b", inp.b)):
+        if x.numel() >= 2**31:
+            out.append(f"`{name}` has 2**31 or more elements (32-bit sizes in the tiling)")
+    return out
+
+
+def run_pool(backend: str, inp) -> torch.Tensor:
+    return kernel_of(backend, "compress_pool")(inp.a, inp.b, int(inp.ratio), bool(inp.overlap))

@@ -1,8 +1,8 @@
 """What each backend can do for ``compress_pool`` / ``compress_kv`` (declarations only).
 
 reference: every valid call. triton: entries up to ``MAX_D`` wide (pooled in registers), RoPE on an
-even width, FP8 pools with 512-d entries. ascend_sim / ascend: ``compress_kv`` within ``ascend.py``'s
-limits; no ``compress_pool``.
+even width, FP8 pools with 512-d entries. ascend_sim / ascend: ``compress_kv`` and ``compress_pool``
+within ``ascend.py``'s limits.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ _KERNELS = "longattn.ops.compress."
 POOL_IMPLS = {
     "reference": Impl(_KERNELS + "reference:run_pool"),
     "triton": Impl(_KERNELS + "triton_compress:run_pool"),
+    "ascend_sim": Impl(functools.partial(ascend.run_pool, "ascend_sim"), ascend.pool_reasons),
+    "ascend": Impl(functools.partial(ascend.run_pool, "ascend"), ascend.pool_reasons),
 }
 COMPRESS_KV_IMPLS = {
     "reference": Impl(_KERNELS + "reference:run_compress_kv"),
