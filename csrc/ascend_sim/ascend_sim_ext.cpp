@@ -233,8 +233,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("apply_attention_sink", &ApplyAttentionSink, "apply_attention_sink -> out");
     m.def("combine_tiling", &CombineTilingInfo, "tiling fields of a merge (mode 0) / sink (mode 1) call");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
-    m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
-}
-
     m.def("compress_pool_tiling", &CompressPoolTilingInfo, "tiling fields of a compress_pool call");
+    m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
 }
