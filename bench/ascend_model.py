@@ -148,6 +148,35 @@ def append_case(T: int, D: int = 512):
     return run
 
 
+def combine_case(T: int, H: int, D: int = 512):
+    """merge_attention_states then apply_attention_sink of two bf16 partial states (split-KV decode)."""
+
+    def run():
+        import longattn
+
+        g = torch.Generator().manual_seed(0)
+        oa, ob = torch.randn(T, H, D, generator=g).bfloat16(), torch.randn(T, H, D, generator=g).bfloat16()
+        la, lb = torch.randn(T, H, generator=g), torch.randn(T, H, generator=g)
+        out, lse = longattn.merge_attention_states(oa, la, ob, lb, backend="ascend_sim")
+        longattn.apply_attention_sink(out, lse, torch.zeros(H), backend="ascend_sim")
+
+    return run
+
+
+def pool_case(S: int, ratio: int, overlap: bool, d: int = 512):
+    """compress_pool of S bf16 token rows (CSA: ratio 4 overlapped; HCA: ratio 128)."""
+
+    def run():
+        import longattn
+
+        c = 2 if overlap else 1
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(S, c * d, generator=g).bfloat16(), torch.randn(S, c * d, generator=g).bfloat16()
+        longattn.compress_pool(a, b, ratio, overlap, backend="ascend_sim")
+
+    return run
+
+
 def sparse_work(T: int, H: int, keys: int, D: int) -> Dict[str, int]:
     """Useful MACs (Q.K^T and P.V over the valid keys) and the op's tensor bytes (bf16 q, key rows,
     out; int32 indices; fp32 lse)."""
@@ -180,6 +209,13 @@ def cases(batches: List[int], smoke: bool) -> List[Tuple[str, Callable[[], None]
     out.append(("indexer_topk decode N=262144 T=1", indexer_case(1, 262144), indexer_work(1, 262144, 64, 128, 512)))
     B = max(batches)
     out.append((f"append_kv T={B} D=512", append_case(B), {"bytes": 2 * B * 512 * 2 + 8 * B}))
+    # merge + sink: two launches; the bytes of the first (merge: two partial states in, one out)
+    out.append((f"merge_attention_states + apply_attention_sink T={B} H=128 D=512", combine_case(B, 128),
+                {"bytes": 3 * B * 128 * 512 * 2 + 3 * B * 128 * 4}))  # fmt: skip
+    for name, ratio, overlap in (("CSA", 4, True), ("HCA", 128, False)):
+        c = 2 if overlap else 1
+        out.append((f"compress_pool {name} prefill S=4096 d=512", pool_case(4096, ratio, overlap),
+                    {"bytes": 2 * 4096 * c * 512 * 2 + 4096 // ratio * 512 * 4}))  # fmt: skip
     return out
 
 
