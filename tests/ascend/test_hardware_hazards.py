@@ -87,3 +87,26 @@ def test_append_copy_through_and_duplicate_slots(kernel, dtype):
                    for i in writers), f"slot {s} (rows {writers}) holds none of its rows whole"  # fmt: skip
     untouched = [s for s in range(pool.shape[0]) if s not in slots.tolist()]
     assert torch.isnan(got[untouched].float()).all(), "a slot no row names was written"
+
+
+# DataCopyPad from GM addresses that are not 32-byte aligned (compress_pool: the second half of an
+# overlapped row of odd width starts mid-block) and a GM row pitch in bytes: assumptions of the kernel
+# that only the hardware can confirm.
+@pytest.mark.parametrize("d", [13, 33], ids=lambda d: f"d{d}")
+def test_pool_rows_at_unaligned_gm_addresses(kernel, d):
+    g = torch.Generator().manual_seed(d)
+    a, b = torch.randn(24, 2 * d, generator=g), torch.randn(24, 2 * d, generator=g)
+    got = call(longattn.compress_pool, *dev(a, b), 4, True, backend=kernel)
+    want = oracle.compress_pool(a, b, 4, True)
+    assert torch.allclose(got.cpu().double(), want, rtol=1e-5, atol=1e-6)
+
+
+# merge: a side whose lse is -inf is never read (its rows may hold NaN: an unwritten split).
+def test_merge_never_reads_an_empty_side(kernel):
+    g = torch.Generator().manual_seed(1)
+    oa, ob = torch.randn(6, 5, 40, generator=g), torch.randn(6, 5, 40, generator=g)
+    la, lb = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    la[0], lb[1] = float("-inf"), float("-inf")
+    oa[0], ob[1] = float("nan"), float("nan")
+    out, lse = call(longattn.merge_attention_states, *dev(oa, la, ob, lb), backend=kernel)
+    assert not torch.isnan(out.cpu()).any() and torch.equal(out[0].cpu(), ob[0]) and torch.equal(out[1].cpu(), oa[1])
