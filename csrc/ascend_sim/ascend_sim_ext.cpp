@@ -64,9 +64,10 @@ void AppendKv(at::Tensor pool, int64_t page_size, at::Tensor rows, at::Tensor sl
     la::host::AppendKv(dev, pool, page_size, rows, slot_mapping);
 }
 
-std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, at::Tensor indices,
-                                                   c10::optional<at::Tensor> topk_length,
-                                                   c10::optional<at::Tensor> extra_kv,
+// kv / extra_kv: a float pool (page size 0) or the uint8 data of an FP8 pool (page size > 0).
+std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, int64_t kv_page_size,
+                                                   at::Tensor indices, c10::optional<at::Tensor> topk_length,
+                                                   c10::optional<at::Tensor> extra_kv, int64_t extra_page_size,
                                                    c10::optional<at::Tensor> extra_indices,
                                                    c10::optional<at::Tensor> extra_topk_length,
                                                    c10::optional<at::Tensor> attn_sink, double softmax_scale,
@@ -74,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, 
 {
     CheckCpu({&q, &kv, &indices});
     EmuDevice dev = Device(num_cores);
-    return la::host::SparseAttention(dev, q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length,
-                                     attn_sink, softmax_scale);
+    return la::host::SparseAttention(dev, q, kv, kv_page_size, indices, topk_length, extra_kv, extra_page_size,
+                                     extra_indices, extra_topk_length, attn_sink, softmax_scale);
 }
 
 void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor token_rows, int64_t ratio, bool overlap,
@@ -99,10 +100,18 @@ std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor ind
                              logits_mode);
 }
 
-pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t num_cores)
+// q of dtype_code over kv of kv_code (a DataTypeCode; 3: an FP8 pool) and a second stream of extra_code
+// (-1: none).
+pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t kv_code,
+                                         int64_t extra_code, int64_t num_cores)
 {
-    const la::SparseAttentionTiling t = la::host::SparseAttentionTilingOf(T, H, D, dtype_code, Device(num_cores).cores);
+    const la::SparseAttentionTiling t =
+        la::host::SparseAttentionTilingOf(T, H, D, dtype_code, kv_code, extra_code, Device(num_cores).cores);
     pybind11::dict d;
+    d["dtype"] = t.dtype;
+    d["has_cvt"] = t.hasCvt;
+    d["has_fp8"] = t.hasFp8;
+    d["cvt_rows"] = t.cvtRows;
     d["block_dim"] = t.blockDim;
     d["heads_per_task"] = t.headsPerTask;
     d["head_groups"] = t.headGroups;

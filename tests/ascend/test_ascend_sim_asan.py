@@ -86,12 +86,20 @@ SUBSET = (
             "nan_",
             "mixed_dtypes",
             "fp8_records_of_special_entries",
+            # FP8 pool reads of sparse_attention (the dequantiser's gathers, mixed gather tiles)
+            "(test_fp8_pool and float32-7)",
+            "(e4m3_decode_every_code and float32)",
+            "(fp8_stream_mixes and fp8+fp8 and bfloat16)",
+            "(fp8_stream_mixes and fp8+None-torch.float32)",
+            "(odd_pages_and_invalid_slots and 3])",
+            "(float_pool_of_another_dtype and float16-torch.bfloat16)",
         ]
     )
     + ")"
 )
 CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/ops/test_indexer.py",
-               "tests/ops/test_sparse_attention.py", "tests/ascend/test_ascend_sim.py"]  # fmt: skip
+               "tests/ops/test_sparse_attention.py", "tests/ascend/test_ascend_sim.py",
+               "tests/ascend/test_ascend_sim_fp8.py"]  # fmt: skip
 
 
 def test_kernels_under_address_sanitizer(tmp_path):
