@@ -56,6 +56,15 @@ constexpr uint32_t kFp8DataBytes = 576;
 constexpr uint32_t kFp8ScaleBytes = 8;
 constexpr uint32_t kFp8RecordBytes = 584;
 constexpr uint32_t kFp8QuantizerUbBytes = 16512;  // scratch of the vector-core quantiser (fp8_quant.h)
+// UB of the vector-core dequantiser (fp8_dequant.h) decoding `rows` records per chunk: raw records
+// (VECIN x2, 608 B each), the split / value scratch, the gather offsets, their permutation, the tables.
+constexpr uint32_t kFp8RawRowBytes = kFp8NopeDim + 32 + 2 * kFp8RopeDim;  // nope, scale slot, rope
+constexpr uint32_t kFp8DequantTableBytes = 1024 * 4;                     // e4m3 (x2) + UE8M0 (x2) tables
+__aicore__ inline constexpr uint32_t Fp8DequantUbBytes(uint32_t rows)
+{
+    return 2 * rows * kFp8RawRowBytes + (rows * kFp8HeadDim * 4 + 32) + 2 * (rows * (kFp8HeadDim + 8) * 4) +
+           kFp8DequantTableBytes;
+}
 __aicore__ inline constexpr uint32_t Fp8PageBytes(uint32_t pageSize)
 {
     return CeilDivU(pageSize * kFp8RecordBytes, kFp8DataBytes) * kFp8DataBytes;

@@ -167,17 +167,16 @@ void RawAppendKv(at::Tensor pool, int64_t page_size, const at::Tensor& rows, con
     la::host::AppendKv(dev, pool, page_size, rows, slot_mapping);
 }
 
-std::tuple<at::Tensor, at::Tensor> RawSparseAttention(const at::Tensor& q, const at::Tensor& kv,
-                                                      const at::Tensor& indices,
-                                                      const c10::optional<at::Tensor>& topk_length,
-                                                      const c10::optional<at::Tensor>& extra_kv,
-                                                      const c10::optional<at::Tensor>& extra_indices,
-                                                      const c10::optional<at::Tensor>& extra_topk_length,
-                                                      const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
+// kv / extra_kv: a float pool (page size 0) or the uint8 data of an FP8 pool (page size > 0).
+std::tuple<at::Tensor, at::Tensor> RawSparseAttention(
+    const at::Tensor& q, const at::Tensor& kv, int64_t kv_page_size, const at::Tensor& indices,
+    const c10::optional<at::Tensor>& topk_length, const c10::optional<at::Tensor>& extra_kv, int64_t extra_page_size,
+    const c10::optional<at::Tensor>& extra_indices, const c10::optional<at::Tensor>& extra_topk_length,
+    const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
 {
     NpuDevice dev(q);
-    return la::host::SparseAttention(dev, q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length,
-                                     attn_sink, softmax_scale);
+    return la::host::SparseAttention(dev, q, kv, kv_page_size, indices, topk_length, extra_kv, extra_page_size,
+                                     extra_indices, extra_topk_length, attn_sink, softmax_scale);
 }
 
 void RawCompressKv(const at::Tensor& a, const at::Tensor& b, const at::Tensor& positions, const at::Tensor& token_rows,
@@ -225,9 +224,9 @@ TORCH_LIBRARY(longattn_ascend, m)
 {
     m.def("append_kv(Tensor(a!) pool, int page_size, Tensor rows, Tensor slot_mapping) -> ()");
     m.def(
-        "sparse_attention(Tensor q, Tensor kv, Tensor indices, Tensor? topk_length, Tensor? extra_kv, "
-        "Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, float softmax_scale) -> (Tensor, "
-        "Tensor)");
+        "sparse_attention(Tensor q, Tensor kv, int kv_page_size, Tensor indices, Tensor? topk_length, "
+        "Tensor? extra_kv, int extra_page_size, Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, "
+        "float softmax_scale) -> (Tensor, Tensor)");
     m.def(
         "compress_kv(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, "
         "Tensor(a!) state, Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, "

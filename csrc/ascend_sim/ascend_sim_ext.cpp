@@ -79,9 +79,10 @@ void AppendKv(at::Tensor pool, int64_t page_size, at::Tensor rows, at::Tensor sl
     la::host::AppendKv(dev, pool, page_size, rows, slot_mapping);
 }
 
-std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, at::Tensor indices,
-                                                   c10::optional<at::Tensor> topk_length,
-                                                   c10::optional<at::Tensor> extra_kv,
+// kv / extra_kv: a float pool (page size 0) or the uint8 data of an FP8 pool (page size > 0).
+std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, int64_t kv_page_size,
+                                                   at::Tensor indices, c10::optional<at::Tensor> topk_length,
+                                                   c10::optional<at::Tensor> extra_kv, int64_t extra_page_size,
                                                    c10::optional<at::Tensor> extra_indices,
                                                    c10::optional<at::Tensor> extra_topk_length,
                                                    c10::optional<at::Tensor> attn_sink, double softmax_scale,
@@ -89,8 +90,8 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, 
 {
     CheckCpu({&q, &kv, &indices});
     EmuDevice dev = Device(num_cores);
-    return la::host::SparseAttention(dev, q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length,
-                                     attn_sink, softmax_scale);
+    return la::host::SparseAttention(dev, q, kv, kv_page_size, indices, topk_length, extra_kv, extra_page_size,
+                                     extra_indices, extra_topk_length, attn_sink, softmax_scale);
 }
 
 void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor token_rows, int64_t ratio, bool overlap,
@@ -121,6 +122,7 @@ std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor ind
                              logits_mode);
 }
 
+<<<<<<< HEAD
 std::tuple<at::Tensor, at::Tensor> MergeAttentionStates(at::Tensor out_a, at::Tensor lse_a, at::Tensor out_b,
                                                         at::Tensor lse_b, int64_t num_cores)
 {
@@ -154,9 +156,20 @@ pybind11::dict CombineTilingInfo(int64_t mode, int64_t rows, int64_t H, int64_t 
 }
 
 pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t num_cores)
+=======
+// q of dtype_code over kv of kv_code (a DataTypeCode; 3: an FP8 pool) and a second stream of extra_code
+// (-1: none).
+pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t kv_code,
+                                         int64_t extra_code, int64_t num_cores)
+>>>>>>> ascend-fp8
 {
-    const la::SparseAttentionTiling t = la::host::SparseAttentionTilingOf(T, H, D, dtype_code, Device(num_cores).cores);
+    const la::SparseAttentionTiling t =
+        la::host::SparseAttentionTilingOf(T, H, D, dtype_code, kv_code, extra_code, Device(num_cores).cores);
     pybind11::dict d;
+    d["dtype"] = t.dtype;
+    d["has_cvt"] = t.hasCvt;
+    d["has_fp8"] = t.hasFp8;
+    d["cvt_rows"] = t.cvtRows;
     d["block_dim"] = t.blockDim;
     d["heads_per_task"] = t.headsPerTask;
     d["head_groups"] = t.headGroups;

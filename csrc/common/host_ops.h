@@ -110,57 +110,90 @@ void AppendKv(Dev& dev, at::Tensor pool, int64_t page_size, const at::Tensor& ro
 }
 
 // ---- sparse_attention ------------------------------------------------------------------------------
+// One KV stream at the binding boundary: a float pool (page_size 0: rows [.., D] of any float dtype, any
+// shape viewable as rows) or the uint8 data [pages, page_bytes] of an FP8 MODEL1 pool (page_size > 0).
+struct SaPool {
+    at::Tensor data;  // contiguous rows [num_slots, D] or FP8 bytes [pages, page_bytes]
+    SparseAttentionStream s;
+};
+
+inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const char* name)
+{
+    SaPool p;
+    if (page_size > 0) {
+        TORCH_CHECK(kv.scalar_type() == at::kByte && kv.dim() == 2 && kv.is_contiguous(), "sparse_attention: FP8 ",
+                    name, " data must be contiguous uint8 [pages, page_bytes]");
+        TORCH_CHECK(D == kFp8HeadDim, "sparse_attention: FP8 ", name, " holds 512-dim rows, q has D = ", D);
+        const uint32_t ps = U32(page_size, "page_size");
+        TORCH_CHECK(kv.size(1) == static_cast<int64_t>(Fp8PageBytes(ps)), "sparse_attention: FP8 ", name, " pages of ",
+                    kv.size(1), " bytes do not hold ", ps, " records");
+        p.data = kv;
+        p.s.kind = kDtFP8Record;
+        p.s.numSlots = U32(kv.size(0) * page_size, "FP8 pool slots");
+        p.s.pageSize = ps;
+        p.s.pageBytes = U32(kv.size(1), "FP8 page bytes");
+    } else {
+        p.data = kv.reshape({-1, D}).contiguous();
+        p.s.kind = DtypeCode(p.data, "sparse_attention: pool");
+        p.s.numSlots = U32(p.data.size(0), "pool rows");
+    }
+    return p;
+}
+
 template <class Dev>
 std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q, const at::Tensor& kv,
-                                                   const at::Tensor& indices,
+                                                   int64_t kv_page_size, const at::Tensor& indices,
                                                    const c10::optional<at::Tensor>& topk_length,
-                                                   const c10::optional<at::Tensor>& extra_kv,
+                                                   const c10::optional<at::Tensor>& extra_kv, int64_t extra_page_size,
                                                    const c10::optional<at::Tensor>& extra_indices,
                                                    const c10::optional<at::Tensor>& extra_topk_length,
                                                    const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
 {
     TORCH_CHECK(q.dim() == 3, "sparse_attention: q must be [T, H, D]");
     const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
-    const uint32_t dt = DtypeCode(q, "sparse_attention: q");
-    at::Tensor qc = q.contiguous();
-    at::Tensor kv0 = kv.reshape({-1, D}).contiguous();
-    TORCH_CHECK(kv0.scalar_type() == q.scalar_type(), "sparse_attention: kv must have q's dtype");
-    const int64_t n0 = kv0.size(0);
+    const uint32_t qDt = DtypeCode(q, "sparse_attention: q");
     TORCH_CHECK(indices.dim() == 2 && indices.size(0) == T, "sparse_attention: indices must be [T, K]");
-    at::Tensor idx0 = Index32(indices, n0);
+    SaPool p0 = SaPoolOf(kv, kv_page_size, D, "kv"), p1;
+    p0.s.width = U32(indices.size(1), "K");
+    at::Tensor idx0 = Index32(indices, p0.s.numSlots);
     at::Tensor len0 = Lengths32(topk_length, indices.size(1));
-    at::Tensor kv1, idx1, len1;
-    int64_t n1 = 0, w1 = 0;
+    p0.s.hasLen = len0.defined();
+    at::Tensor idx1, len1;
     if (extra_kv.has_value()) {
-        TORCH_CHECK(extra_indices.has_value(), "sparse_attention: extra_kv needs extra_indices");
-        kv1 = extra_kv->reshape({-1, D}).contiguous();
-        TORCH_CHECK(kv1.scalar_type() == q.scalar_type(), "sparse_attention: extra_kv must have q's dtype");
-        n1 = kv1.size(0);
-        w1 = extra_indices->size(1);
-        idx1 = Index32(*extra_indices, n1);
-        len1 = Lengths32(extra_topk_length, w1);
+        TORCH_CHECK(extra_indices.has_value() && extra_indices->dim() == 2 && extra_indices->size(0) == T,
+                    "sparse_attention: extra_kv needs extra_indices [T, K2]");
+        p1 = SaPoolOf(*extra_kv, extra_page_size, D, "extra_kv");
+        p1.s.width = U32(extra_indices->size(1), "K2");
+        idx1 = Index32(*extra_indices, p1.s.numSlots);
+        len1 = Lengths32(extra_topk_length, extra_indices->size(1));
+        p1.s.hasLen = len1.defined();
     }
+    // The compute dtype: q's, or fp32 where a pool does not convert into q's dtype exactly (q widened
+    // here, out rounded once at the end, as the reference computes).
+    const uint32_t dt = SparseAttentionComputeDtype(qDt, p0.s.kind, p1.s.kind);
+    const char* why = SparseAttentionUnsupported(U32(D, "D"), dt, p0.s.kind, p1.s.kind);
+    TORCH_CHECK(T == 0 || why[0] == 0, "sparse_attention: ", why);
+    at::Tensor qc = (dt == qDt ? q : q.to(at::kFloat)).contiguous();
     at::Tensor sink;
     if (attn_sink.has_value()) sink = attn_sink->to(at::kFloat).contiguous();
     SparseAttentionTiling t;
     const uint32_t blockDim =
-        SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, U32(n0, "kv rows"),
-                                     U32(indices.size(1), "K"), len0.defined(), U32(n1, "extra_kv rows"), U32(w1, "K2"),
-                                     len1.defined(), sink.defined(), static_cast<float>(softmax_scale), dev.AiCores());
+        SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, p0.s, p1.s, sink.defined(),
+                                     static_cast<float>(softmax_scale), dev.AiCores());
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    at::Tensor out = at::full({T, H, D}, nan, q.options());
+    at::Tensor out = at::full({T, H, D}, nan, qc.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
-    if (T == 0) return {out, lse};
+    if (T == 0) return {out.to(q.scalar_type()), lse};
     TORCH_CHECK(blockDim > 0, "sparse_attention: no tiling for T=", T, " H=", H, " D=", D,
                 " (D must be a multiple of 64 that fits the on-chip buffers)");
     at::Tensor ws = Workspace(dev, static_cast<int64_t>(blockDim) * t.wsPerCore, q.options());
     void* never = ws.data_ptr();  // stands in for absent inputs (their sizes are 0: never read)
     SparseAttentionArgs a{};
     a.q = qc.data_ptr();
-    a.kv0 = n0 ? kv0.data_ptr() : never;
+    a.kv0 = p0.s.numSlots ? p0.data.data_ptr() : never;
     a.idx0 = idx0.numel() ? idx0.data_ptr<int32_t>() : static_cast<int32_t*>(never);
     a.len0 = len0.defined() ? len0.data_ptr<int32_t>() : static_cast<int32_t*>(never);
-    a.kv1 = n1 ? kv1.data_ptr() : never;
+    a.kv1 = p1.s.numSlots ? p1.data.data_ptr() : never;
     a.idx1 = idx1.defined() && idx1.numel() ? idx1.data_ptr<int32_t>() : static_cast<int32_t*>(never);
     a.len1 = len1.defined() ? len1.data_ptr<int32_t>() : static_cast<int32_t*>(never);
     a.sink = sink.defined() ? sink.data_ptr<float>() : static_cast<float*>(never);
@@ -168,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     a.lse = lse.data_ptr<float>();
     a.workspace = ws.data_ptr();
     dev.SparseAttention(a, t);
-    return {out, lse};
+    return {dt == qDt ? out : out.to(q.scalar_type()), lse};
 }
 
 // ---- compress_kv ------------------------------------------------------------------------------------
@@ -405,6 +438,7 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
     return {indices, lengths};
 }
 
+<<<<<<< HEAD
 // ---- merge_attention_states / apply_attention_sink -----------------------------------------------------
 // Rows r = t * H + h of contiguous [T*H, D] outs; lse values widened to fp32 (exact) before the kernel.
 template <class Dev>
@@ -481,12 +515,30 @@ inline CombineTiling CombineTilingOf(int64_t mode, int64_t rows, int64_t H, int6
 }
 
 // Tiling fields of a sparse_attention call (tests and README tables).
+=======
+// Tiling fields of a sparse_attention call (tests and README tables): q of dtype_code, kv of kv_code
+// (a DataTypeCode, kDtFP8Record for an FP8 pool), a second stream of extra_code (-1: none).
+>>>>>>> ascend-fp8
 inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64_t D, int64_t dtype_code,
-                                                     uint32_t cores)
+                                                     int64_t kv_code, int64_t extra_code, uint32_t cores)
 {
+    SparseAttentionStream s0, s1;
+    s0.kind = static_cast<uint32_t>(kv_code);
+    s0.numSlots = 16;
+    s0.width = 16;
+    if (s0.kind == kDtFP8Record) {
+        s0.pageSize = 16;
+        s0.pageBytes = Fp8PageBytes(16);
+    }
+    if (extra_code >= 0) {
+        s1 = s0;
+        s1.kind = static_cast<uint32_t>(extra_code);
+        s1.pageSize = s1.kind == kDtFP8Record ? 16u : 0u;
+        s1.pageBytes = s1.kind == kDtFP8Record ? Fp8PageBytes(16) : 0u;
+    }
+    const uint32_t dt = SparseAttentionComputeDtype(static_cast<uint32_t>(dtype_code), s0.kind, s1.kind);
     SparseAttentionTiling t;
-    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), static_cast<uint32_t>(dtype_code), 16, 16,
-                                 false, 0, 0, false, false, 1.0f, cores);
+    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores);
     return t;
 }
 

@@ -17,11 +17,15 @@ on any strict-check violation; the cases here are known to pass. Configurations 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import longattn
 import pytest
 import torch
 from longattn.backends import ascend_sim
 from longattn.backends.registry import BackendError
+from longattn.cache import quantize_kv_fp8
+from longattn.cache.fp8 import page_bytes
 from longattn.ops.compress import ascend as compress_ascend
 from longattn.ops.op import get_op
 from longattn.ops.sparse_attention import ascend as sa_ascend
@@ -77,11 +81,22 @@ def test_sparse_attention_reasons():
         softmax_scale=0.1,
     )
     assert any("multiple of 64" in r for r in reasons(SIM, "sparse_attention", cpu, **base))
+    # Pools of another float dtype and FP8 pools, in any mix, are taken (widened in the gather).
     q = torch.zeros(1, 2, 64)
     mixed = dict(base, q=q, kv=torch.zeros(4, 64, dtype=torch.bfloat16))
-    assert any("dtype" in r for r in reasons(SIM, "sparse_attention", cpu, **mixed))
-    fp8 = dict(base, q=torch.zeros(1, 2, 512), kv=longattn.Fp8KVPool.empty(1, 4))
-    assert any("Fp8KVPool" in r for r in reasons(SIM, "sparse_attention", cpu, **fp8))
+    assert reasons(SIM, "sparse_attention", cpu, **mixed) == []
+    q512 = torch.zeros(1, 2, 512, dtype=torch.float16)
+    fp8 = dict(base, q=q512, kv=longattn.Fp8KVPool.empty(1, 4), extra_kv=torch.zeros(3, 512),
+               extra_indices=torch.zeros(1, 2, dtype=torch.int32))  # fmt: skip
+    assert reasons(SIM, "sparse_attention", cpu, **fp8) == []
+    # ... unless D does not fit the compute dtype's buffers (fp32 here, for the bf16 pool), ...
+    wide = dict(base, q=torch.zeros(1, 2, 1536, dtype=torch.float16), kv=torch.zeros(4, 1536, dtype=torch.bfloat16))
+    assert any("computes in fp32" in r for r in reasons(SIM, "sparse_attention", cpu, **wide))
+    # ... or the FP8 pool is beyond int32 slots / page sizes (meta tensors: nothing is allocated).
+    for pages, page in ((2**21 + 1, 1024), (1, 3_700_000)):
+        pool = longattn.Fp8KVPool(torch.empty(pages, page_bytes(page), dtype=torch.uint8, device="meta"), page)
+        inp = SimpleNamespace(q=q512, kv=pool, extra_kv=None)
+        assert any("int32" in r and "`kv`" in r for r in sa_ascend.reasons(inp)), (pages, page)
     with pytest.raises(BackendError, match="ascend_sim"):
         longattn.sparse_attention(
             torch.zeros(1, 2, 96), torch.zeros(4, 96), torch.zeros(1, 1, dtype=torch.int32), backend=SIM
@@ -92,15 +107,28 @@ def test_sparse_attention_reasons():
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_sparse_attention_tiling_mirror(dtype):
-    """The Python reasons() mirror of the tiling agrees with the C++ tiling (ascend_c/.../op_host)."""
+    """The Python reasons() mirror of the tiling agrees with the C++ tiling (ascend_c/.../op_host), for
+    every mix of pool kinds (float pools of each dtype, FP8 pools; one or two streams): the compute
+    dtype, the conversion buffers and the heads per task."""
     ext = ascend_sim.extension()
-    code = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
-    for D in (64, 128, 256, 512, 576, 640, 768, 1024, 1536):
-        for H in (1, 7, 16, 17, 48, 64, 128):
-            t = ext.sparse_attention_tiling(1, H, D, code, 4)
-            assert t["heads_per_task"] == sa_ascend.sa_heads_per_task(H, D, dtype), (D, H)
-            if t["heads_per_task"]:
-                assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
+    code = sa_ascend.DTYPE_CODE
+    kinds = FLOATS + [sa_ascend.FP8]
+    for kv in kinds:
+        for extra in [None] + kinds:
+            mix = [kv] + ([extra] if extra is not None else [])
+            dt = sa_ascend.compute_dtype(dtype, mix)
+            extra_code = -1 if extra is None else code[extra]
+            for D in (64, 128, 256, 512, 576, 640, 768, 1024, 1536):
+                for H in (1, 7, 16, 17, 48, 64, 128):
+                    t = ext.sparse_attention_tiling(1, H, D, code[dtype], code[kv], extra_code, 4)
+                    want = sa_ascend.sa_heads_per_task(H, D, dtype, mix)
+                    assert t["heads_per_task"] == want, (D, H, mix)
+                    assert t["dtype"] == code[dt], mix
+                    assert t["has_fp8"] == (sa_ascend.FP8 in mix), mix
+                    if t["heads_per_task"]:
+                        assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
+    # V4 (bf16 queries over FP8 pools, D = 512) keeps the 64 heads per task of bf16 pools.
+    assert sa_ascend.sa_heads_per_task(128, 512, torch.bfloat16, [sa_ascend.FP8, sa_ascend.FP8]) == 64
 
 
 @pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])
@@ -120,6 +148,8 @@ def test_compress_kv_ub_limit(overlap, dtype):
 import torch, longattn, pytest
 from longattn.backends import ascend_sim
 from longattn.backends.registry import BackendError
+from longattn.cache import quantize_kv_fp8
+from longattn.cache.fp8 import page_bytes
 for d in ({d_ok}, {d_bad}):
     c, T, ratio = {c}, 2, 2
     a = torch.randn(T, c * d).to({dtype}); b = torch.randn(T, c * d).to({dtype})
@@ -389,6 +419,16 @@ def test_ascend_npu_entry_points_marshal_as_the_kernels_expect(monkeypatch):
     got = npu("sparse_attention", **{**full, **args, "kv": args["kv"].reshape(-1, 64)})
     want = longattn.sparse_attention(**args, backend=SIM)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # An FP8 pool crosses as (uint8 data, page size), a float pool as (tensor, 0), any mix.
+    fp8_pool = quantize_kv_fp8(torch.randn(3, 5, 512, generator=g))
+    idx = torch.tensor([[0, 14, -1, 3], [7, 7, 15, 2]], dtype=torch.int32)
+    fp8_args = dict(full, q=torch.randn(2, 3, 512, generator=g).bfloat16(), kv=fp8_pool, indices=idx,
+                    extra_kv=torch.randn(6, 512, generator=g).bfloat16(), extra_indices=idx.remainder(7),
+                    softmax_scale=0.05)  # fmt: skip
+    for extra in (fp8_args["extra_kv"], fp8_pool):
+        got = npu("sparse_attention", **{**fp8_args, "extra_kv": extra})
+        want = longattn.sparse_attention(**{**fp8_args, "extra_kv": extra}, backend=SIM)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)) and torch.isfinite(got[0]).all()
 
     q, w, k = _int_inputs(g, 3, 4, 16, 40)
     ve = torch.tensor([40, 17, 0], dtype=torch.int32)

@@ -64,7 +64,7 @@ CATEGORIES = (
     "fp8_nonfinite_key", "finite_fp32", "finite_lowp",
 )  # fmt: skip
 # categories a backend cannot exercise because it declines every such call
-NOT_APPLICABLE = {"ascend_sim": ("fp8_pool", "fp8_nonfinite_key")}
+NOT_APPLICABLE = {}
 
 PATTERNS = ("in_range", "mixed", "all_invalid", "duplicates", "int64_extreme", "random")
 KV_LAYOUTS = ["contig", "contig", "pad_last", "stride0", "transpose01"]
@@ -96,8 +96,8 @@ def _stream(draw, fp8: bool):
 
 @st.composite
 def strategy(draw, backend=None):
-    sim = backend == "ascend_sim"  # mostly calls its kernels take (D % 64 == 0, one dtype, float pools)
-    fp8 = False if sim else draw(st.sampled_from([False] * 7 + [True]))  # the emulator declines FP8 pools
+    sim = backend == "ascend_sim"  # mostly calls its kernels take (D % 64 == 0)
+    fp8 = draw(st.sampled_from([False] * 7 + [True]))
     D = (
         512
         if fp8
@@ -106,7 +106,7 @@ def strategy(draw, backend=None):
     small = fp8 or D >= 128
     H = draw(st.sampled_from([1, 2, 3, 5, 7] if small else [1, 2, 3, 5, 7, 16, 17, 33, 70]))
     dtype = draw(st.sampled_from(["fp32", "fp32", "bf16", "fp16"]))
-    kv_dtype = dtype if sim or draw(st.integers(0, 4)) else draw(st.sampled_from(list(DTYPES)))
+    kv_dtype = dtype if draw(st.integers(0, 4)) else draw(st.sampled_from(list(DTYPES)))
     n_streams = draw(st.integers(1, 2))
     streams = [draw(_stream(fp8 and (i == 0 or draw(st.booleans())))) for i in range(n_streams)]
     targets = ["q", "kv0", "kv0@used"] + (["kv1", "kv1@used"] if n_streams == 2 else [])

@@ -10,7 +10,9 @@ Tolerance rules (one copy):
   low-precision inputs, P rounded to the input dtype before P.V, output rounded (Triton: tensor cores
   accumulate in fp32); or, where the matrix unit writes its results in the input dtype (the Ascend C
   cube unit), q.k^T and P.V rounded to it as well (``LOWP_ROUNDS_MATMULS``; a backend not listed gets
-  that looser model). lse is fp32 in every case and meets the derived fp32 bound.
+  that looser model). lse is fp32 in every case and meets the derived fp32 bound. The Ascend C kernel
+  computes in fp32 where a pool does not convert into q's dtype exactly (fp16 queries over FP8 pools,
+  pools of another float dtype: ``ascend.compute_dtype``): those calls get the fp32 rule.
 """
 
 from __future__ import annotations
@@ -131,11 +133,23 @@ def lowp_sparse_attention(args: dict, rounds_matmuls: bool = False) -> torch.Ten
     return out.to(dt)
 
 
+def computes_in_fp32(backend: str, args: dict) -> bool:
+    """Whether ``backend`` runs these low-precision queries in fp32 (the Ascend C kernel does for pools
+    that do not convert into q's dtype exactly)."""
+    if backend not in ("ascend_sim", "ascend"):
+        return False
+    from longattn.ops.sparse_attention import ascend
+
+    pools = [args["kv"]] + ([args["extra_kv"]] if args.get("extra_kv") is not None else [])
+    return ascend.compute_dtype(args["q"].dtype, [ascend.pool_kind(p) for p in pools]) == torch.float32
+
+
 def check_sparse(out, lse, args, what, backend="reference"):
-    """fp32 (and the reference in every dtype): the derived bound on out and lse. bf16 / fp16 on a
-    kernel backend: the 2x rule on out with the backend's precision model, the derived bound on lse."""
+    """fp32 (and the reference in every dtype, and kernels computing in fp32): the derived bound on out
+    and lse. bf16 / fp16 on a kernel backend: the 2x rule on out with the backend's precision model,
+    the derived bound on lse."""
     q = args["q"]
-    if q.dtype == torch.float32 or backend == "reference":
+    if q.dtype == torch.float32 or backend == "reference" or computes_in_fp32(backend, args):
         check_against_oracle(out, lse, args, what)
         return
     ref_out, ref_lse = oracle_of(args)

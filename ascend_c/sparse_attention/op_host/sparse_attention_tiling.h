@@ -7,6 +7,11 @@
 // AI cores; each AI core = 1 AIC + 2 AIV (KERNEL_TYPE_MIX_AIC_1_2).
 // Keys are processed in blocks of kSaBlockKeys valid keys (invalid indices are compacted away by
 // the AIV gather, so a block never contains a masked key except the zero-padding of the last one).
+//
+// Pools: each stream is a float pool (rows of F32 / BF16 / F16) or an FP8 MODEL1 pool (584-B records,
+// kDtFP8Record). The kernel computes in one dtype (`dtype`, q's or fp32: SparseAttentionComputeDtype)
+// and the AIV gather converts every row into it exactly: 16-bit rows -> fp32 (Cast), FP8 records ->
+// fp32 (fp8_dequant.h) -> the compute dtype (bf16: exact for every record the quantiser writes).
 #pragma once
 
 #include "../../common/longattn_types.h"
@@ -16,19 +21,32 @@ namespace longattn_ascend {
 constexpr uint32_t kSaBlockKeys = 64;   // keys per block (N of Q.K^T, K of P.V): one 256-B fp32 repeat per row
 constexpr uint32_t kSaMaxHeadsPerTask = 64;
 constexpr uint32_t kSaOutRows = 4;      // AIV: rows of [rows, D] per O / output chunk
+constexpr uint32_t kSaCvtRows = 4;      // AIV: rows per conversion chunk (16-bit rows -> fp32, FP8 decode)
+constexpr uint32_t kSaNoStream = 0xFFFFFFFFu;  // pool kind of an absent second stream
 
 struct SparseAttentionTiling {
     uint32_t numTokens;      // T
     uint32_t numHeads;       // H
     uint32_t headDim;        // D (multiple of 64)
-    uint32_t dtype;          // DataTypeCode of q / kv / extra_kv / out (F32, BF16, F16)
-    uint32_t numSlots0;      // rows of kv
+    // dtype: the compute DataTypeCode (F32, BF16, F16) of q and out as the kernel sees them, the gathered
+    // rows and P (the host converts q / out when it differs from q's dtype)
+    uint32_t dtype;
+    uint32_t numSlots0;      // slots of kv (FP8: pages * pageSize0)
     uint32_t width0;         // K: index row width of stream 0
     uint32_t hasLen0;        // topk_length given
     uint32_t numSlots1;      // rows of extra_kv (0 without a second stream)
     uint32_t width1;         // K2 (0 without a second stream)
     uint32_t hasLen1;
     uint32_t hasSink;
+    uint32_t kvDtype0;       // pool kind of kv: F32 / BF16 / F16 rows or kDtFP8Record
+    uint32_t pageSize0;      // FP8: records per page (0 for float pools)
+    uint32_t pageBytes0;     // FP8: bytes per page
+    uint32_t kvDtype1;       // the same for extra_kv (dtype when there is no second stream)
+    uint32_t pageSize1;
+    uint32_t pageBytes1;
+    uint32_t hasCvt;         // a 16-bit float pool feeds an fp32 computation (Cast in the gather)
+    uint32_t hasFp8;         // an FP8 pool (the dequantiser's buffers)
+    uint32_t cvtRows;        // rows per conversion / decode chunk
     float scale;             // softmax scale
     uint32_t headsPerTask;   // Mg: min(H, 64), lowered in steps of 16 until the buffers fit
     uint32_t headGroups;     // ceil(H / Mg)
@@ -53,10 +71,10 @@ struct SparseAttentionTiling {
 // GM arguments of one launch (device pointers on the NPU, host pointers under the emulator).
 struct SparseAttentionArgs {
     const void* q;             // [T, H, D]
-    const void* kv0;           // [numSlots0, D]
+    const void* kv0;           // [numSlots0, D] rows, or FP8 pool bytes [pages, pageBytes0]
     const int32_t* idx0;       // [T, K]
     const int32_t* len0;       // [T] or null
-    const void* kv1;           // [numSlots1, D] or null
+    const void* kv1;           // [numSlots1, D] rows, FP8 pool bytes, or null
     const int32_t* idx1;       // [T, K2] or null
     const int32_t* len1;       // [T] or null
     const float* sink;         // [H] or null
@@ -68,7 +86,7 @@ struct SparseAttentionArgs {
 namespace sa_detail {
 inline uint32_t Al32(uint32_t b) { return AlignUpU(b, 32); }
 // UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B).
-inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32_t r)
+inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32_t r, bool cvt, bool fp8)
 {
     const uint32_t mh8 = AlignUpU(MaxU(mh, 1), 8);
     uint32_t b = 0;
@@ -88,6 +106,8 @@ inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32
         b += Al32(D * g * 4);  // transposed tile (VECOUT x1)
         b += Al32(D * g * 4);  // transpose offsets
     }
+    if (cvt) b += 2 * Al32(kSaCvtRows * D * 2);  // 16-bit rows to widen (VECIN x2)
+    if (fp8) b += Fp8DequantUbBytes(kSaCvtRows);  // the dequantiser (fp8_dequant.h)
     return b;
 }
 inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz)
@@ -100,38 +120,96 @@ inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz)
 }
 }  // namespace sa_detail
 
-// Returns blockDim (0 when the problem is empty or unsupported: see SparseAttentionSupported).
-// numCores: AI cores (AIC count) available.
+// One KV stream as the tiling sees it.
+struct SparseAttentionStream {
+    uint32_t kind = kSaNoStream;  // F32 / BF16 / F16 rows, kDtFP8Record, or kSaNoStream (no second stream)
+    uint32_t numSlots = 0;  // rows (FP8: pages * pageSize)
+    uint32_t width = 0;  // index row width (K)
+    bool hasLen = false;  // topk_length given
+    uint32_t pageSize = 0;  // FP8 only
+    uint32_t pageBytes = 0;  // FP8 only
+};
+
+// The dtype the kernel computes in for queries of qDt over pools of kind0 / kind1 (kSaNoStream: none):
+// q's own when every pool converts into it exactly (the same dtype; FP8 records for bf16 queries: e4m3
+// times a power of two fits bf16), fp32 otherwise (the host widens q and rounds out once, as the
+// reference computes in fp32).
+inline uint32_t SparseAttentionComputeDtype(uint32_t qDt, uint32_t kind0, uint32_t kind1)
+{
+    const auto fits = [qDt](uint32_t k) {
+        return k == kSaNoStream || k == qDt || (qDt == kDtBF16 && k == kDtFP8Record);
+    };
+    return fits(kind0) && fits(kind1) ? qDt : kDtF32;
+}
+
+namespace sa_detail {
+inline const char* PoolUnsupported(uint32_t D, uint32_t dtype, uint32_t k)
+{
+    if (k == kSaNoStream || k == dtype) return "";
+    if (k == kDtFP8Record) {
+        if (D != kFp8HeadDim) return "FP8 pools hold 512-dim rows";
+        return dtype == kDtF16 ? "FP8 pools need an fp32 or bf16 computation" : "";
+    }
+    if ((k == kDtBF16 || k == kDtF16) && dtype == kDtF32) return "";
+    return "a float pool of another dtype needs an fp32 computation";
+}
+}  // namespace sa_detail
+
+// Why the kernel cannot take pools of kind0 / kind1 with compute dtype `dtype` and head dim D ("" if it can).
+inline const char* SparseAttentionUnsupported(uint32_t D, uint32_t dtype, uint32_t kind0, uint32_t kind1)
+{
+    if (D == 0 || D % 64 != 0) return "D must be a positive multiple of 64";
+    if (dtype != kDtF32 && dtype != kDtBF16 && dtype != kDtF16) return "unsupported compute dtype";
+    const char* why = sa_detail::PoolUnsupported(D, dtype, kind0);
+    return why[0] != 0 ? why : sa_detail::PoolUnsupported(D, dtype, kind1);
+}
+
+// Returns blockDim (0 when the problem is empty or unsupported: see SparseAttentionUnsupported).
+// dtype: the compute dtype (SparseAttentionComputeDtype). numCores: AI cores (AIC count) available.
 inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t T, uint32_t H, uint32_t D,
-                                             uint32_t dtype, uint32_t numSlots0, uint32_t width0, bool hasLen0,
-                                             uint32_t numSlots1, uint32_t width1, bool hasLen1, bool hasSink,
-                                             float scale, uint32_t numCores)
+                                             uint32_t dtype, const SparseAttentionStream& s0,
+                                             const SparseAttentionStream& s1, bool hasSink, float scale,
+                                             uint32_t numCores)
 {
     t = SparseAttentionTiling{};
     t.numTokens = T;
     t.numHeads = H;
     t.headDim = D;
     t.dtype = dtype;
-    t.numSlots0 = numSlots0;
-    t.width0 = width0;
-    t.hasLen0 = hasLen0 ? 1u : 0u;
-    t.numSlots1 = numSlots1;
-    t.width1 = width1;
-    t.hasLen1 = hasLen1 ? 1u : 0u;
+    t.numSlots0 = s0.numSlots;
+    t.width0 = s0.width;
+    t.hasLen0 = s0.hasLen ? 1u : 0u;
+    t.kvDtype0 = s0.kind;
+    t.pageSize0 = s0.kind == kDtFP8Record ? s0.pageSize : 0u;
+    t.pageBytes0 = s0.kind == kDtFP8Record ? s0.pageBytes : 0u;
+    const bool two = s1.kind != kSaNoStream;
+    t.numSlots1 = two ? s1.numSlots : 0u;
+    t.width1 = two ? s1.width : 0u;
+    t.hasLen1 = two && s1.hasLen ? 1u : 0u;
+    t.kvDtype1 = two ? s1.kind : dtype;
+    t.pageSize1 = two && s1.kind == kDtFP8Record ? s1.pageSize : 0u;
+    t.pageBytes1 = two && s1.kind == kDtFP8Record ? s1.pageBytes : 0u;
     t.hasSink = hasSink ? 1u : 0u;
     t.scale = scale;
+    const auto widened = [dtype](uint32_t k) { return k != dtype && (k == kDtBF16 || k == kDtF16); };
+    t.hasCvt = widened(t.kvDtype0) || widened(t.kvDtype1) ? 1u : 0u;
+    t.hasFp8 = t.kvDtype0 == kDtFP8Record || t.kvDtype1 == kDtFP8Record ? 1u : 0u;
+    t.cvtRows = kSaCvtRows;
     const uint32_t sz = DtSize(dtype);
     t.kTile = MinU(D, sz == 4 ? 128u : 256u);
     t.dChunk = MinU(D, sz == 4 ? 128u : 256u);
     t.gatherRows = sz == 4 ? 8u : 16u;
     t.outRows = kSaOutRows;
-    if (T == 0 || H == 0 || D == 0 || D % 64 != 0 || numCores == 0) return 0;
+    if (T == 0 || H == 0 || numCores == 0 || SparseAttentionUnsupported(D, dtype, s0.kind, s1.kind)[0] != 0) return 0;
+    if ((t.pageSize0 == 0) != (t.kvDtype0 != kDtFP8Record) ||
+        (two && (t.pageSize1 == 0) != (t.kvDtype1 != kDtFP8Record)))
+        return 0;  // an FP8 pool needs its page size
     // Heads per task: the largest Mg (H itself when H <= 16, else a multiple of 16 up to 64) whose
     // AIV UB, AIC L1 and L0 buffers fit.
     uint32_t mg = MinU(kSaMaxHeadsPerTask, H);
     for (;;) {
         const uint32_t mp = AlignUpU(mg, 16), mh = CeilDivU(mg, 2);
-        const bool ubOk = sa_detail::UbBytes(mh, D, sz, t.gatherRows, t.outRows) <= kUbBytes;
+        const bool ubOk = sa_detail::UbBytes(mh, D, sz, t.gatherRows, t.outRows, t.hasCvt, t.hasFp8) <= kUbBytes;
         const bool l1Ok = sa_detail::L1Bytes(mp, D, sz) <= kL1Bytes;
         const bool l0aOk = 2 * mp * MaxU(t.kTile, kSaBlockKeys) * sz <= kL0ABytes;
         const bool l0cOk = 2 * mp * MaxU(t.dChunk, kSaBlockKeys) * 4 <= kL0CBytes;
@@ -144,7 +222,7 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.numTasks = T * t.headGroups;
     t.aivRowsMax = CeilDivU(mg, 2);
     const uint32_t mp = AlignUpU(mg, 16);
-    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, t.gatherRows, t.outRows);
+    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, t.gatherRows, t.outRows, t.hasCvt, t.hasFp8);
     t.l1Bytes = sa_detail::L1Bytes(mp, D, sz);
     uint32_t off = 0;
     t.wsKvOff = off;

@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// sparse_attention, vector side (the two AIVs of an AI core). Per block of 64 valid keys:
-//   V0  gather: each AIV takes 32 of the block's key rows (DataCopyPad per row, straight from the
-//       pool; invalid indices are skipped by the cursor and never dereferenced) and writes them to
-//       wsKv[buf] (fp32: also V^T to wsVt[buf] via an in-UB Gather transpose); CrossCoreSetFlag KV.
+// sparse_attention, vector side (the two AIVs of an AI core).
+// Per block of 64 valid keys:
+//   V0  gather: each AIV takes 32 of the block's key rows (invalid indices are skipped by the cursor
+//       and never dereferenced), in tiles of gatherRows rows, each tile split into runs of rows of
+//       one stream: rows of the compute dtype by one DataCopyPad each, straight into the tile; 16-bit
+//       rows for an fp32 computation through a VECIN chunk and a Cast; FP8 records (3 DataCopyPads:
+//       nope bytes, rope bytes, scale bytes) through the dequantiser (../../common/fp8_dequant.h),
+//       exact fp32 rows, Cast to bf16 for a bf16 computation. The tile goes to wsKv[buf] (fp32: also
+//       V^T to wsVt[buf] via an in-UB Gather transpose); CrossCoreSetFlag KV.
 //       The gather of block b+1 is issued before the softmax of block b (prefetch).
 //   V1  online softmax of its query-head rows of S (FlashAttention-2): scale, padding keys -> -inf,
 //       row max (WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new), p = exp(s - m_new)
@@ -25,6 +30,7 @@
 // it NaN by itself). Key blocks are merged only through this online softmax (no split-KV combine).
 #pragma once
 
+#include "../../common/fp8_dequant.h"
 #include "sparse_attention_common.h"
 
 namespace longattn_ascend {
@@ -47,8 +53,8 @@ public:
         core_ = static_cast<uint32_t>(GetBlockIdx() / GetSubBlockNum());  // AI core of this AIV
         cursor_.Init(idx0, len0, idx1, len1, t_);
         const uint32_t D = t.headDim, mg = t.headsPerTask, sz = sizeof(T);
-        kvGm_[0].SetGlobalBuffer((__gm__ T*)kv0, static_cast<uint64_t>(t.numSlots0) * D);
-        kvGm_[1].SetGlobalBuffer((__gm__ T*)kv1, static_cast<uint64_t>(t.numSlots1) * D);
+        InitPool(0, kv0, t.kvDtype0, t.numSlots0, t.pageSize0, t.pageBytes0);
+        InitPool(1, kv1, t.kvDtype1, t.numSlots1, t.pageSize1, t.pageBytes1);
         outGm_.SetGlobalBuffer((__gm__ T*)out, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
         lseGm_.SetGlobalBuffer((__gm__ float*)lse, static_cast<uint64_t>(t.numTokens) * t.numHeads);
         if (t.hasSink) sinkGm_.SetGlobalBuffer((__gm__ float*)sink, t.numHeads);
@@ -76,7 +82,9 @@ public:
         if constexpr (sizeof(T) == 4) {
             pipe_.InitBuffer(tQue_, 1, D * g * 4);
             pipe_.InitBuffer(offBuf_, D * g * 4);
+            if (t.hasCvt) pipe_.InitBuffer(cvtQue_, 2, t.cvtRows * D * 2);
         }
+        if (t.hasFp8) fp8_.Init(pipe_, t.cvtRows);
         acc_ = accBuf_.Get<float>();
         col_ = colBuf_.Get<float>();
         mask_ = maskBuf_.Get<uint8_t>();
@@ -154,12 +162,30 @@ private:
         }
     }
 
+    // Stream s's pool: rows of the compute dtype (kvGm_), or bytes (16-bit rows to widen, FP8 pages).
+    __aicore__ inline void InitPool(uint32_t s, GM_ADDR kv, uint32_t kind, uint32_t numSlots, uint32_t pageSize,
+                                    uint32_t pageBytes)
+    {
+        const uint64_t D = t_.headDim;
+        kind_[s] = kind;
+        if (kind == t_.dtype) {
+            kvGm_[s].SetGlobalBuffer((__gm__ T*)kv, numSlots * D);
+        } else if (kind == kDtFP8Record) {
+            poolGm_[s].SetGlobalBuffer((__gm__ uint8_t*)kv, static_cast<uint64_t>(numSlots / pageSize) * pageBytes);
+            pageSize_[s] = pageSize;
+            pageBytes_[s] = pageBytes;
+        } else {
+            poolGm_[s].SetGlobalBuffer((__gm__ uint8_t*)kv, numSlots * D * DtSize(kind));
+        }
+    }
+
     // V0: rows [32*sub, 32*sub + 32) of the next nb valid keys -> wsKv[buf] (+ wsVt[buf] for fp32).
     __aicore__ inline void GatherBlock(uint32_t seq, uint32_t nb)
     {
         using namespace AscendC;
         const uint32_t buf = seq % 2, D = t_.headDim, g = t_.gatherRows;
         const uint32_t lo = MinU(nb, sub_ * HALF_NB), hi = MinU(nb, lo + HALF_NB);
+        const bool converts = t_.hasCvt || t_.hasFp8;  // the vector unit may write gather tiles
         uint32_t stream = 0, slot = 0;
         for (uint32_t i = 0; i < lo; ++i) cursor_.Next(stream, slot);  // the other AIV's rows
         for (uint32_t r0 = lo; r0 < hi; r0 += g) {
@@ -167,12 +193,32 @@ private:
             LocalTensor<T> tile = gQue_.AllocTensor<T>();
             for (uint32_t r = 0; r < rows; ++r) {
                 cursor_.Next(stream, slot);
-                DataCopyPad(tile[r * D], kvGm_[stream][static_cast<uint64_t>(slot) * D],
-                            DataCopyExtParams(1, D * sizeof(T), 0, 0, 0), DataCopyPadExtParams<T>(false, 0, 0, T(0)));
+                rowStream_[r] = stream;
+                rowSlot_[r] = slot;
+            }
+            bool vWrote = false;
+            for (uint32_t r = 0; r < rows;) {  // runs of rows of one stream (stream 0's keys come first)
+                const uint32_t s = rowStream_[r];
+                uint32_t e = r + 1;
+                while (e < rows && rowStream_[e] == s) ++e;
+                if (kind_[s] == t_.dtype) {
+                    for (uint32_t i = r; i < e; ++i)
+                        DataCopyPad(tile[i * D], kvGm_[s][static_cast<uint64_t>(rowSlot_[i]) * D],
+                                    DataCopyExtParams(1, D * sizeof(T), 0, 0, 0),
+                                    DataCopyPadExtParams<T>(false, 0, 0, T(0)));
+                } else if (kind_[s] == kDtFP8Record) {
+                    DecodeRows(tile, s, r, e);
+                    vWrote = true;
+                } else {
+                    WidenRows(tile, s, r, e);
+                    vWrote = true;
+                }
+                r = e;
             }
             gQue_.EnQue(tile);
             tile = gQue_.DeQue<T>();  // orders the gather (MTE2) before V only: MTE3 waits explicitly
             longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe_);
+            if (vWrote) longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe_);
             DataCopy(wsKv_[buf][r0 * D], tile, rows * D);
             if constexpr (sizeof(T) == 4) {
                 LocalTensor<float> tt = tQue_.AllocTensor<float>();
@@ -184,10 +230,56 @@ private:
                 tQue_.FreeTensor(tt);
             }
             longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // the next gather into this buffer
+            if (converts) longattn_compat::PipeWait<HardEvent::MTE3_V>(pipe_);  // ... or conversion into it
             gQue_.FreeTensor(tile);
         }
         for (uint32_t i = hi; i < nb; ++i) cursor_.Next(stream, slot);
         CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagKv + buf));
+    }
+
+    // Tile rows [r, e) <- FP8 records of stream s, dequantised (fp32, exact), in chunks of cvtRows.
+    __aicore__ inline void DecodeRows(const AscendC::LocalTensor<T>& tile, uint32_t s, uint32_t r, uint32_t e)
+    {
+        using namespace AscendC;
+        const uint32_t D = t_.headDim;
+        for (uint32_t c = r; c < e; c += t_.cvtRows) {
+            const uint32_t n = MinU(t_.cvtRows, e - c);
+            LocalTensor<uint8_t> raw = fp8_.AllocRaw();
+            for (uint32_t i = 0; i < n; ++i)
+                fp8_.LoadRow(raw, i, poolGm_[s], rowSlot_[c + i], pageSize_[s], pageBytes_[s]);
+            raw = fp8_.Ready(raw);
+            if constexpr (sizeof(T) == 4) {
+                fp8_.Decode(raw, n, tile[c * D]);
+            } else {
+                LocalTensor<float> vals = fp8_.Scratch();
+                fp8_.Decode(raw, n, vals);
+                Cast(tile[c * D], vals, RoundMode::CAST_RINT, n * D);
+            }
+            fp8_.FreeRaw(raw);
+        }
+    }
+
+    // Tile rows [r, e) <- 16-bit rows of stream s widened to fp32 (exact), in chunks of cvtRows.
+    __aicore__ inline void WidenRows(const AscendC::LocalTensor<T>& tile, uint32_t s, uint32_t r, uint32_t e)
+    {
+        using namespace AscendC;
+        if constexpr (sizeof(T) == 4) {
+            const uint32_t D = t_.headDim, rowBytes = D * 2;
+            for (uint32_t c = r; c < e; c += t_.cvtRows) {
+                const uint32_t n = MinU(t_.cvtRows, e - c);
+                LocalTensor<uint8_t> in = cvtQue_.AllocTensor<uint8_t>();
+                for (uint32_t i = 0; i < n; ++i)
+                    DataCopyPad(in[i * rowBytes], poolGm_[s][static_cast<uint64_t>(rowSlot_[c + i]) * rowBytes],
+                                DataCopyExtParams(1, rowBytes, 0, 0, 0), DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
+                cvtQue_.EnQue(in);
+                in = cvtQue_.DeQue<uint8_t>();
+                if (kind_[s] == kDtBF16)
+                    Cast(tile[c * D], in.ReinterpretCast<bfloat16_t>(), RoundMode::CAST_NONE, n * D);
+                else
+                    Cast(tile[c * D], in.ReinterpretCast<half>(), RoundMode::CAST_NONE, n * D);
+                cvtQue_.FreeTensor(in);
+            }
+        }
     }
 
     // V1: online softmax of rows [row0, row0 + mh) of S for block `seq` (nb valid keys).
@@ -341,17 +433,21 @@ private:
     AscendC::TPipe pipe_;
     AscendC::TQue<AscendC::TPosition::VECIN, 1> sQue_, sinkQue_;
     AscendC::TQue<AscendC::TPosition::VECOUT, 1> pQue_, lseQue_, tQue_;
-    AscendC::TQue<AscendC::TPosition::VECIN, 2> oQue_, gQue_;
+    AscendC::TQue<AscendC::TPosition::VECIN, 2> oQue_, gQue_, cvtQue_;
     AscendC::TQue<AscendC::TPosition::VECOUT, 2> outQue_;
     AscendC::TBuf<AscendC::TPosition::VECCALC> accBuf_, colBuf_, maskBuf_, vecBuf_, brcbBuf_, offBuf_;
     AscendC::LocalTensor<float> acc_, col_, m_, mNew_, l_, alpha_, rowMax_, rowSum_, lse_, sinkV_, factor_, tmp_;
     AscendC::LocalTensor<float> mB_, alphaB_, factorB_;
     AscendC::LocalTensor<uint8_t> mask_;
     AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_[2], wsP_[2];
+    AscendC::GlobalTensor<uint8_t> poolGm_[2];  // pools not of the compute dtype, as bytes
+    Fp8Dequantizer fp8_;
     AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_[2], wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
     uint32_t sub_ = 0, core_ = 0;
+    uint32_t kind_[2] = {0, 0}, pageSize_[2] = {1, 1}, pageBytes_[2] = {0, 0};
+    uint32_t rowStream_[16], rowSlot_[16];  // the (stream, slot) of each row of a gather tile (<= 16 rows)
 };
 
 }  // namespace sa

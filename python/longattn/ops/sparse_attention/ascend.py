@@ -2,31 +2,49 @@
 and the kernel's arguments. Used by both the ``ascend_sim`` (emulator) and ``ascend`` (NPU) backends,
 which run the same kernel source; imports neither the extension nor torch_npu until a call runs.
 
+Pools: float tensors of any float dtype and ``Fp8KVPool`` (D = 512), in any mix over the two streams.
+The kernel computes in q's dtype when every pool converts into it exactly (the same dtype; FP8 records
+for bf16 queries), else in fp32 (q widened and out rounded once by the host: fp16 queries over FP8
+records, pools of another float dtype), so the keys it uses are always the reference's fp32 values.
+
 The limits mirror ascend_c/sparse_attention/op_host/sparse_attention_tiling.h (tests/ascend checks
-the mirror against the C++ tiling for every D and H).
+the mirror against the C++ tiling for every D, H and pool mix).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ...backends.ascend import kernel_of
+from ...cache import fp8
+from .. import pools
 
 SA_BLOCK_KEYS = 64
 SA_MAX_HEADS_PER_TASK = 64
 SA_OUT_ROWS = 4
+SA_CVT_ROWS = 4  # rows per conversion chunk of the gather (16-bit rows -> fp32, FP8 records)
 UB_BYTES = 192 * 1024 - 8 * 1024 - 256  # A2/A3 unified buffer, less the kernel's reserved bytes
 L1_BYTES, L0A_BYTES, L0C_BYTES = 512 * 1024, 64 * 1024, 128 * 1024
 _ELEM = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+FP8 = "fp8"  # the pool kind of an Fp8KVPool (float pools: their dtype)
+PoolKind = Union[torch.dtype, str]
+# DataTypeCode of the kernels (ascend_c/common/longattn_types.h)
+DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, FP8: 3}
 
 
 def _al(x: int, a: int) -> int:
     return -(-x // a) * a
 
 
-def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int) -> int:
+def fp8_dequant_ub_bytes(rows: int) -> int:
+    """UB of the vector-core FP8 dequantiser (ascend_c/common/fp8_dequant.h) for chunks of ``rows``:
+    raw records x2 (608 B each), split / value scratch, offsets and their permutation, the tables."""
+    return 2 * rows * (448 + 32 + 128) + rows * 512 * 4 + 32 + 2 * rows * 520 * 4 + 4096
+
+
+def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int, cvt: bool = False, fp8_pool: bool = False) -> int:
     mh8 = _al(max(mh, 1), 8)
     b = _al(mh * D * 4, 32) + _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(mh * SA_BLOCK_KEYS * sz, 32)
     b += _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(_al(mh * SA_BLOCK_KEYS, 256) // 8, 32)
@@ -34,6 +52,10 @@ def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int) -> int:
     b += 2 * _al(r * D * 4, 32) + 2 * _al(r * D * sz, 32) + 2 * _al(mh8 * 4, 32) + 2 * _al(g * D * sz, 32)
     if sz == 4:
         b += 2 * _al(D * g * 4, 32)
+    if cvt:
+        b += 2 * _al(SA_CVT_ROWS * D * 2, 32)
+    if fp8_pool:
+        b += fp8_dequant_ub_bytes(SA_CVT_ROWS)
     return b
 
 
@@ -42,18 +64,31 @@ def sa_l1_bytes(mp: int, D: int, sz: int) -> int:
     return b + (D * SA_BLOCK_KEYS * 4 if sz == 4 else 0)
 
 
-def sa_heads_per_task(H: int, D: int, dtype: torch.dtype) -> int:
-    """Heads per task of the sparse_attention tiling (0: no tiling fits this D)."""
+def compute_dtype(q_dtype: torch.dtype, kinds: Sequence[PoolKind]) -> torch.dtype:
+    """The dtype the kernel computes in (mirrors SparseAttentionComputeDtype): q's when every pool
+    converts into it exactly, else fp32."""
+    fits = all(k == q_dtype or (q_dtype == torch.bfloat16 and k == FP8) for k in kinds)
+    return q_dtype if fits else torch.float32
+
+
+def sa_heads_per_task(H: int, D: int, dtype: torch.dtype, kinds: Sequence[PoolKind] = ()) -> int:
+    """Heads per task of the sparse_attention tiling for q of ``dtype`` over pools of ``kinds``
+    (default: one pool of q's dtype); 0: no tiling fits this D."""
     if H <= 0 or D <= 0 or D % 64 or dtype not in _ELEM:
         return 0
-    sz = _ELEM[dtype]
+    dt = compute_dtype(dtype, kinds)
+    if any(k == FP8 for k in kinds) and D != fp8.HEAD_DIM:
+        return 0
+    cvt = any(k != dt and k in (torch.bfloat16, torch.float16) for k in kinds)
+    has_fp8 = any(k == FP8 for k in kinds)
+    sz = _ELEM[dt]
     k_tile = d_chunk = min(D, 128 if sz == 4 else 256)
     g = 8 if sz == 4 else 16
     mg = min(SA_MAX_HEADS_PER_TASK, H)
     while True:
         mp, mh = _al(mg, 16), -(-mg // 2)
         if (
-            sa_ub_bytes(mh, D, sz, g, SA_OUT_ROWS) <= UB_BYTES
+            sa_ub_bytes(mh, D, sz, g, SA_OUT_ROWS, cvt, has_fp8) <= UB_BYTES
             and sa_l1_bytes(mp, D, sz) <= L1_BYTES
             and 2 * mp * max(k_tile, SA_BLOCK_KEYS) * sz <= L0A_BYTES
             and 2 * mp * max(d_chunk, SA_BLOCK_KEYS) * 4 <= L0C_BYTES
@@ -64,35 +99,60 @@ def sa_heads_per_task(H: int, D: int, dtype: torch.dtype) -> int:
         mg = (mg - 1) // 16 * 16
 
 
-def _pool_problem(name: str, pool, dtype: torch.dtype) -> Optional[str]:
-    if not isinstance(pool, torch.Tensor):
-        return f"`{name}` is a {type(pool).__name__}: the kernel reads float tensor pools only (FP8 pools: not yet)"
-    if pool.dtype != dtype:
-        return f"`{name}` dtype {str(pool.dtype).replace('torch.', '')} differs from q's (the kernel takes one dtype)"
-    if pool.shape[0] >= 2**31:
-        return f"`{name}` has {pool.shape[0]} rows (int32 slots)"
-    return None
+def pool_kind(pool) -> Optional[PoolKind]:
+    """A pool's kind for the kernel: its dtype (float tensors), ``FP8`` (Fp8KVPool), None (other)."""
+    if isinstance(pool, torch.Tensor):
+        return pool.dtype
+    return FP8 if isinstance(pool, fp8.Fp8KVPool) else None
+
+
+def _pool_kind(name: str, pool, D: int) -> Tuple[Optional[PoolKind], Optional[str]]:
+    """(kind, None) of a pool the kernel reads, or (None, why not)."""
+    if isinstance(pool, torch.Tensor):
+        if pool.shape[0] >= 2**31:
+            return None, f"`{name}` has {pool.shape[0]} rows (int32 slots)"
+        return pool.dtype, None
+    if isinstance(pool, fp8.Fp8KVPool):
+        if D != fp8.HEAD_DIM:
+            return None, f"`{name}` is an FP8 pool of {fp8.HEAD_DIM}-dim records but q has D={D}"
+        if pool.num_slots >= 2**31:
+            return None, f"`{name}` has {pool.num_slots} FP8 slots (int32 slots)"
+        if pool.page_bytes >= 2**31:
+            return None, f"`{name}` has FP8 pages of {pool.page_bytes} bytes (int32 page sizes)"
+        return FP8, None
+    return None, f"`{name}` is a {type(pool).__name__}: the kernel reads float tensor pools and Fp8KVPool only"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def reasons(inp) -> List[str]:
-    out = []
+    out: List[str] = []
+    kinds: List[PoolKind] = []
     T, H, D = inp.q.shape
-    if D % 64:
-        out.append(f"head dim D={D} is not a multiple of 64 (64-column vector repeats and 32-B rows)")
-    elif sa_heads_per_task(H, D, inp.q.dtype) == 0:
-        out.append(f"head dim D={D} does not fit the on-chip buffers for {str(inp.q.dtype).replace('torch.', '')}")
     for name, pool in (("kv", inp.kv), ("extra_kv", inp.extra_kv)):
         if pool is not None:
-            problem = _pool_problem(name, pool, inp.q.dtype)
-            if problem:
-                out.append(problem)
+            kind, problem = _pool_kind(name, pool, D)
+            if kind is None:
+                out.append(problem or f"`{name}`: unsupported pool")
+            else:
+                kinds.append(kind)
+    if D % 64:
+        out.append(f"head dim D={D} is not a multiple of 64 (64-column vector repeats and 32-B rows)")
+    elif not out and sa_heads_per_task(H, D, inp.q.dtype, kinds) == 0:
+        dt = compute_dtype(inp.q.dtype, kinds)
+        how = "" if dt == inp.q.dtype else " (the kernel computes in fp32 for these pools)"
+        out.append(f"head dim D={D} does not fit the on-chip buffers for {_dtype_name(dt)}{how}")
     return out
 
 
 def run(backend: str, inp):
     """Run on the kernel build of ``backend`` ("ascend_sim": the emulator; "ascend": the NPU library)."""
+    kv, kv_page = pools.to_schema(inp.kv)
+    extra, extra_page = pools.to_schema(inp.extra_kv)
     out, lse = kernel_of(backend, "sparse_attention")(
-        inp.q, inp.kv, inp.indices, inp.topk_length, inp.extra_kv, inp.extra_indices, inp.extra_topk_length,
-        inp.attn_sink, float(inp.softmax_scale),
+        inp.q, kv, kv_page, inp.indices, inp.topk_length, extra, extra_page, inp.extra_indices,
+        inp.extra_topk_length, inp.attn_sink, float(inp.softmax_scale),
     )  # fmt: skip
     return out, lse

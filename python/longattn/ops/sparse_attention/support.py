@@ -2,7 +2,8 @@
 
 reference: every valid call. triton: head dims up to ``MAX_HEAD_DIM``; FP8 pools need e4m3 hardware
 on a GPU. ascend_sim / ascend: the tiling limits of ``ascend.py`` (D a multiple of 64 that fits the
-on-chip buffers, float pools of q's dtype, int32 slots).
+on-chip buffers of the compute dtype; float pools of any float dtype and FP8 pools (D = 512), in any
+mix; int32 slots).
 """
 
 from __future__ import annotations
