@@ -122,7 +122,6 @@ std::vector<at::Tensor> Indexer(at::Tensor q, at::Tensor weights, at::Tensor ind
                              logits_mode);
 }
 
-<<<<<<< HEAD
 std::tuple<at::Tensor, at::Tensor> MergeAttentionStates(at::Tensor out_a, at::Tensor lse_a, at::Tensor out_b,
                                                         at::Tensor lse_b, int64_t num_cores)
 {
@@ -155,13 +154,10 @@ pybind11::dict CombineTilingInfo(int64_t mode, int64_t rows, int64_t H, int64_t 
     return d;
 }
 
-pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t num_cores)
-=======
 // q of dtype_code over kv of kv_code (a DataTypeCode; 3: an FP8 pool) and a second stream of extra_code
 // (-1: none).
 pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t kv_code,
                                          int64_t extra_code, int64_t num_cores)
->>>>>>> ascend-fp8
 {
     const la::SparseAttentionTiling t =
         la::host::SparseAttentionTilingOf(T, H, D, dtype_code, kv_code, extra_code, Device(num_cores).cores);

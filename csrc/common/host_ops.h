@@ -438,7 +438,6 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
     return {indices, lengths};
 }
 
-<<<<<<< HEAD
 // ---- merge_attention_states / apply_attention_sink -----------------------------------------------------
 // Rows r = t * H + h of contiguous [T*H, D] outs; lse values widened to fp32 (exact) before the kernel.
 template <class Dev>
@@ -514,11 +513,8 @@ inline CombineTiling CombineTilingOf(int64_t mode, int64_t rows, int64_t H, int6
     return t;
 }
 
-// Tiling fields of a sparse_attention call (tests and README tables).
-=======
 // Tiling fields of a sparse_attention call (tests and README tables): q of dtype_code, kv of kv_code
 // (a DataTypeCode, kDtFP8Record for an FP8 pool), a second stream of extra_code (-1: none).
->>>>>>> ascend-fp8
 inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64_t D, int64_t dtype_code,
                                                      int64_t kv_code, int64_t extra_code, uint32_t cores)
 {

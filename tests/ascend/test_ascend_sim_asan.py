@@ -94,7 +94,6 @@ SUBSET = (
             "nan_",
             "mixed_dtypes",
             "fp8_records_of_special_entries",
-<<<<<<< HEAD
             # compress_pool: launch shapes of its kernel (test_ascend_sim_compress_pool.py) and the op tests
             "(test_pool_matches_oracle and float16 and not bfloat16)",
             "test_pool_odd_widths",
@@ -103,7 +102,6 @@ SUBSET = (
             "test_pool_ratio_one",
             "test_pool_strided_rows",
             "test_pool_no_entry",
-=======
             # FP8 pool reads of sparse_attention (the dequantiser's gathers, mixed gather tiles)
             "(test_fp8_pool and float32-7)",
             "(e4m3_decode_every_code and float32)",
@@ -111,19 +109,14 @@ SUBSET = (
             "(fp8_stream_mixes and fp8+None-torch.float32)",
             "(odd_pages_and_invalid_slots and 3])",
             "(float_pool_of_another_dtype and float16-torch.bfloat16)",
->>>>>>> ascend-fp8
         ]
     )
     + ")"
 )
 CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/ops/test_indexer.py",
-<<<<<<< HEAD
                "tests/ops/test_sparse_attention.py", "tests/ops/test_combine.py",
-               "tests/ascend/test_ascend_sim.py", "tests/ascend/test_ascend_sim_compress_pool.py"]  # fmt: skip
-=======
-               "tests/ops/test_sparse_attention.py", "tests/ascend/test_ascend_sim.py",
+               "tests/ascend/test_ascend_sim.py", "tests/ascend/test_ascend_sim_compress_pool.py",
                "tests/ascend/test_ascend_sim_fp8.py"]  # fmt: skip
->>>>>>> ascend-fp8
 
 
 def test_kernels_under_address_sanitizer(tmp_path):

@@ -60,7 +60,8 @@ def ai_cores(backend: str) -> int:
     try:
         import torch
 
-        props = torch.npu.get_device_properties(torch.npu.current_device())
+        npu = torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
+        props = npu.get_device_properties(npu.current_device())
         return int(getattr(props, "cube_core_num", 0)) or 24
     except Exception:  # noqa: BLE001 - any failure: the 910B2's count (only the split choice depends on it)
         return 24
