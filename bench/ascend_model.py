@@ -109,16 +109,22 @@ def totals(launch: dict) -> Dict[str, object]:
 # cases: V4 decode on the ascend_sim backend (bf16; random values: the counts depend on shapes only,
 # and on how many index entries are valid: all are here)
 # ---------------------------------------------------------------------------------------------------
-def sparse_case(T: int, H: int, window: int, comp: int, D: int = 512):
+def sparse_case(T: int, H: int, window: int, comp: int, D: int = 512, fp8: bool = False):
+    """bf16 q and window rows; the compressed stream bf16 or an FP8 pool (pages of 64 records)."""
+
     def run():
         import longattn
+        from longattn.cache import quantize_kv_fp8
 
         g = torch.Generator().manual_seed(0)
         q = torch.randn(T, H, D, generator=g).bfloat16()
         kv = torch.randn(T * window, D, generator=g).bfloat16()
-        pool = torch.randn(max(comp, 1) * 2, D, generator=g).bfloat16()
+        rows = -(-max(comp, 1) * 2 // 64) * 64
+        pool = torch.randn(rows, D, generator=g).bfloat16()
+        if fp8:
+            pool = quantize_kv_fp8(pool.view(rows // 64, 64, D))
         win = torch.arange(T * window, dtype=torch.int32).view(T, window)
-        idx = torch.stack([torch.randperm(pool.shape[0], generator=g)[:comp] for _ in range(T)]).int()
+        idx = torch.stack([torch.randperm(rows, generator=g)[:comp] for _ in range(T)]).int()
         longattn.sparse_attention(q, kv, win, extra_kv=pool, extra_indices=idx, attn_sink=torch.zeros(H),
                                   backend="ascend_sim")  # fmt: skip
 
@@ -177,10 +183,11 @@ def pool_case(S: int, ratio: int, overlap: bool, d: int = 512):
     return run
 
 
-def sparse_work(T: int, H: int, keys: int, D: int) -> Dict[str, int]:
-    """Useful MACs (Q.K^T and P.V over the valid keys) and the op's tensor bytes (bf16 q, key rows,
-    out; int32 indices; fp32 lse)."""
-    return {"macs": 2 * T * H * keys * D, "bytes": 2 * (2 * T * H * D + T * keys * D) + 4 * (T * keys + T * H)}
+def sparse_work(T: int, H: int, keys: int, D: int, fp8_keys: int = 0) -> Dict[str, int]:
+    """Useful MACs (Q.K^T and P.V over the valid keys) and the op's tensor bytes (bf16 q, key rows (584-B
+    records for the last ``fp8_keys`` of each token), out; int32 indices; fp32 lse)."""
+    rows = T * ((keys - fp8_keys) * 2 * D + fp8_keys * 584)
+    return {"macs": 2 * T * H * keys * D, "bytes": 2 * 2 * T * H * D + rows + 4 * (T * keys + T * H)}
 
 
 def indexer_work(T: int, N: int, Hi: int, Di: int, topk: int) -> Dict[str, int]:
@@ -206,6 +213,9 @@ def cases(batches: List[int], smoke: bool) -> List[Tuple[str, Callable[[], None]
                 keys = 128 + comp
                 out.append((f"sparse_attention decode {preset} {kind} H={H} {keys} keys T={T}",
                             sparse_case(T, H, 128, comp), sparse_work(T, H, keys, 512)))  # fmt: skip
+    for T in batches:  # the FP8 pool V4 deploys (584-B records, dequantised in the gather)
+        out.append((f"sparse_attention decode V4-Flash CSA H=64 640 keys T={T} FP8 compressed pool",
+                    sparse_case(T, 64, 128, 512, fp8=True), sparse_work(T, 64, 640, 512, fp8_keys=512)))  # fmt: skip
     out.append(("indexer_topk decode N=262144 T=1", indexer_case(1, 262144), indexer_work(1, 262144, 64, 128, 512)))
     B = max(batches)
     out.append((f"append_kv T={B} D=512", append_case(B), {"bytes": 2 * B * 512 * 2 + 8 * B}))
