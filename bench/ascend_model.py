@@ -214,8 +214,11 @@ def cases(batches: List[int], smoke: bool) -> List[Tuple[str, Callable[[], None]
                 out.append((f"sparse_attention decode {preset} {kind} H={H} {keys} keys T={T}",
                             sparse_case(T, H, 128, comp), sparse_work(T, H, keys, 512)))  # fmt: skip
     for T in batches:  # the FP8 pool V4 deploys (584-B records, dequantised in the gather)
-        out.append((f"sparse_attention decode V4-Flash CSA H=64 640 keys T={T} FP8 compressed pool",
-                    sparse_case(T, 64, 128, 512, fp8=True), sparse_work(T, 64, 640, 512, fp8_keys=512)))  # fmt: skip
+        for kind, comp in (("CSA", 512), ("HCA", 8192)):
+            keys = 128 + comp
+            work = sparse_work(T, 64, keys, 512, fp8_keys=comp)
+            name = f"sparse_attention decode V4-Flash {kind} H=64 {keys} keys T={T} FP8 compressed pool"
+            out.append((name, sparse_case(T, 64, 128, comp, fp8=True), work))
     out.append(("indexer_topk decode N=262144 T=1", indexer_case(1, 262144), indexer_work(1, 262144, 64, 128, 512)))
     B = max(batches)
     out.append((f"append_kv T={B} D=512", append_case(B), {"bytes": 2 * B * 512 * 2 + 8 * B}))
