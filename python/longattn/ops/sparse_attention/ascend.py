@@ -149,10 +149,77 @@ def reasons(inp) -> List[str]:
 
 def run(backend: str, inp):
     """Run on the kernel build of ``backend`` ("ascend_sim": the emulator; "ascend": the NPU library)."""
+    S = split_count(inp, _ai_cores(backend))
+    if S > 1:
+        return _split_kv(backend, inp, S)
+    return _launch(backend, inp.q, inp, inp.indices, inp.topk_length, inp.extra_indices, inp.extra_topk_length,
+                   inp.attn_sink)  # fmt: skip
+
+
+def _launch(backend: str, q, inp, indices, topk_length, extra_indices, extra_topk_length, attn_sink):
     kv, kv_page = pools.to_schema(inp.kv)
     extra, extra_page = pools.to_schema(inp.extra_kv)
-    out, lse = kernel_of(backend, "sparse_attention")(
-        inp.q, kv, kv_page, inp.indices, inp.topk_length, extra, extra_page, inp.extra_indices,
-        inp.extra_topk_length, inp.attn_sink, float(inp.softmax_scale),
+    return kernel_of(backend, "sparse_attention")(
+        q, kv, kv_page, indices, topk_length, extra, extra_page, extra_indices, extra_topk_length, attn_sink,
+        float(inp.softmax_scale),
     )  # fmt: skip
-    return out, lse
+
+
+# Split-KV for small batches: a task is (token, head group), so a decode step with few tokens uses few of
+# the chip's AI cores (T = 1, H = 64: 1 of 24). Each token's index rows are then cut into S column chunks,
+# every (token, chunk) runs as a token of its own without the sink, in fp32 (q widened: the kernel then
+# writes fp32 partial outputs, so the merge rounds once, at the end), and the S partial states are merged
+# by the merge kernel (ascend_c/combine: a tree of log2 S launches), the sink applied once by the sink
+# kernel, the output rounded to q's dtype. Shapes alone decide (no host sync).
+SPLIT_MIN_KEYS = 1024  # keys per chunk at least: a chunk's fp32 partial [H, D] must be worth its keys
+
+
+def _ai_cores(backend: str) -> int:
+    from ..indexer.ascend import ai_cores
+
+    return ai_cores(backend)
+
+
+def split_count(inp, cores: int) -> int:
+    """Key chunks per token for ``sparse_attention`` (1: no split)."""
+    T, H, D = inp.q.shape
+    kinds = [pool_kind(p) for p in (inp.kv, inp.extra_kv) if p is not None]
+    mg = sa_heads_per_task(H, D, torch.float32, [k for k in kinds if k is not None])
+    if T == 0 or mg == 0:
+        return 1
+    tasks = T * -(-H // mg)
+    K = inp.indices.shape[1] + (inp.extra_indices.shape[1] if inp.extra_indices is not None else 0)
+    return max(1, min(cores // tasks, K // SPLIT_MIN_KEYS))
+
+
+def _chunks(idx: torch.Tensor, length: Optional[torch.Tensor], S: int):
+    """Index rows [T, K] -> [T * S, c] column chunks (-1 padded) and their lengths (None: all positions)."""
+    T, K = idx.shape
+    c = max(1, -(-K // S))
+    rows = torch.nn.functional.pad(idx, (0, S * c - K), value=-1).reshape(T * S, c)
+    if length is None:
+        return rows, None
+    starts = torch.arange(S, device=idx.device) * c
+    return rows, (length.long()[:, None] - starts[None, :]).clamp(0, c).reshape(T * S)
+
+
+def _split_kv(backend: str, inp, S: int):
+    merge, sink = kernel_of(backend, "merge_attention_states"), kernel_of(backend, "apply_attention_sink")
+    T, H, D = inp.q.shape
+    q = inp.q.float().repeat_interleave(S, 0)
+    idx, length = _chunks(inp.indices, inp.topk_length, S)
+    eidx = elen = None
+    if inp.extra_indices is not None:
+        eidx, elen = _chunks(inp.extra_indices, inp.extra_topk_length, S)
+    out, lse = _launch(backend, q, inp, idx, length, eidx, elen, None)  # [T * S, H, D] fp32, [T * S, H]
+    out, lse = out.view(T, S, H, D), lse.view(T, S, H)
+    while out.shape[1] > 1:  # merge pairs (an odd last state passes through)
+        n = out.shape[1] // 2
+        a, b = out[:, :n].reshape(T * n, H, D), out[:, n : 2 * n].reshape(T * n, H, D)
+        m_out, m_lse = merge(a, lse[:, :n].reshape(T * n, H), b, lse[:, n : 2 * n].reshape(T * n, H))
+        out = torch.cat([m_out.view(T, n, H, D), out[:, 2 * n :]], dim=1)
+        lse = torch.cat([m_lse.view(T, n, H), lse[:, 2 * n :]], dim=1)
+    out, lse = out[:, 0], lse[:, 0]
+    if inp.attn_sink is not None:
+        out = sink(out, lse, inp.attn_sink)
+    return out.to(inp.q.dtype), lse
