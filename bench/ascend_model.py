@@ -242,15 +242,21 @@ def main(argv=None) -> int:
     os.environ["LONGATTN_ASCEND_SIM_CORES"] = str(a.cores)
     chip = dict(CHIP, ai_cores=a.cores)
     rows = []
+    peak = chip["ai_cores"] * chip["cube_macs_per_cycle_bf16"] * chip["clock_hz"]
     for name, run, useful in cases(a.batch, a.smoke):
         launches, wall = counted(run)
+        case_us = 0.0
         for i, launch in enumerate(launches):
             m = model(launch, useful.get("bytes", 0) if i == 0 else 0, chip)
+            case_us += m["model_us"]
             row = {"case": name, "launch": i, "emulator_wall_s": round(wall, 2), **totals(launch), "model": m}
-            if useful.get("macs") and i == 0:
-                peak = chip["ai_cores"] * chip["cube_macs_per_cycle_bf16"] * chip["clock_hz"]
-                row["model"]["useful_macs_fraction_of_peak"] = useful["macs"] / (m["model_us"] * 1e-6 * peak)
             rows.append(row)
+        # the case: its launches back to back (launch gaps not modelled)
+        summary = {"case_model_us": case_us, "launches": len(launches)}
+        if useful.get("macs"):
+            summary["useful_macs_fraction_of_peak"] = useful["macs"] / (case_us * 1e-6 * peak)
+        for row in rows[len(rows) - len(launches) :]:
+            row["case_total"] = summary
             print(f"{name} [{i}] {launch['kind']} x{launch['block_dim']}: model {m['model_us']:.2f} us "
                   f"({m['bound']}: cube {m['cube_us']:.2f}, vector {m['vector_us']:.2f}, hbm {m['hbm_us']:.2f}); "
                   f"ops {row['ops']}; GM {m['gm_bytes'] / 1e6:.2f} MB", flush=True)  # fmt: skip

@@ -81,4 +81,4 @@ def test_model_smoke_run(tmp_path):
     assert len(cases) == 3
     for r in data["results"]:
         assert r["model"]["model_us"] > 0 and r["model"]["bound"] in ("cube", "vector", "hbm"), r
-        assert sum(r["ops"].values()) > 0
+        assert sum(r["ops"].values()) > 0 and r["case_total"]["case_model_us"] >= r["model"]["model_us"]
