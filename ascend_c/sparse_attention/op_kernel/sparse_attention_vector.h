@@ -3,7 +3,8 @@
 // Per block of 64 valid keys:
 //   V0  gather: each AIV takes 32 of the block's key rows (invalid indices are skipped by the cursor
 //       and never dereferenced), in tiles of gatherRows rows, each tile split into runs of rows of
-//       one stream: rows of the compute dtype by one DataCopyPad each, straight into the tile; 16-bit
+//       one stream: rows of the compute dtype by one DataCopyPad per run of consecutive slots, straight
+//       into the tile; 16-bit
 //       rows for an fp32 computation through a VECIN chunk and a Cast; FP8 records (3 DataCopyPads:
 //       nope bytes, rope bytes, scale bytes) through the dequantiser (../../common/fp8_dequant.h),
 //       exact fp32 rows, Cast to bf16 for a bf16 computation. The tile goes to wsKv[buf] (fp32: also
@@ -202,10 +203,14 @@ private:
                 uint32_t e = r + 1;
                 while (e < rows && rowStream_[e] == s) ++e;
                 if (kind_[s] == t_.dtype) {
-                    for (uint32_t i = r; i < e; ++i)
+                    for (uint32_t i = r; i < e;) {  // one DMA per run of consecutive slots (a window's keys)
+                        uint32_t j = i + 1;
+                        while (j < e && rowSlot_[j] == rowSlot_[j - 1] + 1) ++j;
                         DataCopyPad(tile[i * D], kvGm_[s][static_cast<uint64_t>(rowSlot_[i]) * D],
-                                    DataCopyExtParams(1, D * sizeof(T), 0, 0, 0),
+                                    DataCopyExtParams(1, (j - i) * D * sizeof(T), 0, 0, 0),
                                     DataCopyPadExtParams<T>(false, 0, 0, T(0)));
+                        i = j;
+                    }
                 } else if (kind_[s] == kDtFP8Record) {
                     DecodeRows(tile, s, r, e);
                     vWrote = true;
