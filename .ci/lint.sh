@@ -15,6 +15,7 @@ RUFF_VERSION=0.17.6
 CLANG_FORMAT_VERSION=23.1.5
 MYPY_VERSION=2.4.1
 TOOLS="${LINT_TOOLS_DIR:-.ci-cache/lint-tools}"
+case "$TOOLS" in /*) ;; *) TOOLS="$PWD/$TOOLS" ;; esac  # absolute: PYTHONPATH entries below
 STAMP="$TOOLS/.installed-ruff-$RUFF_VERSION-clang-format-$CLANG_FORMAT_VERSION-mypy-$MYPY_VERSION"
 if [ ! -f "$STAMP" ]; then
   rm -rf "$TOOLS"
@@ -49,7 +50,7 @@ if [ ${#CXX_FILES[@]} -gt 0 ]; then
 fi
 
 echo "== mypy (type hints of the package)"
-PYTHONPATH="$PWD/$TOOLS/mypy:$PWD/python${PYTHONPATH:+:$PYTHONPATH}" python3 -m mypy || failed+=("mypy")
+PYTHONPATH="$TOOLS/mypy:$PWD/python${PYTHONPATH:+:$PYTHONPATH}" python3 -m mypy || failed+=("mypy")
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "lint: FAILED: ${failed[*]}" >&2
