@@ -78,6 +78,21 @@ def kernel(name: str):
     return getattr(ops(), name)
 
 
+def ai_cores(backend: str) -> int:
+    """AI cores of the device ``backend`` runs on ("ascend_sim": the emulated cores; "ascend": the NPU's,
+    from torch_npu's device properties, else a 910B2's 24): what the ops' small-batch split choices use."""
+    if backend == "ascend_sim":
+        from . import ascend_sim
+
+        return ascend_sim.num_cores()
+    try:
+        npu = torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
+        props = npu.get_device_properties(npu.current_device())
+        return int(getattr(props, "cube_core_num", 0)) or 24
+    except Exception:  # noqa: BLE001 - any failure: the 910B2's count (only the split choice depends on it)
+        return 24
+
+
 def kernel_of(backend: str, name: str):
     """Entry point ``name`` of the Ascend C kernels in the build that ``backend`` runs ("ascend": the NPU
     library; "ascend_sim": the emulator extension). Both take the same arguments."""

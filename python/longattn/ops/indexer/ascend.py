@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import List
 
-from ...backends.ascend import kernel_of
+from ...backends.ascend import ai_cores, kernel_of
 from ..sparse_attention.ascend import _ELEM, L1_BYTES, _al
 
 MAX_TOPK, MAX_HEADS, MAX_ENTRIES = 1024, 128, 0x00FFFFFF
@@ -49,22 +49,6 @@ def _indexer(backend: str, inp, topk: int, logits_only: bool):
 #      are laid out by id, and lengths = min(K, usable entries) as before.
 # Only shapes decide the split (no host sync): S = min(cores // T, entries // SPLIT_MIN_ENTRIES).
 SPLIT_MIN_ENTRIES = 4096  # a chunk rescored as K candidates should hold many more than K entries
-
-
-def ai_cores(backend: str) -> int:
-    """AI cores of the device ``backend`` runs on (emulated cores for ascend_sim)."""
-    if backend == "ascend_sim":
-        from ...backends import ascend_sim
-
-        return ascend_sim.num_cores()
-    try:
-        import torch
-
-        npu = torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
-        props = npu.get_device_properties(npu.current_device())
-        return int(getattr(props, "cube_core_num", 0)) or 24
-    except Exception:  # noqa: BLE001 - any failure: the 910B2's count (only the split choice depends on it)
-        return 24
 
 
 def split_count(inp, cores: int) -> int:

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ...backends.ascend import kernel_of
+from ...backends.ascend import ai_cores, kernel_of
 from ...cache import fp8
 from .. import pools
 
@@ -149,7 +149,7 @@ def reasons(inp) -> List[str]:
 
 def run(backend: str, inp):
     """Run on the kernel build of ``backend`` ("ascend_sim": the emulator; "ascend": the NPU library)."""
-    S = split_count(inp, _ai_cores(backend))
+    S = split_count(inp, ai_cores(backend))
     if S > 1:
         return _split_kv(backend, inp, S)
     return _launch(backend, inp.q, inp, inp.indices, inp.topk_length, inp.extra_indices, inp.extra_topk_length,
@@ -172,12 +172,6 @@ def _launch(backend: str, q, inp, indices, topk_length, extra_indices, extra_top
 # by the merge kernel (ascend_c/combine: a tree of log2 S launches), the sink applied once by the sink
 # kernel, the output rounded to q's dtype. Shapes alone decide (no host sync).
 SPLIT_MIN_KEYS = 1024  # keys per chunk at least: a chunk's fp32 partial [H, D] must be worth its keys
-
-
-def _ai_cores(backend: str) -> int:
-    from ..indexer.ascend import ai_cores
-
-    return ai_cores(backend)
 
 
 def split_count(inp, cores: int) -> int:
