@@ -84,7 +84,13 @@ def ai_cores(backend: str) -> int:
     if backend == "ascend_sim":
         from . import ascend_sim
 
-        return ascend_sim.num_cores()
+        return ascend_sim.num_cores()  # read per call: the environment may change it
+    return _npu_ai_cores()
+
+
+@functools.cache
+def _npu_ai_cores() -> int:
+    """The NPU's AI cores, asked once (every decode step's split choice reads it)."""
     try:
         npu = torch.npu  # type: ignore[attr-defined]  # registered by torch_npu
         props = npu.get_device_properties(npu.current_device())
