@@ -43,6 +43,7 @@ Limits (each raises a clear error rather than computing something else):
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import types
 from typing import List, Optional
@@ -52,11 +53,9 @@ from transformers.cache_utils import Cache
 
 from ..nn import DeepseekV4Attention, PagedKVCache
 
-_LayerBase: type
-try:  # transformers >= 4.56
-    from transformers.cache_utils import CacheLayerMixin as _LayerBase
-except ImportError:  # pragma: no cover
-    _LayerBase = object
+# transformers >= 4.56 has a per-layer cache base class; older releases have none (looked up by name, so
+# that mypy sees one definition whether or not transformers is installed)
+_LayerBase: type = getattr(importlib.import_module("transformers.cache_utils"), "CacheLayerMixin", object)
 
 __all__ = ["swap_attention", "LongattnCache", "longattn_modules"]
 
