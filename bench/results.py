@@ -16,6 +16,7 @@ import sys
 from typing import Dict, List, Optional
 
 import torch
+from longattn.backends import cpu_threads
 
 from .device import accel, cpu_model, device_name, total_memory_bytes
 
@@ -227,6 +228,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         "cpu_model": cpu_model(),
         "cpu_count": int(ncpu),
         "torch_threads": int(torch.get_num_threads()),
+        "cpu_threads_policy": os.environ.get(cpu_threads.ENV_VAR) or "auto",
         "memory_bytes": total_memory_bytes(),
         "device": str(device),
         "device_name": device_name(device),

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import longattn
 import torch
-from longattn.backends import registry
+from longattn.backends import cpu_threads, registry
 from longattn.ops.op import ops_of_backend
 
 from . import ceilings as ceil_mod
@@ -242,6 +242,7 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
         else:
             busy, waited = other_cpu_cores(cfg.probe_s), 0.0
         rec["other_cpu_cores_before"] = busy
+        contended0 = cpu_threads.MONITOR.contended_windows
         rec["idle_wait_s"] = waited
         if busy is not None and busy >= 0.5:
             log(f"    note: other processes keep {busy:.1f} cores busy: this case's timings are disturbed")
@@ -323,6 +324,7 @@ def run_case(case: Case, cfg: RunConfig, ceil: Dict[str, object], flusher, log=p
     rec["load_avg_after"] = _load()
     if cfg.device.type == "cpu":
         rec["other_cpu_cores_after"] = other_cpu_cores(cfg.probe_s)
+        rec["reference_contended_windows"] = cpu_threads.MONITOR.contended_windows - contended0
     del problem
     gc.collect()
     return rec

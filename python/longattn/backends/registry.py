@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .base import Backend, Impl
+from .cpu_threads import shared_cpu
 
 ENV_VAR = "LONGATTN_BACKEND"
 FALLBACK = "reference"
@@ -131,7 +132,10 @@ def select(
         if not why:
             if declined and declined[0][0] in impls:
                 _warn_fallback(op, name, declined[0])
-            return Selection(name, impls[name].function())
+            fn = impls[name].function()
+            if name == FALLBACK and device.type == "cpu":  # a shared CPU: see cpu_threads
+                fn = shared_cpu(fn)
+            return Selection(name, fn)
         declined.append((name, why))
     raise BackendError(_explain(op, impls, device, inputs, order, forced))
 
