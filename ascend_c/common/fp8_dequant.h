@@ -95,20 +95,29 @@ public:
 
     __aicore__ inline AscendC::LocalTensor<uint8_t> AllocRaw() { return rawQue_.AllocTensor<uint8_t>(); }
 
-    // DMA (MTE2) of record `slot` of a paged pool (pageSize records, pageBytes bytes per page) into row i.
-    __aicore__ inline void LoadRow(const AscendC::LocalTensor<uint8_t>& raw, uint32_t i,
-                                   const AscendC::GlobalTensor<uint8_t>& pool, uint32_t slot, uint32_t pageSize,
-                                   uint32_t pageBytes)
+    // DMAs (MTE2) of the n records at slots slot, slot + 1, ..., slot + n - 1 of one page of a paged pool
+    // (pageSize records, pageBytes bytes per page; the caller keeps the run inside the page) into rows
+    // i .. i + n - 1 of a chunk: one DataCopyPad of n blocks per record part. GM side: the page's data
+    // rows are 576 B apart (nope bytes at +0, rope bytes at +448: srcStride = the row's other bytes), its
+    // 8-B scale rows follow each other (srcStride 0); UB side: each block lands at a 32-B multiple
+    // (ceil32(blockLen), dstStride 0), so the nope rows are 448 B apart, the rope rows 128 B and the scale
+    // bytes each in its own 32-B slot (the rest of a slot: the DMA's dummy bytes, never decoded).
+    __aicore__ inline void LoadRecords(const AscendC::LocalTensor<uint8_t>& raw, uint32_t i,
+                                       const AscendC::GlobalTensor<uint8_t>& pool, uint32_t slot, uint32_t n,
+                                       uint32_t pageSize, uint32_t pageBytes)
     {
         using namespace AscendC;
         const uint64_t page = slot / pageSize, off = slot % pageSize;
         const uint64_t rec = page * pageBytes + off * kFp8DataBytes;
         const uint64_t scl = page * pageBytes + static_cast<uint64_t>(pageSize) * kFp8DataBytes + off * kFp8ScaleBytes;
+        const uint16_t cnt = static_cast<uint16_t>(n);
         const DataCopyPadExtParams<uint8_t> noPad(false, 0, 0, 0);
-        DataCopyPad(raw[i * kFp8NopeDim], pool[rec], DataCopyExtParams(1, kFp8NopeDim, 0, 0, 0), noPad);
+        DataCopyPad(raw[i * kFp8NopeDim], pool[rec],
+                    DataCopyExtParams(cnt, kFp8NopeDim, kFp8DataBytes - kFp8NopeDim, 0, 0), noPad);
         DataCopyPad(raw[rows_ * (kFp8NopeDim + 32) + i * 2 * kFp8RopeDim], pool[rec + kFp8NopeDim],
-                    DataCopyExtParams(1, 2 * kFp8RopeDim, 0, 0, 0), noPad);
-        DataCopyPad(raw[rows_ * kFp8NopeDim + i * 32], pool[scl], DataCopyExtParams(1, kFp8ScaleBytes, 0, 0, 0), noPad);
+                    DataCopyExtParams(cnt, 2 * kFp8RopeDim, kFp8NopeDim, 0, 0), noPad);
+        DataCopyPad(raw[rows_ * kFp8NopeDim + i * 32], pool[scl], DataCopyExtParams(cnt, kFp8ScaleBytes, 0, 0, 0),
+                    noPad);
     }
 
     // The loaded rows, ordered for the vector unit (MTE2 -> V).

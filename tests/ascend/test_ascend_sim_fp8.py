@@ -283,3 +283,55 @@ def test_fp8_tilings_with_the_fullest_ub(dtype, H, mix):
     args = _args(q, kv, idx, extra, eidx, sink=torch.randn(H, generator=g))
     out, lse = longattn.sparse_attention(**args, backend=SIM)
     check_sparse(out, lse, args, f"{dtype} H={H} {mix}", SIM)
+
+
+# (q dtype, stream 0, stream 1): "fp8" or a float pool dtype
+RUN_MIXES = [
+    (torch.bfloat16, "fp8", torch.bfloat16),  # V4: FP8 compressed pool, bf16 window rows
+    (torch.float32, "fp8", torch.bfloat16),  # fp32 computation: both streams converted
+    (torch.float16, "fp8", torch.float16),  # fp16 q over FP8: fp32 computation, both streams converted
+    (torch.float32, torch.bfloat16, "fp8"),  # widened 16-bit rows first
+    (torch.float16, torch.bfloat16, torch.float32),  # 16-bit rows of another dtype, no FP8
+    (torch.bfloat16, "fp8", "fp8"),
+]
+
+
+@pytest.mark.parametrize("mix", RUN_MIXES, ids=lambda m: "-".join(str(k).replace("torch.", "") for k in m))
+def test_gather_runs_of_converted_rows(mix):
+    """The gather's converted rows (FP8 records, 16-bit rows under an fp32 computation) loaded one DMA per
+    run of consecutive slots: runs breaking inside decode chunks, at page ends (pages of 1, 3, 5, 13, 64
+    records), at the pool's last slot, at invalid entries, repeated and descending slots, rows of both
+    streams in one gather tile, a length cutting a run (tests/helpers/gather_runs.py). Against the
+    oracle, and bit for bit the same kernel over the pools' exact rows in the compute dtype (read without
+    conversion, one DMA per run straight into the tile)."""
+    from longattn.ops.sparse_attention import ascend as sa_ascend
+
+    from tests.helpers.gather_runs import broken_runs
+
+    q_dtype, kind0, kind1 = mix
+    compute = sa_ascend.compute_dtype(q_dtype, [kind0, kind1])
+    g = torch.Generator().manual_seed(3)
+    for page in (1, 3, 5, 13, 64):
+
+        def pool(kind, page):
+            if kind == "fp8":
+                return _fp8(g, -(-150 // page), page)
+            return torch.randn(150, 512, generator=g).to(kind)
+
+        kv, extra = pool(kind0, page), pool(kind1, 7)
+        sizes = [p.shape[0] if isinstance(p, torch.Tensor) else p.num_slots for p in (kv, extra)]
+        idx = torch.stack([broken_runs(sizes[0], page, seed=t) for t in range(2)]).int()
+        eidx = torch.stack([broken_runs(sizes[1], 7, seed=10 + t)[:40] for t in range(2)]).int()
+        lengths = torch.tensor([idx.shape[1], idx.shape[1] - 13], dtype=torch.int32)
+        q = torch.randn(2, 5, 512, generator=g).to(q_dtype)
+        args = _args(q, kv, idx, extra, eidx, lengths, None, torch.randn(5, generator=g), 0.05)
+        out, lse = longattn.sparse_attention(**args, backend=SIM)
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+        check_sparse(out, lse, args, f"{mix} page {page}", SIM)
+        exact = {
+            k: (dequantize_kv_fp8(p).reshape(-1, 512) if isinstance(p, Fp8KVPool) else p).to(compute)
+            for k, p in (("kv", kv), ("extra_kv", extra))
+        }
+        assert all(p.dtype == compute for p in exact.values())
+        out2, lse2 = longattn.sparse_attention(**{**args, **exact}, backend=SIM)
+        assert torch.equal(out, out2) and torch.equal(lse, lse2), f"{mix} page {page}"

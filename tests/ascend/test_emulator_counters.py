@@ -106,3 +106,126 @@ def test_gather_one_dma_per_run_of_consecutive_slots(dtype):
         (w,) = launches(lambda rows=rows: longattn.sparse_attention(q[:1], kv, rows.int(), backend="ascend_sim"))
         mte2[name] = total(w, "ops", "MTE2")
     assert mte2["runs"] < mte2["shuffled"] - 60, mte2
+
+
+def _aiv_mte2(fn) -> int:
+    """MTE2 operations (DMAs) of the AIVs over the launches of ``fn``."""
+    return sum(c["ops"]["MTE2"] for w in launches(fn) for c in w["cores"] if not c["aic"])
+
+
+def _tiling(q_dtype, pools, T):
+    """The kernel's tiling for q_dtype over ``pools`` (one or two streams) and T tokens."""
+    from longattn.ops.sparse_attention import ascend as sa_ascend
+
+    code = sa_ascend.DTYPE_CODE
+    codes = [code[p.dtype] if isinstance(p, torch.Tensor) else code[sa_ascend.FP8] for p in pools]
+    D = pools[0].shape[1] if isinstance(pools[0], torch.Tensor) else 512
+    t = ascend_sim.extension().sparse_attention_tiling(
+        T, 3, D, code[q_dtype], codes[0], codes[1] if len(codes) > 1 else -1, ascend_sim.num_cores()
+    )
+    compute = next(dt for dt, c in code.items() if isinstance(dt, torch.dtype) and c == t["dtype"])
+    return t, t.get("block_keys", sa_ascend.SA_BLOCK_KEYS), compute
+
+
+def _exact(pool, dtype):
+    """A pool's exact rows in ``dtype`` (the compute dtype: read without conversion by the gather)."""
+    from longattn.cache import Fp8KVPool, dequantize_kv_fp8
+
+    return (dequantize_kv_fp8(pool).reshape(-1, 512) if isinstance(pool, Fp8KVPool) else pool).to(dtype)
+
+
+def _gather_dmas_measured(q, pools, rows):
+    """The gather's DMAs of the launch over index ``rows`` (one per stream) and ``pools``, measured twice
+    against launches with the same valid keys per stream and token (so the same non-gather operations:
+    logits, P.V partials; one head group: H = 3) whose gather the model gives: the launch's AIV MTE2
+    operations minus the baseline's, plus the baseline's DMAs, minus the difference in conversion chunks
+    (one MTE2 EnQue each; tests/helpers/gather_runs.py). Baselines: the rows reversed (runs broken), and
+    the same rows over the pools' exact rows in the compute dtype (the unconverted path). Returns
+    (measured vs reversed rows, measured vs unconverted pools, the model's DMAs)."""
+    from tests.helpers.gather_runs import launch_gather_dmas
+
+    def mte2(pools, idx):
+        extra = dict(extra_kv=pools[1], extra_indices=idx[1].int()) if len(pools) > 1 else {}
+        return _aiv_mte2(lambda: longattn.sparse_attention(q, pools[0], idx[0].int(), **extra, backend="ascend_sim"))
+
+    t, block_keys, compute = _tiling(q.dtype, pools, q.shape[0])
+    assert t["head_groups"] == 1
+    got = mte2(pools, rows)
+    dmas, chunks = launch_gather_dmas(rows, pools, t, block_keys, compute)
+    measured = []
+    for base_pools, base_rows in ((pools, [r.flip(1) for r in rows]), ([_exact(p, compute) for p in pools], rows)):
+        base_dmas, base_chunks = launch_gather_dmas(base_rows, base_pools, t, block_keys, compute)
+        measured.append(got - mte2(base_pools, base_rows) + base_dmas - (chunks - base_chunks))
+    return measured[0], measured[1], dmas
+
+
+@pytest.mark.parametrize(
+    "q_dtype,pool",
+    [(torch.float32, "bf16"), (torch.float32, "fp16"), (torch.bfloat16, "fp8"), (torch.float32, "fp8"),
+     (torch.float16, "fp8")],
+    ids=str,
+)  # fmt: skip
+def test_gather_one_dma_per_run_of_converted_slots(q_dtype, pool):
+    """128 consecutive slots of a pool the gather converts (16-bit rows under an fp32 computation, FP8
+    records in pages of 64): one DMA per decode chunk of 4 rows (all consecutive) for 16-bit rows, 32
+    instead of 128; three per chunk for FP8 records (nope, rope and scale bytes), 96 instead of 384. The
+    same keys in descending order take one DMA (three) per row. Starting at slot 62, two chunks cross a
+    page end: one more run (three DMAs) each (FP8 only)."""
+    from longattn.cache import quantize_kv_fp8
+
+    g = torch.Generator().manual_seed(1)
+    if pool == "fp8":
+        kv, per_row = quantize_kv_fp8(torch.randn(3, 64, 512, generator=g)), 3
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[pool]
+        kv, per_row = torch.randn(200, 128, generator=g).to(dtype), 1
+    D = 512 if pool == "fp8" else 128
+    q = torch.randn(1, 3, D, generator=g).to(q_dtype)
+    for start in (0, 62):
+        idx = torch.arange(start, start + 128).view(1, 128)
+        # from slot 62, pages start at slots 64 and 128, inside the chunks [62, 66) and [126, 130)
+        crossings = 2 if (pool == "fp8" and start == 62) else 0
+        want = per_row * (128 // 4 + crossings)
+        assert _gather_dmas_measured(q, [kv], [idx]) == (want, want, want), start
+        assert _gather_dmas_measured(q, [kv], [idx.flip(1)])[1:] == (per_row * 128,) * 2, start
+
+
+MIXES = [
+    (torch.bfloat16, "fp8", torch.bfloat16),  # V4: FP8 compressed pool, bf16 window rows (not converted)
+    (torch.float32, "fp8", torch.bfloat16),  # split-KV partials: fp32, both streams converted
+    (torch.float16, "fp8", torch.float16),  # fp16 q: fp32 computation, both streams converted
+    (torch.float32, torch.bfloat16, "fp8"),  # 16-bit rows first, FP8 second
+    (torch.float16, torch.bfloat16, torch.float32),  # 16-bit rows of another dtype, no FP8
+    (torch.bfloat16, "fp8", "fp8"),  # both FP8, pages of different sizes
+]
+
+
+@pytest.mark.parametrize("mix", MIXES, ids=lambda m: "-".join(str(k).replace("torch.", "") for k in m))
+def test_gather_dma_count_of_broken_runs(mix):
+    """Runs of consecutive slots that break inside decode chunks, at page ends (pages of 1, 3, 5, 13, 64
+    records), at the pool's last slot, at invalid entries, repeated and descending slots, with rows of
+    both streams in one gather tile (90-152 and about 35 valid keys per stream and token, two or three
+    key blocks): the gather's MTE2 DMA count is the one derived from the run structure
+    (tests/helpers/gather_runs.py)."""
+    from longattn.cache import quantize_kv_fp8
+
+    from tests.helpers.gather_runs import broken_runs
+
+    q_dtype, kind0, kind1 = mix
+    g = torch.Generator().manual_seed(2)
+    for page in (1, 3, 5, 13, 64):
+
+        def pool(kind, page):
+            if kind == "fp8":
+                return quantize_kv_fp8(torch.randn(-(-150 // page), page, 512, generator=g))
+            return torch.randn(150, 512, generator=g).to(kind)
+
+        pools = [pool(kind0, page), pool(kind1, 7)]
+        sizes = [p.shape[0] if isinstance(p, torch.Tensor) else p.num_slots for p in pools]
+        rows = [
+            torch.stack([broken_runs(sizes[0], page, seed=t) for t in range(2)]),
+            torch.stack([broken_runs(sizes[1], 7, seed=10 + t)[:40] for t in range(2)]),
+        ]
+        q = torch.randn(2, 3, 512, generator=g).to(q_dtype)
+        vs_flipped, vs_exact, model = _gather_dmas_measured(q, pools, rows)
+        assert vs_flipped == vs_exact == model, (page, vs_flipped, vs_exact, model)

@@ -4,11 +4,12 @@
 //   V0  gather: each AIV takes 32 of the block's key rows (invalid indices are skipped by the cursor
 //       and never dereferenced), in tiles of gatherRows rows, each tile split into runs of rows of
 //       one stream: rows of the compute dtype by one DataCopyPad per run of consecutive slots, straight
-//       into the tile; 16-bit
-//       rows for an fp32 computation through a VECIN chunk and a Cast; FP8 records (3 DataCopyPads:
-//       nope bytes, rope bytes, scale bytes) through the dequantiser (../../common/fp8_dequant.h),
-//       exact fp32 rows, Cast to bf16 for a bf16 computation. The tile goes to wsKv[buf] (fp32: also
-//       V^T to wsVt[buf] via an in-UB Gather transpose); CrossCoreSetFlag KV.
+//       into the tile; 16-bit rows for an fp32 computation through a VECIN chunk (one DataCopyPad per
+//       run of consecutive slots inside the chunk) and a Cast; FP8 records (3 DataCopyPads per run of
+//       consecutive slots inside the chunk and one page: nope bytes, rope bytes, scale bytes) through the
+//       dequantiser (../../common/fp8_dequant.h), exact fp32 rows, Cast to bf16 for a bf16 computation.
+//       The tile goes to wsKv[buf] (fp32: also V^T to wsVt[buf] via an in-UB Gather transpose);
+//       CrossCoreSetFlag KV.
 //       The gather of block b+1 is issued before the softmax of block b (prefetch).
 //   V1  online softmax of its query-head rows of S (FlashAttention-2): scale, padding keys -> -inf,
 //       row max (WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new), p = exp(s - m_new)
@@ -242,6 +243,16 @@ private:
         CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagKv + buf));
     }
 
+    // End of the run of consecutive slots starting at tile row i, at most row e: rows i, i + 1, ... while
+    // each slot is its predecessor + 1 (a repeated or descending slot ends a run) and, for a paged FP8 pool
+    // (pageSize > 0), does not start a new page (records of two pages are not adjacent in GM).
+    __aicore__ inline uint32_t RunEnd(uint32_t i, uint32_t e, uint32_t pageSize) const
+    {
+        uint32_t j = i + 1;
+        while (j < e && rowSlot_[j] == rowSlot_[j - 1] + 1 && (pageSize == 0 || rowSlot_[j] % pageSize != 0)) ++j;
+        return j;
+    }
+
     // Tile rows [r, e) <- FP8 records of stream s, dequantised (fp32, exact), in chunks of cvtRows.
     __aicore__ inline void DecodeRows(const AscendC::LocalTensor<T>& tile, uint32_t s, uint32_t r, uint32_t e)
     {
@@ -250,8 +261,11 @@ private:
         for (uint32_t c = r; c < e; c += t_.cvtRows) {
             const uint32_t n = MinU(t_.cvtRows, e - c);
             LocalTensor<uint8_t> raw = fp8_.AllocRaw();
-            for (uint32_t i = 0; i < n; ++i)
-                fp8_.LoadRow(raw, i, poolGm_[s], rowSlot_[c + i], pageSize_[s], pageBytes_[s]);
+            for (uint32_t i = c; i < c + n;) {  // one DMA per record part and run of slots within a page
+                const uint32_t j = RunEnd(i, c + n, pageSize_[s]);
+                fp8_.LoadRecords(raw, i - c, poolGm_[s], rowSlot_[i], j - i, pageSize_[s], pageBytes_[s]);
+                i = j;
+            }
             raw = fp8_.Ready(raw);
             if constexpr (sizeof(T) == 4) {
                 fp8_.Decode(raw, n, tile[c * D]);
@@ -273,9 +287,13 @@ private:
             for (uint32_t c = r; c < e; c += t_.cvtRows) {
                 const uint32_t n = MinU(t_.cvtRows, e - c);
                 LocalTensor<uint8_t> in = cvtQue_.AllocTensor<uint8_t>();
-                for (uint32_t i = 0; i < n; ++i)
-                    DataCopyPad(in[i * rowBytes], poolGm_[s][static_cast<uint64_t>(rowSlot_[c + i]) * rowBytes],
-                                DataCopyExtParams(1, rowBytes, 0, 0, 0), DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
+                for (uint32_t i = c; i < c + n;) {  // one DMA per run of consecutive slots: rows adjacent in GM and UB
+                    const uint32_t j = RunEnd(i, c + n, 0);
+                    DataCopyPad(in[(i - c) * rowBytes], poolGm_[s][static_cast<uint64_t>(rowSlot_[i]) * rowBytes],
+                                DataCopyExtParams(static_cast<uint16_t>(j - i), rowBytes, 0, 0, 0),
+                                DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
+                    i = j;
+                }
                 cvtQue_.EnQue(in);
                 in = cvtQue_.DeQue<uint8_t>();
                 if (kind_[s] == kDtBF16)
