@@ -25,6 +25,7 @@
 #include "aclrtlaunch_compress_pool.h"
 #include "aclrtlaunch_indexer_topk.h"
 #include "aclrtlaunch_merge_attention_states.h"
+#include "aclrtlaunch_merge_partial_states.h"
 #include "aclrtlaunch_sparse_attention.h"
 #include "csrc/common/host_ops.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
@@ -154,6 +155,17 @@ struct NpuDevice {
         });
     }
 
+    void MergePartialStates(const la::MergePartialsArgs& a, const la::MergePartialsTiling& t)
+    {
+        void* tp = Tiling(t);
+        aclrtStream s = stream;
+        Launch("longattn_merge_partial_states", [=] {
+            return ACLRT_LAUNCH_KERNEL(merge_partial_states)(t.blockDim, s, const_cast<float*>(a.partOut),
+                                                             const_cast<float*>(a.partLse), const_cast<float*>(a.sinks),
+                                                             a.out, a.lse, nullptr, tp);
+        });
+    }
+
     at::TensorOptions opts;
     aclrtStream stream;
     uint32_t aiCores = 1;
@@ -218,6 +230,14 @@ at::Tensor RawApplyAttentionSink(const at::Tensor& out, const at::Tensor& lse, c
     return la::host::ApplyAttentionSink(dev, out, lse, attn_sink);
 }
 
+// partial_out [T, S, H, D] fp32, partial_lse [T, S, H], attn_sink [H] or None, out_dtype: a DataTypeCode.
+std::tuple<at::Tensor, at::Tensor> RawMergePartialStates(const at::Tensor& partial_out, const at::Tensor& partial_lse,
+                                                         const c10::optional<at::Tensor>& attn_sink, int64_t out_dtype)
+{
+    NpuDevice dev(partial_out);
+    return la::host::MergePartialStates(dev, partial_out, partial_lse, attn_sink, out_dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(longattn_ascend, m)
@@ -237,6 +257,9 @@ TORCH_LIBRARY(longattn_ascend, m)
         "Tensor? seq_ids, bool return_slots, bool logits_mode) -> Tensor[]");
     m.def("merge_attention_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)");
     m.def("apply_attention_sink(Tensor out, Tensor lse, Tensor attn_sink) -> Tensor");
+    m.def(
+        "merge_partial_states(Tensor partial_out, Tensor partial_lse, Tensor? attn_sink, int out_dtype) -> (Tensor, "
+        "Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)
@@ -248,4 +271,5 @@ TORCH_LIBRARY_IMPL(longattn_ascend, PrivateUse1, m)
     m.impl("indexer", TORCH_FN(RawIndexer));
     m.impl("merge_attention_states", TORCH_FN(RawMergeAttentionStates));
     m.impl("apply_attention_sink", TORCH_FN(RawApplyAttentionSink));
+    m.impl("merge_partial_states", TORCH_FN(RawMergePartialStates));
 }

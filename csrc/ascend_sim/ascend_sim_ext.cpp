@@ -58,6 +58,11 @@ struct EmuDevice {
         pybind11::gil_scoped_release nogil;
         la::LaunchApplyAttentionSink(a, t);
     }
+    void MergePartialStates(const la::MergePartialsArgs& a, const la::MergePartialsTiling& t)
+    {
+        pybind11::gil_scoped_release nogil;
+        la::LaunchMergePartialStates(a, t);
+    }
 };
 
 EmuDevice Device(int64_t num_cores)
@@ -135,6 +140,33 @@ at::Tensor ApplyAttentionSink(at::Tensor out, at::Tensor lse, at::Tensor attn_si
     CheckCpu({&out, &lse, &attn_sink});
     EmuDevice dev = Device(num_cores);
     return la::host::ApplyAttentionSink(dev, out, lse, attn_sink);
+}
+
+// partial_out [T, S, H, D] fp32, partial_lse [T, S, H], attn_sink [H] or None, out_dtype: a DataTypeCode.
+std::tuple<at::Tensor, at::Tensor> MergePartialStates(at::Tensor partial_out, at::Tensor partial_lse,
+                                                      c10::optional<at::Tensor> attn_sink, int64_t out_dtype,
+                                                      int64_t num_cores)
+{
+    CheckCpu({&partial_out, &partial_lse});
+    if (attn_sink.has_value()) CheckCpu({&*attn_sink});
+    EmuDevice dev = Device(num_cores);
+    return la::host::MergePartialStates(dev, partial_out, partial_lse, attn_sink, out_dtype);
+}
+
+pybind11::dict MergePartialsTilingInfo(int64_t rows, int64_t H, int64_t S, int64_t D, int64_t dtype_code, bool has_sink,
+                                       int64_t num_cores)
+{
+    const la::MergePartialsTiling t =
+        la::host::MergePartialsTilingOf(rows, H, S, D, dtype_code, has_sink, Device(num_cores).VectorCores());
+    pybind11::dict d;
+    d["block_dim"] = t.blockDim;
+    d["rows_per_core"] = t.rowsPerCore;
+    d["batch_rows"] = t.batchRows;
+    d["chunk_rows"] = t.chunkRows;
+    d["col_tile"] = t.colTile;
+    d["ub_bytes"] = t.ubBytes;
+    d["max_partials"] = la::kMergePartialsMaxS;
+    return d;
 }
 
 // mode: 0 merge, 1 sink; rows = T * H.
@@ -241,6 +273,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("merge_attention_states", &MergeAttentionStates, "merge_attention_states -> (out, lse)");
     m.def("apply_attention_sink", &ApplyAttentionSink, "apply_attention_sink -> out");
     m.def("combine_tiling", &CombineTilingInfo, "tiling fields of a merge (mode 0) / sink (mode 1) call");
+    m.def("merge_partial_states", &MergePartialStates, "merge_partial_states -> (out, lse)");
+    m.def("merge_partials_tiling", &MergePartialsTilingInfo, "tiling fields of a merge_partial_states call");
     m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
     m.def("compress_pool_tiling", &CompressPoolTilingInfo, "tiling fields of a compress_pool call");
     m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");

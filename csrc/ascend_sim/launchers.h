@@ -49,4 +49,6 @@ void LaunchMergeAttentionStates(const MergeArgs& a, const CombineTiling& t);
 
 void LaunchApplyAttentionSink(const SinkArgs& a, const CombineTiling& t);
 
+void LaunchMergePartialStates(const MergePartialsArgs& a, const MergePartialsTiling& t);
+
 }  // namespace longattn_ascend

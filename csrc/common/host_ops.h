@@ -17,6 +17,7 @@
 //       IndexerTopk(const IndexerTopkArgs&, const IndexerTopkTiling&);
 //       void MergeAttentionStates(const MergeArgs&, const CombineTiling&);
 //       void ApplyAttentionSink(const SinkArgs&, const CombineTiling&);
+//       void MergePartialStates(const MergePartialsArgs&, const MergePartialsTiling&);
 //   };
 #pragma once
 
@@ -501,6 +502,79 @@ at::Tensor ApplyAttentionSink(Dev& dev, const at::Tensor& out, const at::Tensor&
     a.result = res.data_ptr();
     dev.ApplyAttentionSink(a, t);
     return res;
+}
+
+// merge_partial_states: the S-way merge of split-KV partial states [T, S, H, D] (fp32, as the split
+// attention launch writes them: partial s of token t is that launch's token t * S + s) and their lse
+// [T, S, H] (any float dtype, widened exactly), the optional sink folded in, the out written in the dtype
+// of DataTypeCode out_dtype (rounded once); lse [T, H] fp32. One launch for any S in 1..kMergePartialsMaxS.
+template <class Dev>
+std::tuple<at::Tensor, at::Tensor> MergePartialStates(Dev& dev, const at::Tensor& partial_out,
+                                                      const at::Tensor& partial_lse,
+                                                      const c10::optional<at::Tensor>& attn_sink, int64_t out_dtype)
+{
+    TORCH_CHECK(partial_out.dim() == 4, "merge_partial_states: partial_out must be [T, S, H, D], got shape ",
+                partial_out.sizes());
+    TORCH_CHECK(partial_out.scalar_type() == at::kFloat, "merge_partial_states: partial_out must be float32, got ",
+                partial_out.scalar_type());
+    const int64_t T = partial_out.size(0), S = partial_out.size(1), H = partial_out.size(2), D = partial_out.size(3);
+    TORCH_CHECK(partial_lse.dim() == 3 && partial_lse.size(0) == T && partial_lse.size(1) == S &&
+                    partial_lse.size(2) == H,
+                "merge_partial_states: partial_lse must be [T, S, H] = [", T, ", ", S, ", ", H, "], got shape ",
+                partial_lse.sizes());
+    TORCH_CHECK(at::isFloatingType(partial_lse.scalar_type()),
+                "merge_partial_states: partial_lse must be a float tensor, got ", partial_lse.scalar_type());
+    TORCH_CHECK(S >= 1 && S <= static_cast<int64_t>(kMergePartialsMaxS), "merge_partial_states: S = ", S,
+                " partials per row (partial_out.size(1)); the kernel merges 1 to ", kMergePartialsMaxS);
+    at::ScalarType dtype = at::kFloat;
+    switch (out_dtype) {
+        case kDtF32: dtype = at::kFloat; break;
+        case kDtBF16: dtype = at::kBFloat16; break;
+        case kDtF16: dtype = at::kHalf; break;
+        default:
+            TORCH_CHECK(false, "merge_partial_states: out_dtype must be a DataTypeCode 0 (float32), 1 (bfloat16) or ",
+                        "2 (float16), got ", out_dtype);
+    }
+    at::Tensor sink;
+    if (attn_sink.has_value()) {
+        TORCH_CHECK(attn_sink->dim() == 1 && attn_sink->size(0) == H, "merge_partial_states: attn_sink must be [H] = [",
+                    H, "], got shape ", attn_sink->sizes());
+        TORCH_CHECK(at::isFloatingType(attn_sink->scalar_type()),
+                    "merge_partial_states: attn_sink must be a float tensor, got ", attn_sink->scalar_type());
+        sink = attn_sink->to(at::kFloat).contiguous();
+    }
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    at::Tensor out = at::full({T, H, D}, nan, partial_out.options().dtype(dtype));
+    at::Tensor lse = at::full({T, H}, nan, partial_out.options().dtype(at::kFloat));
+    if (T * H == 0) return {out, lse};
+    U32(T * S * H * D, "merge_partial_states: partial_out numel");
+    U32(T * S * H, "merge_partial_states: partial_lse numel");
+    MergePartialsTiling t;
+    const uint32_t blockDim =
+        MergePartialsTilingCompute(t, U32(T * H, "T*H"), U32(H, "H"), U32(S, "S"), U32(D, "D"),
+                                   static_cast<uint32_t>(out_dtype), sink.defined(), dev.VectorCores());
+    TORCH_CHECK(blockDim > 0, "merge_partial_states: no tiling for S=", S, " D=", D);
+    at::Tensor po = partial_out.contiguous();
+    at::Tensor pl = partial_lse.to(at::kFloat).contiguous();
+    float* never = lse.data_ptr<float>();  // stands in for the empty tensors of D = 0 / no sink (never read)
+    MergePartialsArgs a{};
+    a.partOut = D ? po.data_ptr<float>() : never;
+    a.partLse = pl.data_ptr<float>();
+    a.sinks = sink.defined() ? sink.data_ptr<float>() : never;
+    a.out = D ? out.data_ptr() : static_cast<void*>(never);
+    a.lse = lse.data_ptr<float>();
+    dev.MergePartialStates(a, t);
+    return {out, lse};
+}
+
+// Tiling fields of a merge_partial_states call (tests and README tables).
+inline MergePartialsTiling MergePartialsTilingOf(int64_t rows, int64_t H, int64_t S, int64_t D, int64_t dtype_code,
+                                                 bool has_sink, uint32_t vectorCores)
+{
+    MergePartialsTiling t;
+    MergePartialsTilingCompute(t, U32(rows, "rows"), U32(H, "H"), U32(S, "S"), U32(D, "D"),
+                               static_cast<uint32_t>(dtype_code), has_sink, vectorCores);
+    return t;
 }
 
 // Tiling fields of a combine call (tests and README tables).

@@ -7,8 +7,8 @@ A second build of the emulator extension (``LONGATTN_ASCEND_SIM_ASAN=1``: ``-O1
 * a subset of the op x backend tests (tests/ops) that touches every kernel and every code path with
   irregular sizes (every dtype pair of append_kv, FP8 records, partial blocks, invalid indices and
   pages, bf16 / fp16 compress_kv and compress_pool, ties, paged indexer, merge / sink over row, chunk
-  and column-tile edges), every special-value test (NaN / inf / -0.0 / subnormal inputs of every kernel,
-  compress_kv positions past 2**31, near 2**63 and negative), and
+  and column-tile edges, the S-way merge of split-KV partials), every special-value test (NaN / inf /
+  -0.0 / subnormal inputs of every kernel, compress_kv positions past 2**31, near 2**63 and negative), and
 * test_ascend_sim.py's runs on 3 emulated cores, and test_ascend_sim_compress_pool.py's launch shapes
   (odd widths, split channel tiles, chunks straddling the block halves, strided rows).
 
@@ -85,6 +85,10 @@ SUBSET = (
             "(combine_row_split and -3])",
             "combine_one_empty_side",
             "combine_lse_and_sink",
+            # merge_partial_states: row splits on 4 vector cores, S = 1 / 7 / 64 over column tiles, the
+            # non-finite row classes (matched by "nonfinite" below), T = 0 / D = 0, single partials
+            "(merge_partials and (row_splits_over_the_vector_cores and 2] or empty_shapes or single_partial))",
+            "(merge_partials and matches_the_float64 and mixed and (1-64 or 7-1025 or 64-64) and float32)",
             # the special values of every kernel
             "fp8_special",
             "fp8_nonfinite",
@@ -116,7 +120,7 @@ SUBSET = (
 CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/ops/test_indexer.py",
                "tests/ops/test_sparse_attention.py", "tests/ops/test_combine.py",
                "tests/ascend/test_ascend_sim.py", "tests/ascend/test_ascend_sim_compress_pool.py",
-               "tests/ascend/test_ascend_sim_fp8.py"]  # fmt: skip
+               "tests/ascend/test_ascend_sim_fp8.py", "tests/ascend/test_ascend_sim_merge_partials.py"]  # fmt: skip
 
 
 def test_kernels_under_address_sanitizer(tmp_path):

@@ -120,8 +120,8 @@ def extension():
 
 def kernel(name: str):
     """The emulator build's entry point ``name`` (``append_kv``, ``sparse_attention``, ``compress_kv``,
-    ``compress_pool``, ``indexer``, ``merge_attention_states``, ``apply_attention_sink``), taking the NPU
-    build's arguments (the AI-core count is added here)."""
+    ``compress_pool``, ``indexer``, ``merge_attention_states``, ``apply_attention_sink``,
+    ``merge_partial_states``), taking the NPU build's arguments (the AI-core count is added here)."""
     fn, cores = getattr(extension(), name), num_cores()
     return lambda *args: fn(*args, cores)
 

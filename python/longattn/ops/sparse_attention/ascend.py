@@ -20,6 +20,7 @@ import torch
 from ...backends.ascend import ai_cores, kernel_of
 from ...cache import fp8
 from .. import pools
+from ..combine import ascend as combine_ascend
 
 SA_BLOCK_KEYS = 64
 SA_MAX_HEADS_PER_TASK = 64
@@ -168,9 +169,9 @@ def _launch(backend: str, q, inp, indices, topk_length, extra_indices, extra_top
 # Split-KV for small batches: a task is (token, head group), so a decode step with few tokens uses few of
 # the chip's AI cores (T = 1, H = 64: 1 of 24). Each token's index rows are then cut into S column chunks,
 # every (token, chunk) runs as a token of its own without the sink, in fp32 (q widened: the kernel then
-# writes fp32 partial outputs, so the merge rounds once, at the end), and the S partial states are merged
-# by the merge kernel (ascend_c/combine: a tree of log2 S launches), the sink applied once by the sink
-# kernel, the output rounded to q's dtype. Shapes alone decide (no host sync).
+# writes fp32 partial outputs [T * S, H, D], i.e. [T, S, H, D]), and one launch of the merge_partial_states
+# kernel (ascend_c/combine) merges the S partial states of every row, applies the sink and rounds to q's
+# dtype once. S is at most that kernel's MAX_PARTIALS (64). Shapes alone decide (no host sync).
 SPLIT_MIN_KEYS = 1024  # keys per chunk at least: a chunk's fp32 partial [H, D] must be worth its keys
 
 
@@ -183,7 +184,7 @@ def split_count(inp, cores: int) -> int:
         return 1
     tasks = T * -(-H // mg)
     K = inp.indices.shape[1] + (inp.extra_indices.shape[1] if inp.extra_indices is not None else 0)
-    return max(1, min(cores // tasks, K // SPLIT_MIN_KEYS))
+    return max(1, min(cores // tasks, K // SPLIT_MIN_KEYS, combine_ascend.MAX_PARTIALS))
 
 
 def _chunks(idx: torch.Tensor, length: Optional[torch.Tensor], S: int):
@@ -198,7 +199,6 @@ def _chunks(idx: torch.Tensor, length: Optional[torch.Tensor], S: int):
 
 
 def _split_kv(backend: str, inp, S: int):
-    merge, sink = kernel_of(backend, "merge_attention_states"), kernel_of(backend, "apply_attention_sink")
     T, H, D = inp.q.shape
     q = inp.q.float().repeat_interleave(S, 0)
     idx, length = _chunks(inp.indices, inp.topk_length, S)
@@ -206,14 +206,6 @@ def _split_kv(backend: str, inp, S: int):
     if inp.extra_indices is not None:
         eidx, elen = _chunks(inp.extra_indices, inp.extra_topk_length, S)
     out, lse = _launch(backend, q, inp, idx, length, eidx, elen, None)  # [T * S, H, D] fp32, [T * S, H]
-    out, lse = out.view(T, S, H, D), lse.view(T, S, H)
-    while out.shape[1] > 1:  # merge pairs (an odd last state passes through)
-        n = out.shape[1] // 2
-        a, b = out[:, :n].reshape(T * n, H, D), out[:, n : 2 * n].reshape(T * n, H, D)
-        m_out, m_lse = merge(a, lse[:, :n].reshape(T * n, H), b, lse[:, n : 2 * n].reshape(T * n, H))
-        out = torch.cat([m_out.view(T, n, H, D), out[:, 2 * n :]], dim=1)
-        lse = torch.cat([m_lse.view(T, n, H), lse[:, 2 * n :]], dim=1)
-    out, lse = out[:, 0], lse[:, 0]
-    if inp.attn_sink is not None:
-        out = sink(out, lse, inp.attn_sink)
-    return out.to(inp.q.dtype), lse
+    return combine_ascend.run_merge_partials(
+        backend, out.view(T, S, H, D), lse.view(T, S, H), inp.attn_sink, inp.q.dtype
+    )
