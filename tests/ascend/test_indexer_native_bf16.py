@@ -218,3 +218,18 @@ def test_other_mixed_pairs_still_widened():
     assert_same(longattn.indexer_topk(q, w, k, ve, 9, backend=SIM), oracle.indexer_topk(q, w, k, ve, 9), "fp16 keys")
     qb, kf = q.bfloat16(), k.float()
     assert_same(longattn.indexer_topk(qb, w, kf, ve, 9, backend=SIM), oracle.indexer_topk(qb, w, kf, ve, 9), "fp32")
+
+
+def test_v4_shape_fp32_q_over_bf16_pool():
+    """The V4 indexer shape (64 heads x 128, top-512 of 2048 paged entries) with fp32 q over a bf16 pool:
+    three q pieces in L1 next to the key tiles; q of 10 significant bits, scores exact (below 2^23)."""
+    T, Hi, Di, page, max_pages = 2, 64, 128, 64, 32
+    g = torch.Generator().manual_seed(11)
+    q = torch.randint(-(2**9), 2**9 + 1, (T, Hi, Di), generator=g).float()
+    w = torch.randint(-2, 3, (T, Hi), generator=g).float()
+    pool = torch.randint(-1, 2, (max_pages + 1, page, Di), generator=g).to(torch.bfloat16)
+    bt = torch.randperm(max_pages + 1, generator=g)[:max_pages].view(1, max_pages).int()
+    kw = dict(block_table=bt, seq_ids=torch.zeros(T, dtype=torch.int32), return_slots=True)
+    ve = torch.tensor([2048, 1500], dtype=torch.int32)
+    want = oracle.indexer_topk(q, w, pool, ve, 512, **kw)
+    assert_same(longattn.indexer_topk(q, w, pool, ve, 512, backend=SIM, **kw), want, "v4 fp32 q, bf16 pool")
