@@ -266,6 +266,19 @@ inline void Mmad(const LocalTensor<Tc>& dst, const LocalTensor<Ta>& fm, const Lo
         }
 }
 
+// ---- scalar data-cache maintenance with CANN's template parameters (page *DataCacheCleanAndInvalid*) ------
+// GM is coherent in the emulator, so this is a no-op (README "Blind spots"); it exists so that kernels can
+// write the call the device needs before a scalar GetValue of GM that another pipe or core wrote (the
+// indexer's Fixpipe ReLU probe). The int-parameter placeholder in emu_datacopy.h stays for old callers.
+enum class CacheLine : uint64_t { SINGLE_CACHE_LINE = 0, ENTIRE_DATA_CACHE };
+enum class DcciDst : uint64_t { CACHELINE_ALL = 0, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMIC };
+template <typename T, CacheLine entireType, DcciDst dcciDst>
+inline void DataCacheCleanAndInvalid(const GlobalTensor<T>& dst, LAEMU_LOC)
+{
+    longattn_emu::detail::BeginOp(PIPE_S, "DataCacheCleanAndInvalid", LAEMU_HERE);
+    (void)dst;
+}
+
 // ---- Fixpipe L0C (NZ) -> GM (ND), PIPE_FIX ---------------------------------------------------------------
 // For matrix nd, row i < mSize, column j < nSize:
 //   GM[nd*dstNdStride + i*dstStride + j] = cvt(relu?(L0C[nd*srcNdStride*256 + (j/16)*srcStride*16 + i*16 + j%16]))
@@ -309,6 +322,9 @@ inline void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const
         Fatal(loc, "Fixpipe: dstStride = %u elements per GM row is smaller than nSize = %u", p.dstStride, p.nSize);
     std::vector<T> row(p.nSize);
     const auto s8 = src.template ReinterpretCast<uint8_t>();
+    // ReLU on the fly: finite values and infinities as max(x, 0); a NaN as the emulated hardware
+    // behaviour says (LONGATTN_EMU_FIXPIPE_RELU_NAN, emu_runtime.h: undocumented on the device).
+    const FixpipeReluNan reluNan = p.reluEn ? FixpipeReluNanMode() : FixpipeReluNan::Keep;
     for (uint32_t nd = 0; nd < p.ndNum; ++nd)
         for (uint32_t i = 0; i < p.mSize; ++i) {
             for (uint32_t j = 0; j < p.nSize; ++j) {
@@ -318,7 +334,14 @@ inline void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const
                 const uint8_t* ps = LocalSpan(s8, e * 4, 4, "Fixpipe L0C source", loc);
                 TrackLocal(src.emu_mem, src.emu_off + static_cast<uint32_t>(e * 4), 4, false);
                 U v = LoadAs<U>(ps);
-                if (p.reluEn && v < U(0)) v = U(0);
+                if (p.reluEn) {
+                    if (v < U(0)) v = U(0);
+                    if constexpr (std::is_same<U, float>::value) {
+                        if (v != v &&
+                            (reluNan == FixpipeReluNan::Zero || (reluNan == FixpipeReluNan::Sign && std::signbit(v))))
+                            v = 0.0f;
+                    }
+                }
                 if constexpr (std::is_same<T, half>::value)
                     row[j] = FloatToHalf(static_cast<float>(v), RoundMode::CAST_RINT);
                 else if constexpr (std::is_same<T, bfloat16_t>::value)

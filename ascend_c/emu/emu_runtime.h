@@ -15,6 +15,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -127,6 +128,22 @@ inline bool HazardEnabledAtRuntime()
 #else
     return false;
 #endif
+}
+
+// How the emulated Fixpipe ReLU (FixpipeParamsV220::reluEn) treats a NaN in L0C: undocumented, so the
+// emulator can play any of three hardware behaviours, chosen per call by LONGATTN_EMU_FIXPIPE_RELU_NAN:
+//   "keep" (default; also unset / empty): relu(x) = x < 0 ? 0 : x, a NaN of either sign passes through;
+//   "zero": every NaN becomes +0 (relu(x) = x > 0 ? x : 0);
+//   "sign": a sign-bit ReLU, anything with the sign bit set becomes +0 (-NaN -> 0, +NaN kept).
+// Kernels must not depend on it (ascend_c/indexer_topk probes it once per launch). Any other value aborts.
+enum class FixpipeReluNan : uint8_t { Keep = 0, Zero, Sign };
+inline FixpipeReluNan FixpipeReluNanMode()
+{
+    const char* s = std::getenv("LONGATTN_EMU_FIXPIPE_RELU_NAN");
+    if (!s || !*s || std::strcmp(s, "keep") == 0) return FixpipeReluNan::Keep;
+    if (std::strcmp(s, "zero") == 0) return FixpipeReluNan::Zero;
+    if (std::strcmp(s, "sign") == 0) return FixpipeReluNan::Sign;
+    Fatal(Loc{nullptr, 0}, "LONGATTN_EMU_FIXPIPE_RELU_NAN = \"%s\": expected keep, zero or sign", s);
 }
 
 // ---- physical local memories -------------------------------------------------------------------

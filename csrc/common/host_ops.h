@@ -380,12 +380,21 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
                                 const c10::optional<at::Tensor>& block_table, const c10::optional<at::Tensor>& seq_ids,
                                 bool return_slots, bool logits_mode)
 {
-    TORCH_CHECK(q.dim() == 3, "indexer: q must be [T, Hi, Di]");
-    const int64_t T = q.size(0), Hi = q.size(1), Di = q.size(2);
+    // q is [T, Hi, Di], or [P, T, Hi, Di]: P = 2..3 bf16 pieces whose sum is an fp16 / fp32 q, over a bf16
+    // index_k (python/longattn/ops/indexer/ascend.py splits q so that a bf16 key pool is read as it is).
+    TORCH_CHECK(q.dim() == 3 || q.dim() == 4, "indexer: q must be [T, Hi, Di] or [pieces, T, Hi, Di], got ", q.dim(),
+                " dimensions");
+    const bool pieces = q.dim() == 4;
+    const int64_t P = pieces ? q.size(0) : 1, T = q.size(-3), Hi = q.size(-2), Di = q.size(-1);
+    if (pieces)
+        TORCH_CHECK(P >= 2 && P <= kIdxMaxPieces && q.scalar_type() == at::kBFloat16 &&
+                        index_k.scalar_type() == at::kBFloat16,
+                    "indexer: q pieces must be 2..", kIdxMaxPieces, " bf16 pieces over a bf16 index_k, got ", P,
+                    " pieces of ", q.scalar_type(), " over ", index_k.scalar_type());
     const bool paged = block_table.has_value();
-    // One element type for the cube: equal dtypes as they are; different ones both widened to fp32
-    // (exact), never index_k rounded to q's dtype (fp32 keys -> fp16 would overflow to inf, -> bf16
-    // would lose bits the reference keeps).
+    // One element type for the cube: equal dtypes (or bf16 pieces of q over bf16 keys) as they are; other
+    // pairs both widened to fp32 (exact), never index_k rounded to q's dtype (fp32 keys -> fp16 would
+    // overflow to inf, -> bf16 would lose bits the reference keeps).
     const bool same = q.scalar_type() == index_k.scalar_type();
     at::Tensor qc = (same ? q : q.to(at::kFloat)).contiguous();
     at::Tensor kc = (same ? index_k : index_k.to(at::kFloat)).contiguous();
@@ -409,7 +418,7 @@ std::vector<at::Tensor> Indexer(Dev& dev, const at::Tensor& q, const at::Tensor&
                                  U32(numEntries, "entries"), paged, U32(numPages, "pages"), U32(pageSize, "page size"),
                                  paged ? U32(bt.size(0), "block_table rows") : 0,
                                  paged ? U32(bt.size(1), "block_table cols") : 0, U32(logits_mode ? 1 : topk, "topk"),
-                                 logits_mode, return_slots, dev.AiCores());
+                                 logits_mode, return_slots, dev.AiCores(), static_cast<uint32_t>(P));
     at::Tensor indices, lengths, logits;
     const auto i32 = q.options().dtype(at::kInt);
     if (logits_mode) {

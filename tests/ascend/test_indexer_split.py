@@ -77,3 +77,31 @@ def test_no_split_when_tokens_fill_the_cores():
     q, w, k = int_inputs(8, 2, 16, 300)
     (_, _), launches = topk(q, w, k, torch.full((8,), 300), 4)
     assert len(launches) == 1
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("page", [0, 5, 64])
+def test_split_with_bf16_pool_under_wider_q(q_dtype, page):
+    """fp32 / fp16 q over a bf16 pool (q split into bf16 pieces, the pool read as it is) through both
+    launches of the split path, flat (page 0) and paged: id for id with the oracle. q holds up to 13
+    significant bits (q rounded to bf16 would lose some), keys {-1, 0, 1}: exact scores."""
+    g = torch.Generator().manual_seed(page + 1)
+    q = torch.randint(-(2**12), 2**12 + 1, (2, 3, 16), generator=g).to(q_dtype)
+    w = torch.randint(-2, 3, (2, 3), generator=g).float()
+    if page == 0:
+        k = torch.randint(-1, 2, (600, 16), generator=g).to(torch.bfloat16)
+        kw = {}
+        ve = torch.tensor([600, 451])
+    else:
+        pages = 520 // page
+        k = torch.randint(-1, 2, (pages + 2, page, 16), generator=g).to(torch.bfloat16)
+        bt = torch.randperm(pages + 2, generator=g)[:pages].view(1, pages).int()
+        bt[0, 1] = -1
+        kw = dict(block_table=torch.cat([bt, bt.flip(1)]), seq_ids=torch.tensor([0, 1]), return_slots=True)
+        ve = torch.tensor([pages * page, pages * page - 3])
+    (idx, lengths), launches = topk(q, w, k, ve, 12, **kw)
+    assert_same((idx, lengths), oracle.indexer_topk(q, w, k, ve, 12, **kw), f"{q_dtype} page={page}")
+    assert len(launches) == 2 and launches[0]["block_dim"] > 2
+    aic_keys = sum(c["gm_read"]["MTE2"] for c in launches[0]["cores"] if c["aic"])
+    pieces = 3 if q_dtype == torch.float32 else 2
+    assert aic_keys <= int(ve.sum()) * 16 * 2 + 2 * 8 * pieces * 3 * 16 * 2  # bf16 keys + q pieces per task

@@ -419,3 +419,22 @@ def test_mixed_dtypes_are_widened_not_rounded(backend, q_dtype):
     idx, ln = topk_of(backend, q, w, k, ve, 16)
     ridx, rln = longattn.indexer_topk(q, w, k, ve, 16, backend="reference")
     assert torch.equal(ln.cpu(), rln) and torch.equal(idx[:, :3].cpu(), ridx[:, :3])  # the huge entries lead
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16], ids=str)
+def test_wider_q_over_bf16_keys(backend, q_dtype):
+    """fp32 / fp16 q over a bf16 key pool (the Ascend C kernel reads the pool as it is, q as exact bf16
+    pieces): q values needing more than bf16's 8 bits, keys {-1, 0, 1}, flat and paged: every score is
+    exact in fp32 (integers below 2^24), so ids equal the oracle's."""
+    g = torch.Generator().manual_seed(17)
+    qmax = 2**12 if q_dtype == torch.float32 else 2**11
+    q = torch.randint(-qmax, qmax + 1, (3, 4, 32), generator=g).to(q_dtype)
+    w = torch.randint(-2, 3, (3, 4), generator=g).float()
+    k = torch.randint(-1, 2, (260, 32), generator=g).to(torch.bfloat16)
+    ve = torch.tensor([260, 131, 9])
+    assert_same(topk_of(backend, q, w, k, ve, 20), oracle.indexer_topk(q, w, k, ve, 20), "flat")
+    assert torch.equal(logits_of(backend, q, w, k, ve).double(), oracle.indexer_logits(q, w, k, ve))
+    pool = k.view(13, 20, 32)
+    kw = dict(block_table=torch.tensor([[3, 0, 12, -1, 7, 1, 2, 4, 5, 6, 8, 9, 10]]), seq_ids=torch.zeros(3).int())
+    want = oracle.indexer_topk(q, w, pool, ve, 20, return_slots=True, **kw)
+    assert_same(topk_of(backend, q, w, pool, ve, 20, return_slots=True, **kw), want, "paged")

@@ -18,12 +18,15 @@ constexpr uint32_t kIdxMaxTopk = 1024;
 constexpr uint32_t kIdxMaxHeads = 128;
 constexpr uint32_t kIdxFlagId = 0x00FFFFFFu;  // id of a non-selectable candidate (exact in fp32; sorts last)
 constexpr uint32_t kIdxMaxEntries = kIdxFlagId;  // entry ids must stay below the flag id
+constexpr uint32_t kIdxMaxPieces = 3;            // bf16 pieces of an fp32 q (2 for fp16)
+constexpr uint32_t kIdxProbeRows = 3;            // rows of the Fixpipe ReLU probe read back
 
 struct IndexerTopkTiling {
     uint32_t numTokens;     // T
     uint32_t numHeads;      // Hi
     uint32_t headDim;       // Di (multiple of 16)
-    uint32_t dtype;         // DataTypeCode of q and index_k
+    uint32_t dtype;         // DataTypeCode of the cube inputs: index_k's, and q's (or q's bf16 pieces)
+    uint32_t qPieces;       // 1: q in `dtype`; 2 / 3: q as bf16 pieces [qPieces, T, Hi, Di] summing to q
     uint32_t numEntries;    // N (flat) or max_pages * page_size (paged)
     uint32_t paged;         // 1: index_k is [P, page, Di] + block_table + seq_ids
     uint32_t numPages;      // P (paged)
@@ -38,12 +41,13 @@ struct IndexerTopkTiling {
     uint32_t listCap;       // pairs per UB candidate list (>= K + 64 and >= 2K, multiple of 32)
     uint32_t wsSOff;        // per-core workspace: [2][Mp][kIdxBlock] fp32 scores
     uint32_t wsListOff;     // [2][K] (score, id) pairs: AIV 1's list for AIV 0
+    uint32_t wsProbeOff;    // [kIdxProbeRows][16] fp32: the Fixpipe ReLU probe (indexer_topk_common.h)
     uint32_t wsPerCore;
     uint32_t ubBytes;
 };
 
 struct IndexerTopkArgs {
-    const void* q;             // [T, Hi, Di]
+    const void* q;             // [T, Hi, Di], or [qPieces, T, Hi, Di] bf16 pieces
     const float* weights;      // [T, Hi]
     const void* indexK;        // [N, Di] or [P * page, Di]
     const int32_t* visibleEnd; // [T]
@@ -74,13 +78,14 @@ inline uint32_t IndexerUbBytes(uint32_t hi, uint32_t cap, uint32_t K)
 inline uint32_t IndexerTopkTilingCompute(IndexerTopkTiling& t, uint32_t T, uint32_t Hi, uint32_t Di, uint32_t dtype,
                                          uint32_t numEntries, bool paged, uint32_t numPages, uint32_t pageSize,
                                          uint32_t btRows, uint32_t btCols, uint32_t topk, bool logitsMode,
-                                         bool returnSlots, uint32_t numCores)
+                                         bool returnSlots, uint32_t numCores, uint32_t qPieces = 1)
 {
     t = IndexerTopkTiling{};
     t.numTokens = T;
     t.numHeads = Hi;
     t.headDim = Di;
     t.dtype = dtype;
+    t.qPieces = qPieces;
     t.numEntries = numEntries;
     t.paged = paged ? 1u : 0u;
     t.numPages = numPages;
@@ -92,7 +97,8 @@ inline uint32_t IndexerTopkTilingCompute(IndexerTopkTiling& t, uint32_t T, uint3
     t.returnSlots = returnSlots ? 1u : 0u;
     const uint32_t sz = DtSize(dtype), mp = AlignUpU(Hi, 16);
     if (T == 0 || Hi == 0 || Hi > kIdxMaxHeads || Di == 0 || Di % 16 != 0 || t.topk == 0 || t.topk > kIdxMaxTopk ||
-        numEntries >= kIdxMaxEntries || numCores == 0)
+        numEntries >= kIdxMaxEntries || numCores == 0 || qPieces == 0 || qPieces > kIdxMaxPieces ||
+        (qPieces > 1 && dtype != kDtBF16))
         return 0;
     // Di slice: the largest multiple of 16 <= Di whose A (mp x kTile) and B (kTile x 128) fit two L0A / L0B buffers.
     uint32_t kt = Di;
@@ -101,10 +107,11 @@ inline uint32_t IndexerTopkTilingCompute(IndexerTopkTiling& t, uint32_t T, uint3
     t.listCap = AlignUpU(MaxU(2 * t.topk, t.topk + kIdxHalf), 32);
     t.ubBytes = IndexerUbBytes(Hi, t.listCap, t.topk);
     if (t.ubBytes > kUbBytes) return 0;
-    if (mp * Di * sz + 2 * kIdxBlock * Di * sz > kL1Bytes) return 0;
+    if (qPieces * mp * Di * sz + 2 * kIdxBlock * Di * sz > kL1Bytes) return 0;  // q (pieces) + two key tiles
     t.wsSOff = 0;
     t.wsListOff = AlignUpU(2 * mp * kIdxBlock * 4, 512);
-    t.wsPerCore = t.wsListOff + AlignUpU(2 * t.topk * 8, 512);
+    t.wsProbeOff = t.wsListOff + AlignUpU(2 * t.topk * 8, 512);
+    t.wsPerCore = t.wsProbeOff + AlignUpU(kIdxProbeRows * 16 * 4, 512);
     t.blockDim = MinU(numCores, T);
     return t.blockDim;
 }

@@ -4,7 +4,10 @@
 // page ids from the block table; rows of invalid pages are left as they are: their columns are
 // discarded by the vector side), then S = Q . K^T [Hi, 128] (fp32 accumulation in L0C, Di sliced
 // into kTile), Fixpipe -> wsS[buf], CrossCoreSetFlag S. Before overwriting wsS[buf] the AIC waits
-// for the AIVs' "consumed" flag of the block that used it last.
+// for the AIVs' "consumed" flag of the block that used it last. Once per launch, before any block, the
+// Fixpipe ReLU probe (indexer_topk_common.h) decides whether the ReLU is applied by the Fixpipe (reluEn)
+// or by the AIVs. q may come as 2-3 bf16 pieces (fp32 / fp16 q over a bf16 pool): all pieces stay in L1
+// and their products with each key slice accumulate into the same L0C tile.
 #pragma once
 
 #include "indexer_topk_common.h"
@@ -29,14 +32,15 @@ public:
         const uint32_t Di = t.headDim;
         mp_ = AlignUpU(t.numHeads, 16);
         m1_ = mp_ / 16;
-        qGm_.SetGlobalBuffer((__gm__ T*)q, static_cast<uint64_t>(t.numTokens) * t.numHeads * Di);
+        qGm_.SetGlobalBuffer((__gm__ T*)q, static_cast<uint64_t>(t.qPieces) * t.numTokens * t.numHeads * Di);
         const uint64_t rows = t.paged ? static_cast<uint64_t>(t.numPages) * t.pageSize : t.numEntries;
         kGm_.SetGlobalBuffer((__gm__ T*)indexK, rows * Di);
         if (t.paged) btGm_.SetGlobalBuffer((__gm__ int32_t*)blockTable, static_cast<uint64_t>(t.btRows) * t.btCols);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
         for (uint32_t b = 0; b < 2; ++b)
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mp_ * NB, mp_ * NB);
-        pipe_.InitBuffer(qQue_, 1, mp_ * Di * sizeof(T));
+        wsProbe_.SetGlobalBuffer((__gm__ float*)(base + t.wsProbeOff), kIdxProbeRows * 16);
+        pipe_.InitBuffer(qQue_, 1, t.qPieces * mp_ * Di * sizeof(T));
         pipe_.InitBuffer(kQue_, 2, NB * Di * sizeof(T));
         pipe_.InitBuffer(aQue_, 2, mp_ * t.kTile * sizeof(T));
         pipe_.InitBuffer(bQue_, 2, t.kTile * NB * sizeof(T));
@@ -45,6 +49,7 @@ public:
 
     __aicore__ inline void Process()
     {
+        ProbeFixpipeRelu();
         uint32_t seq = 0;
         for (uint32_t token = core_; token < t_.numTokens; token += t_.blockDim) {
             const TokenInfo info = reader_.Get(token);
@@ -58,6 +63,80 @@ public:
     }
 
 private:
+    // `blocks` 32-B blocks of an L1 tile, from block `first` on, set to the bit pattern `bits`.
+    template <typename U>
+    __aicore__ inline void FillBlocks(const AscendC::LocalTensor<U>& tile, uint32_t first, uint32_t blocks, U bits)
+    {
+        AscendC::InitConstValue(tile[first * (32 / sizeof(U))],
+                                AscendC::InitConstValueParams<U>(1, static_cast<uint16_t>(blocks), 0, bits));
+    }
+
+    // The Fixpipe ReLU probe (indexer_topk_common.h): once per launch, before any block. Sets fast_.
+    __aicore__ inline void ProbeFixpipeRelu()
+    {
+        using namespace AscendC;
+        using B = ProbeBits<T>;
+        using U = typename B::U;
+        // A and B as L1 Nz tiles of 16 rows x 2 k-blocks: block (cb, r) is 32-B block cb * 16 + r.
+        LocalTensor<T> a1 = kQue_.AllocTensor<T>();
+        LocalTensor<T> b1 = kQue_.AllocTensor<T>();
+        const LocalTensor<U> au = a1.template ReinterpretCast<U>(), bu = b1.template ReinterpretCast<U>();
+        FillBlocks<U>(au, 0, 32, 0);
+        FillBlocks<U>(bu, 0, 32, 0);
+        PipeBarrier<PIPE_MTE2>();  // the zero fills before the overlapping value fills (same pipe)
+        for (uint32_t cb = 0; cb < 2; ++cb) {
+            FillBlocks<U>(au, cb * 16 + 0, 1, B::kOne);
+            FillBlocks<U>(au, cb * 16 + 1, 1, B::kNegOne);
+        }
+        FillBlocks<U>(bu, 0, 1, B::kNan);
+        FillBlocks<U>(bu, 1, 1, B::kNegNan);
+        FillBlocks<U>(bu, 2, 1, B::kInf);
+        FillBlocks<U>(bu, 3, 1, B::kNegInf);
+        FillBlocks<U>(bu, 4, 1, B::kInf);
+        FillBlocks<U>(bu, 16 + 4, 1, B::kNegInf);
+        FillBlocks<U>(bu, 5, 1, B::kNegOne);
+        FillBlocks<U>(bu, 6, 1, B::kOne);
+        kQue_.EnQue(a1);
+        kQue_.EnQue(b1);
+        a1 = kQue_.DeQue<T>();
+        b1 = kQue_.DeQue<T>();
+        LocalTensor<float> c = cQue_.AllocTensor<float>();
+        for (uint32_t cb = 0; cb < 2; ++cb) {
+            LocalTensor<T> a2 = aQue_.AllocTensor<T>();
+            LoadData(a2, a1, LoadData2DParams(cb, 1, 1, 0, 0, false, 0));
+            aQue_.EnQue(a2);
+            LocalTensor<T> b2 = bQue_.AllocTensor<T>();
+            LoadData(b2, b1, LoadData2DParams(cb, 1, 1, 0, 0, false, 0));
+            bQue_.EnQue(b2);
+            a2 = aQue_.DeQue<T>();
+            b2 = bQue_.DeQue<T>();
+            MmadParams mm;
+            mm.m = 16;
+            mm.n = 16;
+            mm.k = C0;
+            mm.cmatrixInitVal = (cb == 0);
+            Mmad(c, a2, b2, mm);
+            aQue_.FreeTensor(a2);
+            bQue_.FreeTensor(b2);
+        }
+        kQue_.FreeTensor(a1);
+        kQue_.FreeTensor(b1);
+        cQue_.EnQue(c);
+        c = cQue_.DeQue<float>();
+        FixpipeParamsV220 fp;
+        fp.nSize = 16;
+        fp.mSize = kIdxProbeRows;
+        fp.srcStride = 16;
+        fp.dstStride = 16;
+        fp.quantPre = NoQuant;
+        fp.reluEn = true;
+        Fixpipe(wsProbe_, c, fp);
+        cQue_.FreeTensor(c);
+        CrossCoreSetFlag<2, PIPE_FIX>(kFlagP);  // the AIVs read the probe too
+        PipeBarrier<PIPE_ALL>();                // the probe is in GM before the scalar reads below
+        fast_ = ProbeKeepsNaN(wsProbe_, static_cast<float>(C0));
+    }
+
     __aicore__ inline void LoadQ(uint32_t token)
     {
         using namespace AscendC;
@@ -69,7 +148,9 @@ private:
         p.srcDValue = t_.headDim;
         p.dstNzC0Stride = mp_;
         p.dstNzNStride = 1;
-        DataCopy(q, qGm_[static_cast<uint64_t>(token) * t_.numHeads * t_.headDim], p);
+        const uint64_t hd = static_cast<uint64_t>(t_.numHeads) * t_.headDim;
+        for (uint32_t pc = 0; pc < t_.qPieces; ++pc)  // piece pc at L1 element pc * mp * Di (Nz, mp rows)
+            DataCopy(q[pc * mp_ * t_.headDim], qGm_[(static_cast<uint64_t>(pc) * t_.numTokens + token) * hd], p);
         qQue_.EnQue(q);
         qL1_ = qQue_.DeQue<T>();
     }
@@ -110,23 +191,28 @@ private:
         LocalTensor<float> c = cQue_.AllocTensor<float>();
         for (uint32_t k0 = 0; k0 < Di; k0 += t_.kTile) {
             const uint32_t kThis = MinU(t_.kTile, Di - k0), k1This = kThis / C0, k1Start = k0 / C0;
-            LocalTensor<T> a2 = aQue_.AllocTensor<T>();
-            for (uint32_t m1 = 0; m1 < m1_; ++m1)
-                LoadData(a2[m1 * k1This * FRAC], qL1_,
-                         LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false, 0));
-            aQue_.EnQue(a2);
             LocalTensor<T> b2 = bQue_.AllocTensor<T>();
             LoadData(b2, k, LoadData2DParams(k1Start * N1, k1This * N1, 1, 0, 0, false, 0));
             bQue_.EnQue(b2);
-            a2 = aQue_.DeQue<T>();
             b2 = bQue_.DeQue<T>();
-            MmadParams mm;
-            mm.m = longattn_compat::MmadRows(t_.numHeads); // m = 1 would be GEMV mode
-            mm.n = NB;
-            mm.k = kThis;
-            mm.cmatrixInitVal = (k0 == 0);
-            Mmad(c, a2, b2, mm);
-            aQue_.FreeTensor(a2);
+            // q's pieces (one unless q was split into bf16 pieces): their products with the same keys
+            // accumulate into the same L0C tile (bf16 x bf16 products are exact in fp32).
+            for (uint32_t pc = 0; pc < t_.qPieces; ++pc) {
+                LocalTensor<T> a2 = aQue_.AllocTensor<T>();
+                const LocalTensor<T> qp = qL1_[pc * mp_ * Di];
+                for (uint32_t m1 = 0; m1 < m1_; ++m1)
+                    LoadData(a2[m1 * k1This * FRAC], qp,
+                             LoadData2DParams(k1Start * m1_ + m1, k1This, m1_, 0, 0, false, 0));
+                aQue_.EnQue(a2);
+                a2 = aQue_.DeQue<T>();
+                MmadParams mm;
+                mm.m = longattn_compat::MmadRows(t_.numHeads);  // m = 1 would be GEMV mode
+                mm.n = NB;
+                mm.k = kThis;
+                mm.cmatrixInitVal = (k0 == 0 && pc == 0);
+                Mmad(c, a2, b2, mm);
+                aQue_.FreeTensor(a2);
+            }
             bQue_.FreeTensor(b2);
         }
         kQue_.FreeTensor(k);
@@ -139,6 +225,7 @@ private:
         fp.srcStride = AlignUpU(t_.numHeads, 16);
         fp.dstStride = NB;
         fp.quantPre = NoQuant;
+        fp.reluEn = fast_;  // the probe showed that the Fixpipe ReLU keeps NaN: relu here, not on the AIVs
         Fixpipe(wsS_[buf], c, fp);
         cQue_.FreeTensor(c);
         CrossCoreSetFlag<2, PIPE_FIX>(static_cast<uint16_t>(kFlagS + buf));
@@ -153,10 +240,11 @@ private:
     AscendC::LocalTensor<T> qL1_;
     AscendC::GlobalTensor<T> qGm_, kGm_;
     AscendC::GlobalTensor<int32_t> btGm_;
-    AscendC::GlobalTensor<float> wsS_[2];
+    AscendC::GlobalTensor<float> wsS_[2], wsProbe_;
     TokenReader reader_;
     IndexerTopkTiling t_{};
     uint32_t core_ = 0, mp_ = 16, m1_ = 1;
+    bool fast_ = false;
 };
 
 }  // namespace idx

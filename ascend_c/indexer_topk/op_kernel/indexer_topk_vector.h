@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // indexer_topk, vector side (AIV s of the AI core owns columns [64 s, 64 s + 64) of every block):
-//   score[j] = sum_h w[h] * relu(S[h, j])  (Relu, then one Axpy per head: fp32)
+//   score[j] = sum_h w[h] * relu(S[h, j])  (one Axpy per head: fp32; relu by the AIC's Fixpipe when the
+//   launch's probe showed that it keeps NaN, else here: Relu + a Select restoring NaN)
 //   entries j >= visible or in an invalid page: score -inf and the non-selectable id kIdxFlagId
 //   top-k mode: Sort32 + MrgSort sort the 64 (score, id) pairs of the block; unless the block's best
 //     score is below the current k-th, MrgSort merges it into the running list (kept at exactly K
@@ -59,6 +60,7 @@ public:
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mp * kIdxBlock, mp * kIdxBlock);
             wsList_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsListOff) + b * 2 * K, 2 * K);
         }
+        wsProbe_.SetGlobalBuffer((__gm__ float*)(base + t.wsProbeOff), kIdxProbeRows * 16);
         // Sort32 wants 256-B aligned destinations and 128-B aligned sources: the sort buffers go first.
         pipe_.InitBuffer(pairBuf_, 2 * NH * 8);
         pipe_.InitBuffer(sortBuf_, 2 * cap * 8);
@@ -101,6 +103,9 @@ public:
 
     __aicore__ inline void Process()
     {
+        // The AIC's Fixpipe ReLU probe (indexer_topk_common.h): the same decision as the AIC's.
+        AscendC::CrossCoreWaitFlag(kFlagP);
+        fast_ = ProbeKeepsNaN(wsProbe_, static_cast<float>(32 / sizeof(T)));
         uint32_t seq = 0, exchanges = 0;
         for (uint32_t token = core_; token < t_.numTokens; token += t_.blockDim) {
             const TokenInfo info = reader_.Get(token);
@@ -125,10 +130,12 @@ private:
         s = sQue_.DeQue<float>();
         longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // earlier GM writes are ordered before the flag's pipe
         CrossCoreSetFlag<2, PIPE_MTE2>(static_cast<uint16_t>(kFlagC + buf));  // the AIC may reuse wsS[buf]
-        LocalTensor<uint8_t> notNan = nanBuf_.Get<uint8_t>();
-        Compare(notNan, s, s, CMPMODE::EQ, Hi * NH);  // 0 exactly where S is NaN (IEEE compare)
-        Relu(s, s, Hi * NH);
-        Select(s, notNan, s, kNaN, SELMODE::VSEL_TENSOR_SCALAR_MODE, Hi * NH);  // relu(NaN) = NaN, as torch
+        if (!fast_) {  // raw scores: relu here, keeping NaN (on the fast path the Fixpipe applied it)
+            LocalTensor<uint8_t> notNan = nanBuf_.Get<uint8_t>();
+            Compare(notNan, s, s, CMPMODE::EQ, Hi * NH);  // 0 exactly where S is NaN (IEEE compare)
+            Relu(s, s, Hi * NH);
+            Select(s, notNan, s, kNaN, SELMODE::VSEL_TENSOR_SCALAR_MODE, Hi * NH);  // relu(NaN) = NaN, as torch
+        }
         Duplicate(score_, 0.0f, NH);
         for (uint32_t h = 0; h < Hi; ++h) Axpy(score_, s[h * NH], w.GetValue(h), NH);
         sQue_.FreeTensor(s);
@@ -355,11 +362,12 @@ private:
         sortB_;
     AscendC::LocalTensor<uint32_t> ids_, repIds_, oddOff_;
     AscendC::LocalTensor<uint8_t> mask_;
-    AscendC::GlobalTensor<float> wGm_, logitsGm_, wsS_[2], wsList_[2];
+    AscendC::GlobalTensor<float> wGm_, logitsGm_, wsS_[2], wsList_[2], wsProbe_;
     AscendC::GlobalTensor<int32_t> btGm_, idxGm_, lenGm_;
     TokenReader reader_;
     IndexerTopkTiling t_{};
     uint32_t sub_ = 0, core_ = 0;
+    bool fast_ = false;  // the Fixpipe applied relu (keeping NaN): the AIV skips Compare / Relu / Select
 };
 
 }  // namespace idx
