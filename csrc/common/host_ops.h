@@ -23,6 +23,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -117,6 +118,16 @@ struct SaPool {
     SparseAttentionStream s;
 };
 
+// The sparse_attention key-block cap: LONGATTN_SA_BLOCK_KEYS = 64 / 128 / 256 (a test knob that forces the
+// smaller blocks; unset or any other value: 256, the tiling then takes the largest block that fits).
+inline uint32_t SaMaxBlockKeys()
+{
+    const char* v = std::getenv("LONGATTN_SA_BLOCK_KEYS");
+    if (v == nullptr) return kSaMaxBlockKeys;
+    const long n = std::strtol(v, nullptr, 10);
+    return n == 64 || n == 128 || n == 256 ? static_cast<uint32_t>(n) : kSaMaxBlockKeys;
+}
+
 inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const char* name)
 {
     SaPool p;
@@ -179,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     SparseAttentionTiling t;
     const uint32_t blockDim =
         SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, p0.s, p1.s, sink.defined(),
-                                     static_cast<float>(softmax_scale), dev.AiCores());
+                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys());
     const double nan = std::numeric_limits<double>::quiet_NaN();
     at::Tensor out = at::full({T, H, D}, nan, qc.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
@@ -534,7 +545,8 @@ inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64
     }
     const uint32_t dt = SparseAttentionComputeDtype(static_cast<uint32_t>(dtype_code), s0.kind, s1.kind);
     SparseAttentionTiling t;
-    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores);
+    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores,
+                                 SaMaxBlockKeys());
     return t;
 }
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// sparse_attention, cube side (AIC): per block of 64 gathered keys
-//   C1  S = Q . K^T   Q [Mg, D] (L1, Nz) x K [64, D] (L1, Nz) sliced over D (kTile), accumulated in L0C,
+// sparse_attention, cube side (AIC): per block of NB = blockKeys (64 / 128 / 256) gathered keys
+//   C1  S = Q . K^T   Q [Mg, D] (L1, Nz) x K [NB, D] (L1, Nz) sliced over D (kTile), accumulated in L0C,
 //                     Fixpipe -> wsS[buf]; CrossCoreSetFlag S
-//   C2  O = P . V     P [Mg, 64] (from wsP[buf]) x V: the same L1 K tile (16-bit: fractal-transposed
+//   C2  O = P . V     P [Mg, NB] (from wsP[buf]) x V: the same L1 K tile (16-bit: fractal-transposed
 //                     LoadData) or the AIV-transposed V^T tile (fp32, the cube cannot transpose 32-bit
 //                     fractals), sliced over D (dChunk), Fixpipe -> wsO[buf]; CrossCoreSetFlag O
 // C1 of block b+1 is issued before C2 of block b, so the cube computes while the vector cores run
@@ -19,9 +19,6 @@ class SparseAttentionCube {
 public:
     static constexpr uint32_t C0 = 32 / sizeof(T);    // elements per 32-B fractal row
     static constexpr uint32_t FRAC = 512 / sizeof(T);  // elements per 512-B fractal
-    static constexpr uint32_t NB = kSaBlockKeys;
-    static constexpr uint32_t N1 = NB / 16;            // 16-row fractal blocks of a key tile
-    static constexpr uint32_t KB1 = NB / C0;           // K fractals of P.V (keys are K)
 
     __aicore__ inline void Init(GM_ADDR q, GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1, GM_ADDR ws,
                                 const SparseAttentionTiling& t)
@@ -29,7 +26,10 @@ public:
         t_ = t;
         core_ = static_cast<uint32_t>(AscendC::GetBlockIdx());
         cursor_.Init(idx0, len0, idx1, len1, t_);
-        const uint32_t D = t.headDim, mg = t.headsPerTask;
+        const uint32_t D = t.headDim, mg = t.headsPerTask, NB = t.blockKeys;
+        nb_ = NB;
+        n1_ = NB / 16;
+        kb1_ = NB / C0;
         mp_ = AlignUpU(mg, 16);
         m1_ = mp_ / 16;
         qGm_.SetGlobalBuffer((__gm__ T*)q, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
@@ -57,7 +57,7 @@ public:
             const Task tk = MakeTask(task, t_);
             const uint32_t nv = cursor_.CountValid(tk.token);
             if (nv == 0) continue;
-            const uint32_t nBlk = CeilDivU(nv, NB);
+            const uint32_t nBlk = CeilDivU(nv, nb_);
             LoadQ(tk);
             ComputeScores(seq, BlockKeys(0, nv), tk.heads);
             for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
@@ -69,7 +69,7 @@ public:
     }
 
 private:
-    static __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) { return MinU(NB, nv - b * NB); }
+    __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) const { return MinU(nb_, nv - b * nb_); }
 
     __aicore__ inline void LoadQ(const Task& tk)
     {
@@ -88,11 +88,11 @@ private:
         qL1_ = qQue_.DeQue<T>();
     }
 
-    // C1: S[heads, 64] = Q . K^T for block `seq` (nb valid keys; the K tile is zero-padded).
+    // C1: S[heads, NB] = Q . K^T for block `seq` (nb valid keys; the K tile is zero-padded).
     __aicore__ inline void ComputeScores(uint32_t seq, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2, D = t_.headDim;
+        const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagKv + buf));
         LocalTensor<T> k = kQue_.AllocTensor<T>();
         if (nb < NB) {  // zero the padded keys; the gather below is another MTE2 write of the same tile
@@ -149,7 +149,7 @@ private:
     __aicore__ inline void ComputeValues(uint32_t seq, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2, D = t_.headDim;
+        const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_, KB1 = kb1_;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagP + buf));
         LocalTensor<T> pL1 = pQue_.AllocTensor<T>();
         Nd2NzParams p;
@@ -162,7 +162,7 @@ private:
         DataCopy(pL1, wsP_[buf], p);
         pQue_.EnQue(pL1);
         LocalTensor<float> vt;
-        if constexpr (sizeof(T) == 4) {  // V^T [D, 64] written by the AIVs; padding keys zeroed here
+        if constexpr (sizeof(T) == 4) {  // V^T [D, NB] written by the AIVs; padding keys zeroed here
             vt = vtQue_.AllocTensor<float>();
             if (nb < NB) {  // as above: zero fill and copy are two MTE2 writes of the tile
                 longattn_compat::InitConstValue(vt, InitConstValueParams<float>(1, D * NB * 4 / 32, 0, 0.0f));
@@ -189,13 +189,13 @@ private:
             const uint32_t dThis = MinU(t_.dChunk, D - d0), n1This = dThis / 16;
             LocalTensor<T> b2 = bQue_.AllocTensor<T>();
             if constexpr (sizeof(T) == 2) {
-                // V = K tile [64 keys, D]: fractal (key block k1, D block) sits at (d/16)*N1 + k1 in L1;
+                // V = K tile [NB keys, D]: fractal (key block k1, D block) sits at (d/16)*N1 + k1 in L1;
                 // transposing each 16x16 fractal gives the Zn layout of V as k x n.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], kL1_[buf],
                              LoadData2DParams((d0 / 16) * N1 + k1, n1This, N1, 0, 0, true, 0));
             } else {
-                // V^T [D, 64] Nz: fractal (D block, key block k1) at k1*(D/16) + d/16 is already Zn.
+                // V^T [D, NB] Nz: fractal (D block, key block k1) at k1*(D/16) + d/16 is already Zn.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], vt.template ReinterpretCast<T>(),
                              LoadData2DParams(k1 * (D / 16) + d0 / 16, n1This, 1, 0, 0, false, 0));
@@ -240,7 +240,7 @@ private:
     AscendC::GlobalTensor<float> wsVt_[2], wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
-    uint32_t core_ = 0, mp_ = 16, m1_ = 1;
+    uint32_t core_ = 0, mp_ = 16, m1_ = 1, nb_ = kSaBlockKeys, n1_ = kSaBlockKeys / 16, kb1_ = kSaBlockKeys / C0;
 };
 
 }  // namespace sa
