@@ -128,6 +128,16 @@ inline uint32_t SaMaxBlockKeys()
     return n == 64 || n == 128 || n == 256 ? static_cast<uint32_t>(n) : kSaMaxBlockKeys;
 }
 
+// The shared-gather cap (valid keys of a token whose head groups share one gather): LONGATTN_SA_SHARE_CAP
+// = N (0: never share; a test knob), unset: kSaShareCapKeys.
+inline uint32_t SaShareCap()
+{
+    const char* v = std::getenv("LONGATTN_SA_SHARE_CAP");
+    if (v == nullptr) return kSaShareCapKeys;
+    const long n = std::strtol(v, nullptr, 10);
+    return n >= 0 && n <= (1L << 20) ? static_cast<uint32_t>(n) : kSaShareCapKeys;
+}
+
 inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const char* name)
 {
     SaPool p;
@@ -190,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     SparseAttentionTiling t;
     const uint32_t blockDim =
         SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, p0.s, p1.s, sink.defined(),
-                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys());
+                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys(), SaShareCap());
     const double nan = std::numeric_limits<double>::quiet_NaN();
     at::Tensor out = at::full({T, H, D}, nan, qc.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
@@ -546,7 +556,7 @@ inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64
     const uint32_t dt = SparseAttentionComputeDtype(static_cast<uint32_t>(dtype_code), s0.kind, s1.kind);
     SparseAttentionTiling t;
     SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores,
-                                 SaMaxBlockKeys());
+                                 SaMaxBlockKeys(), SaShareCap());
     return t;
 }
 

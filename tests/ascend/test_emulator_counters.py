@@ -152,3 +152,29 @@ def test_gather_one_dma_per_run_of_consecutive_slots(dtype):
         (w,) = launches(lambda rows=rows: longattn.sparse_attention(q[:1], kv, rows.int(), backend="ascend_sim"))
         mte2[name] = total(w, "ops", "MTE2")
     assert mte2["runs"] < mte2["shuffled"] - 60, mte2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_sparse_attention_shared_gather_halves_gather_bytes(monkeypatch, dtype):
+    """H = 128 = two head groups: with the shared gather (8 tokens on 4 cores, groups of a token back to
+    back) a token's rows are read from the pool once instead of once per group: the AIVs' MTE2 bytes drop
+    by exactly one gather (the valid keys x D x dtype size per token within the cap), i.e. the gather's
+    MTE2 bytes halve; a token past the cap (LONGATTN_SA_SHARE_CAP = 512 here) still gathers per group."""
+    monkeypatch.setenv("LONGATTN_ASCEND_SIM_CORES", "4")
+    monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", "512")
+    H, D, N, T = 128, 128, 2000, 8
+    g = torch.Generator().manual_seed(9)
+    kv = torch.randn(N, D, generator=g).to(dtype)
+    q = torch.randn(T, H, D, generator=g).to(dtype)
+    counts = [300, 1, 512, 513, 0, 129, 700, 256]
+    idx = torch.full((T, 760), -1, dtype=torch.int32)
+    for t, n in enumerate(counts):
+        idx[t, torch.randperm(760, generator=g)[:n]] = torch.randint(0, N, (n,), generator=g, dtype=torch.int32)
+    reads = {}
+    for cap in ("512", "0"):
+        monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", cap)
+        (launch,) = launches(lambda: longattn.sparse_attention(q, kv, idx, backend="ascend_sim"))
+        reads[cap] = _aiv(launch, "gm_read", "MTE2")
+    row = D * dtype.itemsize
+    kept = sum(n for n in counts if n <= 512)
+    assert reads["0"] - reads["512"] == kept * row  # one of the two gathers of every kept token

@@ -201,3 +201,74 @@ def test_nonfinite_logits_in_256_key_blocks(monkeypatch, dtype, sink):
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(lse[fin].double(), want_lse[fin], atol=tol, rtol=0)
     torch.testing.assert_close(out[fin].double(), want_out[fin], atol=tol, rtol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared gather: the head groups of a token run back to back on one core and gather its keys once
+# ---------------------------------------------------------------------------------------------------
+def share_tiling(monkeypatch, cores, T, H, D, dtype, kinds, cap=None):
+    """Emulates ``cores`` AI cores (and sets the share cap, None: the default) and returns the tiling."""
+    monkeypatch.setenv("LONGATTN_ASCEND_SIM_CORES", str(cores))
+    if cap is not None:
+        monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", str(cap))
+    code = sa.DTYPE_CODE
+    extra = code[kinds[1]] if len(kinds) > 1 else -1
+    return ascend_sim.extension().sparse_attention_tiling(T, H, D, code[dtype], code[kinds[0]], extra, cores)
+
+
+@pytest.mark.parametrize(
+    "H,D,dtype,cap",
+    [(128, 512, torch.bfloat16, None), (128, 128, torch.float32, 512), (80, 256, torch.float16, 256),
+     (192, 64, torch.bfloat16, 256)],
+    ids=str,
+)  # fmt: skip
+def test_shared_gather_head_groups(monkeypatch, H, D, dtype, cap):
+    """H = 128 (two groups of 64), 80 (64 + 16), 192 (three): 8 tokens on 4 cores share (two tokens per
+    core, groups back to back). Tokens of 0, 1, 129, 255 / 300 valid keys and exactly the cap are kept
+    (the later groups gather nothing), tokens past the cap (cap + 1, 700+) gather per group; two streams
+    (a window whose runs cross the blocks, compressed indices with lengths), a sink."""
+    t = share_tiling(monkeypatch, 4, 8, H, D, dtype, [dtype, dtype], cap)
+    assert t["share_groups"] == 1 and t["head_groups"] == -(-H // 64)
+    kept = t["share_cap"]
+    nb = t["block_keys"]
+    assert kept == max(2 * nb, (cap or 1024) // nb * nb)  # whole blocks, at least two
+    g = torch.Generator().manual_seed(H + D)
+    N, N2, K2 = 3000, 400, 200
+    counts = [0, 1, 129, kept, kept + 1, 300, 255, 700 + kept]
+    K = max(counts) - 50 + 60
+    idx = spread_indices([max(0, c - 50) for c in counts], N, K, g)  # + up to 50 keys of stream 1
+    eidx = torch.randint(0, N2, (8, K2), generator=g).int()
+    elen = torch.tensor([min(50, c) for c in counts], dtype=torch.int32)
+    args = dict(q=torch.randn(8, H, D, generator=g).to(dtype), kv=torch.randn(N, D, generator=g).to(dtype),
+                indices=idx, extra_kv=torch.randn(N2, D, generator=g).to(dtype), extra_indices=eidx,
+                extra_topk_length=elen, attn_sink=torch.randn(H, generator=g))  # fmt: skip
+    out, lse = run_and_check(args, f"shared gather H={H} D={D} {dtype}")
+    assert (lse[0] == -INF).all() and (out[0] == 0).all()
+    monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", "0")  # the same without sharing: bit for bit
+    assert share_tiling(monkeypatch, 4, 8, H, D, dtype, [dtype, dtype])["share_groups"] == 0
+    out0, lse0 = longattn.sparse_attention(**args, backend=SIM)
+    assert torch.equal(out0.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       out.view(torch.int16 if dtype != torch.float32 else torch.int32))  # fmt: skip
+    assert torch.equal(lse0, lse)
+
+
+def test_shared_gather_fp8_pools(monkeypatch):
+    """V4-Pro with FP8 pools (bf16 q, H = 128): the decoded rows are kept for the second head group."""
+    H, D, page = 128, 512, 7
+    t = share_tiling(monkeypatch, 2, 4, H, D, torch.bfloat16, [sa.FP8, sa.FP8])
+    assert t["share_groups"] == 1 and t["block_keys"] == 128
+    g = torch.Generator().manual_seed(5)
+    pool, extra = fp8_pool(60, page, g), fp8_pool(20, page, g)
+    idx = spread_indices([300, 129, 0, 255], pool.num_slots, 330, g)
+    eidx = spread_indices([90, 0, 1, 127], extra.num_slots, 128, g, runs=False)
+    args = dict(q=torch.randn(4, H, D, generator=g).to(torch.bfloat16), kv=pool, indices=idx, extra_kv=extra,
+                extra_indices=eidx, attn_sink=torch.randn(H, generator=g))  # fmt: skip
+    run_and_check(args, "shared gather, FP8 pools")
+
+
+def test_no_sharing_where_it_would_idle_cores(monkeypatch):
+    """The token-major order only where it keeps as many cores busy: T = 1 / 2 / 5 tokens of two head
+    groups on 4 cores share no gather (tasks round-robin), T = 4 / 8 do; one head group never shares."""
+    for T, want in [(1, 0), (2, 0), (4, 1), (5, 0), (8, 1)]:
+        assert share_tiling(monkeypatch, 4, T, 128, 512, torch.bfloat16, [torch.bfloat16])["share_groups"] == want, T
+    assert share_tiling(monkeypatch, 4, 8, 64, 512, torch.bfloat16, [torch.bfloat16])["share_groups"] == 0

@@ -21,6 +21,7 @@ namespace longattn_ascend {
 
 constexpr uint32_t kSaBlockKeys = 64;   // the smallest key block (one 256-B fp32 repeat per row of S)
 constexpr uint32_t kSaMaxBlockKeys = 256;  // the largest key block (N of Q.K^T, K of P.V)
+constexpr uint32_t kSaShareCapKeys = 1024;  // shared gather: valid keys of a token kept for its next head group
 constexpr uint32_t kSaMaxHeadsPerTask = 64;
 constexpr uint32_t kSaOutRows = 4;      // AIV: rows of [rows, D] per O / output chunk
 constexpr uint32_t kSaCvtRows = 4;      // AIV: rows per conversion chunk (16-bit rows -> fp32, FP8 decode)
@@ -54,6 +55,12 @@ struct SparseAttentionTiling {
     uint32_t headGroups;     // ceil(H / Mg)
     uint32_t numTasks;       // T * headGroups
     uint32_t blockDim;       // AI cores launched
+    // Shared gather (headGroups >= 2 where it costs no parallelism): tokens go round-robin to the cores and
+    // a core runs all head groups of its token back to back; a token of at most shareCap valid keys is
+    // gathered once, by its first group, into wsKv (block b at area b), and the later groups read it there.
+    uint32_t shareGroups;    // 1: the token-major order above (0: tasks round-robin)
+    uint32_t shareCap;       // valid keys kept (a multiple of blockKeys, >= 2 blocks; 0 without sharing)
+    uint32_t kvAreas;        // wsKv / wsVt areas of blockKeys rows: max(2, shareCap / blockKeys)
     uint32_t kTile;          // D slice per Q.K^T Mmad (accumulated in L0C)
     uint32_t dChunk;         // D slice per P.V Mmad (N of the second matmul)
     uint32_t blockKeys;      // NB: keys per block (64 / 128 / 256; N of Q.K^T, K of P.V)
@@ -61,8 +68,8 @@ struct SparseAttentionTiling {
     uint32_t outRows;        // AIV: rows per O / output chunk
     uint32_t aivRowsMax;     // ceil(Mg / 2): query-head rows owned by one AIV
     // Workspace (per AI core, bytes from the core's base; every region 512-B aligned).
-    uint32_t wsKvOff;        // [2][NB][D] dtype: gathered rows (K = V)
-    uint32_t wsVtOff;        // [2][D][NB] fp32: gathered rows transposed (fp32 only)
+    uint32_t wsKvOff;        // [kvAreas][NB][D] dtype: gathered rows (K = V)
+    uint32_t wsVtOff;        // [kvAreas][D][NB] fp32: gathered rows transposed (fp32 only)
     uint32_t wsSOff;         // [2][Mg][NB] fp32: logits
     uint32_t wsPOff;         // [2][Mg][NB] dtype: probabilities
     uint32_t wsOOff;         // [2][Mg][D] fp32: P.V of one block
@@ -89,8 +96,7 @@ struct SparseAttentionArgs {
 namespace sa_detail {
 inline uint32_t Al32(uint32_t b) { return AlignUpU(b, 32); }
 // UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B); nb: block keys.
-inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt,
-                        bool fp8)
+inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8)
 {
     const uint32_t mh8 = AlignUpU(MaxU(mh, 1), 8);
     uint32_t b = 0;
@@ -180,11 +186,13 @@ inline const char* SparseAttentionUnsupported(uint32_t D, uint32_t dtype, uint32
 
 // Returns blockDim (0 when the problem is empty or unsupported: see SparseAttentionUnsupported).
 // dtype: the compute dtype (SparseAttentionComputeDtype). numCores: AI cores (AIC count) available.
-// maxBlockKeys (64 / 128 / 256): caps the key block (tests force the smaller blocks with it).
+// maxBlockKeys (64 / 128 / 256): caps the key block (tests force the smaller blocks with it). shareCap:
+// valid keys a token may have for its head groups to share one gather (0: never share).
 inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t T, uint32_t H, uint32_t D,
                                              uint32_t dtype, const SparseAttentionStream& s0,
                                              const SparseAttentionStream& s1, bool hasSink, float scale,
-                                             uint32_t numCores, uint32_t maxBlockKeys = kSaMaxBlockKeys)
+                                             uint32_t numCores, uint32_t maxBlockKeys = kSaMaxBlockKeys,
+                                             uint32_t shareCap = kSaShareCapKeys)
 {
     t = SparseAttentionTiling{};
     t.numTokens = T;
@@ -244,15 +252,21 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.headsPerTask = mg;
     t.headGroups = CeilDivU(H, mg);
     t.numTasks = T * t.headGroups;
+    // Share the gather when the token-major order keeps as many cores busy for as long: each core then runs
+    // ceil(T / cores) tokens of headGroups tasks, against ceil(T * headGroups / cores) tasks round-robin.
+    const uint32_t G = t.headGroups;
+    t.shareGroups = G >= 2 && shareCap > 0 && CeilDivU(T, numCores) * G <= CeilDivU(t.numTasks, numCores) ? 1u : 0u;
+    t.shareCap = t.shareGroups ? MaxU(2 * nb, shareCap / nb * nb) : 0u;
+    t.kvAreas = t.shareGroups ? t.shareCap / nb : 2u;
     t.aivRowsMax = CeilDivU(mg, 2);
     const uint32_t mp = AlignUpU(mg, 16);
     t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, nb, t.gatherRows, t.outRows, cvt, fp8);
     t.l1Bytes = sa_detail::L1Bytes(mp, D, sz, nb);
     uint32_t off = 0;
     t.wsKvOff = off;
-    off += AlignUpU(2 * nb * D * sz, 512);
+    off += AlignUpU(t.kvAreas * nb * D * sz, 512);
     t.wsVtOff = off;
-    if (sz == 4) off += AlignUpU(2 * D * nb * 4, 512);
+    if (sz == 4) off += AlignUpU(t.kvAreas * D * nb * 4, 512);
     t.wsSOff = off;
     off += AlignUpU(2 * mg * nb * 4, 512);
     t.wsPOff = off;
@@ -260,7 +274,7 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.wsOOff = off;
     off += AlignUpU(2 * mg * D * 4, 512);
     t.wsPerCore = off;
-    t.blockDim = MinU(numCores, t.numTasks);
+    t.blockDim = MinU(numCores, t.shareGroups ? T : t.numTasks);
     return t.blockDim;
 }
 

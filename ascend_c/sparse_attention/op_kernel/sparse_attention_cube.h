@@ -34,9 +34,9 @@ public:
         m1_ = mp_ / 16;
         qGm_.SetGlobalBuffer((__gm__ T*)q, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
+        wsKv_.SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff), t.kvAreas * NB * D);
+        wsVt_.SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff), sizeof(T) == 4 ? t.kvAreas * D * NB : 0);
         for (uint32_t b = 0; b < 2; ++b) {
-            wsKv_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff) + b * NB * D, NB * D);
-            wsVt_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff) + b * D * NB, D * NB);
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mg * NB, mg * NB);
             wsP_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsPOff) + b * mg * NB, mg * NB);
             wsO_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsOOff) + b * mg * D, mg * D);
@@ -53,18 +53,25 @@ public:
     __aicore__ inline void Process()
     {
         uint32_t seq = 0;  // block sequence number of this core (same on its two AIVs)
-        for (uint32_t task = core_; task < t_.numTasks; task += t_.blockDim) {
-            const Task tk = MakeTask(task, t_);
-            const uint32_t nv = cursor_.CountValid(tk.token);
-            if (nv == 0) continue;
-            const uint32_t nBlk = CeilDivU(nv, nb_);
-            LoadQ(tk);
-            ComputeScores(seq, BlockKeys(0, nv), tk.heads);
-            for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
-                if (b + 1 < nBlk) ComputeScores(seq + 1, BlockKeys(b + 1, nv), tk.heads);
-                ComputeValues(seq, BlockKeys(b, nv), tk.heads);
+        // Units: tasks, or (shareGroups) tokens whose head groups run back to back (sparse_attention_common.h).
+        const uint32_t per = t_.shareGroups ? t_.headGroups : 1u, units = t_.numTasks / per;
+        for (uint32_t u = core_; u < units; u += t_.blockDim) {
+            uint32_t nv = 0;
+            for (uint32_t j = 0; j < per; ++j) {
+                const Task tk = MakeTask(u * per + j, t_);
+                if (j == 0) nv = cursor_.CountValid(tk.token);
+                if (nv == 0) continue;
+                const bool kept = KeptRows(t_, nv);  // blocks at areas 0, 1, ... (else seq % 2)
+                const uint32_t nBlk = CeilDivU(nv, nb_);
+                LoadQ(tk);
+                ComputeScores(seq, kept ? 0 : seq % 2, BlockKeys(0, nv), tk.heads);
+                for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
+                    if (b + 1 < nBlk)
+                        ComputeScores(seq + 1, kept ? b + 1 : (seq + 1) % 2, BlockKeys(b + 1, nv), tk.heads);
+                    ComputeValues(seq, kept ? b : seq % 2, BlockKeys(b, nv), tk.heads);
+                }
+                qQue_.FreeTensor(qL1_);
             }
-            qQue_.FreeTensor(qL1_);
         }
     }
 
@@ -88,8 +95,9 @@ private:
         qL1_ = qQue_.DeQue<T>();
     }
 
-    // C1: S[heads, NB] = Q . K^T for block `seq` (nb valid keys; the K tile is zero-padded).
-    __aicore__ inline void ComputeScores(uint32_t seq, uint32_t nb, uint32_t heads)
+    // C1: S[heads, NB] = Q . K^T for block `seq` (nb valid keys in wsKv area `area`; the K tile is
+    // zero-padded).
+    __aicore__ inline void ComputeScores(uint32_t seq, uint32_t area, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
         const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_;
@@ -106,7 +114,7 @@ private:
         p.srcDValue = D;
         p.dstNzC0Stride = NB;
         p.dstNzNStride = 1;
-        DataCopy(k, wsKv_[buf], p);
+        DataCopy(k, wsKv_[static_cast<uint64_t>(area) * NB * D], p);
         kQue_.EnQue(k);
         kL1_[buf] = kQue_.DeQue<T>();
 
@@ -124,7 +132,7 @@ private:
             a2 = aQue_.DeQue<T>();
             b2 = bQue_.DeQue<T>();
             MmadParams mm;
-            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
+            mm.m = longattn_compat::MmadRows(heads);  // m = 1 would be GEMV mode
             mm.n = NB;
             mm.k = kThis;
             mm.cmatrixInitVal = (k0 == 0);
@@ -145,8 +153,8 @@ private:
         CrossCoreSetFlag<2, PIPE_FIX>(static_cast<uint16_t>(kFlagS + buf));
     }
 
-    // C2: O[heads, D] = P . V for block `seq`.
-    __aicore__ inline void ComputeValues(uint32_t seq, uint32_t nb, uint32_t heads)
+    // C2: O[heads, D] = P . V for block `seq` (fp32: V^T from wsVt area `area`).
+    __aicore__ inline void ComputeValues(uint32_t seq, uint32_t area, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
         const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_, KB1 = kb1_;
@@ -175,7 +183,7 @@ private:
             v.srcDValue = NB;
             v.dstNzC0Stride = D;
             v.dstNzNStride = 1;
-            DataCopy(vt, wsVt_[buf], v);
+            DataCopy(vt, wsVt_[static_cast<uint64_t>(area) * D * NB], v);
             vtQue_.EnQue(vt);
             vt = vtQue_.DeQue<float>();
         }
@@ -204,7 +212,7 @@ private:
             b2 = bQue_.DeQue<T>();
             LocalTensor<float> c = cQue_.AllocTensor<float>();
             MmadParams mm;
-            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
+            mm.m = longattn_compat::MmadRows(heads);  // m = 1 would be GEMV mode
             mm.n = dThis;
             mm.k = NB;
             mm.cmatrixInitVal = true;
@@ -236,8 +244,8 @@ private:
     AscendC::TQue<AscendC::TPosition::B2, 2> bQue_;
     AscendC::TQue<AscendC::TPosition::CO1, 2> cQue_;
     AscendC::LocalTensor<T> qL1_, kL1_[2];
-    AscendC::GlobalTensor<T> qGm_, wsKv_[2], wsP_[2];
-    AscendC::GlobalTensor<float> wsVt_[2], wsS_[2], wsO_[2];
+    AscendC::GlobalTensor<T> qGm_, wsKv_, wsP_[2];
+    AscendC::GlobalTensor<float> wsVt_, wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
     uint32_t core_ = 0, mp_ = 16, m1_ = 1, nb_ = kSaBlockKeys, n1_ = kSaBlockKeys / 16, kb1_ = kSaBlockKeys / C0;

@@ -60,9 +60,9 @@ public:
         lseGm_.SetGlobalBuffer((__gm__ float*)lse, static_cast<uint64_t>(t.numTokens) * t.numHeads);
         if (t.hasSink) sinkGm_.SetGlobalBuffer((__gm__ float*)sink, t.numHeads);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
+        wsKv_.SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff), t.kvAreas * NB * D);
+        wsVt_.SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff), sizeof(T) == 4 ? t.kvAreas * D * NB : 0);
         for (uint32_t b = 0; b < 2; ++b) {
-            wsKv_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff) + b * NB * D, NB * D);
-            wsVt_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff) + b * D * NB, D * NB);
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mg * NB, mg * NB);
             wsP_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsPOff) + b * mg * NB, mg * NB);
             wsO_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsOOff) + b * mg * D, mg * D);
@@ -120,24 +120,32 @@ public:
     __aicore__ inline void Process()
     {
         uint32_t seq = 0;
-        for (uint32_t task = core_; task < t_.numTasks; task += t_.blockDim) {
-            const Task tk = MakeTask(task, t_);
-            const uint32_t half = CeilDivU(tk.heads, 2);
-            const uint32_t row0 = sub_ == 0 ? 0 : half, mh = sub_ == 0 ? half : tk.heads - half;
-            const uint32_t nv = cursor_.CountValid(tk.token);
-            if (nv == 0) {
-                WriteEmpty(tk, row0, mh);
-                continue;
+        // Units: tasks, or (shareGroups) tokens whose head groups run back to back; a kept token (KeptRows)
+        // is gathered by its first group only (block b -> area b), the later groups just raise flag KV.
+        const uint32_t per = t_.shareGroups ? t_.headGroups : 1u, units = t_.numTasks / per;
+        for (uint32_t u = core_; u < units; u += t_.blockDim) {
+            uint32_t nv = 0;
+            for (uint32_t j = 0; j < per; ++j) {
+                const Task tk = MakeTask(u * per + j, t_);
+                const uint32_t half = CeilDivU(tk.heads, 2);
+                const uint32_t row0 = sub_ == 0 ? 0 : half, mh = sub_ == 0 ? half : tk.heads - half;
+                if (j == 0) nv = cursor_.CountValid(tk.token);
+                if (nv == 0) {
+                    WriteEmpty(tk, row0, mh);
+                    continue;
+                }
+                const bool kept = KeptRows(t_, nv), gather = !kept || j == 0;
+                const uint32_t nBlk = CeilDivU(nv, nb_);
+                StartTask(tk, row0, mh);
+                if (gather) cursor_.Reset(tk.token);
+                GatherBlock(seq, kept ? 0 : seq % 2, BlockKeys(0, nv), gather);
+                for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
+                    if (b + 1 < nBlk) GatherBlock(seq + 1, kept ? b + 1 : (seq + 1) % 2, BlockKeys(b + 1, nv), gather);
+                    Softmax(seq, BlockKeys(b, nv), row0, mh);
+                    Rescale(seq, row0, mh);
+                }
+                Finish(tk, row0, mh);
             }
-            const uint32_t nBlk = CeilDivU(nv, nb_);
-            StartTask(tk, row0, mh);
-            GatherBlock(seq, BlockKeys(0, nv));
-            for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
-                if (b + 1 < nBlk) GatherBlock(seq + 1, BlockKeys(b + 1, nv));
-                Softmax(seq, BlockKeys(b, nv), row0, mh);
-                Rescale(seq, row0, mh);
-            }
-            Finish(tk, row0, mh);
         }
     }
 
@@ -179,11 +187,19 @@ private:
         }
     }
 
-    // V0: rows [NB/2 * sub, NB/2 * sub + NB/2) of the next nb valid keys -> wsKv[buf] (+ wsVt[buf] for fp32).
-    __aicore__ inline void GatherBlock(uint32_t seq, uint32_t nb)
+    // V0: rows [NB/2 * sub, NB/2 * sub + NB/2) of the next nb valid keys -> wsKv area `area` (+ wsVt area
+    // for fp32); then flag KV of block `seq`. gather = false (rows kept by the token's first head group):
+    // the flag only.
+    __aicore__ inline void GatherBlock(uint32_t seq, uint32_t area, uint32_t nb, bool gather)
     {
         using namespace AscendC;
         const uint32_t buf = seq % 2, D = t_.headDim, g = t_.gatherRows, NB = nb_, HALF_NB = NB / 2;
+        if (!gather) {
+            CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagKv + buf));
+            return;
+        }
+        const GlobalTensor<T> wsKv = wsKv_[static_cast<uint64_t>(area) * NB * D];
+        const GlobalTensor<float> wsVt = wsVt_[sizeof(T) == 4 ? static_cast<uint64_t>(area) * D * NB : 0];
         const uint32_t lo = MinU(nb, sub_ * HALF_NB), hi = MinU(nb, lo + HALF_NB);
         const bool converts = t_.hasCvt || t_.hasFp8;  // the vector unit may write gather tiles
         uint32_t stream = 0, slot = 0;
@@ -223,14 +239,14 @@ private:
             tile = gQue_.DeQue<T>();  // orders the gather (MTE2) before V only: MTE3 waits explicitly
             longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe_);
             if (vWrote) longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe_);
-            DataCopy(wsKv_[buf][r0 * D], tile, rows * D);
+            DataCopy(wsKv[r0 * D], tile, rows * D);
             if constexpr (sizeof(T) == 4) {
                 LocalTensor<float> tt = tQue_.AllocTensor<float>();
                 Gather(tt, tile, offBuf_.Get<uint32_t>(), 0, D * g);
                 tQue_.EnQue(tt);
                 tt = tQue_.DeQue<float>();
                 // [D, g] rows of g floats (32 B) -> columns r0.. of V^T [D, NB]
-                DataCopyPad(wsVt_[buf][r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
+                DataCopyPad(wsVt[r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
                 tQue_.FreeTensor(tt);
             }
             longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // the next gather into this buffer
@@ -479,10 +495,10 @@ private:
     AscendC::LocalTensor<float> acc_, col_, m_, mNew_, l_, alpha_, rowMax_, rowSum_, lse_, sinkV_, factor_, tmp_;
     AscendC::LocalTensor<float> mB_, alphaB_, factorB_;
     AscendC::LocalTensor<uint8_t> mask_;
-    AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_[2], wsP_[2];
+    AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_, wsP_[2];
     AscendC::GlobalTensor<uint8_t> poolGm_[2];  // pools not of the compute dtype, as bytes
     Fp8Dequantizer fp8_;
-    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_[2], wsS_[2], wsO_[2];
+    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_, wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
     uint32_t sub_ = 0, core_ = 0, nb_ = kSaBlockKeys;
