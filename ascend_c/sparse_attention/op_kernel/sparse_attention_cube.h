@@ -6,7 +6,9 @@
 //                     LoadData) or the AIV-transposed V^T tile (fp32, the cube cannot transpose 32-bit
 //                     fractals), sliced over D (dChunk), Fixpipe -> wsO[buf]; CrossCoreSetFlag O
 // C1 of block b+1 is issued before C2 of block b, so the cube computes while the vector cores run
-// the softmax of block b. L1 K tiles, L0A/L0B/L0C are double-buffered TQues.
+// the softmax of block b. L1 K tiles, L0A/L0B/L0C are double-buffered TQues. K (and fp32 V^T) come from
+// wsKv / wsVt area seq % 2, or area b for a token kept by the shared gather (KeptRows: its later head
+// groups read the rows its first group gathered).
 #pragma once
 
 #include "sparse_attention_common.h"

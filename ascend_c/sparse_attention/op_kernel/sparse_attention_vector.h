@@ -7,9 +7,10 @@
 //       into the tile; 16-bit
 //       rows for an fp32 computation through a VECIN chunk and a Cast; FP8 records (3 DataCopyPads:
 //       nope bytes, rope bytes, scale bytes) through the dequantiser (../../common/fp8_dequant.h),
-//       exact fp32 rows, Cast to bf16 for a bf16 computation. The tile goes to wsKv[buf] (fp32: also
-//       V^T to wsVt[buf] via an in-UB Gather transpose); CrossCoreSetFlag KV.
-//       The gather of block b+1 is issued before the softmax of block b (prefetch).
+//       exact fp32 rows, Cast to bf16 for a bf16 computation. The tile goes to wsKv area seq % 2 (fp32:
+//       also V^T to wsVt via an in-UB Gather transpose); CrossCoreSetFlag KV. Shared gather (KeptRows):
+//       the token's first head group writes block b to area b, its later groups gather nothing and only
+//       raise flag KV. The gather of block b+1 is issued before the softmax of block b (prefetch).
 //   V1  online softmax of its query-head rows of S [mh, NB] (FlashAttention-2): scale, padding keys
 //       -> -inf, row max (NB > 64: repeat-form Max of the row's 64-float slices into one [mh, 64]
 //       partial, then WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new),
