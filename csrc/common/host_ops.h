@@ -118,24 +118,32 @@ struct SaPool {
     SparseAttentionStream s;
 };
 
-// The sparse_attention key-block cap: LONGATTN_SA_BLOCK_KEYS = 64 / 128 / 256 (a test knob that forces the
-// smaller blocks; unset or any other value: 256, the tiling then takes the largest block that fits).
+// The sparse_attention test knobs (README.md, "Environment variables"; unset or empty: the defaults).
+// LONGATTN_SA_BLOCK_KEYS = 64 / 128 / 256 caps the key block (the tiling takes the largest block <= the
+// cap that fits; default 256). LONGATTN_SA_SHARE_CAP = N: valid keys of a token whose head groups share
+// one gather (0: never share; default kSaShareCapKeys). A malformed value raises ValueError.
+inline bool SaEnvInt(const char* name, long& n)
+{
+    const char* v = std::getenv(name);
+    if (v == nullptr || v[0] == 0) return false;
+    char* end = nullptr;
+    n = std::strtol(v, &end, 10);
+    TORCH_CHECK_VALUE(end != nullptr && *end == 0, name, " must be an integer, got '", v, "'");
+    return true;
+}
 inline uint32_t SaMaxBlockKeys()
 {
-    const char* v = std::getenv("LONGATTN_SA_BLOCK_KEYS");
-    if (v == nullptr) return kSaMaxBlockKeys;
-    const long n = std::strtol(v, nullptr, 10);
-    return n == 64 || n == 128 || n == 256 ? static_cast<uint32_t>(n) : kSaMaxBlockKeys;
+    long n = 0;
+    if (!SaEnvInt("LONGATTN_SA_BLOCK_KEYS", n)) return kSaMaxBlockKeys;
+    TORCH_CHECK_VALUE(n == 64 || n == 128 || n == 256, "LONGATTN_SA_BLOCK_KEYS must be 64, 128 or 256, got ", n);
+    return static_cast<uint32_t>(n);
 }
-
-// The shared-gather cap (valid keys of a token whose head groups share one gather): LONGATTN_SA_SHARE_CAP
-// = N (0: never share; a test knob), unset: kSaShareCapKeys.
 inline uint32_t SaShareCap()
 {
-    const char* v = std::getenv("LONGATTN_SA_SHARE_CAP");
-    if (v == nullptr) return kSaShareCapKeys;
-    const long n = std::strtol(v, nullptr, 10);
-    return n >= 0 && n <= (1L << 20) ? static_cast<uint32_t>(n) : kSaShareCapKeys;
+    long n = 0;
+    if (!SaEnvInt("LONGATTN_SA_SHARE_CAP", n)) return kSaShareCapKeys;
+    TORCH_CHECK_VALUE(n >= 0 && n <= (1L << 20), "LONGATTN_SA_SHARE_CAP must be an integer in [0, 2^20], got ", n);
+    return static_cast<uint32_t>(n);
 }
 
 inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const char* name)

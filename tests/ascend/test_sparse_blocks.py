@@ -272,3 +272,16 @@ def test_no_sharing_where_it_would_idle_cores(monkeypatch):
     for T, want in [(1, 0), (2, 0), (4, 1), (5, 0), (8, 1)]:
         assert share_tiling(monkeypatch, 4, T, 128, 512, torch.bfloat16, [torch.bfloat16])["share_groups"] == want, T
     assert share_tiling(monkeypatch, 4, 8, 64, 512, torch.bfloat16, [torch.bfloat16])["share_groups"] == 0
+
+
+@pytest.mark.parametrize("name,raw", [("LONGATTN_SA_BLOCK_KEYS", "96"), ("LONGATTN_SA_BLOCK_KEYS", "x"),
+                                      ("LONGATTN_SA_SHARE_CAP", "-1"), ("LONGATTN_SA_SHARE_CAP", "2.5")])  # fmt: skip
+def test_malformed_knobs_raise(monkeypatch, name, raw):
+    """The test knobs follow the package's rule for LONGATTN_* variables: a malformed value raises
+    ValueError naming the variable; an empty one is the default."""
+    args = dict(q=torch.randn(1, 2, 64), kv=torch.randn(8, 64), indices=torch.zeros(1, 3, dtype=torch.int32))
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ValueError, match=name):
+        longattn.sparse_attention(**args, backend=SIM)
+    monkeypatch.setenv(name, "")
+    longattn.sparse_attention(**args, backend=SIM)
