@@ -13,7 +13,10 @@ a pessimistic bound (``gm_all_us``: every GM byte at HBM speed), not in the mode
 leaves out DMA start-up per transfer, scalar-pipe latency (the gather's index reads), cross-core flag
 latency and launch cost, so it is a lower bound: bench/npu_check.sh measures the real time.
 
-    python -m bench.ascend_model [--cores 24] [--batch 1 24] [--out FILE.json] [--smoke]
+    python -m bench.ascend_model [--cores 24] [--batch 1 24] [--out FILE.json] [--smoke] [--only TEXT]
+
+``--only sparse_attention`` runs the cases whose name contains the text; LONGATTN_SA_BLOCK_KEYS=64 runs
+sparse_attention with the 64-key blocks of before the 128-256-key blocks (the "before" column).
 """
 
 from __future__ import annotations
@@ -237,6 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--cores", type=int, default=CHIP["ai_cores"], help="emulated AI cores (910B2: 24)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 24], help="decode tokens per case")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (checks the plumbing)")
+    p.add_argument("--only", help="run only the cases whose name contains this text")
     p.add_argument("--out", help="JSON file (default bench/results/ascend-model-910b2-<date>.json)")
     a = p.parse_args(argv)
     os.environ["LONGATTN_ASCEND_SIM_CORES"] = str(a.cores)
@@ -244,6 +248,8 @@ def main(argv=None) -> int:
     rows = []
     peak = chip["ai_cores"] * chip["cube_macs_per_cycle_bf16"] * chip["clock_hz"]
     for name, run, useful in cases(a.batch, a.smoke):
+        if a.only and a.only not in name:
+            continue
         launches, wall = counted(run)
         case_us = 0.0
         for i, launch in enumerate(launches):

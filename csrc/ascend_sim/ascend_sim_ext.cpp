@@ -203,6 +203,9 @@ pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_
     d["head_groups"] = t.headGroups;
     d["k_tile"] = t.kTile;
     d["d_chunk"] = t.dChunk;
+    d["block_keys"] = t.blockKeys;
+    d["share_groups"] = t.shareGroups;
+    d["share_cap"] = t.shareCap;
     d["gather_rows"] = t.gatherRows;
     d["ub_bytes"] = t.ubBytes;
     d["l1_bytes"] = t.l1Bytes;

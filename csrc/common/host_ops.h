@@ -24,6 +24,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -118,6 +119,34 @@ struct SaPool {
     SparseAttentionStream s;
 };
 
+// The sparse_attention test knobs (README.md, "Environment variables"; unset or empty: the defaults).
+// LONGATTN_SA_BLOCK_KEYS = 64 / 128 / 256 caps the key block (the tiling takes the largest block <= the
+// cap that fits; default 256). LONGATTN_SA_SHARE_CAP = N: valid keys of a token whose head groups share
+// one gather (0: never share; default kSaShareCapKeys). A malformed value raises ValueError.
+inline bool SaEnvInt(const char* name, long& n)
+{
+    const char* v = std::getenv(name);
+    if (v == nullptr || v[0] == 0) return false;
+    char* end = nullptr;
+    n = std::strtol(v, &end, 10);
+    TORCH_CHECK_VALUE(end != nullptr && *end == 0, name, " must be an integer, got '", v, "'");
+    return true;
+}
+inline uint32_t SaMaxBlockKeys()
+{
+    long n = 0;
+    if (!SaEnvInt("LONGATTN_SA_BLOCK_KEYS", n)) return kSaMaxBlockKeys;
+    TORCH_CHECK_VALUE(n == 64 || n == 128 || n == 256, "LONGATTN_SA_BLOCK_KEYS must be 64, 128 or 256, got ", n);
+    return static_cast<uint32_t>(n);
+}
+inline uint32_t SaShareCap()
+{
+    long n = 0;
+    if (!SaEnvInt("LONGATTN_SA_SHARE_CAP", n)) return kSaShareCapKeys;
+    TORCH_CHECK_VALUE(n >= 0 && n <= (1L << 20), "LONGATTN_SA_SHARE_CAP must be an integer in [0, 2^20], got ", n);
+    return static_cast<uint32_t>(n);
+}
+
 inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const char* name)
 {
     SaPool p;
@@ -180,7 +209,7 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     SparseAttentionTiling t;
     const uint32_t blockDim =
         SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, p0.s, p1.s, sink.defined(),
-                                     static_cast<float>(softmax_scale), dev.AiCores());
+                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys(), SaShareCap());
     const double nan = std::numeric_limits<double>::quiet_NaN();
     at::Tensor out = at::full({T, H, D}, nan, qc.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
@@ -617,7 +646,8 @@ inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64
     }
     const uint32_t dt = SparseAttentionComputeDtype(static_cast<uint32_t>(dtype_code), s0.kind, s1.kind);
     SparseAttentionTiling t;
-    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores);
+    SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores,
+                                 SaMaxBlockKeys(), SaShareCap());
     return t;
 }
 

@@ -105,11 +105,14 @@ def test_sparse_attention_reasons():
     assert SIM not in longattn.backends.registry.default_order(cpu)
 
 
+@pytest.mark.parametrize("cap", [64, 128, 256])
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
-def test_sparse_attention_tiling_mirror(dtype):
+def test_sparse_attention_tiling_mirror(monkeypatch, dtype, cap):
     """The Python reasons() mirror of the tiling agrees with the C++ tiling (ascend_c/.../op_host), for
-    every mix of pool kinds (float pools of each dtype, FP8 pools; one or two streams): the compute
-    dtype, the conversion buffers and the heads per task."""
+    every mix of pool kinds (float pools of each dtype, FP8 pools; one or two streams) and key-block cap
+    (LONGATTN_SA_BLOCK_KEYS): the compute dtype, the conversion buffers, the heads per task, the key
+    block, gather tile, D slice and the UB / L1 bytes."""
+    monkeypatch.setenv("LONGATTN_SA_BLOCK_KEYS", str(cap))
     ext = ascend_sim.extension()
     code = sa_ascend.DTYPE_CODE
     kinds = FLOATS + [sa_ascend.FP8]
@@ -125,10 +128,18 @@ def test_sparse_attention_tiling_mirror(dtype):
                     assert t["heads_per_task"] == want, (D, H, mix)
                     assert t["dtype"] == code[dt], mix
                     assert t["has_fp8"] == (sa_ascend.FP8 in mix), mix
+                    mirror = sa_ascend.sa_tiling(H, D, dtype, mix, cap)
                     if t["heads_per_task"]:
+                        assert {k: t[k] for k in mirror} == mirror, (D, H, mix)
+                        assert t["block_keys"] <= cap and t["k_tile"] == t["d_chunk"]
                         assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
-    # V4 (bf16 queries over FP8 pools, D = 512) keeps the 64 heads per task of bf16 pools.
+                    else:
+                        assert mirror is None
+    # V4 (bf16 queries over FP8 pools, D = 512) keeps the 64 heads per task of bf16 pools, with 128-key
+    # blocks (two [256, 512] bf16 K tiles would fill the L1).
     assert sa_ascend.sa_heads_per_task(128, 512, torch.bfloat16, [sa_ascend.FP8, sa_ascend.FP8]) == 64
+    for mix in ([torch.bfloat16], [sa_ascend.FP8, sa_ascend.FP8], [torch.bfloat16, sa_ascend.FP8]):
+        assert sa_ascend.sa_tiling(128, 512, torch.bfloat16, mix, cap)["block_keys"] == min(cap, 128)
 
 
 @pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])

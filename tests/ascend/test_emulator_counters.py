@@ -39,21 +39,67 @@ def test_append_kv_moves_each_row_once(dtype):
     assert total(launch, "macs") == 0 and total(launch, "ops", "M") == 0
 
 
-def test_sparse_attention_cube_work_per_key_block():
-    """One token, H heads, 100 valid keys = 2 blocks of 64: Q.K^T and P.V issue H x 64 x D MACs each per
-    block, in 16 x 16 x 8 fp32 fractal steps (m padded to 16; a one-head group computes 16 rows: the GEMV
+@pytest.mark.parametrize("nb", [64, 128, 256])
+def test_sparse_attention_cube_work_per_key_block(monkeypatch, nb):
+    """One token, H heads, 100 valid keys = ceil(100 / nb) blocks of nb keys (LONGATTN_SA_BLOCK_KEYS caps
+    the block; at D = 64, fp32, every size fits): Q.K^T and P.V issue H x nb x D MACs each per block, in
+    16 x 16 x 8 fp32 fractal steps (m padded to 16; a one-head group computes 16 rows: the GEMV
     workaround). The gathered rows come in by MTE2 once per AIV half and the output leaves by MTE3."""
+    monkeypatch.setenv("LONGATTN_SA_BLOCK_KEYS", str(nb))
     D, g = 64, torch.Generator().manual_seed(0)
     kv = torch.randn(200, D, generator=g)
     idx = torch.randperm(200, generator=g)[:100].view(1, 100).int()
+    assert ascend_sim.extension().sparse_attention_tiling(1, 4, D, 0, 0, -1, 1)["block_keys"] == nb
+    blocks = -(-100 // nb)
     for H, rows in [(4, 4), (1, 16)]:
         q = torch.randn(1, H, D, generator=g)
         (launch,) = launches(lambda q=q: longattn.sparse_attention(q, kv, idx, backend="ascend_sim"))
         assert launch["kind"] == "mix"
-        assert total(launch, "macs") == 2 * 2 * rows * 64 * D
-        assert total(launch, "fractals") == 2 * 2 * (64 // 16) * (D // 8)  # m < 16: one fractal row
+        assert total(launch, "macs") == blocks * 2 * rows * nb * D
+        assert total(launch, "fractals") == blocks * 2 * (nb // 16) * (D // 8)  # m < 16: one fractal row
         assert total(launch, "gm_read", "MTE2") >= 100 * D * 4  # every valid key row at least once
         assert total(launch, "gm_write", "MTE3") >= H * D * 4  # the output
+
+
+def _aic(launch, field, pipe):
+    return sum(c[field][pipe] for c in launch["cores"] if c["aic"])
+
+
+def _aiv(launch, field, pipe):
+    return sum(c[field][pipe] for c in launch["cores"] if not c["aic"])
+
+
+@pytest.mark.parametrize("D,dtype", [(128, torch.bfloat16), (512, torch.bfloat16)], ids=str)
+def test_sparse_attention_o_round_trip_once_per_block(monkeypatch, D, dtype):
+    """The fp32 P.V partial O [Mg, D] goes to GM (FIX) and back (AIV MTE2) once per key block: with 1,024
+    valid keys, blocks of 256 (D = 128) or 128 (D = 512, bf16: the largest that fits) instead of 64 cut
+    that traffic per key by the block factor. Exact counts: FIX writes S [H, nb] and O [H, D] fp32 per
+    block; the AIVs' MTE2 reads differ only by the O reads (the gathered rows, S, the sink are the same
+    bytes)."""
+    H, N, nv = 16, 1500, 1024
+    g = torch.Generator().manual_seed(3)
+    kv = torch.randn(N, D, generator=g).to(dtype)
+    idx = torch.randperm(N, generator=g)[:nv].view(1, nv).int()
+    q = torch.randn(1, H, D, generator=g).to(dtype)
+    ext = ascend_sim.extension()
+    work, outs = {}, {}
+    for cap in (64, 256):
+        monkeypatch.setenv("LONGATTN_SA_BLOCK_KEYS", str(cap))
+        nb = ext.sparse_attention_tiling(1, H, D, 1, 1, -1, 1)["block_keys"]
+        (launch,) = launches(
+            lambda c=cap: outs.setdefault(c, longattn.sparse_attention(q, kv, idx, backend="ascend_sim"))
+        )
+        blocks = nv // nb
+        o_bytes = blocks * H * D * 4
+        assert _aic(launch, "gm_write", "FIX") == blocks * H * nb * 4 + o_bytes, (cap, nb)
+        work[cap] = (nb, o_bytes, _aiv(launch, "gm_read", "MTE2"))
+    (nb64, o64, rd64), (nb_big, o_big, rd_big) = work[64], work[256]
+    assert nb64 == 64 and nb_big == (256 if D == 128 else 128)
+    assert o64 == (nb_big // 64) * o_big  # O bytes per key drop by the block factor
+    assert rd64 - rd_big == o64 - o_big  # ... and so do the AIVs' O reads; nothing else changes
+    for (o_a, l_a), (o_b, l_b) in [(outs[64], outs[256])]:  # same result up to fp32 summation order
+        torch.testing.assert_close(l_a, l_b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(o_a.float(), o_b.float(), atol=2e-2, rtol=0)
 
 
 def test_counters_are_per_launch_and_taken_once():
@@ -229,3 +275,27 @@ def test_gather_dma_count_of_broken_runs(mix):
         q = torch.randn(2, 3, 512, generator=g).to(q_dtype)
         vs_flipped, vs_exact, model = _gather_dmas_measured(q, pools, rows)
         assert vs_flipped == vs_exact == model, (page, vs_flipped, vs_exact, model)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_sparse_attention_shared_gather_halves_gather_bytes(monkeypatch, dtype):
+    """H = 128 = two head groups: with the shared gather (8 tokens on 4 cores, groups of a token back to
+    back) a token's rows are read from the pool once instead of once per group: the AIVs' MTE2 bytes drop
+    by exactly one gather (the valid keys x D x dtype size per token within the cap), i.e. the gather's
+    MTE2 bytes halve; a token past the cap (LONGATTN_SA_SHARE_CAP = 512 here) still gathers per group."""
+    monkeypatch.setenv("LONGATTN_ASCEND_SIM_CORES", "4")
+    monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", "512")
+    H, D, N, T = 128, 128, 2000, 8
+    g = torch.Generator().manual_seed(9)
+    kv = torch.randn(N, D, generator=g).to(dtype)
+    q = torch.randn(T, H, D, generator=g).to(dtype)
+    counts = [300, 1, 512, 513, 0, 129, 700, 256]
+    idx = torch.full((T, 760), -1, dtype=torch.int32)
+    for t, n in enumerate(counts):
+        idx[t, torch.randperm(760, generator=g)[:n]] = torch.randint(0, N, (n,), generator=g, dtype=torch.int32)
+    reads = {}
+    for cap in ("512", "0"):
+        monkeypatch.setenv("LONGATTN_SA_SHARE_CAP", cap)
+        (launch,) = launches(lambda: longattn.sparse_attention(q, kv, idx, backend="ascend_sim"))
+        reads[cap] = _aiv(launch, "gm_read", "MTE2")
+    row = D * dtype.itemsize
+    kept = sum(n for n in counts if n <= 512)
+    assert reads["0"] - reads["512"] == kept * row  # one of the two gathers of every kept token

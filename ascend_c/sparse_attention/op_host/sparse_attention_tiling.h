@@ -5,8 +5,9 @@
 // Work unit ("task") = (query token t, head group g): Mg query heads of token t (heads are the M
 // dimension of both matmuls, they share the token's gathered KV rows). Tasks go round-robin to the
 // AI cores; each AI core = 1 AIC + 2 AIV (KERNEL_TYPE_MIX_AIC_1_2).
-// Keys are processed in blocks of kSaBlockKeys valid keys (invalid indices are compacted away by
-// the AIV gather, so a block never contains a masked key except the zero-padding of the last one).
+// Keys are processed in blocks of blockKeys (64, 128 or 256) valid keys (invalid indices are compacted
+// away by the AIV gather, so a block never contains a masked key except the zero-padding of the last
+// one): the largest block whose buffers fit once Mg is chosen (Mg is never lowered for a bigger block).
 //
 // Pools: each stream is a float pool (rows of F32 / BF16 / F16) or an FP8 MODEL1 pool (584-B records,
 // kDtFP8Record). The kernel computes in one dtype (`dtype`, q's or fp32: SparseAttentionComputeDtype)
@@ -18,7 +19,9 @@
 
 namespace longattn_ascend {
 
-constexpr uint32_t kSaBlockKeys = 64;   // keys per block (N of Q.K^T, K of P.V): one 256-B fp32 repeat per row
+constexpr uint32_t kSaBlockKeys = 64;   // the smallest key block (one 256-B fp32 repeat per row of S)
+constexpr uint32_t kSaMaxBlockKeys = 256;  // the largest key block (N of Q.K^T, K of P.V)
+constexpr uint32_t kSaShareCapKeys = 1024;  // shared gather: valid keys of a token kept for its next head group
 constexpr uint32_t kSaMaxHeadsPerTask = 64;
 constexpr uint32_t kSaOutRows = 4;      // AIV: rows of [rows, D] per O / output chunk
 constexpr uint32_t kSaCvtRows = 4;      // AIV: rows per conversion chunk (16-bit rows -> fp32, FP8 decode)
@@ -52,16 +55,23 @@ struct SparseAttentionTiling {
     uint32_t headGroups;     // ceil(H / Mg)
     uint32_t numTasks;       // T * headGroups
     uint32_t blockDim;       // AI cores launched
+    // Shared gather (headGroups >= 2 where it costs no parallelism): tokens go round-robin to the cores and
+    // a core runs all head groups of its token back to back; a token of at most shareCap valid keys is
+    // gathered once, by its first group, into wsKv (block b at area b), and the later groups read it there.
+    uint32_t shareGroups;    // 1: the token-major order above (0: tasks round-robin)
+    uint32_t shareCap;       // valid keys kept (a multiple of blockKeys, >= 2 blocks; 0 without sharing)
+    uint32_t kvAreas;        // wsKv / wsVt areas of blockKeys rows: max(2, shareCap / blockKeys)
     uint32_t kTile;          // D slice per Q.K^T Mmad (accumulated in L0C)
     uint32_t dChunk;         // D slice per P.V Mmad (N of the second matmul)
+    uint32_t blockKeys;      // NB: keys per block (64 / 128 / 256; N of Q.K^T, K of P.V)
     uint32_t gatherRows;     // AIV gather tile: rows per DataCopy to the workspace (8 fp32 / 16 half, bf16)
     uint32_t outRows;        // AIV: rows per O / output chunk
     uint32_t aivRowsMax;     // ceil(Mg / 2): query-head rows owned by one AIV
     // Workspace (per AI core, bytes from the core's base; every region 512-B aligned).
-    uint32_t wsKvOff;        // [2][kSaBlockKeys][D] dtype: gathered rows (K = V)
-    uint32_t wsVtOff;        // [2][D][kSaBlockKeys] fp32: gathered rows transposed (fp32 only)
-    uint32_t wsSOff;         // [2][Mg][kSaBlockKeys] fp32: logits
-    uint32_t wsPOff;         // [2][Mg][kSaBlockKeys] dtype: probabilities
+    uint32_t wsKvOff;        // [kvAreas][NB][D] dtype: gathered rows (K = V)
+    uint32_t wsVtOff;        // [kvAreas][D][NB] fp32: gathered rows transposed (fp32 only)
+    uint32_t wsSOff;         // [2][Mg][NB] fp32: logits
+    uint32_t wsPOff;         // [2][Mg][NB] dtype: probabilities
     uint32_t wsOOff;         // [2][Mg][D] fp32: P.V of one block
     uint32_t wsPerCore;
     uint32_t ubBytes;        // AIV UB the kernel will allocate (for the README / checks)
@@ -85,16 +95,16 @@ struct SparseAttentionArgs {
 
 namespace sa_detail {
 inline uint32_t Al32(uint32_t b) { return AlignUpU(b, 32); }
-// UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B).
-inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32_t r, bool cvt, bool fp8)
+// UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B); nb: block keys.
+inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8)
 {
     const uint32_t mh8 = AlignUpU(MaxU(mh, 1), 8);
     uint32_t b = 0;
     b += Al32(mh * D * 4);                       // acc
-    b += Al32(mh * kSaBlockKeys * 4);            // S tile
-    b += Al32(mh * kSaBlockKeys * sz);           // P tile
-    b += Al32(mh * kSaBlockKeys * 4);            // column index tile
-    b += Al32(AlignUpU(mh * kSaBlockKeys, 256) / 8);  // mask bits
+    b += Al32(mh * nb * 4);                      // S tile
+    b += Al32(mh * nb * sz);                     // P tile (nb > 64: first the [mh, 64] fp32 partial max / sum)
+    b += Al32(nb * 4);                           // column index of one row
+    b += Al32(AlignUpU(nb, 256) / 8);            // mask bits (one row; Finish: 64 floats)
     b += 10 * 64 * 4;                            // m, m2, l, alpha, rowmax, rowsum, lse, sink, factor, tmp
                        // (64 floats each: whole Compare repeats; mh <= 32)
     b += 3 * Al32(mh8 * 8 * 4);  // Brcb outputs (m, alpha, factor)
@@ -110,13 +120,23 @@ inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t g, uint32
     if (fp8) b += Fp8DequantUbBytes(kSaCvtRows);  // the dequantiser (fp8_dequant.h)
     return b;
 }
-inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz)
+inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz, uint32_t nb)
 {
     uint32_t b = mp * D * sz;  // Q
-    b += 2 * kSaBlockKeys * D * sz;  // K tiles (double buffered)
-    b += mp * kSaBlockKeys * sz;  // P
-    if (sz == 4) b += D * kSaBlockKeys * 4;  // V^T (fp32)
+    b += 2 * nb * D * sz;  // K tiles (double buffered)
+    b += mp * nb * sz;  // P
+    if (sz == 4) b += D * nb * 4;  // V^T (fp32)
     return b;
+}
+// D slice of one Mmad (kTile of Q.K^T, dChunk of P.V): a [nb, slice] key tile per L0B buffer (half of L0B).
+inline uint32_t SliceOf(uint32_t D, uint32_t sz, uint32_t nb) { return MinU(D, kL0BBytes / 2 / (nb * sz)); }
+// The AIC's L0A / L0B / L0C (double-buffered) and L1, the AIV's UB hold the buffers of this shape.
+inline bool Fits(uint32_t mg, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8)
+{
+    const uint32_t mp = AlignUpU(mg, 16), mh = CeilDivU(mg, 2), slice = SliceOf(D, sz, nb);
+    return UbBytes(mh, D, sz, nb, g, r, cvt, fp8) <= kUbBytes && L1Bytes(mp, D, sz, nb) <= kL1Bytes &&
+           2 * mp * MaxU(slice, nb) * sz <= kL0ABytes && 2 * slice * nb * sz <= kL0BBytes &&
+           2 * mp * MaxU(slice, nb) * 4 <= kL0CBytes;
 }
 }  // namespace sa_detail
 
@@ -166,10 +186,13 @@ inline const char* SparseAttentionUnsupported(uint32_t D, uint32_t dtype, uint32
 
 // Returns blockDim (0 when the problem is empty or unsupported: see SparseAttentionUnsupported).
 // dtype: the compute dtype (SparseAttentionComputeDtype). numCores: AI cores (AIC count) available.
+// maxBlockKeys (64 / 128 / 256): caps the key block (tests force the smaller blocks with it). shareCap:
+// valid keys a token may have for its head groups to share one gather (0: never share).
 inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t T, uint32_t H, uint32_t D,
                                              uint32_t dtype, const SparseAttentionStream& s0,
                                              const SparseAttentionStream& s1, bool hasSink, float scale,
-                                             uint32_t numCores)
+                                             uint32_t numCores, uint32_t maxBlockKeys = kSaMaxBlockKeys,
+                                             uint32_t shareCap = kSaShareCapKeys)
 {
     t = SparseAttentionTiling{};
     t.numTokens = T;
@@ -196,47 +219,62 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.hasFp8 = t.kvDtype0 == kDtFP8Record || t.kvDtype1 == kDtFP8Record ? 1u : 0u;
     t.cvtRows = kSaCvtRows;
     const uint32_t sz = DtSize(dtype);
-    t.kTile = MinU(D, sz == 4 ? 128u : 256u);
-    t.dChunk = MinU(D, sz == 4 ? 128u : 256u);
-    t.gatherRows = sz == 4 ? 8u : 16u;
+    const uint32_t g0 = sz == 4 ? 8u : 16u;
     t.outRows = kSaOutRows;
     if (T == 0 || H == 0 || numCores == 0 || SparseAttentionUnsupported(D, dtype, s0.kind, s1.kind)[0] != 0) return 0;
     if ((t.pageSize0 == 0) != (t.kvDtype0 != kDtFP8Record) ||
         (two && (t.pageSize1 == 0) != (t.kvDtype1 != kDtFP8Record)))
         return 0;  // an FP8 pool needs its page size
+    const bool cvt = t.hasCvt != 0, fp8 = t.hasFp8 != 0;
     // Heads per task: the largest Mg (H itself when H <= 16, else a multiple of 16 up to 64) whose
-    // AIV UB, AIC L1 and L0 buffers fit.
+    // AIV UB, AIC L1 and L0 buffers fit with 64-key blocks.
     uint32_t mg = MinU(kSaMaxHeadsPerTask, H);
-    for (;;) {
-        const uint32_t mp = AlignUpU(mg, 16), mh = CeilDivU(mg, 2);
-        const bool ubOk = sa_detail::UbBytes(mh, D, sz, t.gatherRows, t.outRows, t.hasCvt, t.hasFp8) <= kUbBytes;
-        const bool l1Ok = sa_detail::L1Bytes(mp, D, sz) <= kL1Bytes;
-        const bool l0aOk = 2 * mp * MaxU(t.kTile, kSaBlockKeys) * sz <= kL0ABytes;
-        const bool l0cOk = 2 * mp * MaxU(t.dChunk, kSaBlockKeys) * 4 <= kL0CBytes;
-        if (ubOk && l1Ok && l0aOk && l0cOk) break;
+    while (!sa_detail::Fits(mg, D, sz, kSaBlockKeys, g0, t.outRows, cvt, fp8)) {
         if (mg <= 16) return 0;  // D too large for one pass
         mg = (mg - 1) / 16 * 16;
     }
+    // Key block: the largest of 256 / 128 (<= maxBlockKeys) that fits at this Mg, with gather tiles of
+    // g0 rows or, 16-bit, of 8; else 64 keys with g0-row tiles.
+    t.blockKeys = kSaBlockKeys;
+    t.gatherRows = g0;
+    for (uint32_t nb = kSaMaxBlockKeys; nb > kSaBlockKeys && t.blockKeys == kSaBlockKeys; nb /= 2) {
+        if (nb > maxBlockKeys) continue;
+        for (uint32_t g = g0; g >= 8; g /= 2) {
+            if (sa_detail::Fits(mg, D, sz, nb, g, t.outRows, cvt, fp8)) {
+                t.blockKeys = nb;
+                t.gatherRows = g;
+                break;
+            }
+        }
+    }
+    const uint32_t nb = t.blockKeys;
+    t.kTile = t.dChunk = sa_detail::SliceOf(D, sz, nb);
     t.headsPerTask = mg;
     t.headGroups = CeilDivU(H, mg);
     t.numTasks = T * t.headGroups;
+    // Share the gather when the token-major order keeps as many cores busy for as long: each core then runs
+    // ceil(T / cores) tokens of headGroups tasks, against ceil(T * headGroups / cores) tasks round-robin.
+    const uint32_t G = t.headGroups;
+    t.shareGroups = G >= 2 && shareCap > 0 && CeilDivU(T, numCores) * G <= CeilDivU(t.numTasks, numCores) ? 1u : 0u;
+    t.shareCap = t.shareGroups ? MaxU(2 * nb, shareCap / nb * nb) : 0u;
+    t.kvAreas = t.shareGroups ? t.shareCap / nb : 2u;
     t.aivRowsMax = CeilDivU(mg, 2);
     const uint32_t mp = AlignUpU(mg, 16);
-    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, t.gatherRows, t.outRows, t.hasCvt, t.hasFp8);
-    t.l1Bytes = sa_detail::L1Bytes(mp, D, sz);
+    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, nb, t.gatherRows, t.outRows, cvt, fp8);
+    t.l1Bytes = sa_detail::L1Bytes(mp, D, sz, nb);
     uint32_t off = 0;
     t.wsKvOff = off;
-    off += AlignUpU(2 * kSaBlockKeys * D * sz, 512);
+    off += AlignUpU(t.kvAreas * nb * D * sz, 512);
     t.wsVtOff = off;
-    if (sz == 4) off += AlignUpU(2 * D * kSaBlockKeys * 4, 512);
+    if (sz == 4) off += AlignUpU(t.kvAreas * D * nb * 4, 512);
     t.wsSOff = off;
-    off += AlignUpU(2 * mg * kSaBlockKeys * 4, 512);
+    off += AlignUpU(2 * mg * nb * 4, 512);
     t.wsPOff = off;
-    off += AlignUpU(2 * mg * kSaBlockKeys * sz, 512);
+    off += AlignUpU(2 * mg * nb * sz, 512);
     t.wsOOff = off;
     off += AlignUpU(2 * mg * D * 4, 512);
     t.wsPerCore = off;
-    t.blockDim = MinU(numCores, t.numTasks);
+    t.blockDim = MinU(numCores, t.shareGroups ? T : t.numTasks);
     return t.blockDim;
 }
 

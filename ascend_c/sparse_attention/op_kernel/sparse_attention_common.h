@@ -79,6 +79,14 @@ private:
     uint32_t token_ = 0, stream_ = 0, pos_ = 0, limit_[2] = {0, 0};
 };
 
+// Shared gather: whether a token of nv valid keys keeps its gathered rows for its later head groups (the
+// first group's gather writes block b to wsKv / wsVt area b; the later groups gather nothing and read
+// them there). Otherwise blocks alternate between areas 0 and 1 (seq % 2) and every group gathers.
+__aicore__ inline bool KeptRows(const SparseAttentionTiling& t, uint32_t nv)
+{
+    return t.shareGroups != 0 && nv <= t.shareCap;
+}
+
 // Task -> (token, first head, heads) of a head group.
 struct Task {
     uint32_t token, head0, heads;

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// sparse_attention, cube side (AIC): per block of 64 gathered keys
-//   C1  S = Q . K^T   Q [Mg, D] (L1, Nz) x K [64, D] (L1, Nz) sliced over D (kTile), accumulated in L0C,
+// sparse_attention, cube side (AIC): per block of NB = blockKeys (64 / 128 / 256) gathered keys
+//   C1  S = Q . K^T   Q [Mg, D] (L1, Nz) x K [NB, D] (L1, Nz) sliced over D (kTile), accumulated in L0C,
 //                     Fixpipe -> wsS[buf]; CrossCoreSetFlag S
-//   C2  O = P . V     P [Mg, 64] (from wsP[buf]) x V: the same L1 K tile (16-bit: fractal-transposed
+//   C2  O = P . V     P [Mg, NB] (from wsP[buf]) x V: the same L1 K tile (16-bit: fractal-transposed
 //                     LoadData) or the AIV-transposed V^T tile (fp32, the cube cannot transpose 32-bit
 //                     fractals), sliced over D (dChunk), Fixpipe -> wsO[buf]; CrossCoreSetFlag O
 // C1 of block b+1 is issued before C2 of block b, so the cube computes while the vector cores run
-// the softmax of block b. L1 K tiles, L0A/L0B/L0C are double-buffered TQues.
+// the softmax of block b. L1 K tiles, L0A/L0B/L0C are double-buffered TQues. K (and fp32 V^T) come from
+// wsKv / wsVt area seq % 2, or area b for a token kept by the shared gather (KeptRows: its later head
+// groups read the rows its first group gathered).
 #pragma once
 
 #include "sparse_attention_common.h"
@@ -19,9 +21,6 @@ class SparseAttentionCube {
 public:
     static constexpr uint32_t C0 = 32 / sizeof(T);    // elements per 32-B fractal row
     static constexpr uint32_t FRAC = 512 / sizeof(T);  // elements per 512-B fractal
-    static constexpr uint32_t NB = kSaBlockKeys;
-    static constexpr uint32_t N1 = NB / 16;            // 16-row fractal blocks of a key tile
-    static constexpr uint32_t KB1 = NB / C0;           // K fractals of P.V (keys are K)
 
     __aicore__ inline void Init(GM_ADDR q, GM_ADDR idx0, GM_ADDR len0, GM_ADDR idx1, GM_ADDR len1, GM_ADDR ws,
                                 const SparseAttentionTiling& t)
@@ -29,14 +28,17 @@ public:
         t_ = t;
         core_ = static_cast<uint32_t>(AscendC::GetBlockIdx());
         cursor_.Init(idx0, len0, idx1, len1, t_);
-        const uint32_t D = t.headDim, mg = t.headsPerTask;
+        const uint32_t D = t.headDim, mg = t.headsPerTask, NB = t.blockKeys;
+        nb_ = NB;
+        n1_ = NB / 16;
+        kb1_ = NB / C0;
         mp_ = AlignUpU(mg, 16);
         m1_ = mp_ / 16;
         qGm_.SetGlobalBuffer((__gm__ T*)q, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
+        wsKv_.SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff), t.kvAreas * NB * D);
+        wsVt_.SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff), sizeof(T) == 4 ? t.kvAreas * D * NB : 0);
         for (uint32_t b = 0; b < 2; ++b) {
-            wsKv_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff) + b * NB * D, NB * D);
-            wsVt_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff) + b * D * NB, D * NB);
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mg * NB, mg * NB);
             wsP_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsPOff) + b * mg * NB, mg * NB);
             wsO_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsOOff) + b * mg * D, mg * D);
@@ -53,23 +55,30 @@ public:
     __aicore__ inline void Process()
     {
         uint32_t seq = 0;  // block sequence number of this core (same on its two AIVs)
-        for (uint32_t task = core_; task < t_.numTasks; task += t_.blockDim) {
-            const Task tk = MakeTask(task, t_);
-            const uint32_t nv = cursor_.CountValid(tk.token);
-            if (nv == 0) continue;
-            const uint32_t nBlk = CeilDivU(nv, NB);
-            LoadQ(tk);
-            ComputeScores(seq, BlockKeys(0, nv), tk.heads);
-            for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
-                if (b + 1 < nBlk) ComputeScores(seq + 1, BlockKeys(b + 1, nv), tk.heads);
-                ComputeValues(seq, BlockKeys(b, nv), tk.heads);
+        // Units: tasks, or (shareGroups) tokens whose head groups run back to back (sparse_attention_common.h).
+        const uint32_t per = t_.shareGroups ? t_.headGroups : 1u, units = t_.numTasks / per;
+        for (uint32_t u = core_; u < units; u += t_.blockDim) {
+            uint32_t nv = 0;
+            for (uint32_t j = 0; j < per; ++j) {
+                const Task tk = MakeTask(u * per + j, t_);
+                if (j == 0) nv = cursor_.CountValid(tk.token);
+                if (nv == 0) continue;
+                const bool kept = KeptRows(t_, nv);  // blocks at areas 0, 1, ... (else seq % 2)
+                const uint32_t nBlk = CeilDivU(nv, nb_);
+                LoadQ(tk);
+                ComputeScores(seq, kept ? 0 : seq % 2, BlockKeys(0, nv), tk.heads);
+                for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
+                    if (b + 1 < nBlk)
+                        ComputeScores(seq + 1, kept ? b + 1 : (seq + 1) % 2, BlockKeys(b + 1, nv), tk.heads);
+                    ComputeValues(seq, kept ? b : seq % 2, BlockKeys(b, nv), tk.heads);
+                }
+                qQue_.FreeTensor(qL1_);
             }
-            qQue_.FreeTensor(qL1_);
         }
     }
 
 private:
-    static __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) { return MinU(NB, nv - b * NB); }
+    __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) const { return MinU(nb_, nv - b * nb_); }
 
     __aicore__ inline void LoadQ(const Task& tk)
     {
@@ -88,11 +97,12 @@ private:
         qL1_ = qQue_.DeQue<T>();
     }
 
-    // C1: S[heads, 64] = Q . K^T for block `seq` (nb valid keys; the K tile is zero-padded).
-    __aicore__ inline void ComputeScores(uint32_t seq, uint32_t nb, uint32_t heads)
+    // C1: S[heads, NB] = Q . K^T for block `seq` (nb valid keys in wsKv area `area`; the K tile is
+    // zero-padded).
+    __aicore__ inline void ComputeScores(uint32_t seq, uint32_t area, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2, D = t_.headDim;
+        const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagKv + buf));
         LocalTensor<T> k = kQue_.AllocTensor<T>();
         if (nb < NB) {  // zero the padded keys; the gather below is another MTE2 write of the same tile
@@ -106,7 +116,7 @@ private:
         p.srcDValue = D;
         p.dstNzC0Stride = NB;
         p.dstNzNStride = 1;
-        DataCopy(k, wsKv_[buf], p);
+        DataCopy(k, wsKv_[static_cast<uint64_t>(area) * NB * D], p);
         kQue_.EnQue(k);
         kL1_[buf] = kQue_.DeQue<T>();
 
@@ -124,7 +134,7 @@ private:
             a2 = aQue_.DeQue<T>();
             b2 = bQue_.DeQue<T>();
             MmadParams mm;
-            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
+            mm.m = longattn_compat::MmadRows(heads);  // m = 1 would be GEMV mode
             mm.n = NB;
             mm.k = kThis;
             mm.cmatrixInitVal = (k0 == 0);
@@ -145,11 +155,11 @@ private:
         CrossCoreSetFlag<2, PIPE_FIX>(static_cast<uint16_t>(kFlagS + buf));
     }
 
-    // C2: O[heads, D] = P . V for block `seq`.
-    __aicore__ inline void ComputeValues(uint32_t seq, uint32_t nb, uint32_t heads)
+    // C2: O[heads, D] = P . V for block `seq` (fp32: V^T from wsVt area `area`).
+    __aicore__ inline void ComputeValues(uint32_t seq, uint32_t area, uint32_t nb, uint32_t heads)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2, D = t_.headDim;
+        const uint32_t buf = seq % 2, D = t_.headDim, NB = nb_, N1 = n1_, KB1 = kb1_;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagP + buf));
         LocalTensor<T> pL1 = pQue_.AllocTensor<T>();
         Nd2NzParams p;
@@ -162,7 +172,7 @@ private:
         DataCopy(pL1, wsP_[buf], p);
         pQue_.EnQue(pL1);
         LocalTensor<float> vt;
-        if constexpr (sizeof(T) == 4) {  // V^T [D, 64] written by the AIVs; padding keys zeroed here
+        if constexpr (sizeof(T) == 4) {  // V^T [D, NB] written by the AIVs; padding keys zeroed here
             vt = vtQue_.AllocTensor<float>();
             if (nb < NB) {  // as above: zero fill and copy are two MTE2 writes of the tile
                 longattn_compat::InitConstValue(vt, InitConstValueParams<float>(1, D * NB * 4 / 32, 0, 0.0f));
@@ -175,7 +185,7 @@ private:
             v.srcDValue = NB;
             v.dstNzC0Stride = D;
             v.dstNzNStride = 1;
-            DataCopy(vt, wsVt_[buf], v);
+            DataCopy(vt, wsVt_[static_cast<uint64_t>(area) * D * NB], v);
             vtQue_.EnQue(vt);
             vt = vtQue_.DeQue<float>();
         }
@@ -189,13 +199,13 @@ private:
             const uint32_t dThis = MinU(t_.dChunk, D - d0), n1This = dThis / 16;
             LocalTensor<T> b2 = bQue_.AllocTensor<T>();
             if constexpr (sizeof(T) == 2) {
-                // V = K tile [64 keys, D]: fractal (key block k1, D block) sits at (d/16)*N1 + k1 in L1;
+                // V = K tile [NB keys, D]: fractal (key block k1, D block) sits at (d/16)*N1 + k1 in L1;
                 // transposing each 16x16 fractal gives the Zn layout of V as k x n.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], kL1_[buf],
                              LoadData2DParams((d0 / 16) * N1 + k1, n1This, N1, 0, 0, true, 0));
             } else {
-                // V^T [D, 64] Nz: fractal (D block, key block k1) at k1*(D/16) + d/16 is already Zn.
+                // V^T [D, NB] Nz: fractal (D block, key block k1) at k1*(D/16) + d/16 is already Zn.
                 for (uint32_t k1 = 0; k1 < KB1; ++k1)
                     LoadData(b2[k1 * n1This * FRAC], vt.template ReinterpretCast<T>(),
                              LoadData2DParams(k1 * (D / 16) + d0 / 16, n1This, 1, 0, 0, false, 0));
@@ -204,7 +214,7 @@ private:
             b2 = bQue_.DeQue<T>();
             LocalTensor<float> c = cQue_.AllocTensor<float>();
             MmadParams mm;
-            mm.m = longattn_compat::MmadRows(heads); // m = 1 would be GEMV mode
+            mm.m = longattn_compat::MmadRows(heads);  // m = 1 would be GEMV mode
             mm.n = dThis;
             mm.k = NB;
             mm.cmatrixInitVal = true;
@@ -236,11 +246,11 @@ private:
     AscendC::TQue<AscendC::TPosition::B2, 2> bQue_;
     AscendC::TQue<AscendC::TPosition::CO1, 2> cQue_;
     AscendC::LocalTensor<T> qL1_, kL1_[2];
-    AscendC::GlobalTensor<T> qGm_, wsKv_[2], wsP_[2];
-    AscendC::GlobalTensor<float> wsVt_[2], wsS_[2], wsO_[2];
+    AscendC::GlobalTensor<T> qGm_, wsKv_, wsP_[2];
+    AscendC::GlobalTensor<float> wsVt_, wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
-    uint32_t core_ = 0, mp_ = 16, m1_ = 1;
+    uint32_t core_ = 0, mp_ = 16, m1_ = 1, nb_ = kSaBlockKeys, n1_ = kSaBlockKeys / 16, kb1_ = kSaBlockKeys / C0;
 };
 
 }  // namespace sa

@@ -1,20 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 // sparse_attention, vector side (the two AIVs of an AI core).
-// Per block of 64 valid keys:
-//   V0  gather: each AIV takes 32 of the block's key rows (invalid indices are skipped by the cursor
+// Per block of NB = blockKeys (64 / 128 / 256) valid keys:
+//   V0  gather: each AIV takes NB / 2 of the block's key rows (invalid indices are skipped by the cursor
 //       and never dereferenced), in tiles of gatherRows rows, each tile split into runs of rows of
 //       one stream: rows of the compute dtype by one DataCopyPad per run of consecutive slots, straight
 //       into the tile; 16-bit rows for an fp32 computation through a VECIN chunk (one DataCopyPad per
 //       run of consecutive slots inside the chunk) and a Cast; FP8 records (3 DataCopyPads per run of
 //       consecutive slots inside the chunk and one page: nope bytes, rope bytes, scale bytes) through the
 //       dequantiser (../../common/fp8_dequant.h), exact fp32 rows, Cast to bf16 for a bf16 computation.
-//       The tile goes to wsKv[buf] (fp32: also V^T to wsVt[buf] via an in-UB Gather transpose);
-//       CrossCoreSetFlag KV.
-//       The gather of block b+1 is issued before the softmax of block b (prefetch).
-//   V1  online softmax of its query-head rows of S (FlashAttention-2): scale, padding keys -> -inf,
-//       row max (WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new), p = exp(s - m_new)
-//       (Brcb + repeat-form Sub), l = l * alpha + rowsum (WholeReduceSum); P (cast to the input
-//       dtype) -> wsP[buf]; CrossCoreSetFlag P.
+//       The tile goes to wsKv area seq % 2 (fp32: also V^T to wsVt via an in-UB Gather transpose);
+//       CrossCoreSetFlag KV. Shared gather (KeptRows): the token's first head group writes block b to
+//       area b, its later groups gather nothing and only raise flag KV. The gather of block b+1 is issued
+//       before the softmax of block b (prefetch).
+//   V1  online softmax of its query-head rows of S [mh, NB] (FlashAttention-2): scale, padding keys
+//       -> -inf, row max (NB > 64: repeat-form Max of the row's 64-float slices into one [mh, 64]
+//       partial, then WholeReduceMax), m_new = max(m, rowmax), alpha = exp(m - m_new),
+//       p = exp(s - m_new) (Brcb + repeat-form Sub per slice), l = l * alpha + rowsum (slices added
+//       the same way, WholeReduceSum); P (cast to the input dtype) -> wsP[buf]; CrossCoreSetFlag P.
 //   V2  acc = acc * alpha + P.V (repeat-form Mul with the Brcb'd alpha, then Add).
 // End of a task: lse = m + ln(l), out = acc * g / l with g = 1 / (1 + exp(sink - lse)) (the sink is a
 // zero-valued virtual key, excluded from lse), cast to the output dtype.
@@ -41,8 +43,6 @@ namespace sa {
 template <typename T>
 class SparseAttentionVector {
 public:
-    static constexpr uint32_t NB = kSaBlockKeys;
-    static constexpr uint32_t HALF_NB = NB / 2;
     static constexpr uint32_t kVecLen = 64;  // per-row vectors (m, l, ...): >= the rows of one AIV (<= 32)
     static constexpr float kFltMax = 3.40282347e38f;
 
@@ -54,16 +54,17 @@ public:
         sub_ = static_cast<uint32_t>(GetSubBlockIdx());
         core_ = static_cast<uint32_t>(GetBlockIdx() / GetSubBlockNum());  // AI core of this AIV
         cursor_.Init(idx0, len0, idx1, len1, t_);
-        const uint32_t D = t.headDim, mg = t.headsPerTask, sz = sizeof(T);
+        const uint32_t D = t.headDim, mg = t.headsPerTask, sz = sizeof(T), NB = t.blockKeys;
+        nb_ = NB;
         InitPool(0, kv0, t.kvDtype0, t.numSlots0, t.pageSize0, t.pageBytes0);
         InitPool(1, kv1, t.kvDtype1, t.numSlots1, t.pageSize1, t.pageBytes1);
         outGm_.SetGlobalBuffer((__gm__ T*)out, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
         lseGm_.SetGlobalBuffer((__gm__ float*)lse, static_cast<uint64_t>(t.numTokens) * t.numHeads);
         if (t.hasSink) sinkGm_.SetGlobalBuffer((__gm__ float*)sink, t.numHeads);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
+        wsKv_.SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff), t.kvAreas * NB * D);
+        wsVt_.SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff), sizeof(T) == 4 ? t.kvAreas * D * NB : 0);
         for (uint32_t b = 0; b < 2; ++b) {
-            wsKv_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsKvOff) + b * NB * D, NB * D);
-            wsVt_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsVtOff) + b * D * NB, D * NB);
             wsS_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsSOff) + b * mg * NB, mg * NB);
             wsP_[b].SetGlobalBuffer((__gm__ T*)(base + t.wsPOff) + b * mg * NB, mg * NB);
             wsO_[b].SetGlobalBuffer((__gm__ float*)(base + t.wsOOff) + b * mg * D, mg * D);
@@ -72,8 +73,8 @@ public:
         pipe_.InitBuffer(accBuf_, mh * D * 4);
         pipe_.InitBuffer(sQue_, 1, mh * NB * 4);
         pipe_.InitBuffer(pQue_, 1, mh * NB * sz);
-        pipe_.InitBuffer(colBuf_, mh * NB * 4);
-        pipe_.InitBuffer(maskBuf_, AlignUpU(mh * NB, 256) / 8);
+        pipe_.InitBuffer(colBuf_, NB * 4);
+        pipe_.InitBuffer(maskBuf_, AlignUpU(NB, 256) / 8);
         pipe_.InitBuffer(vecBuf_, 10 * kVecLen * 4);
         pipe_.InitBuffer(brcbBuf_, 3 * AlignUpU(mh8 * 8 * 4, 32));
         pipe_.InitBuffer(oQue_, 2, r * D * 4);
@@ -108,9 +109,8 @@ public:
         mB_ = bb[0];
         alphaB_ = bb[bs];
         factorB_ = bb[2 * bs];
-        // Column index of every element of an S tile (padding keys are masked by comparing with nb).
+        // Column index of one row of an S tile (padding keys are masked by comparing with nb).
         CreateVecIndex(col_, 0.0f, NB);
-        for (uint32_t i = 1; i < mh; ++i) DataCopy(col_[i * NB], col_, NB);
         if constexpr (sizeof(T) == 4) {
             // Transpose offsets (bytes) of a [g, D] gather tile -> [D, g]: element (d, r) <- (r, d).
             LocalTensor<uint32_t> off = offBuf_.Get<uint32_t>();
@@ -122,29 +122,37 @@ public:
     __aicore__ inline void Process()
     {
         uint32_t seq = 0;
-        for (uint32_t task = core_; task < t_.numTasks; task += t_.blockDim) {
-            const Task tk = MakeTask(task, t_);
-            const uint32_t half = CeilDivU(tk.heads, 2);
-            const uint32_t row0 = sub_ == 0 ? 0 : half, mh = sub_ == 0 ? half : tk.heads - half;
-            const uint32_t nv = cursor_.CountValid(tk.token);
-            if (nv == 0) {
-                WriteEmpty(tk, row0, mh);
-                continue;
+        // Units: tasks, or (shareGroups) tokens whose head groups run back to back; a kept token (KeptRows)
+        // is gathered by its first group only (block b -> area b), the later groups just raise flag KV.
+        const uint32_t per = t_.shareGroups ? t_.headGroups : 1u, units = t_.numTasks / per;
+        for (uint32_t u = core_; u < units; u += t_.blockDim) {
+            uint32_t nv = 0;
+            for (uint32_t j = 0; j < per; ++j) {
+                const Task tk = MakeTask(u * per + j, t_);
+                const uint32_t half = CeilDivU(tk.heads, 2);
+                const uint32_t row0 = sub_ == 0 ? 0 : half, mh = sub_ == 0 ? half : tk.heads - half;
+                if (j == 0) nv = cursor_.CountValid(tk.token);
+                if (nv == 0) {
+                    WriteEmpty(tk, row0, mh);
+                    continue;
+                }
+                const bool kept = KeptRows(t_, nv), gather = !kept || j == 0;
+                const uint32_t nBlk = CeilDivU(nv, nb_);
+                StartTask(tk, row0, mh);
+                if (gather) cursor_.Reset(tk.token);
+                GatherBlock(seq, kept ? 0 : seq % 2, BlockKeys(0, nv), gather);
+                for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
+                    if (b + 1 < nBlk) GatherBlock(seq + 1, kept ? b + 1 : (seq + 1) % 2, BlockKeys(b + 1, nv), gather);
+                    Softmax(seq, BlockKeys(b, nv), row0, mh);
+                    Rescale(seq, row0, mh);
+                }
+                Finish(tk, row0, mh);
             }
-            const uint32_t nBlk = CeilDivU(nv, NB);
-            StartTask(tk, row0, mh);
-            GatherBlock(seq, BlockKeys(0, nv));
-            for (uint32_t b = 0; b < nBlk; ++b, ++seq) {
-                if (b + 1 < nBlk) GatherBlock(seq + 1, BlockKeys(b + 1, nv));
-                Softmax(seq, BlockKeys(b, nv), row0, mh);
-                Rescale(seq, row0, mh);
-            }
-            Finish(tk, row0, mh);
         }
     }
 
 private:
-    static __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) { return MinU(NB, nv - b * NB); }
+    __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) const { return MinU(nb_, nv - b * nb_); }
 
     __aicore__ inline void StartTask(const Task& tk, uint32_t row0, uint32_t mh)
     {
@@ -181,11 +189,19 @@ private:
         }
     }
 
-    // V0: rows [32*sub, 32*sub + 32) of the next nb valid keys -> wsKv[buf] (+ wsVt[buf] for fp32).
-    __aicore__ inline void GatherBlock(uint32_t seq, uint32_t nb)
+    // V0: rows [NB/2 * sub, NB/2 * sub + NB/2) of the next nb valid keys -> wsKv area `area` (+ wsVt area
+    // for fp32); then flag KV of block `seq`. gather = false (rows kept by the token's first head group):
+    // the flag only.
+    __aicore__ inline void GatherBlock(uint32_t seq, uint32_t area, uint32_t nb, bool gather)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2, D = t_.headDim, g = t_.gatherRows;
+        const uint32_t buf = seq % 2, D = t_.headDim, g = t_.gatherRows, NB = nb_, HALF_NB = NB / 2;
+        if (!gather) {
+            CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagKv + buf));
+            return;
+        }
+        const GlobalTensor<T> wsKv = wsKv_[static_cast<uint64_t>(area) * NB * D];
+        const GlobalTensor<float> wsVt = wsVt_[sizeof(T) == 4 ? static_cast<uint64_t>(area) * D * NB : 0];
         const uint32_t lo = MinU(nb, sub_ * HALF_NB), hi = MinU(nb, lo + HALF_NB);
         const bool converts = t_.hasCvt || t_.hasFp8;  // the vector unit may write gather tiles
         uint32_t stream = 0, slot = 0;
@@ -225,14 +241,14 @@ private:
             tile = gQue_.DeQue<T>();  // orders the gather (MTE2) before V only: MTE3 waits explicitly
             longattn_compat::PipeWait<HardEvent::MTE2_MTE3>(pipe_);
             if (vWrote) longattn_compat::PipeWait<HardEvent::V_MTE3>(pipe_);
-            DataCopy(wsKv_[buf][r0 * D], tile, rows * D);
+            DataCopy(wsKv[r0 * D], tile, rows * D);
             if constexpr (sizeof(T) == 4) {
                 LocalTensor<float> tt = tQue_.AllocTensor<float>();
                 Gather(tt, tile, offBuf_.Get<uint32_t>(), 0, D * g);
                 tQue_.EnQue(tt);
                 tt = tQue_.DeQue<float>();
-                // [D, g] rows of g floats (32 B) -> columns r0.. of V^T [D, 64]
-                DataCopyPad(wsVt_[buf][r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
+                // [D, g] rows of g floats (32 B) -> columns r0.. of V^T [D, NB]
+                DataCopyPad(wsVt[r0], tt, DataCopyExtParams(D, rows * 4, 0, (NB - rows) * 4, 0));
                 tQue_.FreeTensor(tt);
             }
             longattn_compat::PipeWait<HardEvent::MTE3_MTE2>(pipe_);  // the next gather into this buffer
@@ -309,35 +325,41 @@ private:
     __aicore__ inline void Softmax(uint32_t seq, uint32_t nb, uint32_t row0, uint32_t mh)
     {
         using namespace AscendC;
-        const uint32_t buf = seq % 2;
+        const uint32_t buf = seq % 2, NB = nb_;
         CrossCoreWaitFlag(static_cast<uint16_t>(kFlagS + buf));
         if (mh > 0) {
             const uint32_t n = mh * NB;
+            const uint8_t rowBlk = static_cast<uint8_t>(NB / 8);  // 32-B blocks per row of S
             LocalTensor<float> s = sQue_.AllocTensor<float>();
             DataCopy(s, wsS_[buf][row0 * NB], n);
             sQue_.EnQue(s);
             s = sQue_.DeQue<float>();
             Muls(s, s, t_.scale, n);
-            if (nb < NB) {  // zero-padded keys of the last block
-                longattn_compat::CompareScalar(mask_, col_, static_cast<float>(nb), CMPMODE::LT, n);
-                Select(s, mask_, s, kNegInf, SELMODE::VSEL_TENSOR_SCALAR_MODE, n);
+            if (nb < NB) {  // zero-padded keys of the last block: columns [nb, NB) of every row -> -inf
+                const uint32_t c0 = nb / 64 * 64;  // the 64-column slice holding the first padding key
+                longattn_compat::CompareScalar(mask_, col_[c0], static_cast<float>(nb), CMPMODE::LT, NB - c0);
+                for (uint32_t i = 0; i < mh; ++i)
+                    Select(s[i * NB + c0], mask_, s[i * NB + c0], kNegInf, SELMODE::VSEL_TENSOR_SCALAR_MODE, NB - c0);
             }
-            longattn_compat::WholeReduceMax(rowMax_, s, NB, mh, 1, 1, 8, ReduceOrder::ORDER_ONLY_VALUE);
+            // p tile: for NB > 64 first the [mh, 64] fp32 partial max / sum of each row's 64-float slices
+            LocalTensor<T> p = pQue_.AllocTensor<T>();
+            const LocalTensor<float> part = p.template ReinterpretCast<float>();
+            RowReduce(part, s, mh, true);
             Max(mNew_, m_, rowMax_, mh);
             Maxs(tmp_, mNew_, -kFltMax, mh);  // m*: m_new clamped to the finite range (see the top)
             Mins(tmp_, tmp_, kFltMax, mh);
             Sub(alpha_, m_, tmp_, mh);
             Exp(alpha_, alpha_, mh);  // exp(-inf) = 0 on the first block
             Brcb(mB_, tmp_, CeilDivU(mh, 8), BrcbRepeatParams(1, 8));
-            Sub(s, s, mB_, NB, mh, BinaryRepeatParams(1, 1, 0, 8, 8, 1));
+            for (uint32_t c = 0; c < NB; c += 64)  // s - m* per 64-column slice, one repeat per row
+                Sub(s[c], s[c], mB_, 64, mh, BinaryRepeatParams(1, 1, 0, rowBlk, rowBlk, 1));
             Exp(s, s, n);
-            longattn_compat::WholeReduceSum(rowSum_, s, NB, mh, 1, 1, 8);
+            RowReduce(part, s, mh, false);
             Mul(l_, l_, alpha_, mh);
             Add(l_, l_, rowSum_, mh);
             LocalTensor<float> swap = m_;
             m_ = mNew_;
             mNew_ = swap;
-            LocalTensor<T> p = pQue_.AllocTensor<T>();
             if constexpr (sizeof(T) == 4)
                 DataCopy(p, s, n);
             else
@@ -349,6 +371,36 @@ private:
             pQue_.FreeTensor(p);
         }
         CrossCoreSetFlag<2, PIPE_MTE3>(static_cast<uint16_t>(kFlagP + buf));
+    }
+
+    // Row max (max = true: -> rowMax_) or row sum (-> rowSum_) of s [mh, NB]. NB = 64: one WholeReduce
+    // repeat per row; NB > 64: the row's 64-float slices are first combined element-wise into part
+    // [mh, 64] (repeat-form Max / Add, one repeat per row), then reduced the same way.
+    __aicore__ inline void RowReduce(const AscendC::LocalTensor<float>& part, const AscendC::LocalTensor<float>& s,
+                                     uint32_t mh, bool max)
+    {
+        using namespace AscendC;
+        const uint32_t NB = nb_;
+        const uint8_t rowBlk = static_cast<uint8_t>(NB / 8);
+        LocalTensor<float> src = s;
+        if (NB > 64) {
+            if (max)
+                Max(part, s, s[64], 64, mh, BinaryRepeatParams(1, 1, 1, 8, rowBlk, rowBlk));
+            else
+                Add(part, s, s[64], 64, mh, BinaryRepeatParams(1, 1, 1, 8, rowBlk, rowBlk));
+            for (uint32_t c = 128; c < NB; c += 64) {
+                if (max)
+                    Max(part, part, s[c], 64, mh, BinaryRepeatParams(1, 1, 1, 8, 8, rowBlk));
+                else
+                    Add(part, part, s[c], 64, mh, BinaryRepeatParams(1, 1, 1, 8, 8, rowBlk));
+            }
+            src = part;
+        }
+        const int32_t srcRep = NB > 64 ? 8 : rowBlk;
+        if (max)
+            longattn_compat::WholeReduceMax(rowMax_, src, 64, mh, 1, 1, srcRep, ReduceOrder::ORDER_ONLY_VALUE);
+        else
+            longattn_compat::WholeReduceSum(rowSum_, src, 64, mh, 1, 1, srcRep);
     }
 
     // V2: acc = acc * alpha + O_block, in chunks of outRows rows.
@@ -462,13 +514,13 @@ private:
     AscendC::LocalTensor<float> acc_, col_, m_, mNew_, l_, alpha_, rowMax_, rowSum_, lse_, sinkV_, factor_, tmp_;
     AscendC::LocalTensor<float> mB_, alphaB_, factorB_;
     AscendC::LocalTensor<uint8_t> mask_;
-    AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_[2], wsP_[2];
+    AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_, wsP_[2];
     AscendC::GlobalTensor<uint8_t> poolGm_[2];  // pools not of the compute dtype, as bytes
     Fp8Dequantizer fp8_;
-    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_[2], wsS_[2], wsO_[2];
+    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_, wsS_[2], wsO_[2];
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
-    uint32_t sub_ = 0, core_ = 0;
+    uint32_t sub_ = 0, core_ = 0, nb_ = kSaBlockKeys;
     uint32_t kind_[2] = {0, 0}, pageSize_[2] = {1, 1}, pageBytes_[2] = {0, 0};
     uint32_t rowStream_[16], rowSlot_[16];  // the (stream, slot) of each row of a gather tile (<= 16 rows)
 };

@@ -22,12 +22,13 @@ from ...cache import fp8
 from .. import pools
 from ..combine import ascend as combine_ascend
 
-SA_BLOCK_KEYS = 64
+SA_BLOCK_KEYS = 64  # the smallest key block; the tiling takes 256 or 128 where they fit
+SA_MAX_BLOCK_KEYS = 256
 SA_MAX_HEADS_PER_TASK = 64
 SA_OUT_ROWS = 4
 SA_CVT_ROWS = 4  # rows per conversion chunk of the gather (16-bit rows -> fp32, FP8 records)
 UB_BYTES = 192 * 1024 - 8 * 1024 - 256  # A2/A3 unified buffer, less the kernel's reserved bytes
-L1_BYTES, L0A_BYTES, L0C_BYTES = 512 * 1024, 64 * 1024, 128 * 1024
+L1_BYTES, L0A_BYTES, L0B_BYTES, L0C_BYTES = 512 * 1024, 64 * 1024, 64 * 1024, 128 * 1024
 _ELEM = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 FP8 = "fp8"  # the pool kind of an Fp8KVPool (float pools: their dtype)
 PoolKind = Union[torch.dtype, str]
@@ -45,10 +46,13 @@ def fp8_dequant_ub_bytes(rows: int) -> int:
     return 2 * rows * (448 + 32 + 128) + rows * 512 * 4 + 32 + 2 * rows * 520 * 4 + 4096
 
 
-def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int, cvt: bool = False, fp8_pool: bool = False) -> int:
+def sa_ub_bytes(
+    mh: int, D: int, sz: int, g: int, r: int, cvt: bool = False, fp8_pool: bool = False, nb: int = SA_BLOCK_KEYS
+) -> int:
+    """AIV UB of the kernel (mirrors sa_detail::UbBytes): mh rows, blocks of nb keys, g-row gather tiles."""
     mh8 = _al(max(mh, 1), 8)
-    b = _al(mh * D * 4, 32) + _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(mh * SA_BLOCK_KEYS * sz, 32)
-    b += _al(mh * SA_BLOCK_KEYS * 4, 32) + _al(_al(mh * SA_BLOCK_KEYS, 256) // 8, 32)
+    b = _al(mh * D * 4, 32) + _al(mh * nb * 4, 32) + _al(mh * nb * sz, 32)
+    b += _al(nb * 4, 32) + _al(_al(nb, 256) // 8, 32)
     b += 10 * 64 * 4 + 3 * _al(mh8 * 8 * 4, 32)
     b += 2 * _al(r * D * 4, 32) + 2 * _al(r * D * sz, 32) + 2 * _al(mh8 * 4, 32) + 2 * _al(g * D * sz, 32)
     if sz == 4:
@@ -60,9 +64,25 @@ def sa_ub_bytes(mh: int, D: int, sz: int, g: int, r: int, cvt: bool = False, fp8
     return b
 
 
-def sa_l1_bytes(mp: int, D: int, sz: int) -> int:
-    b = mp * D * sz + 2 * SA_BLOCK_KEYS * D * sz + mp * SA_BLOCK_KEYS * sz
-    return b + (D * SA_BLOCK_KEYS * 4 if sz == 4 else 0)
+def sa_l1_bytes(mp: int, D: int, sz: int, nb: int = SA_BLOCK_KEYS) -> int:
+    b = mp * D * sz + 2 * nb * D * sz + mp * nb * sz
+    return b + (D * nb * 4 if sz == 4 else 0)
+
+
+def sa_slice(D: int, sz: int, nb: int) -> int:
+    """kTile = dChunk: the D slice of one Mmad, a [nb, slice] key tile per (double-buffered) L0B buffer."""
+    return min(D, L0B_BYTES // 2 // (nb * sz))
+
+
+def _sa_fits(mg: int, D: int, sz: int, nb: int, g: int, cvt: bool, has_fp8: bool) -> bool:
+    mp, mh, sl = _al(mg, 16), -(-mg // 2), sa_slice(D, sz, nb)
+    return (
+        sa_ub_bytes(mh, D, sz, g, SA_OUT_ROWS, cvt, has_fp8, nb) <= UB_BYTES
+        and sa_l1_bytes(mp, D, sz, nb) <= L1_BYTES
+        and 2 * mp * max(sl, nb) * sz <= L0A_BYTES
+        and 2 * sl * nb * sz <= L0B_BYTES
+        and 2 * mp * max(sl, nb) * 4 <= L0C_BYTES
+    )
 
 
 def compute_dtype(q_dtype: torch.dtype, kinds: Sequence[PoolKind]) -> torch.dtype:
@@ -72,32 +92,49 @@ def compute_dtype(q_dtype: torch.dtype, kinds: Sequence[PoolKind]) -> torch.dtyp
     return q_dtype if fits else torch.float32
 
 
-def sa_heads_per_task(H: int, D: int, dtype: torch.dtype, kinds: Sequence[PoolKind] = ()) -> int:
-    """Heads per task of the sparse_attention tiling for q of ``dtype`` over pools of ``kinds``
-    (default: one pool of q's dtype); 0: no tiling fits this D."""
+def sa_tiling(
+    H: int, D: int, dtype: torch.dtype, kinds: Sequence[PoolKind] = (), max_block_keys: int = SA_MAX_BLOCK_KEYS
+) -> Optional[dict]:
+    """The sparse_attention tiling's choices (mirrors SparseAttentionTilingCompute) for q of ``dtype`` over
+    pools of ``kinds`` (default: one pool of q's dtype): heads_per_task (Mg, the largest that fits with
+    64-key blocks), block_keys (the largest of 256 / 128 <= max_block_keys that fits at that Mg, else 64),
+    gather_rows, k_tile (= d_chunk), ub_bytes, l1_bytes. None: no tiling fits this D."""
     if H <= 0 or D <= 0 or D % 64 or dtype not in _ELEM:
-        return 0
+        return None
     dt = compute_dtype(dtype, kinds)
     if any(k == FP8 for k in kinds) and D != fp8.HEAD_DIM:
-        return 0
+        return None
     cvt = any(k != dt and k in (torch.bfloat16, torch.float16) for k in kinds)
     has_fp8 = any(k == FP8 for k in kinds)
     sz = _ELEM[dt]
-    k_tile = d_chunk = min(D, 128 if sz == 4 else 256)
-    g = 8 if sz == 4 else 16
+    g0 = 8 if sz == 4 else 16
     mg = min(SA_MAX_HEADS_PER_TASK, H)
-    while True:
-        mp, mh = _al(mg, 16), -(-mg // 2)
-        if (
-            sa_ub_bytes(mh, D, sz, g, SA_OUT_ROWS, cvt, has_fp8) <= UB_BYTES
-            and sa_l1_bytes(mp, D, sz) <= L1_BYTES
-            and 2 * mp * max(k_tile, SA_BLOCK_KEYS) * sz <= L0A_BYTES
-            and 2 * mp * max(d_chunk, SA_BLOCK_KEYS) * 4 <= L0C_BYTES
-        ):
-            return mg
+    while not _sa_fits(mg, D, sz, SA_BLOCK_KEYS, g0, cvt, has_fp8):
         if mg <= 16:
-            return 0
+            return None
         mg = (mg - 1) // 16 * 16
+    nb, g = SA_BLOCK_KEYS, g0
+    for cand in (256, 128):
+        fit = [gr for gr in (g0, g0 // 2) if gr >= 8 and _sa_fits(mg, D, sz, cand, gr, cvt, has_fp8)]
+        if cand <= max_block_keys and fit:
+            nb, g = cand, fit[0]
+            break
+    mp, mh = _al(mg, 16), -(-mg // 2)
+    return {
+        "heads_per_task": mg,
+        "block_keys": nb,
+        "gather_rows": g,
+        "k_tile": sa_slice(D, sz, nb),
+        "ub_bytes": sa_ub_bytes(mh, D, sz, g, SA_OUT_ROWS, cvt, has_fp8, nb),
+        "l1_bytes": sa_l1_bytes(mp, D, sz, nb),
+    }
+
+
+def sa_heads_per_task(H: int, D: int, dtype: torch.dtype, kinds: Sequence[PoolKind] = ()) -> int:
+    """Heads per task of the sparse_attention tiling for q of ``dtype`` over pools of ``kinds``
+    (default: one pool of q's dtype); 0: no tiling fits this D."""
+    t = sa_tiling(H, D, dtype, kinds)
+    return t["heads_per_task"] if t else 0
 
 
 def pool_kind(pool) -> Optional[PoolKind]:
