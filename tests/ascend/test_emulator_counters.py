@@ -275,6 +275,8 @@ def test_gather_dma_count_of_broken_runs(mix):
         q = torch.randn(2, 3, 512, generator=g).to(q_dtype)
         vs_flipped, vs_exact, model = _gather_dmas_measured(q, pools, rows)
         assert vs_flipped == vs_exact == model, (page, vs_flipped, vs_exact, model)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_sparse_attention_shared_gather_halves_gather_bytes(monkeypatch, dtype):
     """H = 128 = two head groups: with the shared gather (8 tokens on 4 cores, groups of a token back to
