@@ -184,11 +184,11 @@ std::tuple<at::Tensor, at::Tensor> RawSparseAttention(
     const at::Tensor& q, const at::Tensor& kv, int64_t kv_page_size, const at::Tensor& indices,
     const c10::optional<at::Tensor>& topk_length, const c10::optional<at::Tensor>& extra_kv, int64_t extra_page_size,
     const c10::optional<at::Tensor>& extra_indices, const c10::optional<at::Tensor>& extra_topk_length,
-    const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
+    const c10::optional<at::Tensor>& attn_sink, double softmax_scale, bool out_f32)
 {
     NpuDevice dev(q);
     return la::host::SparseAttention(dev, q, kv, kv_page_size, indices, topk_length, extra_kv, extra_page_size,
-                                     extra_indices, extra_topk_length, attn_sink, softmax_scale);
+                                     extra_indices, extra_topk_length, attn_sink, softmax_scale, out_f32);
 }
 
 void RawCompressKv(const at::Tensor& a, const at::Tensor& b, const at::Tensor& positions, const at::Tensor& token_rows,
@@ -246,7 +246,7 @@ TORCH_LIBRARY(longattn_ascend, m)
     m.def(
         "sparse_attention(Tensor q, Tensor kv, int kv_page_size, Tensor indices, Tensor? topk_length, "
         "Tensor? extra_kv, int extra_page_size, Tensor? extra_indices, Tensor? extra_topk_length, Tensor? attn_sink, "
-        "float softmax_scale) -> (Tensor, Tensor)");
+        "float softmax_scale, bool out_f32) -> (Tensor, Tensor)");
     m.def(
         "compress_kv(Tensor a, Tensor b, Tensor positions, Tensor token_rows, int ratio, bool overlap, "
         "Tensor(a!) state, Tensor state_block_table, Tensor(b!) out, int out_page_size, Tensor out_block_table, "

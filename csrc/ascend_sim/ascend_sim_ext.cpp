@@ -91,12 +91,12 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(at::Tensor q, at::Tensor kv, 
                                                    c10::optional<at::Tensor> extra_indices,
                                                    c10::optional<at::Tensor> extra_topk_length,
                                                    c10::optional<at::Tensor> attn_sink, double softmax_scale,
-                                                   int64_t num_cores)
+                                                   bool out_f32, int64_t num_cores)
 {
     CheckCpu({&q, &kv, &indices});
     EmuDevice dev = Device(num_cores);
     return la::host::SparseAttention(dev, q, kv, kv_page_size, indices, topk_length, extra_kv, extra_page_size,
-                                     extra_indices, extra_topk_length, attn_sink, softmax_scale);
+                                     extra_indices, extra_topk_length, attn_sink, softmax_scale, out_f32);
 }
 
 void CompressKv(at::Tensor a, at::Tensor b, at::Tensor positions, at::Tensor token_rows, int64_t ratio, bool overlap,
@@ -187,14 +187,15 @@ pybind11::dict CombineTilingInfo(int64_t mode, int64_t rows, int64_t H, int64_t 
 }
 
 // q of dtype_code over kv of kv_code (a DataTypeCode; 3: an FP8 pool) and a second stream of extra_code
-// (-1: none).
+// (-1: none); out_f32: the split-KV partials' fp32 out (keyword, default false).
 pybind11::dict SparseAttentionTilingInfo(int64_t T, int64_t H, int64_t D, int64_t dtype_code, int64_t kv_code,
-                                         int64_t extra_code, int64_t num_cores)
+                                         int64_t extra_code, int64_t num_cores, bool out_f32)
 {
     const la::SparseAttentionTiling t =
-        la::host::SparseAttentionTilingOf(T, H, D, dtype_code, kv_code, extra_code, Device(num_cores).cores);
+        la::host::SparseAttentionTilingOf(T, H, D, dtype_code, kv_code, extra_code, Device(num_cores).cores, out_f32);
     pybind11::dict d;
     d["dtype"] = t.dtype;
+    d["out_f32"] = t.outF32;
     d["has_cvt"] = t.hasCvt;
     d["has_fp8"] = t.hasFp8;
     d["cvt_rows"] = t.cvtRows;
@@ -278,7 +279,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("combine_tiling", &CombineTilingInfo, "tiling fields of a merge (mode 0) / sink (mode 1) call");
     m.def("merge_partial_states", &MergePartialStates, "merge_partial_states -> (out, lse)");
     m.def("merge_partials_tiling", &MergePartialsTilingInfo, "tiling fields of a merge_partial_states call");
-    m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call");
+    m.def("sparse_attention_tiling", &SparseAttentionTilingInfo, "tiling fields of a sparse_attention call",
+          pybind11::arg("T"), pybind11::arg("H"), pybind11::arg("D"), pybind11::arg("dtype_code"),
+          pybind11::arg("kv_code"), pybind11::arg("extra_code"), pybind11::arg("num_cores"), pybind11::kw_only(),
+          pybind11::arg("out_f32") = false);
     m.def("compress_pool_tiling", &CompressPoolTilingInfo, "tiling fields of a compress_pool call");
     m.def("take_launch_work", &TakeLaunchWork, "work counters of the emulated launches since the last call");
 }

@@ -171,13 +171,11 @@ inline SaPool SaPoolOf(const at::Tensor& kv, int64_t page_size, int64_t D, const
 }
 
 template <class Dev>
-std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q, const at::Tensor& kv,
-                                                   int64_t kv_page_size, const at::Tensor& indices,
-                                                   const c10::optional<at::Tensor>& topk_length,
-                                                   const c10::optional<at::Tensor>& extra_kv, int64_t extra_page_size,
-                                                   const c10::optional<at::Tensor>& extra_indices,
-                                                   const c10::optional<at::Tensor>& extra_topk_length,
-                                                   const c10::optional<at::Tensor>& attn_sink, double softmax_scale)
+std::tuple<at::Tensor, at::Tensor> SparseAttention(
+    Dev& dev, const at::Tensor& q, const at::Tensor& kv, int64_t kv_page_size, const at::Tensor& indices,
+    const c10::optional<at::Tensor>& topk_length, const c10::optional<at::Tensor>& extra_kv, int64_t extra_page_size,
+    const c10::optional<at::Tensor>& extra_indices, const c10::optional<at::Tensor>& extra_topk_length,
+    const c10::optional<at::Tensor>& attn_sink, double softmax_scale, bool out_f32)
 {
     TORCH_CHECK(q.dim() == 3, "sparse_attention: q must be [T, H, D]");
     const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
@@ -207,13 +205,16 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     at::Tensor sink;
     if (attn_sink.has_value()) sink = attn_sink->to(at::kFloat).contiguous();
     SparseAttentionTiling t;
+    // out_f32: out written as fp32 rows (acc * factor, unrounded) in any compute dtype, returned as fp32 (the
+    // split-KV partials); else in the compute dtype, rounded once to q's dtype where that differs.
     const uint32_t blockDim =
         SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, p0.s, p1.s, sink.defined(),
-                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys(), SaShareCap());
+                                     static_cast<float>(softmax_scale), dev.AiCores(), SaMaxBlockKeys(), SaShareCap(),
+                                     out_f32 && dt != kDtF32);
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    at::Tensor out = at::full({T, H, D}, nan, qc.options());
+    at::Tensor out = at::full({T, H, D}, nan, out_f32 ? q.options().dtype(at::kFloat) : qc.options());
     at::Tensor lse = at::full({T, H}, nan, q.options().dtype(at::kFloat));
-    if (T == 0) return {out.to(q.scalar_type()), lse};
+    if (T == 0) return {out_f32 ? out : out.to(q.scalar_type()), lse};
     TORCH_CHECK(blockDim > 0, "sparse_attention: no tiling for T=", T, " H=", H, " D=", D,
                 " (D must be a multiple of 64 that fits the on-chip buffers)");
     at::Tensor ws = Workspace(dev, static_cast<int64_t>(blockDim) * t.wsPerCore, q.options());
@@ -231,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> SparseAttention(Dev& dev, const at::Tensor& q
     a.lse = lse.data_ptr<float>();
     a.workspace = ws.data_ptr();
     dev.SparseAttention(a, t);
-    return {dt == qDt ? out : out.to(q.scalar_type()), lse};
+    return {dt == qDt || out_f32 ? out : out.to(q.scalar_type()), lse};
 }
 
 // ---- compress_kv ------------------------------------------------------------------------------------
@@ -626,9 +627,11 @@ inline CombineTiling CombineTilingOf(int64_t mode, int64_t rows, int64_t H, int6
 }
 
 // Tiling fields of a sparse_attention call (tests and README tables): q of dtype_code, kv of kv_code
-// (a DataTypeCode, kDtFP8Record for an FP8 pool), a second stream of extra_code (-1: none).
+// (a DataTypeCode, kDtFP8Record for an FP8 pool), a second stream of extra_code (-1: none); out_f32 as
+// SparseAttention's.
 inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64_t D, int64_t dtype_code,
-                                                     int64_t kv_code, int64_t extra_code, uint32_t cores)
+                                                     int64_t kv_code, int64_t extra_code, uint32_t cores,
+                                                     bool out_f32 = false)
 {
     SparseAttentionStream s0, s1;
     s0.kind = static_cast<uint32_t>(kv_code);
@@ -647,7 +650,7 @@ inline SparseAttentionTiling SparseAttentionTilingOf(int64_t T, int64_t H, int64
     const uint32_t dt = SparseAttentionComputeDtype(static_cast<uint32_t>(dtype_code), s0.kind, s1.kind);
     SparseAttentionTiling t;
     SparseAttentionTilingCompute(t, U32(T, "T"), U32(H, "H"), U32(D, "D"), dt, s0, s1, false, 1.0f, cores,
-                                 SaMaxBlockKeys(), SaShareCap());
+                                 SaMaxBlockKeys(), SaShareCap(), out_f32 && dt != kDtF32);
     return t;
 }
 

@@ -17,6 +17,7 @@ on any strict-check violation; the cases here are known to pass. Configurations 
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import longattn
@@ -110,8 +111,9 @@ def test_sparse_attention_reasons():
 def test_sparse_attention_tiling_mirror(monkeypatch, dtype, cap):
     """The Python reasons() mirror of the tiling agrees with the C++ tiling (ascend_c/.../op_host), for
     every mix of pool kinds (float pools of each dtype, FP8 pools; one or two streams) and key-block cap
-    (LONGATTN_SA_BLOCK_KEYS): the compute dtype, the conversion buffers, the heads per task, the key
-    block, gather tile, D slice and the UB / L1 bytes."""
+    (LONGATTN_SA_BLOCK_KEYS), with out in the compute dtype and as fp32 rows (out_f32, the split-KV
+    partials: fp32 output chunks in the UB): the compute dtype, the conversion buffers, the heads per task,
+    the key block, gather tile, D slice and the UB / L1 bytes."""
     monkeypatch.setenv("LONGATTN_SA_BLOCK_KEYS", str(cap))
     ext = ascend_sim.extension()
     code = sa_ascend.DTYPE_CODE
@@ -121,25 +123,32 @@ def test_sparse_attention_tiling_mirror(monkeypatch, dtype, cap):
             mix = [kv] + ([extra] if extra is not None else [])
             dt = sa_ascend.compute_dtype(dtype, mix)
             extra_code = -1 if extra is None else code[extra]
-            for D in (64, 128, 256, 512, 576, 640, 768, 1024, 1536):
-                for H in (1, 7, 16, 17, 48, 64, 128):
-                    t = ext.sparse_attention_tiling(1, H, D, code[dtype], code[kv], extra_code, 4)
-                    want = sa_ascend.sa_heads_per_task(H, D, dtype, mix)
-                    assert t["heads_per_task"] == want, (D, H, mix)
-                    assert t["dtype"] == code[dt], mix
-                    assert t["has_fp8"] == (sa_ascend.FP8 in mix), mix
-                    mirror = sa_ascend.sa_tiling(H, D, dtype, mix, cap)
-                    if t["heads_per_task"]:
-                        assert {k: t[k] for k in mirror} == mirror, (D, H, mix)
-                        assert t["block_keys"] <= cap and t["k_tile"] == t["d_chunk"]
-                        assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
-                    else:
-                        assert mirror is None
+            for D, H, f32 in itertools.product((64, 128, 256, 512, 576, 640, 768, 1024, 1536),
+                                               (1, 7, 16, 17, 48, 64, 128), (False, True)):  # fmt: skip
+                t = ext.sparse_attention_tiling(1, H, D, code[dtype], code[kv], extra_code, 4, out_f32=f32)
+                want = sa_ascend.sa_heads_per_task(H, D, dtype, mix, out_f32=f32)
+                assert t["heads_per_task"] == want, (D, H, mix, f32)
+                assert t["dtype"] == code[dt], mix
+                assert t["has_fp8"] == (sa_ascend.FP8 in mix), mix
+                assert t["out_f32"] == (f32 and dt != torch.float32), (mix, f32)
+                mirror = sa_ascend.sa_tiling(H, D, dtype, mix, cap, out_f32=f32)
+                if t["heads_per_task"]:
+                    assert {k: t[k] for k in mirror} == mirror, (D, H, mix, f32)
+                    assert t["block_keys"] <= cap and t["k_tile"] == t["d_chunk"]
+                    assert t["ub_bytes"] <= sa_ascend.UB_BYTES and t["l1_bytes"] <= sa_ascend.L1_BYTES
+                else:
+                    assert mirror is None
     # V4 (bf16 queries over FP8 pools, D = 512) keeps the 64 heads per task of bf16 pools, with 128-key
     # blocks (two [256, 512] bf16 K tiles would fill the L1).
     assert sa_ascend.sa_heads_per_task(128, 512, torch.bfloat16, [sa_ascend.FP8, sa_ascend.FP8]) == 64
     for mix in ([torch.bfloat16], [sa_ascend.FP8, sa_ascend.FP8], [torch.bfloat16, sa_ascend.FP8]):
         assert sa_ascend.sa_tiling(128, 512, torch.bfloat16, mix, cap)["block_keys"] == min(cap, 128)
+    # The split-KV partials (fp32 out rows: 2 x 4 x 512 x 2 B more UB) keep them too; over FP8 pools the gather
+    # tiles halve to 8 rows at 128-key blocks (16 would need 195,904 B of the 188,160 B UB).
+    for mix in ([torch.bfloat16], [sa_ascend.FP8, sa_ascend.FP8], [torch.bfloat16, sa_ascend.FP8]):
+        t = sa_ascend.sa_tiling(128, 512, torch.bfloat16, mix, cap, out_f32=True)
+        assert (t["heads_per_task"], t["block_keys"]) == (64, min(cap, 128)), mix
+        assert t["gather_rows"] == (8 if sa_ascend.FP8 in mix and cap >= 128 else 16), mix
 
 
 @pytest.mark.parametrize("overlap,dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)])

@@ -10,7 +10,9 @@ A second build of the emulator extension (``LONGATTN_ASCEND_SIM_ASAN=1``: ``-O1
   and column-tile edges, the S-way merge of split-KV partials), every special-value test (NaN / inf /
   -0.0 / subnormal inputs of every kernel, compress_kv positions past 2**31, near 2**63 and negative), and
 * test_ascend_sim.py's runs on 3 emulated cores, and test_ascend_sim_compress_pool.py's launch shapes
-  (odd widths, split channel tiles, chunks straddling the block halves, strided rows).
+  (odd widths, split channel tiles, chunks straddling the block halves, strided rows), and
+* sparse_attention's split-KV path in bf16 with fp32 partials (the kernel's ``out_f32`` flag, over a bf16
+  and an FP8 pool; test_sparse_split_kv.py).
 
 The child process preloads libasan (Python itself is not instrumented) and must pass with no
 sanitizer report; an emulator FATAL, an ASan error or a UBSan report ends only the child.
@@ -128,6 +130,8 @@ SUBSET = (
             "(test_indexer_fixpipe_relu and special_values_under_every_fixpipe_relu and (keep or zero) "
             "and (nan_paged or overflowing))",
             "(test_indexer_native_bf16 and (paged_exact and 5- or special_values_as_the_reference))",
+            "(test_sparse_split_kv and (out_f32_writes and (bf16-h64 or fp16-fp8) or split_fp8_pool and bfloat16 "
+            "or t1_8_chunks_bf16_empty))",
         ]
     )
 )
@@ -136,7 +140,7 @@ CHILD_FILES = ["tests/ops/test_append.py", "tests/ops/test_compress.py", "tests/
                "tests/ascend/test_ascend_sim.py", "tests/ascend/test_ascend_sim_compress_pool.py",
                "tests/ascend/test_ascend_sim_fp8.py", "tests/ascend/test_ascend_sim_merge_partials.py",
                "tests/ascend/test_sparse_blocks.py", "tests/ascend/test_indexer_fixpipe_relu.py",
-               "tests/ascend/test_indexer_native_bf16.py"]  # fmt: skip
+               "tests/ascend/test_indexer_native_bf16.py", "tests/ascend/test_sparse_split_kv.py"]  # fmt: skip
 
 
 def test_kernels_under_address_sanitizer(tmp_path):

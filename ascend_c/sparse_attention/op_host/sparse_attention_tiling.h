@@ -76,6 +76,9 @@ struct SparseAttentionTiling {
     uint32_t wsPerCore;
     uint32_t ubBytes;        // AIV UB the kernel will allocate (for the README / checks)
     uint32_t l1Bytes;        // AIC L1 the kernel will allocate
+    // outF32: out is written as fp32 rows (acc * factor, not rounded) whatever the compute dtype (the
+    // split-KV path's partial outputs, merged by merge_partial_states). 0: out in the compute dtype.
+    uint32_t outF32;
 };
 
 // GM arguments of one launch (device pointers on the NPU, host pointers under the emulator).
@@ -88,15 +91,17 @@ struct SparseAttentionArgs {
     const int32_t* idx1;       // [T, K2] or null
     const int32_t* len1;       // [T] or null
     const float* sink;         // [H] or null
-    void* out;                 // [T, H, D]
+    void* out;                 // [T, H, D]: the compute dtype, or fp32 (outF32)
     float* lse;                // [T, H]
     void* workspace;           // blockDim * wsPerCore bytes
 };
 
 namespace sa_detail {
 inline uint32_t Al32(uint32_t b) { return AlignUpU(b, 32); }
-// UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B); nb: block keys.
-inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8)
+// UB bytes of the AIV (mirrors SparseAttentionVector::Init, every buffer rounded to 32 B); nb: block keys;
+// osz: bytes per output element (sz, or 4 with outF32).
+inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8,
+                        uint32_t osz)
 {
     const uint32_t mh8 = AlignUpU(MaxU(mh, 1), 8);
     uint32_t b = 0;
@@ -109,7 +114,7 @@ inline uint32_t UbBytes(uint32_t mh, uint32_t D, uint32_t sz, uint32_t nb, uint3
                        // (64 floats each: whole Compare repeats; mh <= 32)
     b += 3 * Al32(mh8 * 8 * 4);  // Brcb outputs (m, alpha, factor)
     b += 2 * Al32(r * D * 4);  // O chunks (VECIN x2)
-    b += 2 * Al32(r * D * sz);  // output chunks (VECOUT x2)
+    b += 2 * Al32(r * D * osz);  // output chunks (VECOUT x2; fp32 rows with outF32)
     b += 2 * Al32(mh8 * 4);  // lse out, sink in
     b += 2 * Al32(g * D * sz);  // gather tiles (VECIN x2)
     if (sz == 4) {
@@ -131,10 +136,11 @@ inline uint32_t L1Bytes(uint32_t mp, uint32_t D, uint32_t sz, uint32_t nb)
 // D slice of one Mmad (kTile of Q.K^T, dChunk of P.V): a [nb, slice] key tile per L0B buffer (half of L0B).
 inline uint32_t SliceOf(uint32_t D, uint32_t sz, uint32_t nb) { return MinU(D, kL0BBytes / 2 / (nb * sz)); }
 // The AIC's L0A / L0B / L0C (double-buffered) and L1, the AIV's UB hold the buffers of this shape.
-inline bool Fits(uint32_t mg, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8)
+inline bool Fits(uint32_t mg, uint32_t D, uint32_t sz, uint32_t nb, uint32_t g, uint32_t r, bool cvt, bool fp8,
+                 uint32_t osz)
 {
     const uint32_t mp = AlignUpU(mg, 16), mh = CeilDivU(mg, 2), slice = SliceOf(D, sz, nb);
-    return UbBytes(mh, D, sz, nb, g, r, cvt, fp8) <= kUbBytes && L1Bytes(mp, D, sz, nb) <= kL1Bytes &&
+    return UbBytes(mh, D, sz, nb, g, r, cvt, fp8, osz) <= kUbBytes && L1Bytes(mp, D, sz, nb) <= kL1Bytes &&
            2 * mp * MaxU(slice, nb) * sz <= kL0ABytes && 2 * slice * nb * sz <= kL0BBytes &&
            2 * mp * MaxU(slice, nb) * 4 <= kL0CBytes;
 }
@@ -187,12 +193,13 @@ inline const char* SparseAttentionUnsupported(uint32_t D, uint32_t dtype, uint32
 // Returns blockDim (0 when the problem is empty or unsupported: see SparseAttentionUnsupported).
 // dtype: the compute dtype (SparseAttentionComputeDtype). numCores: AI cores (AIC count) available.
 // maxBlockKeys (64 / 128 / 256): caps the key block (tests force the smaller blocks with it). shareCap:
-// valid keys a token may have for its head groups to share one gather (0: never share).
+// valid keys a token may have for its head groups to share one gather (0: never share). outF32: write out as
+// fp32 rows (acc * factor unrounded; the VECOUT chunks are sized for fp32, which the UB budget includes).
 inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t T, uint32_t H, uint32_t D,
                                              uint32_t dtype, const SparseAttentionStream& s0,
                                              const SparseAttentionStream& s1, bool hasSink, float scale,
                                              uint32_t numCores, uint32_t maxBlockKeys = kSaMaxBlockKeys,
-                                             uint32_t shareCap = kSaShareCapKeys)
+                                             uint32_t shareCap = kSaShareCapKeys, bool outF32 = false)
 {
     t = SparseAttentionTiling{};
     t.numTokens = T;
@@ -220,6 +227,8 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.cvtRows = kSaCvtRows;
     const uint32_t sz = DtSize(dtype);
     const uint32_t g0 = sz == 4 ? 8u : 16u;
+    t.outF32 = outF32 ? 1u : 0u;
+    const uint32_t osz = outF32 ? 4u : sz;
     t.outRows = kSaOutRows;
     if (T == 0 || H == 0 || numCores == 0 || SparseAttentionUnsupported(D, dtype, s0.kind, s1.kind)[0] != 0) return 0;
     if ((t.pageSize0 == 0) != (t.kvDtype0 != kDtFP8Record) ||
@@ -229,7 +238,7 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     // Heads per task: the largest Mg (H itself when H <= 16, else a multiple of 16 up to 64) whose
     // AIV UB, AIC L1 and L0 buffers fit with 64-key blocks.
     uint32_t mg = MinU(kSaMaxHeadsPerTask, H);
-    while (!sa_detail::Fits(mg, D, sz, kSaBlockKeys, g0, t.outRows, cvt, fp8)) {
+    while (!sa_detail::Fits(mg, D, sz, kSaBlockKeys, g0, t.outRows, cvt, fp8, osz)) {
         if (mg <= 16) return 0;  // D too large for one pass
         mg = (mg - 1) / 16 * 16;
     }
@@ -240,7 +249,7 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     for (uint32_t nb = kSaMaxBlockKeys; nb > kSaBlockKeys && t.blockKeys == kSaBlockKeys; nb /= 2) {
         if (nb > maxBlockKeys) continue;
         for (uint32_t g = g0; g >= 8; g /= 2) {
-            if (sa_detail::Fits(mg, D, sz, nb, g, t.outRows, cvt, fp8)) {
+            if (sa_detail::Fits(mg, D, sz, nb, g, t.outRows, cvt, fp8, osz)) {
                 t.blockKeys = nb;
                 t.gatherRows = g;
                 break;
@@ -260,7 +269,7 @@ inline uint32_t SparseAttentionTilingCompute(SparseAttentionTiling& t, uint32_t 
     t.kvAreas = t.shareGroups ? t.shareCap / nb : 2u;
     t.aivRowsMax = CeilDivU(mg, 2);
     const uint32_t mp = AlignUpU(mg, 16);
-    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, nb, t.gatherRows, t.outRows, cvt, fp8);
+    t.ubBytes = sa_detail::UbBytes(t.aivRowsMax, D, sz, nb, t.gatherRows, t.outRows, cvt, fp8, osz);
     t.l1Bytes = sa_detail::L1Bytes(mp, D, sz, nb);
     uint32_t off = 0;
     t.wsKvOff = off;

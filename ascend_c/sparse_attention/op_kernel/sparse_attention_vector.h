@@ -19,7 +19,8 @@
 //       the same way, WholeReduceSum); P (cast to the input dtype) -> wsP[buf]; CrossCoreSetFlag P.
 //   V2  acc = acc * alpha + P.V (repeat-form Mul with the Brcb'd alpha, then Add).
 // End of a task: lse = m + ln(l), out = acc * g / l with g = 1 / (1 + exp(sink - lse)) (the sink is a
-// zero-valued virtual key, excluded from lse), cast to the output dtype.
+// zero-valued virtual key, excluded from lse), cast to the compute dtype, or (outF32: split-KV partial
+// outputs) written as fp32 rows without a cast.
 //
 // Non-finite logits (the package rule): a NaN logit (NaN in q or in a used key) gives out NaN and lse
 // NaN for that (token, head); a +inf logit gives lse +inf and out NaN; -inf logits weigh 0; a row whose
@@ -58,7 +59,11 @@ public:
         nb_ = NB;
         InitPool(0, kv0, t.kvDtype0, t.numSlots0, t.pageSize0, t.pageBytes0);
         InitPool(1, kv1, t.kvDtype1, t.numSlots1, t.pageSize1, t.pageBytes1);
-        outGm_.SetGlobalBuffer((__gm__ T*)out, static_cast<uint64_t>(t.numTokens) * t.numHeads * D);
+        const uint64_t outElems = static_cast<uint64_t>(t.numTokens) * t.numHeads * D;
+        if (OutF32())
+            outGmF_.SetGlobalBuffer((__gm__ float*)out, outElems);
+        else
+            outGm_.SetGlobalBuffer((__gm__ T*)out, outElems);
         lseGm_.SetGlobalBuffer((__gm__ float*)lse, static_cast<uint64_t>(t.numTokens) * t.numHeads);
         if (t.hasSink) sinkGm_.SetGlobalBuffer((__gm__ float*)sink, t.numHeads);
         __gm__ uint8_t* base = ws + static_cast<uint64_t>(core_) * t.wsPerCore;
@@ -78,7 +83,7 @@ public:
         pipe_.InitBuffer(vecBuf_, 10 * kVecLen * 4);
         pipe_.InitBuffer(brcbBuf_, 3 * AlignUpU(mh8 * 8 * 4, 32));
         pipe_.InitBuffer(oQue_, 2, r * D * 4);
-        pipe_.InitBuffer(outQue_, 2, r * D * sz);
+        pipe_.InitBuffer(outQue_, 2, r * D * (OutF32() ? 4u : sz));
         pipe_.InitBuffer(lseQue_, 1, mh8 * 4);
         pipe_.InitBuffer(sinkQue_, 1, mh8 * 4);
         pipe_.InitBuffer(gQue_, 2, g * D * sz);
@@ -152,6 +157,9 @@ public:
     }
 
 private:
+    // Out as fp32 rows: the flag for a 16-bit computation (an fp32 one writes fp32 anyway).
+    __aicore__ inline bool OutF32() const { return sizeof(T) == 2 && t_.outF32 != 0; }
+
     __aicore__ inline uint32_t BlockKeys(uint32_t b, uint32_t nv) const { return MinU(nb_, nv - b * nb_); }
 
     __aicore__ inline void StartTask(const Task& tk, uint32_t row0, uint32_t mh)
@@ -463,6 +471,15 @@ private:
             const uint32_t rr = MinU(t_.outRows, mh - r0);
             LocalTensor<float> acc = acc_[r0 * D];
             ScaleRows(acc, factorB_[r0 * 8], rr);
+            if (OutF32()) {  // acc * factor as it is: fp32 rows, no rounding (split-KV partials)
+                LocalTensor<float> y = outQue_.AllocTensor<float>();
+                DataCopy(y, acc, rr * D);
+                outQue_.EnQue(y);
+                y = outQue_.DeQue<float>();
+                DataCopy(outGmF_[(outRow0 + r0) * D], y, rr * D);
+                outQue_.FreeTensor(y);
+                continue;
+            }
             LocalTensor<T> y = outQue_.AllocTensor<T>();
             if constexpr (sizeof(T) == 4)
                 DataCopy(y, acc, rr * D);
@@ -490,6 +507,15 @@ private:
         const uint64_t outRow0 = static_cast<uint64_t>(tk.token) * t_.numHeads + tk.head0 + row0;
         for (uint32_t r0 = 0; r0 < mh; r0 += t_.outRows) {
             const uint32_t rr = MinU(t_.outRows, mh - r0);
+            if (OutF32()) {
+                LocalTensor<float> y = outQue_.AllocTensor<float>();
+                Duplicate(y, 0.0f, rr * D);
+                outQue_.EnQue(y);
+                y = outQue_.DeQue<float>();
+                DataCopy(outGmF_[(outRow0 + r0) * D], y, rr * D);
+                outQue_.FreeTensor(y);
+                continue;
+            }
             LocalTensor<T> y = outQue_.AllocTensor<T>();
             Duplicate(y.template ReinterpretCast<int16_t>(), static_cast<int16_t>(0), rr * D * sizeof(T) / 2);
             outQue_.EnQue(y);
@@ -517,7 +543,7 @@ private:
     AscendC::GlobalTensor<T> kvGm_[2], outGm_, wsKv_, wsP_[2];
     AscendC::GlobalTensor<uint8_t> poolGm_[2];  // pools not of the compute dtype, as bytes
     Fp8Dequantizer fp8_;
-    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_, wsS_[2], wsO_[2];
+    AscendC::GlobalTensor<float> lseGm_, sinkGm_, wsVt_, wsS_[2], wsO_[2], outGmF_;  // outGmF_: out with outF32
     KeyCursor cursor_;
     SparseAttentionTiling t_{};
     uint32_t sub_ = 0, core_ = 0, nb_ = kSaBlockKeys;
