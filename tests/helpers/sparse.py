@@ -312,3 +312,16 @@ def attention_rule(q, kv, indices, scale, sink):
             elif torch.isneginf(lg).all():
                 out[t, h], lse[t, h] = 0.0, -INF
     return out, lse
+
+
+def assert_rule_cells(want_out, want_lse, cells) -> None:
+    """The (token, head, kind) cells that a non-finite test planted, as ``attention_rule`` classifies them:
+    "nan" (out and lse NaN), "inf" (lse +inf, out NaN) or "empty" (lse -inf, out 0): a check that the
+    test's inputs make the cases it claims."""
+    for t, h, what in cells:
+        if what == "nan":
+            assert torch.isnan(want_lse[t, h]) and torch.isnan(want_out[t, h]).all(), (t, h, what)
+        elif what == "inf":
+            assert want_lse[t, h] == INF and torch.isnan(want_out[t, h]).all(), (t, h, what)
+        else:
+            assert want_lse[t, h] == -INF and (want_out[t, h] == 0).all(), (t, h, what)
