@@ -57,6 +57,26 @@ __aicore__ inline void ZeroUnread(const LocalTensor<float>& f, const LocalTensor
     }
 }
 
+// m = max(a, b), NaN when either is NaN: a where a > b (false when either is NaN), else b; then a where
+// a is NaN. m may alias b (the S-way merge folds m = MaxKeepNaN(lse_s, m)).
+__aicore__ inline void MaxKeepNaN(const LocalTensor<float>& m, const LocalTensor<float>& a, const LocalTensor<float>& b,
+                                  const LocalTensor<uint8_t>& mask, uint32_t n)
+{
+    Compare(mask, a, b, CMPMODE::GT, n);
+    Select(m, mask, a, b, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
+    Compare(mask, a, a, CMPMODE::EQ, n);
+    Select(m, mask, m, a, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
+}
+
+// The shift of the exponents: m* = m where m is finite (|m| <= FLT_MAX is false for +-inf and NaN), else 0.
+__aicore__ inline void FiniteOrZero(const LocalTensor<float>& mStar, const LocalTensor<float>& m,
+                                    const LocalTensor<uint8_t>& mask, uint32_t n)
+{
+    Abs(mStar, m, n);
+    longattn_compat::CompareScalar(mask, mStar, kCombineFltMax, CMPMODE::LE, n);
+    Select(mStar, mask, m, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, n);
+}
+
 // dst rows = src rows * w[i0 + i] (fp32, `len` columns of pitch `pitch`). Rows as repeats: the
 // coefficients Brcb'd to one 32-B block per row, one repeat-form Mul per 64 columns (src1 block
 // stride 0); when a chunk has fewer rows than 64-column groups, one count-form Muls per row
@@ -190,16 +210,8 @@ private:
         lseInQue_.EnQue(in);
         in = lseInQue_.DeQue<float>();
         const LocalTensor<float> la = in[0], lb = in[B];
-        // m = max(la, lb), NaN when either is NaN: lb where !(la > lb) (also when either is NaN), then
-        // la where la is NaN.
-        Compare(mask0_, la, lb, CMPMODE::GT, n);
-        Select(m_, mask0_, la, lb, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
-        Compare(mask0_, la, la, CMPMODE::EQ, n);
-        Select(m_, mask0_, m_, la, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
-        // ok rows: m finite (|m| <= FLT_MAX is false for +-inf and NaN); m* = m there, else 0.
-        Abs(tmp1_, m_, n);
-        longattn_compat::CompareScalar(mask1_, tmp1_, kCombineFltMax, CMPMODE::LE, n);
-        Select(tmp1_, mask1_, m_, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, n);
+        MaxKeepNaN(m_, la, lb, mask0_, n);  // m = max(la, lb), NaN when either is
+        FiniteOrZero(tmp1_, m_, mask1_, n);  // ok rows: m finite; m* = m there, else 0
         Sub(wA_, la, tmp1_, n);
         Exp(wA_, wA_, n);  // exp(-inf) = 0: an empty side weighs nothing
         Sub(wB_, lb, tmp1_, n);
@@ -463,20 +475,10 @@ private:
                         DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
         lseInQue_.EnQue(in);
         in = lseInQue_.DeQue<float>();
-        // m = max_s lse_s, NaN when any is: lse_s where lse_s > m (false when either is NaN, so a NaN m
-        // stays), then lse_s where lse_s is NaN.
+        // m = max_s lse_s, NaN when any is (a NaN m stays: lse_s > NaN is false)
         Duplicate(m_, kNegInf, n);
-        for (uint32_t s = 0; s < S; ++s) {
-            const LocalTensor<float> l = in[s * B];
-            Compare(mask0_, l, m_, CMPMODE::GT, n);
-            Select(m_, mask0_, l, m_, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
-            Compare(mask0_, l, l, CMPMODE::EQ, n);
-            Select(m_, mask0_, m_, l, SELMODE::VSEL_TENSOR_TENSOR_MODE, n);
-        }
-        // ok rows: m finite (|m| <= FLT_MAX is false for +-inf and NaN); m* = m there, else 0.
-        Abs(mStar_, m_, n);
-        longattn_compat::CompareScalar(mask1_, mStar_, kCombineFltMax, CMPMODE::LE, n);
-        Select(mStar_, mask1_, m_, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, n);
+        for (uint32_t s = 0; s < S; ++s) MaxKeepNaN(m_, in[s * B], m_, mask0_, n);
+        FiniteOrZero(mStar_, m_, mask1_, n);  // ok rows: m finite; m* = m there, else 0
         Duplicate(total_, 0.0f, n);
         for (uint32_t s = 0; s < S; ++s) {
             const LocalTensor<float> l = in[s * B];
