@@ -1,5 +1,7 @@
 """Timing statistics and memory measurement (no timing assertions: counts and exact byte peaks only)."""
 
+import time
+
 import pytest
 import torch
 
@@ -21,11 +23,26 @@ def test_time_fn_respects_the_sample_policy():
     pol = timing.TimingPolicy(warmup=3, min_repeats=4, max_repeats=6, min_time_s=0.0, max_time_s=10.0)
     st = timing.time_fn(lambda: calls.append(1), CPU, pol)
     assert st["warmup"] == 3 and st["n"] == 4 and len(st["samples_s"]) == 4 and len(calls) == 7
-    # a long first call: no more warm-up, long_repeats samples
+    # a long first call but a short second one (one-time costs): the full policy
     calls.clear()
-    pol = timing.TimingPolicy(warmup=3, min_repeats=4, max_repeats=6, long_call_s=0.5, long_repeats=2)
+    pol = timing.TimingPolicy(
+        warmup=3, min_repeats=4, max_repeats=6, min_time_s=0.0, max_time_s=10.0, long_call_s=0.5, long_repeats=2
+    )
     st = timing.time_fn(lambda: calls.append(1), CPU, pol, prior_call_s=1.0)
-    assert st["warmup"] == 1 and st["n"] == 2 and len(calls) == 2
+    assert st["warmup"] == 3 and st["n"] == 4 and len(calls) == 6
+
+
+def test_a_long_call_gets_long_repeats_samples():
+    # first and second (warm) call both long: no more warm-up, long_repeats samples
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.03)
+
+    pol = timing.TimingPolicy(warmup=3, min_repeats=4, max_repeats=6, long_call_s=0.02, long_repeats=2)
+    st = timing.time_fn(slow, CPU, pol, prior_call_s=1.0)
+    assert st["warmup"] == 2 and st["n"] == 2 and len(calls) == 3
 
 
 def _two_buffers():
