@@ -19,7 +19,9 @@ attention output; for index outputs, the fraction of our selected entries the pe
   key gets a zero (D+1)-th dim, the sink key is e_D * (1/scale) with value 0 in the first D dims, and
   q's (D+1)-th dim holds sink[h], so the sink key's logit is sink[h]; the extra output dim is dropped.
 - ``flex_attention`` (CUDA only here): ``torch.nn.attention.flex_attention`` with a block mask built
-  from the same boolean mask (outside the timed call), compiled, ``return_lse`` for the sink factor.
+  from the same boolean mask (outside the timed call), compiled for the case's shape during the
+  untimed setup (one call; its seconds are recorded as ``setup_compile_s``), ``return_lse`` for the
+  sink factor.
 - ``flash_mla`` (if ``import flash_mla`` works, CUDA): ``flash_mla_sparse_fwd`` on one flat KV
   tensor [window rows | compressed rows] with the combined index rows (the bf16 sparse kernel).
 - ``flashinfer``: recorded as skipped with the reason (its DSv4 sparse kernels need an adapter this
@@ -33,12 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import time
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .cases import Case, DenseView, dense_shape
+from .device import synchronize
 
 NEG_INF = float("-inf")
 ATTN_GROUPS = ("sparse_attention.decode", "sparse_attention.prefill")
@@ -200,6 +204,13 @@ def _setup_flex(case: Case, v: DenseView):
         g = torch.where(torch.isneginf(lse), torch.zeros_like(g), g)
         return (out.float() * g.unsqueeze(-1)).to(v.q.dtype).transpose(1, 2).reshape(B * Tq, H, D)
 
+    # Compile here, in the untimed setup: torch.compile specialises per shape (dynamic=False), and the
+    # 13-17 s compile of each decode shape was the timed "first call" of the H200 run of 2026-12-04
+    # (bench/results/cuda-h200-2026-12-04-run1.json), recorded as the peer's only sample.
+    t0 = time.perf_counter()
+    fn()
+    synchronize(v.q.device)
+    fn.compile_s = time.perf_counter() - t0  # type: ignore[attr-defined]
     return fn
 
 

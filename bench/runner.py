@@ -373,6 +373,8 @@ def _run_peers(case, cfg, ceil, flusher, problem, ours, rec, log):
             log(f"    {pname}: ERROR {type(exc).__name__}: {exc}")
             continue
         run = {"kind": "peer", "impl": pname, "status": "ok", "reason": None}
+        if getattr(fn, "compile_s", None) is not None:  # compiled in the untimed setup (flex_attention)
+            run["setup_compile_s"] = fn.compile_s
         try:
             run.update(_measure(fn, cfg, flusher, first_s, first_mem, peer=True))
         except Exception as exc:
