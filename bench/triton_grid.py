@@ -566,6 +566,8 @@ def graph_columns(op_call, launcher, want, quick):
     err = sync_error(op_call)
     r["op_call_sync"] = err
     fn, r["graph_of"] = (op_call, "op call") if err is None else (launcher, "launcher (the op call synchronises)")
+    if err is not None and sync_error(launcher) is not None:  # a capture would fail
+        return {**r, "graph_status": "not captured: the op call and the launcher synchronise", "graph_ms": None}
     try:
         r.update(graph_replay(fn, want, quick))
         r["graph_status"] = "measured"
@@ -873,8 +875,10 @@ def layer_graph_row(name, kind, B, context, device, quick):
     eager = run()  # also the kernels' compile
     row["eager_run_ms"] = bench_ms(run, quick)  # the launches of a prepared step
     row["eager_prepare_run_ms"] = bench_ms(prepare_run, quick)  # + the step's checks and host planning
-    if _graphs_here():
-        row["run_sync"] = sync_error(run)
+    sync = sync_error(run) if _graphs_here() else None
+    if sync is not None:  # a capture would fail (and could upset the CUDA context for what follows)
+        row.update(graph_status=f"not captured: the step synchronises ({sync})", graph_ms=None, host_overhead_ms=None)
+    elif _graphs_here():
         try:
             row.update(graph_replay(run, eager, quick))
             row["graph_status"] = "measured"

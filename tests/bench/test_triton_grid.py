@@ -144,3 +144,69 @@ def test_grid_budget_skips_sections_and_still_writes_goals(tmp_path, smoke):
     assert [g["goal"] for g in doc["goals"]] == [g[0] for g in triton_grid.GOALS]
     with pytest.raises(SystemExit):
         triton_grid.main(["--smoke", "--only", "nope"])
+
+
+class _FakeGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU: replay reruns the captured function into the captured
+    outputs (``skip``: leaves them as they are, as a replay that wrote nothing would)."""
+
+    def __init__(self, fn, skip=False):
+        self.fn, self.skip = fn, skip
+        self.out = fn()
+
+    def replay(self):
+        if not self.skip:
+            for t, new in zip(triton_grid._tensors(self.out), triton_grid._tensors(self.fn())):
+                t.copy_(new)
+
+
+@pytest.fixture
+def fake_graphs(smoke, monkeypatch):
+    """The CUDA-only steps replaced by CPU stand-ins, so that the bookkeeping around them (equality of the
+    replay, host overhead, fastest split, combine share) runs here; the kernels are the interpreter's."""
+    state = {"skip": False}
+
+    def capture(fn, warmup=2):
+        g = _FakeGraph(fn, state["skip"])
+        return g, g.out
+
+    monkeypatch.setattr(triton_grid, "_graphs_here", lambda: True)
+    monkeypatch.setattr(triton_grid, "capture", capture)
+    monkeypatch.setattr(triton_grid, "sync_error", lambda fn: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    kernels = {"_sparse_attn_fwd_kernel": 30.0, "_combine_splits_kernel": 10.0, "other": 5.0}
+    monkeypatch.setattr(triton_grid, "kernel_device_us", lambda fn, reps=10: kernels)
+    return state
+
+
+@needs_interpreter
+def test_split_sweep_bookkeeping(fake_graphs):
+    name, kw = triton_grid.split_sweep_cases()[0]
+    case = triton_grid.split_sweep_case(name, kw, torch.device("cpu"), quick=True)
+    assert case["checked_all"] and all(p["replay_equals_eager"] and p["graph_ms"] > 0 for p in case["points"])
+    times = {p["num_splits"]: p["graph_ms"] for p in case["points"]}
+    assert case["fastest_num_splits"] == min(times, key=times.get)
+    assert case["fastest_graph_ms"] == min(times.values())
+    assert case["heuristic_graph_ms"] == times[case["heuristic"]] and case["heuristic_over_fastest"] >= 1
+    want = {str(s) for s in {case["heuristic"], case["fastest_num_splits"]} if s > 1}
+    assert set(case["combine"]) == want
+    for c in case["combine"].values():
+        assert c == {"status": "measured", "attn_kernel_us": 30.0, "combine_kernel_us": 10.0, "combine_share": 0.25}
+
+
+@needs_interpreter
+@pytest.mark.parametrize("skip", [False, True])
+def test_graph_rows_bookkeeping(fake_graphs, skip):
+    fake_graphs["skip"] = skip  # a replay that writes nothing must not pass for an equal one (poisoned outputs)
+    ceil = {"copy_GBps": 1.0}
+    for name, kind, kw in triton_grid.decode_graph_cases()[:1] + triton_grid.decode_graph_cases()[-1:]:
+        row = triton_grid.decode_graph_row(name, kind, kw, torch.device("cpu"), ceil, True)
+        assert row["graph_status"] == "measured" and row["graph_of"] == "op call" and row["op_call_sync"] is None
+        assert row["replay_equals_eager"] is (not skip)
+        assert row["host_overhead_ms"] == row["eager_ms"] - row["graph_ms"]
+        assert row["launcher_host_ms"] == row["launcher_ms"] - row["graph_ms"]
+        assert row["graph_GBps"] == row["bytes"] / (row["graph_ms"] * 1e-3) / 1e9
+    name, kind, B, ctx = triton_grid.layer_graph_cases(1 << 20, [2])[1]  # CSA
+    row = triton_grid.layer_graph_row(name, kind, B, ctx, torch.device("cpu"), True)
+    assert row["graph_status"] == "measured" and row["replay_equals_eager"] is (not skip)
+    assert row["host_overhead_ms"] == row["eager_run_ms"] - row["graph_ms"]
