@@ -1,6 +1,7 @@
 """A small GPU benchmark grid of the Triton backend (and the reference on the same device).
 
-    python bench/triton_grid.py --out results.json [--quick] [--no-sweep]
+    python bench/triton_grid.py --out results.json [--quick] [--no-sweep] [--budget-s S] [--graph-budget-s S]
+    python bench/triton_grid.py --only decode-graph,split-sweep,layer-graph   # some sections only
     python bench/triton_grid.py --smoke --out grid.json   # CPU, TRITON_INTERPRET=1: tiny shapes, checks the plumbing
 
 Cases (DeepSeek-V4 shapes, bf16, D = 512):
@@ -17,7 +18,22 @@ Cases (DeepSeek-V4 shapes, bf16, D = 512):
 Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
 against the reference (max abs error), and reported as ms, TFLOP/s and GB/s with fractions of the
 ceilings measured in the same run (device-to-device copy bandwidth, bf16 matmul throughput). The
-sparse kernel's tile configuration is also swept on two cases (``--no-sweep`` skips it).
+sparse kernel's tile configuration is also swept on four cases, last (``--no-sweep`` skips it).
+
+Small-batch decode, where host-side launch cost dominates (sections with their own time budget,
+``--graph-budget-s``, checked before each case; ``--budget-s`` bounds the whole grid the same way):
+- decode-graph: sparse decode CSA / HCA at T = 1, 2, 4, 8, 16 and indexer decode at T = 1, 8: the eager
+  op call, the bare launcher and a CUDA-graph replay of the op call (captured after warm-up calls on a
+  side stream; one replay into poisoned outputs must equal the eager output bit for bit), side by side,
+  host overhead = eager - graph;
+- split-sweep: the same sparse decode cases at num_splits in {1, 2, 4, ..., 64, the heuristic's choice,
+  one and two waves of programs}, clipped to the key blocks: each output checked against the reference,
+  each timed from a CUDA graph of the launcher call; the fastest count beside the heuristic's, and the
+  combine kernel's share of the device time (torch.profiler) at both;
+- layer-graph: a whole HybridAttention decode step (V4-Pro's first CSA / HCA layer, 1M-token context,
+  B = 1 and 8; ``prepare`` once, then ``run``) eagerly and from a CUDA graph, checked against the
+  reference backend.
+Without CUDA (--smoke) the graph and profiler columns say why they were skipped; no number stands in.
 
 FLOPs (FlashMLA convention): attention 2 * T * H * keys * (D + D); indexer 2 * T * Hi * N * Di.
 Bytes: attention = gathered rows (T * keys * D * 2, rows re-read by other tokens counted again) +
@@ -29,6 +45,7 @@ report 0 FLOP: they are memory-bound).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -446,13 +463,534 @@ def goals(results):
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# small-batch decode: eager op call vs launcher vs CUDA-graph replay; the split-KV sweep; a layer step
+# ---------------------------------------------------------------------------------------------------
+
+GRAPH_SKIP = "skipped: CUDA graphs need a CUDA device (interpreter smoke run on the CPU)"
+PROFILE_SKIP = "skipped: per-kernel device times need a CUDA device (torch.profiler with CUPTI)"
+BUDGET_SKIP = "skipped: the time budget of this section was spent before the case started"
+DECODE_TS = (1, 2, 4, 8, 16)  # small-batch decode: one query token per sequence
+# split counts tried besides the heuristic's and the one- / two-wave counts (clipped to the key blocks)
+SPLIT_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+# the three sections share --graph-budget-s: each may run until this fraction of it (cumulative) is spent
+GRAPH_SECTION_SHARES = {"decode-graph": 0.3, "split-sweep": 0.65, "layer-graph": 1.0}
+
+
+class Deadline:
+    """A wall-clock limit, checked before each case (a case that started runs to its end)."""
+
+    def __init__(self, seconds=None, end=None):
+        self.end = end if seconds is None else time.time() + seconds
+
+    def spent(self):
+        return self.end is not None and time.time() >= self.end
+
+    def sooner(self, other):
+        ends = [d.end for d in (self, other) if d.end is not None]
+        return Deadline(end=min(ends) if ends else None)
+
+
+def _graphs_here():
+    return not SMOKE and torch.cuda.is_available()
+
+
+def _tensors(out):
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def same_bits(a, b):
+    """Outputs equal bit for bit (NaN payloads included): same shapes, dtypes and bytes."""
+    xs, ys = _tensors(a), _tensors(b)
+    return len(xs) == len(ys) and all(
+        x.shape == y.shape
+        and x.dtype == y.dtype
+        and torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
+        for x, y in zip(xs, ys)
+    )
+
+
+def poison(out):
+    """Overwrite outputs (NaN / -7) so that a replay that skips an element cannot pass for an equal one."""
+    for t in _tensors(out):
+        t.fill_(float("nan") if t.is_floating_point() else -7)
+
+
+def sync_error(fn):
+    """None when ``fn`` runs without a host synchronisation, else what sync-debug mode "error" raised."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except Exception as exc:
+        return repr(exc)[:300]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return None
+
+
+def capture(fn, warmup=2):
+    """(graph, the captured call's outputs), torch's recipe: warm-up calls on a side stream first."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def graph_replay(fn, want, quick):
+    """Capture ``fn``, check that one replay rewrites its (poisoned) outputs to ``want`` bit for bit, time
+    replays: {"replay_equals_eager", "graph_ms"}."""
+    want = [t.clone() for t in _tensors(want)]  # (an output that aliased a buffer of fn would be rewritten)
+    graph, out = capture(fn)
+    poison(out)
+    graph.replay()
+    torch.cuda.synchronize()
+    r = {"replay_equals_eager": same_bits(out, want)}
+    r["graph_ms"] = bench_ms(graph.replay, quick)
+    del graph, out
+    return r
+
+
+def graph_columns(op_call, launcher, want, quick):
+    """The graph of the op call when it runs without a host synchronisation (else of the launcher, with the
+    reason); GRAPH_SKIP without CUDA. Returns the row's graph fields."""
+    if not _graphs_here():
+        return {"graph_status": GRAPH_SKIP, "graph_ms": None}
+    r = {}
+    err = sync_error(op_call)
+    r["op_call_sync"] = err
+    fn, r["graph_of"] = (op_call, "op call") if err is None else (launcher, "launcher (the op call synchronises)")
+    if err is not None and sync_error(launcher) is not None:  # a capture would fail
+        return {**r, "graph_status": "not captured: the op call and the launcher synchronise", "graph_ms": None}
+    try:
+        r.update(graph_replay(fn, want, quick))
+        r["graph_status"] = "measured"
+    except Exception as exc:
+        traceback.print_exc()
+        r.update(graph_status=f"error: {exc!r}"[:500], graph_ms=None)
+    return r
+
+
+def _canon(args):
+    """The sparse launcher's canonical arguments of a sparse_case (default tiles and splits)."""
+    return dict(q=args["q"], kv=args["kv"], indices=args["indices"], topk_length=None, extra_kv=args["extra_kv"],
+                extra_indices=args["extra_indices"], extra_topk_length=None, attn_sink=args["attn_sink"],
+                softmax_scale=args["q"].shape[-1] ** -0.5)  # fmt: skip
+
+
+def decode_graph_cases():
+    cases = [(f"sparse decode {kind} H=128 128+{ck} T={T}", "sparse", dict(T=T, H=128, D=512, window=128, comp_keys=ck))
+             for kind, ck in (("CSA", 1024), ("HCA", 8192)) for T in DECODE_TS]  # fmt: skip
+    cases += [(f"indexer top-512 decode N=262144 T={T}", "indexer", dict(T=T, N=262_144)) for T in (1, 8)]
+    if SMOKE:
+        return [(n, k, _smoke(kw) if k == "sparse" else {**kw, "N": 1024, "Hi": 4, "Di": 32, "topk": 16})
+                for n, k, kw in cases if kw["T"] <= 2]  # fmt: skip
+    return cases
+
+
+def _side_by_side(row, nbytes, ceil):
+    """host overhead = eager - graph (and launcher - graph), and the graph's fraction of the copy bandwidth."""
+    g = row.get("graph_ms")
+    if g:
+        row["host_overhead_ms"] = row["eager_ms"] - g
+        row["launcher_host_ms"] = row["launcher_ms"] - g
+        row["graph_GBps"] = nbytes / (g * 1e-3) / 1e9
+        row["graph_frac_copy_bw"] = row["graph_GBps"] / ceil["copy_GBps"]
+    else:
+        row["host_overhead_ms"] = row["launcher_host_ms"] = None
+    shown = "-" if not g else f"{g:9.4f} ms (host {row['host_overhead_ms']:.4f} ms)"
+    print(f"  {row['case']:44s} eager {row['eager_ms']:9.4f} ms  launcher {row['launcher_ms']:9.4f} ms  graph {shown}"
+          f"  {row.get('graph_status', '')}", flush=True)  # fmt: skip
+    return row
+
+
+def decode_graph_row(name, kind, kw, device, ceil, quick):
+    if kind == "sparse":
+        from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+
+        args, _, nbytes = sparse_case(device, **kw)
+        canon = _canon(args)
+
+        def op_call():
+            return longattn.sparse_attention(**args, backend="triton")
+
+        def launcher():
+            return tsa.sparse_attention(**canon)
+
+    else:
+        from longattn.ops.indexer import triton_indexer as ti
+
+        ((q, w, k, ve, topk), pkw), _, nbytes = indexer_case(device, **kw)
+        bt, seq = pkw.get("block_table"), pkw.get("seq_ids")
+
+        def op_call():
+            return longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="triton")
+
+        def launcher():
+            return ti.indexer_topk(q, w, k, ve, topk, bt, seq)
+
+    eager = op_call()
+    op = "sparse_attention" if kind == "sparse" else "indexer_topk"
+    row = {"case": name, "op": op, "T": kw["T"], "bytes": nbytes, "launcher_equals_op": same_bits(launcher(), eager)}
+    row["eager_ms"] = bench_ms(op_call, quick)
+    row["launcher_ms"] = bench_ms(launcher, quick)
+    row.update(graph_columns(op_call, launcher, eager, quick))
+    return _side_by_side(row, nbytes, ceil)
+
+
+def run_decode_graphs(device, ceil, quick, deadline):
+    """Each small-batch decode case: the op call (eager, as an engine without graphs runs it), the bare
+    launcher, and a CUDA-graph replay of the op call, side by side."""
+    sec = {"what": "eager op call vs launcher vs CUDA-graph replay (host overhead = eager - graph)", "rows": []}
+    if not _graphs_here():
+        sec["graph_status"] = GRAPH_SKIP
+    for name, kind, kw in decode_graph_cases():
+        if deadline.spent():
+            sec["rows"].append({"case": name, "status": BUDGET_SKIP})
+            continue
+        try:
+            sec["rows"].append(decode_graph_row(name, kind, kw, device, ceil, quick))
+        except Exception:
+            traceback.print_exc()
+            sec["rows"].append({"case": name, "error": traceback.format_exc()[-2000:]})
+    return sec
+
+
+# -- the split-KV sweep ------------------------------------------------------------------------------------
+
+
+def split_sweep_cases():
+    cases = [(f"sparse decode {kind} H=128 128+{ck} T={T}", dict(T=T, H=128, D=512, window=128, comp_keys=ck))
+             for kind, ck in (("CSA", 1024), ("HCA", 8192)) for T in DECODE_TS]  # fmt: skip
+    return [(n, _smoke(kw)) for n, kw in cases if kw["T"] <= 2] if SMOKE else cases
+
+
+def split_plan(canon, device):
+    """What the launcher decides for these arguments: tiles, key blocks, programs per split, the heuristic's
+    num_splits, and the candidates to time (clipped to the key blocks: more splits would have no keys)."""
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+    from longattn.ops.triton_utils import num_sms
+
+    q = canon["q"]
+    T, H, D = q.shape
+    cfg = tsa.default_config(H, D, tsa.compute_dtype(q, [canon["kv"], canon["extra_kv"]]), device)
+    bn = cfg["BLOCK_N"]
+    K1, K2 = canon["indices"].shape[1], canon["extra_indices"].shape[1]
+    programs = T * -(-H // cfg["BLOCK_H"])
+    blocks = -(-K1 // bn) + -(-K2 // bn)
+    sms = num_sms(device)
+    heuristic = tsa.choose_num_splits(programs, K1 + K2, bn, device)
+    waves = {-(-sms // programs), -(-2 * sms // programs)}  # one / two waves of programs
+    candidates = sorted({min(s, blocks) for s in set(SPLIT_COUNTS) | waves | {heuristic}})
+    return dict(config=cfg, key_blocks=blocks, programs_per_split=programs, sms=sms, heuristic=heuristic,
+                candidates=candidates)  # fmt: skip
+
+
+def kernel_device_us(fn, reps=10):
+    """Device time per call of each kernel ``fn`` launches (torch.profiler, CUDA activity), in us."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+
+    def device_us(e):
+        ts = [0.0]
+        for attr in ("device_time_total", "self_device_time_total", "cuda_time_total"):  # across torch versions
+            try:
+                ts.append(float(getattr(e, attr)))
+            except Exception:
+                pass
+        return max(ts)
+
+    out = {}
+    for e in prof.key_averages():
+        t = device_us(e)
+        if t:
+            out[e.key] = out.get(e.key, 0.0) + t / reps
+    return out
+
+
+def combine_share(fn):
+    """The split kernel's and the combine kernel's device time per call, and the combine's share."""
+    if not _graphs_here():
+        return {"status": PROFILE_SKIP}
+    try:
+        ks = kernel_device_us(fn)
+    except Exception as exc:
+        return {"status": f"error: {exc!r}"[:300]}
+    attn = sum(v for k, v in ks.items() if "sparse_attn_fwd" in k)
+    comb = sum(v for k, v in ks.items() if "combine_splits" in k)
+    if not attn:
+        return {"status": "no sparse-attention kernel among the profiled events", "kernels_us": ks}
+    return {"status": "measured", "attn_kernel_us": attn, "combine_kernel_us": comb,
+            "combine_share": comb / (attn + comb)}  # fmt: skip
+
+
+def split_sweep_case(name, kw, device, quick):
+    """Every candidate num_splits of one decode case: output and lse against the reference, and (CUDA) the
+    time of a graph replay of the launcher call, so that host cost does not hide the kernels."""
+    from longattn.ops.sparse_attention import triton_sparse_attention as tsa
+
+    args, _, nbytes = sparse_case(device, **kw)
+    canon = _canon(args)
+    plan = split_plan(canon, device)
+    ref, ref_lse = longattn.sparse_attention(**args, backend="reference")
+    ref_max = float(ref.float().abs().max())
+    tol = 2 * 2.0**-7 * max(ref_max, 1e-6)  # bf16: the Triton tests' 2 * 2^-8, as atol x max|ref| + rtol
+    default = tsa.sparse_attention(**canon)
+    case = {"case": name, "T": kw["T"], "bytes": nbytes, "tolerance": tol, **plan, "points": []}
+    for s in plan["candidates"]:
+        p = {"num_splits": s, "effective_splits": -(-plan["key_blocks"] // -(-plan["key_blocks"] // s))}
+        try:
+            out, lse = tsa.sparse_attention(**canon, num_splits=s)
+            p["max_abs_err_vs_reference"] = float((out.float() - ref.float()).abs().max())
+            p["lse_err"] = float((lse - ref_lse).abs().max())
+            p["matches_reference"] = p["max_abs_err_vs_reference"] <= tol
+            if s == plan["heuristic"]:
+                case["heuristic_equals_default_launch"] = same_bits((out, lse), default)
+            if _graphs_here():
+                p.update(graph_replay(lambda s=s: tsa.sparse_attention(**canon, num_splits=s), (out, lse), quick))
+            else:
+                p.update(graph_ms=None, graph_status=GRAPH_SKIP)
+        except Exception as exc:
+            traceback.print_exc()
+            p["error"] = repr(exc)[:500]
+        case["points"].append(p)
+    timed = [p for p in case["points"] if p.get("graph_ms") and p.get("matches_reference")]
+    case["checked_all"] = all(p.get("matches_reference") for p in case["points"])
+    if timed:
+        best = min(timed, key=lambda p: p["graph_ms"])
+        heur = next((p for p in timed if p["num_splits"] == plan["heuristic"]), None)
+        case.update(fastest_num_splits=best["num_splits"], fastest_graph_ms=best["graph_ms"],
+                    heuristic_graph_ms=heur["graph_ms"] if heur else None,
+                    heuristic_over_fastest=heur["graph_ms"] / best["graph_ms"] if heur else None)  # fmt: skip
+        shares = {}
+        for s in sorted({plan["heuristic"], best["num_splits"]}):
+            if s > 1:
+                shares[str(s)] = combine_share(lambda s=s: tsa.sparse_attention(**canon, num_splits=s))
+        case["combine"] = shares
+    else:
+        case.update(fastest_num_splits=None, status=GRAPH_SKIP if not _graphs_here() else "no timed point")
+        case["combine"] = {"status": PROFILE_SKIP} if not _graphs_here() else {}
+    pts = ", ".join(f"{p['num_splits']}:" + (f"{p['graph_ms'] * 1e3:.1f}us" if p.get("graph_ms") else "-")
+                    + ("" if p.get("matches_reference") else "(WRONG)") for p in case["points"])  # fmt: skip
+    print(f"  {name:44s} heuristic {plan['heuristic']:3d} fastest {case['fastest_num_splits']}  [{pts}]", flush=True)
+    return case
+
+
+def run_split_sweep(device, deadline):
+    sec = {"what": "num_splits of the sparse launcher: graph replay time, output vs reference", "cases": []}
+    if not _graphs_here():
+        sec["graph_status"] = GRAPH_SKIP
+    for name, kw in split_sweep_cases():
+        if deadline.spent():
+            sec["cases"].append({"case": name, "status": BUDGET_SKIP})
+            continue
+        try:
+            sec["cases"].append(split_sweep_case(name, kw, device, quick=True))
+        except Exception:
+            traceback.print_exc()
+            sec["cases"].append({"case": name, "error": traceback.format_exc()[-2000:]})
+    return sec
+
+
+# -- a whole layer's decode step ---------------------------------------------------------------------------
+
+
+def layer_graph_cases(context, batches):
+    cases = []
+    for B in batches:
+        for kind in ("hca", "csa"):  # the cheaper fill first
+            ctx = context
+            if SMOKE:  # a tiny layer: a few compressed entries
+                ctx = 3 * (4 if kind == "csa" else 128) + 5
+            cases.append((f"layer decode {kind.upper()} V4-Pro context={ctx} B={B}", kind, B, ctx))
+    return cases
+
+
+def build_layer_decode(kind, B, context, device, seed=0):
+    """(HybridAttention on the triton backend, its manager, the decode plan of B sequences at position
+    context - 1, the step's inputs, its weights, the fill time). V4-Pro's first layer of ``kind`` (H = 128,
+    D = 512, window 128; CSA: ratio 4, top-1024 of 64 x 128 index heads; HCA: ratio 128), bf16 pools of
+    64-row pages filled with random rows (``longattn.testing.fill_random_context``). --smoke: the same
+    layer with tiny heads (H = 4, D = 64, window 8, 2 x 32 index heads, top-8), pages of 4."""
+    from longattn.cache import CacheManager
+    from longattn.configs import PRESETS
+    from longattn.testing import fill_random_context
+
+    Lc = PRESETS["v4-pro"].first_layer(kind)
+    page = 64
+    if SMOKE:
+        Lc = dataclasses.replace(Lc, n_heads=4, head_dim=64, rope_dim=16, window=8, index_n_heads=2,
+                                 index_head_dim=32, index_topk=8)  # fmt: skip
+        page = 4
+    t0 = time.time()
+    m = CacheManager.for_layers([Lc], max_seqs=B, max_context=context, max_step_tokens=1 << 14, page_size=page,
+                                device=device)  # fmt: skip
+    att = longattn.HybridAttention(Lc, m, kv_dtype=torch.bfloat16, backend="triton")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rnd(*shape, dtype=torch.bfloat16, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
+
+    H, D, Hi, Di = Lc.n_heads, Lc.head_dim, Lc.index_n_heads, Lc.index_head_dim
+    w = {"attn_sink": rnd(H, dtype=torch.float32), "compress_norm_weight": 1 + rnd(D, dtype=torch.float32, scale=0.1)}
+    x = {"compress_a": rnd(B, (2 if Lc.overlap else 1) * D), "compress_b": rnd(B, (2 if Lc.overlap else 1) * D)}
+    if Lc.uses_indexer:
+        w["index_norm_weight"] = 1 + rnd(Di, dtype=torch.float32, scale=0.1)
+        x.update(index_q=rnd(B, Hi, Di), index_weights=rnd(B, Hi, dtype=torch.float32, scale=Di**-0.5 * Hi**-0.5),
+                 index_a=rnd(B, 2 * Di), index_b=rnd(B, 2 * Di))  # fmt: skip
+    seqs = list(range(B))
+    fill_random_context(att, m, seqs, context - 1, chunk=1 << 14, seed=seed)
+    plan = m.plan(seqs, torch.arange(B + 1))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return att, plan, rnd(B, H, D), rnd(B, D), x, w, time.time() - t0
+
+
+def layer_graph_row(name, kind, B, context, device, quick):
+    att, plan, q, kv, x, w, fill_s = build_layer_decode(kind, B, context, device)
+    Lc = att.layer
+    row = {"case": name, "kind": kind, "B": B, "context": context, "fill_s": fill_s,
+           "layer": dict(n_heads=Lc.n_heads, head_dim=Lc.head_dim, window=Lc.window, ratio=Lc.compress_ratio,
+                         index_topk=Lc.index_topk if Lc.uses_indexer else None)}  # fmt: skip
+    step = att.prepare(plan, q, kv, **x, **w)
+
+    def run():
+        return att.run(step)
+
+    def prepare_run():
+        return att.run(att.prepare(plan, q, kv, **x, **w))
+
+    eager = run()  # also the kernels' compile
+    row["eager_run_ms"] = bench_ms(run, quick)  # the launches of a prepared step
+    row["eager_prepare_run_ms"] = bench_ms(prepare_run, quick)  # + the step's checks and host planning
+    sync = sync_error(run) if _graphs_here() else None
+    if sync is not None:  # a capture would fail (and could upset the CUDA context for what follows)
+        row.update(graph_status=f"not captured: the step synchronises ({sync})", graph_ms=None, host_overhead_ms=None)
+    elif _graphs_here():
+        try:
+            row.update(graph_replay(run, eager, quick))
+            row["graph_status"] = "measured"
+            row["host_overhead_ms"] = row["eager_run_ms"] - row["graph_ms"]
+        except Exception as exc:
+            traceback.print_exc()
+            row.update(graph_status=f"error: {exc!r}"[:500], graph_ms=None, host_overhead_ms=None)
+    else:
+        row.update(graph_status=GRAPH_SKIP, graph_ms=None, host_overhead_ms=None)
+    att.backend = "reference"  # last: the reference step rewrites the same slots (with its own rounding)
+    ref = att.run(att.prepare(plan, q, kv, **x, **w))
+    row["max_abs_err_vs_reference"] = float((eager.float() - ref.float()).abs().max())
+    g = row.get("graph_ms")
+    print(f"  {name:44s} run {row['eager_run_ms']:9.4f} ms  prepare+run {row['eager_prepare_run_ms']:9.4f} ms  "
+          f"graph {'-' if not g else f'{g:9.4f} ms'}  err {row['max_abs_err_vs_reference']:.2e}  "
+          f"(fill {fill_s:.1f} s)", flush=True)  # fmt: skip
+    return row
+
+
+def run_layer_graphs(device, quick, deadline, context, batches):
+    sec = {"what": "HybridAttention decode step (prepare once, run): eager vs CUDA-graph replay", "rows": []}
+    if not _graphs_here():
+        sec["graph_status"] = GRAPH_SKIP
+    for name, kind, B, ctx in layer_graph_cases(context, batches):
+        if deadline.spent():
+            sec["rows"].append({"case": name, "status": BUDGET_SKIP})
+            continue
+        try:
+            sec["rows"].append(layer_graph_row(name, kind, B, ctx, device, quick))
+        except Exception:
+            traceback.print_exc()
+            sec["rows"].append({"case": name, "error": traceback.format_exc()[-2000:]})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return sec
+
+
+def run_op_cases(device, cases, ceil, quick, res, save):
+    """The sparse attention and indexer cases: op call on triton and reference, checked, and the indexer's
+    fused path and parts."""
+    for name, kw in cases:
+        try:
+            args, flops, nbytes = sparse_case(device, **kw)
+            run_sparse(name, args, flops, nbytes, ceil, quick, res)
+        except Exception:
+            traceback.print_exc()
+            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+        save()
+    for name, kw in indexer_cases():
+        try:
+            ((q, w, k, ve, topk), pkw), flops, nbytes = indexer_case(device, **kw)
+            it, lt = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="triton")
+            ir, lr = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="reference")
+            same = float((it == ir).float().mean())
+            ms = select_ms = bench_ms(
+                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="triton"), quick
+            )
+            res.append(
+                record(
+                    name,
+                    "triton",
+                    ms,
+                    flops,
+                    nbytes,
+                    ceil,
+                    None,
+                    {"same_indices_fraction": same, "lengths_equal": bool(torch.equal(lt, lr))},
+                )
+            )
+            ms = bench_ms(
+                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="reference"), quick
+            )
+            res.append(record(name, "reference", ms, flops, nbytes, ceil))
+            run_indexer_variants(name, (q, w, k, ve, topk), pkw, (it, lt), select_ms, flops, nbytes, ceil, quick, res)
+        except Exception:
+            traceback.print_exc()
+            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+        save()
+
+
+SECTIONS = ("ops", "decode-graph", "split-sweep", "layer-graph", "cache-writes", "compress-pool", "tile-sweep")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/triton_grid.json")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds for the whole grid: a section (or case of the new sections) not started by then "
+        "is skipped and recorded as such; the goals and the JSON are still written",
+    )
+    p.add_argument(
+        "--graph-budget-s",
+        type=float,
+        default=90.0,
+        help="seconds shared by the decode-graph, split-sweep and layer-graph sections (cumulative "
+        f"shares {GRAPH_SECTION_SHARES}), checked before each case",
+    )
+    p.add_argument("--layer-context", type=int, default=1 << 20, help="context of the layer decode steps (1M)")
+    p.add_argument("--layer-batches", default="1,8", help="decode batch sizes of the layer steps")
+    p.add_argument(
+        "--only", default=None, help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)"
+    )
     a = p.parse_args(argv)
+    only = set(SECTIONS) if a.only is None else set(a.only.split(","))
+    if not only <= set(SECTIONS):
+        p.error(f"--only: unknown sections {sorted(only - set(SECTIONS))}; sections: {', '.join(SECTIONS)}")
     global SMOKE
     SMOKE = a.smoke
     if SMOKE and os.environ.get("TRITON_INTERPRET") != "1":
@@ -486,50 +1024,45 @@ def main(argv=None):
         with open(a.out, "w") as f:
             json.dump(doc, f, indent=1)
 
+    grid_deadline = Deadline(a.budget_s)
+    doc["budget"] = {"grid_s": a.budget_s, "graph_s": a.graph_budget_s, "skipped_sections": []}
+
+    def want(section):
+        if section not in only:
+            return False
+        if grid_deadline.spent():
+            doc["budget"]["skipped_sections"].append(section)
+            print(f"  {section}: skipped (grid time budget spent)", flush=True)
+            return False
+        return True
+
     cases = sparse_cases()
-    for name, kw in cases:
-        try:
-            args, flops, nbytes = sparse_case(device, **kw)
-            run_sparse(name, args, flops, nbytes, ceil, a.quick, res)
-        except Exception:
-            traceback.print_exc()
-            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+    if want("ops"):
+        run_op_cases(device, cases, ceil, a.quick, res, save)
+    t_graph = time.time()
+    for section in ("decode-graph", "split-sweep", "layer-graph"):
+        deadline = Deadline(end=t_graph + GRAPH_SECTION_SHARES[section] * a.graph_budget_s).sooner(grid_deadline)
+        if not want(section):
+            continue
+        t_sec = time.time()
+        if section == "decode-graph":
+            doc["decode_graph"] = run_decode_graphs(device, ceil, a.quick, deadline)
+        elif section == "split-sweep":
+            doc["split_sweep"] = run_split_sweep(device, deadline)
+        else:
+            batches = [int(b) for b in a.layer_batches.split(",")]
+            doc["layer_graph"] = run_layer_graphs(device, a.quick, deadline, a.layer_context, batches)
+        doc[section.replace("-", "_")]["wall_s"] = time.time() - t_sec
         save()
-    for name, kw in indexer_cases():
-        try:
-            ((q, w, k, ve, topk), pkw), flops, nbytes = indexer_case(device, **kw)
-            it, lt = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="triton")
-            ir, lr = longattn.indexer_topk(q, w, k, ve, topk, **pkw, backend="reference")
-            same = float((it == ir).float().mean())
-            ms = select_ms = bench_ms(
-                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="triton"), a.quick
-            )
-            res.append(
-                record(
-                    name,
-                    "triton",
-                    ms,
-                    flops,
-                    nbytes,
-                    ceil,
-                    None,
-                    {"same_indices_fraction": same, "lengths_equal": bool(torch.equal(lt, lr))},
-                )
-            )
-            ms = bench_ms(
-                lambda ia=(q, w, k, ve, topk), pkw=pkw: longattn.indexer_topk(*ia, **pkw, backend="reference"), a.quick
-            )
-            res.append(record(name, "reference", ms, flops, nbytes, ceil))
-            run_indexer_variants(name, (q, w, k, ve, topk), pkw, (it, lt), select_ms, flops, nbytes, ceil, a.quick, res)
-        except Exception:
-            traceback.print_exc()
-            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
-        save()
-    run_cache_writes(device, ceil, a.quick, res)
-    run_compress_pool(device, ceil, a.quick, res)
+    if want("cache-writes"):
+        run_cache_writes(device, ceil, a.quick, res)
+    if want("compress-pool"):
+        run_compress_pool(device, ceil, a.quick, res)
     save()
-    if not a.no_sweep:
+    if not a.no_sweep and "tile-sweep" in only:
         for name, kw in [c for c in cases if c[0] in SWEPT]:
+            if not want("tile-sweep"):
+                break
             try:
                 args, flops, nbytes = sparse_case(device, **kw)
                 sweep_sparse(name, args, flops, nbytes, ceil, a.quick, res)

@@ -2,7 +2,8 @@
 is checked here on the CPU (SMOKE=1: interpreter, test shards only collected, the grid at tiny shapes,
 the bench CLI only listing). The shards must collect exactly the Triton tests that can run on a GPU: the
 op x backend tests of tests/ops for the triton backend (``-k triton``) and tests/triton but the offline
-sm_90 compile; and the grid must produce every case and goal without an error."""
+sm_90 compile; and the grid must produce every case and goal without an error, and its small-batch
+decode sections (CUDA graphs, split sweep, layer step) their rows with the reason graphs were skipped."""
 
 import json
 import os
@@ -66,4 +67,13 @@ def test_gpu_check_smoke_run(tmp_path):
         assert name in cases
     assert [g["goal"] for g in grid["goals"]] == [g[0] for g in triton_grid.GOALS]
     assert all(g["value"] is not None for g in grid["goals"]), grid["goals"]
+    # the small-batch decode sections (in detail: tests/bench/test_triton_grid.py): every case ran within the
+    # budget the script passed, without CUDA graphs here (and said so), the split sweep checked
+    assert grid["budget"]["grid_s"] is not None and grid["budget"]["skipped_sections"] == []
+    rows = grid["decode_graph"]["rows"] + grid["layer_graph"]["rows"] + grid["split_sweep"]["cases"]
+    assert rows and not [r["case"] for r in rows if "error" in r or r.get("status") == triton_grid.BUDGET_SKIP]
+    assert all(
+        r["graph_status"] == triton_grid.GRAPH_SKIP for r in grid["decode_graph"]["rows"] + grid["layer_graph"]["rows"]
+    )
+    assert all(c["checked_all"] and len(c["points"]) > 1 for c in grid["split_sweep"]["cases"])
     assert "bench rc=0" in (tmp_path / "summary.txt").read_text()
