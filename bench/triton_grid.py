@@ -33,6 +33,8 @@ Small-batch decode, where host-side launch cost dominates (sections with their o
 - layer-graph: a whole HybridAttention decode step (V4-Pro's first CSA / HCA layer, 1M-token context,
   B = 1 and 8; ``prepare`` once, then ``run``) eagerly and from a CUDA graph, checked against the
   reference backend.
+At the end, the offline sm_90a model's kernel-time estimates (bench/sm90_model.py) are attached to the
+rows it covers (``model_us``, ``measured_over_model``), so a GPU run checks the model as well.
 Without CUDA (--smoke) the graph and profiler columns say why they were skipped; no number stands in.
 
 FLOPs (FlashMLA convention): attention 2 * T * H * keys * (D + D); indexer 2 * T * Hi * N * Di.
@@ -57,8 +59,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, ROOT)
 
 import longattn  # noqa: E402
+
+from bench import sm90_model  # noqa: E402
 
 SMOKE = False  # --smoke: tiny shapes on the CPU under TRITON_INTERPRET=1, one timed call each
 
@@ -1070,6 +1075,8 @@ def main(argv=None):
                 traceback.print_exc()
                 res.append({"case": name + " sweep", "error": traceback.format_exc()[-2000:]})
             save()
+    print("the offline sm_90a model beside the measurements (kernel time; a model, not a measurement):", flush=True)
+    doc["model"] = sm90_model.attach(doc)
     print("goals (triton backend):", flush=True)
     doc["goals"] = goals(res)
     save()
