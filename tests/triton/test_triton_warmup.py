@@ -148,7 +148,7 @@ def workload(att, top=None, run=None, seed=0):
         steps += 1
 
     # chunked prefill of three sequences (chunks of other lengths than the warm-up's), mixed in steps
-    step([("a", 200), ("b", 37)])
+    step([("a", 100), ("b", 37)])  # (HCA: no entry visible yet)
     step([("a", 200), ("b", 100), ("c", 9)])
     step([("a", 123), ("c", 300)])
     # long sequences prefilled elsewhere: near the largest context, and two in between (not page multiples)
