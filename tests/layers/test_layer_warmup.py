@@ -93,3 +93,21 @@ def test_triton_warmup_runs_and_leaves_the_caches_alone(kind):
     w = layer_weights(att.layer, torch.Generator().manual_seed(0))
     outs = [a(a.manager.plan(["a"], [0, 2]), **x, **w) for a in (att, fresh)]
     assert torch.equal(outs[0], outs[1])
+
+
+def test_module_warmup_argument_errors():
+    from longattn.nn import DeepseekV4Attention
+
+    from tests.nn.helpers import TINY
+
+    module = DeepseekV4Attention(TINY, 1)  # CSA, ratio 4
+    m = longattn.CacheManager(ratios=(4, 8), page_size=4, num_window_pages=8, num_compressed_pages={4: 8, 8: 8},
+                              num_state_pages={4: 8, 8: 8}, window=TINY.window)  # fmt: skip
+    who = r"DeepseekV4Attention\[layer 1\]\.warmup: "
+    with pytest.raises(TypeError, match=who + r"`cache_layer` must be a HybridAttention, got str"):
+        module.warmup("layer 1")
+    with pytest.raises(ValueError, match=who + r"`cache_layer` serves another layer config"):
+        module.warmup(longattn.HybridAttention(TINY.layer(2), m))
+    with pytest.raises(ValueError, match=who + r"`max_batch` must be a positive int, got 0"):
+        module.warmup(longattn.HybridAttention(TINY.layer(1), m), max_batch=0)
+    assert not m._seqs and m.window_alloc.num_free == 8

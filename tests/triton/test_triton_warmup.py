@@ -237,3 +237,23 @@ def test_module_warmup_covers_its_paged_forward(tiles):
     with recorded_launches(MODULES) as launches:
         att.warmup(**args)
     assert "_compress_kv_kernel" in {k[0] for k in used - keys(launches)}
+
+
+def test_warmup_layers_warms_one_layer_per_variant_group():
+    """A model's layers: one warm-up per kind and pool format (the others launch the same variants)."""
+    from longattn.layers import warmup_layers
+
+    cfgs = [V4_FLASH.layer(i) for i in range(7)]  # swa swa csa hca csa hca csa
+    m = CacheManager.for_layers(cfgs, max_seqs=2, max_context=1024, max_step_tokens=256, page_size=PAGE)
+    layers = [longattn.HybridAttention(c, m, kv_format="fp8" if i == 6 else "float", backend="triton")
+              for i, c in enumerate(cfgs)]  # fmt: skip
+    with recorded_launches(MODULES) as launches:
+        reports = warmup_layers(layers, max_batch=2, prefill_chunks=(), max_context=1024)
+    assert sorted(reports) == [0, 2, 3, 6] and all(r.steps > 0 for r in reports.values())
+    warm = keys(launches)
+    for i in (1, 4, 5):  # each skipped layer's own warm-up launches nothing new
+        with recorded_launches(MODULES) as launches:
+            layers[i].warmup(max_batch=2, prefill_chunks=(), max_context=1024)
+        assert keys(launches) <= warm, i
+    with pytest.raises(TypeError, match=r"warmup_layers: `layers\[1\]` must be a HybridAttention, got str"):
+        warmup_layers([layers[0], "layer"])

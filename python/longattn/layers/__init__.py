@@ -1,4 +1,4 @@
 from .hybrid_attention import HybridAttention
-from .warmup import WarmupReport
+from .warmup import WarmupReport, warmup_layers
 
-__all__ = ["HybridAttention", "WarmupReport"]
+__all__ = ["HybridAttention", "WarmupReport", "warmup_layers"]

@@ -349,3 +349,24 @@ def layer_inputs(att, T: int, dtype, dtypes: Dict[str, torch.dtype], attn_sink: 
     if attn_sink:
         out["attn_sink"] = torch.zeros(H, dtype=torch.float32, device=dev)
     return out
+
+
+def variant_group(att) -> tuple:
+    """What decides the variants a layer's steps launch, besides the steps: its config but for the
+    layer index and the RoPE table's values, page size, window, pool formats and dtypes, backend, device."""
+    L, m = att.layer, att.manager
+    pools = tuple((type(p).__name__, getattr(p, "dtype", None)) for p in att.pools())
+    config = dataclasses.replace(L, index=0, rope=None)
+    return (config, m.page_size, m.window, att.kv_format, pools, att.backend, m.device, att.shards is not None)
+
+
+def warmup_layers(layers: Sequence, **kwargs) -> Dict[int, WarmupReport]:
+    """``HybridAttention.warmup(**kwargs)`` of one layer per group of ``layers`` whose steps launch the
+    same variants (``variant_group``: e.g. every CSA layer of a model shares its variants): returns
+    {position in ``layers`` of the layer warmed: its report}."""
+    first: Dict[tuple, int] = {}
+    for i, att in enumerate(layers):
+        if not hasattr(att, "warmup") or not hasattr(att, "layer"):
+            raise TypeError(f"warmup_layers: `layers[{i}]` must be a HybridAttention, got {type(att).__name__}")
+        first.setdefault(variant_group(att), i)
+    return {i: layers[i].warmup(**kwargs) for i in sorted(first.values())}
