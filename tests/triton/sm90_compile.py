@@ -430,3 +430,61 @@ def jit_specialisation(fn, args, kwargs, target):
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
     return signature, constexprs, attrs, options
+
+
+# ---------------------------------------------------------------------------------------------------
+# Specialisation keys of recorded launches (tests/triton/test_triton_warmup.py): every kernel of some
+# launcher modules recorded (not run), each launch keyed as JITFunction.run keys its compiled kernel.
+# ---------------------------------------------------------------------------------------------------
+def kernel_names(module) -> list:
+    """Names of ``module``'s Triton kernels (compiled ``JITFunction`` or the interpreter's stand-in)."""
+    return [n for n, v in vars(module).items() if hasattr(v, "add_pre_run_hook") and hasattr(v, "fn")]
+
+
+class recorded_launches:
+    """``with recorded_launches(modules) as launches:`` every kernel of ``modules`` is a recorder
+    (``_Recorder``: nothing runs) and ``launches`` receives (fn, grid, args, kwargs) of each launch."""
+
+    def __init__(self, modules):
+        self.modules, self.launches, self.saved = list(modules), [], []
+
+    def __enter__(self):
+        for m in self.modules:
+            for n in kernel_names(m):
+                self.saved.append((m, n, getattr(m, n)))
+                setattr(m, n, _Recorder(getattr(m, n), self.launches))
+        return self.launches
+
+    def __exit__(self, *exc):
+        for m, n, fn in reversed(self.saved):
+            setattr(m, n, fn)
+        return False
+
+
+_JIT_OF: dict = {}
+
+
+def launch_key(fn, args, kwargs, target=None):
+    """The launch's specialisation key for ``target`` (default sm_90a, 32-wide warps): kernel name, the
+    JIT's signature (argument types: i32 / i64 by value, pointer dtypes), its constexprs (the launcher's
+    flags and tiles, and integers specialised to 1), attrs (16-divisibility of integers, 16-byte
+    alignment of pointers), num_warps and num_stages: what selects one compiled kernel in
+    ``JITFunction.run``, computed by the JIT's own binder (``jit_specialisation``). ``fn`` may be the
+    interpreter's ``InterpretedFunction``: the key is that of a ``JITFunction`` of the same function
+    and ``do_not_specialize`` lists. None where this triton's binder differs."""
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(fn, JITFunction):
+        if fn.fn not in _JIT_OF:
+            _JIT_OF[fn.fn] = JITFunction(fn.fn, **fn.kwargs)
+        fn = _JIT_OF[fn.fn]
+    jit = jit_specialisation(fn, args, kwargs, target or GPUTarget("cuda", 90, 32))
+    if jit is None:
+        return None
+    signature, constexprs, attrs, options = jit
+
+    def items(d):
+        return tuple(sorted((str(k), repr(v)) for k, v in d.items()))
+
+    return (fn.fn.__name__, items(signature), items(constexprs), items(attrs), options.num_warps, options.num_stages)

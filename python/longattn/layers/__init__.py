@@ -1,3 +1,4 @@
 from .hybrid_attention import HybridAttention
+from .warmup import WarmupReport, warmup_layers
 
-__all__ = ["HybridAttention"]
+__all__ = ["HybridAttention", "WarmupReport", "warmup_layers"]

@@ -17,7 +17,7 @@ unchanged, and no op validates or selects again while the step runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,6 +32,8 @@ from ..ops.indexer import op as indexer_op
 from ..ops.op import Op
 from ..ops.sparse_attention import op as attention_op
 from ..rope import inv_freq
+from . import warmup as _warmup
+from .warmup import DEFAULT_PREFILL_CHUNKS, WarmupReport
 
 
 @dataclasses.dataclass
@@ -350,6 +352,59 @@ class HybridAttention:
         if step.grad_inputs:
             out = _NoGradientThroughCaches.apply(out, step.grad_inputs)
         return out
+
+    # -- JIT warm-up -----------------------------------------------------------------------------
+    def warmup(
+        self,
+        *,
+        max_batch: Optional[int] = None,
+        batch_sizes: Optional[Sequence[int]] = None,
+        prefill_chunks: Sequence[int] = DEFAULT_PREFILL_CHUNKS,
+        max_context: Optional[int] = None,
+        dtype: torch.dtype = torch.bfloat16,
+        dtypes: Optional[Dict[str, torch.dtype]] = None,
+        attn_sink: bool = True,
+    ) -> WarmupReport:
+        """Launch every kernel variant that steps of this layer will need, so that the JIT compiles
+        them now and not during the first requests. Runs this layer's own ``prepare`` / ``run`` on
+        scratch caches of its page size, window, pool formats and dtypes and backend (this layer's
+        manager and pools are not touched), for each decode batch size and prefill chunk size, each
+        at a ladder of context lengths up to ``max_context`` (``longattn/layers/warmup.py``).
+
+        Args:
+            max_batch: decode batch sizes 1, 2, 3, 4, 6, 8, 12, ... up to ``max_batch`` (default 64).
+            batch_sizes: the exact decode sizes instead (e.g. an engine's CUDA-graph buckets).
+            prefill_chunks: prefill chunk lengths in tokens (default (512, 2048)).
+            max_context: the longest context served (default: one sequence's share of this layer's
+                compressed pool, at most the YaRN range of its RoPE table). Scratch memory is about
+                one sequence of ``max_context`` in this layer's pools plus one step's inputs.
+            dtype: dtype of the per-token inputs ``forward`` will get (q, kv, compressor and indexer
+                inputs); ``dtypes`` ({input name: dtype}) overrides single inputs, and naming
+                ``compress_norm_weight`` / ``index_norm_weight`` passes norm weights of that dtype
+                (else none: the layer's fp32 unit norms, as ``forward`` without them).
+            attn_sink: whether ``forward`` gets an ``attn_sink``.
+
+        Returns a ``WarmupReport`` (steps, launches, variants, compiled kernels, seconds). Where no op
+        of the layer runs on the Triton backend (CPU tensors on the reference backend, Ascend) it runs
+        nothing and says so in ``skipped``. Not thread-safe with other launches of the package's
+        kernels (they would be counted in the report). Context-parallel layers: not supported.
+        """
+        who = f"HybridAttention[{self.kind}, layer {self.layer.index}].warmup"
+        if not isinstance(attn_sink, bool):
+            raise TypeError(f"{who}: `attn_sink` must be a bool, got {type(attn_sink).__name__}")
+        default_context = _warmup.default_max_context(self)
+        sizes, chunks, ctx = _warmup.check_sizes(
+            who, max_batch, batch_sizes, prefill_chunks, max_context, default_context
+        )
+        per_input = _warmup.check_dtypes(who, self.kind, dtype, dtypes)
+
+        def probe(scratch, plan):
+            return scratch.prepare(plan, **_warmup.layer_inputs(scratch, plan.num_tokens, dtype, per_input, attn_sink))
+
+        def step(scratch, plan):
+            return scratch(plan, **_warmup.layer_inputs(scratch, plan.num_tokens, dtype, per_input, attn_sink))
+
+        return _warmup.run_warmup(self, who, step, probe, sizes, chunks, ctx)
 
     # -- context parallelism ---------------------------------------------------------------------
     def _global_topk(self, step: LayerStep, local_ids: torch.Tensor, plan: StepPlan):

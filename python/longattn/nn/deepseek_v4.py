@@ -24,7 +24,7 @@ DeepSeek's reference code and what we do.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from torch import nn
 from ..cache.manager import StepPlan
 from ..configs import CSA_RATIO, LayerConfig, ModelConfig, RopeConfig, YarnConfig, kind_of_ratio
 from ..layers import HybridAttention
+from ..layers.warmup import DEFAULT_PREFILL_CHUNKS, WarmupReport
 from ..rope import apply_rope, inv_freq
 
 _LAYER_TYPES = {
@@ -381,6 +382,47 @@ class DeepseekV4Attention(nn.Module):
         o = cache_layer(plan, q, kv, attn_sink=self.sinks, **extra)  # [T, H, D]
         o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True))
         return self._output_projection(o)
+
+    def warmup(
+        self,
+        cache_layer: HybridAttention,
+        *,
+        max_batch: Optional[int] = None,
+        batch_sizes: Optional[Sequence[int]] = None,
+        prefill_chunks: Sequence[int] = DEFAULT_PREFILL_CHUNKS,
+        max_context: Optional[int] = None,
+    ) -> WarmupReport:
+        """JIT warm-up of ``forward_paged`` over ``cache_layer`` (this layer's ``HybridAttention``, e.g.
+        ``PagedKVCache.layer(layer_idx, dtype)``): ``HybridAttention.warmup``'s steps, each run through
+        this module's own ``forward_paged`` (its projections make the layer's inputs, so their dtypes and
+        the norm weights' are the ones serving passes) on scratch caches like ``cache_layer``'s, which
+        is not touched. Arguments and report as ``HybridAttention.warmup``."""
+        from ..layers import warmup as w
+
+        who = f"DeepseekV4Attention[layer {self.layer_idx}].warmup"
+        if not isinstance(cache_layer, HybridAttention):
+            raise TypeError(f"{who}: `cache_layer` must be a HybridAttention, got {type(cache_layer).__name__}")
+        if cache_layer.layer != self.layer:
+            raise ValueError(
+                f"{who}: `cache_layer` serves another layer config ({cache_layer.layer}) than {self.layer}"
+            )
+        weight = self.q_a_proj.weight
+        if cache_layer.manager.device != weight.device:
+            raise ValueError(
+                f"{who}: `cache_layer` is on {cache_layer.manager.device}, the module's weights on {weight.device}"
+            )
+        default_context = w.default_max_context(cache_layer)
+        sizes, chunks, ctx = w.check_sizes(who, max_batch, batch_sizes, prefill_chunks, max_context, default_context)
+        per_input = w.check_dtypes(who, self.kind, weight.dtype, None)
+
+        def probe(scratch, plan):
+            return scratch.prepare(plan, **w.layer_inputs(scratch, plan.num_tokens, weight.dtype, per_input, True))
+
+        def step(scratch, plan):
+            x = torch.zeros(plan.num_tokens, self.q_a_proj.in_features, dtype=weight.dtype, device=weight.device)
+            return self.forward_paged(x, plan, scratch)
+
+        return w.run_warmup(cache_layer, who, step, probe, sizes, chunks, ctx)
 
     # -- training: whole sequences, no cache, differentiable -----------------------------------------------
     def forward_train(
