@@ -208,11 +208,25 @@ def _to_cpu(args, kwargs) -> bool:
     return dev is not None and torch.device(dev).type == "cpu"
 
 
-def count_syncs(fn: Callable[[], object]) -> List[Sync]:
-    """The host synchronisations of one call of ``fn`` (kernels stubbed: see ``stub_kernels``)."""
-    with stub_kernels():
-        with SyncDetector() as det:
-            fn()
+def count_syncs(fn: Callable[[], object], path: str = "eager") -> List[Sync]:
+    """The host synchronisations of one call of ``fn`` (kernels stubbed: see ``stub_kernels``).
+
+    ``path``: "eager" is the path of a plain call (``Op.run`` calls the backend directly: the detector,
+    itself a dispatch mode, is not counted as an observer); "dispatcher" the path through the custom
+    op (what autograd, compile, modes and direct ``torch.ops.longattn.*`` calls take)."""
+    from longattn.ops import op as op_module
+
+    if path not in ("eager", "dispatcher"):
+        raise ValueError(f"path must be 'eager' or 'dispatcher', got {path!r}")
+    real = op_module._unobserved
+    if path == "eager":
+        op_module._unobserved = lambda args, device: True
+    try:
+        with stub_kernels():
+            with SyncDetector() as det:
+                fn()
+    finally:
+        op_module._unobserved = real
     return det.syncs
 
 
@@ -406,7 +420,7 @@ def measure(case: Case, number: int, repeats: int) -> Dict[str, object]:
         t_launch = time_us(lambda: launcher(inputs), number, repeats)
         t_prep = time_us(case.prepare, number, repeats)
         t_sel = time_us(lambda: registry.select(op.name, op.impls, inputs.device, inputs, "triton"), number, repeats)
-    syncs = count_syncs(case.call)
+    syncs = count_syncs(case.call) + count_syncs(case.call, "dispatcher")
     return {
         "case": case.name,
         "op": case.op,
@@ -419,7 +433,7 @@ def measure(case: Case, number: int, repeats: int) -> Dict[str, object]:
         "select_us": round(t_sel[0], 2),
         "launches": n_launch,
         "launched": kinds,
-        "syncs": len(syncs),
+        "syncs": len(syncs),  # both paths: a plain call and the custom op's
         "sync_sites": [str(s) for s in syncs],
     }
 
