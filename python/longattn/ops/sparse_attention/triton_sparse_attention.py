@@ -505,6 +505,7 @@ def _combine_splits_kernel(
 # launcher
 # ---------------------------------------------------------------------------------------------------
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_LOG2E_HOST = math.log2(math.e)  # the softmax scale into base 2, once
 
 
 def _stream_args(kv, device):
@@ -513,7 +514,8 @@ def _stream_args(kv, device):
         num_slots = kv.shape[0]
         if kv.numel() == 0:  # never read (no index is valid); a real pointer for the launcher
             return dummy(device, kv.dtype), None, 0, 0, 0, 1, 0, False
-        return kv, None, kv.stride(0), kv.stride(1), num_slots, 1, 0, False
+        stride_row, stride_d = kv.stride()
+        return kv, None, stride_row, stride_d, num_slots, 1, 0, False
     data = kv.data
     if data.numel() == 0:  # an FP8 pool without pages: no index is valid
         return dummy(device, torch.float32), None, 0, 0, 0, 1, 0, False
@@ -524,7 +526,7 @@ def _stream_args(kv, device):
 def _index_args(idx: torch.Tensor, device):
     if idx.numel() == 0:
         return dummy(device), 0, 0
-    return idx, idx.stride(0), idx.stride(1)
+    return (idx, *idx.stride())
 
 
 def compute_dtype(q: torch.Tensor, pools) -> torch.dtype:
@@ -602,16 +604,16 @@ def sparse_attention(
 
     grid = (T, head_blocks, num_splits)
     _sparse_attn_fwd_kernel[grid](
-        q, q.stride(0), q.stride(1), q.stride(2),
+        q, *q.stride(),
         s1[0], s1[1], s1[2], s1[3], s1[4], s1[5], s1[6],
         i1[0], i1[1], i1[2], K1, topk_length if topk_length is not None else unused,
         s2[0], s2[1], s2[2], s2[3], s2[4], s2[5], s2[6],
         i2[0], i2[1], i2[2], K2, extra_topk_length if extra_topk_length is not None else unused,
         sink,
-        out, out.stride(0), out.stride(1), out.stride(2),
-        lse, lse.stride(0), lse.stride(1),
+        out, *out.stride(),
+        lse, *lse.stride(),
         ws_out, ws_lse,
-        T, H, D, float(softmax_scale) * math.log2(math.e),
+        T, H, D, float(softmax_scale) * _LOG2E_HOST,
         HAS_LEN=topk_length is not None,
         HAS_EXTRA=has_extra,
         HAS_ELEN=has_extra and extra_topk_length is not None,
@@ -634,8 +636,8 @@ def sparse_attention(
         combine_d = min(64, next_power_of_2(D))
         _combine_splits_kernel[(T, cdiv(H, combine_h), cdiv(D, combine_d))](
             ws_out, ws_lse, sink,
-            out, out.stride(0), out.stride(1), out.stride(2),
-            lse, lse.stride(0), lse.stride(1),
+            out, *out.stride(),
+            lse, *lse.stride(),
             T, H, D, num_splits,
             HAS_SINK=attn_sink is not None,
             BLOCK_H=combine_h,
