@@ -446,8 +446,8 @@ def measure(case: Case, number: int, repeats: int) -> Dict[str, object]:
 
 def main(argv=None) -> Dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--number", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=60)
+    ap.add_argument("--number", type=int, default=50)
     ap.add_argument("--only", nargs="*", default=None, help="substrings of case names")
     ap.add_argument("--json", default=None, help="write results here (default: print only)")
     ap.add_argument("--baseline", default=None, help="an earlier JSON of this script: shown as 'before'")

@@ -28,6 +28,12 @@ def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_capability(index: int) -> Tuple[int, int]:
+    """``torch.cuda.get_device_capability`` of GPU ``index``, asked once per process."""
+    return torch.cuda.get_device_capability(index)
+
+
 # Host-side integer helpers of the launchers. ``triton.cdiv`` / ``triton.next_power_of_2`` are
 # constexpr functions since Triton 3.5 (a few microseconds per host call: they unwrap every argument);
 # these are the same formulas on plain ints.

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import and_flag, cdiv, dummy, interpreting, nan_where, next_power_of_2
+from ..triton_utils import and_flag, cdiv, cuda_capability, dummy, interpreting, nan_where, next_power_of_2
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
@@ -73,7 +73,9 @@ def _capability(device: torch.device) -> Tuple[int, int]:
     planned offline, e.g. by a compile study for an H200): (9, 0)."""
     if torch.version.hip:
         return (0, 0)
-    return torch.cuda.get_device_capability(device) if torch.cuda.is_available() else (9, 0)
+    if not torch.cuda.is_available():
+        return (9, 0)
+    return cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def default_config(
