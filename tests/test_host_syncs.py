@@ -183,3 +183,22 @@ def test_plain_eager_calls_skip_the_dispatcher_and_give_its_results(monkeypatch)
         assert dispatched == ["merge_attention_states"] and grad[0].grad_fn is not None
         for x, y, z in zip(plain, direct, grad):
             assert torch.equal(x, y) and torch.equal(x, z.detach())
+
+
+def test_cached_dummies_work_in_and_out_of_inference_mode(monkeypatch):
+    """The launchers' cached dummy tensors (``triton_utils.dummy``) are made outside inference mode, so
+    a first call under ``torch.inference_mode()`` does not leave an inference tensor that a later call
+    (which the interpreter copies every argument back into) could not write."""
+    from longattn.ops import triton_utils
+
+    monkeypatch.setattr(triton_utils, "_DUMMIES", {})
+    g = torch.Generator().manual_seed(0)
+    q, kv = torch.randn(2, 2, 16, generator=g), torch.randn(8, 16, generator=g)
+    idx = torch.tensor([[0, 3, -1], [7, 2, 9]], dtype=torch.int32)
+    with torch.inference_mode():
+        first = longattn.sparse_attention(q, kv, idx, backend="triton")  # no sink / lengths: dummies
+    assert not any(t.is_inference() for t in triton_utils._DUMMIES.values())
+    again = longattn.sparse_attention(q, kv, idx, backend="triton")
+    ref = longattn.sparse_attention(q, kv, idx, backend="reference")
+    for a, b, r in zip(first, again, ref):
+        assert torch.equal(a, b) and torch.allclose(a, r, atol=1e-5, rtol=1e-5)
