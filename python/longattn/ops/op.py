@@ -189,8 +189,8 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 def _unobserved(args, device: torch.device) -> bool:
     """Nothing would see this call's custom-op node: no autograd graph (grad mode off, or no input
-    requires grad), no dispatch mode (fake tensors, tracing, recorders), no torch-function mode or
-    tensor subclass, no functorch transform, no profiler, no meta tensors. Then ``run`` calls the
+    requires grad), no forward-mode AD level, no dispatch mode (fake tensors, tracing, recorders), no
+    torch-function mode or tensor subclass, no functorch transform, no profiler, no meta tensors. Then ``run`` calls the
     selected backend directly: the same implementation, inputs and no-grad rule as the custom op's,
     minus the dispatcher's Python cost (~15-20 us per call on a CPU; bench/host_overhead.py)."""
     if (
@@ -198,6 +198,7 @@ def _unobserved(args, device: torch.device) -> bool:
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._functorch.peek_interpreter_stack() is not None
         or torch._C._autograd._profiler_enabled()
+        or torch.autograd.forward_ad._current_level >= 0  # inside a dual_level(): forward-mode AD
         or device.type == "meta"  # (prepare put every tensor on this one device)
     ):
         return False
