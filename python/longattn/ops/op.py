@@ -11,11 +11,11 @@ So validation happens once per call, at the custom-op boundary's level of strict
 in: a direct ``torch.ops.longattn.*`` call is checked exactly like the public function. The fake
 implementations only allocate outputs (no checks: they run while tracing).
 
-A plain eager call that nothing observes (no autograd graph, dispatch or torch-function mode, tensor
-subclass, functorch transform, profiler or meta tensor: ``_unobserved``) skips the dispatcher: ``run``
-selects and runs the backend itself, exactly what ``_real`` would, without the custom op's Python
-cost. Everything else (torch.compile, autograd through the op, FakeTensorMode, opcheck, recorders)
-goes through ``torch.ops.longattn.<op>`` as above.
+A plain eager call that nothing observes (no autograd graph or forward-mode AD level, dispatch or
+torch-function mode, tensor subclass, functorch transform, profiler or meta tensor: ``_unobserved``)
+skips the dispatcher: ``run`` selects and runs the backend itself, exactly what ``_real`` would,
+without the custom op's Python cost. Everything else (torch.compile, autograd through the op,
+FakeTensorMode, opcheck, recorders) goes through ``torch.ops.longattn.<op>`` as above.
 
 Host synchronisation: nothing on this path up to the backend reads tensor values on the host
 (validation checks shapes, dtypes and devices; index values are the kernels' business: invalid ones
@@ -190,9 +190,9 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _unobserved(args, device: torch.device) -> bool:
     """Nothing would see this call's custom-op node: no autograd graph (grad mode off, or no input
     requires grad), no forward-mode AD level, no dispatch mode (fake tensors, tracing, recorders), no
-    torch-function mode or tensor subclass, no functorch transform, no profiler, no meta tensors. Then ``run`` calls the
-    selected backend directly: the same implementation, inputs and no-grad rule as the custom op's,
-    minus the dispatcher's Python cost (~15-20 us per call on a CPU; bench/host_overhead.py)."""
+    torch-function mode or tensor subclass, no functorch transform, no profiler, no meta tensors. Then
+    ``run`` calls the selected backend directly: the same implementation, inputs and no-grad rule as
+    the custom op's, minus the dispatcher's Python cost (~15-20 us per call on a CPU; bench/host_overhead.py)."""
     if (
         torch._C._len_torch_dispatch_stack()
         or torch._C._is_torch_function_mode_enabled()
