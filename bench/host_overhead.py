@@ -42,7 +42,7 @@ import time
 import traceback
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-if "triton" not in sys.modules:
+if __name__ == "__main__" and "triton" not in sys.modules:  # as a script only: importing it changes nothing
     os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors take the Triton path (before triton is imported)
 
 import longattn
