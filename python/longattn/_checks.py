@@ -22,6 +22,10 @@ def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return " or ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
+def _layout(layout: Sequence[str]) -> str:
+    return "[" + ", ".join(layout) + "]"
+
+
 def _shape(x: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in x.shape) + "]"
 
@@ -50,11 +54,10 @@ class ArgChecker:
 
         ``layout`` names the dims, e.g. ``("T", "H", "D")``; it only appears in messages.
         """
-        want = "[" + ", ".join(layout) + "]"
         if not isinstance(x, torch.Tensor):
-            self.fail(f"`{name}` must be a torch.Tensor {want}, got {type(x).__name__}", TypeError)
+            self.fail(f"`{name}` must be a torch.Tensor {_layout(layout)}, got {type(x).__name__}", TypeError)
         if x.dim() != len(layout):
-            self.fail(f"`{name}` must be {len(layout)}-D {want}, got {x.dim()}-D shape {_shape(x)}")
+            self.fail(f"`{name}` must be {len(layout)}-D {_layout(layout)}, got {x.dim()}-D shape {_shape(x)}")
         if x.dtype not in dtypes:
             self.fail(
                 f"`{name}` must have dtype {_dtype_names(dtypes)}, got {str(x.dtype).replace('torch.', '')}",

@@ -77,6 +77,9 @@ def backend_names() -> List[str]:
 def get_backend(name: str) -> Backend:
     """Import and return a registered backend. A backend whose module fails to import is returned as
     an unavailable placeholder carrying the import error as its reason."""
+    backend = _loaded.get(name)  # loaded (and still registered: unregistering drops it): no lock needed
+    if backend is not None:
+        return backend
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; registered backends: {', '.join(_MODULES)}")
     with _lock:
@@ -132,12 +135,22 @@ def select(
         if not why:
             if declined and declined[0][0] in impls:
                 _warn_fallback(op, name, declined[0])
-            fn = impls[name].function()
-            if name == FALLBACK and device.type == "cpu":  # a shared CPU: see cpu_threads
-                fn = shared_cpu(fn)
-            return Selection(name, fn)
+            return _selection(name, impls[name].function(), name == FALLBACK and device.type == "cpu")
         declined.append((name, why))
     raise BackendError(_explain(op, impls, device, inputs, order, forced))
+
+
+_SELECTIONS: Dict[Tuple[str, Callable, bool], Selection] = {}
+
+
+def _selection(name: str, fn: Callable, shared: bool) -> Selection:
+    """``Selection(name, fn)`` (``fn`` under the shared-CPU thread policy when ``shared``: see
+    cpu_threads), made once per implementation: a selection is immutable and the wrapper stateless."""
+    key = (name, fn, shared)
+    sel = _SELECTIONS.get(key)
+    if sel is None:
+        sel = _SELECTIONS[key] = Selection(name, shared_cpu(fn) if shared else fn)
+    return sel
 
 
 def _warn_fallback(op: str, chosen: str, declined: Tuple[str, List[str]]) -> None:

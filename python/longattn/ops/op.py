@@ -11,6 +11,18 @@ So validation happens once per call, at the custom-op boundary's level of strict
 in: a direct ``torch.ops.longattn.*`` call is checked exactly like the public function. The fake
 implementations only allocate outputs (no checks: they run while tracing).
 
+A plain eager call that nothing observes (no autograd graph or forward-mode AD level, dispatch or
+torch-function mode, tensor subclass, functorch transform, profiler or meta tensor: ``_unobserved``)
+skips the dispatcher: ``run`` selects and runs the backend itself, exactly what ``_real`` would,
+without the custom op's Python cost. Everything else (torch.compile, autograd through the op,
+FakeTensorMode, opcheck, recorders) goes through ``torch.ops.longattn.<op>`` as above.
+
+Host synchronisation: nothing on this path up to the backend reads tensor values on the host
+(validation checks shapes, dtypes and devices; index values are the kernels' business: invalid ones
+are skipped), and neither do the Triton launchers (grids come from shapes), so a Triton call on a GPU
+never waits for the device; tests/test_host_syncs.py asserts it for every op. The reference backend
+does read values (data-dependent shapes); it is the portable fallback, not the GPU path.
+
 Every op folder declares (``ops/<op>/op.py``): its ``Inputs`` type with ``device`` and
 ``to_schema()``, ``prepare(...)``, its schema string, ``from_schema(*args)`` (schema arguments ->
 Inputs, through prepare), ``fake(*args)``, and an ``Op`` built from them; ``ops/<op>/support.py``
@@ -142,9 +154,15 @@ class Op:
         if args is None:
             refuse_grad(self.name, inputs, what="pool objects other than tensors / Fp8KVPool carry no autograd")
             return (selection or self.select(inputs, backend)).run(inputs)
-        args = tuple(args) + (backend,)
         if torch.compiler.is_compiling():  # traced: the real implementation prepares at run time
-            return self.custom_op(*args)
+            return self.custom_op(*args, backend)
+        if _unobserved(args, inputs.device):  # plain eager call: what the dispatcher would run, minus its cost
+            selection = selection or self.select(inputs, backend)
+            if self.mutates and torch.is_grad_enabled():
+                with torch.no_grad():
+                    return selection.run(inputs)
+            return selection.run(inputs)
+        args = tuple(args) + (backend,)
         token = _handoff.set(_Handoff(self.name, args, inputs, selection))
         try:
             return self.custom_op(*args)
@@ -164,6 +182,31 @@ class Op:
             with torch.no_grad():  # a cache write never records autograd
                 return selection.run(inputs)
         return selection.run(inputs)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _unobserved(args, device: torch.device) -> bool:
+    """Nothing would see this call's custom-op node: no autograd graph (grad mode off, or no input
+    requires grad), no forward-mode AD level, no dispatch mode (fake tensors, tracing, recorders), no
+    torch-function mode or tensor subclass, no functorch transform, no profiler, no meta tensors. Then
+    ``run`` calls the selected backend directly: the same implementation, inputs and no-grad rule as
+    the custom op's, minus the dispatcher's Python cost (~15-20 us per call on a CPU; bench/host_overhead.py)."""
+    if (
+        torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch._C._autograd._profiler_enabled()
+        or torch.autograd.forward_ad._current_level >= 0  # inside a dual_level(): forward-mode AD
+        or device.type == "meta"  # (prepare put every tensor on this one device)
+    ):
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSORS or (grad and a.requires_grad)):
+            return False
+    return True
 
 
 def get_op(name: str) -> Op:
@@ -206,10 +249,21 @@ def refuse_grad(op: str, inputs, what: str) -> None:
     """Raise when autograd would need a gradient through ``inputs`` that this call cannot give."""
     if not torch.is_grad_enabled():
         return
-    for f in dataclasses.fields(inputs):
-        v = getattr(inputs, f.name)
+    for name in _field_names(type(inputs)):
+        v = getattr(inputs, name)
         if isinstance(v, torch.Tensor) and v.requires_grad:
             raise RuntimeError(
-                f"longattn.{op}: `{f.name}` requires grad, but {what}: pass `{f.name}.detach()` or run under "
+                f"longattn.{op}: `{name}` requires grad, but {what}: pass `{name}.detach()` or run under "
                 "torch.no_grad() / torch.inference_mode()"
             )
+
+
+_FIELDS: Dict[type, Tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> Tuple[str, ...]:
+    """The field names of a prepared-inputs dataclass (``dataclasses.fields`` once per type)."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names

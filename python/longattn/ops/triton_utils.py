@@ -3,7 +3,9 @@ those modules, which the Triton backend loads on first use."""
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Dict, Tuple
 
 import torch
 import triton
@@ -17,8 +19,46 @@ CPU_NOTIONAL_SMS = 4  # interpreter: pretend 4 SMs so long rows still exercise s
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors the launch heuristics plan for (CPU_NOTIONAL_SMS when interpreting)."""
     if device.type == "cuda" and not interpreting():
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return CPU_NOTIONAL_SMS
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_capability(index: int) -> Tuple[int, int]:
+    """``torch.cuda.get_device_capability`` of GPU ``index``, asked once per process."""
+    return torch.cuda.get_device_capability(index)
+
+
+# Host-side integer helpers of the launchers. ``triton.cdiv`` / ``triton.next_power_of_2`` are
+# constexpr functions since Triton 3.5 (a few microseconds per host call: they unwrap every argument);
+# these are the same formulas on plain ints.
+def cdiv(x: int, y: int) -> int:
+    return (x + y - 1) // y
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (0 for n <= 0, as ``triton.next_power_of_2``)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+_DUMMIES: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def dummy(device: torch.device, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """A one-element zero tensor for a pointer argument the kernel never dereferences (a missing optional
+    input, an unused workspace), one per (device, dtype) for the process: no allocation and no fill
+    launch per call. Made outside inference mode (the interpreter copies every argument back into it)."""
+    key = (device, dtype)
+    t = _DUMMIES.get(key)
+    if t is None:
+        with torch.inference_mode(False), torch.no_grad():
+            t = _DUMMIES[key] = torch.zeros(1, dtype=dtype, device=device)
+    return t
 
 
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # as triton itself: read at import

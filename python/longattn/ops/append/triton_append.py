@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ...cache import fp8
-from ..triton_utils import and_flag
+from ..triton_utils import and_flag, cdiv, next_power_of_2
 
 # FP8 record (FlashMLA MODEL1 / vLLM fp8_ds_mla): the facts are longattn/cache/fp8.py's
 _FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
@@ -245,7 +245,7 @@ def append_mode(src: torch.dtype, dst: torch.dtype) -> int:
 
 
 def _tiles(D: int):
-    block_d = min(MAX_BLOCK_D, triton.next_power_of_2(max(1, D)))
+    block_d = min(MAX_BLOCK_D, next_power_of_2(max(1, D)))
     block_t = max(1, min(64, 2048 // block_d))  # <= 16 values per thread at 4 warps (no spills)
     return block_t, block_d
 
@@ -266,7 +266,7 @@ def append_kv(pool, rows: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         elif mode == TO_BF16:
             dst = pool.view(torch.int16)
         block_t, block_d = _tiles(D)
-        grid = (triton.cdiv(T, block_t), triton.cdiv(D, block_d))
+        grid = (cdiv(T, block_t), cdiv(D, block_d))
         _append_float_kernel[grid](
             src, rows.stride(0), rows.stride(1), slot_mapping, slot_mapping.stride(0),
             dst, stride_pr, stride_pd, T, D, num_slots,

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import cast_out as _cast_out
-from ..triton_utils import nan_where
+from ..triton_utils import cdiv, nan_where, next_power_of_2
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
@@ -137,7 +137,7 @@ def _apply_sink_kernel(
 
 
 def _blocks(H: int, D: int):
-    return min(BLOCK_H_MAX, triton.next_power_of_2(max(H, 1))), min(BLOCK_D_MAX, triton.next_power_of_2(max(D, 1)))
+    return min(BLOCK_H_MAX, next_power_of_2(max(H, 1))), min(BLOCK_D_MAX, next_power_of_2(max(D, 1)))
 
 
 def merge_attention_states(out_a, lse_a, out_b, lse_b):
@@ -151,7 +151,7 @@ def merge_attention_states(out_a, lse_a, out_b, lse_b):
             lse.copy_(merge_states_fp32(out_a.float(), lse_a.float(), out_b.float(), lse_b.float())[1])
         return out, lse
     bh, bd = _blocks(H, D)
-    _merge_states_kernel[(T, triton.cdiv(H, bh))](
+    _merge_states_kernel[(T, cdiv(H, bh))](
         out_a, *out_a.stride(), lse_a, *lse_a.stride(),
         out_b, *out_b.stride(), lse_b, *lse_b.stride(),
         out, *out.stride(), lse, *lse.stride(),
@@ -166,7 +166,7 @@ def apply_attention_sink(out, lse, attn_sink):
     if res.numel() == 0:
         return res
     bh, bd = _blocks(H, D)
-    _apply_sink_kernel[(T, triton.cdiv(H, bh))](
+    _apply_sink_kernel[(T, cdiv(H, bh))](
         out, *out.stride(), lse, *lse.stride(), attn_sink, attn_sink.stride(0),
         res, *res.stride(), H, D, BLOCK_H=bh, BLOCK_D=bd,
     )  # fmt: skip

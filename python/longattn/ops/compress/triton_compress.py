@@ -62,7 +62,7 @@ from ..append.triton_append import (
     _store_fp8_record,
     _to_f32,
 )
-from ..triton_utils import and_flag, interpreting
+from ..triton_utils import and_flag, cdiv, dummy, interpreting, next_power_of_2
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
@@ -407,9 +407,9 @@ def _compress_pool_kernel(
 def pool_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
     """compress_pool tiles: BLOCK_C channels per program (coalesced along a row), BLOCK_S slots per
     step (a [BLOCK_S, BLOCK_C] tile of ~2K values on a GPU)."""
-    block_c = min(128, max(16, triton.next_power_of_2(d)))
+    block_c = min(128, max(16, next_power_of_2(d)))
     budget = 1024 if device.type != "cuda" or interpreting() else 2048
-    block_s = max(1, min(triton.next_power_of_2(c * ratio), budget // block_c))
+    block_s = max(1, min(next_power_of_2(c * ratio), budget // block_c))
     return dict(BLOCK_S=block_s, BLOCK_C=block_c, num_warps=4)
 
 
@@ -425,7 +425,7 @@ def compress_pool(a, b, ratio, overlap, config: Optional[dict] = None):
     cfg = pool_config(d, ratio, c, a.device)
     if config:
         cfg.update(config)
-    grid = (n, triton.cdiv(d, cfg["BLOCK_C"]))
+    grid = (n, cdiv(d, cfg["BLOCK_C"]))
     _compress_pool_kernel[grid](
         a, a.stride(0), a.stride(1), b, b.stride(0), b.stride(1), out, out.stride(0), out.stride(1), d,
         RATIO=int(ratio), C=c, BLOCK_S=cfg["BLOCK_S"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
@@ -438,14 +438,14 @@ def default_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
     on a GPU (8 slots at d = 512, 32 at d = 128). The ring write copies [BLOCK_RW, BLOCK_W] tiles.
     ``LONGATTN_TRITON_COMPRESS_CFG`` = "BLOCK_S,num_warps" overrides (tuning)."""
     ring = c * ratio
-    block_d = max(2, triton.next_power_of_2(d))
+    block_d = max(2, next_power_of_2(d))
     width = c * d
-    block_w = min(1024, triton.next_power_of_2(width))
+    block_w = min(1024, next_power_of_2(width))
     interp = device.type != "cuda" or interpreting()
     budget = 2048 if interp else 4096
     cfg = dict(
-        BLOCK_S=max(1, min(triton.next_power_of_2(ring), budget // block_d)),
-        BLOCK_RW=max(1, min(triton.next_power_of_2(ring), 4096 // block_w)),
+        BLOCK_S=max(1, min(next_power_of_2(ring), budget // block_d)),
+        BLOCK_RW=max(1, min(next_power_of_2(ring), 4096 // block_w)),
         BLOCK_W=block_w,
         BLOCK_K=SEARCH_PROBES,
         num_warps=8 if block_d >= 512 else 4,
@@ -458,7 +458,7 @@ def default_config(d: int, ratio: int, c: int, device: torch.device) -> dict:
 
 
 def _or_dummy(x: torch.Tensor, dtype, device) -> torch.Tensor:
-    return x if x.numel() > 0 else torch.zeros(1, dtype=dtype, device=device)
+    return x if x.numel() > 0 else dummy(device, dtype)
 
 
 def compress_kv(
@@ -507,9 +507,7 @@ def compress_kv(
         if data.numel() == 0:
             out_pages = 0
         p_out = _or_dummy(data, torch.uint8, device)
-        p_out16 = (
-            p_out.view(-1).view(torch.int16) if data.numel() > 0 else torch.zeros(1, dtype=torch.int16, device=device)
-        )
+        p_out16 = p_out.view(-1).view(torch.int16) if data.numel() > 0 else dummy(device, torch.int16)
     R = rope_inv_freq.shape[0]
     freq = _or_dummy(rope_inv_freq, torch.float32, device)
     _compress_kv_kernel[(T,)](
@@ -521,7 +519,7 @@ def compress_kv(
         obt, obt.stride(0), obt.stride(1), out_block_table.shape[0], out_block_table.shape[1],
         norm_weight, norm_weight.stride(0), freq, freq.stride(0), float(eps),
         RATIO=int(ratio), C=c, D=d, R=R, OUT_KIND=kind,
-        BLOCK_S=cfg["BLOCK_S"], BLOCK_D=max(2, triton.next_power_of_2(d)), BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_S=cfg["BLOCK_S"], BLOCK_D=max(2, next_power_of_2(d)), BLOCK_K=cfg["BLOCK_K"],
         BLOCK_RW=cfg["BLOCK_RW"], BLOCK_W=cfg["BLOCK_W"],
         num_warps=cfg["num_warps"], num_stages=1,
     )  # fmt: skip

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..._env import positive_ints
-from ..triton_utils import and_flag, interpreting
+from ..triton_utils import and_flag, cdiv, dummy, interpreting, next_power_of_2
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -61,8 +61,8 @@ def compute_dtype(q: torch.Tensor, index_k: torch.Tensor) -> torch.dtype:
 def default_config(Hi: int, Di: int, device: torch.device) -> dict:
     """Tile sizes (README.md). ``LONGATTN_TRITON_INDEXER_CFG`` = "BLOCK_N,num_warps,num_stages"
     overrides them for tuning."""
-    block_hi = max(MIN_DOT, min(64, triton.next_power_of_2(Hi)))
-    block_di = max(MIN_DOT, min(128, triton.next_power_of_2(Di)))
+    block_hi = max(MIN_DOT, min(64, next_power_of_2(Hi)))
+    block_di = max(MIN_DOT, min(128, next_power_of_2(Di)))
     env = positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages")
     if env:
         bn, nw, ns = env
@@ -599,20 +599,19 @@ def _indexer_logits_kernel(
 def _pool_args(index_k, block_table, seq_ids):
     """Uniform description of flat / paged index keys: (num_entries, stride_kp, stride_ko, stride_kn,
     stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged)."""
-    device = index_k.device
-    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    unused = dummy(index_k.device)  # block table / sequence ids of flat keys, an empty table: never read
     if block_table is None:
-        return (index_k.shape[0], 0, 0, index_k.stride(0), index_k.stride(1), dummy, 0, 0, dummy, 0, 0, 1, False)
+        return (index_k.shape[0], 0, 0, index_k.stride(0), index_k.stride(1), unused, 0, 0, unused, 0, 0, 1, False)
     P, page, _ = index_k.shape
     B, max_pages = block_table.shape
-    bt = block_table if block_table.numel() else dummy
+    bt = block_table if block_table.numel() else unused
     return (max_pages * page, index_k.stride(0), index_k.stride(1), 0, index_k.stride(2), bt,
             block_table.stride(0) if block_table.numel() else 0, block_table.stride(1) if block_table.numel() else 0,
             seq_ids, B, P, page, True)  # fmt: skip
 
 
 def _nonempty(x: torch.Tensor) -> torch.Tensor:
-    return x if x.numel() else torch.zeros(1, dtype=x.dtype, device=x.device)
+    return x if x.numel() else dummy(x.device, x.dtype)
 
 
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None, config=None):
@@ -626,7 +625,7 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         return out
     cfg = dict(config) if config is not None else default_config(Hi, Di, q.device)
     cdt = compute_dtype(q, index_k)
-    grid = (T, triton.cdiv(n, cfg["BLOCK_N"]))
+    grid = (T, cdiv(n, cfg["BLOCK_N"]))
     _indexer_logits_kernel[grid](
         q, q.stride(0), q.stride(1), q.stride(2),
         weights, weights.stride(0), weights.stride(1),
@@ -645,9 +644,9 @@ def choose_entries_per_program(T: int, num_entries: int, topk_p2: int, block_n: 
     4 x TOPK_P2 entries (so a range really reduces its entries), and a bounded workspace."""
     sms = _num_sms(device)
     min_range = max(4 * topk_p2, 4 * block_n)
-    ranges = max(1, min(triton.cdiv(4 * sms, max(T, 1)), triton.cdiv(num_entries, min_range)))
+    ranges = max(1, min(cdiv(4 * sms, max(T, 1)), cdiv(num_entries, min_range)))
     ranges = min(ranges, max(1, WORKSPACE_BYTES // max(1, T * topk_p2 * 8)), 65535)
-    per = triton.cdiv(triton.cdiv(num_entries, ranges), block_n) * block_n
+    per = cdiv(cdiv(num_entries, ranges), block_n) * block_n
     return max(block_n, per)
 
 
@@ -690,13 +689,13 @@ def indexer_topk(
         return indices, lengths
     cfg = dict(config) if config is not None else default_config(Hi, Di, device)
     cdt = compute_dtype(q, index_k)
-    topk_p2 = max(2, triton.next_power_of_2(topk))
+    topk_p2 = max(2, next_power_of_2(topk))
     bitonic = (not interpreting()) if bitonic is None else bool(bitonic)
     block_n = cfg["BLOCK_N"]
     if entries_per_program is None:
         entries_per_program = choose_entries_per_program(T, n, topk_p2, block_n, device)
     per = max(1, int(entries_per_program))
-    ranges = max(1, triton.cdiv(n, per))
+    ranges = max(1, cdiv(n, per))
     final = ranges == 1
     one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
     ws = torch.empty(T, ranges, topk_p2, dtype=torch.int64, device=device) if not final else indices
@@ -715,7 +714,7 @@ def indexer_topk(
     )  # fmt: skip
     span = per
     while not final:
-        groups = triton.cdiv(ranges, FANIN)
+        groups = cdiv(ranges, FANIN)
         final = groups == 1
         out_ws = torch.empty(T, groups, topk_p2, dtype=torch.int64, device=device) if not final else ws
         _indexer_topk_merge_kernel[(T, groups)](
@@ -757,21 +756,33 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
     n, paged = pa[0], pa[12]
     cfg = dict(config) if config is not None else select_config(Hi, Di, device)
     cdt = compute_dtype(q, index_k)
-    topk_p2 = max(2, triton.next_power_of_2(topk))
+    topk_p2 = max(2, next_power_of_2(topk))
     block_n = cfg["BLOCK_N"]
     one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
     rows = max(1, min(T, WORKSPACE_BYTES // max(1, n * 8)))
     keys = torch.empty(rows, max(n, 1), dtype=torch.int64, device=device)
-    best = torch.full((rows, 1, topk_p2), _NO_KEY.value, dtype=torch.int64, device=device)
     k_sel = min(topk_p2, n)
+    if k_sel == topk_p2:  # torch.topk fills every column of the rows the merge reads
+        best = torch.empty(rows, 1, topk_p2, dtype=torch.int64, device=device)
+    else:
+        best = torch.full((rows, 1, topk_p2), _NO_KEY.value, dtype=torch.int64, device=device)
     for t0 in range(0, T, rows):
         t1 = min(T, t0 + rows)
         tc = t1 - t0
         per = choose_entries_per_program(tc, n, 1, block_n, device)
-        ranges = max(1, triton.cdiv(n, per))
-        vis = visible_end[t0:t1]
-        seq = seq_ids[t0:t1] if paged else pa[8]
-        q_c, w_c = q[t0:t1], weights[t0:t1]
+        ranges = max(1, cdiv(n, per))
+        if tc == T:  # one chunk (decode): the whole tensors, no views to make
+            vis, seq, q_c, w_c, out_idx, out_len = (
+                visible_end,
+                seq_ids if paged else pa[8],
+                q,
+                weights,
+                indices,
+                lengths,
+            )
+        else:
+            vis, seq = visible_end[t0:t1], seq_ids[t0:t1] if paged else pa[8]
+            q_c, w_c, out_idx, out_len = q[t0:t1], weights[t0:t1], indices[t0:t1], lengths[t0:t1]
         if n > 0:
             _indexer_topk_partial_kernel[(tc, ranges)](
                 q_c, q_c.stride(0), q_c.stride(1), q_c.stride(2),
@@ -786,13 +797,13 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
                 KEYS_ONLY=True, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
-            best[:tc, 0, :k_sel] = torch.topk(keys[:tc, :n], k_sel, dim=1, sorted=True).values
-        out_idx = indices[t0:t1]
+            key_rows = keys if tc == rows and keys.shape[1] == n else keys[:tc, :n]
+            best[:tc, 0, :k_sel] = torch.topk(key_rows, k_sel, dim=1, sorted=True).values
         _indexer_topk_merge_kernel[(tc, 1)](
             best, best.stride(0), best.stride(1), best, best.stride(0), best.stride(1),
             vis, n, max(n, 1),
             pa[5], pa[6], pa[7], seq, pa[9], pa[11],
-            out_idx, out_idx.stride(0), lengths[t0:t1], topk,
+            out_idx, out_idx.stride(0), out_len, topk,
             FANIN_C=1, PAGED=paged, FINAL=True, TO_SLOTS=to_slots, TOPK_P2=topk_p2, BITONIC=not interpreting(),
             num_warps=4,
         )  # fmt: skip

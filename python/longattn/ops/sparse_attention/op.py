@@ -83,7 +83,8 @@ def prepare(
     if attn_sink is not None:
         chk.tensor("attn_sink", attn_sink, ("H",))
         chk.dim("attn_sink", attn_sink, 0, H, "one sink per query head of q")
-        attn_sink = attn_sink.to(torch.float32)
+        if attn_sink.dtype != torch.float32:
+            attn_sink = attn_sink.to(torch.float32)
     scale = D**-0.5 if softmax_scale is None else chk.finite_scale("softmax_scale", softmax_scale)
     return SparseAttentionInputs(q, kv, indices, topk_length, extra_kv, extra_indices, extra_topk_length,
                                  attn_sink, scale)  # fmt: skip

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import and_flag, interpreting, nan_where
+from ..triton_utils import and_flag, cdiv, cuda_capability, dummy, interpreting, nan_where, next_power_of_2
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
@@ -63,7 +63,7 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
     """(BLOCK_D0, BLOCK_D1): main power-of-two tile and masked tail tile (0 = no tail)."""
     d0 = max(MIN_DOT, _pow2_floor(D))
     rest = D - d0
-    d1 = max(MIN_DOT, triton.next_power_of_2(rest)) if rest > 0 else 0
+    d1 = max(MIN_DOT, next_power_of_2(rest)) if rest > 0 else 0
     return d0, d1
 
 
@@ -73,7 +73,9 @@ def _capability(device: torch.device) -> Tuple[int, int]:
     planned offline, e.g. by a compile study for an H200): (9, 0)."""
     if torch.version.hip:
         return (0, 0)
-    return torch.cuda.get_device_capability(device) if torch.cuda.is_available() else (9, 0)
+    if not torch.cuda.is_available():
+        return (9, 0)
+    return cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def default_config(
@@ -93,7 +95,7 @@ def default_config(
     if env:
         bh, bn, nw, ns = env
         return dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=ns)
-    h_tile = max(MIN_DOT, min(64, triton.next_power_of_2(H)))
+    h_tile = max(MIN_DOT, min(64, next_power_of_2(H)))
     if device.type != "cuda" or interpreting():
         # Interpreter: small key blocks so that short test rows still span several blocks.
         return dict(BLOCK_H=h_tile, BLOCK_N=16, num_warps=4, num_stages=1)
@@ -124,7 +126,7 @@ def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.
     sms = _num_sms(device)
     if programs >= sms or max_keys <= MIN_KEYS_PER_SPLIT:
         return 1
-    by_sms = triton.cdiv(sms, programs)
+    by_sms = cdiv(sms, programs)
     by_keys = max(1, max_keys // max(MIN_KEYS_PER_SPLIT, block_n))
     return max(1, min(by_sms, by_keys, MAX_SPLITS))
 
@@ -505,10 +507,7 @@ def _combine_splits_kernel(
 # launcher
 # ---------------------------------------------------------------------------------------------------
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-def _dummy(device) -> torch.Tensor:
-    return torch.zeros(1, dtype=torch.int32, device=device)
+_LOG2E_HOST = math.log2(math.e)  # the softmax scale into base 2, once
 
 
 def _stream_args(kv, device):
@@ -516,19 +515,20 @@ def _stream_args(kv, device):
     if isinstance(kv, torch.Tensor):
         num_slots = kv.shape[0]
         if kv.numel() == 0:  # never read (no index is valid); a real pointer for the launcher
-            return torch.zeros(1, dtype=kv.dtype, device=device), None, 0, 0, 0, 1, 0, False
-        return kv, None, kv.stride(0), kv.stride(1), num_slots, 1, 0, False
+            return dummy(device, kv.dtype), None, 0, 0, 0, 1, 0, False
+        stride_row, stride_d = kv.stride()
+        return kv, None, stride_row, stride_d, num_slots, 1, 0, False
     data = kv.data
     if data.numel() == 0:  # an FP8 pool without pages: no index is valid
-        return torch.zeros(1, dtype=torch.float32, device=device), None, 0, 0, 0, 1, 0, False
+        return dummy(device, torch.float32), None, 0, 0, 0, 1, 0, False
     p16 = data.view(-1).view(torch.bfloat16)  # page_bytes is a multiple of 576: even sizes
     return data, p16, 0, 0, int(kv.num_slots), int(kv.page_size), int(kv.page_bytes), True
 
 
 def _index_args(idx: torch.Tensor, device):
     if idx.numel() == 0:
-        return _dummy(device), 0, 0
-    return idx, idx.stride(0), idx.stride(1)
+        return dummy(device), 0, 0
+    return (idx, *idx.stride())
 
 
 def compute_dtype(q: torch.Tensor, pools) -> torch.dtype:
@@ -573,7 +573,7 @@ def sparse_attention(
     cfg = dict(config) if config is not None else default_config(H, D, cdt, device, fp8)
     block_h, block_n = cfg["BLOCK_H"], cfg["BLOCK_N"]
     block_d0, block_d1 = head_dim_tiles(D)
-    head_blocks = triton.cdiv(H, block_h)
+    head_blocks = cdiv(H, block_h)
 
     K1 = indices.shape[1]
     K2 = extra_indices.shape[1] if extra_indices is not None else 0
@@ -588,7 +588,7 @@ def sparse_attention(
         i2 = _index_args(extra_indices, device)
     else:
         s2, i2 = s1, i1
-    dummy = _dummy(device)
+    unused = dummy(device)  # pointers the kernel never dereferences (HAS_LEN / HAS_SINK / SPLIT off)
     s1 = (s1[0], s1[1] if s1[1] is not None else s1[0]) + s1[2:]
     s2 = (s2[0], s2[1] if s2[1] is not None else s2[0]) + s2[2:]
 
@@ -597,8 +597,8 @@ def sparse_attention(
         ws_out = torch.empty(num_splits, T, H, D, dtype=torch.float32, device=device)
         ws_lse = torch.empty(num_splits, T, H, dtype=torch.float32, device=device)
     else:
-        ws_out = ws_lse = dummy
-    sink = attn_sink.contiguous() if attn_sink is not None else dummy
+        ws_out = ws_lse = unused
+    sink = attn_sink.contiguous() if attn_sink is not None else unused
     # [T] / [H] vectors are read with unit stride
     topk_length = topk_length.contiguous() if topk_length is not None else None
     extra_topk_length = extra_topk_length.contiguous() if extra_topk_length is not None else None
@@ -606,16 +606,16 @@ def sparse_attention(
 
     grid = (T, head_blocks, num_splits)
     _sparse_attn_fwd_kernel[grid](
-        q, q.stride(0), q.stride(1), q.stride(2),
+        q, *q.stride(),
         s1[0], s1[1], s1[2], s1[3], s1[4], s1[5], s1[6],
-        i1[0], i1[1], i1[2], K1, topk_length if topk_length is not None else dummy,
+        i1[0], i1[1], i1[2], K1, topk_length if topk_length is not None else unused,
         s2[0], s2[1], s2[2], s2[3], s2[4], s2[5], s2[6],
-        i2[0], i2[1], i2[2], K2, extra_topk_length if extra_topk_length is not None else dummy,
+        i2[0], i2[1], i2[2], K2, extra_topk_length if extra_topk_length is not None else unused,
         sink,
-        out, out.stride(0), out.stride(1), out.stride(2),
-        lse, lse.stride(0), lse.stride(1),
+        out, *out.stride(),
+        lse, *lse.stride(),
         ws_out, ws_lse,
-        T, H, D, float(softmax_scale) * math.log2(math.e),
+        T, H, D, float(softmax_scale) * _LOG2E_HOST,
         HAS_LEN=topk_length is not None,
         HAS_EXTRA=has_extra,
         HAS_ELEN=has_extra and extra_topk_length is not None,
@@ -634,16 +634,16 @@ def sparse_attention(
         num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     if split:
-        combine_h = min(16, triton.next_power_of_2(H))
-        combine_d = min(64, triton.next_power_of_2(D))
-        _combine_splits_kernel[(T, triton.cdiv(H, combine_h), triton.cdiv(D, combine_d))](
+        combine_h = min(16, next_power_of_2(H))
+        combine_d = min(64, next_power_of_2(D))
+        _combine_splits_kernel[(T, cdiv(H, combine_h), cdiv(D, combine_d))](
             ws_out, ws_lse, sink,
-            out, out.stride(0), out.stride(1), out.stride(2),
-            lse, lse.stride(0), lse.stride(1),
+            out, *out.stride(),
+            lse, *lse.stride(),
             T, H, D, num_splits,
             HAS_SINK=attn_sink is not None,
             BLOCK_H=combine_h,
-            BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+            BLOCK_S=max(2, next_power_of_2(num_splits)),
             BLOCK_D=combine_d,
             num_warps=4,
         )  # fmt: skip
