@@ -185,6 +185,21 @@ def test_plain_eager_calls_skip_the_dispatcher_and_give_its_results(monkeypatch)
             assert torch.equal(x, y) and torch.equal(x, z.detach())
 
 
+def test_a_torch_without_the_probed_hooks_always_takes_the_dispatcher(monkeypatch):
+    """``_unobserved`` asks private torch hooks; where one is missing (another torch release), every call
+    must take the custom op (correct, only slower) instead of failing."""
+    from longattn.ops import op as op_module
+
+    monkeypatch.delattr(torch._C._functorch, "peek_interpreter_stack")
+    assert op_module._probes_exist() is False
+    monkeypatch.setattr(op_module, "_CAN_SKIP_DISPATCH", op_module._probes_exist())
+    real, dispatched = op_module._Handoff, []
+    monkeypatch.setattr(op_module, "_Handoff", lambda *a: dispatched.append(a[0]) or real(*a))
+    oa, la = torch.zeros(2, 3, 8), torch.zeros(2, 3)
+    out, lse = longattn.merge_attention_states(oa, la, oa, la, backend="reference")
+    assert dispatched == ["merge_attention_states"] and torch.equal(lse, la + torch.log(torch.tensor(2.0)))
+
+
 def test_cached_dummies_work_in_and_out_of_inference_mode(monkeypatch):
     """The launchers' cached dummy tensors (``triton_utils.dummy``) are made outside inference mode, so
     a first call under ``torch.inference_mode()`` does not leave an inference tensor that a later call

@@ -187,6 +187,26 @@ class Op:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+def _probes_exist() -> bool:
+    """The (private) torch hooks ``_unobserved`` asks exist in this torch; else every call takes the
+    dispatcher (always correct, only slower)."""
+    try:
+        return all(
+            callable(f)
+            for f in (
+                torch._C._len_torch_dispatch_stack,
+                torch._C._is_torch_function_mode_enabled,
+                torch._C._functorch.peek_interpreter_stack,
+                torch._C._autograd._profiler_enabled,
+            )
+        ) and isinstance(torch.autograd.forward_ad._current_level, int)
+    except AttributeError:
+        return False
+
+
+_CAN_SKIP_DISPATCH = _probes_exist()
+
+
 def _unobserved(args, device: torch.device) -> bool:
     """Nothing would see this call's custom-op node: no autograd graph (grad mode off, or no input
     requires grad), no forward-mode AD level, no dispatch mode (fake tensors, tracing, recorders), no
@@ -194,7 +214,8 @@ def _unobserved(args, device: torch.device) -> bool:
     ``run`` calls the selected backend directly: the same implementation, inputs and no-grad rule as
     the custom op's, minus the dispatcher's Python cost (~15-20 us per call on a CPU; bench/host_overhead.py)."""
     if (
-        torch._C._len_torch_dispatch_stack()
+        not _CAN_SKIP_DISPATCH
+        or torch._C._len_torch_dispatch_stack()
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._functorch.peek_interpreter_stack() is not None
         or torch._C._autograd._profiler_enabled()
