@@ -10,9 +10,10 @@ decline (the dispatcher then falls back to the reference with a warning, or, wit
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -40,6 +41,13 @@ def float_problem(what: str, t: torch.Tensor) -> List[str]:
     return [] if t.dtype in KERNEL_FLOATS else [f"{what} must be fp32 / bf16 / fp16, got {t.dtype}"]
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_capability(index: int) -> Tuple[int, int]:
+    """``torch.cuda.get_device_capability`` of GPU ``index``, asked once per process (a driver query
+    per call otherwise: the FP8 check below runs at every op call's backend selection)."""
+    return torch.cuda.get_device_capability(index)
+
+
 def fp8_pool_problem(pool, *, reads: bool) -> str:
     """Why the kernels cannot use this pool object ('' when they can): the FP8 MODEL1 record of
     ``longattn.cache.Fp8KVPool``, recognised by duck typing (data / page_size / page_bytes / num_slots
@@ -63,7 +71,8 @@ def fp8_pool_problem(pool, *, reads: bool) -> str:
     if reads and data.device.type == "cuda" and not interpreting():
         if torch.version.hip:
             return "FP8 pools are not read on AMD GPUs (the record is e4m3fn; MI300's native FP8 is e4m3fnuz)"
-        if torch.cuda.get_device_capability(data.device) < FP8_MIN_CAPABILITY:
+        index = data.device.index if data.device.index is not None else torch.cuda.current_device()
+        if cuda_capability(index) < FP8_MIN_CAPABILITY:
             return "FP8 pools need a GPU with native e4m3 conversion (compute capability >= 8.9)"
     return ""
 

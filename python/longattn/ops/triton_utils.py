@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends.triton import interpreting  # noqa: F401  (re-exported: one definition, importable without triton)
+from ..backends.triton import cuda_capability, interpreting  # noqa: F401  (re-exported: one definition, importable without triton)
 
 CPU_NOTIONAL_SMS = 4  # interpreter: pretend 4 SMs so long rows still exercise split-KV / multi-range paths
 
@@ -26,12 +26,6 @@ def num_sms(device: torch.device) -> int:
 @functools.lru_cache(maxsize=None)
 def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_capability(index: int) -> Tuple[int, int]:
-    """``torch.cuda.get_device_capability`` of GPU ``index``, asked once per process."""
-    return torch.cuda.get_device_capability(index)
 
 
 # Host-side integer helpers of the launchers. ``triton.cdiv`` / ``triton.next_power_of_2`` are
