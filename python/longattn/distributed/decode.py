@@ -31,6 +31,7 @@ from typing import Callable, List, Optional, Tuple, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..cache.fp8_index import Fp8IndexKeyPool
 from ..cache.shards import PageShards
 from ..ops.combine import apply_attention_sink, merge_attention_states
 from ..ops.indexer import indexer_topk
@@ -158,6 +159,11 @@ def cp_indexer_topk(
         ``ids [T, topk]`` int32 global entry ids, score descending, smaller id first on ties, -1
         padded; ``lengths [T]`` int32. Use ``shards.to_local`` / ``local_slots`` for this rank's part.
     """
+    if isinstance(index_k, Fp8IndexKeyPool):
+        raise TypeError(
+            "cp_indexer_topk: `index_k` must be a float tensor; FP8 index-key pools (Fp8IndexKeyPool) are not "
+            "supported under context parallelism yet (dequantize_index_k_fp8 gives a float pool)"
+        )
     check_group("cp_indexer_topk", shards, group)
 
     def local():

@@ -15,16 +15,23 @@ from . import ascend
 MAX_TOPK = 2048  # Triton: the running top-k list is kept in registers (read by the kernel)
 
 
-def triton_topk_reasons(inp) -> List[str]:
-    if inp.topk > MAX_TOPK:
-        return [f"topk={inp.topk} > {MAX_TOPK} (the running top-k list is kept in registers)"]
+def triton_logits_reasons(inp) -> List[str]:
+    if inp.fp8:
+        return ["FP8 index-key pools are not read by the Triton kernels yet"]
     return []
+
+
+def triton_topk_reasons(inp) -> List[str]:
+    out = triton_logits_reasons(inp)
+    if inp.topk > MAX_TOPK:
+        out.append(f"topk={inp.topk} > {MAX_TOPK} (the running top-k list is kept in registers)")
+    return out
 
 
 _KERNELS = "longattn.ops.indexer."
 LOGITS_IMPLS = {
     "reference": Impl(_KERNELS + "reference:run_logits"),
-    "triton": Impl(_KERNELS + "triton_indexer:run_logits"),
+    "triton": Impl(_KERNELS + "triton_indexer:run_logits", triton_logits_reasons),
     "ascend_sim": Impl(functools.partial(ascend.run_logits, "ascend_sim"), ascend.reasons),
     "ascend": Impl(functools.partial(ascend.run_logits, "ascend"), ascend.reasons),
 }
