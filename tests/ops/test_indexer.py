@@ -446,8 +446,13 @@ def test_wider_q_over_bf16_keys(backend, q_dtype):
 # against the float64 oracle, both on the pool's bytes (oracle.indexer_*_fp8) and on the dequantised keys.
 
 
-def fp8_pool(keys, ue8m0=True):
-    """keys [P, page, Di] or [N, Di] quantised into a pool on the test device."""
+def fp8_pool(keys, ue8m0=True, spread=True):
+    """keys [P, page, Di] or [N, Di] quantised into a pool on the test device. ``spread``: each key times
+    its own power of two in [2^-3, 2^3] (integer keys stay exact: the ue8m0 scales differ from entry to
+    entry, so a scale read at the wrong offset changes ids)."""
+    if spread:
+        g = torch.Generator().manual_seed(keys.numel())
+        keys = keys * torch.exp2(torch.randint(-3, 4, keys.shape[:-1], generator=g).float()).unsqueeze(-1)
     return longattn.quantize_index_k_fp8(dev(keys)[0], ue8m0=ue8m0)
 
 
@@ -538,7 +543,7 @@ def test_fp8_random_within_bound(backend, q_dtype):
     g = torch.Generator().manual_seed(5)
     q = torch.randn(T, Hi, Di, generator=g).to(q_dtype)
     w = torch.randn(T, Hi, generator=g)
-    pool = fp8_pool(torch.randn(N, Di, generator=g) * 3, ue8m0=False)
+    pool = fp8_pool(torch.randn(N, Di, generator=g) * 3, ue8m0=False, spread=False)
     ve = torch.tensor([300, 299, 150, 7, 0])
     want = oracle.indexer_logits_fp8(q, w, pool.data, N, ve)
     rows = fp8_dequantised(pool, False)
