@@ -607,11 +607,6 @@ def test_fp8_pool_errors():
     pool = longattn.quantize_index_k_fp8(k)
     with pytest.raises(TypeError, match=r"indexer_kl_loss: `index_k` must be a float tensor .* FP8 index-key pools"):
         longattn.indexer_kl_loss(torch.randn(3, 2, 16), torch.randn(40, 16), q, w, pool, ve)
-    from longattn.cache import PageShards
-    from longattn.distributed import cp_indexer_topk
-
-    with pytest.raises(TypeError, match=r"cp_indexer_topk: `index_k` must be a float tensor; FP8 index-key pools"):
-        cp_indexer_topk(q, w, pool, ve, 4, shards=PageShards(2, 0, 8))
 
 
 def test_fp8_pool_declined_by_ascend_with_a_reason():
