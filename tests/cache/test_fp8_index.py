@@ -146,6 +146,9 @@ def test_pool_object():
     assert torch.all(pool.data[1, :32] == 0)
     vals, sc = pool.gather_parts(slots)
     assert torch.equal(vals * sc[:, None], pool.gather_rows(slots))
+    pv, ps_ = pool.page_parts(torch.tensor([1, 2]))  # whole pages: slots 4..11
+    assert pv.shape == (2, 4, 32) and ps_.shape == (2, 4)
+    assert torch.equal(pv[0, 1], pool.data[1, 32:64]) and ps_[1, 3].item() == sc[0].item()  # slot 11 = rows[0]
     out = Fp8IndexKeyPool.empty(1, 3, 32)
     assert quantize_index_k_fp8(rows, out=out) is out and torch.equal(out.data, ref.data)
     assert longattn.Fp8IndexKeyPool is Fp8IndexKeyPool and longattn.cache.quantize_index_k_fp8 is quantize_index_k_fp8

@@ -149,6 +149,13 @@ class Fp8IndexKeyPool:
         s = slots.long()
         return s // self.page_size, s % self.page_size
 
+    def page_parts(self, pages: torch.Tensor):
+        """(e4m3 bytes [n, page, dim] uint8, scales [n, page] fp32) of valid page ids ``pages`` [n]
+        (whole pages gathered: one ``index_select`` each)."""
+        values, scales = self._views()
+        pages = pages.long()
+        return torch.index_select(values, 0, pages), torch.index_select(scales, 0, pages)
+
     def gather_parts(self, slots: torch.Tensor):
         """(e4m3 values [n, dim] fp32, scales [n] fp32) of valid ``slots`` [n] (only these rows are read)."""
         values, scales = self._views()

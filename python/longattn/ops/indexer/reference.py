@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from ...cache.fp8_index import Fp8IndexKeyPool
+from ...cache.fp8_index import Fp8IndexKeyPool, e4m3_values
 from ...memory import chunk_budget_bytes, rows_per_chunk
 
 NEG_INF = float("-inf")
@@ -141,19 +141,25 @@ class _SequenceRows:
         return None
 
     def _fp8_rows(self, j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
-        """The e4m3 values (fp32) of entries [j0, j1) into out, their scales returned ([j1 - j0] fp32).
-        Entries without a valid slot read slot 0 (masked by the caller); a pool without slots reads
-        nothing (values and scales 0)."""
+        """The e4m3 values (fp32) of entries [j0, j1) into out, their scales returned ([j1 - j0] fp32),
+        gathered a whole page at a time (flat: entry j = slot j, pages j0 // page ..). Entries without a
+        valid slot read page 0 (masked by the caller); a pool without slots reads nothing (values and
+        scales 0)."""
         n = j1 - j0
         e = self.e
         if e.pool.num_slots == 0:
             out[:n].zero_()
             return torch.zeros(n, dtype=torch.float32, device=e.device)
-        j = torch.arange(j0, j1, device=e.device)
-        slots = self.safe_pages[j // e.page_size] * e.page_size + j % e.page_size if e.paged else j
-        values, scales = e.pool.gather_parts(slots)
-        out[:n].copy_(values)
-        return scales
+        ps = e.page_size
+        p0, p1 = j0 // ps, (j1 - 1) // ps + 1
+        if e.paged:
+            pages = self.safe_pages[p0:p1]
+        else:
+            pages = torch.arange(p0, p1, device=e.device)
+        values, scales = e.pool.page_parts(pages)  # [p1 - p0, ps, Di] uint8, [p1 - p0, ps] fp32
+        lo = j0 - p0 * ps
+        out[:n].copy_(e4m3_values(values.view(-1, e.di)[lo : lo + n]))
+        return scales.view(-1)[lo : lo + n]
 
 
 def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=None, pair_bytes: int = 0):
