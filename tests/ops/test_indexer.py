@@ -604,6 +604,9 @@ def test_fp8_pool_errors():
         longattn.indexer_logits(q, w, longattn.quantize_index_k_fp8(k).data, ve)
     with pytest.raises(TypeError, match=r"`index_k` must be a torch.Tensor"):
         longattn.indexer_logits(q, w, longattn.Fp8KVPool.empty(1, 2), ve)
+    meta = longattn.Fp8IndexKeyPool.empty(2, 20, 16, device="meta")
+    with pytest.raises(ValueError, match=r"one device: `q` is on cpu but `index_k` is on meta"):
+        longattn.indexer_topk(q, w, meta, ve, 4)
     pool = longattn.quantize_index_k_fp8(k)
     with pytest.raises(TypeError, match=r"indexer_kl_loss: `index_k` must be a float tensor .* FP8 index-key pools"):
         longattn.indexer_kl_loss(torch.randn(3, 2, 16), torch.randn(40, 16), q, w, pool, ve)
