@@ -44,6 +44,10 @@ __all__ = [
     "page_bytes",
     "quantize_kv_fp8",
     "dequantize_kv_fp8",
+    "quantize_index_k_fp8",
+    "index_k_fp8_parts",
+    "indexer_logits_fp8",
+    "indexer_topk_fp8",
 ]
 
 NEG_INF = float("-inf")
@@ -256,8 +260,9 @@ def _indexer_entries(index_k, block_table, seq_ids, T):
     return N, rows, slot_of
 
 
-def _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids):
-    """Per token: list over j in [0, N) of (selectable: bool, score: float, slot)."""
+def _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids, key_scales=None):
+    """Per token: list over j in [0, N) of (selectable: bool, score: float, slot). ``key_scales`` (a list
+    per slot, FP8 index keys): the logit of head h is ``key_scales[slot] * <q[t, h], index_k[slot]>``."""
     q = _f64(q)
     T, Hi, Di = q.shape
     w = _f64(weights).reshape(T, Hi)
@@ -275,6 +280,8 @@ def _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids):
             terms = []
             for h in range(Hi):
                 d = float(torch.dot(q[t, h], rows[slot]))
+                if key_scales is not None:
+                    d = key_scales[slot] * d
                 terms.append(float(w[t, h]) * max(d, 0.0))  # weights * relu(<q, k>)
             row.append((True, math.fsum(terms) if all(math.isfinite(x) for x in terms) else sum(terms), slot))
         table.append(row)
@@ -646,6 +653,99 @@ def indexer_topk_nan_high(q, weights, index_k, visible_end, topk, block_table=No
     """``indexer_topk`` with the NaN rule of ops/indexer/README.md: a NaN score (either sign bit) ranks
     as +inf, tied with +inf and other NaN scores, the smaller entry id first; it stays selectable."""
     N, table = _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids)
+    T = len(table)
+    idx = torch.full((T, topk), -1, dtype=torch.int64)
+    lengths = torch.zeros(T, dtype=torch.int64)
+    for t, row in enumerate(table):
+        cands = [(-(POS_INF if math.isnan(sc) else sc), j, slot) for j, (ok, sc, slot) in enumerate(row) if ok]
+        cands.sort(key=lambda c: (c[0], c[1]))
+        chosen = cands[:topk]
+        for i, (_, j, slot) in enumerate(chosen):
+            idx[t, i] = slot if return_slots else j
+        lengths[t] = len(chosen)
+    return idx, lengths
+
+
+# ----------------------------------------------------------------------------------------------------
+# FP8 indexer keys (vLLM indexer_k_quant_and_cache record; issue 14). Written from the record's formula:
+# page = page_size * Di e4m3 bytes (entry o at o * Di), then page_size little-endian fp32 scales (entry
+# o's at page_size * Di + 4 * o); scale = max(amax of the finite values, 1e-4) / 448 in fp32, by default
+# rounded up to a power of two; byte = e4m3(fp32(x / scale)) saturating, NaN -> 0x7F | sign.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32 (round to nearest even; a float64 quotient of two float32 values rounded
+    this way is the correctly rounded float32 quotient)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def quantize_index_k_fp8(k, ue8m0=True):
+    """k [P, page, Di] (or [N, Di]: one page) -> uint8 [P, page * (Di + 4)]."""
+    k = k.detach().to("cpu").float()  # the record quantises fp32 values
+    if k.dim() == 2:
+        k = k.unsqueeze(0)
+    P, page, Di = k.shape
+    vals = k.tolist()
+    buf = bytearray(P * page * (Di + 4))
+    for p in range(P):
+        base = p * page * (Di + 4)
+        for o in range(page):
+            row = vals[p][o]
+            amax = max([abs(v) for v in row if math.isfinite(v)], default=0.0)
+            scale = _f32(max(amax, _f32(1e-4)) / 448.0)
+            if ue8m0:
+                m, ex = math.frexp(scale)
+                scale = 2.0 ** (ex - 1 if m == 0.5 else ex)
+            for d, v in enumerate(row):
+                if math.isnan(v):
+                    byte = 0x7F | (0x80 if math.copysign(1.0, v) < 0 else 0)
+                else:
+                    byte = e4m3_encode(_f32(v / scale) if math.isfinite(v) else v)
+                buf[base + o * Di + d] = byte
+            buf[base + page * Di + 4 * o : base + page * Di + 4 * o + 4] = struct.pack("<f", scale)
+    return torch.tensor(list(buf), dtype=torch.uint8).reshape(P, page * (Di + 4))
+
+
+def index_k_fp8_parts(data, page_size, dim):
+    """uint8 [P, page_size * (dim + 4)] -> (e4m3 values float64 [P, page_size, dim], scales: a list per
+    slot s = page * page_size + offset, float)."""
+    raw = data.detach().to("cpu").reshape(data.shape[0], -1).tolist()
+    P = len(raw)
+    values = torch.zeros(P, page_size, dim, dtype=torch.float64)
+    scales = []
+    for p in range(P):
+        by = raw[p]
+        for o in range(page_size):
+            values[p, o] = torch.tensor([e4m3_decode(b) for b in by[o * dim : (o + 1) * dim]], dtype=torch.float64)
+            at = page_size * dim + 4 * o
+            scales.append(struct.unpack("<f", bytes(by[at : at + 4]))[0])
+    return values, scales
+
+
+def _fp8_args(data, page_size, dim, block_table):
+    values, scales = index_k_fp8_parts(data, page_size, dim)
+    return (values if block_table is not None else values.reshape(-1, dim)), scales
+
+
+def indexer_logits_fp8(q, weights, data, page_size, visible_end, block_table=None, seq_ids=None):
+    """``indexer_logits`` over an FP8 index-key pool (flat: entry j = slot j): the logit of head h is
+    ``scale_j * <q[t, h], e4m3 values of j>``. Returns [T, N] float64."""
+    rows, scales = _fp8_args(data, page_size, q.shape[-1], block_table)
+    N, table = _indexer_scores(q, weights, rows, visible_end, block_table, seq_ids, scales)
+    out = torch.full((len(table), N), NEG_INF, dtype=torch.float64)
+    for t, row in enumerate(table):
+        for j, (ok, sc, _) in enumerate(row):
+            if ok:
+                out[t, j] = sc
+    return out
+
+
+def indexer_topk_fp8(q, weights, data, page_size, visible_end, topk, block_table=None, seq_ids=None,
+                     return_slots=False):  # fmt: skip
+    """``indexer_topk_nan_high`` over an FP8 index-key pool (see ``indexer_logits_fp8``)."""
+    rows, scales = _fp8_args(data, page_size, q.shape[-1], block_table)
+    N, table = _indexer_scores(q, weights, rows, visible_end, block_table, seq_ids, scales)
     T = len(table)
     idx = torch.full((T, topk), -1, dtype=torch.int64)
     lengths = torch.zeros(T, dtype=torch.int64)

@@ -14,7 +14,7 @@ import copy
 import longattn
 import pytest
 import torch
-from longattn.cache import Fp8KVPool
+from longattn.cache import Fp8KVPool, quantize_index_k_fp8
 from longattn.configs import ModelConfig, RopeConfig
 from longattn.nn import DeepseekV4Attention, PagedKVCache
 from longattn.ops.op import all_ops, get_op
@@ -66,6 +66,11 @@ def op_cases():
     cases["indexer_logits/paged"] = ("indexer_logits", (qi, w, ik.view(3, 4, 8), vis, bt, seq, None))
     cases["indexer_topk/flat"] = ("indexer_topk", (qi, w, ik, vis, 4, None, None, False, None))
     cases["indexer_topk/paged_slots"] = ("indexer_topk", (qi, w, ik.view(3, 4, 8), vis, 5, bt, seq, True, None))
+    # FP8 index-key pool: crosses the schema as its uint8 data [P, page * (Di + 4)] (Di = 16 from q)
+    qi16 = torch.randn(T, 2, 16, generator=g)
+    ik8 = quantize_index_k_fp8(torch.randn(3, 4, 16, generator=g)).data
+    cases["indexer_logits/fp8_flat"] = ("indexer_logits", (qi16, w, ik8, vis, None, None, None))
+    cases["indexer_topk/fp8_paged_slots"] = ("indexer_topk", (qi16, w, ik8, vis, 5, bt, seq, True, None))
     a, b = torch.randn(11, 2 * 8, generator=g), torch.randn(11, 2 * 8, generator=g)
     cases["compress_pool/overlap"] = ("compress_pool", (a, b, 4, True, None))
     cases["compress_pool/plain"] = ("compress_pool", (a, b, 3, False, None))

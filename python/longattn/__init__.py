@@ -11,7 +11,15 @@ Layer: HybridAttention over paged caches (CacheManager plans a step once for all
 from . import cache, configs, debug, memory, rope
 from ._info import info
 from .backends import BackendError
-from .cache import CacheManager, Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
+from .cache import (
+    CacheManager,
+    Fp8IndexKeyPool,
+    Fp8KVPool,
+    dequantize_index_k_fp8,
+    dequantize_kv_fp8,
+    quantize_index_k_fp8,
+    quantize_kv_fp8,
+)
 from .layers import HybridAttention
 from .ops.append import append_kv
 from .ops.combine import apply_attention_sink, merge_attention_states
@@ -35,6 +43,9 @@ __all__ = [
     "quantize_kv_fp8",
     "dequantize_kv_fp8",
     "Fp8KVPool",
+    "quantize_index_k_fp8",
+    "dequantize_index_k_fp8",
+    "Fp8IndexKeyPool",
     "CacheManager",
     "HybridAttention",
     "BackendError",

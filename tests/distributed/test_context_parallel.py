@@ -28,6 +28,13 @@ def test_csa_decode_on_triton():
     run_ranks(2, workers.csa_decode, 17, 3, [0, 5, 23], 3, 5, True, "triton")
 
 
+@pytest.mark.parametrize("integer_valued", [False, True], ids=["random", "ties"])
+def test_csa_decode_fp8_index_keys_equals_one_device(integer_valued):
+    """FP8 index-key pools (one device's and each rank's shard): the ranks rescore their local top-k
+    from the pool's e4m3 values and scales, so the ids equal one device's over the FP8 pool."""
+    run_ranks(2, workers.csa_decode, 13, 3, LENGTHS, 9, 6, integer_valued, None, True)
+
+
 def test_csa_decode_topk_larger_than_any_shard():
     """topk 40 > every rank's share of a 70-entry sequence: the merge fills from all ranks."""
     run_ranks(2, workers.csa_decode, 5, 4, [70, 3], 4, 40, False, None)

@@ -92,11 +92,13 @@ def _check_attention(p: Problem, out, lse, ref_out, ref_lse, num_keys: int, worl
 
 
 def csa_decode(rank: int, world: int, seed: int, page_size: int, lengths: List[int], T: int, topk: int,
-               integer_valued: bool, backend: Optional[str]) -> None:  # fmt: skip
+               integer_valued: bool, backend: Optional[str], fp8_index: bool = False) -> None:  # fmt: skip
     """CSA decode: cp_indexer_topk ids == indexer_topk ids on one device (bit for bit, every rank);
-    cp_sparse_attention over window (rank 0) + each rank's selected entries == one device."""
+    cp_sparse_attention over window (rank 0) + each rank's selected entries == one device. ``fp8_index``:
+    the index keys as FP8 index-key pools (one device's and each rank's shard, quantised per entry)."""
     p = build_problem(seed, page_size, lengths, T, integer_valued)
-    ids_1, len_1 = longattn.indexer_topk(p.q_idx, p.weights, p.index_k, p.visible_end, topk,
+    keys_1 = longattn.quantize_index_k_fp8(p.index_k) if fp8_index else p.index_k
+    ids_1, len_1 = longattn.indexer_topk(p.q_idx, p.weights, keys_1, p.visible_end, topk,
                                          block_table=p.block_table, seq_ids=p.seq_ids)  # fmt: skip
     out_1, lse_1 = longattn.sparse_attention(p.q, p.window, p.window_idx, extra_kv=p.kv.reshape(-1, p.kv.shape[-1]),
                                              extra_indices=_slots(p, ids_1, page_size), extra_topk_length=len_1,
@@ -104,6 +106,8 @@ def csa_decode(rank: int, world: int, seed: int, page_size: int, lengths: List[i
 
     shards = PageShards(world, rank, page_size)
     index_k, bt = shards.shard_pool(p.index_k, p.block_table)
+    if fp8_index:
+        index_k = longattn.quantize_index_k_fp8(index_k)
     kv, bt_kv = shards.shard_pool(p.kv, p.block_table)
     assert torch.equal(bt, bt_kv)
     ids, lengths_cp = cp_indexer_topk(p.q_idx, p.weights, index_k, p.visible_end, topk, shards=shards,

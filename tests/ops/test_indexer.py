@@ -438,3 +438,184 @@ def test_wider_q_over_bf16_keys(backend, q_dtype):
     kw = dict(block_table=torch.tensor([[3, 0, 12, -1, 7, 1, 2, 4, 5, 6, 8, 9, 10]]), seq_ids=torch.zeros(3).int())
     want = oracle.indexer_topk(q, w, pool, ve, 20, return_slots=True, **kw)
     assert_same(topk_of(backend, q, w, pool, ve, 20, return_slots=True, **kw), want, "paged")
+
+
+# ---- FP8 index-key pools (longattn.cache.Fp8IndexKeyPool: vLLM's indexer K cache record) ---------------
+# Keys of small integers with ue8m0 scales: every e4m3 value and scale is exact, and so is every score
+# (scale * <q, e4m3 values>, powers of two times integers), so ids, order and ties are compared exactly
+# against the float64 oracle, both on the pool's bytes (oracle.indexer_*_fp8) and on the dequantised keys.
+
+
+def fp8_pool(keys, ue8m0=True, spread=True):
+    """keys [P, page, Di] or [N, Di] quantised into a pool on the test device. ``spread``: each key times
+    its own power of two in [2^-3, 2^3] (integer keys stay exact: the ue8m0 scales differ from entry to
+    entry, so a scale read at the wrong offset changes ids)."""
+    if spread:
+        g = torch.Generator().manual_seed(keys.numel())
+        keys = keys * torch.exp2(torch.randint(-3, 4, keys.shape[:-1], generator=g).float()).unsqueeze(-1)
+    return longattn.quantize_index_k_fp8(dev(keys)[0], ue8m0=ue8m0)
+
+
+def fp8_topk(backend, q, w, pool, ve, topk, **kw):
+    kw = {a: (dev(v)[0] if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+    return call(longattn.indexer_topk, *dev(q, w), pool, dev(ve)[0], topk, backend=backend, **kw)
+
+
+def fp8_logits(backend, q, w, pool, ve, **kw):
+    kw = {a: (dev(v)[0] if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+    return call(longattn.indexer_logits, *dev(q, w), pool, dev(ve)[0], backend=backend, **kw).cpu()
+
+
+def fp8_dequantised(pool, paged):
+    rows = longattn.dequantize_index_k_fp8(pool).cpu()
+    return rows if paged else rows.reshape(-1, rows.shape[-1])
+
+
+@pytest.mark.parametrize("topk", [1, 8, 64])
+@pytest.mark.parametrize("visible", list(VISIBLE_CASES), ids=str)
+def test_fp8_flat_exact(backend, visible, topk):
+    q, w, k = _dup_inputs()  # duplicate key rows: ties broken by the smaller id
+    pool = fp8_pool(k.view(5, 8, 16))  # flat use of a 5-page pool: entry j = slot j
+    ve = torch.tensor(VISIBLE_CASES[visible], dtype=torch.int64)
+    got = fp8_topk(backend, q, w, pool, ve, topk)
+    want = oracle.indexer_topk_fp8(q, w, pool.data, 8, ve, topk)
+    assert_same(got, want, f"{visible} topk={topk}")
+    assert_same(got, oracle.indexer_topk(q, w, fp8_dequantised(pool, False), ve, topk), "dequantised keys")
+    logits = fp8_logits(backend, q, w, pool, ve)
+    assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, 8, ve))
+    assert torch.equal(logits.double(), oracle.indexer_logits(q, w, fp8_dequantised(pool, False), ve))
+
+
+@pytest.mark.parametrize("return_slots", [False, True])
+@pytest.mark.parametrize("page", [1, 3, 64])
+def test_fp8_paged_exact(backend, page, return_slots):
+    """Pages in a shuffled order, an unused page (-1), a page id past the pool, an invalid sequence id,
+    visible ends of 0, partial pages and past the table (paged_inputs)."""
+    q, w, keys, ve, kw = paged_inputs(page)
+    pool = fp8_pool(keys)
+    got = fp8_topk(backend, q, w, pool, ve, 9, return_slots=return_slots, **kw)
+    want = oracle.indexer_topk_fp8(q, w, pool.data, page, ve, 9, return_slots=return_slots, **kw)
+    assert_same(got, want, f"page={page}")
+    deq = oracle.indexer_topk(q, w, fp8_dequantised(pool, True), ve, 9, return_slots=return_slots, **kw)
+    assert_same(got, deq, "dequantised keys")
+    logits = fp8_logits(backend, q, w, pool, ve, **kw)
+    assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, page, ve, **kw))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("paged", [False, True])
+def test_fp8_adversarial_scales(backend, paged):
+    """Scales written into the pool's bytes: 0, negative, NaN, +-inf. The logit of a head is
+    scale * <q, e4m3 values> before the ReLU, so a negative scale flips which heads count, NaN makes
+    the score NaN (ranked as +inf), inf makes it +-inf (or NaN where the dot product is 0)."""
+    page, Di, Hi = 4, 16, 3
+    g = torch.Generator().manual_seed(23)
+    q = torch.randint(-2, 3, (4, Hi, Di), generator=g).float()
+    w = torch.randint(-2, 3, (4, Hi), generator=g).float()
+    keys = torch.randint(-2, 3, (6, page, Di), generator=g).float()
+    keys[2, 1] = 0.0  # an all-zero key: its dot products are 0 (x inf = NaN)
+    pool = fp8_pool(keys)
+    scales = pool.data[:, page * Di :].view(torch.float32)  # [P, page] views of the bytes
+    for (p, o), s in {(0, 1): 0.0, (0, 2): -1.0, (1, 0): float("nan"), (1, 3): float("inf"), (2, 1): float("inf"),
+                      (3, 2): float("-inf"), (4, 0): -2.0**-7, (5, 3): float("nan")}.items():  # fmt: skip
+        scales[p, o] = s
+    ve = torch.tensor([24, 24, 13, 5])
+    kw = {}
+    if paged:
+        kw = dict(block_table=torch.tensor([[5, 3, 1, 0, 2, 4], [2, 0, 4, -1, 1, 3]]).int(),
+                  seq_ids=torch.tensor([0, 1, 1, 0]).int())  # fmt: skip
+    logits = fp8_logits(backend, q, w, pool, ve, **kw)
+    want = oracle.indexer_logits_fp8(q, w, pool.data, page, ve, **kw)
+    assert same_values(logits.double(), want), (logits, want)
+    assert torch.isnan(want).any() and torch.isinf(want).any()  # the case exercises both
+    for topk in (5, 24):
+        got = fp8_topk(backend, q, w, pool, ve, topk, return_slots=paged, **kw)
+        assert_same(got, oracle.indexer_topk_fp8(q, w, pool.data, page, ve, topk, return_slots=paged, **kw), topk)
+    cpu_pool = longattn.Fp8IndexKeyPool(pool.data.cpu(), page, Di)
+    assert same_values(longattn.indexer_logits(q, w, cpu_pool, ve, backend="reference", **kw).double(), want)
+
+
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fp8_random_within_bound(backend, q_dtype):
+    """Real-valued keys with plain (not power-of-two) scales: scores within the derived fp32 bound of
+    the oracle's scale * <q, e4m3 values>, and a valid top-k up to that bound."""
+    T, Hi, Di, N = 5, 6, 32, 300
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(T, Hi, Di, generator=g).to(q_dtype)
+    w = torch.randn(T, Hi, generator=g)
+    pool = fp8_pool(torch.randn(N, Di, generator=g) * 3, ue8m0=False, spread=False)
+    ve = torch.tensor([300, 299, 150, 7, 0])
+    want = oracle.indexer_logits_fp8(q, w, pool.data, N, ve)
+    rows = fp8_dequantised(pool, False)
+    bound = score_bound(q.float(), w, rows)
+    logits = fp8_logits(backend, q, w, pool, ve)
+    assert torch.equal(torch.isinf(logits), torch.isinf(want))
+    fin = torch.isfinite(want)
+    assert torch.all((logits.double() - want).abs()[fin] <= bound[fin])
+    idx, lengths = fp8_topk(backend, q, w, pool, ve, 16)
+    check_topk(idx.cpu(), lengths.cpu(), want, bound, 16, "fp8 random")
+
+
+@pytest.mark.parametrize("Hi, Di", [(1, 16), (5, 48), (70, 144)])
+def test_fp8_head_and_dim_sizes(backend, Hi, Di):
+    """Odd head counts, Di a multiple of 16 below, at and above one 128-wide tile, more heads than one
+    64-head tile."""
+    g = torch.Generator().manual_seed(Hi)
+    q, w, _ = int_inputs(2, Hi, Di, 1, g=g)
+    keys = torch.randint(-2, 3, (3, 7, Di), generator=g).float()
+    pool = fp8_pool(keys)
+    ve = torch.tensor([21, 9])
+    assert_same(fp8_topk(backend, q, w, pool, ve, 6), oracle.indexer_topk_fp8(q, w, pool.data, 7, ve, 6), "sizes")
+    assert torch.equal(fp8_logits(backend, q, w, pool, ve).double(), oracle.indexer_logits_fp8(q, w, pool.data, 7, ve))
+
+
+@pytest.mark.parametrize("topk", [1, 8])
+def test_fp8_reference_chunked_equals_unchunked(topk):
+    q, w, pool, ve, kw = paged_inputs(3)
+    pool = longattn.quantize_index_k_fp8(pool)
+    idx, lengths = longattn.indexer_topk(q, w, pool, ve, topk, backend="reference", **kw)
+    logits = longattn.indexer_logits(q, w, pool, ve, backend="reference", **kw)
+    with chunk_budget(1):
+        assert_same(longattn.indexer_topk(q, w, pool, ve, topk, backend="reference", **kw), (idx, lengths), "chunked")
+        assert torch.equal(longattn.indexer_logits(q, w, pool, ve, backend="reference", **kw), logits)
+
+
+def test_fp8_pool_crosses_the_custom_op_schema():
+    """torch.ops.longattn.* take the pool's uint8 data (page size from Di of q); a width that is not a
+    whole number of (Di + 4)-byte entries is refused naming index_k."""
+    q, w, k = _dup_inputs()
+    pool = longattn.quantize_index_k_fp8(k.view(5, 8, 16))
+    ve = torch.tensor([40, 20, 3])
+    want = longattn.indexer_topk(q, w, pool, ve, 8)
+    got = torch.ops.longattn.indexer_topk(q, w, pool.data, ve, 8, None, None, False, "reference")
+    assert_same(got, want, "schema")
+    logits = torch.ops.longattn.indexer_logits(q, w, pool.data, ve, None, None, "reference")
+    assert torch.equal(logits, longattn.indexer_logits(q, w, pool, ve))
+    with pytest.raises(ValueError, match=r"uint8 `index_k` must be the data of an Fp8IndexKeyPool.*Di = 16"):
+        torch.ops.longattn.indexer_logits(q, w, pool.data[:, :-1].contiguous(), ve, None, None, None)
+
+
+def test_fp8_pool_errors():
+    q, w, k = _dup_inputs()
+    ve = torch.tensor([40, 20, 3])
+    with pytest.raises(ValueError, match=r"indexer_topk: `index_k` is an Fp8IndexKeyPool of dim 32, but q has Di=16"):
+        longattn.indexer_topk(q, w, longattn.quantize_index_k_fp8(torch.zeros(40, 32)), ve, 4)
+    with pytest.raises(TypeError, match=r"indexer_logits: `index_k` must have dtype float32 or bfloat16 or float16"):
+        longattn.indexer_logits(q, w, longattn.quantize_index_k_fp8(k).data, ve)
+    with pytest.raises(TypeError, match=r"`index_k` must be a torch.Tensor"):
+        longattn.indexer_logits(q, w, longattn.Fp8KVPool.empty(1, 2), ve)
+    meta = longattn.Fp8IndexKeyPool.empty(2, 20, 16, device="meta")
+    with pytest.raises(ValueError, match=r"one device: `q` is on cpu but `index_k` is on meta"):
+        longattn.indexer_topk(q, w, meta, ve, 4)
+    pool = longattn.quantize_index_k_fp8(k)
+    with pytest.raises(TypeError, match=r"indexer_kl_loss: `index_k` must be a float tensor .* FP8 index-key pools"):
+        longattn.indexer_kl_loss(torch.randn(3, 2, 16), torch.randn(40, 16), q, w, pool, ve)
+
+
+def test_fp8_pool_declined_by_ascend_with_a_reason():
+    from longattn.ops.indexer.op import TOPK_OP, prepare
+
+    q, w, k = _dup_inputs()
+    inp = prepare("indexer_topk", q, w, longattn.quantize_index_k_fp8(k), torch.tensor([4, 4, 4]), topk=2)
+    for name in ("ascend_sim", "ascend"):
+        assert any("FP8 index-key pools" in r for r in TOPK_OP.impls[name].reasons(inp)), name

@@ -209,6 +209,7 @@ def compile_all(arch=90) -> list:
         p_q="*bf16",
         p_w="*fp32",
         p_k="*bf16",
+        p_ks="*fp32",
         p_bt="*i32",
         p_seq="*i32",
         p_vis="*i32",
@@ -220,16 +221,38 @@ def compile_all(arch=90) -> list:
         p_out="*fp32",
     )
 
-    def indexer_partial(name, cfg, **mode):  # the partial kernel over paged bf16 keys, top-512
+    def indexer_partial(name, cfg, fp8=False, **mode):  # the partial kernel over paged bf16 / FP8 keys, top-512
         cx = dict(PAGED=True, FINAL=False, TOPK_P2=512, BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"],
                   BLOCK_N=cfg["BLOCK_N"], ONE_TILE=True, CDT=tl.bfloat16, DOT_PREC=None,
-                  stride_qd=1, stride_kd=1)  # fmt: skip
-        build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, itypes, dict(cx, **mode), cfg["num_warps"],
+                  stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=fp8)  # fmt: skip
+        types = dict(itypes, p_k="*u8") if fp8 else itypes
+        build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, types, dict(cx, **mode), cfg["num_warps"],
               cfg["num_stages"])  # fmt: skip
 
     indexer_partial("indexer partial top-512 paged", icfg, TO_SLOTS=True, BITONIC=True)
     indexer_partial("indexer select keys paged", ti.select_config(64, 128, cuda), TO_SLOTS=False, BITONIC=False,
                     KEYS_ONLY=True)  # fmt: skip
+    if capability >= FP8_MIN_CAPABILITY:  # FP8 index keys: declined below sm_89 and on AMD (indexer/support.py)
+        indexer_partial("indexer fp8 partial top-512 paged", icfg, fp8=True, TO_SLOTS=True, BITONIC=True)
+        indexer_partial("indexer fp8 select keys paged", ti.select_config(64, 128, cuda), fp8=True, TO_SLOTS=False,
+                        BITONIC=False, KEYS_ONLY=True)  # fmt: skip
+        build(
+            "indexer fp8 logits",
+            ti._indexer_logits_kernel,
+            dict(itypes, p_k="*u8"),
+            dict(
+                PAGED=False,
+                BLOCK_HI=64,
+                BLOCK_DI=128,
+                BLOCK_N=icfg["BLOCK_N"],
+                CDT=tl.bfloat16,
+                DOT_PREC=None,
+                KEY_FP8=True,
+                K_ALIGN16=True,
+            ),  # fmt: skip
+            icfg["num_warps"],
+            1,
+        )
     build(
         "indexer select write top-512",
         ti._indexer_topk_merge_kernel,
@@ -250,7 +273,16 @@ def compile_all(arch=90) -> list:
         "indexer logits",
         ti._indexer_logits_kernel,
         itypes,
-        dict(PAGED=False, BLOCK_HI=64, BLOCK_DI=128, BLOCK_N=icfg["BLOCK_N"], CDT=tl.bfloat16, DOT_PREC=None),
+        dict(
+            PAGED=False,
+            BLOCK_HI=64,
+            BLOCK_DI=128,
+            BLOCK_N=icfg["BLOCK_N"],
+            CDT=tl.bfloat16,
+            DOT_PREC=None,
+            KEY_FP8=False,
+            K_ALIGN16=False,
+        ),  # fmt: skip
         icfg["num_warps"],
         1,
     )
@@ -337,7 +369,7 @@ def compile_all(arch=90) -> list:
             1,
         )
     if arch == 90:
-        for name, fn, grid, args, kwargs in jit_launches(tsa):
+        for name, fn, grid, args, kwargs in jit_launches(tsa) + jit_indexer_launches(ti):
             jit = jit_specialisation(fn, args, kwargs, target)
             if jit is None:
                 results.append({"name": f"jit {name}", "ok": True, "skipped": "this triton's JIT binder differs"})
@@ -413,6 +445,42 @@ def jit_launches(tsa) -> list:
             ]
     finally:
         tsa._num_sms = sms
+    return out
+
+
+def jit_indexer_launches(ti) -> list:
+    """[(name, fn, grid, args, kwargs)]: the key kernel of ``indexer_topk``'s select path (V4 CSA decode:
+    64 tokens x 64 heads x 128 dims over 8192 paged entries, bf16 q) over a bf16 and an FP8 index-key
+    pool, with the launcher's own arguments (132 SMs, the sm_90 tiles of ``select_config``)."""
+    import torch
+    from longattn.cache import Fp8IndexKeyPool
+
+    cuda = torch.device("cuda")  # only handed to select_config(): no CUDA call is made
+    sms = ti._num_sms
+    ti._num_sms = lambda device: 132
+    out = []
+    try:
+        T, Hi, Di, N, page = 64, 64, 128, 8192, 64
+        for pool in ("bf16", "fp8"):
+            q = torch.empty(T, Hi, Di, dtype=torch.bfloat16)
+            w = torch.empty(T, Hi, dtype=torch.float32)
+            keys = (Fp8IndexKeyPool.empty(N // page, page, Di) if pool == "fp8"
+                    else torch.empty(N // page, page, Di, dtype=torch.bfloat16))  # fmt: skip
+            bt = torch.arange(N // page, dtype=torch.int32).view(1, -1)
+            seq, ve = torch.zeros(T, dtype=torch.int32), torch.full((T,), N, dtype=torch.int32)
+            cfg = ti.select_config(Hi, Di, cuda)
+
+            def call(keys=keys, q=q, w=w, bt=bt, seq=seq, ve=ve, cfg=cfg):
+                ti.indexer_topk(q, w, keys, ve, 512, bt, seq, method="select", config=cfg)
+
+            launches = captured_launches(ti, ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel"], call)
+            out += [
+                (f"indexer select keys {pool}-pool V4 decode T=64 {cfg}", fn, grid, a, kw)
+                for fn, grid, a, kw in launches
+                if fn is ti._indexer_topk_partial_kernel
+            ]
+    finally:
+        ti._num_sms = sms
     return out
 
 

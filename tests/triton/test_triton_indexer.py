@@ -322,3 +322,137 @@ def test_select_path_no_entries():
     idx, lengths = ti.indexer_topk(*(x.to(DEVICE) for x in (q, w, torch.zeros(0, 4), torch.tensor([3, 0]))), 4,
                                    method="select")  # fmt: skip
     assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# FP8 index-key pools (Fp8IndexKeyPool): both paths, small entry ranges, merge trees, tiled heads / dims,
+# adversarial scales, empty pools. Integer keys with ue8m0 scales: exact scores, exact ids.
+# ---------------------------------------------------------------------------------------------------
+def _fp8(keys, ue8m0=True):
+    """keys times a power of two per key in [2^-3, 2^3] (exact ue8m0 scales that differ per entry),
+    quantised into a pool on the test device."""
+    g = torch.Generator().manual_seed(keys.numel())
+    keys = keys * torch.exp2(torch.randint(-3, 4, keys.shape[:-1], generator=g).float()).unsqueeze(-1)
+    return longattn.quantize_index_k_fp8(keys.to(DEVICE), ue8m0=ue8m0)
+
+
+def _on_dev(kw):
+    return {a: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+
+
+@pytest.mark.parametrize("method, per, bitonic", [("select", None, None), ("fused", 16, False), ("fused", 32, True),
+                                                  ("fused", 8, False)])  # fmt: skip
+@pytest.mark.parametrize("page", [1, 3, 64])
+@pytest.mark.parametrize("return_slots", [False, True])
+def test_fp8_paged_both_paths(method, per, bitonic, page, return_slots):
+    """Shuffled pages, a page -1, a page past the pool, invalid sequence ids, visible ends 0 / partial /
+    past the table; ranges of 8-32 entries (merge trees of one to several levels)."""
+    B, max_pages, Di, Hi = 3, 5, 16, 3
+    P = B * max_pages + 2
+    g = torch.Generator().manual_seed(page)
+    q, w, _ = int_inputs(7, Hi, Di, 1, g=g)
+    keys = torch.randint(-2, 3, (P, page, Di), generator=g).float()
+    keys.view(-1, Di)[7] = keys.view(-1, Di)[2]  # duplicate keys: ties by the smaller id
+    bt = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).int()
+    bt[1, -1] = -1
+    bt[2, 2] = P + 3
+    seq = torch.tensor([0, 1, 2, 2, 0, 5, -1], dtype=torch.int32)
+    ve = torch.tensor([0, max_pages * page, max_pages * page, 3 * page - 1, page + 1, 9, 10**6], dtype=torch.int32)
+    pool = _fp8(keys)
+    kw = dict(block_table=bt, seq_ids=seq, return_slots=return_slots)
+    want = oracle.indexer_topk_fp8(q, w, pool.data, page, ve, 9, **kw)
+    got = ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 9, method=method, entries_per_program=per, bitonic=bitonic,
+                          **_on_dev(kw))  # fmt: skip
+    assert_same(got, want, f"{method} per={per} page={page}")
+
+
+@pytest.mark.parametrize("method, per", [("select", None), ("fused", 16)])
+def test_fp8_flat_multi_page_pool(method, per):
+    """A pool of several pages used flat: entry j = slot j (page j // page_size), rows not 16-B aligned
+    (page of 3 entries of 48 values: 156-B pages)."""
+    g = torch.Generator().manual_seed(3)
+    q, w, _ = int_inputs(3, 5, 48, 1, g=g)
+    keys = torch.randint(-2, 3, (11, 3, 48), generator=g).float()
+    pool = _fp8(keys)
+    ve = torch.tensor([33, 32, 4], dtype=torch.int32)
+    want = oracle.indexer_topk_fp8(q, w, pool.data, 3, ve, 10)
+    assert_same(ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 10, method=method, entries_per_program=per), want,
+                method)  # fmt: skip
+    logits = ti.indexer_logits(*dev(q, w), pool, dev(ve)[0]).cpu()
+    assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, 3, ve))
+
+
+def test_fp8_tiled_heads_and_dims():
+    """Hi > 64 and Di > 128 (the scoring loops over head and dim tiles; the scale applied once to the
+    per-head logits summed over the dim tiles), fused and select paths and the logits kernel."""
+    g = torch.Generator().manual_seed(9)
+    q, w, _ = int_inputs(2, 70, 160, 1, lo=-1, hi=2, g=g)
+    keys = torch.randint(-2, 3, (2, 20, 160), generator=g).float()
+    pool = _fp8(keys)
+    ve = torch.tensor([40, 23], dtype=torch.int32)
+    want = oracle.indexer_topk_fp8(q, w, pool.data, 20, ve, 7)
+    for method, per in (("select", None), ("fused", 16)):
+        assert_same(ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 7, method=method, entries_per_program=per), want,
+                    method)  # fmt: skip
+    logits = ti.indexer_logits(*dev(q, w), pool, dev(ve)[0]).cpu()
+    assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, 20, ve))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("method, per, bitonic", [("select", None, None), ("fused", 8, False), ("fused", 16, True)])
+def test_fp8_adversarial_scales_and_nan_bytes(method, per, bitonic):
+    """Scales 0 / negative / NaN / +-inf and e4m3 NaN bytes (0x7F, 0xFF) written into the pool: the scale
+    multiplies the per-head logits before the ReLU, NaN scores rank as +inf (ties by id)."""
+    page, Di, Hi = 8, 16, 2
+    g = torch.Generator().manual_seed(31)
+    q = torch.randint(-2, 3, (3, Hi, Di), generator=g).float()
+    w = torch.randint(1, 3, (3, Hi), generator=g).float()
+    keys = torch.randint(-2, 3, (4, page, Di), generator=g).float()
+    keys[1, 2] = 0.0
+    pool = _fp8(keys)
+    sc = pool.data[:, page * Di :].view(torch.float32)
+    sc[0, 1], sc[0, 5], sc[1, 0], sc[1, 2], sc[2, 7], sc[3, 3] = (
+        0.0,
+        -0.5,
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        -1,
+    )
+    pool.data[2, 3 * Di + 4] = 0x7F  # e4m3 NaN
+    pool.data[3, 6 * Di] = 0xFF  # e4m3 -NaN
+    ve = torch.tensor([32, 20, 9], dtype=torch.int32)
+    got_logits = ti.indexer_logits(*dev(q, w), pool, dev(ve)[0]).cpu()
+    want_logits = oracle.indexer_logits_fp8(q, w, pool.data, page, ve)
+    nan = torch.isnan(want_logits)
+    assert nan.any() and torch.isinf(want_logits[:, :32]).any()
+    assert torch.equal(torch.isnan(got_logits), nan) and torch.equal(got_logits[~nan].double(), want_logits[~nan])
+    want = oracle.indexer_topk_fp8(q, w, pool.data, page, ve, 12)
+    got = ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 12, method=method, entries_per_program=per, bitonic=bitonic)
+    assert_same(got, want, f"{method} per={per}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_low_precision_q(dtype):
+    """bf16 / fp16 q over an FP8 pool (on a GPU the e4m3 values are converted to q's dtype, exactly)."""
+    g = torch.Generator().manual_seed(4)
+    q, w, _ = int_inputs(3, 4, 32, 1, g=g)
+    pool = _fp8(torch.randint(-2, 3, (90, 32), generator=g).float())
+    ve = torch.tensor([90, 45, 1], dtype=torch.int32)
+    want = oracle.indexer_topk_fp8(q.to(dtype), w, pool.data, 90, ve, 12)
+    d = dev(q.to(dtype), w)
+    assert_same(ti.indexer_topk(*d, pool, dev(ve)[0], 12, entries_per_program=32), want, str(dtype))
+    assert_same(longattn.indexer_topk(*d, pool, dev(ve)[0], 12, backend="triton"), want, f"{dtype} select")
+
+
+def test_fp8_pool_without_pages_reads_nothing():
+    q, w, _ = int_inputs(2, 2, 16, 1)
+    pool = longattn.Fp8IndexKeyPool.empty(0, 4, 16, device=DEVICE)
+    bt = torch.tensor([[0, 1]], dtype=torch.int32)
+    ve = torch.tensor([8, 3], dtype=torch.int32)
+    for method in ("select", "fused"):
+        idx, lengths = ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 4, method=method,
+                                       **_on_dev(dict(block_table=bt, seq_ids=torch.zeros(2).int())))  # fmt: skip
+        assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]
+        idx, lengths = ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 4, method=method)
+        assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]

@@ -26,11 +26,12 @@ bytes of keys and ``(world - 1) * T * H * (D * elem + 4)`` bytes of partials.
 from __future__ import annotations
 
 import zlib
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist
 
+from ..cache.fp8_index import Fp8IndexKeyPool
 from ..cache.shards import PageShards
 from ..ops.combine import apply_attention_sink, merge_attention_states
 from ..ops.indexer import indexer_topk
@@ -109,32 +110,51 @@ def _all_gather(x: torch.Tensor, group) -> List[torch.Tensor]:
     return [t.to(x.device) for t in out]
 
 
-def _index_rows(index_k: torch.Tensor, local_ids, shards: PageShards, block_table, seq_ids) -> torch.Tensor:
-    """fp32 key rows ``[T, K, Di]`` of local entry ids ``[T, K]`` (rows of ids < 0: zeros)."""
-    if block_table is None:
-        flat = index_k
-        slots = torch.where((local_ids >= 0) & (local_ids < flat.shape[0]), local_ids.long(), -1)
+def _index_rows(
+    index_k: Union[torch.Tensor, Fp8IndexKeyPool], local_ids, shards: PageShards, block_table, seq_ids
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """fp32 key rows ``[T, K, Di]`` of local entry ids ``[T, K]`` (rows of ids < 0: zeros), and for an FP8
+    index-key pool the entries' scales ``[T, K]`` (the rows are then the e4m3 values; else None)."""
+    if isinstance(index_k, Fp8IndexKeyPool):
+        num_slots, di = index_k.num_slots, index_k.dim
     else:
-        flat = index_k.reshape(-1, index_k.shape[-1])
+        num_slots, di = index_k.reshape(-1, index_k.shape[-1]).shape
+    if block_table is None:
+        slots = torch.where((local_ids >= 0) & (local_ids < num_slots), local_ids.long(), -1)
+    else:
         slots = shards.local_slots(local_ids, block_table, seq_ids)
     ok = slots >= 0
-    if flat.shape[0] == 0:
-        return torch.zeros(*slots.shape, index_k.shape[-1], dtype=torch.float32, device=index_k.device)
+    if isinstance(index_k, Fp8IndexKeyPool):
+        if num_slots == 0:
+            rows = torch.zeros(*slots.shape, di, dtype=torch.float32, device=index_k.device)
+            return rows, torch.zeros(slots.shape, dtype=torch.float32, device=index_k.device)
+        values, scales = index_k.gather_parts(slots.clamp_min(0).reshape(-1))
+        rows = values.view(*slots.shape, di).masked_fill_(~ok.unsqueeze(-1), 0.0)
+        return rows, scales.view(slots.shape).masked_fill_(~ok, 0.0)
+    if num_slots == 0:
+        return torch.zeros(*slots.shape, di, dtype=torch.float32, device=index_k.device), None
+    flat = index_k.reshape(-1, di)
     rows = flat[slots.clamp_min(0)].to(torch.float32)
-    return rows.masked_fill_(~ok.unsqueeze(-1), 0.0)
+    return rows.masked_fill_(~ok.unsqueeze(-1), 0.0), None
 
 
-def _scores(q: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _scores(
+    q: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, scales: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``sum_h weights[t, h] relu(<q[t, h], rows[t, k]>)`` in fp32 ``[T, K]``: the indexer's formula,
-    as the reference computes it (per-head products by one matmul, then the weighted head sum)."""
-    per_head = torch.relu(torch.bmm(q.to(torch.float32), rows.transpose(1, 2)))  # [T, Hi, K]
+    as the reference computes it (per-head products by one matmul, then the weighted head sum); FP8
+    index keys: each product times the entry's scale before the relu."""
+    per_head = torch.bmm(q.to(torch.float32), rows.transpose(1, 2))  # [T, Hi, K]
+    if scales is not None:
+        per_head = per_head * scales.unsqueeze(1)
+    per_head = torch.relu(per_head)
     return torch.bmm(weights.to(torch.float32).unsqueeze(1), per_head).squeeze(1)
 
 
 def cp_indexer_topk(
     q: torch.Tensor,
     weights: torch.Tensor,
-    index_k: torch.Tensor,
+    index_k: Union[torch.Tensor, Fp8IndexKeyPool],
     visible_end: torch.Tensor,
     topk: int,
     *,
@@ -150,7 +170,8 @@ def cp_indexer_topk(
         q, weights, visible_end, topk: as ``longattn.indexer_topk``, the same on every rank
             (``visible_end`` in global entries).
         index_k: this rank's index keys: local entry ``l`` at row ``l`` (``[N_local, Di]``), or paged
-            ``[P_local, page_size, Di]`` with this rank's ``block_table [B, local_pages]`` and ``seq_ids``.
+            ``[P_local, page_size, Di]`` with this rank's ``block_table [B, local_pages]`` and ``seq_ids``;
+            or this rank's ``Fp8IndexKeyPool`` (flat: local entry l = slot l; paged: as a float pool).
         shards: the page layout (``PageShards(world, rank, page_size)``).
         group: the process group (default: the world).
 
@@ -183,8 +204,8 @@ def local_topk_keys(q, weights, index_k, local_ids, shards: PageShards, block_ta
     gids = shards.to_global(local_ids.long())
     if bool((gids > _LOW32 - 1).any()):
         raise ValueError("cp_indexer_topk: global entry ids must be < 2**32 - 1")
-    rows = _index_rows(index_k, local_ids, shards, block_table, seq_ids)
-    keys = pack_keys(_scores(q, weights, rows), gids.clamp_min(0))
+    rows, scales = _index_rows(index_k, local_ids, shards, block_table, seq_ids)
+    keys = pack_keys(_scores(q, weights, rows, scales), gids.clamp_min(0))
     return keys.masked_fill_(local_ids < 0, NO_KEY)
 
 

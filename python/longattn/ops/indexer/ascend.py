@@ -81,6 +81,11 @@ def kernel_q(q, index_k):
 
 
 def reasons(inp) -> List[str]:
+    if inp.fp8:
+        return [
+            "FP8 index-key pools (Fp8IndexKeyPool) are not read by the Ascend kernel (float index keys only; "
+            "dequantize_index_k_fp8 gives a float pool)"
+        ]
     out = []
     T, Hi, Di = inp.q.shape
     if Hi > MAX_HEADS:

@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
+from ...cache.fp8_index import Fp8IndexKeyPool, e4m3_values
 from ...memory import chunk_budget_bytes, rows_per_chunk
 
 NEG_INF = float("-inf")
@@ -40,21 +41,36 @@ class _Entries:
 
     def __init__(self, index_k, block_table, seq_ids):
         self.paged = block_table is not None
-        self.rows_dtype = index_k.dtype
+        self.fp8 = isinstance(index_k, Fp8IndexKeyPool)
+        self.device = index_k.device
+        if self.fp8:  # rows are gathered slot by slot (e4m3 values) with their scales
+            self.pool = index_k
+            self.num_pages, self.page_size, self.di = index_k.num_pages, index_k.page_size, index_k.dim
+            self.rows_dtype = torch.uint8
+        else:
+            self.rows_dtype = index_k.dtype
         if self.paged:
-            self.num_pages, self.page_size, self.di = index_k.shape
-            self.pages = index_k
+            if not self.fp8:
+                self.num_pages, self.page_size, self.di = index_k.shape
+                self.pages = index_k
             self.block_table = block_table
             self.seq_ids = seq_ids.long()
             self.num_entries = block_table.shape[1] * self.page_size
+        elif self.fp8:
+            self.num_entries = index_k.num_slots
         else:
             self.flat = index_k
             self.di = index_k.shape[1]
             self.num_entries = index_k.shape[0]
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one key row as gathered (an FP8 row: its e4m3 bytes and fp32 scale)."""
+        return self.di + 4 if self.fp8 else self.di * torch.empty(0, dtype=self.rows_dtype).element_size()
+
     def groups(self, t0: int, t1: int) -> Iterator[Tuple[torch.Tensor, Optional[int]]]:
         """Token ids of [t0, t1) grouped by sequence (one group when not paged)."""
-        tokens = torch.arange(t0, t1, device=self.seq_ids.device if self.paged else self.flat.device)
+        tokens = torch.arange(t0, t1, device=self.seq_ids.device if self.paged else self.device)
         if not self.paged:
             yield tokens, None
             return
@@ -80,12 +96,14 @@ class _SequenceRows:
         ps = entries.page_size
         n_pages = -(-n_vis // ps)
         if seq is None or not (0 <= seq < entries.block_table.shape[0]):
-            pages = torch.full((n_pages,), -1, dtype=torch.long, device=entries.pages.device)
+            pages = torch.full((n_pages,), -1, dtype=torch.long, device=entries.device)
         else:
             pages = entries.block_table[seq, :n_pages].long()
         ok_pages = (pages >= 0) & (pages < entries.num_pages)
         self.ok_rows = ok_pages.repeat_interleave(ps)  # [n_pages * ps]
         self.safe_pages = torch.where(ok_pages, pages, torch.zeros_like(pages))  # never out of range
+        if entries.fp8:
+            return
         shape = (-(-width // ps), ps, entries.di)
         nbytes = shape[0] * ps * entries.di * entries.pages.element_size()
         if scratch is not None and scratch.is_contiguous() and scratch.numel() * scratch.element_size() >= nbytes:
@@ -98,25 +116,50 @@ class _SequenceRows:
 
     def ok(self, s0: int, s1: int) -> torch.Tensor:
         if not self.e.paged:
-            return torch.ones(s1 - s0, dtype=torch.bool, device=self.e.flat.device)
+            return torch.ones(s1 - s0, dtype=torch.bool, device=self.e.device)
         return self.ok_rows[s0:s1]
 
     def release(self) -> None:
         self.gathered = None
 
-    def rows(self, j0: int, j1: int, out: torch.Tensor) -> None:
-        """fp32 key rows of entries [j0, j1) into out[: j1 - j0]; paged blocks start on a page."""
+    def rows(self, j0: int, j1: int, out: torch.Tensor) -> Optional[torch.Tensor]:
+        """fp32 key rows of entries [j0, j1) into out[: j1 - j0]; paged blocks start on a page. An FP8
+        pool: its e4m3 values, and the rows' fp32 scales are returned (else None)."""
         n = j1 - j0
+        if self.e.fp8:
+            return self._fp8_rows(j0, j1, out)
         if not self.e.paged:
             out[:n].copy_(self.e.flat[j0:j1])
-            return
+            return None
         ps = self.e.page_size
         if self.e.num_pages == 0:  # nothing to gather (every row is masked)
             out[:n].zero_()
-            return
+            return None
         p0, p1 = j0 // ps, (j1 - 1) // ps + 1
         g = torch.index_select(self.e.pages, 0, self.safe_pages[p0:p1], out=self.gathered[: p1 - p0])
         out[:n].copy_(g.view(-1, g.shape[-1])[j0 - p0 * ps : j1 - p0 * ps])
+        return None
+
+    def _fp8_rows(self, j0: int, j1: int, out: torch.Tensor) -> torch.Tensor:
+        """The e4m3 values (fp32) of entries [j0, j1) into out, their scales returned ([j1 - j0] fp32),
+        gathered a whole page at a time (flat: entry j = slot j, pages j0 // page ..). Entries without a
+        valid slot read page 0 (masked by the caller); a pool without slots reads nothing (values and
+        scales 0)."""
+        n = j1 - j0
+        e = self.e
+        if e.pool.num_slots == 0:
+            out[:n].zero_()
+            return torch.zeros(n, dtype=torch.float32, device=e.device)
+        ps = e.page_size
+        p0, p1 = j0 // ps, (j1 - 1) // ps + 1
+        if e.paged:
+            pages = self.safe_pages[p0:p1]
+        else:
+            pages = torch.arange(p0, p1, device=e.device)
+        values, scales = e.pool.page_parts(pages)  # [p1 - p0, ps, Di] uint8, [p1 - p0, ps] fp32
+        lo = j0 - p0 * ps
+        out[:n].copy_(e4m3_values(values.view(-1, e.di)[lo : lo + n]))
+        return scales.view(-1)[lo : lo + n]
 
 
 def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=None, pair_bytes: int = 0):
@@ -134,7 +177,7 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
     vis = visible_end.long().clamp(0, entries.num_entries)
     per_pair = 4 + 1 + 24 + pair_bytes  # span scores, mask, arange/compare temporaries, consumer's keys
     budget = chunk_budget_bytes()
-    row_bytes = Di * (4 + index_k.element_size())  # a key row in fp32 + as gathered
+    row_bytes = Di * 4 + entries.row_bytes  # a key row in fp32 + as gathered
     block_bytes = lambda tg, n: n * (tg * (Hi + 1) * 4 + row_bytes)  # noqa: E731  + per-head, weighted scores
     # Token chunks leave room for a span of at least MIN_ENTRIES entries within the budget.
     tokens_per_step = rows_per_chunk(per_pair * MIN_ENTRIES + Hi * Di * 4 + MIN_ENTRIES * Hi * 4, T, budget)
@@ -162,9 +205,11 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                 scores = torch.empty(tg, s1 - s0, dtype=torch.float32, device=q.device)
                 for j0 in range(s0, s1, width):
                     j1 = min(s1, j0 + width)
-                    rows.rows(j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
+                    key_scales = rows.rows(j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
                     ph = per_head[:, : j1 - j0]
                     torch.mm(q_g, keys[: j1 - j0].T, out=ph)
+                    if key_scales is not None:  # FP8 keys: the entry's scale times <q, e4m3 values>
+                        ph.mul_(key_scales)
                     ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
                     dst = scores[:, j0 - s0 : j1 - s0]  # [Tg, Nc]
                     if tg == 1:  # a contiguous row: bmm writes it directly
@@ -199,9 +244,15 @@ def sort_keys(scores: torch.Tensor, usable: torch.Tensor, j0: int) -> torch.Tens
     return pack_keys(scores, ids).masked_fill_(~usable, NO_KEY)
 
 
+def _num_entries(index_k, block_table) -> int:
+    if isinstance(index_k, Fp8IndexKeyPool):
+        return index_k.num_slots if block_table is None else block_table.shape[1] * index_k.page_size
+    return index_k.shape[0] if block_table is None else block_table.shape[1] * index_k.shape[1]
+
+
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None):
     T = q.shape[0]
-    n = index_k.shape[0] if block_table is None else block_table.shape[1] * index_k.shape[1]
+    n = _num_entries(index_k, block_table)
     out = torch.full((T, n), NEG_INF, dtype=torch.float32, device=q.device)
     for tokens, j0, j1, scores, _ in score_blocks(q, weights, index_k, visible_end, block_table, seq_ids):
         out[tokens, j0:j1] = scores
@@ -242,7 +293,7 @@ def indexer_topk(q, weights, index_k, visible_end, topk, block_table=None, seq_i
     ids = _LOW32 - (best & _LOW32)
     lengths = selected.sum(dim=1).to(torch.int32)
     if return_slots and block_table is not None and block_table.shape[0] > 0:
-        page_size = index_k.shape[1]
+        page_size = index_k.page_size if isinstance(index_k, Fp8IndexKeyPool) else index_k.shape[1]
         rows = block_table.long()[seq_ids.long().clamp(0, block_table.shape[0] - 1)]  # [T, max_pages]
         pages = torch.gather(rows, 1, torch.where(selected, ids // page_size, torch.zeros_like(ids)))
         ids = pages * page_size + ids % page_size

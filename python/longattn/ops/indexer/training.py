@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
+from ...cache.fp8_index import Fp8IndexKeyPool
 from ...memory import chunk_budget_bytes, rows_per_chunk
 
 NEG_INF = float("-inf")
@@ -197,6 +198,12 @@ def indexer_kl_loss(
     chk.tensor("kv", kv, ("N", "D"), dtypes)
     chk.tensor("index_q", index_q, ("T", "Hi", "Di"), dtypes)
     chk.tensor("index_weights", index_weights, ("T", "Hi"), dtypes)
+    if isinstance(index_k, Fp8IndexKeyPool):
+        chk.fail(
+            "`index_k` must be a float tensor [N, Di] with gradients; FP8 index-key pools (Fp8IndexKeyPool) "
+            "are for inference (indexer_topk / indexer_logits)",
+            TypeError,
+        )
     chk.tensor("index_k", index_k, ("N", "Di"), dtypes)
     chk.tensor("visible_end", visible_end, ("T",), INDEX_DTYPES)
     T, H, D = q.shape

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from ..._env import positive_ints
+from ...cache.fp8_index import Fp8IndexKeyPool
 from ..triton_utils import and_flag, cdiv, dummy, interpreting, next_power_of_2
 from ..triton_utils import num_sms as _num_sms
 
@@ -52,10 +53,14 @@ WORKSPACE_BYTES = 256 << 20  # cap on the partial-list workspace (T x ranges x T
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def compute_dtype(q: torch.Tensor, index_k: torch.Tensor) -> torch.dtype:
-    if interpreting() or q.dtype == torch.float32 or q.dtype != index_k.dtype:
+def compute_dtype(q: torch.Tensor, index_k) -> torch.dtype:
+    """dtype of the dot operands: fp32 under the interpreter, for fp32 q or mixed dtypes; else q's. An FP8
+    pool's e4m3 values are exact in bf16 and fp16, so they take q's 16-bit dtype."""
+    if interpreting() or q.dtype == torch.float32:
         return torch.float32
-    return q.dtype
+    if isinstance(index_k, Fp8IndexKeyPool):
+        return q.dtype
+    return q.dtype if q.dtype == index_k.dtype else torch.float32
 
 
 def default_config(Hi: int, Di: int, device: torch.device) -> dict:
@@ -103,24 +108,74 @@ def _entry_rows(
     stride_ko,
     stride_kn,
     PAGED: tl.constexpr,
+    KEY_FP8: tl.constexpr = False,
+    K_ALIGN16: tl.constexpr = False,
 ):
-    """Row offsets ([BLOCK_N] int64) of entries ``o_j`` and whether each has a valid slot."""
+    """(row offsets [BLOCK_N] int64, scale offsets [BLOCK_N] int64, whether each entry has a valid slot).
+
+    FP8 keys (``KEY_FP8``, an ``Fp8IndexKeyPool``: ``stride_kp`` = page bytes, ``stride_ko`` = Di): the row
+    offset is the byte of the entry's first e4m3 value, the scale offset the fp32 element of its scale
+    (``page * stride_kp / 4 + page_size * Di / 4 + offset``); flat FP8 keys are slot j = entry j, in page
+    j // page_size. ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it). Float keys:
+    the scale offsets are unused."""
     if PAGED:
         o_j64 = o_j.to(tl.int64)
         m_pg = and_flag(m_j, seq_ok)
         b_page = tl.load(p_bt_row + (o_j64 // page_size) * stride_bt_p, mask=m_pg, other=-1).to(tl.int64)
         m_row = m_pg & (b_page >= 0) & (b_page < num_pages)
-        o_row = tl.where(m_row, b_page, 0) * stride_kp + (o_j64 % page_size) * stride_ko
+        b_page = tl.where(m_row, b_page, 0)
+        b_off = o_j64 % page_size
+        o_row = b_page * stride_kp + b_off * stride_ko
+    elif KEY_FP8:
+        m_row = m_j
+        o_j64 = tl.where(m_j, o_j, 0).to(tl.int64)
+        b_page = o_j64 // page_size
+        b_off = o_j64 % page_size
+        o_row = b_page * stride_kp + b_off * stride_ko
     else:
         m_row = m_j
         o_row = tl.where(m_j, o_j, 0).to(tl.int64) * stride_kn
-    return o_row, m_row
+    if KEY_FP8:
+        o_sc = b_page * (stride_kp // 4) + (page_size * stride_ko) // 4 + b_off
+        if K_ALIGN16:
+            o_row = tl.multiple_of(o_row, 16)
+    else:
+        o_sc = o_row
+    return o_row, o_sc, m_row
 
 
 @triton.jit
 def _relu(x):
     """max(x, 0) with NaN kept (as torch.relu): ``tl.maximum`` would drop it on GPUs (maxnum)."""
     return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8: tl.constexpr, CDT: tl.constexpr):
+    """[BLOCK_N, BLOCK_DI] key values (CDT) of the rows ``o_row`` at dims ``o_d``; masked -> 0. FP8 keys:
+    the e4m3 values (exact in bf16 / fp16 / fp32), not yet scaled; Di is a multiple of 16, so the dim
+    mask is written per 16-byte group (the compiler keeps the loads 16 bytes wide)."""
+    if KEY_FP8:
+        m_k = m_row[:, None] & ((o_d // 16) < (Di // 16))[None, :]
+        b_raw = tl.load(p_k + o_row[:, None] + o_d[None, :], mask=m_k, other=0)
+        b_k = b_raw.to(tl.float8e4nv, bitcast=True).to(CDT)
+        # e4m3fn's NaN codes (0x7F / 0xFF): NaN whatever the conversion does with them (the interpreter's
+        # gives +-480), as the reference's
+        return tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_k).to(CDT)
+    else:
+        m_k = m_row[:, None] & (o_d < Di)[None, :]
+        return tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_k, other=0.0).to(CDT)
+
+
+@triton.jit
+def _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8: tl.constexpr):
+    """Per-head logits [BLOCK_HI, BLOCK_N] times each FP8 entry's fp32 scale (before the ReLU, so any
+    scale, negative / NaN / inf included, gives the reference's result); float keys: unchanged."""
+    if KEY_FP8:
+        b_sc = tl.load(p_ks + o_sc, mask=m_row, other=0.0)  # [BLOCK_N] fp32
+        return b_s * b_sc[None, :]
+    else:
+        return b_s
 
 
 @triton.jit
@@ -133,7 +188,9 @@ def _score_entries(
     p_w_t,
     stride_wh,
     p_k,
+    p_ks,
     o_row,
+    o_sc,
     m_row,
     stride_kd,
     Hi,
@@ -144,17 +201,17 @@ def _score_entries(
     ONE_TILE: tl.constexpr,
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    KEY_FP8: tl.constexpr,
 ):
-    """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0)."""
+    """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0). FP8
+    keys: sum_h w[h] * relu(scale_j * <q[h], e4m3 values of j>)."""
     if ONE_TILE:
         # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
         o_d = tl.arange(0, BLOCK_DI)
         # [BLOCK_N, BLOCK_DI]
-        b_k = tl.load(
-            p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & (o_d < Di)[None, :], other=0.0
-        ).to(CDT)
+        b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT)
         # [BLOCK_HI, BLOCK_N]
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+        b_s = _scaled(tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC), p_ks, o_sc, m_row, KEY_FP8)
         m_h = tl.arange(0, BLOCK_HI) < Hi  # padded heads add nothing (not even 0 * NaN)
         return tl.sum(tl.where(m_h[:, None], b_w[:, None] * _relu(b_s), 0.0), 0)
     else:
@@ -174,10 +231,9 @@ def _score_entries(
                     other=0.0,
                 ).to(CDT)
                 # [BLOCK_N, BLOCK_DI]
-                b_k = tl.load(
-                    p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_row[:, None] & m_d[None, :], other=0.0
-                ).to(CDT)
+                b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT)
                 b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
+            b_s = _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8)
             # [BLOCK_HI]
             b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
             b_score += tl.sum(tl.where(m_h[:, None], b_wc[:, None] * _relu(b_s), 0.0), 0)
@@ -308,6 +364,7 @@ def _indexer_topk_partial_kernel(
     stride_wt,
     stride_wh,
     p_k,
+    p_ks,
     stride_kp,
     stride_ko,
     stride_kn,
@@ -343,6 +400,8 @@ def _indexer_topk_partial_kernel(
     DOT_PREC: tl.constexpr,
     BITONIC: tl.constexpr,
     KEYS_ONLY: tl.constexpr = False,
+    KEY_FP8: tl.constexpr = False,
+    K_ALIGN16: tl.constexpr = False,
 ):
     """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t, or with
     ``KEYS_ONLY`` the sort key of every entry of the range (NO_KEY past visible_end) at
@@ -376,8 +435,20 @@ def _indexer_topk_partial_kernel(
     for j0 in range(j_lo, j_hi, BLOCK_N):
         o_j = j0 + tl.arange(0, BLOCK_N)
         m_j = o_j < j_hi
-        o_row, m_row = _entry_rows(
-            o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages, stride_kp, stride_ko, stride_kn, PAGED
+        o_row, o_sc, m_row = _entry_rows(
+            o_j,
+            m_j,
+            p_bt_row,
+            stride_bt_p,
+            seq_ok,
+            page_size,
+            num_pages,
+            stride_kp,
+            stride_ko,
+            stride_kn,
+            PAGED,
+            KEY_FP8,
+            K_ALIGN16,
         )
         # [BLOCK_N]
         b_score = _score_entries(
@@ -389,7 +460,9 @@ def _indexer_topk_partial_kernel(
             p_w_t,
             stride_wh,
             p_k,
+            p_ks,
             o_row,
+            o_sc,
             m_row,
             stride_kd,
             Hi,
@@ -400,6 +473,7 @@ def _indexer_topk_partial_kernel(
             ONE_TILE,
             CDT,
             DOT_PREC,
+            KEY_FP8,
         )
         b_key = _sort_keys(b_score, o_j, m_row)
         if KEYS_ONLY:
@@ -532,6 +606,7 @@ def _indexer_logits_kernel(
     stride_wt,
     stride_wh,
     p_k,
+    p_ks,
     stride_kp,
     stride_ko,
     stride_kn,
@@ -555,6 +630,8 @@ def _indexer_logits_kernel(
     BLOCK_N: tl.constexpr,
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    KEY_FP8: tl.constexpr = False,
+    K_ALIGN16: tl.constexpr = False,
 ):
     """Program (t, c): scores of entries [c * BLOCK_N, (c + 1) * BLOCK_N) of token t; -inf if unusable."""
     i_t = tl.program_id(0).to(tl.int64)
@@ -563,8 +640,20 @@ def _indexer_logits_kernel(
     n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
     m_j = o_j < n_vis
     p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
-    o_row, m_row = _entry_rows(
-        o_j, m_j, p_bt_row, stride_bt_p, seq_ok, page_size, num_pages, stride_kp, stride_ko, stride_kn, PAGED
+    o_row, o_sc, m_row = _entry_rows(
+        o_j,
+        m_j,
+        p_bt_row,
+        stride_bt_p,
+        seq_ok,
+        page_size,
+        num_pages,
+        stride_kp,
+        stride_ko,
+        stride_kn,
+        PAGED,
+        KEY_FP8,
+        K_ALIGN16,
     )
     b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
     b_w = tl.zeros([BLOCK_HI], tl.float32)
@@ -578,7 +667,9 @@ def _indexer_logits_kernel(
         p_w + i_t * stride_wt,
         stride_wh,
         p_k,
+        p_ks,
         o_row,
+        o_sc,
         m_row,
         stride_kd,
         Hi,
@@ -589,6 +680,7 @@ def _indexer_logits_kernel(
         False,
         CDT,
         DOT_PREC,
+        KEY_FP8,
     )
     tl.store(p_out + i_t * stride_out_t + o_j, tl.where(m_row, b_score, _NEG_INF), mask=m_out)
 
@@ -598,20 +690,44 @@ def _indexer_logits_kernel(
 # ---------------------------------------------------------------------------------------------------
 def _pool_args(index_k, block_table, seq_ids):
     """Uniform description of flat / paged index keys: (num_entries, stride_kp, stride_ko, stride_kn,
-    stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged)."""
+    stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged). An FP8 pool:
+    stride_kp = page bytes, stride_ko = Di (bytes per e4m3 row); flat, entry j = slot j."""
     unused = dummy(index_k.device)  # block table / sequence ids of flat keys, an empty table: never read
+    fp8 = isinstance(index_k, Fp8IndexKeyPool)
     if block_table is None:
+        if fp8:
+            P, page, Di = index_k.num_pages, index_k.page_size, index_k.dim
+            return (P * page, index_k.page_bytes, Di, 0, 1, unused, 0, 0, unused, 0, P, page, False)
         return (index_k.shape[0], 0, 0, index_k.stride(0), index_k.stride(1), unused, 0, 0, unused, 0, 0, 1, False)
-    P, page, _ = index_k.shape
+    if fp8:
+        P, page = index_k.num_pages, index_k.page_size
+        strides = (index_k.page_bytes, index_k.dim, 0, 1)
+    else:
+        P, page, _ = index_k.shape
+        strides = (index_k.stride(0), index_k.stride(1), 0, index_k.stride(2))
     B, max_pages = block_table.shape
     bt = block_table if block_table.numel() else unused
-    return (max_pages * page, index_k.stride(0), index_k.stride(1), 0, index_k.stride(2), bt,
+    return (max_pages * page, *strides, bt,
             block_table.stride(0) if block_table.numel() else 0, block_table.stride(1) if block_table.numel() else 0,
             seq_ids, B, P, page, True)  # fmt: skip
 
 
 def _nonempty(x: torch.Tensor) -> torch.Tensor:
     return x if x.numel() else dummy(x.device, x.dtype)
+
+
+def _key_args(index_k):
+    """(keys pointer, scales pointer, KEY_FP8, K_ALIGN16) of index_k. An FP8 pool: its uint8 data and the
+    same bytes viewed as fp32 (the scales; Di % 16 == 0 keeps them 4-byte aligned); rows are 16-byte
+    aligned when every page is (page bytes % 16 == 0, or one page) and so is the data pointer."""
+    if not isinstance(index_k, Fp8IndexKeyPool):
+        k = _nonempty(index_k)
+        return k, k, False, False
+    data = index_k.data
+    if data.numel() == 0:  # no slot is valid: never read
+        return torch.zeros(16, dtype=torch.uint8, device=data.device), torch.zeros(1, device=data.device), True, False
+    aligned = (index_k.page_bytes % 16 == 0 or index_k.num_pages == 1) and data.data_ptr() % 16 == 0
+    return data, data.view(torch.float32), True, aligned
 
 
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None, config=None):
@@ -625,15 +741,16 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         return out
     cfg = dict(config) if config is not None else default_config(Hi, Di, q.device)
     cdt = compute_dtype(q, index_k)
+    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
     grid = (T, cdiv(n, cfg["BLOCK_N"]))
     _indexer_logits_kernel[grid](
         q, q.stride(0), q.stride(1), q.stride(2),
         weights, weights.stride(0), weights.stride(1),
-        _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+        p_k, p_ks, pa[1], pa[2], pa[3], pa[4],
         pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
         visible_end, n, out, out.stride(0), Hi, Di,
         PAGED=pa[12], BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=cfg["BLOCK_N"],
-        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
+        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, KEY_FP8=key_fp8, K_ALIGN16=align16,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     return out
@@ -699,10 +816,11 @@ def indexer_topk(
     final = ranges == 1
     one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
     ws = torch.empty(T, ranges, topk_p2, dtype=torch.int64, device=device) if not final else indices
+    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
     _indexer_topk_partial_kernel[(T, ranges)](
         q, q.stride(0), q.stride(1), q.stride(2),
         weights, weights.stride(0), weights.stride(1),
-        _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+        p_k, p_ks, pa[1], pa[2], pa[3], pa[4],
         pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
         visible_end, n, per,
         ws, ws.stride(0), ws.stride(1) if not final else 0,
@@ -710,7 +828,7 @@ def indexer_topk(
         PAGED=paged, FINAL=final, TO_SLOTS=to_slots, TOPK_P2=topk_p2,
         BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
         CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=bitonic,
-        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+        KEY_FP8=key_fp8, K_ALIGN16=align16, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     span = per
     while not final:
@@ -766,6 +884,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
         best = torch.empty(rows, 1, topk_p2, dtype=torch.int64, device=device)
     else:
         best = torch.full((rows, 1, topk_p2), _NO_KEY.value, dtype=torch.int64, device=device)
+    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
     for t0 in range(0, T, rows):
         t1 = min(T, t0 + rows)
         tc = t1 - t0
@@ -787,7 +906,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
             _indexer_topk_partial_kernel[(tc, ranges)](
                 q_c, q_c.stride(0), q_c.stride(1), q_c.stride(2),
                 w_c, w_c.stride(0), w_c.stride(1),
-                _nonempty(index_k), pa[1], pa[2], pa[3], pa[4],
+                p_k, p_ks, pa[1], pa[2], pa[3], pa[4],
                 pa[5], pa[6], pa[7], seq, pa[9], pa[10], pa[11],
                 vis, n, per,
                 keys, keys.stride(0), 0,
@@ -795,7 +914,8 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 PAGED=paged, FINAL=False, TO_SLOTS=False, TOPK_P2=topk_p2,
                 BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
                 CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
-                KEYS_ONLY=True, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+                KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16,
+                num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
             key_rows = keys if tc == rows and keys.shape[1] == n else keys[:tc, :n]
             best[:tc, 0, :k_sel] = torch.topk(key_rows, k_sel, dim=1, sorted=True).values
