@@ -48,9 +48,14 @@ def ptx_properties(ptx: str) -> dict:
 
     bulk = ptx.count("cp.async.bulk")
     narrow = {n: len(re.findall(rf"\bld\.global(?:\.[a-z]+)*\.[bus]{8 * n}\b", ptx)) for n in (1, 2)}
+    # 16-byte global reads: vector loads of four 32-bit words, cp.async copies of 16 bytes (cp-size 16)
+    v4 = len(re.findall(r"\bld\.global(?:\.[\w:]+)*\.v4\.[bfsu]32\b", ptx))
+    cp16 = len(re.findall(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(?:0x10|16)\b",
+                          ptx))  # fmt: skip
     return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
-                tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2])  # fmt: skip
+                tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2], ld_global_v4=v4,
+                cp_async_16=cp16)  # fmt: skip
 
 
 def amdgcn_properties(asm: str) -> dict:
@@ -224,7 +229,7 @@ def compile_all(arch=90) -> list:
     def indexer_partial(name, cfg, fp8=False, **mode):  # the partial kernel over paged bf16 / FP8 keys, top-512
         cx = dict(PAGED=True, FINAL=False, TOPK_P2=512, BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"],
                   BLOCK_N=cfg["BLOCK_N"], ONE_TILE=True, CDT=tl.bfloat16, DOT_PREC=None,
-                  stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=fp8)  # fmt: skip
+                  stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=True, K_GROUP=16 if fp8 else 8)  # fmt: skip
         types = dict(itypes, p_k="*u8") if fp8 else itypes
         build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, types, dict(cx, **mode), cfg["num_warps"],
               cfg["num_stages"])  # fmt: skip
@@ -249,6 +254,7 @@ def compile_all(arch=90) -> list:
                 DOT_PREC=None,
                 KEY_FP8=True,
                 K_ALIGN16=True,
+                K_GROUP=16,
             ),  # fmt: skip
             icfg["num_warps"],
             1,
@@ -281,7 +287,8 @@ def compile_all(arch=90) -> list:
             CDT=tl.bfloat16,
             DOT_PREC=None,
             KEY_FP8=False,
-            K_ALIGN16=False,
+            K_ALIGN16=True,
+            K_GROUP=8,
         ),  # fmt: skip
         icfg["num_warps"],
         1,
@@ -377,6 +384,7 @@ def compile_all(arch=90) -> list:
             signature, constexprs, attrs, options = jit
             build(f"jit {name}", fn, None, constexprs, options.num_warps, options.num_stages, attrs, signature)
             results[-1]["grid"] = list(grid)
+            results[-1]["launch"] = {k: v for k, v in kwargs.items() if k in ("BLOCK_N", "BLOCK_DI", "num_warps")}
     return results
 
 
@@ -449,35 +457,48 @@ def jit_launches(tsa) -> list:
 
 
 def jit_indexer_launches(ti) -> list:
-    """[(name, fn, grid, args, kwargs)]: the key kernel of ``indexer_topk``'s select path (V4 CSA decode:
-    64 tokens x 64 heads x 128 dims over 8192 paged entries, bf16 q) over a bf16 and an FP8 index-key
-    pool, with the launcher's own arguments (132 SMs, the sm_90 tiles of ``select_config``)."""
+    """[(name, fn, grid, args, kwargs)]: the indexer's key kernels as ``indexer_topk`` / ``indexer_logits``
+    launch them for the V4 CSA decode (64 tokens x 64 heads x 128 dims over 8192 entries, bf16 q) with
+    the launcher's own arguments (132 SMs, the sm_90 tiles): the select path's key kernel over a paged
+    bf16 pool, a paged FP8 pool and flat bf16 keys; the fused path's partial kernel and the logits
+    kernel over the paged bf16 pool."""
     import torch
     from longattn.cache import Fp8IndexKeyPool
 
-    cuda = torch.device("cuda")  # only handed to select_config(): no CUDA call is made
+    cuda = torch.device("cuda")  # only handed to the config functions: no CUDA call is made
     sms = ti._num_sms
     ti._num_sms = lambda device: 132
     out = []
+    kernels = ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel", "_indexer_logits_kernel"]
     try:
         T, Hi, Di, N, page = 64, 64, 128, 8192, 64
-        for pool in ("bf16", "fp8"):
-            q = torch.empty(T, Hi, Di, dtype=torch.bfloat16)
-            w = torch.empty(T, Hi, dtype=torch.float32)
-            keys = (Fp8IndexKeyPool.empty(N // page, page, Di) if pool == "fp8"
-                    else torch.empty(N // page, page, Di, dtype=torch.bfloat16))  # fmt: skip
-            bt = torch.arange(N // page, dtype=torch.int32).view(1, -1)
-            seq, ve = torch.zeros(T, dtype=torch.int32), torch.full((T,), N, dtype=torch.int32)
-            cfg = ti.select_config(Hi, Di, cuda)
+        q = torch.empty(T, Hi, Di, dtype=torch.bfloat16)
+        w = torch.empty(T, Hi, dtype=torch.float32)
+        bt = torch.arange(N // page, dtype=torch.int32).view(1, -1)
+        seq, ve = torch.zeros(T, dtype=torch.int32), torch.full((T,), N, dtype=torch.int32)
+        bf16 = torch.empty(N // page, page, Di, dtype=torch.bfloat16)
+        cases = [
+            ("indexer select keys bf16-pool", "select", bf16, bt),
+            ("indexer select keys fp8-pool", "select", Fp8IndexKeyPool.empty(N // page, page, Di), bt),
+            ("indexer select keys bf16-flat", "select", torch.empty(N, Di, dtype=torch.bfloat16), None),
+            ("indexer fused partial bf16-pool", "fused", bf16, bt),
+            ("indexer logits bf16-pool", "logits", bf16, bt),
+        ]
+        for name, method, keys, table in cases:
+            cfg = (ti.select_config if method == "select" else ti.default_config)(Hi, Di, cuda)
+            sq = seq if table is not None else None
 
-            def call(keys=keys, q=q, w=w, bt=bt, seq=seq, ve=ve, cfg=cfg):
-                ti.indexer_topk(q, w, keys, ve, 512, bt, seq, method="select", config=cfg)
+            def call(keys=keys, table=table, sq=sq, method=method, cfg=cfg):
+                if method == "logits":
+                    ti.indexer_logits(q, w, keys, ve, table, sq, config=cfg)
+                else:
+                    ti.indexer_topk(q, w, keys, ve, 512, table, sq, method=method, config=cfg)
 
-            launches = captured_launches(ti, ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel"], call)
+            launches = captured_launches(ti, kernels, call)
             out += [
-                (f"indexer select keys {pool}-pool V4 decode T=64 {cfg}", fn, grid, a, kw)
+                (f"{name} V4 decode T=64 {cfg}", fn, grid, a, kw)
                 for fn, grid, a, kw in launches
-                if fn is ti._indexer_topk_partial_kernel
+                if fn is not ti._indexer_topk_merge_kernel
             ]
     finally:
         ti._num_sms = sms

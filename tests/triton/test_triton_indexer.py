@@ -22,6 +22,7 @@ from tests.helpers.indexer import (
     check_topk,
     int_inputs,
     nan_inputs,
+    same_values,
     score_bound,
 )
 from tests.helpers.triton_kernels import run_topk_kernel as run_topk
@@ -456,3 +457,141 @@ def test_fp8_pool_without_pages_reads_nothing():
         assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]
         idx, lengths = ti.indexer_topk(*dev(q, w), pool, dev(ve)[0], 4, method=method)
         assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# float key pools read 16 bytes at a time: the dim masks are written per 16-byte group (K_GROUP dims,
+# 8 bf16 / fp16 or 4 fp32) when Di is a multiple of it, with a 16-byte row alignment hint (K_ALIGN16);
+# the per-dim mask otherwise. Keys and q live inside NaN-filled storage (rows wider than Di, an offset):
+# a read past Di, or before the row, makes a NaN score (q, 0 there, times NaN) that ranks first.
+# ---------------------------------------------------------------------------------------------------
+def _in_nan_storage(x, pad, off=0):
+    """x copied into a NaN-filled tensor on the test device whose last dim is wider by ``off`` before and
+    ``pad`` after: a view with the values of x, strided rows, NaN around every row."""
+    store = torch.full((*x.shape[:-1], off + x.shape[-1] + pad), NAN, dtype=x.dtype, device=DEVICE)
+    view = store[..., off : off + x.shape[-1]]
+    view.copy_(x.to(DEVICE))
+    return view
+
+
+def _all_paths(q, w, k, ve, topk, **kw):
+    """(select, fused with ranges of 16 entries, logits) of the Triton kernels on the test device."""
+    kw = _on_dev(kw)
+    sel = ti.indexer_topk(q, w, k, ve, topk, method="select", **kw)
+    fused = ti.indexer_topk(q, w, k, ve, topk, entries_per_program=16, **kw)
+    logits = ti.indexer_logits(q, w, k, ve, kw.get("block_table"), kw.get("seq_ids"))
+    return sel, fused, logits
+
+
+@pytest.mark.parametrize(
+    "k, group, aligned",
+    [
+        (torch.empty(9, 128, dtype=torch.bfloat16), 8, True),  # the V4 flat keys
+        (torch.empty(3, 64, 128, dtype=torch.bfloat16), 8, True),  # the V4 paged pool
+        (torch.empty(9, 24, dtype=torch.bfloat16), 8, True),  # rows of 48 bytes
+        (torch.empty(9, 20, dtype=torch.bfloat16), 1, False),  # Di not a multiple of 8: per-dim mask
+        (torch.empty(9, 20, dtype=torch.float32), 4, True),
+        (torch.empty(9, 18, dtype=torch.float32), 1, False),
+        (torch.empty(9, 40, dtype=torch.float16)[:, :24], 8, True),  # row stride 40 != Di
+        (torch.empty(9, 40, dtype=torch.float32)[:, 3:19], 4, False),  # base 12 bytes off: group, no hint
+        (torch.empty(9, 44, dtype=torch.float32)[:, :16], 4, True),  # row stride 176 bytes
+        (torch.empty(9, 42, dtype=torch.float32)[:, :16], 4, False),  # row stride 168 bytes
+        (torch.empty(9, 32, dtype=torch.bfloat16)[:, ::2], 1, False),  # dim stride 2
+        (torch.empty(3, 5, 44, dtype=torch.bfloat16)[..., :16], 8, False),  # slot stride 88 bytes
+        (torch.empty(3, 5, 48, dtype=torch.bfloat16)[..., :16], 8, True),
+        (torch.empty(3, 1, 36, dtype=torch.bfloat16)[..., :16], 8, False),  # page stride 72 bytes
+        (torch.empty(1, 5, 40, dtype=torch.bfloat16)[..., :16], 8, True),  # one page: its stride unused
+    ],
+    ids=lambda v: (
+        f"{str(v.dtype)[6:]}{tuple(v.shape)}/{tuple(v.stride())}/+{v.storage_offset()}"
+        if isinstance(v, torch.Tensor)
+        else str(v)
+    ),
+)
+def test_float_key_layout(k, group, aligned):
+    """K_GROUP / K_ALIGN16 of float keys: the 16-byte group only when it divides Di and dims are unit
+    strided; the alignment hint only when the base pointer and every used row stride are 16-byte aligned."""
+    assert ti._float_key_layout(k) == (group, aligned)
+
+
+def test_float_key_layout_reaches_every_kernel():
+    """The key kernels' launches (select, fused, logits; flat and paged) carry the pool's K_GROUP and
+    K_ALIGN16 (an FP8 pool: 16, aligned)."""
+    from tests.triton.sm90_compile import captured_launches
+
+    q, w, k = int_inputs(2, 3, 24, 40)
+    ve = torch.tensor([40, 7]).to(DEVICE)
+    bt = torch.arange(5, dtype=torch.int32).view(1, 5).to(DEVICE)
+    seq = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    names = ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel", "_indexer_logits_kernel"]
+    cases = [
+        (_in_nan_storage(k.bfloat16(), 8), 24, False, (8, True)),
+        (_in_nan_storage(k, 3), 24, False, (4, False)),
+        (k[:, :20].contiguous().to(DEVICE), 20, False, (4, True)),
+        (k[:, :20].bfloat16().to(DEVICE), 20, False, (1, False)),
+        (_in_nan_storage(k.view(5, 8, 24).half(), 8), 24, True, (8, True)),
+        (_fp8(k.view(5, 8, 24)[..., :16].contiguous()), 16, True, (16, True)),
+    ]
+    for keys, Di, paged, want in cases:
+        qd, wd = q[..., :Di].contiguous().to(DEVICE), w.to(DEVICE)
+        table = dict(block_table=bt, seq_ids=seq) if paged else {}
+
+        def call(keys=keys, qd=qd, wd=wd, table=table):
+            ti.indexer_topk(qd, wd, keys, ve, 4, method="select", **table)
+            ti.indexer_topk(qd, wd, keys, ve, 4, entries_per_program=16, **table)
+            ti.indexer_logits(qd, wd, keys, ve, table.get("block_table"), table.get("seq_ids"))
+
+        launches = captured_launches(ti, names, call)
+        got = [(fn.fn.__name__, kw["K_GROUP"], kw["K_ALIGN16"]) for fn, _, _, kw in launches if "K_GROUP" in kw]
+        kernels = ["_indexer_topk_partial_kernel"] * 2 + ["_indexer_logits_kernel"]
+        assert got == [(n, *want) for n in kernels], (Di, paged, got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("Di", [16, 20, 24, 36, 48, 64, 128, 144])
+def test_float_pool_dims_exact(Di, dtype):
+    """Flat keys of every Di (multiples of the 16-byte group: grouped mask; 20 and 36 in bf16 / fp16 and
+    every non multiple of 4: the per-dim mask; 144: two dim tiles) in NaN-filled storage (row stride
+    != Di, some at a misaligned base), q too: the select, fused and logits kernels equal the oracle
+    exactly; visible ends cross the 32-entry blocks."""
+    T, Hi, N = 5, 3, 70
+    q, w, k = int_inputs(T, Hi, Di, N, dtype=dtype, g=torch.Generator().manual_seed(Di))
+    k[11] = k[3]  # a tie
+    ve = torch.tensor([70, 33, 31, 64, 0], dtype=torch.int32)
+    want_idx = oracle.indexer_topk(q, w, k, ve, 12)
+    want_logits = oracle.indexer_logits(q, w, k, ve)
+    for off in (0, 3):
+        kd, qd = _in_nan_storage(k, 8 + off, off), _in_nan_storage(q, 5, off)
+        sel, fused, logits = _all_paths(qd, w.to(DEVICE), kd, ve.to(DEVICE), 12)
+        assert_same(sel, want_idx, f"select Di={Di} off={off}")
+        assert_same(fused, want_idx, f"fused Di={Di} off={off}")
+        assert same_values(logits, want_logits.float()), f"logits Di={Di} off={off}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("Di", [20, 24, 48, 144])
+@pytest.mark.parametrize("page", [3, 5])
+def test_float_pool_paged_odd_pages_exact(page, Di, dtype):
+    """Paged float pools with odd page sizes inside NaN-filled storage (slot stride != Di): shuffled
+    pages, a page -1, a page past the pool, invalid sequence ids, visible ends inside and across pages
+    and entry blocks; the three kernels equal the oracle, slots too."""
+    B, max_pages, Hi = 3, 14, 3
+    P = B * max_pages + 2
+    g = torch.Generator().manual_seed(page * Di)
+    q, w, _ = int_inputs(8, Hi, Di, 1, dtype=dtype, g=g)
+    pool = torch.randint(-2, 3, (P, page, Di), generator=g).to(dtype)
+    bt = torch.randperm(P, generator=g)[: B * max_pages].view(B, max_pages).int()
+    bt[1, -1] = -1
+    bt[2, 2] = P + 3
+    seq = torch.tensor([0, 1, 2, 2, 0, 1, 5, -1], dtype=torch.int32)
+    n = max_pages * page
+    ve = torch.tensor([n, n, 33, 3 * page - 1, 31, 2, 9, 9], dtype=torch.int32)
+    args = dict(block_table=bt, seq_ids=seq)
+    want_logits = oracle.indexer_logits(q, w, pool, ve, **args)
+    pd = _in_nan_storage(pool, 8)
+    for slots in (False, True):
+        want = oracle.indexer_topk(q, w, pool, ve, 10, return_slots=slots, **args)
+        sel, fused, logits = _all_paths(q.to(DEVICE), w.to(DEVICE), pd, ve.to(DEVICE), 10, return_slots=slots, **args)
+        assert_same(sel, want, f"select page={page} Di={Di} slots={slots}")
+        assert_same(fused, want, f"fused page={page} Di={Di} slots={slots}")
+        assert same_values(logits, want_logits.float()), f"logits page={page} Di={Di}"

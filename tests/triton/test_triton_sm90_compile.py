@@ -99,22 +99,32 @@ def test_launches_as_the_jit_specialises_them_for_sm90():
     assert fp8["ld_global_1b"] <= 64 and fp8["cp_async"] > bf16["cp_async"] // 2, fp8
 
 
-def test_fp8_index_key_kernel_as_the_jit_specialises_it_for_sm90():
-    """The indexer's select-path key kernel over an FP8 index-key pool (V4 CSA decode, launched by the
-    launcher on CPU tensors and specialised by the JIT's binder, tests/triton/sm90_compile.py
-    jit_indexer_launches), next to the same launch over a bf16 pool: wgmma, no spill, and the e4m3 bytes
-    arrive 16 at a time (cp.async of 16 B, pipelined; no 1-byte global load left); the fp32 scales are
-    4-byte loads. Measured with triton 3.7.1: FP8 134 registers, 7 cp.async, 0 spills; bf16 74 registers,
-    no cp.async (its keys are 2-byte loads: the runtime Di mask keeps them scalar)."""
+def test_index_key_kernels_as_the_jit_specialises_them_for_sm90():
+    """The indexer's key kernels as the launchers launch them for the V4 CSA decode (64 tokens x 64 heads
+    x 128 dims, 8192 entries; 132 SMs, the sm_90 tiles; specialised by the JIT's binder:
+    tests/triton/sm90_compile.py jit_indexer_launches): the select path's key kernel over a paged bf16
+    pool, a paged FP8 pool and flat bf16 keys, the fused path's partial kernel and the logits kernel
+    over the paged bf16 pool. Each: wgmma, no spill, no 1- or 2-byte global load (the dim masks are
+    written per 16-byte group, ``K_GROUP``), and the key tile arrives by cp.async of 16 bytes,
+    pipelined (at least the [BLOCK_N, 128] tile's 16-byte chunks per thread). Measured with triton
+    3.7.1, registers before -> after the bf16 keys' 16-byte loads: select paged 74 -> 74 (keys: 64 2-byte
+    loads, no cp.async -> 8 cp.async of 16 B; q: 4 ld.global.v4), select flat 56 -> 47, fused partial
+    165 -> 152, logits 124 -> 70; FP8 134 registers, 4 cp.async of 16 B."""
     results = [r for r in check_compiled(90, SM90_MAX_SHARED_PER_BLOCK) if r["name"].startswith("jit indexer ")]
     if any("skipped" in r for r in results):
         pytest.skip(results[0]["skipped"])
-    (fp8,) = by_prefix(results, "jit indexer select keys fp8-pool")
-    (bf16,) = by_prefix(results, "jit indexer select keys bf16-pool")
-    for r in (fp8, bf16):
+    names = ("select keys bf16-pool", "select keys fp8-pool", "select keys bf16-flat", "fused partial bf16-pool",
+             "logits bf16-pool")  # fmt: skip
+    assert len(results) == len(names), [r["name"] for r in results]
+    for name in names:
+        (r,) = by_prefix(results, f"jit indexer {name}")
         assert r["wgmma"] > 0 and r["mma_sync"] == 0, r
         assert spill_bytes(r["ptxas"]) == 0, r
-    assert fp8["ld_global_1b"] == 0 and fp8["cp_async"] > 0, f"e4m3 bytes not loaded 16 at a time: {fp8}"
+        assert r["ld_global_1b"] == 0 and r["ld_global_2b"] == 0, f"keys or q loaded 1 or 2 bytes at a time: {r}"
+        elem = 1 if "fp8" in name else 2
+        launch = r["launch"]
+        chunks = launch["BLOCK_N"] * 128 * elem // (16 * 32 * launch["num_warps"])  # 16-B chunks of a key tile
+        assert r["cp_async_16"] >= chunks > 0, f"key tile not copied 16 bytes at a time by cp.async: {r}"
 
 
 @pytest.mark.parametrize("arch,max_shared", [(80, 163 * 1024), (89, 99 * 1024)], ids=["sm80", "sm89"])
@@ -155,7 +165,8 @@ SPARSE_D512_SPILL_BUDGETS = {
     "jit sparse CSA decode fp8-pool": 448,  # 408 / 276 / 384 B (before 16-B FP8 row loads: 578 B with 3.7.1)
     "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 B
     # the FP8 index-key select kernel by its hand-written signature (no pointer alignment: e4m3 bytes
-    # loaded one at a time, 255 registers): 4 B with 3.7.1; as the JIT launches it, 0 B (asserted)
+    # loaded one at a time, 255 registers): 8 B with 3.7.1 (4 B before its q mask went per 16-dim group);
+    # as the JIT launches it, 0 B (asserted)
     "indexer fp8 select keys": 16,
 }
 

@@ -110,14 +110,15 @@ def _entry_rows(
     PAGED: tl.constexpr,
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
+    K_GROUP: tl.constexpr = 1,
 ):
     """(row offsets [BLOCK_N] int64, scale offsets [BLOCK_N] int64, whether each entry has a valid slot).
 
     FP8 keys (``KEY_FP8``, an ``Fp8IndexKeyPool``: ``stride_kp`` = page bytes, ``stride_ko`` = Di): the row
     offset is the byte of the entry's first e4m3 value, the scale offset the fp32 element of its scale
     (``page * stride_kp / 4 + page_size * Di / 4 + offset``); flat FP8 keys are slot j = entry j, in page
-    j // page_size. ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it). Float keys:
-    the scale offsets are unused."""
+    j // page_size. ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it; float keys:
+    a multiple of ``K_GROUP`` elements, the 16-byte group). Float keys: the scale offsets are unused."""
     if PAGED:
         o_j64 = o_j.to(tl.int64)
         m_pg = and_flag(m_j, seq_ok)
@@ -141,6 +142,8 @@ def _entry_rows(
             o_row = tl.multiple_of(o_row, 16)
     else:
         o_sc = o_row
+        if K_ALIGN16:
+            o_row = tl.multiple_of(o_row, K_GROUP)
     return o_row, o_sc, m_row
 
 
@@ -151,10 +154,16 @@ def _relu(x):
 
 
 @triton.jit
-def _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8: tl.constexpr, CDT: tl.constexpr):
+def _load_keys(
+    p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8: tl.constexpr, CDT: tl.constexpr, K_GROUP: tl.constexpr = 1
+):
     """[BLOCK_N, BLOCK_DI] key values (CDT) of the rows ``o_row`` at dims ``o_d``; masked -> 0. FP8 keys:
     the e4m3 values (exact in bf16 / fp16 / fp32), not yet scaled; Di is a multiple of 16, so the dim
-    mask is written per 16-byte group (the compiler keeps the loads 16 bytes wide)."""
+    mask is written per 16-byte group (the compiler keeps the loads 16 bytes wide). Float keys: with
+    ``K_GROUP`` > 1 (the launcher's: the elements of 16 bytes, Di a multiple of it, unit dim stride)
+    the mask is written per group of K_GROUP dims: constant across a group (chunks start at multiples
+    of BLOCK_DI), so the compiler keeps the loads 16 bytes wide, and exact, as K_GROUP divides Di
+    (d // G < Di // G <=> d < Di); K_GROUP = 1: the per-dim mask (any Di, any dim stride)."""
     if KEY_FP8:
         m_k = m_row[:, None] & ((o_d // 16) < (Di // 16))[None, :]
         b_raw = tl.load(p_k + o_row[:, None] + o_d[None, :], mask=m_k, other=0)
@@ -163,7 +172,7 @@ def _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8: tl.constexpr, CDT
         # gives +-480), as the reference's
         return tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_k).to(CDT)
     else:
-        m_k = m_row[:, None] & (o_d < Di)[None, :]
+        m_k = m_row[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :]
         return tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_k, other=0.0).to(CDT)
 
 
@@ -202,6 +211,7 @@ def _score_entries(
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     KEY_FP8: tl.constexpr,
+    K_GROUP: tl.constexpr = 1,
 ):
     """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0). FP8
     keys: sum_h w[h] * relu(scale_j * <q[h], e4m3 values of j>)."""
@@ -209,7 +219,7 @@ def _score_entries(
         # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
         o_d = tl.arange(0, BLOCK_DI)
         # [BLOCK_N, BLOCK_DI]
-        b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT)
+        b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
         # [BLOCK_HI, BLOCK_N]
         b_s = _scaled(tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC), p_ks, o_sc, m_row, KEY_FP8)
         m_h = tl.arange(0, BLOCK_HI) < Hi  # padded heads add nothing (not even 0 * NaN)
@@ -223,7 +233,7 @@ def _score_entries(
             b_s = tl.zeros([BLOCK_HI, BLOCK_N], tl.float32)
             for d0 in range(0, Di, BLOCK_DI):
                 o_d = d0 + tl.arange(0, BLOCK_DI)
-                m_d = o_d < Di
+                m_d = (o_d // K_GROUP) < (Di // K_GROUP)  # exact: K_GROUP divides Di
                 # [BLOCK_HI, BLOCK_DI]
                 b_qc = tl.load(
                     p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
@@ -231,7 +241,7 @@ def _score_entries(
                     other=0.0,
                 ).to(CDT)
                 # [BLOCK_N, BLOCK_DI]
-                b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT)
+                b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
                 b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
             b_s = _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8)
             # [BLOCK_HI]
@@ -402,6 +412,7 @@ def _indexer_topk_partial_kernel(
     KEYS_ONLY: tl.constexpr = False,
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
+    K_GROUP: tl.constexpr = 1,
 ):
     """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t, or with
     ``KEYS_ONLY`` the sort key of every entry of the range (NO_KEY past visible_end) at
@@ -422,7 +433,7 @@ def _indexer_topk_partial_kernel(
         # [BLOCK_HI, BLOCK_DI], [BLOCK_HI]
         b_q = tl.load(
             p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
-            mask=(i_h < Hi)[:, None] & (o_d < Di)[None, :],
+            mask=(i_h < Hi)[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :],  # K_GROUP divides Di
             other=0.0,
         ).to(CDT)
         b_w = tl.load(p_w_t + i_h * stride_wh, mask=i_h < Hi, other=0.0).to(tl.float32)
@@ -449,6 +460,7 @@ def _indexer_topk_partial_kernel(
             PAGED,
             KEY_FP8,
             K_ALIGN16,
+            K_GROUP,
         )
         # [BLOCK_N]
         b_score = _score_entries(
@@ -474,6 +486,7 @@ def _indexer_topk_partial_kernel(
             CDT,
             DOT_PREC,
             KEY_FP8,
+            K_GROUP,
         )
         b_key = _sort_keys(b_score, o_j, m_row)
         if KEYS_ONLY:
@@ -632,6 +645,7 @@ def _indexer_logits_kernel(
     DOT_PREC: tl.constexpr,
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
+    K_GROUP: tl.constexpr = 1,
 ):
     """Program (t, c): scores of entries [c * BLOCK_N, (c + 1) * BLOCK_N) of token t; -inf if unusable."""
     i_t = tl.program_id(0).to(tl.int64)
@@ -654,6 +668,7 @@ def _indexer_logits_kernel(
         PAGED,
         KEY_FP8,
         K_ALIGN16,
+        K_GROUP,
     )
     b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
     b_w = tl.zeros([BLOCK_HI], tl.float32)
@@ -681,6 +696,7 @@ def _indexer_logits_kernel(
         CDT,
         DOT_PREC,
         KEY_FP8,
+        K_GROUP,
     )
     tl.store(p_out + i_t * stride_out_t + o_j, tl.where(m_row, b_score, _NEG_INF), mask=m_out)
 
@@ -716,18 +732,38 @@ def _nonempty(x: torch.Tensor) -> torch.Tensor:
     return x if x.numel() else dummy(x.device, x.dtype)
 
 
+def _float_key_layout(k: torch.Tensor) -> Tuple[int, bool]:
+    """(K_GROUP, K_ALIGN16) of a float key tensor ([N, Di] flat or [P, page, Di] paged). K_GROUP: the
+    elements of 16 bytes (8 bf16 / fp16, 4 fp32) when Di is a multiple of it and the dims are unit
+    strided (the dim mask is then exact per group and the rows can be read 16 bytes at a time); else 1
+    (the per-dim mask). K_ALIGN16: with K_GROUP > 1, every row starts 16-byte aligned: the data pointer
+    is, and so is every row stride in bytes (a stride of an axis of one element is never used)."""
+    Di = k.shape[-1]
+    group = 16 // k.element_size()
+    if group <= 1 or Di % group or (Di > 1 and k.stride(-1) != 1):
+        return 1, False
+    rows_aligned = all(k.stride(a) % group == 0 or k.shape[a] <= 1 for a in range(k.dim() - 1))
+    return group, rows_aligned and k.data_ptr() % 16 == 0
+
+
 def _key_args(index_k):
-    """(keys pointer, scales pointer, KEY_FP8, K_ALIGN16) of index_k. An FP8 pool: its uint8 data and the
-    same bytes viewed as fp32 (the scales; Di % 16 == 0 keeps them 4-byte aligned); rows are 16-byte
-    aligned when every page is (page bytes % 16 == 0, or one page) and so is the data pointer."""
+    """(keys pointer, scales pointer, KEY_FP8, K_ALIGN16, K_GROUP) of index_k. An FP8 pool: its uint8 data
+    and the same bytes viewed as fp32 (the scales; Di % 16 == 0 keeps them 4-byte aligned); rows are
+    16-byte aligned when every page is (page bytes % 16 == 0, or one page) and so is the data pointer;
+    K_GROUP = 16 (Di is a multiple of 16). Float keys: ``_float_key_layout``. The q dim masks are
+    written per K_GROUP dims too (exact for any K_GROUP that divides Di, whatever q's dtype)."""
     if not isinstance(index_k, Fp8IndexKeyPool):
-        k = _nonempty(index_k)
-        return k, k, False, False
+        if index_k.numel() == 0:  # no slot is valid: never read
+            k = _nonempty(index_k)
+            return k, k, False, False, 1
+        group, aligned = _float_key_layout(index_k)
+        return index_k, index_k, False, aligned, group
     data = index_k.data
     if data.numel() == 0:  # no slot is valid: never read
-        return torch.zeros(16, dtype=torch.uint8, device=data.device), torch.zeros(1, device=data.device), True, False
+        zeros = torch.zeros(16, dtype=torch.uint8, device=data.device)
+        return zeros, torch.zeros(1, device=data.device), True, False, 1
     aligned = (index_k.page_bytes % 16 == 0 or index_k.num_pages == 1) and data.data_ptr() % 16 == 0
-    return data, data.view(torch.float32), True, aligned
+    return data, data.view(torch.float32), True, aligned, 16
 
 
 def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=None, config=None):
@@ -741,7 +777,7 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         return out
     cfg = dict(config) if config is not None else default_config(Hi, Di, q.device)
     cdt = compute_dtype(q, index_k)
-    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
+    p_k, p_ks, key_fp8, align16, k_group = _key_args(index_k)
     grid = (T, cdiv(n, cfg["BLOCK_N"]))
     _indexer_logits_kernel[grid](
         q, q.stride(0), q.stride(1), q.stride(2),
@@ -750,7 +786,8 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
         visible_end, n, out, out.stride(0), Hi, Di,
         PAGED=pa[12], BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=cfg["BLOCK_N"],
-        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, KEY_FP8=key_fp8, K_ALIGN16=align16,
+        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
+        KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     return out
@@ -816,7 +853,7 @@ def indexer_topk(
     final = ranges == 1
     one_tile = Hi <= cfg["BLOCK_HI"] and Di <= cfg["BLOCK_DI"]
     ws = torch.empty(T, ranges, topk_p2, dtype=torch.int64, device=device) if not final else indices
-    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
+    p_k, p_ks, key_fp8, align16, k_group = _key_args(index_k)
     _indexer_topk_partial_kernel[(T, ranges)](
         q, q.stride(0), q.stride(1), q.stride(2),
         weights, weights.stride(0), weights.stride(1),
@@ -828,7 +865,8 @@ def indexer_topk(
         PAGED=paged, FINAL=final, TO_SLOTS=to_slots, TOPK_P2=topk_p2,
         BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
         CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=bitonic,
-        KEY_FP8=key_fp8, K_ALIGN16=align16, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
+        KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
+        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     span = per
     while not final:
@@ -884,7 +922,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
         best = torch.empty(rows, 1, topk_p2, dtype=torch.int64, device=device)
     else:
         best = torch.full((rows, 1, topk_p2), _NO_KEY.value, dtype=torch.int64, device=device)
-    p_k, p_ks, key_fp8, align16 = _key_args(index_k)
+    p_k, p_ks, key_fp8, align16, k_group = _key_args(index_k)
     for t0 in range(0, T, rows):
         t1 = min(T, t0 + rows)
         tc = t1 - t0
@@ -914,7 +952,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 PAGED=paged, FINAL=False, TO_SLOTS=False, TOPK_P2=topk_p2,
                 BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
                 CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
-                KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16,
+                KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
             key_rows = keys if tc == rows and keys.shape[1] == n else keys[:tc, :n]
