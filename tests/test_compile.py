@@ -14,7 +14,7 @@ import copy
 import longattn
 import pytest
 import torch
-from longattn.cache import Fp8KVPool, quantize_index_k_fp8
+from longattn.cache import Fp8IndexKeyPool, Fp8KVPool, quantize_index_k_fp8
 from longattn.configs import ModelConfig, RopeConfig
 from longattn.nn import DeepseekV4Attention, PagedKVCache
 from longattn.ops.op import all_ops, get_op
@@ -94,6 +94,14 @@ def op_cases():
         "compress_kv",
         (a5, b5, pos5, rows5, 4, False, state5, torch.tensor([[0]], dtype=torch.int32), fp8_out.data, 2,
          torch.tensor([[1, 0]], dtype=torch.int32), torch.ones(512), 1e-6, inv_freq(RopeConfig(10000.0), 64), None),
+    )  # fmt: skip
+    # compress_kv into an FP8 index-key pool: its uint8 data with page_size -2 (Di = 16 = d, from a)
+    fp8_index_out = Fp8IndexKeyPool.empty(4, 2, 8 * 2)
+    a16, b16 = torch.randn(11, 2 * 16, generator=g), torch.randn(11, 2 * 16, generator=g)
+    cases["compress_kv/fp8_index"] = (
+        "compress_kv",
+        (a16, b16, pos, rows, 4, True, torch.zeros(4, 4, 4 * 16), sbt, fp8_index_out.data, -2, obt, torch.ones(16),
+         1e-6, freqs, None),
     )  # fmt: skip
     slots = torch.tensor([3, -1, 17], dtype=torch.int32)
     cases["append_kv/float"] = ("append_kv", (torch.zeros(5, 4, D), 0, torch.randn(3, D, generator=g), slots, None))
