@@ -221,11 +221,12 @@ def _tiny_layers():
     return layers
 
 
-def _decode_setup(att):
+def _decode_setup(att, index_format="float"):
     """Two caches with the same 21-token prefill of 2 sequences, and the plans of one decode step."""
     g = torch.Generator().manual_seed(4)
     x0, x1 = torch.randn(2, 21, 32, generator=g), torch.randn(2, 32, generator=g)
-    caches = [PagedKVCache([att.layer], max_batch_size=2, max_context=32, page_size=4) for _ in range(2)]
+    caches = [PagedKVCache([att.layer], max_batch_size=2, max_context=32, page_size=4, index_format=index_format)
+              for _ in range(2)]  # fmt: skip
     with torch.no_grad():
         for c in caches:
             c.begin_step(2, 21)
@@ -234,9 +235,9 @@ def _decode_setup(att):
     return x1, caches, plans
 
 
-def _compiled_decode_matches_eager(att, backend):
+def _compiled_decode_matches_eager(att, backend, index_format="float"):
     torch._dynamo.reset()
-    x1, (ca, cb), (pa, pb) = _decode_setup(att)
+    x1, (ca, cb), (pa, pb) = _decode_setup(att, index_format)
     la, lb = ca.layer_states[att.layer_idx], cb.layer_states[att.layer_idx]
     compiled = torch.compile(att.forward_paged, fullgraph=True, backend=backend)
     with torch.no_grad():
@@ -253,6 +254,17 @@ def test_compile_fullgraph_decode_equals_eager(kind):
     for name in ("window_pool", "compressed_pool", "index_pool", "state_pool", "index_state_pool"):
         a, b = getattr(la, name), getattr(lb, name)
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+def test_compile_fullgraph_decode_with_fp8_index_keys():
+    """A CSA decode step over FP8 indexer keys (the Fp8IndexKeyPool crosses compress_kv's and the
+    indexer's schemas as its uint8 data) compiles whole and equals eager, records included."""
+    att = _tiny_layers()[1]
+    eager, out, la, lb = _compiled_decode_matches_eager(att, "aot_eager", "fp8")
+    assert torch.equal(out, eager)
+    assert isinstance(la.index_pool, Fp8IndexKeyPool) and torch.equal(la.index_pool.data, lb.index_pool.data)
+    for name in ("window_pool", "compressed_pool", "state_pool", "index_state_pool"):
+        assert torch.equal(getattr(la, name), getattr(lb, name)), name
 
 
 @pytest.mark.slow
