@@ -14,7 +14,7 @@ import copy
 import longattn
 import pytest
 import torch
-from longattn.cache import Fp8KVPool, quantize_index_k_fp8
+from longattn.cache import Fp8IndexKeyPool, Fp8KVPool, quantize_index_k_fp8
 from longattn.configs import ModelConfig, RopeConfig
 from longattn.nn import DeepseekV4Attention, PagedKVCache
 from longattn.ops.op import all_ops, get_op
@@ -94,6 +94,14 @@ def op_cases():
         "compress_kv",
         (a5, b5, pos5, rows5, 4, False, state5, torch.tensor([[0]], dtype=torch.int32), fp8_out.data, 2,
          torch.tensor([[1, 0]], dtype=torch.int32), torch.ones(512), 1e-6, inv_freq(RopeConfig(10000.0), 64), None),
+    )  # fmt: skip
+    # compress_kv into an FP8 index-key pool: its uint8 data with page_size -2 (Di = 16 = d, from a)
+    fp8_index_out = Fp8IndexKeyPool.empty(4, 2, 8 * 2)
+    a16, b16 = torch.randn(11, 2 * 16, generator=g), torch.randn(11, 2 * 16, generator=g)
+    cases["compress_kv/fp8_index"] = (
+        "compress_kv",
+        (a16, b16, pos, rows, 4, True, torch.zeros(4, 4, 4 * 16), sbt, fp8_index_out.data, -2, obt, torch.ones(16),
+         1e-6, freqs, None),
     )  # fmt: skip
     slots = torch.tensor([3, -1, 17], dtype=torch.int32)
     cases["append_kv/float"] = ("append_kv", (torch.zeros(5, 4, D), 0, torch.randn(3, D, generator=g), slots, None))
@@ -213,11 +221,12 @@ def _tiny_layers():
     return layers
 
 
-def _decode_setup(att):
+def _decode_setup(att, index_format="float"):
     """Two caches with the same 21-token prefill of 2 sequences, and the plans of one decode step."""
     g = torch.Generator().manual_seed(4)
     x0, x1 = torch.randn(2, 21, 32, generator=g), torch.randn(2, 32, generator=g)
-    caches = [PagedKVCache([att.layer], max_batch_size=2, max_context=32, page_size=4) for _ in range(2)]
+    caches = [PagedKVCache([att.layer], max_batch_size=2, max_context=32, page_size=4, index_format=index_format)
+              for _ in range(2)]  # fmt: skip
     with torch.no_grad():
         for c in caches:
             c.begin_step(2, 21)
@@ -226,9 +235,9 @@ def _decode_setup(att):
     return x1, caches, plans
 
 
-def _compiled_decode_matches_eager(att, backend):
+def _compiled_decode_matches_eager(att, backend, index_format="float"):
     torch._dynamo.reset()
-    x1, (ca, cb), (pa, pb) = _decode_setup(att)
+    x1, (ca, cb), (pa, pb) = _decode_setup(att, index_format)
     la, lb = ca.layer_states[att.layer_idx], cb.layer_states[att.layer_idx]
     compiled = torch.compile(att.forward_paged, fullgraph=True, backend=backend)
     with torch.no_grad():
@@ -245,6 +254,17 @@ def test_compile_fullgraph_decode_equals_eager(kind):
     for name in ("window_pool", "compressed_pool", "index_pool", "state_pool", "index_state_pool"):
         a, b = getattr(la, name), getattr(lb, name)
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+def test_compile_fullgraph_decode_with_fp8_index_keys():
+    """A CSA decode step over FP8 indexer keys (the Fp8IndexKeyPool crosses compress_kv's and the
+    indexer's schemas as its uint8 data) compiles whole and equals eager, records included."""
+    att = _tiny_layers()[1]
+    eager, out, la, lb = _compiled_decode_matches_eager(att, "aot_eager", "fp8")
+    assert torch.equal(out, eager)
+    assert isinstance(la.index_pool, Fp8IndexKeyPool) and torch.equal(la.index_pool.data, lb.index_pool.data)
+    for name in ("window_pool", "compressed_pool", "state_pool", "index_state_pool"):
+        assert torch.equal(getattr(la, name), getattr(lb, name)), name
 
 
 @pytest.mark.slow

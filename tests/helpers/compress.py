@@ -31,8 +31,9 @@ from __future__ import annotations
 import random
 
 import torch
-from longattn.cache import Fp8KVPool
+from longattn.cache import Fp8IndexKeyPool, Fp8KVPool
 from longattn.cache.fp8 import page_bytes, quantize_rows
+from longattn.cache.fp8_index import index_page_bytes
 from longattn.configs import RopeConfig
 from longattn.rope import inv_freq
 
@@ -145,6 +146,9 @@ class Cache:
         self.out_kind = out
         if out == "fp8":
             self.out_buf = torch.full((self.num_pages + 2, page_bytes(page_size)), POISON_BYTE, dtype=torch.uint8)
+        elif out == "fp8_index":  # the indexer-key record (Fp8IndexKeyPool), d a multiple of 16
+            shape = (self.num_pages + 2, index_page_bytes(page_size, d))
+            self.out_buf = torch.full(shape, POISON_BYTE, dtype=torch.uint8)
         else:
             dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[out]
             self.out_buf = torch.full((self.num_pages + 2, page_size, d), float("nan"), dtype=dt)
@@ -166,6 +170,8 @@ class Cache:
     def out(self):
         if self.out_kind == "fp8":
             return Fp8KVPool(self.out_buf[1:-1], self.page_size)
+        if self.out_kind == "fp8_index":
+            return Fp8IndexKeyPool(self.out_buf[1:-1], self.page_size, self.d)
         return self.out_buf[1:-1]
 
     def args(self, step):

@@ -280,3 +280,37 @@ def test_cache_errors():
             m(torch.randn(2, 3, 32), cache=cache)
     with pytest.raises(ValueError, match="holds 2 sequences"), torch.no_grad():
         step(m, torch.randn(3, 1, 32), PagedKVCache([m.layer], max_batch_size=2, max_context=16))
+
+
+def test_fp8_index_keys_through_the_module():
+    """``PagedKVCache(index_format="fp8")``: the CSA layer keeps its indexer keys in an Fp8IndexKeyPool
+    whose records are exactly ``quantize_index_k_fp8`` of a float-index cache's keys (same steps, fp32
+    pools), chunked prefill + decode equals one prefill with FP8 index keys, and growth keeps the
+    records; a bad ``index_format`` is refused."""
+    from longattn.cache import Fp8IndexKeyPool, quantize_index_k_fp8
+
+    m = tiny_layer(1)  # CSA
+    x = torch.randn(2, 29, 32, generator=torch.Generator().manual_seed(3))
+    splits = ((0, 11), (11, 12), (12, 20), (20, 21), (21, 29))
+    with torch.no_grad():
+        caches, outs = {}, {}
+        for name, fmt, growable, parts in (("float", "float", False, splits), ("fp8", "fp8", False, splits),
+                                           ("fp8_whole", "fp8", True, ((0, 29),))):  # fmt: skip
+            cache = PagedKVCache([m.layer], max_batch_size=2, max_context=29 if not growable else 2, page_size=3,
+                                 kv_dtype=torch.float32, index_format=fmt, growable=growable)  # fmt: skip
+            outs[name] = torch.cat([step(m, x[:, a:b], cache)[0] for a, b in parts], 1)
+            caches[name] = cache
+    fp8_pool = caches["fp8"].layer(m.layer.index).index_pool
+    float_pool = caches["float"].layer(m.layer.index).index_pool
+    assert isinstance(fp8_pool, Fp8IndexKeyPool) and float_pool.dtype == torch.float32
+    written = float_pool.reshape(-1, 16).ne(0).any(-1)
+    assert int(written.sum()) == 2 * (29 // 4)
+    want_v, want_s = quantize_index_k_fp8(float_pool)._views()
+    have_v, have_s = fp8_pool._views()
+    assert torch.equal(have_v.reshape(-1, 16)[written], want_v.reshape(-1, 16)[written])
+    assert torch.equal(have_s.reshape(-1)[written], want_s.reshape(-1)[written])
+    torch.testing.assert_close(outs["fp8"], outs["fp8_whole"], atol=1e-5, rtol=0)  # (grown, one prefill)
+    assert caches["fp8_whole"].max_context >= 29
+    assert isinstance(caches["fp8_whole"].layer(m.layer.index).index_pool, Fp8IndexKeyPool)
+    with pytest.raises(ValueError, match="PagedKVCache: index_format must be 'float' or 'fp8', got 'e4m3'"):
+        PagedKVCache([m.layer], max_batch_size=1, max_context=4, index_format="e4m3")

@@ -12,7 +12,7 @@ cores): tests/triton, tests/ascend.
 import longattn
 import pytest
 import torch
-from longattn.cache import Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
+from longattn.cache import Fp8IndexKeyPool, Fp8KVPool, dequantize_kv_fp8, quantize_kv_fp8
 from longattn.cache.fp8 import DATA_BYTES
 from longattn.memory import chunk_budget
 from longattn.rope import apply_rope
@@ -653,3 +653,145 @@ def test_kv_fp8_nonfinite_entries_from_the_ring(backend):
     pool = Fp8KVPool(fp8.out_buf.cpu()[1:-1], ps)
     data_rows, scale_rows = pool._views()
     assert_records(data_rows[slots // ps, slots % ps], scale_rows[slots // ps, slots % ps], data, scales, "compress")
+
+
+# --- FP8 index-key pools (Fp8IndexKeyPool: the vLLM indexer K cache record) ------------------------------
+def _index_records(pool, slots):
+    """(e4m3 bytes [n, Di], fp32 scales [n]) of ``slots`` of an Fp8IndexKeyPool (on the CPU)."""
+    values, scales = pool._views()
+    page, off = slots.long() // pool.page_size, slots.long() % pool.page_size
+    return values[page, off].cpu(), scales[page, off].cpu()
+
+
+def _fp32_twin(cache, steps, backend):
+    """The same steps on ``backend`` into an fp32 pool of the cache's pages (its own fp32 entries)."""
+    f32 = cache.clone("cpu")
+    f32.out_kind = "fp32"
+    f32.out_buf = torch.full((cache.num_pages + 2, cache.page_size, cache.d), NAN)
+    f32 = f32.clone(DEVICE)
+    replay(f32, steps, backend=backend)
+    return f32
+
+
+@pytest.mark.parametrize("page_size", [1, 3])
+def test_kv_fp8_index_output(backend, page_size):
+    """Index keys (d = 32) into an Fp8IndexKeyPool over chunks and decode steps of two sequences: bytes
+    outside the written records keep the poison; each record is byte-identical to the pool's own rule
+    (quantize_index_rows) of the backend's fp32 entry (the same steps into an fp32 pool), and within
+    one e4m3 step of the reference's record."""
+    from longattn.cache.fp8_index import quantize_index_rows
+
+    skip_unless_implements(KV, backend)
+    d, ratio = 32, 4
+    seqs, steps = make_steps([21, 6], ratio, True, d, seed=3, decode_tail=True, max_chunk=7)
+    cache = Cache(2, ratio, True, d, page_size, 21, out="fp8_index", seed=3)
+    ref, got = run_both(cache, steps, backend)
+    from tests.helpers.compress import POISON_BYTE
+
+    written = torch.zeros_like(ref.out_buf, dtype=torch.bool)
+    all_slots = []
+    for i, (a, _) in enumerate(seqs):
+        for j in range(a.shape[0] // ratio):
+            pg, off = int(cache.out_bt[i, j // page_size]) + 1, j % page_size  # + 1: the guard page
+            written[pg, off * d : (off + 1) * d] = True
+            written[pg, page_size * d + 4 * off : page_size * d + 4 * off + 4] = True
+        all_slots.append(entry_slots(cache, i, a.shape[0] // ratio))
+    g_bytes = got.out_buf.cpu()
+    assert torch.all(g_bytes[~written] == POISON_BYTE) and torch.all(ref.out_buf[~written] == POISON_BYTE)
+    slots = torch.cat(all_slots)
+    have_v, have_s = _index_records(got.out, slots)
+    want_v, want_s = _index_records(ref.out, slots)
+    have = have_v.view(torch.float8_e4m3fn).float() * have_s[:, None]
+    want = want_v.view(torch.float8_e4m3fn).float() * want_s[:, None]
+    step = 32 * torch.maximum(have_s, want_s)[:, None]  # e4m3 spacing of the top binade, in scale units
+    assert torch.all((have - want).abs() <= step), "more than one e4m3 step from the reference's record"
+    if records_of_own_entries(backend):
+        f32 = _fp32_twin(cache, steps, backend)
+        data, scales = quantize_index_rows(f32.out.reshape(-1, d)[slots.to(DEVICE)].cpu())
+        assert torch.equal(have_v, data), f"{int((have_v != data).sum())} e4m3 bytes differ from the pool's rule"
+        assert torch.equal(have_s.view(torch.int32), scales.view(torch.int32)), "scales differ from the pool's rule"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("ue8m0", [True, False])
+def test_kv_fp8_index_records_of_special_entries(backend, ue8m0):
+    """compress_kv into an Fp8IndexKeyPool writes exactly the pool's write_rows of the backend's own fp32
+    entry: NaN entries (NaN scores), values above 448 and +-inf (norm weights), -0.0, fp32 subnormals,
+    an all-zero entry (scale 1e-4 / 448 rounded), a NaN among finite values (it does not set the
+    scale); both scale rules (ue8m0: power-of-two scales; False: plain amax / 448, off the schema)."""
+    skip_unless_implements(KV, backend)
+    if not records_of_own_entries(backend):
+        pytest.skip(f"{backend}: the fp32 and FP8 variants are separate compilations here")
+    d, ratio, ps = 32, 4, 2
+    _, steps = make_steps([17], ratio, True, d, seed=8, decode_tail=True)
+    steps = poison_steps(steps, {(0, 6): [("b", 9, NAN)]})  # entry 2 NaN
+    cache = Cache(1, ratio, True, d, ps, 17, out="fp8_index", seed=8)
+    cache.w = torch.linspace(-3.0, 3.0, d) * 1e3
+    cache.w[3], cache.w[7], cache.w[10], cache.w[11], cache.w[12] = INF, -0.0, 1e-41, 1e-40, -INF
+    cache.freqs = cache.freqs[:0]  # no RoPE: the inf / -0.0 / subnormal channels stay as they are
+    cases = [cache]
+    zero = cache.clone("cpu")  # an all-zero weight: every entry 0 (the scale floor)
+    zero.w = torch.zeros(d)
+    cases.append(zero)
+    for c in cases:
+        got = c.clone(DEVICE)
+        got.out_buf.fill_(0x5A)
+        pool = Fp8IndexKeyPool(got.out_buf[1:-1], ps, d, ue8m0=ue8m0)
+        for step in steps:
+            call(longattn.compress_kv, **dict(c.__class__.args(got, step), out=pool), backend=backend)
+        f32 = _fp32_twin(c, steps, backend)
+        n = 17 // ratio
+        slots = entry_slots(c, 0, n)
+        entries = f32.out.reshape(-1, d)[slots.to(DEVICE)].cpu()
+        if c is cache:
+            assert bool(entries[2].isnan().all()) and bool(torch.isinf(entries[0]).any())
+            assert bool((entries[0] == 0).any()) and bool(((entries[0] != 0) & (entries[0].abs() < 2.0**-126)).any())
+            assert bool((entries[0].abs() > 448).any())
+        else:  # (entry 2 is NaN here too)
+            assert bool((entries[[0, 1, 3]] == 0).all()) and bool(entries[2].isnan().all())
+        want = Fp8IndexKeyPool.empty(pool.num_pages, ps, d, ue8m0=ue8m0)
+        want.data.fill_(0x5A)
+        want.write_rows(slots, entries)
+        diff = (pool.data.cpu() != want.data).nonzero()
+        assert diff.numel() == 0, f"{diff.shape[0]} bytes differ, first at {diff[:4].tolist()}"
+
+
+def test_kv_fp8_index_backend_declarations():
+    """Ascend declines the FP8 index record with its reason; Triton accepts it (either scale rule)."""
+    from longattn.ops.compress import ascend, support
+
+    d, ratio = 32, 4
+    _, steps = make_steps([9], ratio, True, d, seed=1, decode_tail=False)
+    cache = Cache(1, ratio, True, d, 2, 9, out="fp8_index", seed=1)
+    inputs = longattn.ops.compress.op.prepare_compress_kv(**cache.args(steps[0]))
+    assert any("FP8 index-key record" in r for r in ascend.reasons(inputs)), ascend.reasons(inputs)
+    assert support.triton_compress_kv_reasons(inputs) == []
+    plain = cache.args(steps[0])
+    plain["out"] = Fp8IndexKeyPool(cache.out_buf[1:-1], 2, d, ue8m0=False)
+    assert support.triton_compress_kv_reasons(longattn.ops.compress.op.prepare_compress_kv(**plain)) == []
+
+
+def test_kv_fp8_index_crosses_the_schema():
+    """An Fp8IndexKeyPool (default scale rule) crosses the compress_kv schema as (data, -page_size) and is
+    rebuilt with its page size and dim: a direct torch.ops call writes the public call's bytes. A pool
+    with plain scales does not cross (the schema cannot carry the rule): it runs eagerly, off the schema."""
+    from longattn.ops import pools
+    from longattn.ops.compress import op as compress_op
+
+    d, ratio, ps = 32, 4, 3
+    _, steps = make_steps([14], ratio, True, d, seed=2, decode_tail=False)
+    cache = Cache(1, ratio, True, d, ps, 14, out="fp8_index", seed=2)
+    pool = cache.out
+    data, page = pools.to_schema(pool)
+    assert data is pool.data and page == -ps
+    back = pools.from_schema(data, page)
+    assert isinstance(back, Fp8IndexKeyPool) and (back.page_size, back.dim, back.ue8m0) == (ps, d, True)
+    direct = cache.clone("cpu")
+    for step in steps:
+        longattn.compress_kv(**cache.args(step), backend="reference")
+        args = compress_op.prepare_compress_kv(**direct.args(step)).to_schema()
+        assert args[8].data_ptr() == direct.out.data.data_ptr() and args[9] == -ps
+        torch.ops.longattn.compress_kv(*args, "reference")
+    assert torch.equal(cache.out_buf, direct.out_buf) and not bool((cache.out_buf == 0xA5).all())
+    plain = dict(cache.args(steps[0]), out=Fp8IndexKeyPool(cache.out_buf[1:-1], ps, d, ue8m0=False))
+    assert compress_op.prepare_compress_kv(**plain).to_schema() is None

@@ -81,14 +81,15 @@ def keys(launches) -> set:
     return out
 
 
-def make_layer(kind, kv_format):
+def make_layer(kind, kv_format, index_format="float"):
     """A layer and its manager with room for the workload: three long sequences and a few dozen short ones."""
     L = LAYERS[kind]
     r = L.compress_ratio
     comp = 3 * (MAX_CONTEXT[kind] // max(r, 1) // PAGE + 1) + 64
     m = CacheManager(ratios=(r,) if r else (), page_size=PAGE, num_window_pages=200, window=L.window,
                      num_compressed_pages={r: comp} if r else {}, num_state_pages={r: 200} if r else {})  # fmt: skip
-    return longattn.HybridAttention(L, m, kv_dtype=torch.bfloat16, kv_format=kv_format, backend="triton")
+    return longattn.HybridAttention(L, m, kv_dtype=torch.bfloat16, kv_format=kv_format, index_format=index_format,
+                                    backend="triton")  # fmt: skip
 
 
 def warmup_keys(att, **kw) -> set:
@@ -187,6 +188,22 @@ def test_warmup_launches_every_variant_of_a_workload(kind, kv_format, tiles):
     assert n > 10 and len(used) >= 2
     missing = used - warm
     assert not missing, f"{kind} {kv_format} ({tiles}): {len(missing)} variants the warm-up missed: {sorted(missing)}"
+
+
+def test_warmup_with_fp8_index_keys_launches_every_variant_of_a_workload(tiles):
+    """A CSA layer with FP8 indexer keys (``index_format="fp8"``): its warm-up builds scratch pools of
+    that format and covers the workload; a warm-up of the float-index layer misses the FP8-index
+    variants of the indexer compressor and the top-k (so this check can fail)."""
+    att = make_layer("csa", "float", "fp8")
+    warm = warmup_keys(att)
+    with recorded_launches(MODULES) as launches:
+        n = workload(att)
+    used = keys(launches)
+    assert n > 10 and len(used) >= 2
+    missing = used - warm
+    assert not missing, f"csa fp8 index ({tiles}): {len(missing)} variants the warm-up missed: {sorted(missing)}"
+    missed = used - warmup_keys(make_layer("csa", "float"))
+    assert {"_compress_kv_kernel", "_indexer_topk_partial_kernel"} <= {k[0] for k in missed}, sorted(missed)
 
 
 def test_a_short_or_bf16_warmup_misses_variants(tiles):

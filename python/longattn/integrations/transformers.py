@@ -131,8 +131,9 @@ class LongattnCache(PagedKVCache, Cache):
             ``growable`` (the default) only the initial size: a longer step grows the cache.
         growable: grow on demand (re-allocate the pools, copy the rows) rather than refuse a step past
             ``max_context``.
-        page_size, kv_format ("float" | "fp8"), kv_dtype, backend, max_step_tokens, group (context
-            parallelism over a ``torch.distributed`` group): see ``PagedKVCache``.
+        page_size, kv_format ("float" | "fp8"), index_format ("float" | "fp8"), kv_dtype, backend,
+            max_step_tokens, group (context parallelism over a ``torch.distributed`` group): see
+            ``PagedKVCache``.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class LongattnCache(PagedKVCache, Cache):
         max_step_tokens: Optional[int] = None,
         growable: bool = True,
         group=None,
+        index_format: str = "float",
     ):
         mods = longattn_modules(model)
         if not mods:
@@ -163,6 +165,7 @@ class LongattnCache(PagedKVCache, Cache):
             page_size=page_size,
             max_step_tokens=max_step_tokens,
             kv_format=kv_format,
+            index_format=index_format,
             kv_dtype=kv_dtype,
             backend=backend,
             device=device,
@@ -320,10 +323,11 @@ def swap_attention(
     kv_dtype: Optional[torch.dtype] = None,
     backend: Optional[str] = None,
     group=None,
+    index_format: str = "float",
 ):
     """Replace every transformers ``DeepseekV4Attention`` of ``model`` by longattn's, keeping weights.
 
-    Returns ``model`` (changed in place). ``page_size``, ``kv_format``, ``kv_dtype`` and ``backend``
+    Returns ``model`` (changed in place). ``page_size``, ``kv_format``, ``index_format``, ``kv_dtype`` and ``backend``
     configure the caches that ``generate`` (and cache-less forwards) create; ``group`` (a
     ``torch.distributed`` process group, or ``"world"``) makes them context-parallel: every rank runs
     the same ``generate`` on the same inputs and holds its pages of the compressed caches.
@@ -342,7 +346,8 @@ def swap_attention(
             swapped += 1
     if not swapped and not longattn_modules(model):
         raise ValueError(f"swap_attention: {type(model).__name__} has no transformers DeepseekV4Attention module")
-    options = dict(page_size=page_size, kv_format=kv_format, kv_dtype=kv_dtype, backend=backend, group=group)
+    options = dict(page_size=page_size, kv_format=kv_format, index_format=index_format, kv_dtype=kv_dtype,
+                   backend=backend, group=group)  # fmt: skip
     bases = [m for m in model.modules() if isinstance(m, HFModel)]
     for base in bases:
         if getattr(base, "_longattn_hook", None) is not None:

@@ -24,6 +24,8 @@ import torch
 from .._checks import FLOAT_DTYPES, ArgChecker
 from ..backends.registry import Selection
 from ..cache.fp8 import Fp8KVPool
+from ..cache.fp8_index import DIM_MULTIPLE as FP8_INDEX_DIM_MULTIPLE
+from ..cache.fp8_index import Fp8IndexKeyPool
 from ..cache.manager import CacheManager, StepPlan, ring_capacity, token_chunks
 from ..configs import LayerConfig
 from ..ops.append import op as append_op
@@ -75,7 +77,11 @@ class HybridAttention:
         manager: the ``CacheManager`` whose pages this layer's pools follow (shared by all layers).
         kv_dtype: dtype of the float KV pools (window, compressed), e.g. torch.bfloat16.
         kv_format: "float" or "fp8" (the 584-B FP8 record of ``longattn.cache.fp8``; D must be 512).
-        index_dtype: dtype of the indexer-key pool (CSA), default ``kv_dtype``.
+        index_dtype: dtype of the float indexer-key pool (CSA), default ``kv_dtype``.
+        index_format: "float" (an ``index_dtype`` pool) or "fp8" (an ``Fp8IndexKeyPool``: vLLM's
+            132-B indexer K record, e4m3 keys + one fp32 power-of-two scale per entry; the index head
+            dim must be a multiple of 16). The indexer compressor writes each key as its fp32 entry
+            (after norm and RoPE) quantised by the pool's rule; the indexer reads the pool as it is.
         backend: forwarded to every op (None: dispatch by device).
         group: context parallelism, when ``manager`` has ``shards``: the ``torch.distributed`` process
             group of the ranks (None: the default group). Every rank runs the same steps with the same
@@ -85,9 +91,9 @@ class HybridAttention:
     The layer holds caches only; its weights (sink, compressor norms) belong to the caller (e.g.
     ``longattn.nn.DeepseekV4Attention``) and are passed to ``forward`` on every call.
 
-    Pools (attributes): ``window_pool``, ``compressed_pool``, ``index_pool`` ([pages, page, D] float
-    or ``Fp8KVPool``) and the fp32 compressor rings ``state_pool`` / ``index_state_pool``
-    ([pages, ring page, 2*c*d] rows ``a | b``).
+    Pools (attributes): ``window_pool``, ``compressed_pool`` ([pages, page, D] float or ``Fp8KVPool``),
+    ``index_pool`` ([pages, page, Di] float or ``Fp8IndexKeyPool``) and the fp32 compressor rings
+    ``state_pool`` / ``index_state_pool`` ([pages, ring page, 2*c*d] rows ``a | b``).
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class HybridAttention:
         kv_dtype: torch.dtype = torch.bfloat16,
         kv_format: str = "float",
         index_dtype: Optional[torch.dtype] = None,
+        index_format: str = "float",
         backend: Optional[str] = None,
         group=None,
     ):
@@ -105,6 +112,13 @@ class HybridAttention:
             raise ValueError(f"HybridAttention: kv_format must be 'float' or 'fp8', got {kv_format!r}")
         if kv_format == "fp8" and layer.head_dim != 512:
             raise ValueError(f"HybridAttention: the FP8 pool holds 512-d rows, layer has head_dim {layer.head_dim}")
+        if index_format not in ("float", "fp8"):
+            raise ValueError(f"HybridAttention: index_format must be 'float' or 'fp8', got {index_format!r}")
+        if index_format == "fp8" and layer.uses_indexer and layer.index_head_dim % FP8_INDEX_DIM_MULTIPLE:
+            raise ValueError(
+                f"HybridAttention: index_format 'fp8' needs an index head dim that is a multiple of "
+                f"{FP8_INDEX_DIM_MULTIPLE}, layer has index_head_dim {layer.index_head_dim}"
+            )
         r = layer.compress_ratio
         if r and r not in manager.ratios:
             raise ValueError(
@@ -116,7 +130,7 @@ class HybridAttention:
         self.shards, self.group = manager.shards, group
         if self.shards is not None:
             _check_group(self.shards, group)
-        self.kv_format = kv_format
+        self.kv_format, self.index_format = kv_format, index_format
         dev, ps, D = manager.device, manager.page_size, layer.head_dim
 
         def kv_pool(num_pages):
@@ -133,9 +147,11 @@ class HybridAttention:
             self.state_pool = torch.zeros(n_state, s_ps, 2 * c * D, dtype=torch.float32, device=dev)
             if layer.uses_indexer:
                 Di = layer.index_head_dim
-                self.index_pool = torch.zeros(
-                    manager.compressed_alloc[r].num_pages, ps, Di, dtype=index_dtype or kv_dtype, device=dev
-                )
+                n_index = manager.compressed_alloc[r].num_pages
+                if index_format == "fp8":
+                    self.index_pool = Fp8IndexKeyPool.empty(n_index, ps, Di, dev)
+                else:
+                    self.index_pool = torch.zeros(n_index, ps, Di, dtype=index_dtype or kv_dtype, device=dev)
                 self.index_state_pool = torch.zeros(n_state, s_ps, 2 * 2 * Di, dtype=torch.float32, device=dev)
         # Norm weights used when the caller passes none (RMSNorm without a learned scale).
         self._unit_norm = torch.ones(D, device=dev)
@@ -528,14 +544,19 @@ def _check_group(shards, group) -> None:
 
 
 def _grown(pool, num_pages: int):
-    """``pool`` ([pages, ...] float tensor or ``Fp8KVPool``) with ``num_pages`` pages, rows copied."""
+    """``pool`` ([pages, ...] float tensor, ``Fp8KVPool`` or ``Fp8IndexKeyPool``) with ``num_pages``
+    pages, rows copied (new pages zero)."""
     if _num_pages(pool) >= num_pages:
         return pool
-    data = pool.data if isinstance(pool, Fp8KVPool) else pool
+    data = pool if isinstance(pool, torch.Tensor) else pool.data
     grown = data.new_zeros(num_pages, *data.shape[1:])
     grown[: data.shape[0]].copy_(data)
-    return Fp8KVPool(grown, pool.page_size) if isinstance(pool, Fp8KVPool) else grown
+    if isinstance(pool, Fp8KVPool):
+        return Fp8KVPool(grown, pool.page_size)
+    if isinstance(pool, Fp8IndexKeyPool):
+        return Fp8IndexKeyPool(grown, pool.page_size, pool.dim, pool.ue8m0)
+    return grown
 
 
 def _num_pages(pool) -> int:
-    return pool.num_pages if isinstance(pool, Fp8KVPool) else pool.shape[0]
+    return pool.shape[0] if isinstance(pool, torch.Tensor) else pool.num_pages

@@ -223,7 +223,8 @@ def scratch_layer(att, sizes, chunks, contexts):
                            num_state_pages=state, window=W, device=m.device)  # fmt: skip
     return HybridAttention(
         L, manager, kv_dtype=_float_dtype(att.window_pool), kv_format=att.kv_format,
-        index_dtype=att.index_pool.dtype if att.index_pool is not None else None, backend=att.backend,
+        index_dtype=att.index_pool.dtype if isinstance(att.index_pool, torch.Tensor) else None,
+        index_format=att.index_format, backend=att.backend,
     )  # fmt: skip
 
 
@@ -357,7 +358,8 @@ def variant_group(att) -> tuple:
     L, m = att.layer, att.manager
     pools = tuple((type(p).__name__, getattr(p, "dtype", None)) for p in att.pools())
     config = dataclasses.replace(L, index=0, rope=None)
-    return (config, m.page_size, m.window, att.kv_format, pools, att.backend, m.device, att.shards is not None)
+    return (config, m.page_size, m.window, att.kv_format, att.index_format, pools, att.backend, m.device,
+            att.shards is not None)  # fmt: skip
 
 
 def warmup_layers(layers: Sequence, **kwargs) -> Dict[int, WarmupReport]:

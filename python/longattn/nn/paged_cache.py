@@ -80,6 +80,8 @@ class PagedKVCache:
             pool holds a chunk's new rows, so this bounds its size. The default follows the cache's
             size when a growable cache grows.
         kv_format: "float" or "fp8" (the 584-B FlashMLA record; head_dim 512 only).
+        index_format: indexer keys of CSA layers: "float" (pools in ``kv_dtype``) or "fp8" (vLLM's
+            132-B FP8 indexer K record, ``longattn.cache.Fp8IndexKeyPool``; index head dim a multiple of 16).
         kv_dtype: dtype of float pools (default: the hidden states' dtype at first use).
         backend: forwarded to every op.
         growable: grow (re-allocate the pools and copy the cached rows) when a step would take a row
@@ -103,6 +105,7 @@ class PagedKVCache:
         kv_dtype: Optional[torch.dtype] = None,
         backend: Optional[str] = None,
         device=None,
+        index_format: str = "float",
         growable: bool = False,
         group=None,
     ):
@@ -114,7 +117,10 @@ class PagedKVCache:
             )
         self.layer_configs = {L.index: L for L in layers}
         self.max_seqs, self.max_context = max_batch_size, max_context
+        if index_format not in ("float", "fp8"):
+            raise ValueError(f"PagedKVCache: index_format must be 'float' or 'fp8', got {index_format!r}")
         self.kv_format, self.kv_dtype, self.backend = kv_format, kv_dtype, backend
+        self.index_format = index_format
         self.growable = bool(growable)
         if max_step_tokens is not None and max_step_tokens <= 0:
             raise ValueError(f"PagedKVCache: max_step_tokens must be > 0, got {max_step_tokens}")
@@ -269,7 +275,7 @@ class PagedKVCache:
         if layer is None:
             layer = HybridAttention(
                 self.layer_configs[layer_idx], self.manager, kv_dtype=self.kv_dtype or dtype,
-                kv_format=self.kv_format, backend=self.backend, group=self.group,
+                kv_format=self.kv_format, index_format=self.index_format, backend=self.backend, group=self.group,
             )  # fmt: skip
             self.layer_states[layer_idx] = layer
         return layer

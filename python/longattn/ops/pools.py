@@ -6,7 +6,10 @@ with ``num_slots``, ``head_dim``, ``device`` and ``gather_rows(slots)`` (read) /
 rows)`` (written). Prepared inputs hold float pools as the flat row view ``[num_slots, D]``.
 
 In a schema a pool is ``(Tensor, int page_size)``: page_size 0 is a float tensor, > 0 the uint8 data
-of an ``Fp8KVPool`` with that many records per page. Other pool objects cannot cross a schema.
+of an ``Fp8KVPool`` with that many records per page, < 0 the uint8 data of an ``Fp8IndexKeyPool``
+with ``-page_size`` entries per page (its dim is ``data.shape[1] // -page_size - 4``; only pools with
+the default ``ue8m0`` scale rule cross, the one a schema can restore). Other pool objects cannot cross
+a schema (the ops run them on the chosen backend directly, eager only).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 
 from .._checks import FLOAT_DTYPES, ArgChecker
 from ..cache.fp8 import Fp8KVPool
+from ..cache.fp8_index import SCALE_BYTES as INDEX_SCALE_BYTES
+from ..cache.fp8_index import Fp8IndexKeyPool
 
 READ_ATTRS = ("num_slots", "head_dim", "device", "gather_rows")
 WRITE_ATTRS = ("num_slots", "head_dim", "device", "write_rows")
@@ -60,13 +65,17 @@ def num_slots(pool) -> int:
 
 
 def crosses_schema(pool) -> bool:
+    if isinstance(pool, Fp8IndexKeyPool):
+        return pool.ue8m0  # (the schema carries no scale rule: the default one is restored)
     return pool is None or isinstance(pool, (torch.Tensor, Fp8KVPool))
 
 
 def to_schema(pool) -> Tuple[Optional[torch.Tensor], int]:
-    """(tensor, page_size) of a pool for a schema (page_size 0: a float tensor)."""
+    """(tensor, page_size) of a pool for a schema (page_size 0: a float tensor; < 0: an FP8 index pool)."""
     if isinstance(pool, Fp8KVPool):
         return pool.data, pool.page_size
+    if isinstance(pool, Fp8IndexKeyPool):
+        return pool.data, -pool.page_size
     return pool, 0
 
 
@@ -74,4 +83,6 @@ def from_schema(data: Optional[torch.Tensor], page_size: int):
     """The pool a schema's (tensor, page_size) stands for."""
     if data is None or page_size == 0:
         return data
+    if page_size < 0:
+        return Fp8IndexKeyPool(data, -page_size, data.shape[1] // -page_size - INDEX_SCALE_BYTES)
     return Fp8KVPool(data, page_size)

@@ -12,6 +12,7 @@ import torch
 
 from ...backends.ascend import kernel_of
 from ...cache.fp8 import Fp8KVPool
+from ...cache.fp8_index import Fp8IndexKeyPool
 from .. import pools
 from ..sparse_attention.ascend import UB_BYTES
 
@@ -52,7 +53,9 @@ def reasons(inp) -> List[str]:
             out.append(f"entry width d={d} needs {ub} bytes of UB per AIV (> {UB_BYTES})")
     if (d - R) % 8:
         out.append(f"the {R} rope dims must start at a multiple of 8 (d - R = {d - R})")
-    if not isinstance(inp.out, (torch.Tensor, Fp8KVPool)):
+    if isinstance(inp.out, Fp8IndexKeyPool):
+        out.append("the Ascend kernels do not write the FP8 index-key record (Fp8IndexKeyPool; reference / triton do)")
+    elif not isinstance(inp.out, (torch.Tensor, Fp8KVPool)):
         out.append(f"cannot write {type(inp.out).__name__} pools (float tensors and Fp8KVPool only)")
     for name, x in (("a", inp.a), ("b", inp.b)):
         if x.numel() >= 2**31:

@@ -141,7 +141,8 @@ class CompressKVInputs(_ValuesAndScores):
 
     a, b ``[T, c*d]``; positions, token_rows ``[T]`` int; state fp32 ``[state_pages, ring_page, 2*c*d]``
     (contiguous); state_block_table ``[B, ring_pages]``; out: a contiguous float pool
-    ``[num_pages, page_size, d]`` or a pool object (``Fp8KVPool``); out_block_table ``[B, max_pages]``;
+    ``[num_pages, page_size, d]`` or a pool object (``Fp8KVPool``, ``Fp8IndexKeyPool``); out_block_table
+    ``[B, max_pages]``;
     norm_weight ``[d]``; eps; rope_inv_freq ``[rope_dim / 2]``.
     """
 
@@ -271,7 +272,9 @@ def compress_kv(
         token_rows: ``[T]`` row of each token in both block tables.
         state: fp32 ``[state_pages, state_page_size, 2*c*d]`` rows ``a | b``.
         state_block_table: ``[B, ring_pages]`` pages of each sequence's ring.
-        out: ``[num_pages, page_size, d]`` float pool or an ``Fp8KVPool`` (d = 512).
+        out: ``[num_pages, page_size, d]`` float pool, an ``Fp8KVPool`` (d = 512) or an
+            ``Fp8IndexKeyPool`` of dim d (indexer keys: the fp32 entry after norm and RoPE quantised
+            by the pool's rule, as its ``write_rows``).
         out_block_table: ``[B, max_pages]``: entry j of row r lives at slot
             ``out_block_table[r, j // page_size] * page_size + j % page_size``.
         norm_weight: ``[d]``; rope_inv_freq: ``[rope_dim // 2]`` fp32 (``longattn.rope.inv_freq``).

@@ -39,7 +39,8 @@ rounded ``sqrt_rn`` / ``div_rn``), interleaved RoPE on the last ``2 R`` dims at 
 ``tl.sin`` are libdevice ``cosf`` / ``sinf`` on GPUs, <= 2 ulp with full range reduction, numpy's under
 the interpreter, vs torch's <= 1 ulp: the rotated values differ by <= ~3 ulp of the pair's norm),
 the cast to the pool dtype (round to nearest even, on the bits) or the FP8 record
-(``triton_append._store_fp8_record``, bit-identical to ``quantize_rows`` for a given fp32 entry), and
+(``triton_append._store_fp8_record``, bit-identical to ``quantize_rows`` for a given fp32 entry) or
+the FP8 index-key record (``_store_index_record``, bit-identical to ``Fp8IndexKeyPool.write_rows``), and
 the write to ``out_block_table[row, j // page] * page + j % page`` (pages outside the pool: skipped).
 
 Differences from the reference: summation order (online softmax over slot tiles, tree reductions),
@@ -56,9 +57,13 @@ import triton
 import triton.language as tl
 
 from ..._env import positive_ints
-from ...cache import fp8
+from ...cache import fp8, fp8_index
+from ...cache.fp8_index import Fp8IndexKeyPool
 from ..append.triton_append import (
+    _F32_ABS,
+    _F32_MANT,
     _bf16_bits,
+    _e4m3_bits,
     _store_fp8_record,
     _to_f32,
 )
@@ -68,7 +73,12 @@ _NEG_INF = tl.constexpr(float("-inf"))
 _FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
 _FP8_SCALE_BYTES = tl.constexpr(fp8.SCALE_BYTES)
 
-OUT_F32, OUT_BF16, OUT_F16, OUT_FP8 = 0, 1, 2, 3
+_INDEX_AMAX_FLOOR = tl.constexpr(fp8_index.AMAX_FLOOR)
+_INDEX_E4M3_MAX = tl.constexpr(fp8_index.E4M3_MAX)
+
+# OUT_FP8: the KV record (Fp8KVPool); OUT_FP8_INDEX(_PLAIN): the index-key record (Fp8IndexKeyPool,
+# power-of-two scales / plain scales)
+OUT_F32, OUT_BF16, OUT_F16, OUT_FP8, OUT_FP8_INDEX, OUT_FP8_INDEX_PLAIN = 0, 1, 2, 3, 4, 5
 _OUT_KIND = {torch.float32: OUT_F32, torch.bfloat16: OUT_BF16, torch.float16: OUT_F16}
 
 SEARCH_PROBES = 64  # BLOCK_K of the run-end search
@@ -132,6 +142,31 @@ def _run_end(p_rows, stride_rows, t, row_t, T, BLOCK_K: tl.constexpr):
         hi = tl.minimum(hi, lo + (n_in + 1) * step)
         lo = lo + n_in * step
     return lo
+
+
+@triton.jit
+def _store_index_record(y, m_k, p_u8, page_off, page, i_off, D: tl.constexpr, UE8M0: tl.constexpr, ok):
+    """Quantise entry ``y`` [BLOCK_D] fp32 (``m_k``: its D channels) into the FP8 index-key record of
+    ``longattn.cache.fp8_index`` (byte-identical to ``Fp8IndexKeyPool.write_rows``): D e4m3 bytes at
+    ``page_off + i_off * D``, the fp32 scale (as 4 little-endian bytes) at ``page_off + page * D + 4 *
+    i_off``. amax = the integer max of the |y| bit patterns of the finite channels (the float order
+    for non-negative values); scale = div_rn(max(amax, 1e-4), 448), with UE8M0 rounded up to a power of
+    two on the bits (a normal fp32: a non-zero mantissa bumps the exponent); byte = e4m3(clamp(div_rn(y,
+    scale))) with y's sign (a NaN keeps its sign bit). Nothing is written unless ``ok``."""
+    b_abs = y.to(tl.int32, bitcast=True) & _F32_ABS
+    b_fin = m_k & ((b_abs >> 23) != 255)
+    b_amax = tl.max(tl.where(b_fin, b_abs, 0), axis=0).to(tl.float32, bitcast=True)
+    b_scale = tl.div_rn(tl.maximum(b_amax, _INDEX_AMAX_FLOOR), _INDEX_E4M3_MAX)
+    if UE8M0:
+        b_sb = b_scale.to(tl.int32, bitcast=True)
+        b_sb = tl.where((b_sb & _F32_MANT) != 0, ((b_sb >> 23) + 1) << 23, b_sb)
+        b_scale = b_sb.to(tl.float32, bitcast=True)
+    b_code = (_e4m3_bits(tl.div_rn(y, b_scale)) & 0x7F) | ((y.to(tl.int32, bitcast=True) >> 24) & 0x80)
+    o_k = tl.arange(0, y.shape[0])
+    tl.store(p_u8 + page_off + i_off * D + o_k, b_code.to(tl.uint8), mask=and_flag(m_k, ok))
+    o_b = tl.arange(0, 4)
+    b_bytes = (b_scale.to(tl.int32, bitcast=True) >> (8 * o_b)) & 0xFF
+    tl.store(p_u8 + page_off + page * D + 4 * i_off + o_b, b_bytes.to(tl.uint8), mask=and_flag(o_b >= 0, ok))
 
 
 @triton.jit
@@ -243,6 +278,8 @@ def _emit_entry(
         o_data = b_opg * out_page_bytes + i_off * _FP8_DATA_BYTES
         o_scale = b_opg * out_page_bytes + out_page * _FP8_DATA_BYTES + i_off * _FP8_SCALE_BYTES
         _store_fp8_record(tl.reshape(b_y, [8, 64]), p_out, p_out16, o_data, o_scale, ok)
+    elif OUT_KIND >= 4:
+        _store_index_record(b_y, m_k, p_out, b_opg * out_page_bytes, out_page, i_off, D, OUT_KIND == 4, ok)
     else:
         p_o = (b_opg * out_page + i_off) * D + o_k
         if OUT_KIND == 1:
@@ -502,6 +539,8 @@ def compress_kv(
         p_out16 = p_out.view(torch.int16) if out.dtype == torch.bfloat16 else p_out
     else:
         kind = OUT_FP8
+        if isinstance(out, Fp8IndexKeyPool):
+            kind = OUT_FP8_INDEX if out.ue8m0 else OUT_FP8_INDEX_PLAIN
         data = out.data
         out_pages, out_page, out_page_bytes = data.shape[0], int(out.page_size), int(out.page_bytes)
         if data.numel() == 0:
