@@ -612,7 +612,7 @@ def test_fp8_pool_errors():
         longattn.indexer_kl_loss(torch.randn(3, 2, 16), torch.randn(40, 16), q, w, pool, ve)
 
 
-def test_fp8_pool_declined_by_ascend_with_a_reason():
+def test_fp8_pool_declined_by_the_npu_backends_with_a_reason():
     from longattn.ops.indexer.op import TOPK_OP, prepare
 
     q, w, k = _dup_inputs()
