@@ -649,10 +649,9 @@ def compress_pool_ieee(a, b, ratio, overlap):
     return out
 
 
-def indexer_topk_nan_high(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
-    """``indexer_topk`` with the NaN rule of ops/indexer/README.md: a NaN score (either sign bit) ranks
-    as +inf, tied with +inf and other NaN scores, the smaller entry id first; it stays selectable."""
-    N, table = _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids)
+def _select_nan_high(table, topk, return_slots):
+    """(idx, lengths) of the score table of ``_indexer_scores``: the top-k usable entries per token, NaN
+    ranking as +inf, ties by the smaller entry id; ids or slots, -1 padded."""
     T = len(table)
     idx = torch.full((T, topk), -1, dtype=torch.int64)
     lengths = torch.zeros(T, dtype=torch.int64)
@@ -664,6 +663,13 @@ def indexer_topk_nan_high(q, weights, index_k, visible_end, topk, block_table=No
             idx[t, i] = slot if return_slots else j
         lengths[t] = len(chosen)
     return idx, lengths
+
+
+def indexer_topk_nan_high(q, weights, index_k, visible_end, topk, block_table=None, seq_ids=None, return_slots=False):
+    """``indexer_topk`` with the NaN rule of ops/indexer/README.md: a NaN score (either sign bit) ranks
+    as +inf, tied with +inf and other NaN scores, the smaller entry id first; it stays selectable."""
+    N, table = _indexer_scores(q, weights, index_k, visible_end, block_table, seq_ids)
+    return _select_nan_high(table, topk, return_slots)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -746,14 +752,4 @@ def indexer_topk_fp8(q, weights, data, page_size, visible_end, topk, block_table
     """``indexer_topk_nan_high`` over an FP8 index-key pool (see ``indexer_logits_fp8``)."""
     rows, scales = _fp8_args(data, page_size, q.shape[-1], block_table)
     N, table = _indexer_scores(q, weights, rows, visible_end, block_table, seq_ids, scales)
-    T = len(table)
-    idx = torch.full((T, topk), -1, dtype=torch.int64)
-    lengths = torch.zeros(T, dtype=torch.int64)
-    for t, row in enumerate(table):
-        cands = [(-(POS_INF if math.isnan(sc) else sc), j, slot) for j, (ok, sc, slot) in enumerate(row) if ok]
-        cands.sort(key=lambda c: (c[0], c[1]))
-        chosen = cands[:topk]
-        for i, (_, j, slot) in enumerate(chosen):
-            idx[t, i] = slot if return_slots else j
-        lengths[t] = len(chosen)
-    return idx, lengths
+    return _select_nan_high(table, topk, return_slots)

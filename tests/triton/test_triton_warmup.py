@@ -177,16 +177,20 @@ def workload(att, top=None, run=None, seed=0):
     return steps
 
 
-@pytest.mark.parametrize("kv_format", ["float", "fp8"])
-@pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
-def test_warmup_launches_every_variant_of_a_workload(kind, kv_format, tiles):
-    att = make_layer(kind, kv_format)
+def _missed_by_warmup(att):
+    """(the variant keys a workload launches, those of them its warm-up did not launch)."""
     warm = warmup_keys(att)
     with recorded_launches(MODULES) as launches:
         n = workload(att)
     used = keys(launches)
     assert n > 10 and len(used) >= 2
-    missing = used - warm
+    return used, used - warm
+
+
+@pytest.mark.parametrize("kv_format", ["float", "fp8"])
+@pytest.mark.parametrize("kind", ["swa", "csa", "hca"])
+def test_warmup_launches_every_variant_of_a_workload(kind, kv_format, tiles):
+    missing = _missed_by_warmup(make_layer(kind, kv_format))[1]
     assert not missing, f"{kind} {kv_format} ({tiles}): {len(missing)} variants the warm-up missed: {sorted(missing)}"
 
 
@@ -194,13 +198,7 @@ def test_warmup_with_fp8_index_keys_launches_every_variant_of_a_workload(tiles):
     """A CSA layer with FP8 indexer keys (``index_format="fp8"``): its warm-up builds scratch pools of
     that format and covers the workload; a warm-up of the float-index layer misses the FP8-index
     variants of the indexer compressor and the top-k (so this check can fail)."""
-    att = make_layer("csa", "float", "fp8")
-    warm = warmup_keys(att)
-    with recorded_launches(MODULES) as launches:
-        n = workload(att)
-    used = keys(launches)
-    assert n > 10 and len(used) >= 2
-    missing = used - warm
+    used, missing = _missed_by_warmup(make_layer("csa", "float", "fp8"))
     assert not missing, f"csa fp8 index ({tiles}): {len(missing)} variants the warm-up missed: {sorted(missing)}"
     missed = used - warmup_keys(make_layer("csa", "float"))
     assert {"_compress_kv_kernel", "_indexer_topk_partial_kernel"} <= {k[0] for k in missed}, sorted(missed)

@@ -79,7 +79,31 @@ def dequantize_rows(data: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return torch.cat([nope, rope], dim=1)
 
 
-class Fp8KVPool:
+class PagedBytePool:
+    """What the ops read of a paged byte pool (``Fp8KVPool``, ``fp8_index.Fp8IndexKeyPool``): ``data``
+    uint8 ``[num_pages, page_bytes]`` holding ``page_size`` records per page."""
+
+    data: torch.Tensor
+    page_size: int
+
+    @property
+    def num_pages(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_pages * self.page_size
+
+    @property
+    def page_bytes(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+
+class Fp8KVPool(PagedBytePool):
     """A paged FP8 KV pool. ``data`` is uint8 ``[num_pages, page_bytes]`` (contiguous).
 
     Usable wherever ``sparse_attention`` takes a KV stream (same slot numbering as a float pool
@@ -104,23 +128,6 @@ class Fp8KVPool:
     @classmethod
     def empty(cls, num_pages: int, page_size: int, device=None) -> "Fp8KVPool":
         return cls(torch.zeros(num_pages, page_bytes(page_size), dtype=torch.uint8, device=device), page_size)
-
-    # -- properties used by the ops -------------------------------------------------------------
-    @property
-    def num_pages(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def num_slots(self) -> int:
-        return self.num_pages * self.page_size
-
-    @property
-    def page_bytes(self) -> int:
-        return self.data.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
 
     def _views(self):
         ps = self.page_size

@@ -32,6 +32,8 @@ from typing import Optional
 
 import torch
 
+from .fp8 import PagedBytePool
+
 E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-4  # the smallest amax a scale is computed from (an all-zero key gets 1e-4 / 448)
 SCALE_BYTES = 4  # one fp32 scale per entry
@@ -76,7 +78,7 @@ def e4m3_values(data: torch.Tensor) -> torch.Tensor:
     return data.contiguous().view(torch.float8_e4m3fn).float()
 
 
-class Fp8IndexKeyPool:
+class Fp8IndexKeyPool(PagedBytePool):
     """A paged FP8 indexer-key pool. ``data`` is uint8 ``[num_pages, page_size * (dim + 4)]`` (contiguous).
 
     Usable wherever ``indexer_topk`` / ``indexer_logits`` take ``index_k`` (same slot numbering as a float
@@ -117,26 +119,10 @@ class Fp8IndexKeyPool:
         data = torch.zeros(num_pages, index_page_bytes(page_size, dim), dtype=torch.uint8, device=device)
         return cls(data, page_size, dim, ue8m0)
 
-    # -- properties used by the ops -------------------------------------------------------------
+    # -- properties used by the ops (the others: PagedBytePool) --------------------------------
     @property
     def head_dim(self) -> int:
         return self.dim
-
-    @property
-    def num_pages(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def num_slots(self) -> int:
-        return self.num_pages * self.page_size
-
-    @property
-    def page_bytes(self) -> int:
-        return self.data.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
 
     def _views(self):
         """(e4m3 bytes [P, page, dim] uint8, scales [P, page] fp32): views of ``data``."""
