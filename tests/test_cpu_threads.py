@@ -40,8 +40,10 @@ def test_monitor_falls_back_to_one_thread_while_contended_and_backs_off():
     assert not m.solo() and m.due()
     p.call(m, W / 2, 3.0)  # half a window: no decision yet
     assert not m.solo() and m.history == []
-    p.call(m, W / 2, 3.0)
-    assert m.history == [pytest.approx(3.0)] and m.solo()
+    p.call(m, W / 2, 3.0)  # one contended window: confirmed by the next one, measured at once
+    assert m.history == [pytest.approx(3.0)] and not m.solo() and m.due()
+    p.call(m, W, 3.0)
+    assert m.solo() and m.contended_windows == 1
     assert m.solo_until == pytest.approx(p.now + ct.BACKOFF_S)
     p.now = m.solo_until  # back-off over: the caller's count is tried again
     assert not m.solo() and m.due()
@@ -59,11 +61,29 @@ def test_monitor_falls_back_to_one_thread_while_contended_and_backs_off():
     assert m.due()
 
 
+def test_monitor_ignores_one_contended_window_on_an_idle_machine():
+    """A single window over the threshold (a scheduling blip) between quiet ones never sends calls to
+    one thread; two in a row do."""
+    p = FakeProcess()
+    m = ct.ContentionMonitor(p.clock, p.wait_ns)
+    for _ in range(5):
+        p.call(m, W, 0.3)  # blip
+        assert not m.solo() and m.due()
+        p.call(m, W, 0.0)  # quiet again
+        assert not m.solo() and not m.due()
+        p.now += ct.GAP_S
+    assert m.contended_windows == 0 and m.backoff == ct.BACKOFF_S
+    p.call(m, W, 0.3)
+    p.call(m, W, 0.3)
+    assert m.solo() and m.contended_windows == 1
+
+
 def test_monitor_threshold_and_unavailable_counter():
     p = FakeProcess()
     m = ct.ContentionMonitor(p.clock, p.wait_ns)
     p.call(m, W, ct.CONTENDED * 0.9)  # below the threshold: not contended
-    assert not m.solo()
+    p.call(m, W, ct.CONTENDED * 0.9)
+    assert not m.solo() and not m.suspect
     m = ct.ContentionMonitor(p.clock, lambda: None)  # no schedstat: never decides
     with m.measured():
         p.now += 10 * ct.WINDOW_S

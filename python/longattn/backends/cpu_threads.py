@@ -10,7 +10,9 @@ So each reference op call on a CPU runs under a policy (``LONGATTN_CPU_THREADS``
 
 * ``auto`` (default): the caller's thread count, unless the last measurement showed our threads waiting
   for a CPU (run-queue time of this process's threads, ``/proc/self/task/*/schedstat``) for more than
-  ``CONTENDED`` of the wall time; then one thread, for a back-off period that doubles while the
+  ``CONTENDED`` of the wall time in two consecutive measurements (the second taken at once: one
+  window alone can be a scheduling blip, e.g. a 5 ms kernel task in a 20 ms window of an idle 2-core
+  machine reads 0.25; within a contention episode one window decides); then one thread, for a back-off period that doubles while the
   contention lasts (``BACKOFF_S`` .. ``BACKOFF_MAX_S``), after which the caller's count is tried again.
   A measurement covers at least ``WINDOW_S`` of op calls and starts ``GAP_S`` after the previous one (the
   calls between measurements read no file). Where the kernel exposes no schedstat (not Linux), ``auto``
@@ -85,6 +87,8 @@ class ContentionMonitor:
         self.next_window = 0.0  # clock time from which calls are measured again
         self.history: List[float] = []  # wait ratios of the finished windows (diagnostics)
         self.contended_windows = 0  # windows that sent calls to one thread (bench records the count)
+        self.suspect = False  # one contended window outside an episode: the next window confirms
+        self.episode = False  # the last decision was "contended" (one window decides again)
 
     def solo(self) -> bool:
         return self.clock() < self.solo_until
@@ -112,10 +116,16 @@ class ContentionMonitor:
         self.window_wall, self.window_wait = 0.0, 0
         self.next_window = now + GAP_S
         if ratio > CONTENDED:
+            if not (self.episode or self.suspect):
+                self.suspect = True
+                self.next_window = now  # confirm with the very next calls
+                return
+            self.suspect, self.episode = False, True
             self.contended_windows += 1
             self.solo_until = now + self.backoff
             self.backoff = min(2 * self.backoff, BACKOFF_MAX_S)
         else:
+            self.suspect = self.episode = False
             self.backoff = BACKOFF_S
 
 

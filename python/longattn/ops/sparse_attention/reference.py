@@ -65,9 +65,11 @@ def attend_chunk(
     q: torch.Tensor,
     parts: List[Tuple[object, torch.Tensor, torch.Tensor]],
     scale: float,
+    workspace: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [Tc, H, D] fp32 over the valid keys of one or more (pool, idx [Tc, Kp], valid
-    [Tc, Kp] bool) parts, as one softmax (the parts' keys side by side).
+    [Tc, Kp] bool) parts, as one softmax (the parts' keys side by side). ``workspace``: fp32 storage
+    for the gathered keys and the logits, reused by the caller's chunks (None: allocated here).
 
     Returns out [Tc, H, D] fp32 (normalised over these keys) and lse [Tc, H] fp32 (-inf where a row has
     no valid key, with out 0 there).
@@ -77,7 +79,11 @@ def attend_chunk(
     valid = parts[0][2] if len(parts) == 1 else torch.cat([v for _, _, v in parts], dim=1)  # [Tc, Kc]
     if Kc == 0 or not bool(valid.any()):
         return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
-    keys = torch.empty(Tc, Kc, D, dtype=torch.float32, device=q.device)
+    need = Tc * Kc * (D + H)
+    if workspace is None or workspace.numel() < need:
+        workspace = torch.empty(need, dtype=torch.float32, device=q.device)
+    keys = workspace[: Tc * Kc * D].view(Tc, Kc, D)
+    logits = workspace[Tc * Kc * D : need].view(Tc, H, Kc)
     c0 = 0
     for pool, idx, v in parts:  # only valid entries are read; the others are 0 keys, masked below
         k = idx.shape[1]
@@ -86,11 +92,11 @@ def attend_chunk(
         elif k:
             gather_rows_into(pool, idx.long(), keys[:, c0 : c0 + k], None if bool(v.all()) else v)
         c0 += k
-    logits = torch.bmm(q, keys.transpose(1, 2)).mul_(scale)  # [Tc, H, Kc]
+    torch.bmm(q, keys.transpose(1, 2), out=logits).mul_(scale)  # [Tc, H, Kc]
     logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
     lse = torch.logsumexp(logits, dim=-1)  # [Tc, H]
     lse_safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
-    probs = torch.exp(logits.sub_(lse_safe.unsqueeze(-1)))  # exp(-inf) = 0 for masked keys
+    probs = logits.sub_(lse_safe.unsqueeze(-1)).exp_()  # exp(-inf) = 0 for masked keys
     return torch.bmm(probs, keys), lse
 
 
@@ -131,6 +137,11 @@ def sparse_attention(
     keys_per_step = rows_per_chunk(per_key, total_k)
     per_token = per_key * keys_per_step + 3 * H * D * 4
     tokens_per_step = rows_per_chunk(per_token, T, min(chunk_budget_bytes(), TILE_BYTES))
+    # one buffer for every chunk's gathered keys and logits: a fresh multi-MB buffer per chunk is
+    # new memory to the OS each time (page faults; on a VM sometimes host faults: 10x slower copies)
+    workspace = torch.empty(
+        min(T, tokens_per_step) * min(total_k, keys_per_step) * (D + H), dtype=torch.float32, device=q.device
+    )
 
     for t0 in range(0, T, tokens_per_step):
         t1 = min(T, t0 + tokens_per_step)
@@ -150,7 +161,7 @@ def sparse_attention(
                 room -= idx_c.shape[1]
         acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         for parts in groups:
-            part = attend_chunk(q_c, parts, softmax_scale)
+            part = attend_chunk(q_c, parts, softmax_scale, workspace)
             acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
         assert acc is not None  # (groups is never empty)
         o_c, lse_c = acc
