@@ -150,7 +150,8 @@ def test_split_heuristic():
     assert tsa.choose_num_splits(programs=1, max_keys=100, block_n=32, device=dev) == 1  # short rows
     s = tsa.choose_num_splits(programs=1, max_keys=8320, block_n=32, device=dev)  # HCA decode
     assert 1 < s <= min(tsa.MAX_SPLITS, 8320 // tsa.MIN_KEYS_PER_SPLIT)
-    assert tsa.head_dim_tiles(512) == (512, 0) and tsa.head_dim_tiles(576) == (512, 64)
+    assert tsa.head_dim_tiles(512) == (256, 256) and tsa.head_dim_tiles(576) == (512, 64)
+    assert tsa.head_dim_tiles(1024) == (512, 512) and tsa.head_dim_tiles(256) == (256, 0)
     assert tsa.head_dim_tiles(100) == (64, 64) and tsa.head_dim_tiles(8) == (16, 0)
 
 
