@@ -10,13 +10,13 @@ So each reference op call on a CPU runs under a policy (``LONGATTN_CPU_THREADS``
 
 * ``auto`` (default): the caller's thread count, unless the last measurement showed our threads waiting
   for a CPU (run-queue time of this process's threads, ``/proc/self/task/*/schedstat``) for more than
-  ``CONTENDED`` of the wall time in two consecutive measurements (the second taken at once: one
-  window alone can be a scheduling blip, e.g. a 5 ms kernel task in a 20 ms window of an idle 2-core
-  machine reads 0.25; within a contention episode one window decides); then one thread, for a
-  back-off period that doubles while the contention lasts (``BACKOFF_S`` .. ``BACKOFF_MAX_S``), after
-  which the caller's count is tried again. A measurement covers at least ``WINDOW_S`` of op calls and starts ``GAP_S`` after the previous one (the
-  calls between measurements read no file). Where the kernel exposes no schedstat (not Linux), ``auto``
-  keeps the caller's count.
+  ``CONTENDED`` of the wall time in two consecutive measurements (the second taken at once: one window
+  alone can be a scheduling blip, e.g. a 5 ms kernel task in a 20 ms window of an idle 2-core machine
+  reads 0.25; within a contention episode one window decides); then one thread, for a back-off period
+  that doubles while the contention lasts (``BACKOFF_S`` .. ``BACKOFF_MAX_S``), after which the caller's
+  count is tried again. A measurement covers at least ``WINDOW_S`` of op calls and starts ``GAP_S``
+  after the previous one (the calls between measurements read no file). Where the kernel exposes no
+  schedstat (not Linux), ``auto`` keeps the caller's count.
 * an integer N >= 1: N threads for every reference op call on a CPU.
 * ``keep``: never change the thread count.
 
