@@ -48,20 +48,23 @@ def apply_rope(
     *,
     inverse: bool = False,
     rope_dim: Optional[int] = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Rotate the last ``rope_dim`` dims of ``x [..., D]`` in interleaved pairs at ``positions``.
 
     ``positions`` broadcasts against ``x.shape[:-1]`` (e.g. ``[T]`` with ``x [T, D]``, or ``[T, 1]``
     with ``x [T, H, D]``). ``inverse=True`` rotates by -angle (the conjugate). Returns a new tensor in
-    x's dtype; the math is fp32.
+    x's dtype (``inplace=True``: x itself, its rope dims overwritten; for temporaries of inference
+    steps, where the copy of the other dims is the largest cost: a prefill chunk's queries are GiBs);
+    the math is fp32.
     """
     rope_dim = 2 * inv_freq.shape[-1] if rope_dim is None else rope_dim
     if rope_dim == 0:  # nothing to rotate (x[..., -0:] would be every dim)
-        return x.clone()
+        return x if inplace else x.clone()
     c, s = cos_sin(positions, inv_freq)
     if inverse:
         s = -s
-    out = x.clone()
+    out = x if inplace else x.clone()
     r = x[..., -rope_dim:].to(torch.float32).unflatten(-1, (rope_dim // 2, 2))
     even, odd = r[..., 0], r[..., 1]
     rotated = torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)

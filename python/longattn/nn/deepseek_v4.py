@@ -45,6 +45,12 @@ _LAYER_TYPES = {
 # --- configuration --------------------------------------------------------------------------------------
 
 
+def _no_grad() -> bool:
+    """Attention outputs may be rotated in place only when no autograd graph records them (their
+    backward formulas keep the output)."""
+    return not torch.is_grad_enabled()
+
+
 def _rope_from_params(params: dict, what: str, default_theta=None) -> RopeConfig:
     """A transformers rope-parameters dict ({"rope_type", "rope_theta", "factor", ...}) as a RopeConfig
     (the frequency table; the YaRN cos/sin scale is ``_rope_attention_factor``'s)."""
@@ -380,7 +386,7 @@ class DeepseekV4Attention(nn.Module):
             )
 
         o = cache_layer(plan, q, kv, attn_sink=self.sinks, **extra)  # [T, H, D]
-        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True))
+        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True, inplace=_no_grad()))
         return self._output_projection(o)
 
     def warmup(
@@ -501,8 +507,10 @@ class DeepseekV4Attention(nn.Module):
         """Attention queries ``[T, H, D]`` from the q LoRA activations ``cq [T, q_lora_rank]``."""
         L = self.layer
         q = self.q_b_proj(cq).view(cq.shape[0], L.n_heads, L.head_dim)
-        q = q * torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
-        return self._rope_scaled(apply_rope(q, head_pos, self._rope_table()))
+        scale = torch.rsqrt(q.to(torch.float32).square().mean(-1, keepdim=True) + self.eps).to(q.dtype)
+        # in place outside autograd (q [T, H, D] is GiBs in a long prefill chunk); with a graph, q is saved
+        q = q.mul_(scale) if _no_grad() else q * scale
+        return self._rope_scaled(apply_rope(q, head_pos, self._rope_table(), inplace=True))  # q: a new tensor
 
     def _window_rows(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The window's KV rows ``[T, D]`` of tokens ``x`` at positions ``pos``."""
@@ -512,7 +520,7 @@ class DeepseekV4Attention(nn.Module):
         """The indexer's queries ``[T, Hi, Di]`` and fp32 head weights ``[T, Hi]``: score =
         sum_h w_h relu(q_h . k) with w = weights_proj(x) * Hi^-1/2 * Di^-1/2 (section 6)."""
         iq = idx.q_b_proj(cq).view(cq.shape[0], idx.n_heads, idx.head_dim)
-        iq = self._rope_scaled(apply_rope(iq, head_pos, self._rope_table()))
+        iq = self._rope_scaled(apply_rope(iq, head_pos, self._rope_table(), inplace=True))  # the matmul's output
         wp = idx.scorer.weights_proj
         iw = wp(x.to(wp.weight.dtype)).to(torch.float32) * (idx.n_heads**-0.5 * idx.head_dim**-0.5)
         return iq, iw
@@ -524,7 +532,7 @@ class DeepseekV4Attention(nn.Module):
 
         o, _ = sparse_attention(q, kv, window, extra_kv=entries, extra_indices=ids, extra_topk_length=lengths,
                                 attn_sink=self.sinks, softmax_scale=self.scaling)  # fmt: skip
-        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True))
+        o = self._rope_scaled(apply_rope(o, head_pos, self._rope_table(), inverse=True, inplace=_no_grad()))
         return self._output_projection(o)
 
     def _train_sequence(self, x: torch.Tensor, indexer_loss: Optional[str] = None):
