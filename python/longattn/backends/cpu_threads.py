@@ -88,7 +88,6 @@ class ContentionMonitor:
         self.history: List[float] = []  # wait ratios of the finished windows (diagnostics)
         self.contended_windows = 0  # windows that sent calls to one thread (bench records the count)
         self.suspect = False  # one contended window outside an episode: the next window confirms
-        self.episode = False  # the last decision was "contended" (one window decides again)
 
     def solo(self) -> bool:
         return self.clock() < self.solo_until
@@ -116,16 +115,17 @@ class ContentionMonitor:
         self.window_wall, self.window_wait = 0.0, 0
         self.next_window = now + GAP_S
         if ratio > CONTENDED:
-            if not (self.episode or self.suspect):
+            in_episode = self.backoff > BACKOFF_S  # the last decision was "contended"
+            if not (in_episode or self.suspect):
                 self.suspect = True
                 self.next_window = now  # confirm with the very next calls
                 return
-            self.suspect, self.episode = False, True
+            self.suspect = False
             self.contended_windows += 1
             self.solo_until = now + self.backoff
             self.backoff = min(2 * self.backoff, BACKOFF_MAX_S)
         else:
-            self.suspect = self.episode = False
+            self.suspect = False
             self.backoff = BACKOFF_S
 
 
