@@ -28,8 +28,10 @@ class SparseCase:
     K2: int = 0
     dtype: torch.dtype = torch.float32
     page: Optional[int] = None  # paged pool view [N // page, page, D] (N must divide)
-    pattern: str = "mixed"  # random | mixed | all_invalid | duplicates | in_range
-    lengths: str = "none"  # none | partial | zero | over
+    pattern: str = "mixed"  # random | mixed | all_invalid | duplicates | in_range | window | window_dups | prefix
+    pattern2: Optional[str] = None  # the second stream's (None: pattern)
+    lengths: str = "none"  # none | partial | zero | over | growing
+    lengths2: Optional[str] = None  # the second stream's (None: lengths)
     sink: str = "none"  # none | finite | pos_inf | neg_inf | mixed
     magnitude: float = 1.0  # scales q and kv (huge logits when large)
     scale: Optional[float] = None
@@ -46,6 +48,14 @@ def _index_rows(g: torch.Generator, T: int, K: int, N: int, pattern: str) -> tor
     if pattern == "all_invalid":
         bad = torch.tensor([-1, -2, N, N + 7, INT32_MAX, -(2**31)])
         return bad[torch.randint(0, len(bad), (T, K), generator=g)].to(torch.int32)
+    if pattern in ("window", "window_dups"):  # a prefill window: token t reads rows t-K+1 .. t (ascending)
+        idx = torch.arange(T).unsqueeze(1) - K + 1 + torch.arange(K).unsqueeze(0)
+        idx = torch.where(idx < 0, torch.full_like(idx, -1), idx % max(N, 1))
+        if pattern == "window_dups":
+            idx[:, 1::3] = idx[:, -1:]  # and some entries repeat the row's last (own) row
+        return idx.to(torch.int32)
+    if pattern == "prefix":  # HCA: every token names rows 0 .. K-1 (lengths say how many it sees)
+        return torch.arange(K).repeat(T, 1).to(torch.int32)
     if pattern == "duplicates":
         idx[:, 1::2] = idx[:, :1]  # every other entry repeats the first index of its row
         return idx.to(torch.int32)
@@ -67,6 +77,8 @@ def _lengths(g: torch.Generator, T: int, K: int, how: str) -> Optional[torch.Ten
         return torch.zeros(T, dtype=torch.int32)
     if how == "over":
         return torch.full((T,), K + 5, dtype=torch.int32)
+    if how == "growing":  # causal prefixes: token t sees (t + 1) // 2 entries (clipped to K)
+        return ((torch.arange(T) + 1) // 2).clamp(max=K).to(torch.int32)
     lens = torch.randint(0, K + 1, (T,), generator=g)
     lens[0] = 0 if T > 1 else lens[0]
     return lens.to(torch.int32)
@@ -102,8 +114,8 @@ def make_sparse_inputs(case: SparseCase, device="cpu") -> dict:
     if case.K2:
         kv2 = torch.randn(case.N2, case.D, generator=g) * case.magnitude
         args["extra_kv"] = kv2.to(case.dtype)
-        args["extra_indices"] = _index_rows(g, case.T, case.K2, case.N2, case.pattern)
-        args["extra_topk_length"] = _lengths(g, case.T, case.K2, case.lengths)
+        args["extra_indices"] = _index_rows(g, case.T, case.K2, case.N2, case.pattern2 or case.pattern)
+        args["extra_topk_length"] = _lengths(g, case.T, case.K2, case.lengths2 or case.lengths)
     if case.page:
         args["kv"] = args["kv"].view(case.N // case.page, case.page, case.D)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
@@ -135,6 +147,25 @@ SPARSE_CASES = [
     SparseCase("empty_pool", N=0, K=6, N2=10, K2=4),
     SparseCase("custom_scale", scale=0.37, N2=6, K2=3),
     SparseCase("d128_h5", H=5, D=128, K=20, lengths="partial"),
+] + [  # prefill-shaped: a chunk's tokens share rows (the reference gathers them once: attend_shared)
+    SparseCase("window_prefill", T=12, H=4, D=64, N=60, K=20, pattern="window", sink="finite"),
+    SparseCase("hca_prefix", T=20, H=3, D=64, N=12, K=12, pattern="prefix", lengths="growing"),
+    SparseCase("window_dups_bf16", T=16, H=5, D=128, N=70, K=32, pattern="window_dups", dtype=torch.bfloat16),
+    SparseCase(
+        "window_and_prefix_paged",
+        T=8,
+        D=64,
+        N=48,
+        K=16,
+        page=6,
+        N2=10,
+        K2=10,
+        pattern="window",
+        pattern2="prefix",
+        lengths2="growing",
+        sink="finite",
+    ),
+    SparseCase("t12_mixed_two_streams", T=12, H=2, N=30, K=9, N2=25, K2=5, lengths="partial", sink="mixed"),
 ]
 
 # Shapes that cross the kernels' tiles (first written for the Ascend C tiling: 128-key blocks, head

@@ -11,6 +11,7 @@ import longattn
 import pytest
 import torch
 from longattn.memory import chunk_budget
+from longattn.ops.sparse_attention import reference as sparse_ref
 
 from tests import oracle
 from tests.helpers.backends import call, declines, device_reason, other_or_reference, skip_if_emulated
@@ -24,6 +25,7 @@ from tests.helpers.sparse import (
     check_sparse,
     check_sparse_nonfinite,
     fp8_pool_inputs,
+    oracle_of,
     sparse_nonfinite_inputs,
 )
 from tests.ops.cases import SPARSE_CASES, TILING_CASES, SparseCase, make_sparse_inputs
@@ -373,3 +375,82 @@ def test_nonfinite_logits_across_key_blocks(backend, dtype, sink):
     torch.testing.assert_close(lse[fin].double(), want_lse[fin], atol=tol, rtol=0)
     torch.testing.assert_close(out[fin].double(), want_out[fin], atol=tol, rtol=tol)
     assert (out[4, 0] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reference's shared rows (reference.attend_shared): a chunk's tokens that select overlapping rows
+# (prefill windows, HCA prefixes) have each row gathered once and all their logits in one GEMM
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def shared_calls(monkeypatch):
+    """The results of the reference's attend_shared calls (one per key group of a token chunk): True
+    where it used shared rows."""
+    used = []
+    real = sparse_ref.attend_shared
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        used.append(res is not None)
+        return res
+
+    monkeypatch.setattr(sparse_ref, "attend_shared", spy)
+    return used
+
+
+@pytest.fixture
+def always_shared(monkeypatch):
+    """Shared rows for every chunk of any size, whatever the growth (only unsafe rows fall back)."""
+    monkeypatch.setattr(sparse_ref, "SHARED_MIN_TOKENS", 1)
+    monkeypatch.setattr(sparse_ref, "SHARED_MAX_GROWTH", math.inf)
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES + TILING_CASES, ids=str)
+def test_reference_shared_rows_on_every_case(case: SparseCase, always_shared, shared_calls):
+    """Every case with the shared-row path forced on every chunk meets the oracle bound and has the
+    per-token path's empty rows; it really ran wherever a token has a valid key."""
+    args = make_sparse_inputs(case)
+    out, lse = longattn.sparse_attention(**args, backend="reference")
+    check_against_oracle(out, lse, args, case.name + " (shared rows)")
+    _, oracle_lse = oracle_of(args)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(oracle_lse.float()))
+    if bool(torch.isfinite(oracle_lse).any()):
+        assert any(shared_calls), "attend_shared never used shared rows"
+
+
+def test_reference_shares_rows_of_prefill_chunks(shared_calls):
+    """With the default thresholds, a prefill chunk's window and HCA prefix rows are shared, a decode
+    batch (tokens of different sequences, random rows) is not looked at, and a chunk of unrelated random
+    rows falls back to the per-token path."""
+    by_name = {c.name: c for c in SPARSE_CASES}
+    longattn.sparse_attention(**make_sparse_inputs(by_name["window_and_prefix_paged"]), backend="reference")
+    assert shared_calls == [True]  # both streams: one softmax over their shared rows
+    shared_calls.clear()
+    longattn.sparse_attention(**make_sparse_inputs(by_name["two_streams"]), backend="reference")  # T = 3
+    assert shared_calls == []
+    case = SparseCase("unrelated", T=16, H=2, D=64, N=4000, K=32, pattern="in_range")
+    args = make_sparse_inputs(case)
+    out, lse = longattn.sparse_attention(**args, backend="reference")
+    assert shared_calls == [False]
+    check_against_oracle(out, lse, args, "unrelated rows")
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_reference_shared_rows_nonfinite(sink, always_shared, shared_calls):
+    """The non-finite rule through the shared rows: a NaN key row makes the chunk fall back (a NaN row
+    gathered once would reach, as 0 * NaN, tokens that do not select it); without NaN rows the +inf /
+    -inf logits of overflowing q.k run on the shared rows and keep their classes."""
+    _nonfinite_run("reference", sink)
+    assert shared_calls and not any(shared_calls)  # every chunk holds the NaN row
+    shared_calls.clear()
+    args, want = sparse_nonfinite_inputs()
+    args["indices"] = torch.where(args["indices"] == 7, 8, args["indices"])  # no NaN row any more
+    for t in (0, 1, 2):
+        want[t] = ["fin"] * 4
+    for t in (6, 7):  # (the NaN key and an overflowing logit: now only the overflow in head 0)
+        want[t] = ["+inf", "fin", "fin", "fin"]
+    if sink:
+        args["attn_sink"] = torch.tensor([0.5, -1.0, 2.0, -3.0])
+    out, lse = longattn.sparse_attention(**args, backend="reference")
+    assert shared_calls and all(shared_calls)
+    ref_out, ref_lse = oracle_of(args)
+    check_sparse_nonfinite(out, lse, want, ref_out, ref_lse, what=f"shared rows, sink={sink}")

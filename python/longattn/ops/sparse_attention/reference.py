@@ -25,6 +25,12 @@ NEG_INF = float("-inf")
 TILE_BYTES = 32 << 20
 
 
+# Token chunks of at least this many tokens look for key rows their tokens share (``attend_shared``);
+# a decode batch's tokens (one per sequence) share none and would only pay for the search.
+SHARED_MIN_TOKENS = 8
+# ... and use the shared rows when a part's distinct rows are at most this many times its columns.
+SHARED_MAX_GROWTH = 1.5
+
 GATHER_PIECES = 4  # rows are gathered in this many pieces: the pool-dtype copy is a quarter of the rows
 
 
@@ -94,10 +100,72 @@ def attend_chunk(
         c0 += k
     torch.bmm(q, keys.transpose(1, 2), out=logits).mul_(scale)  # [Tc, H, Kc]
     logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
-    lse = torch.logsumexp(logits, dim=-1)  # [Tc, H]
-    lse_safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
-    probs = logits.sub_(lse_safe.unsqueeze(-1)).exp_()  # exp(-inf) = 0 for masked keys
+    probs, lse = _softmax_(logits)  # [Tc, H, Kc], [Tc, H]
     return torch.bmm(probs, keys), lse
+
+
+def attend_shared(
+    q: torch.Tensor, parts: List[Tuple[object, torch.Tensor, torch.Tensor]], scale: float
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``attend_chunk``'s result with the rows the chunk's tokens share gathered once: each part's U
+    distinct valid rows, the logits of every token against all of them in one GEMM
+    ([Tc * H, D] x [D, U1 + U2 ...]), and each token's softmax over the columns it selects, a column
+    counted once per occurrence in its row (weight ``c * exp(l)`` = logit ``l + log c``), the others
+    -inf. Exactly the per-token softmax up to rounding.
+
+    None where this does not pay (some part has U > ``SHARED_MAX_GROWTH`` x its columns: the GEMM
+    would do that much more work than the per-token one) or is unsafe (a gathered row holds inf / NaN:
+    it would reach, as 0 * inf, the tokens that do not select it).
+    """
+    Tc, H, D = q.shape
+    shared = []
+    for pool, idx, valid in parts:
+        s = _shared_rows(pool, idx, valid)
+        if s is None:
+            return None
+        shared.append(s)
+    keys = torch.cat([k for k, _ in shared]) if len(shared) > 1 else shared[0][0]  # [U, D]
+    counts = torch.cat([c for _, c in shared], dim=1) if len(shared) > 1 else shared[0][1]  # [Tc, U]
+    U = keys.shape[0]
+    if U == 0 or not bool(torch.isfinite(keys).all()):
+        return None
+    logits = torch.mm(q.reshape(Tc * H, D), keys.t()).view(Tc, H, U).mul_(scale)
+    logits.masked_fill_((counts == 0).unsqueeze(1), NEG_INF)
+    if bool((counts > 1).any()):  # duplicates in a row: log 1 = 0 elsewhere (and -inf stays -inf)
+        logits.add_(counts.log().unsqueeze(1))
+    probs, lse = _softmax_(logits)
+    return torch.mm(probs.view(Tc * H, U), keys).view(Tc, H, D), lse
+
+
+def _shared_rows(pool, idx: torch.Tensor, valid: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """One part's distinct valid rows (fp32 ``[U, D]``) and how often each token selects each one
+    (``[Tc, U]`` fp32), or None when U > ``SHARED_MAX_GROWTH`` x K."""
+    Tc, K = idx.shape
+    sel = torch.where(valid, idx.long(), -1)  # -1: no key
+    ends = torch.unique(sel[[0, -1]])  # the first and last tokens' rows alone: a cheap lower bound on U
+    if _num_valid(ends) > SHARED_MAX_GROWTH * K:
+        return None
+    rows, col = torch.unique(sel, return_inverse=True)  # sorted: -1 (the invalid entries) first
+    skip = rows.numel() - _num_valid(rows)
+    if rows.numel() - skip > SHARED_MAX_GROWTH * K:
+        return None
+    counts = torch.zeros(Tc, rows.numel(), dtype=torch.float32, device=idx.device)
+    counts.scatter_add_(1, col, torch.ones_like(col, dtype=torch.float32))
+    return _gather(pool, rows[skip:]).to(torch.float32), counts[:, skip:]
+
+
+def _num_valid(sorted_rows: torch.Tensor) -> int:
+    """Distinct rows from ``torch.unique`` of slots with -1 for "no key" (sorted: -1 first)."""
+    n = sorted_rows.numel()
+    return n - int(n > 0 and bool(sorted_rows[0] < 0))
+
+
+def _softmax_(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (in place of ``logits`` [..., K]) and lse [...]; a row of only -inf logits gets
+    probabilities 0 and lse -inf."""
+    lse = torch.logsumexp(logits, dim=-1)
+    lse_safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+    return logits.sub_(lse_safe.unsqueeze(-1)).exp_(), lse  # exp(-inf) = 0 for masked keys
 
 
 def valid_mask(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) -> torch.Tensor:
@@ -161,7 +229,9 @@ def sparse_attention(
                 room -= idx_c.shape[1]
         acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         for parts in groups:
-            part = attend_chunk(q_c, parts, softmax_scale, workspace)
+            part = attend_shared(q_c, parts, softmax_scale) if t1 - t0 >= SHARED_MIN_TOKENS else None
+            if part is None:
+                part = attend_chunk(q_c, parts, softmax_scale, workspace)
             acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
         assert acc is not None  # (groups is never empty)
         o_c, lse_c = acc
