@@ -118,14 +118,15 @@ def attend_shared(
     it would reach, as 0 * inf, the tokens that do not select it).
     """
     Tc, H, D = q.shape
-    shared = []
-    for pool, idx, valid in parts:
-        s = _shared_rows(pool, idx, valid)
-        if s is None:
-            return None
-        shared.append(s)
-    keys = torch.cat([k for k, _ in shared]) if len(shared) > 1 else shared[0][0]  # [U, D]
-    counts = torch.cat([c for _, c in shared], dim=1) if len(shared) > 1 else shared[0][1]  # [Tc, U]
+    sel = [torch.where(valid, idx.long(), -1) for _, idx, valid in parts]  # -1: no key
+    # the first and last tokens' rows alone (a lower bound on U) before any part's full search
+    if any(_num_valid(torch.unique(s[[0, -1]])) > SHARED_MAX_GROWTH * s.shape[1] for s in sel):
+        return None
+    found = [_shared_rows(s) for s in sel]
+    if any(f is None for f in found):
+        return None
+    keys = torch.cat([_gather(pool, rows).to(torch.float32) for (pool, _, _), (rows, _) in zip(parts, found)])
+    counts = torch.cat([c for _, c in found], dim=1)  # [Tc, U] (keys [U, D])
     U = keys.shape[0]
     if U == 0 or not bool(torch.isfinite(keys).all()):
         return None
@@ -137,21 +138,16 @@ def attend_shared(
     return torch.mm(probs.view(Tc * H, U), keys).view(Tc, H, D), lse
 
 
-def _shared_rows(pool, idx: torch.Tensor, valid: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """One part's distinct valid rows (fp32 ``[U, D]``) and how often each token selects each one
-    (``[Tc, U]`` fp32), or None when U > ``SHARED_MAX_GROWTH`` x K."""
-    Tc, K = idx.shape
-    sel = torch.where(valid, idx.long(), -1)  # -1: no key
-    ends = torch.unique(sel[[0, -1]])  # the first and last tokens' rows alone: a cheap lower bound on U
-    if _num_valid(ends) > SHARED_MAX_GROWTH * K:
-        return None
+def _shared_rows(sel: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """One part's distinct valid slots ``[U]`` (selection ``sel [Tc, K]``, -1 = no key) and how often
+    each token selects each one (``[Tc, U]`` fp32), or None when U > ``SHARED_MAX_GROWTH`` x K."""
     rows, col = torch.unique(sel, return_inverse=True)  # sorted: -1 (the invalid entries) first
     skip = rows.numel() - _num_valid(rows)
-    if rows.numel() - skip > SHARED_MAX_GROWTH * K:
+    if rows.numel() - skip > SHARED_MAX_GROWTH * sel.shape[1]:
         return None
-    counts = torch.zeros(Tc, rows.numel(), dtype=torch.float32, device=idx.device)
+    counts = torch.zeros(sel.shape[0], rows.numel(), dtype=torch.float32, device=sel.device)
     counts.scatter_add_(1, col, torch.ones_like(col, dtype=torch.float32))
-    return _gather(pool, rows[skip:]).to(torch.float32), counts[:, skip:]
+    return rows[skip:], counts[:, skip:]
 
 
 def _num_valid(sorted_rows: torch.Tensor) -> int:
