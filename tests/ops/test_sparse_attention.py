@@ -454,3 +454,21 @@ def test_reference_shared_rows_nonfinite(sink, always_shared, shared_calls):
     assert shared_calls and all(shared_calls)
     ref_out, ref_lse = oracle_of(args)
     check_sparse_nonfinite(out, lse, want, ref_out, ref_lse, what=f"shared rows, sink={sink}")
+
+
+@pytest.mark.parametrize("page", [1, 7, 64])
+def test_reference_shared_rows_fp8_pool(page, always_shared, shared_calls):
+    """An FP8 pool inside e4m3-NaN pages through the shared rows: only rows some token validly selects
+    are decoded (a NaN page would make the chunk fall back, and the check would see the fallback)."""
+    args = fp8_pool_inputs(page, torch.bfloat16)
+    out, lse = longattn.sparse_attention(**args, backend="reference")
+    assert shared_calls and all(shared_calls)
+    check_sparse(out, lse, args, f"fp8 page={page} (shared rows)", "reference")
+
+
+@pytest.mark.parametrize("pool", ["float", "fp8"])
+def test_reference_shared_rows_never_read_skipped_entries(pool, always_shared, shared_calls):
+    """test_skipped_entries_never_read_the_pool through the shared rows (poison in rows nobody
+    validly selects leaves every result bit-identical)."""
+    test_skipped_entries_never_read_the_pool("reference", pool)
+    assert shared_calls and all(shared_calls)
