@@ -122,9 +122,12 @@ def attend_shared(
     # the first and last tokens' rows alone (a lower bound on U) before any part's full search
     if any(_num_valid(torch.unique(s[[0, -1]])) > SHARED_MAX_GROWTH * s.shape[1] for s in sel):
         return None
-    found = [_shared_rows(s) for s in sel]
-    if any(f is None for f in found):
-        return None
+    found = []
+    for s in sel:
+        f = _shared_rows(s)
+        if f is None:
+            return None
+        found.append(f)
     keys = torch.cat([_gather(pool, rows).to(torch.float32) for (pool, _, _), (rows, _) in zip(parts, found)])
     counts = torch.cat([c for _, c in found], dim=1)  # [Tc, U] (keys [U, D])
     U = keys.shape[0]
