@@ -472,3 +472,14 @@ def test_reference_shared_rows_never_read_skipped_entries(pool, always_shared, s
     validly selects leaves every result bit-identical)."""
     test_skipped_entries_never_read_the_pool("reference", pool)
     assert shared_calls and all(shared_calls)
+
+
+@pytest.mark.parametrize("case", [c for c in SPARSE_CASES + TILING_CASES if c.K + c.K2 > 32], ids=str)
+def test_reference_gather_pieces_change_nothing(case: SparseCase, monkeypatch):
+    """Rows gathered in pieces of 32 keys (GATHER_PIECE_BYTES = 1) give bit-identical results: the
+    pieces only bound the pool-dtype copy."""
+    args = make_sparse_inputs(case)
+    whole = longattn.sparse_attention(**args, backend="reference")
+    monkeypatch.setattr(sparse_ref, "GATHER_PIECE_BYTES", 1)
+    pieces = longattn.sparse_attention(**args, backend="reference")
+    assert torch.equal(whole[0], pieces[0]) and torch.equal(whole[1], pieces[1])

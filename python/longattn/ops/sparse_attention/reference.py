@@ -31,7 +31,10 @@ SHARED_MIN_TOKENS = 8
 # ... and use the shared rows when a part's distinct rows are at most this many times its columns.
 SHARED_MAX_GROWTH = 1.5
 
-GATHER_PIECES = 4  # rows are gathered in this many pieces: the pool-dtype copy is a quarter of the rows
+# Rows are gathered in pieces of at most this many bytes in the pool's dtype (and at least 32 keys per
+# token): the pool-dtype copy stays a fraction of a large chunk's fp32 keys, and a decode step's rows
+# (4 tokens x 640 keys x 1 KiB) take one index_select + one conversion per stream instead of four.
+GATHER_PIECE_BYTES = 4 << 20
 
 
 def gather_rows_into(kv, slots: torch.Tensor, out: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
@@ -39,10 +42,10 @@ def gather_rows_into(kv, slots: torch.Tensor, out: torch.Tensor, valid: Optional
     ``[Tc, K]`` bool, only the valid entries are read and the others are set to 0 (a skipped entry never
     reads the pool: a NaN in some row cannot reach another token's result); without it every slot
     must be valid. ``kv`` is a float row view ``[num_slots, D]`` or a pool object with
-    ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool). Gathered in pieces of keys, so the copy in the
-    pool's dtype is a fraction of ``out``."""
+    ``gather_rows(slots) -> fp32`` (e.g. an FP8 pool). Gathered in pieces of ``GATHER_PIECE_BYTES``, so
+    the copy in the pool's dtype is a fraction of a large ``out``."""
     Tc, K, D = out.shape
-    step = max(32, -(-K // GATHER_PIECES))
+    step = max(32, GATHER_PIECE_BYTES // max(1, Tc * _row_bytes(kv, D)))
     for k0 in range(0, K, step):
         s, o = slots[:, k0 : k0 + step], out[:, k0 : k0 + step]
         if valid is None:
