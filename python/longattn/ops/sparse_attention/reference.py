@@ -237,9 +237,10 @@ def sparse_attention(
             acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
         assert acc is not None  # (groups is never empty)
         o_c, lse_c = acc
-        if attn_sink is not None:
-            o_c = o_c * sink_factor(lse_c, attn_sink).unsqueeze(-1)
-        out[t0:t1] = o_c.to(q.dtype)
+        if attn_sink is None:
+            out[t0:t1].copy_(o_c)  # (rounded once to q's dtype)
+        else:  # the sink factor in fp32, the product rounded once into out
+            torch.mul(o_c, sink_factor(lse_c, attn_sink).unsqueeze(-1), out=out[t0:t1])
         lse[t0:t1] = lse_c
     return out, lse
 
