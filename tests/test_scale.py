@@ -49,6 +49,42 @@ def test_sparse_attention_hca_1m_keys_bounded_memory():
     assert torch.isfinite(out.float()).all() and torch.isfinite(lse).all()
 
 
+def test_sparse_attention_shared_hca_prefix_bounded_memory(monkeypatch):
+    """A prefill chunk of an HCA layer at 1M context (256 tokens, sliding window rows + a prefix of
+    8,192 entries): the reference's shared rows (one copy of the ~8,300 distinct rows, the logits of
+    41 tokens at a time under a 64 MiB budget) stay within a small multiple of the budget and equal the
+    per-token path."""
+    from longattn.ops.sparse_attention import reference as ref
+
+    T, H, D = 256, 8, 512
+    g = torch.Generator().manual_seed(5)
+    swa, comp = torch.randn(4096, D, generator=g).bfloat16(), torch.randn(8192, D, generator=g).bfloat16()
+    q = torch.randn(T, H, D, generator=g).bfloat16()
+    win = (torch.arange(T).unsqueeze(1) + torch.arange(128)).int()  # token t: rows t .. t + 127
+    cidx = torch.arange(8192, dtype=torch.int32).repeat(T, 1)
+    lengths = (8064 + torch.arange(T) // 2).int()  # a growing prefix
+    args = dict(extra_kv=comp, extra_indices=cidx, extra_topk_length=lengths, attn_sink=torch.zeros(H))
+    used = []
+    real = ref.attend_shared
+
+    def spy(*a):
+        res = real(*a)
+        used.append(res is not None)
+        return res
+
+    monkeypatch.setattr(ref, "attend_shared", spy)
+    with chunk_budget(64 * MiB), PeakRSS() as mem:
+        out, lse = longattn.sparse_attention(q, swa, win, **args)
+    assert used and all(used), used
+    assert mem.peak_delta < 160 * MiB, f"peak temporary memory {mem.peak_delta / MiB:.1f} MiB"
+    print(f"shared rows: {len(used)} chunks, peak {mem.peak_delta / MiB:.1f} MiB")
+    monkeypatch.setattr(ref, "SHARED_MIN_TOKENS", 1 << 30)
+    with chunk_budget(64 * MiB):
+        want_out, want_lse = longattn.sparse_attention(q, swa, win, **args)
+    torch.testing.assert_close(lse, want_lse, atol=1e-4, rtol=0)  # fp32 sums of 8,320 terms, reordered
+    torch.testing.assert_close(out.float(), want_out.float(), atol=1e-2, rtol=1e-2)  # bf16 outputs: 1 ulp
+
+
 @pytest.mark.parametrize("budget_mib", [1, 64])
 def test_decode_demo_runs(budget_mib):
     """The README's main job (CSA decode step) at a reduced 64K context, both chunk regimes."""

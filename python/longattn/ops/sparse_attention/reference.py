@@ -131,9 +131,13 @@ def attend_shared(
         if f is None:
             return None
         found.append(f)
-    keys = torch.cat([_gather(pool, rows).to(torch.float32) for (pool, _, _), (rows, _) in zip(parts, found)])
-    counts = torch.cat([c for _, c in found], dim=1)  # [Tc, U] (keys [U, D])
-    U = keys.shape[0]
+    U = sum(rows.numel() for rows, _ in found)
+    keys = torch.empty(U, D, dtype=torch.float32, device=q.device)
+    u0 = 0
+    for (pool, _, _), (rows, _) in zip(parts, found):
+        keys[u0 : u0 + rows.numel()] = _gather(pool, rows)  # (fp32)
+        u0 += rows.numel()
+    counts = torch.cat([c for _, c in found], dim=1)  # [Tc, U]
     if U == 0 or not bool(torch.isfinite(keys).all()):
         return None
     logits = torch.mm(q.reshape(Tc * H, D), keys.t()).view(Tc, H, U).mul_(scale)
@@ -202,47 +206,70 @@ def sparse_attention(
 
     # Chunk sizes: keys per token chunk step (both streams together when they fit), then tokens so
     # that tokens x keys fit the budget.
+    budget = min(chunk_budget_bytes(), TILE_BYTES)
     total_k = max(1, sum(s[1].shape[1] for s in streams))
     per_key = max(_row_bytes(s[0], D) for s in streams) + D * 4 + 3 * H * 4
     keys_per_step = rows_per_chunk(per_key, total_k)
     per_token = per_key * keys_per_step + 3 * H * D * 4
-    tokens_per_step = rows_per_chunk(per_token, T, min(chunk_budget_bytes(), TILE_BYTES))
+    tokens_per_step = rows_per_chunk(per_token, T, budget)
     # one buffer for every chunk's gathered keys and logits: a fresh multi-MB buffer per chunk is
     # new memory to the OS each time (page faults; on a VM sometimes host faults: 10x slower copies)
     workspace = torch.empty(
         min(T, tokens_per_step) * min(total_k, keys_per_step) * (D + H), dtype=torch.float32, device=q.device
     )
+    # Shared rows (attend_shared) are tried on larger token chunks: their temporaries are the U <=
+    # SHARED_MAX_GROWTH x total_k rows once (fp32 and as gathered; within the memory budget) plus, per
+    # token, q, out, the logits [H, U], the counts [U] and the index search (capped at TILE_BYTES like
+    # the per-token chunks); where they fail, the chunk runs the per-token path in steps of tokens_per_step.
+    max_u = int(min(SHARED_MAX_GROWTH, T) * total_k)  # (a chunk never has more than T x total_k rows)
+    room = chunk_budget_bytes() - max_u * (D * 4 + max(_row_bytes(s[0], D) for s in streams))
+    shared_per_token = 4 * (3 * H * D + (H + 1) * max_u) + 24 * total_k
+    shared_step = rows_per_chunk(shared_per_token, T, max(1, min(room, TILE_BYTES)))
+    shared = T >= SHARED_MIN_TOKENS and room > 0 and shared_step >= SHARED_MIN_TOKENS
 
-    for t0 in range(0, T, tokens_per_step):
-        t1 = min(T, t0 + tokens_per_step)
-        q_c = q[t0:t1].to(torch.float32)
-        # Key blocks of <= keys_per_step keys, packed greedily into one softmax per group; partial
-        # results of groups merge exactly.
-        groups: List[List[Tuple[object, torch.Tensor, torch.Tensor]]] = [[]]
-        room = keys_per_step
-        for pool, idx, lengths in streams:
-            lengths_c = None if lengths is None else lengths[t0:t1]
-            for k0 in range(0, max(1, idx.shape[1]), keys_per_step):
-                idx_c = idx[t0:t1, k0 : k0 + keys_per_step]
-                if idx_c.shape[1] > room:
-                    groups.append([])
-                    room = keys_per_step
-                groups[-1].append((pool, idx_c, valid_mask(pool, idx_c, k0, lengths_c)))
-                room -= idx_c.shape[1]
-        acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-        for parts in groups:
-            part = attend_shared(q_c, parts, softmax_scale) if t1 - t0 >= SHARED_MIN_TOKENS else None
-            if part is None:
-                part = attend_chunk(q_c, parts, softmax_scale, workspace)
-            acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
-        assert acc is not None  # (groups is never empty)
-        o_c, lse_c = acc
+    def finish(t0: int, t1: int, o_c: torch.Tensor, lse_c: torch.Tensor) -> None:
         if attn_sink is None:
             out[t0:t1].copy_(o_c)  # (rounded once to q's dtype)
         else:  # the sink factor in fp32, the product rounded once into out
             torch.mul(o_c, sink_factor(lse_c, attn_sink).unsqueeze(-1), out=out[t0:t1])
         lse[t0:t1] = lse_c
+
+    for s0 in range(0, T, shared_step if shared else tokens_per_step):
+        s1 = min(T, s0 + (shared_step if shared else tokens_per_step))
+        if shared and s1 - s0 >= SHARED_MIN_TOKENS:
+            parts = [(pool, idx[s0:s1], valid_mask(pool, idx[s0:s1], 0, None if n is None else n[s0:s1]))
+                     for pool, idx, n in streams]  # fmt: skip
+            state = attend_shared(q[s0:s1].to(torch.float32), parts, softmax_scale)
+            if state is not None:
+                finish(s0, s1, *state)
+                continue
+        for t0 in range(s0, s1, tokens_per_step):
+            t1 = min(s1, t0 + tokens_per_step)
+            finish(t0, t1, *_attend_per_token(q[t0:t1].to(torch.float32), streams, t0, t1, keys_per_step,
+                                              softmax_scale, workspace))  # fmt: skip
     return out, lse
+
+
+def _attend_per_token(q_c, streams, t0: int, t1: int, keys_per_step: int, scale: float, workspace):
+    """Tokens [t0, t1) (q_c [Tc, H, D] fp32) by ``attend_chunk``: key blocks of <= keys_per_step keys,
+    packed greedily into one softmax per group; partial results of groups merge exactly."""
+    groups: List[List[Tuple[object, torch.Tensor, torch.Tensor]]] = [[]]
+    room = keys_per_step
+    for pool, idx, lengths in streams:
+        lengths_c = None if lengths is None else lengths[t0:t1]
+        for k0 in range(0, max(1, idx.shape[1]), keys_per_step):
+            idx_c = idx[t0:t1, k0 : k0 + keys_per_step]
+            if idx_c.shape[1] > room:
+                groups.append([])
+                room = keys_per_step
+            groups[-1].append((pool, idx_c, valid_mask(pool, idx_c, k0, lengths_c)))
+            room -= idx_c.shape[1]
+    acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    for parts in groups:
+        part = attend_chunk(q_c, parts, scale, workspace)
+        acc = part if acc is None else merge_states_fp32(acc[0], acc[1], part[0], part[1])
+    assert acc is not None  # (groups is never empty)
+    return acc
 
 
 def run(inp):
