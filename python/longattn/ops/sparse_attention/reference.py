@@ -208,7 +208,8 @@ def sparse_attention(
     # that tokens x keys fit the budget.
     budget = min(chunk_budget_bytes(), TILE_BYTES)
     total_k = max(1, sum(s[1].shape[1] for s in streams))
-    per_key = max(_row_bytes(s[0], D) for s in streams) + D * 4 + 3 * H * 4
+    row_bytes = max(_row_bytes(s[0], D) for s in streams)  # a gathered row in the pool's dtype
+    per_key = row_bytes + D * 4 + 3 * H * 4
     keys_per_step = rows_per_chunk(per_key, total_k)
     per_token = per_key * keys_per_step + 3 * H * D * 4
     tokens_per_step = rows_per_chunk(per_token, T, budget)
@@ -222,10 +223,11 @@ def sparse_attention(
     # token, q, out, the logits [H, U], the counts [U] and the index search (capped at TILE_BYTES like
     # the per-token chunks); where they fail, the chunk runs the per-token path in steps of tokens_per_step.
     max_u = int(min(SHARED_MAX_GROWTH, T) * total_k)  # (a chunk never has more than T x total_k rows)
-    room = chunk_budget_bytes() - max_u * (D * 4 + max(_row_bytes(s[0], D) for s in streams))
+    room = chunk_budget_bytes() - max_u * (D * 4 + row_bytes)
     shared_per_token = 4 * (3 * H * D + (H + 1) * max_u) + 24 * total_k
     shared_step = rows_per_chunk(shared_per_token, T, max(1, min(room, TILE_BYTES)))
     shared = T >= SHARED_MIN_TOKENS and room > 0 and shared_step >= SHARED_MIN_TOKENS
+    step = shared_step if shared else tokens_per_step
 
     def finish(t0: int, t1: int, o_c: torch.Tensor, lse_c: torch.Tensor) -> None:
         if attn_sink is None:
@@ -234,8 +236,8 @@ def sparse_attention(
             torch.mul(o_c, sink_factor(lse_c, attn_sink).unsqueeze(-1), out=out[t0:t1])
         lse[t0:t1] = lse_c
 
-    for s0 in range(0, T, shared_step if shared else tokens_per_step):
-        s1 = min(T, s0 + (shared_step if shared else tokens_per_step))
+    for s0 in range(0, T, step):
+        s1 = min(T, s0 + step)
         if shared and s1 - s0 >= SHARED_MIN_TOKENS:
             parts = [(pool, idx[s0:s1], valid_mask(pool, idx[s0:s1], 0, None if n is None else n[s0:s1]))
                      for pool, idx, n in streams]  # fmt: skip
