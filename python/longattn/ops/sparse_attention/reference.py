@@ -226,6 +226,10 @@ def sparse_attention(
     room = chunk_budget_bytes() - max_u * (D * 4 + row_bytes)
     shared_per_token = 4 * (3 * H * D + (H + 1) * max_u) + 24 * total_k
     shared_step = rows_per_chunk(shared_per_token, T, max(1, min(room, TILE_BYTES)))
+    # ... and at most half the narrowest stream's columns: Tc tokens of a sliding window read Tc + K - 1
+    # distinct rows, within SHARED_MAX_GROWTH x K only while Tc <= K / 2 + 1
+    widths = [s[1].shape[1] for s in streams if s[1].shape[1] > 0]
+    shared_step = min(shared_step, max(SHARED_MIN_TOKENS, min(widths, default=0) // 2))
     shared = T >= SHARED_MIN_TOKENS and room > 0 and shared_step >= SHARED_MIN_TOKENS
     step = shared_step if shared else tokens_per_step
 
