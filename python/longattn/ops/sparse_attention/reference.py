@@ -110,11 +110,11 @@ def attend_chunk(
 def attend_shared(
     q: torch.Tensor, parts: List[Tuple[object, torch.Tensor, torch.Tensor]], scale: float
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """``attend_chunk``'s result with the rows the chunk's tokens share gathered once: each part's U
-    distinct valid rows, the logits of every token against all of them in one GEMM
-    ([Tc * H, D] x [D, U1 + U2 ...]), and each token's softmax over the columns it selects, a column
-    counted once per occurrence in its row (weight ``c * exp(l)`` = logit ``l + log c``), the others
-    -inf. Exactly the per-token softmax up to rounding.
+    """``attend_chunk``'s result (q [Tc, H, D] of any float dtype) with the rows the chunk's tokens
+    share gathered once: each part's U distinct valid rows, the logits of every token against all of
+    them in one GEMM ([Tc * H, D] x [D, U1 + U2 ...]), and each token's softmax over the columns it
+    selects, a column counted once per occurrence in its row (weight ``c * exp(l)`` = logit
+    ``l + log c``), the others -inf. Exactly the per-token softmax up to rounding.
 
     None where this does not pay (some part has U > ``SHARED_MAX_GROWTH`` x its columns: the GEMM
     would do that much more work than the per-token one) or is unsafe (a gathered row holds inf / NaN:
@@ -131,6 +131,7 @@ def attend_shared(
         if f is None:
             return None
         found.append(f)
+    q = q.to(torch.float32)  # (only now that the rows are known to be shared)
     U = sum(rows.numel() for rows, _ in found)
     keys = torch.empty(U, D, dtype=torch.float32, device=q.device)
     u0 = 0
@@ -230,6 +231,8 @@ def sparse_attention(
     # distinct rows, within SHARED_MAX_GROWTH x K only while Tc <= K / 2 + 1
     widths = [s[1].shape[1] for s in streams if s[1].shape[1] > 0]
     shared_step = min(shared_step, max(SHARED_MIN_TOKENS, min(widths, default=0) // 2))
+    if shared_step > tokens_per_step:  # where sharing fails, the chunk splits into whole per-token steps
+        shared_step -= shared_step % tokens_per_step
     shared = T >= SHARED_MIN_TOKENS and room > 0 and shared_step >= SHARED_MIN_TOKENS
     step = shared_step if shared else tokens_per_step
 
@@ -245,7 +248,7 @@ def sparse_attention(
         if shared and s1 - s0 >= SHARED_MIN_TOKENS:
             parts = [(pool, idx[s0:s1], valid_mask(pool, idx[s0:s1], 0, None if n is None else n[s0:s1]))
                      for pool, idx, n in streams]  # fmt: skip
-            state = attend_shared(q[s0:s1].to(torch.float32), parts, softmax_scale)
+            state = attend_shared(q[s0:s1], parts, softmax_scale)
             if state is not None:
                 finish(s0, s1, *state)
                 continue
