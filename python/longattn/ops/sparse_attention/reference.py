@@ -6,7 +6,9 @@ token costs ``D * (4 + pool element size)`` bytes (the gathered row, then its fp
 ``longattn.memory.chunk_budget_bytes()``. Key chunks of both streams are packed side by side into one
 softmax while they fit a chunk (a decode token's window + compressed keys: one softmax); the partial
 results of separate chunks are combined with the exact ``merge_states_fp32`` rule, so chunking
-changes only rounding.
+changes only rounding. Prefill chunks whose tokens select overlapping rows (windows, HCA prefixes)
+gather each distinct row once and score all of their tokens in one GEMM (``attend_shared``; README.md,
+"Rows a chunk's tokens share").
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ NEG_INF = float("-inf")
 TILE_BYTES = 32 << 20
 
 
-# Token chunks of at least this many tokens look for key rows their tokens share (``attend_shared``);
-# a decode batch's tokens (one per sequence) share none and would only pay for the search.
+# Calls (and chunks) of at least this many tokens look for key rows their tokens share
+# (``attend_shared``); a decode batch's tokens (one per sequence) share none and would only pay for it.
 SHARED_MIN_TOKENS = 8
 # ... and use the shared rows when a part's distinct rows are at most this many times its columns.
 SHARED_MAX_GROWTH = 1.5
