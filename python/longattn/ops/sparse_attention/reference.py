@@ -133,15 +133,17 @@ def attend_shared(
         if f is None:
             return None
         found.append(f)
-    q = q.to(torch.float32)  # (only now that the rows are known to be shared)
     U = sum(rows.numel() for rows, _ in found)
+    if U == 0:
+        return None
+    q = q.to(torch.float32)  # (only now that the rows are known to be shared)
     keys = torch.empty(U, D, dtype=torch.float32, device=q.device)
     u0 = 0
     for (pool, _, _), (rows, _) in zip(parts, found):
         keys[u0 : u0 + rows.numel()] = _gather(pool, rows)  # (fp32)
         u0 += rows.numel()
     counts = torch.cat([c for _, c in found], dim=1)  # [Tc, U]
-    if U == 0 or not bool(torch.isfinite(keys).all()):
+    if not bool(torch.isfinite(keys).all()):
         return None
     logits = torch.mm(q.reshape(Tc * H, D), keys.t()).view(Tc, H, U).mul_(scale)
     logits.masked_fill_((counts == 0).unsqueeze(1), NEG_INF)
@@ -155,9 +157,10 @@ def _shared_rows(sel: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor
     """One part's distinct valid slots ``[U]`` (selection ``sel [Tc, K]``, -1 = no key) and how often
     each token selects each one (``[Tc, U]`` fp32), or None when U > ``SHARED_MAX_GROWTH`` x K."""
     rows, col = torch.unique(sel, return_inverse=True)  # sorted: -1 (the invalid entries) first
-    skip = rows.numel() - _num_valid(rows)
-    if rows.numel() - skip > SHARED_MAX_GROWTH * sel.shape[1]:
+    n = _num_valid(rows)
+    if n > SHARED_MAX_GROWTH * sel.shape[1]:
         return None
+    skip = rows.numel() - n
     counts = torch.zeros(sel.shape[0], rows.numel(), dtype=torch.float32, device=sel.device)
     counts.scatter_add_(1, col, torch.ones_like(col, dtype=torch.float32))
     return rows[skip:], counts[:, skip:]
