@@ -692,7 +692,9 @@ def split_plan(canon, device):
     programs = T * -(-H // cfg["BLOCK_H"])
     blocks = -(-K1 // bn) + -(-K2 // bn)
     sms = num_sms(device)
-    heuristic = tsa.choose_num_splits(programs, K1 + K2, bn, device)
+    heuristic = tsa.choose_num_splits(
+        programs, K1 + K2, bn, device, key_blocks=blocks, block_h=cfg["BLOCK_H"], head_dim=D
+    )  # the launcher's own choice (its cost model)
     waves = {-(-sms // programs), -(-2 * sms // programs)}  # one / two waves of programs
     candidates = sorted({min(s, blocks) for s in set(SPLIT_COUNTS) | waves | {heuristic}})
     return dict(config=cfg, key_blocks=blocks, programs_per_split=programs, sms=sms, heuristic=heuristic,

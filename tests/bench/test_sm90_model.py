@@ -57,3 +57,27 @@ def test_attach_puts_estimates_on_the_rows_they_describe_only():
     assert "model_us" not in doc["decode_graph"]["rows"][0]  # no estimate stored for that case here
     assert [ln["row"] for ln in out["covered"]] == ["triton", "triton-fused"]
     assert sm90_model.attach({"results": []})["covered"] == []  # the stored JSON, nothing to cover
+
+
+def test_a_loop_free_combine_is_charged_one_pass():
+    """The probe's combine term is num_splits x 512 / BLOCK_D serial iterations of 2 L2 round trips; a
+    combine compiled without a loop keeps one of them (the others are subtracted, the probe's figures
+    kept); a combine that still loops, or a case without one, is left as the probe gave it."""
+    est = {
+        "HCA T=1": {"optimistic_us": 100.0, "pessimistic_us": 200.0},
+        "looping": {"optimistic_us": 50.0, "pessimistic_us": 60.0},
+        "no combine": {"optimistic_us": 10.0, "pessimistic_us": 10.0},
+    }
+    summary = [
+        {"case": "HCA T=1", "kernel": "_sparse_attn_fwd_kernel", "grid": [1, 2, 32]},
+        {"case": "HCA T=1", "kernel": "_combine_splits_kernel", "constexprs": {"BLOCK_D": 64}, "loops_full": []},
+        {"case": "looping", "kernel": "_sparse_attn_fwd_kernel", "grid": [1, 2, 4]},
+        {"case": "looping", "kernel": "_combine_splits_kernel", "constexprs": {"BLOCK_D": 64}, "loops_full": [{}]},
+        {"case": "no combine", "kernel": "_sparse_attn_fwd_kernel", "grid": [64, 2, 1]},
+    ]
+    out = sm90_model.one_pass_combine(est, summary, (300, 600), 1.5e9)
+    # 32 splits x 8 chunks = 256 iterations -> 1: 255 x 2 x 300 clk at 1.5 GHz = 102 us (204 pessimistic)
+    assert out["HCA T=1"]["combine_correction_us"] == [102.0, 204.0]
+    assert out["HCA T=1"]["optimistic_us"] == -2.0 and out["HCA T=1"]["probe_us"] == [100.0, 200.0]
+    assert out["looping"] == est["looping"] and out["no combine"] == est["no combine"]
+    assert est["HCA T=1"] == {"optimistic_us": 100.0, "pessimistic_us": 200.0}  # the input is not changed

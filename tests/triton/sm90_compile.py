@@ -52,7 +52,15 @@ def ptx_properties(ptx: str) -> dict:
     v4 = len(re.findall(r"\bld\.global(?:\.[\w:]+)*\.v4\.[bfsu]32\b", ptx))
     cp16 = len(re.findall(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(?:0x10|16)\b",
                           ptx))  # fmt: skip
-    return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"),
+    # loops: branches back to a label above them (PTX is emitted in block order)
+    seen, loops = set(), 0
+    for line in ptx.splitlines():
+        label = re.match(r"^\s*(\$L__\w+):", line)
+        if label:
+            seen.add(label.group(1))
+        target = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
+        loops += bool(target and target.group(1) in seen)
+    return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"), loops=loops,
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
                 tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2], ld_global_v4=v4,
                 cp_async_16=cp16)  # fmt: skip
@@ -189,7 +197,7 @@ def compile_all(arch=90) -> list:
         "combine_splits",
         tsa._combine_splits_kernel,
         dict(p_ws_out="*fp32", p_ws_lse="*fp32", p_sink="*fp32", p_out="*bf16", p_lse="*fp32"),
-        dict(HAS_SINK=True, BLOCK_H=16, BLOCK_S=64, BLOCK_D=64, stride_od=1, stride_lh=1),
+        dict(HAS_SINK=True, BLOCK_S=64, BLOCK_D=64, stride_od=1, stride_lh=1),
         4,
         1,
     )
@@ -384,7 +392,9 @@ def compile_all(arch=90) -> list:
             signature, constexprs, attrs, options = jit
             build(f"jit {name}", fn, None, constexprs, options.num_warps, options.num_stages, attrs, signature)
             results[-1]["grid"] = list(grid)
-            results[-1]["launch"] = {k: v for k, v in kwargs.items() if k in ("BLOCK_N", "BLOCK_DI", "num_warps")}
+            results[-1]["launch"] = {
+                k: v for k, v in kwargs.items() if k in ("BLOCK_N", "BLOCK_DI", "BLOCK_S", "BLOCK_D", "num_warps")
+            }
     return results
 
 
@@ -419,8 +429,9 @@ def captured_launches(module, kernel_names, call) -> list:
 
 
 def jit_launches(tsa) -> list:
-    """[(name, fn, grid, args, kwargs)]: the sparse-attention forward of the V4 decode and prefill cases
-    (bench/triton_grid.py's) with the launcher's own tiles, split count and arguments."""
+    """[(name, fn, grid, args, kwargs)]: the sparse-attention launches of the V4 decode and prefill cases
+    (bench/triton_grid.py's) with the launcher's own tiles, split count and arguments: the forward
+    kernel ("sparse <case>") and, where the launcher splits the keys, the combine ("combine <case>")."""
     import functools
 
     import torch
@@ -435,6 +446,7 @@ def jit_launches(tsa) -> list:
             ("sparse CSA decode bf16 H=128 128+1024 T=64", 64, 128, 128, 1024, "bf16"),
             ("sparse CSA decode fp8-pool H=128 128+1024 T=64", 64, 128, 128, 1024, "fp8"),
             ("sparse prefill V4-Pro H=128 128+1024 T=2048", 2048, 128, 128, 1024, "bf16"),
+            ("sparse HCA decode bf16 H=128 128+8192 T=1", 1, 128, 128, 8192, "bf16"),
         ]:
             D = 512
             q = torch.empty(T, H, D, dtype=torch.bfloat16)
@@ -449,8 +461,10 @@ def jit_launches(tsa) -> list:
 
             launches = captured_launches(tsa, ["_sparse_attn_fwd_kernel", "_combine_splits_kernel"], call)
             out += [
-                (f"{name} {cfg}", fn, grid, a, kw) for fn, grid, a, kw in launches if fn is tsa._sparse_attn_fwd_kernel
-            ]
+                (f"{name} {cfg}" if fn is tsa._sparse_attn_fwd_kernel else name.replace("sparse", "combine", 1),
+                 fn, grid, a, kw)
+                for fn, grid, a, kw in launches
+            ]  # fmt: skip
     finally:
         tsa._num_sms = sms
     return out

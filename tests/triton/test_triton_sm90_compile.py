@@ -87,7 +87,7 @@ def test_launches_as_the_jit_specialises_them_for_sm90():
     must arrive 16 bytes at a time: its e4m3 bytes through cp.async with the rest of the tile, its bf16
     rope values in vector loads, so that only the UE8M0 scale bytes are loaded one byte at a time."""
     results = [r for r in check_compiled(90, SM90_MAX_SHARED_PER_BLOCK) if r["name"].startswith("jit sparse ")]
-    assert len(results) == 3, [r["name"] for r in results]
+    assert len(results) == 4, [r["name"] for r in results]
     if any("skipped" in r for r in results):
         pytest.skip(results[0]["skipped"])
     for r in results:
@@ -97,6 +97,27 @@ def test_launches_as_the_jit_specialises_them_for_sm90():
     assert fp8["ld_global_2b"] == 0, f"bf16 rope values loaded 2 bytes at a time: {fp8}"
     # 64 byte loads: the scale bytes of the [BLOCK_N, 512] tile (before: 128, with the e4m3 bytes)
     assert fp8["ld_global_1b"] <= 64 and fp8["cp_async"] > bf16["cp_async"] // 2, fp8
+
+
+def test_split_kv_combine_is_one_pass_for_sm90():
+    """Small-batch decode (issue 14): the HCA decode at T = 1 as the launcher plans it for 132 SMs splits
+    its 8,320 keys (the cost model's choice) and its combine has no loop: a program loads every split's
+    lse and every split's partial [BLOCK_S, BLOCK_D] at once (two dependent memory round trips, where the
+    loop over the splits waited for two per split), 0 spills; the hand-written signature likewise. The
+    CSA decode at T = 64 (128 programs, one wave) is not split, so it launches no combine."""
+    results = check_compiled(90, SM90_MAX_SHARED_PER_BLOCK)
+    if any("skipped" in r for r in results if r["name"].startswith("jit ")):
+        pytest.skip("this triton's JIT binder differs")
+    (hca,) = by_prefix(results, "jit sparse HCA decode bf16 H=128 128+8192 T=1")
+    (combine,) = by_prefix(results, "jit combine HCA decode")
+    splits = hca["grid"][2]
+    assert 1 < splits <= 64 and hca["grid"][1] * splits <= 132, hca["grid"]  # one wave of programs
+    assert combine["launch"]["BLOCK_S"] >= splits and combine["grid"][1] == 128, combine
+    for r in (combine, *by_prefix(results, "combine_splits")):
+        assert r["loops"] == 0 and spill_bytes(r["ptxas"]) == 0, r
+    assert not [r for r in results if r["name"].startswith("jit combine CSA")]
+    (csa,) = by_prefix(results, "jit sparse CSA decode bf16")
+    assert csa["grid"][2] == 1, csa["grid"]
 
 
 def test_index_key_kernels_as_the_jit_specialises_them_for_sm90():
@@ -160,13 +181,16 @@ SPARSE_D512_SPILL_BUDGETS = {
     # 256 + 256 head-dim halves (head_dim_tiles) spill more there (3.6.0 / 3.7.1 / 3.8.0: 3336 / 3794 /
     # 3932 B; one 512 tile: 2684 B on 3.7.1) and less in the aligned launches the GPU runs (below)
     "sparse bf16 D=512 fp8=False": 4224,
-    "sparse bf16 D=576 fp8=False": 6400,  # 5000 / 5838 / 4528 B (split-KV, D = 576 = 512 + a 64-wide tail)
+    "sparse bf16 D=576 fp8=False": 4352,  # 3920 / 4110 / 3862 B (split-KV, D = 576 = 512 + a 64-wide tail;
+    # 5000 / 5838 / 4528 B while the split path counted its valid keys in the key loop)
     "sparse bf16 D=512 fp8=True": 3968,  # 2544 / 3616 / 3624 B (one 512 tile: 2922 B on 3.7.1)
     # the launches as the JIT specialises them (measured with triton 3.6.0 / 3.7.1 / 3.8.0; 3.9.0's
-    # wheel has no ptxas): what the GPU runs. One 512 tile -> the 256 + 256 halves:
-    "jit sparse CSA decode bf16": 448,  # 628 / 444 / 464 -> 372 / 420 / 340 B
-    "jit sparse CSA decode fp8-pool": 384,  # 408 / 276 / 384 -> 324 / 288 / 340 B (578 B before 16-B rows)
+    # wheel has no ptxas): what the GPU runs. One 512 tile -> the 256 + 256 halves -> the split path
+    # without its in-loop key count, and the cost model's split choice (CSA T = 64: one split):
+    "jit sparse CSA decode bf16": 320,  # 628 / 444 / 464 -> 372 / 420 / 340 -> 220 / 80 / 280 B
+    "jit sparse CSA decode fp8-pool": 352,  # 408 / 276 / 384 -> 324 / 288 / 340 -> 332 / 256 / 296 B
     "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 -> 220 / 80 / 280 B
+    "jit sparse HCA decode bf16": 256,  # split-KV (33 splits): 420 B on 3.7.1 -> 220 / 100 / 244 B
     # the FP8 index-key select kernel by its hand-written signature (no pointer alignment: e4m3 bytes
     # loaded one at a time, 255 registers): 8 B with 3.7.1 (4 B before its q mask went per 16-dim group);
     # as the JIT launches it, 0 B (asserted)

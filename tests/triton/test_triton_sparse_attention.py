@@ -10,6 +10,8 @@ fp16: the low-precision 2x rule (tests/helpers/sparse.py).
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
 
 if CAN_RUN_TRITON:
     import longattn
+    import triton
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
 
 
@@ -144,12 +147,62 @@ def test_split_of_empty_rows_and_partial_rows():
         assert torch.all(out[2] == 0) and torch.all(torch.isneginf(lse[2]))
 
 
-def test_split_heuristic():
+def test_split_cost_model(monkeypatch):
+    """choose_num_splits is the fewest splits within SPLIT_TIE of the cheapest count of the cost model
+    (brute force over every count, many shapes), and at the V4 decode shapes on 132 SMs it keeps the
+    splits in one wave of programs: CSA T = 64 (128 programs, 18 key blocks) is not split (the old
+    heuristic's 2 splits made 2 waves of the same 9 blocks plus 64 MiB of partials), HCA T = 16 takes
+    4 splits (the old 5 made 160 programs: 2 waves), HCA T = 1 spreads its 130 blocks over most SMs."""
     dev = torch.device(DEVICE)
-    assert tsa.choose_num_splits(programs=10_000, max_keys=8320, block_n=32, device=dev) == 1  # prefill
-    assert tsa.choose_num_splits(programs=1, max_keys=100, block_n=32, device=dev) == 1  # short rows
-    s = tsa.choose_num_splits(programs=1, max_keys=8320, block_n=32, device=dev)  # HCA decode
-    assert 1 < s <= min(tsa.MAX_SPLITS, 8320 // tsa.MIN_KEYS_PER_SPLIT)
+    monkeypatch.setattr(tsa, "_num_sms", lambda device: 132)
+    choose = functools.partial(tsa.choose_num_splits, device=dev, block_h=64, head_dim=512)
+    for programs in (1, 2, 3, 8, 32, 64, 128, 131, 133, 264, 4096):
+        for key_blocks in (1, 2, 3, 18, 33, 130, 1000):
+            s = choose(programs, key_blocks * 64, 64, key_blocks=key_blocks)
+            costs = {n: tsa.split_cost_us(n, programs, key_blocks, 132) for n in range(1, min(64, key_blocks) + 1)}
+            best = min(costs.values())
+            assert costs[s] <= best * tsa.SPLIT_TIE, (programs, key_blocks, s)
+            assert all(costs[n] > best * tsa.SPLIT_TIE for n in range(1, s)), (programs, key_blocks, s)
+            assert 1 <= s <= min(tsa.MAX_SPLITS, key_blocks)
+    assert choose(1, 64, 64) == 1 and choose(4096, 8320, 64) == 1  # one key block; prefill
+    assert choose(128, 1152, 64, key_blocks=18) == 1  # CSA decode T = 64: one wave already
+    assert choose(32, 8320, 64, key_blocks=130) == 4  # HCA decode T = 16: 128 programs, one wave
+    s = choose(2, 8320, 64, key_blocks=130)  # HCA decode T = 1
+    assert 16 <= s <= 66 and 2 * s <= 132, s
+    # the SM count is part of the cached choice: a smaller GPU gets fewer splits at T = 16
+    monkeypatch.setattr(tsa, "_num_sms", lambda device: 66)
+    assert choose(32, 8320, 64, key_blocks=130) == 2
+
+
+def test_combine_tiles_hold_every_split():
+    """The combine loads all splits of a head in one tile: BLOCK_S >= num_splits for every count the
+    launcher allows, the partial tile within COMBINE_TILE elements, the head dim covered."""
+    for n in range(2, tsa.MAX_SPLITS + 1):
+        for D in (8, 64, 100, 512, 576):
+            bs, bd = tsa.combine_tiles(n, D)
+            assert bs >= n and bs & (bs - 1) == 0 and bd & (bd - 1) == 0
+            assert bs * bd <= max(tsa.COMBINE_TILE, bs * tsa.MIN_DOT) and bd <= max(16, triton.next_power_of_2(D))
+
+
+def test_split_count_over_the_maximum_is_clipped():
+    """An explicit num_splits above MAX_SPLITS (the combine's widest tile) runs as MAX_SPLITS splits."""
+    g = torch.Generator().manual_seed(11)
+    T, H, D, N, K = 2, 3, 32, 300, 200
+    args = to_device(
+        dict(
+            q=torch.randn(T, H, D, generator=g),
+            kv=torch.randn(N, D, generator=g),
+            indices=torch.randint(-3, N + 3, (T, K), generator=g).int(),
+            topk_length=None,
+            attn_sink=torch.randn(H, generator=g),
+            softmax_scale=None,
+        )
+    )
+    out, lse = run_kernel(args, num_splits=1000)
+    check_against_oracle(out, lse, args, "splits=1000")
+
+
+def test_head_dim_tiles():
     assert tsa.head_dim_tiles(512) == (256, 256) and tsa.head_dim_tiles(576) == (512, 64)
     assert tsa.head_dim_tiles(1024) == (512, 512) and tsa.head_dim_tiles(256) == (256, 0)
     assert tsa.head_dim_tiles(100) == (64, 64) and tsa.head_dim_tiles(8) == (16, 0)

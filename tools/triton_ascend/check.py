@@ -290,9 +290,9 @@ def v4_problems(config_set: str):
             cfg = tsa.default_config(H, D, bf16, cuda, fp8)
             head_blocks = -(-H // cfg["BLOCK_H"])
             with patched(tsa, _num_sms=lambda d: 132):
-                kw = dict(
-                    config=cfg, num_splits=tsa.choose_num_splits(T * head_blocks, WIN + TOPK, cfg["BLOCK_N"], cuda)
-                )
+                splits = tsa.choose_num_splits(T * head_blocks, WIN + TOPK, cfg["BLOCK_N"], cuda,
+                                               block_h=cfg["BLOCK_H"], head_dim=D)  # fmt: skip
+                kw = dict(config=cfg, num_splits=splits)
         return lambda: tsa.sparse_attention(q, kv, idx, ln, ekv, eidx, eln, sink, D**-0.5, **kw)
 
     yield "sparse_attention decode T=1 (bf16 pools, window 128 + compressed top-512, sink)", lazy(sparse, 1)

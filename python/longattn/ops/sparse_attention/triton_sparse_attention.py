@@ -21,6 +21,7 @@ for the tensor-core dots (``P`` is rounded to that dtype before ``P V``, as in F
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -30,8 +31,8 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import and_flag, cdiv, cuda_capability, dummy, interpreting, nan_where, next_power_of_2
 from ..triton_utils import cast_out as _cast_out
+from ..triton_utils import cdiv, cuda_capability, dummy, interpreting, nan_where, next_power_of_2
 from ..triton_utils import num_sms as _num_sms
 
 # ---------------------------------------------------------------------------------------------------
@@ -51,8 +52,15 @@ _FP8_TILE = tl.constexpr(fp8.TILE)
 _FP32_EXP_SHIFT = tl.constexpr(23)  # (byte << 23) as fp32 bits = 2 ** (byte - 127): the UE8M0 scale
 
 MIN_DOT = 16  # smallest M / N / K of a tl.dot on NVIDIA GPUs
-MAX_SPLITS = 64
-MIN_KEYS_PER_SPLIT = 256  # a split's partial (H x D fp32) must not cost more traffic than its keys
+MAX_SPLITS = 64  # the combine loads every split in one tile (combine_tiles)
+COMBINE_TILE = 4096  # elements of a combine program's [BLOCK_S, BLOCK_D] fp32 tile: 32 per thread (4 warps)
+# Split-KV cost model (split_cost_us; README "Split-KV cost model"): H200-sized constants, not measurements.
+SPLIT_BLOCK_US = 2.2  # one program's key block at 64 heads x 64 keys x D = 512: the offline sm_90a model's
+# ~4,064 busy clk per hot-loop iteration (shared-memory bound) at 1.83 GHz; scaled by BLOCK_H x BLOCK_N x D
+SPLIT_PROGRAM_US = 1.0  # a program's fixed cost: the q tile, the first gathers' latency, the epilogue store
+SPLIT_COMBINE_US = 3.0  # the dependent combine launch (~2 us gap without CUDA graphs) + its 2 round trips
+SPLIT_HBM_BYTES_PER_US = 4.8e6  # H200 HBM3e, 4.8 TB/s: the partial outputs' write + read
+SPLIT_TIE = 1.1  # more splits must be > 10% cheaper (they cost workspace and partial traffic)
 
 
 def _pow2_floor(x: int) -> int:
@@ -126,15 +134,56 @@ def default_config(
     return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
 
 
-def choose_num_splits(programs: int, max_keys: int, block_n: int, device: torch.device) -> int:
-    """Split-KV heuristic: split only when the (token, head block) programs cannot fill the SMs
-    (decode), into at most enough splits for one wave, each covering >= MIN_KEYS_PER_SPLIT keys."""
-    sms = _num_sms(device)
-    if programs >= sms or max_keys <= MIN_KEYS_PER_SPLIT:
+@functools.lru_cache(maxsize=4096)
+def split_cost_us(
+    num_splits: int, programs: int, key_blocks: int, sms: int, block_h: int = 64, block_n: int = 64, head_dim: int = 512
+) -> float:
+    """Modelled kernel time (us, H200-sized constants above) of a decode / prefill launch cut into
+    ``num_splits``: ``programs`` (token, head block) programs per split, each token's ``key_blocks`` key
+    blocks shared out evenly, one program per SM at a time (the V4 tiles' occupancy), then the
+    combine. Waves x (a program's fixed cost + its blocks), plus, when split, the combine launch and
+    the partial outputs written and read back once at HBM bandwidth."""
+    waves = cdiv(programs * num_splits, sms)
+    block_us = SPLIT_BLOCK_US * (block_h * block_n * head_dim) / (64 * 64 * 512)
+    t = waves * (SPLIT_PROGRAM_US + cdiv(key_blocks, num_splits) * block_us)
+    if num_splits > 1:
+        partial_bytes = 2 * num_splits * programs * block_h * (head_dim + 1) * 4  # fp32 out + lse, written + read
+        t += SPLIT_COMBINE_US + partial_bytes / SPLIT_HBM_BYTES_PER_US
+    return t
+
+
+@functools.lru_cache(maxsize=4096)
+def _best_num_splits(programs: int, key_blocks: int, sms: int, block_h: int, block_n: int, head_dim: int) -> int:
+    costs = [split_cost_us(s, programs, key_blocks, sms, block_h, block_n, head_dim)
+             for s in range(1, min(MAX_SPLITS, key_blocks) + 1)]  # fmt: skip
+    best = min(costs)
+    return next(s for s, c in enumerate(costs, 1) if c <= best * SPLIT_TIE)
+
+
+def choose_num_splits(
+    programs: int,
+    max_keys: int,
+    block_n: int,
+    device: torch.device,
+    *,
+    key_blocks: Optional[int] = None,
+    block_h: int = 64,
+    head_dim: int = 512,
+) -> int:
+    """Split-KV choice from the cost model (``split_cost_us``): the fewest splits within SPLIT_TIE of
+    the cheapest count in 1..min(MAX_SPLITS, key blocks). ``programs`` = T x head blocks; ``key_blocks``
+    = a token's key blocks (default cdiv(max_keys, block_n)). Cached per shape (host cost ~1 us)."""
+    blocks = key_blocks if key_blocks is not None else cdiv(max(0, max_keys), block_n)
+    if programs <= 0 or blocks <= 1:
         return 1
-    by_sms = cdiv(sms, programs)
-    by_keys = max(1, max_keys // max(MIN_KEYS_PER_SPLIT, block_n))
-    return max(1, min(by_sms, by_keys, MAX_SPLITS))
+    return _best_num_splits(programs, blocks, _num_sms(device), block_h, block_n, head_dim)
+
+
+def combine_tiles(num_splits: int, D: int) -> Tuple[int, int]:
+    """(BLOCK_S, BLOCK_D) of ``_combine_splits_kernel``: every split in one tile, the head dim in chunks
+    that keep the [BLOCK_S, BLOCK_D] fp32 partial tile within COMBINE_TILE elements."""
+    block_s = max(2, next_power_of_2(num_splits))
+    return block_s, max(MIN_DOT, min(next_power_of_2(D), COMBINE_TILE // block_s))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,7 +244,6 @@ def _attend_stream(
     b_l,
     b_acc0,
     b_acc1,
-    n_used,
     p_kv,
     p_kv16,
     stride_row,
@@ -219,8 +267,7 @@ def _attend_stream(
     CDT: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Online softmax over key blocks [blk_lo, blk_hi) of one index row (positions < n_pos); also
-    counts the valid keys used (``n_used``: whether a split saw any key, whatever its logits).
+    """Online softmax over key blocks [blk_lo, blk_hi) of one index row (positions < n_pos).
 
     Non-finite logits follow IEEE: a NaN logit makes p, l and acc NaN (whether or not the max dropped
     it: ``tl.maximum`` ignores NaN on GPUs, propagates it in the interpreter); once a logit is +inf
@@ -232,7 +279,6 @@ def _attend_stream(
         # [BLOCK_N] slots; invalid ones (out of range, -1, past topk_length) are masked, never read
         b_idx = tl.load(p_idx_row + o_n.to(tl.int64) * stride_ik, mask=m_n, other=-1).to(tl.int64)
         m_n = m_n & (b_idx >= 0) & (b_idx < num_slots)
-        n_used += tl.sum(m_n.to(tl.int32), 0)
         i_slot = tl.where(m_n, b_idx, 0)
         # [BLOCK_N, BLOCK_D0]
         b_k0 = _load_kv_rows(
@@ -259,7 +305,7 @@ def _attend_stream(
         if HAS_TAIL:
             b_acc1 = b_acc1 * b_alpha[:, None] + tl.dot(_cast_out(b_p, CDT), b_k1, input_precision=DOT_PREC)
         b_m = b_m_new
-    return b_m, b_l, b_acc0, b_acc1, n_used
+    return b_m, b_l, b_acc0, b_acc1
 
 
 @triton.jit(
@@ -381,10 +427,9 @@ def _sparse_attn_fwd_kernel(
     # [BLOCK_H, BLOCK_D0], [BLOCK_H, BLOCK_D1]
     b_acc0 = tl.zeros([BLOCK_H, BLOCK_D0], tl.float32)
     b_acc1 = tl.zeros([BLOCK_H, BLOCK_D1], tl.float32)
-    n_used = tl.zeros([], tl.int32)  # valid keys this split used (the same for every head)
 
-    b_m, b_l, b_acc0, b_acc1, n_used = _attend_stream(
-        b_q0, b_q1, b_m, b_l, b_acc0, b_acc1, n_used,
+    b_m, b_l, b_acc0, b_acc1 = _attend_stream(
+        b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
         p_kv, p_kv16, stride_kv_row, stride_kv_d, num_slots, kv_page_size, kv_page_bytes,
         p_idx + i_t * stride_it, stride_ik, n1,
         tl.minimum(blk_lo, nb1), tl.minimum(blk_hi, nb1),
@@ -392,8 +437,8 @@ def _sparse_attn_fwd_kernel(
         KV_FP8, HAS_TAIL, BLOCK_N, CDT, DOT_PREC,
     )  # fmt: skip
     if HAS_EXTRA:
-        b_m, b_l, b_acc0, b_acc1, n_used = _attend_stream(
-            b_q0, b_q1, b_m, b_l, b_acc0, b_acc1, n_used,
+        b_m, b_l, b_acc0, b_acc1 = _attend_stream(
+            b_q0, b_q1, b_m, b_l, b_acc0, b_acc1,
             p_ekv, p_ekv16, stride_ekv_row, stride_ekv_d, num_slots2, ekv_page_size, ekv_page_bytes,
             p_eidx + i_t * stride_eit, stride_eik, n2,
             tl.maximum(blk_lo - nb1, 0), tl.maximum(blk_hi - nb1, 0),
@@ -409,12 +454,13 @@ def _sparse_attn_fwd_kernel(
     m_bad = (b_lse2 != b_lse2) | (b_lse2 == _POS_INF)
     b_inv = nan_where(m_bad, 1.0 / tl.where(m_zero, 1.0, b_l))
     if SPLIT:
-        # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. "No keys" is decided by
-        # the count of valid keys, never by l (NaN compares false): a split without keys writes only
-        # its lse (-inf); its out stays unwritten and is never read.
+        # Partials (no sink): out [S, T, H, D] fp32 and base-2 lse [S, T, H]. A head whose l is exactly 0
+        # (no key, or only -inf logits: lse -inf) writes only its lse; its out stays unwritten and the
+        # combine never reads it. NaN / +inf l (lse NaN / +inf) is written: never "l > 0", false for NaN.
+        # (The test was once a count of valid keys kept through the key loop: 340 B more spills there.)
         o_row = (i_split * T + i_t) * H + i_h  # [BLOCK_H] int64
         tl.store(p_ws_lse + o_row, b_lse2, mask=m_h)
-        m_w = and_flag(m_h, n_used > 0)[:, None]
+        m_w = (m_h & ~m_zero)[:, None]
         tl.store(p_ws_out + o_row[:, None] * D + o_d0[None, :], b_acc0 * b_inv[:, None], mask=m_w & m_d0[None, :])
         if HAS_TAIL:
             tl.store(p_ws_out + o_row[:, None] * D + o_d1[None, :], b_acc1 * b_inv[:, None], mask=m_w & m_d1[None, :])
@@ -458,55 +504,48 @@ def _combine_splits_kernel(
     D,
     num_splits,
     HAS_SINK: tl.constexpr,
-    BLOCK_H: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """merge_attention_states over the splits (n-way, base 2), then the sink; one program per
-    (token, head block, BLOCK_D chunk of the head dim): at T = 1 the head dim spreads the combine over
-    cdiv(D, BLOCK_D) times more SMs (every program reads the [BLOCK_H, splits] lse; chunk 0 writes
-    lse). Splits with lse = -inf are never read; none is read where the result is NaN. Non-finite lse
-    as merge_attention_states: a NaN split lse gives NaN, NaN; otherwise a +inf one gives +inf, NaN;
-    all -inf gives -inf, 0."""
+    """merge_attention_states over the splits (n-way, base 2), then the sink; one program per (token,
+    head, BLOCK_D chunk of the head dim). No loop: every split's lse of the head is loaded at once
+    ([BLOCK_S, 1], BLOCK_S >= num_splits), then every split's partial [BLOCK_S, BLOCK_D] at once, so a
+    program waits for two dependent memory round trips whatever the split count (a loop over the splits
+    waited for two per split). Splits with lse = -inf are never read; none is read where the result is
+    NaN. Non-finite lse as merge_attention_states: a NaN split lse gives NaN, NaN; otherwise a +inf one
+    gives +inf, NaN; all -inf gives -inf, 0. Chunk 0 writes lse."""
     i_t = tl.program_id(0).to(tl.int64)
-    i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    i_h = tl.program_id(1).to(tl.int64)
     i_d = tl.program_id(2)
-    m_h = i_h < H
-    o_s = tl.arange(0, BLOCK_S).to(tl.int64)
+    o_s = tl.arange(0, BLOCK_S).to(tl.int64)[:, None]  # [BLOCK_S, 1]
     m_s = o_s < num_splits
-    # [BLOCK_H, BLOCK_S] base-2 lse of every split
-    o_hs = (o_s[None, :] * T + i_t) * H + i_h[:, None]
-    b_lse_s = tl.load(p_ws_lse + o_hs, mask=m_h[:, None] & m_s[None, :], other=_NEG_INF)
-    # [BLOCK_H]; NaN is tested explicitly (tl.max drops it on GPUs, keeps it in the interpreter)
-    m_nan = tl.max((b_lse_s != b_lse_s).to(tl.int32), 1) > 0
-    b_m = tl.max(b_lse_s, 1)
+    o_row = (o_s * T + i_t) * H + i_h  # [BLOCK_S, 1] workspace row of (split, token, head)
+    b_lse_s = tl.load(p_ws_lse + o_row, mask=m_s, other=_NEG_INF)
+    # [1, 1]; NaN is tested explicitly (tl.max drops it on GPUs, keeps it in the interpreter)
+    m_nan = tl.max((b_lse_s != b_lse_s).to(tl.int32), 0, keep_dims=True) > 0
+    b_m = tl.max(b_lse_s, 0, keep_dims=True)
     m_bad = m_nan | (b_m == _POS_INF)  # out NaN
     m_empty = (b_m == _NEG_INF) & ~m_nan
     m_ok = ~(m_bad | m_empty)
     b_m_safe = tl.where(m_ok, b_m, 0.0)
-    b_total = tl.sum(tl.exp2(b_lse_s - b_m_safe[:, None]), 1)  # >= 1 where ok
+    b_w = tl.where(m_ok, tl.exp2(b_lse_s - b_m_safe), 0.0)  # [BLOCK_S, 1]; 0 for empty splits
+    b_total = tl.sum(b_w, 0, keep_dims=True)  # >= 1 where ok
     b_total_safe = tl.where(m_ok, b_total, 1.0)
     b_lse2 = tl.where(m_ok, b_m_safe + tl.log2(b_total_safe), nan_where(m_nan, b_m))
     b_g = nan_where(m_bad, 1.0 / b_total_safe)
     if HAS_SINK:
-        b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
+        b_sink = tl.load(p_sink + i_h).to(tl.float32)
         b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
         b_g = tl.where(m_empty, 0.0, b_g / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
-    tl.store(p_lse + i_t * stride_lt + i_h * stride_lh, b_lse2 * _LN2, mask=and_flag(m_h, i_d == 0))
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    if i_d == 0:
+        tl.store(p_lse + i_t * stride_lt + i_h * stride_lh + tl.zeros([1, 1], tl.int64), b_lse2 * _LN2)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # [1, BLOCK_D]
     m_d = o_d < D
-    # [BLOCK_H, BLOCK_D]
-    b_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for i_s in range(0, num_splits):
-        o_row = (i_s * T + i_t) * H + i_h  # [BLOCK_H] int64
-        b_w = tl.exp2(tl.load(p_ws_lse + o_row, mask=m_h, other=_NEG_INF) - b_m_safe)  # [BLOCK_H]
-        b_w = tl.where(m_ok, b_w, 0.0)
-        m_read = (m_h & (b_w > 0.0))[:, None] & m_d[None, :]  # an empty split (w = 0) is never read
-        # [BLOCK_H, BLOCK_D]
-        b_o = tl.load(p_ws_out + o_row[:, None] * D + o_d[None, :], mask=m_read, other=0.0)
-        b_acc += b_o * b_w[:, None]
-    p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh + o_d[None, :] * stride_od
-    tl.store(p_o, _cast_out(b_acc * b_g[:, None], p_out.dtype.element_ty), mask=m_h[:, None] & m_d[None, :])
+    # [BLOCK_S, BLOCK_D] partial outputs of every split that has weight, summed over the splits
+    b_o = tl.load(p_ws_out + o_row * D + o_d, mask=(b_w > 0.0) & m_d, other=0.0)
+    b_acc = tl.sum(b_o * b_w, 0, keep_dims=True)  # [1, BLOCK_D]
+    p_o = p_out + i_t * stride_ot + i_h * stride_oh + o_d * stride_od
+    tl.store(p_o, _cast_out(b_acc * b_g, p_out.dtype.element_ty), mask=m_d)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -584,8 +623,10 @@ def sparse_attention(
     K1 = indices.shape[1]
     K2 = extra_indices.shape[1] if extra_indices is not None else 0
     if num_splits is None:
-        num_splits = choose_num_splits(T * head_blocks, K1 + K2, block_n, device)
-    num_splits = max(1, min(int(num_splits), 65535))
+        num_splits = choose_num_splits(T * head_blocks, K1 + K2, block_n, device,
+                                       key_blocks=cdiv(K1, block_n) + cdiv(K2, block_n), block_h=block_h,
+                                       head_dim=D)  # fmt: skip
+    num_splits = max(1, min(int(num_splits), MAX_SPLITS))
 
     s1 = _stream_args(kv, device)
     i1 = _index_args(indices, device)
@@ -640,16 +681,14 @@ def sparse_attention(
         num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     if split:
-        combine_h = min(16, next_power_of_2(H))
-        combine_d = min(64, next_power_of_2(D))
-        _combine_splits_kernel[(T, cdiv(H, combine_h), cdiv(D, combine_d))](
+        block_s, combine_d = combine_tiles(num_splits, D)
+        _combine_splits_kernel[(T, H, cdiv(D, combine_d))](
             ws_out, ws_lse, sink,
             out, *out.stride(),
             lse, *lse.stride(),
             T, H, D, num_splits,
             HAS_SINK=attn_sink is not None,
-            BLOCK_H=combine_h,
-            BLOCK_S=max(2, next_power_of_2(num_splits)),
+            BLOCK_S=block_s,
             BLOCK_D=combine_d,
             num_warps=4,
         )  # fmt: skip
