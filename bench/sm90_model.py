@@ -146,14 +146,20 @@ def one_pass_combine(estimates: Dict[str, Dict[str, float]], summary: List[dict]
 
 
 def _probe_constants(probe: str) -> Tuple[Tuple[float, float], float]:
-    """(L2_LAT, CLK) of the probe's model, read from its source."""
-    import importlib.util
+    """(L2_LAT, CLK) of the probe's model, read from its source (importing it would run its argument
+    parser)."""
+    import ast
 
-    spec = importlib.util.spec_from_file_location("triton_sass_probe", probe)
-    assert spec is not None and spec.loader is not None, probe
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return tuple(mod.L2_LAT), float(mod.CLK)  # type: ignore[return-value]
+    with open(probe) as f:
+        src = f.read()
+    consts = {}
+    for name in ("L2_LAT", "CLK"):
+        m = re.search(rf"^{name}\s*=\s*([^#\n]+)", src, re.M)
+        if m is None:
+            raise RuntimeError(f"{probe}: no {name} constant")
+        consts[name] = ast.literal_eval(m.group(1).strip())
+    lo, hi = consts["L2_LAT"]
+    return (float(lo), float(hi)), float(consts["CLK"])
 
 
 def export(probe: str, out: Optional[str] = None) -> str:
