@@ -63,7 +63,8 @@ def ptx_properties(ptx: str) -> dict:
     return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"), loops=loops,
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
                 tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2], ld_global_v4=v4,
-                cp_async_16=cp16)  # fmt: skip
+                cp_async_16=cp16, atom_shared=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.shared\b", ptx)),
+                atom_global=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.global\b", ptx)))  # fmt: skip
 
 
 def amdgcn_properties(asm: str) -> dict:
@@ -276,6 +277,15 @@ def compile_all(arch=90) -> list:
         1,
     )
     build(
+        "indexer select radix top-512",
+        ti._select_keys_kernel,
+        dict(p_keys="*i64", p_vis="*i32", p_best="*i64", stride_keys_t="i64", stride_best_t="i64",
+             num_entries="i64", k_sel="i32"),
+        dict(TOPK_P2=512, BLOCK=ti.SELECT_BLOCK, DIGIT_BITS=ti.SELECT_DIGIT_BITS),
+        8,
+        1,
+    )  # fmt: skip
+    build(
         "indexer merge top-512",
         ti._indexer_topk_merge_kernel,
         itypes,
@@ -483,7 +493,8 @@ def jit_indexer_launches(ti) -> list:
     sms = ti._num_sms
     ti._num_sms = lambda device: 132
     out = []
-    kernels = ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel", "_indexer_logits_kernel"]
+    kernels = ["_indexer_topk_partial_kernel", "_indexer_topk_merge_kernel", "_indexer_logits_kernel",
+               "_select_keys_kernel"]  # fmt: skip
     try:
         T, Hi, Di, N, page = 64, 64, 128, 8192, 64
         q = torch.empty(T, Hi, Di, dtype=torch.bfloat16)
@@ -512,8 +523,11 @@ def jit_indexer_launches(ti) -> list:
             out += [
                 (f"{name} V4 decode T=64 {cfg}", fn, grid, a, kw)
                 for fn, grid, a, kw in launches
-                if fn is not ti._indexer_topk_merge_kernel
+                if fn not in (ti._indexer_topk_merge_kernel, ti._select_keys_kernel)
             ]
+            if name == "indexer select keys bf16-pool":  # the radix select: the same launch on every pool
+                out += [(f"select radix V4 decode T=64 N={N}", fn, grid, a, kw)
+                        for fn, grid, a, kw in launches if fn is ti._select_keys_kernel]  # fmt: skip
     finally:
         ti._num_sms = sms
     return out

@@ -268,7 +268,7 @@ def test_indexer_large_topk(topk, per):
 
 
 # ---------------------------------------------------------------------------------------------------
-# the "select" path (every entry's key, torch.topk, one write launch): exact like the fused path
+# the "select" path (every entry's key, a radix select, one write launch): exact like the fused path
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("workspace", [None, 3 * 70 * 8], ids=["one_chunk", "token_chunks_of_3"])
@@ -323,6 +323,67 @@ def test_select_path_no_entries():
     idx, lengths = ti.indexer_topk(*(x.to(DEVICE) for x in (q, w, torch.zeros(0, 4), torch.tensor([3, 0]))), 4,
                                    method="select")  # fmt: skip
     assert idx.cpu().tolist() == [[-1] * 4] * 2 and lengths.cpu().tolist() == [0, 0]
+
+
+NO_KEY = -(2**63)
+
+
+def sort_keys(scores: torch.Tensor) -> torch.Tensor:
+    """The indexer's int64 sort keys of fp32 scores [T, n] (ordered float bits << 32 | ~id)."""
+    bits = scores.contiguous().view(torch.int32).long()
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return ordered * 2**32 + (2**32 - 1 - torch.arange(scores.shape[1]))
+
+
+def expected_best(keys, visible, k_sel, topk_p2):
+    want = torch.full((keys.shape[0], topk_p2), NO_KEY, dtype=torch.int64)
+    for t in range(keys.shape[0]):
+        row = keys[t, : max(0, min(int(visible[t]), keys.shape[1]))]
+        row = row[row != NO_KEY]
+        kk = min(k_sel, row.numel())
+        want[t, :kk] = torch.sort(row, descending=True).values[:kk]
+    return want
+
+
+SELECT_SCORES = {
+    "normal": lambda g, T, n: torch.randn(T, n, generator=g),
+    "relu-like (one exponent range)": lambda g, T, n: torch.rand(T, n, generator=g) + 1.0,
+    "few values (ties: id order)": lambda g, T, n: torch.randint(-2, 3, (T, n), generator=g).float(),
+    "all equal (every radix pass)": lambda g, T, n: torch.zeros(T, n),
+    "+-0, +-inf, extremes": lambda g, T, n: torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 3.4e38, -3.4e38,
+                                                          1e-45, -1e-45]).repeat(T, n // 8 + 1)[:, :n],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("scores", list(SELECT_SCORES), ids=str)
+@pytest.mark.parametrize("n,topk_p2", [(3000, 512), (100, 512), (2500, 2), (1100, 2048)])
+def test_radix_select_of_sort_keys(scores, n, topk_p2):
+    """``select_keys`` (the select path's radix select) against a full sort: random scores, one exponent
+    range, ties and all-equal scores (the select must run every pass down to the id bits), signed
+    zeros / infinities / extremes (the sign flip of the keys' unsigned order), NO_KEY entries (never
+    taken), visible ends 0 / inside / past the row / negative, fewer candidates than wanted; the
+    output poisoned first, so an unwritten column shows."""
+    g = torch.Generator().manual_seed(n + topk_p2)
+    T = 5
+    keys = sort_keys(SELECT_SCORES[scores](g, T, n))
+    keys[:, ::7] = NO_KEY
+    keys[1, : n // 2] = NO_KEY
+    visible = torch.tensor([n, n - 3, 0, 10**7, -4], dtype=torch.int32)
+    k_sel = min(topk_p2, n)
+    out = torch.full((T, topk_p2 + 3), 12345, dtype=torch.int64, device=DEVICE)[:, 1:-2]  # row-strided, poisoned
+    ti.select_keys(keys.to(DEVICE), visible.to(DEVICE), k_sel, topk_p2, out)
+    assert torch.equal(out.cpu(), expected_best(keys, visible, k_sel, topk_p2)), scores
+
+
+def test_radix_select_boundary_keys():
+    """Keys at the edges of the signed range (the select works on their unsigned order: key ^ INT64_MIN):
+    INT64_MAX, INT64_MIN + 1, -1, 0, 1, and pairs differing only in the lowest bit."""
+    edge = [2**63 - 1, NO_KEY + 1, -1, 0, 1, 2**32, 2**32 + 1, -(2**32), -(2**32) + 1, 5, 4]
+    keys = torch.tensor([edge + [NO_KEY] * 3], dtype=torch.int64)
+    for k_sel in range(1, len(edge) + 2):
+        out = ti.select_keys(keys.to(DEVICE), torch.tensor([keys.shape[1]], device=DEVICE), k_sel, 16)
+        assert torch.equal(out.cpu(), expected_best(keys, [keys.shape[1]], k_sel, 16)), k_sel
+    assert ti.select_keys(keys[:0].to(DEVICE), torch.zeros(0, dtype=torch.int32, device=DEVICE), 4, 4).shape == (0, 4)
 
 
 # ---------------------------------------------------------------------------------------------------

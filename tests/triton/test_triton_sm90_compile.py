@@ -148,6 +148,23 @@ def test_index_key_kernels_as_the_jit_specialises_them_for_sm90():
         assert r["cp_async_16"] >= chunks > 0, f"key tile not copied 16 bytes at a time by cp.async: {r}"
 
 
+def test_radix_select_compiles_without_spills_for_sm90():
+    """The select path's radix select (``_select_keys_kernel``, replacing ``torch.topk`` over the int64
+    sort keys) by its hand-written signature and as ``indexer_topk`` launches it for the V4 decode (one
+    program per token, 8 warps): no spill, its 256-bin histograms in shared memory (``atom.shared``
+    adds, no global atomics), a loop per radix pass (8) and the compaction pass. (Its key loads are
+    8-byte scalars, coalesced per warp: the per-entry visible-end mask keeps them from vectorising.)"""
+    results = check_compiled(90, SM90_MAX_SHARED_PER_BLOCK)
+    for r in (*by_prefix(results, "indexer select radix"), *by_prefix(results, "jit select radix")):
+        if "skipped" in r:
+            continue
+        assert spill_bytes(r["ptxas"]) == 0 and r["loops"] >= 64 // 8 + 1, r  # 3.8 lowers histograms with loops
+        assert r["atom_shared"] > 0 and r["atom_global"] == 0 and r["shared"] <= 8192, r
+    (jit,) = by_prefix(results, "jit select radix")
+    if "skipped" not in jit:
+        assert jit["grid"] == [64], jit
+
+
 @pytest.mark.parametrize("arch,max_shared", [(80, 163 * 1024), (89, 99 * 1024)], ids=["sm80", "sm89"])
 def test_kernels_compile_for_ampere_and_ada(arch, max_shared):
     """A100 (sm_80) and L40S / RTX 4090 (sm_89): every kernel compiles with the launchers' tiles for
