@@ -280,8 +280,8 @@ def compile_all(arch=90) -> list:
         "indexer select radix top-512",
         ti._select_keys_kernel,
         dict(p_keys="*i64", p_vis="*i32", p_best="*i64", stride_keys_t="i64", stride_best_t="i64",
-             num_entries="i64", k_sel="i32"),
-        dict(TOPK_P2=512, BLOCK=ti.SELECT_BLOCK, DIGIT_BITS=ti.SELECT_DIGIT_BITS),
+             stride_best_r="i64", num_entries="i64", span="i64", k_sel="i32"),
+        dict(HAS_VIS=True, TOPK_P2=512, BLOCK=ti.SELECT_BLOCK, DIGIT_BITS=ti.SELECT_DIGIT_BITS),
         8,
         1,
     )  # fmt: skip
@@ -525,9 +525,10 @@ def jit_indexer_launches(ti) -> list:
                 for fn, grid, a, kw in launches
                 if fn not in (ti._indexer_topk_merge_kernel, ti._select_keys_kernel)
             ]
-            if name == "indexer select keys bf16-pool":  # the radix select: the same launch on every pool
-                out += [(f"select radix V4 decode T=64 N={N}", fn, grid, a, kw)
-                        for fn, grid, a, kw in launches if fn is ti._select_keys_kernel]  # fmt: skip
+            if name == "indexer select keys bf16-pool":  # the radix select: the same launches on every pool
+                radix = [(fn, grid, a, kw) for fn, grid, a, kw in launches if fn is ti._select_keys_kernel]
+                out += [(f"select radix stage {i + 1} V4 decode T=64 N={N}", *launch)
+                        for i, launch in enumerate(radix)]  # fmt: skip
     finally:
         ti._num_sms = sms
     return out

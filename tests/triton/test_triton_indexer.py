@@ -355,14 +355,24 @@ SELECT_SCORES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("scores", list(SELECT_SCORES), ids=str)
-@pytest.mark.parametrize("n,topk_p2", [(3000, 512), (100, 512), (2500, 2), (1100, 2048)])
-def test_radix_select_of_sort_keys(scores, n, topk_p2):
+# (scores, n, topk_p2, sub_rows): every score kind in one and two stages; the interpreter runs tl.sort's
+# network op by op (~1 s per program at topk_p2 = 2048), so the wide lists take fewer kinds
+RADIX_CASES = [
+    *[(kind, n, p2, r) for kind in SELECT_SCORES for n, p2, r in [(3000, 512, 1), (3000, 512, 2), (2500, 2, 1),
+                                                                   (2500, 2, 16)]],
+    *[(kind, 100, 512, r) for kind in ("few values (ties: id order)", "all equal (every radix pass)") for r in (1, 7)],
+    ("few values (ties: id order)", 1100, 2048, 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scores,n,topk_p2,sub_rows", RADIX_CASES, ids=str)
+def test_radix_select_of_sort_keys(scores, n, topk_p2, sub_rows):
     """``select_keys`` (the select path's radix select) against a full sort: random scores, one exponent
     range, ties and all-equal scores (the select must run every pass down to the id bits), signed
     zeros / infinities / extremes (the sign flip of the keys' unsigned order), NO_KEY entries (never
-    taken), visible ends 0 / inside / past the row / negative, fewer candidates than wanted; the
-    output poisoned first, so an unwritten column shows."""
+    taken), visible ends 0 / inside / past the row / negative, fewer candidates than wanted; in one
+    stage and in two (``sub_rows`` programs per row, then one over their candidates; sub-rows that end
+    inside, at or before a row's visible end); the output poisoned first, so an unwritten column shows."""
     g = torch.Generator().manual_seed(n + topk_p2)
     T = 5
     keys = sort_keys(SELECT_SCORES[scores](g, T, n))
@@ -371,8 +381,18 @@ def test_radix_select_of_sort_keys(scores, n, topk_p2):
     visible = torch.tensor([n, n - 3, 0, 10**7, -4], dtype=torch.int32)
     k_sel = min(topk_p2, n)
     out = torch.full((T, topk_p2 + 3), 12345, dtype=torch.int64, device=DEVICE)[:, 1:-2]  # row-strided, poisoned
-    ti.select_keys(keys.to(DEVICE), visible.to(DEVICE), k_sel, topk_p2, out)
+    ti.select_keys(keys.to(DEVICE), visible.to(DEVICE), k_sel, topk_p2, out, sub_rows=sub_rows)
     assert torch.equal(out.cpu(), expected_best(keys, visible, k_sel, topk_p2)), scores
+
+
+def test_radix_select_sub_rows_choice(monkeypatch):
+    """Two stages where a decode step's rows would leave SMs idle (132 SMs): a power of two near
+    sqrt(n / topk_p2) per row, within the SMs, sub-rows of >= 4 x topk_p2 keys; one stage otherwise."""
+    monkeypatch.setattr(ti, "_num_sms", lambda device: 132)
+    dev = torch.device(DEVICE)
+    assert ti.choose_sub_rows(1, 262144, 512, dev) == 16  # 16 x 16,384 keys, then 8,192 candidates
+    assert ti.choose_sub_rows(8, 262144, 512, dev) == 16 and ti.choose_sub_rows(64, 262144, 512, dev) == 2
+    assert ti.choose_sub_rows(132, 262144, 512, dev) == 1 and ti.choose_sub_rows(1, 4000, 512, dev) == 1
 
 
 def test_radix_select_boundary_keys():

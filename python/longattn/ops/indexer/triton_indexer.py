@@ -599,30 +599,38 @@ def _indexer_topk_merge_kernel(
             tl.store(p_ws_out + i_t * stride_out_t + i_g * stride_out_b + o_k, b_run)
 
 
-@triton.jit(do_not_specialize=["num_entries", "stride_best_t", "k_sel"])
+@triton.jit(do_not_specialize=["num_entries", "span", "stride_best_t", "stride_best_r", "k_sel"])
 def _select_keys_kernel(
     p_keys,
     stride_keys_t,
     p_vis,
     num_entries,
+    span,
     p_best,
     stride_best_t,
+    stride_best_r,
     k_sel,
+    HAS_VIS: tl.constexpr,
     TOPK_P2: tl.constexpr,
     BLOCK: tl.constexpr,
     DIGIT_BITS: tl.constexpr,
 ):
-    """Program t: the ``k_sel`` largest sort keys of row t (``p_keys[t, :visible]``; keys are unique but
-    for NO_KEY, which is never selected), sorted descending into ``p_best[t, :TOPK_P2]``, NO_KEY after
-    them. Radix select, most significant digit first, on the keys' unsigned order (``key ^ INT64_MIN``):
+    """Program (t, r): the ``k_sel`` largest sort keys of entries ``[r * span, (r + 1) * span)`` of row t,
+    those below ``visible_end[t]`` (all ``num_entries`` without HAS_VIS); keys are unique but for NO_KEY,
+    which is never selected. Sorted descending into ``p_best[t, r, :TOPK_P2]``, NO_KEY after them.
+    Radix select, most significant digit first, on the keys' unsigned order (``key ^ INT64_MIN``):
     each pass reads the row once and histograms the next ``DIGIT_BITS`` of the keys that share the
     digits chosen so far, then keeps the digit where the running count reaches ``k_sel``; it stops as
     soon as that digit's keys are all wanted (the usual case after 2-4 of the 64 / DIGIT_BITS passes
     for real scores; equal scores take every pass). The keys >= the threshold found are then compacted
     into ``p_best`` in one more pass and sorted there (at most TOPK_P2 of them)."""
     i_t = tl.program_id(0).to(tl.int64)
-    n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
-    p_row = p_keys + i_t * stride_keys_t
+    i_r = tl.program_id(1).to(tl.int64)
+    n_vis = num_entries
+    if HAS_VIS:
+        n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
+    n_vis = tl.minimum(tl.maximum(n_vis - i_r * span, 0), span)  # this program's entries
+    p_row = p_keys + i_t * stride_keys_t + i_r * span
     NB: tl.constexpr = 1 << DIGIT_BITS
     o_b = tl.arange(0, NB)
     need = tl.minimum(k_sel, n_vis).to(tl.int32)  # keys still to place at or below the chosen digits
@@ -654,7 +662,7 @@ def _select_keys_kernel(
                 done = h_d == need
     # the threshold back in key order; NO_KEY excluded separately
     thr = prefix ^ _NO_KEY
-    p_out = p_best + i_t * stride_best_t
+    p_out = p_best + i_t * stride_best_t + i_r * stride_best_r
     o_k = tl.arange(0, TOPK_P2)
     tl.store(p_out + o_k, tl.full([TOPK_P2], _NO_KEY, tl.int64))
     tl.debug_barrier()
@@ -976,20 +984,48 @@ SELECT_BLOCK = 1024  # keys per step of _select_keys_kernel (8 warps: 4 per thre
 SELECT_DIGIT_BITS = 8  # radix digit: a 256-bin histogram per pass, at most 8 passes over a row
 
 
+def choose_sub_rows(T: int, n: int, topk_p2: int, device: torch.device) -> int:
+    """Programs per row for ``select_keys``' first stage: a power of two near sqrt(n / topk_p2), which
+    evens out the two stages' bytes per program (a sub-row of n / R keys; R * topk_p2 candidates for the
+    second), as long as the T x R programs stay within the SMs and each sub-row has >= 4 x topk_p2 keys
+    (else 1: one stage)."""
+    sms = _num_sms(device)
+    r = 1
+    while 4 * r * r * topk_p2 <= n and (2 * r) * T <= sms and n // (2 * r) >= 4 * topk_p2:
+        r *= 2
+    return r
+
+
 def select_keys(keys: torch.Tensor, visible_end: torch.Tensor, k_sel: int, topk_p2: int,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+                out: Optional[torch.Tensor] = None, sub_rows: Optional[int] = None) -> torch.Tensor:  # fmt: skip
     """The ``k_sel`` largest of each row's first ``visible_end[t]`` int64 sort keys (NO_KEY never taken),
-    sorted descending into ``out`` [T, topk_p2] (NO_KEY after them): ``_select_keys_kernel``, one program
-    per row. Rows of ``keys`` and ``out`` unit-strided (any row stride)."""
+    sorted descending into ``out`` [T, topk_p2] (NO_KEY after them), by ``_select_keys_kernel``. With
+    ``sub_rows`` R > 1 (default ``choose_sub_rows``: a decode step's few rows would leave most SMs idle)
+    in two stages: R programs per row each select the top ``k_sel`` of their n / R entries into a
+    [T, R, topk_p2] workspace, then one program per row selects from those R * topk_p2 candidates
+    (exact: a row's top k_sel are among its sub-rows' top k_sel). Rows of ``keys`` and ``out``
+    unit-strided (any row stride)."""
     T, n = keys.shape
     if out is None:
         out = torch.empty(T, topk_p2, dtype=torch.int64, device=keys.device)
     assert keys.stride(1) == 1 and out.stride(1) == 1 and out.shape == (T, topk_p2), (keys.stride(), out.shape)
     if T == 0:
         return out
-    _select_keys_kernel[(T,)](
-        keys, keys.stride(0), visible_end, n, out, out.stride(0), k_sel,
-        TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+    r = max(1, min(sub_rows if sub_rows is not None else choose_sub_rows(T, n, topk_p2, keys.device), max(n, 1)))
+    if r == 1:
+        _select_keys_kernel[(T, 1)](
+            keys, keys.stride(0), visible_end, n, max(n, 1), out, out.stride(0), 0, k_sel,
+            HAS_VIS=True, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+        )  # fmt: skip
+        return out
+    cand = torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # every column written
+    _select_keys_kernel[(T, r)](
+        keys, keys.stride(0), visible_end, n, cdiv(n, r), cand, cand.stride(0), cand.stride(1), k_sel,
+        HAS_VIS=True, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+    )  # fmt: skip
+    _select_keys_kernel[(T, 1)](
+        cand, cand.stride(0), visible_end, r * topk_p2, r * topk_p2, out, out.stride(0), 0, k_sel,
+        HAS_VIS=False, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
     )  # fmt: skip
     return out
 
