@@ -221,8 +221,9 @@ SPARSE_D512_SPILL_BUDGETS = {
 COMPRESS_SPILL_BUDGETS = {"compress_kv": 16}
 
 
-# sm_80 / sm_89: the fused indexer's bitonic merge of two 512-key lists spills 48 B with triton 3.9.
-OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64}
+# sm_80 / sm_89: the fused indexer's bitonic merge of two 512-key lists spills 48 B with triton 3.9; the
+# radix select (the select path's top-k) 8 B on sm_89 with triton 3.8.0 (0 B with 3.6.0 / 3.7.1).
+OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64, "indexer select radix": 16}
 
 
 def spill_budget(arch, name: str) -> int:
