@@ -62,6 +62,7 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 sys.path.insert(0, ROOT)
 
 import longattn  # noqa: E402
+from longattn.ops.indexer.reference import pack_keys  # noqa: E402
 
 from bench import sm90_model  # noqa: E402
 
@@ -445,10 +446,8 @@ def run_indexer_variants(name, args, pkw, want, select_ms, flops, nbytes, ceil, 
     ms = bench_ms(lambda: ti.indexer_topk(q, w, k, ve, topk, bt, seq, method="fused"), quick)
     res.append(record(name, "triton-fused", ms, flops, nbytes, ceil, None, {"same_as_select": same}))
     n = ti._pool_args(k, bt, seq)[0]
-    # sort keys of relu-like scores (one exponent range: the radix select's harder case), ids ascending
-    scores = torch.randn(q.shape[0], n, device=q.device).abs()
-    bits = scores.view(torch.int32).long()
-    keys = bits * 2**32 + (2**32 - 1 - torch.arange(n, device=q.device))
+    # sort keys of relu-like scores (one exponent range: the radix select's harder case)
+    keys = pack_keys(torch.randn(q.shape[0], n, device=q.device).abs(), torch.arange(n, device=q.device))
     k_sel, p2 = min(512, n), 512
     topk_ms = bench_ms(lambda: torch.topk(keys, k_sel, dim=1, sorted=True), quick)
     res.append(record(name, "part: torch.topk of the int64 keys (before)", topk_ms, 0, keys.numel() * 8, ceil))

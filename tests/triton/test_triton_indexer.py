@@ -329,10 +329,10 @@ NO_KEY = -(2**63)
 
 
 def sort_keys(scores: torch.Tensor) -> torch.Tensor:
-    """The indexer's int64 sort keys of fp32 scores [T, n] (ordered float bits << 32 | ~id)."""
-    bits = scores.contiguous().view(torch.int32).long()
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return ordered * 2**32 + (2**32 - 1 - torch.arange(scores.shape[1]))
+    """The indexer's int64 sort keys of fp32 scores [T, n] (the reference's packing: score desc, id asc)."""
+    from longattn.ops.indexer.reference import pack_keys
+
+    return pack_keys(scores.contiguous(), torch.arange(scores.shape[1]))
 
 
 def expected_best(keys, visible, k_sel, topk_p2):

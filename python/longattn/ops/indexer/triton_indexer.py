@@ -1088,9 +1088,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
-            select_keys(
-                keys[:tc] if tc < rows else keys, vis, k_sel, topk_p2, best[:tc, 0] if tc < rows else best[:, 0]
-            )
+            select_keys(keys[:tc], vis, k_sel, topk_p2, best[:tc, 0])
         _indexer_topk_merge_kernel[(tc, 1)](
             best, best.stride(0), best.stride(1), best, best.stride(0), best.stride(1),
             vis, n, max(n, 1),
