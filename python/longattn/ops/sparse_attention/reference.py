@@ -74,21 +74,24 @@ def _row_bytes(kv, head_dim: int) -> int:
 
 def attend_chunk(
     q: torch.Tensor,
-    parts: List[Tuple[object, torch.Tensor, torch.Tensor]],
+    parts: List[Tuple[object, torch.Tensor, Optional[torch.Tensor]]],
     scale: float,
     workspace: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [Tc, H, D] fp32 over the valid keys of one or more (pool, idx [Tc, Kp], valid
-    [Tc, Kp] bool) parts, as one softmax (the parts' keys side by side). ``workspace``: fp32 storage
-    for the gathered keys and the logits, reused by the caller's chunks (None: allocated here).
+    [Tc, Kp] bool or None: every entry valid) parts, as one softmax (the parts' keys side by side).
+    ``workspace``: fp32 storage for the gathered keys and the logits, reused by the caller's chunks
+    (None: allocated here).
 
     Returns out [Tc, H, D] fp32 (normalised over these keys) and lse [Tc, H] fp32 (-inf where a row has
     no valid key, with out 0 there).
     """
     Tc, H, D = q.shape
     Kc = sum(idx.shape[1] for _, idx, _ in parts)
-    valid = parts[0][2] if len(parts) == 1 else torch.cat([v for _, _, v in parts], dim=1)  # [Tc, Kc]
-    if Kc == 0 or not bool(valid.any()):
+    valid = None  # [Tc, Kc] bool, None while every part's entries are all valid (no mask to apply)
+    if any(v is not None for _, _, v in parts):
+        valid = torch.cat([torch.ones_like(idx, dtype=torch.bool) if v is None else v for _, idx, v in parts], dim=1)
+    if Kc == 0 or (valid is not None and not bool(valid.any())):
         return q.new_zeros(Tc, H, D), q.new_full((Tc, H), NEG_INF)
     need = Tc * Kc * (D + H)
     if workspace is None or workspace.numel() < need:
@@ -98,13 +101,15 @@ def attend_chunk(
     c0 = 0
     for pool, idx, v in parts:  # only valid entries are read; the others are 0 keys, masked below
         k = idx.shape[1]
-        if k and not bool(v.any()):  # nothing to read (the pool may even be empty)
+        if k and v is not None and not bool(v.any()):  # nothing to read (the pool may even be empty)
             keys[:, c0 : c0 + k].zero_()
         elif k:
-            gather_rows_into(pool, idx.long(), keys[:, c0 : c0 + k], None if bool(v.all()) else v)
+            gather_rows_into(pool, idx, keys[:, c0 : c0 + k], None if v is None or bool(v.all()) else v)
         c0 += k
-    torch.bmm(q, keys.transpose(1, 2), out=logits).mul_(scale)  # [Tc, H, Kc]
-    logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
+    # [Tc, H, Kc]; the scale after the product (baddbmm's alpha scales before: no fp32 overflow to +inf)
+    torch.bmm(q, keys.transpose(1, 2), out=logits).mul_(scale)
+    if valid is not None:
+        logits.masked_fill_(~valid.unsqueeze(1), NEG_INF)
     probs, lse = _softmax_(logits)  # [Tc, H, Kc], [Tc, H]
     return torch.bmm(probs, keys), lse
 
@@ -176,7 +181,7 @@ def _softmax_(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (in place of ``logits`` [..., K]) and lse [...]; a row of only -inf logits gets
     probabilities 0 and lse -inf."""
     lse = torch.logsumexp(logits, dim=-1)
-    lse_safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+    lse_safe = lse.nan_to_num(nan=float("nan"), posinf=float("inf"), neginf=0.0)  # only -inf -> 0
     return logits.sub_(lse_safe.unsqueeze(-1)).exp_(), lse  # exp(-inf) = 0 for masked keys
 
 
@@ -187,6 +192,17 @@ def valid_mask(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) 
         cols = torch.arange(k0, k0 + idx.shape[1], device=idx.device)
         valid &= cols.unsqueeze(0) < lengths.long().unsqueeze(1)
     return valid
+
+
+def valid_mask_or_none(kv, idx: torch.Tensor, k0: int, lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``valid_mask``, or None when every entry is a key: one ``aminmax`` of the slots and one ``min`` of
+    the lengths, which cost less than building the mask, gathering through it and masking the logits
+    (a decode step's selections are usually all valid)."""
+    if idx.numel():
+        lo, hi = torch.aminmax(idx)
+        if int(lo) >= 0 and int(hi) < _num_slots(kv) and (lengths is None or int(lengths.min()) >= k0 + idx.shape[1]):
+            return None
+    return valid_mask(kv, idx, k0, lengths)
 
 
 def sparse_attention(
@@ -267,7 +283,7 @@ def sparse_attention(
 def _attend_per_token(q_c, streams, t0: int, t1: int, keys_per_step: int, scale: float, workspace):
     """Tokens [t0, t1) (q_c [Tc, H, D] fp32) by ``attend_chunk``: key blocks of <= keys_per_step keys,
     packed greedily into one softmax per group; partial results of groups merge exactly."""
-    groups: List[List[Tuple[object, torch.Tensor, torch.Tensor]]] = [[]]
+    groups: List[List[Tuple[object, torch.Tensor, Optional[torch.Tensor]]]] = [[]]
     room = keys_per_step
     for pool, idx, lengths in streams:
         lengths_c = None if lengths is None else lengths[t0:t1]
@@ -276,7 +292,7 @@ def _attend_per_token(q_c, streams, t0: int, t1: int, keys_per_step: int, scale:
             if idx_c.shape[1] > room:
                 groups.append([])
                 room = keys_per_step
-            groups[-1].append((pool, idx_c, valid_mask(pool, idx_c, k0, lengths_c)))
+            groups[-1].append((pool, idx_c, valid_mask_or_none(pool, idx_c, k0, lengths_c)))
             room -= idx_c.shape[1]
     acc: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     for parts in groups:
