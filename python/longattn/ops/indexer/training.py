@@ -29,6 +29,11 @@ from ..._checks import FLOAT_DTYPES, INDEX_DTYPES, ArgChecker
 from ...cache.fp8_index import Fp8IndexKeyPool
 from ...memory import chunk_budget_bytes, rows_per_chunk
 
+# q, kv, iq, iw, ik, ve, indices of a token chunk
+_Args = Tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]
+]
+
 NEG_INF = float("-inf")
 DENSE_BLOCK = 1024  # entries per block of the dense stage
 
@@ -152,10 +157,6 @@ def _kl_backward_fake(q, kv, iq, iw, ik, ve, indices, scale, lse_s, lse_i, grad)
 
 
 _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
-
-
-_T = torch.Tensor
-_Args = Tuple[_T, _T, _T, _T, _T, _T, Optional[_T]]  # q, kv, iq, iw, ik, ve, indices of a token chunk
 
 
 def _chunk_args(q, kv, iq, iw, ik, ve, indices, t0, t1, cdt) -> _Args:
