@@ -14,8 +14,22 @@ run checks the model as well as the kernels:
 - ``attach(doc)`` (called by triton_grid): adds ``model_us`` = [optimistic, pessimistic] and
   ``measured_over_model`` (measured / optimistic) to every grid row the model covers: the ``triton`` rows
   (op call) and, better matched, the CUDA-graph rows of ``decode_graph`` (kernel time without host
-  cost). The indexer estimate is for the fused path (running top-k lists + merge tree), so it is only
-  attached to ``triton-fused`` rows.
+  cost). The probe's indexer estimate is for the fused path (running top-k lists + merge tree), so it is
+  only attached to ``triton-fused`` rows; the default select path (key kernel -> radix select -> write)
+  has its own estimate, ``select_path_model``, from the same probe's compile of its launches.
+
+The select path's model (``select_path_model``; the probe has no case for it): its launches at the V4
+decode (T = 1, 262,144 entries, 64 heads x 128 dims) are captured and compiled by the probe's own
+functions (``_select_driver``, run in a subprocess) and charged with the probe's constants:
+- key kernel: per SM, ``ceil(CTAs / SMS)`` programs x ``iterations`` x the MMA loop's busy clk (the
+  probe's ``loop_cost``, its issue term divided by ``IPC``: optimistic 1.0, pessimistic 0.5, since
+  co-resident programs share the issue slots), plus one exposed ``LAT`` per wave (the cp.async pipeline's
+  fill); never less than its key bytes at ``HBM_TBS``;
+- radix select, each stage: its programs run side by side (one per SM); each reads its span once per
+  pass, ``BLOCK`` keys per iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were
+  just written: L2-resident; the loads are not prefetched); 3 passes optimistic (the kernel's usual early
+  stop for real scores), all 8 pessimistic; then the compaction loop once;
+- write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
 """
 
 from __future__ import annotations
@@ -45,6 +59,22 @@ GRID_TO_PROBE: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "sparse prefill V4-Pro H=128 128+1024 T=2048": ("sparse prefill V4-Pro H=128 128+1024 T=2048", ("triton",)),
     "indexer top-512 decode N=262144 T=1": ("indexer top-512 decode N=262144 T=1", ("triton-fused",)),
 }
+
+# grid case -> (select-path model case, backends): the default "triton" rows of the indexer cases
+GRID_TO_SELECT_MODEL: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "indexer top-512 decode N=262144 T=1": ("indexer select top-512 decode bf16-flat N=262144 T=1", ("triton",)),
+    "indexer top-512 decode N=262144 T=1 paged (page 64)": (
+        "indexer select top-512 decode bf16-pool N=262144 T=1",
+        ("triton",),
+    ),
+}
+# the select path's modelled cases: name -> (index-key pool, entries, tokens)
+SELECT_CASES: Dict[str, Tuple[str, int, int]] = {
+    "indexer select top-512 decode fp8-pool N=262144 T=1": ("fp8-pool", 262144, 1),
+    "indexer select top-512 decode bf16-pool N=262144 T=1": ("bf16-pool", 262144, 1),
+    "indexer select top-512 decode bf16-flat N=262144 T=1": ("bf16-flat", 262144, 1),
+}
+SELECT_PASSES = (3, 8)  # radix passes charged: optimistic (usual early stop), pessimistic (every pass)
 
 _ROW = re.compile(r"^\|\s*(?P<case>[^|]+?)\s*\|\s*(?P<bound>optimistic|pessimistic)\s*\|\s*(?P<us>[0-9.]+)\s*\|")
 
@@ -80,11 +110,14 @@ def load(path: Optional[str] = None) -> Optional[dict]:
 
 
 def _estimate(model: dict, grid_case: str, backend: Optional[str]) -> Optional[List[float]]:
-    probe_case, backends = GRID_TO_PROBE.get(grid_case, (None, ()))
-    if probe_case is None or (backend is not None and backend not in backends):
-        return None
-    est = model["estimates"].get(probe_case)
-    return [est["optimistic_us"], est["pessimistic_us"]] if est else None
+    for mapping in (GRID_TO_PROBE, GRID_TO_SELECT_MODEL):
+        probe_case, backends = mapping.get(grid_case, (None, ()))
+        if probe_case is None or (backend is not None and backend not in backends):
+            continue
+        est = model["estimates"].get(probe_case)
+        if est:
+            return [est["optimistic_us"], est["pessimistic_us"]]
+    return None
 
 
 def _put(row: dict, est: List[float], measured_ms: Optional[float]) -> None:
@@ -162,6 +195,130 @@ def _probe_constants(probe: str) -> Tuple[Tuple[float, float], float]:
     return (float(lo), float(hi)), float(consts["CLK"])
 
 
+def _select_driver(probe: str, outdir: str) -> None:
+    """(Run in a subprocess: importing the probe parses its arguments and sets up the compiler.) Captures
+    the select path's launches for every ``SELECT_CASES`` case as the launcher makes them for 132 SMs,
+    compiles and inspects each with the probe's ``inspect``, prices every compiled loop with its
+    ``loop_cost``, and prints {"records": [...], "constants": {...}} as JSON."""
+    import importlib.util
+
+    sys.argv = [probe, "--repo", os.path.dirname(HERE), "--out", outdir]
+    spec = importlib.util.spec_from_file_location("triton_sass_probe", probe)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import torch
+    from longattn.cache import Fp8IndexKeyPool
+
+    ti = mod.ti
+    names = ["_indexer_topk_partial_kernel", "_select_keys_kernel", "_indexer_topk_merge_kernel"]
+    records = []
+    for case, (pool, n, T) in SELECT_CASES.items():
+        hi, di, page = 64, 128, 64
+        q, w = torch.empty(T, hi, di, dtype=torch.bfloat16), torch.empty(T, hi, dtype=torch.float32)
+        ve = torch.full((T,), n, dtype=torch.int32)
+        kw = {}
+        if pool == "bf16-flat":
+            keys = torch.empty(n, di, dtype=torch.bfloat16)
+        else:
+            kw = dict(block_table=torch.arange(n // page, dtype=torch.int32).view(1, -1),
+                      seq_ids=torch.zeros(T, dtype=torch.int32))  # fmt: skip
+            keys = (Fp8IndexKeyPool.empty(n // page, page, di) if pool == "fp8-pool"
+                    else torch.empty(n // page, page, di, dtype=torch.bfloat16))  # fmt: skip
+        cfg = ti.select_config(hi, di, mod.CUDA)
+
+        def call(keys=keys, ve=ve, q=q, w=w, kw=kw, cfg=cfg):
+            ti.indexer_topk(q, w, keys, ve, 512, method="select", config=cfg, **kw)
+
+        for i, (fn, grid, args, kwargs) in enumerate(mod.capture(ti, names, call)):
+            rec = mod.inspect(case, fn, grid, args, kwargs, outdir)
+            rec["launch_index"] = i
+            for loop in rec.get("loops_full", []):
+                loop["cost"] = list(mod.loop_cost(loop, rec["num_warps"]))
+            records.append(rec)
+    consts = {k: getattr(mod, k) for k in ("CLK", "LAT", "L2_LAT", "IPC", "LAUNCH_US", "HBM_TBS", "SMS")}
+    print(json.dumps({"records": records, "constants": consts}, default=str))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _busy(cost, ipc: float) -> float:
+    """A loop iteration's busy clk from the probe's ``loop_cost`` components, issue at ``ipc``."""
+    comp = dict(cost[1])
+    comp["issue_clk"] = comp["issue_clk"] / ipc
+    return max(comp.values())
+
+
+def select_key_bytes(pool: str, n: int, T: int, di: int = 128) -> int:
+    """Bytes the select path must read: the index keys once per sequence (FP8: e4m3 + a 4-byte scale)."""
+    return n * (di + 4 if pool == "fp8-pool" else 2 * di) + T * 64 * (di * 2 + 4)
+
+
+def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[str, object]]:
+    """Estimates of the select path per ``SELECT_CASES`` case from its compiled launches (the rules in the
+    module doc): {case: optimistic_us, pessimistic_us, hbm_fraction [opt, pess], parts {launch: [opt,
+    pess] us}, key_bytes}."""
+    clk, sms, hbm = constants["CLK"], constants["SMS"], constants["HBM_TBS"] * 1e12
+    out: Dict[str, Dict[str, object]] = {}
+    for case, (pool, n, T) in SELECT_CASES.items():
+        recs = sorted((r for r in records if r.get("case") == case), key=lambda r: r["launch_index"])
+        if not recs:
+            continue
+        key_bytes = select_key_bytes(pool, n, T)
+        parts: Dict[str, List[float]] = {}
+        for i in range(2):  # optimistic, pessimistic
+            ipc, lat, l2 = constants["IPC"][i], constants["LAT"][i], constants["L2_LAT"][i]
+            stage, span = 0, n
+            for r in recs:
+                if r["kernel"] == "_indexer_topk_partial_kernel":
+                    loop = [lp for lp in r["loops_full"] if any(k.startswith("HGMMA") for k in lp["ops"])][-1]
+                    bn = r["constexprs"]["BLOCK_N"]
+                    per = _cdiv(_cdiv(n, r["grid"][1]), bn) * bn  # entries per program, whole blocks
+                    waves = -(-r["ctas"] // (sms * max(1, r["occupancy"]["ctas_per_sm"])))
+                    clks = -(-r["ctas"] // sms) * (per // bn) * _busy(loop["cost"], ipc) + waves * lat
+                    name, us = "key kernel", max(clks / clk * 1e6, key_bytes / hbm * 1e6)
+                elif r["kernel"] == "_select_keys_kernel":
+                    stage += 1
+                    loops = r["loops_full"]  # address order: one loop per radix pass, then the compaction
+                    if len(loops) < 2:
+                        raise RuntimeError(f"{case}: the radix select compiled without its pass loops")
+                    programs = r["grid"][1]
+                    span = -(-n // programs) if stage == 1 else span  # stage 2: the candidates (below)
+                    iters = -(-span // r["constexprs"]["BLOCK"])
+                    passes = loops[: min(SELECT_PASSES[i], len(loops) - 1)] + [loops[-1]]
+                    clks = sum(iters * (_busy(lp["cost"], ipc) + l2) for lp in passes)
+                    name, us = f"radix select stage {stage}", clks / clk * 1e6
+                    span = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: every sub-row's list
+                else:
+                    name, us = "write", 2 * l2 / clk * 1e6
+                parts.setdefault(name, []).append(round(us, 2))
+        launches = len(recs) - 1
+        total = [sum(v[i] for v in parts.values()) + launches * constants["LAUNCH_US"] for i in range(2)]
+        parts["launch gaps"] = [launches * constants["LAUNCH_US"]] * 2
+        out[case] = {
+            "optimistic_us": round(total[0], 1),
+            "pessimistic_us": round(total[1], 1),
+            "hbm_fraction": [round(key_bytes / (t * 1e-6) / hbm, 3) for t in total],
+            "parts": parts,
+            "key_bytes": key_bytes,
+        }
+    return out
+
+
+def select_path_estimates(probe: str) -> Dict[str, Dict[str, object]]:
+    """``select_path_model`` of the probe's compile of this checkout's select path (a subprocess)."""
+    repo = os.path.dirname(HERE)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = f"from bench.sm90_model import _select_driver; _select_driver({probe!r}, {tmp!r})"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(repo, "python"), repo]))
+        env.pop("TRITON_INTERPRET", None)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=repo, env=env)  # fmt: skip
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return select_path_model(doc["records"], doc["constants"])
+
+
 def export(probe: str, out: Optional[str] = None) -> str:
     """Run the probe on this checkout and store its estimates (the combine term as ``one_pass_combine``
     corrects it); returns the JSON path."""
@@ -176,13 +333,15 @@ def export(probe: str, out: Optional[str] = None) -> str:
         raise RuntimeError("the probe printed no model table:\n" + proc.stdout[-2000:])
     l2_lat, clk = _probe_constants(probe)
     estimates = one_pass_combine(estimates, summary, l2_lat, clk)
+    estimates.update(select_path_estimates(probe))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo).stdout
     import triton
 
     doc = {
         "what": "kernel-time estimates of an offline sm_90a compile (H200: 132 SMs), optimistic and pessimistic "
         "bounds of the probe's per-SM cost model (its split-KV combine term corrected where the compiled combine "
-        "has no loop: bench/sm90_model.py one_pass_combine); a model, never a measurement",
+        "has no loop: bench/sm90_model.py one_pass_combine) and of the indexer's select path from the probe's "
+        "compile of its launches (select_path_model); a model, never a measurement",
         "tool": os.path.basename(probe),
         "commit": commit.strip(),
         "triton": triton.__version__,

@@ -26,9 +26,12 @@ def test_the_probe_table_is_parsed_and_incomplete_pairs_are_dropped():
 def test_the_stored_json_covers_every_mapped_case():
     model = sm90_model.load()
     assert model is not None, "bench/results/sm90-model-*.json is missing"
-    for grid_case, (probe_case, _) in sm90_model.GRID_TO_PROBE.items():
+    for grid_case, (probe_case, _) in [*sm90_model.GRID_TO_PROBE.items(), *sm90_model.GRID_TO_SELECT_MODEL.items()]:
         est = model["estimates"][probe_case]
         assert 0 < est["optimistic_us"] <= est["pessimistic_us"], grid_case
+    for case in sm90_model.SELECT_CASES:  # every select-path case, with its parts
+        est = model["estimates"][case]
+        assert {"key kernel", "radix select stage 1", "write", "launch gaps"} <= est["parts"].keys(), case
     assert "model" in model["what"] and model["commit"]
 
 
@@ -41,7 +44,7 @@ def test_attach_puts_estimates_on_the_rows_they_describe_only():
         "results": [
             {"case": csa, "backend": "triton", "ms": 0.172},
             {"case": csa, "backend": "reference", "ms": 13.4},
-            {"case": idx, "backend": "triton", "ms": 0.62},  # the select path: the estimate is the fused one's
+            {"case": idx, "backend": "triton", "ms": 0.62},  # the select path: no select estimate in this model
             {"case": idx, "backend": "triton-fused", "ms": 1.729},
             {"case": "not modelled", "backend": "triton", "ms": 1.0},
         ],
@@ -81,3 +84,72 @@ def test_a_loop_free_combine_is_charged_one_pass():
     assert out["HCA T=1"]["optimistic_us"] == -2.0 and out["HCA T=1"]["probe_us"] == [100.0, 200.0]
     assert out["looping"] == est["looping"] and out["no combine"] == est["no combine"]
     assert est["HCA T=1"] == {"optimistic_us": 100.0, "pessimistic_us": 200.0}  # the input is not changed
+
+
+def test_select_path_estimate_attaches_to_the_default_triton_rows():
+    case = "indexer top-512 decode N=262144 T=1 paged (page 64)"
+    model = {"path": "x.json", "estimates": {
+        "indexer select top-512 decode bf16-pool N=262144 T=1": {"optimistic_us": 80.0, "pessimistic_us": 300.0},
+        "indexer top-512 decode N=262144 T=1": {"optimistic_us": 479.0, "pessimistic_us": 952.0}}}  # fmt: skip
+    doc = {"results": [{"case": case, "backend": "triton", "ms": 0.16},
+                       {"case": case, "backend": "triton-fused", "ms": 1.0}]}  # fmt: skip
+    sm90_model.attach(doc, model)
+    assert doc["results"][0]["model_us"] == [80.0, 300.0] and doc["results"][0]["measured_over_model"] == 2.0
+    assert "model_us" not in doc["results"][1]  # the fused estimate belongs to the unpaged case
+
+
+def _select_records(issue_key=2506.0, smem_key=888.0):
+    """Synthetic compiled launches of the FP8 select path (T = 1, 262,144 entries): a key kernel of 512
+    programs (1 per SM at a time) of 8 x 64-entry iterations; radix stages of 16 and 1 programs, each
+    with 8 pass loops and a compaction loop; the write kernel."""
+    comp = {"smem_clk": smem_key, "mma_sync_clk": 0.0, "wgmma_clk": min(256.0, smem_key), "issue_clk": issue_key}
+    key_cost = [max(comp.values()), comp, True]
+    passes = [{"ops": {"LDG": 4}, "cost": [800.0, {"smem_clk": 16.0, "issue_clk": 800.0}, False]}] * 8
+    compaction = {"ops": {"LDG": 4}, "cost": [500.0, {"smem_clk": 320.0, "issue_clk": 500.0}, False]}
+    case = "indexer select top-512 decode fp8-pool N=262144 T=1"
+    radix = dict(case=case, kernel="_select_keys_kernel", loops_full=passes + [compaction],
+                 constexprs={"BLOCK": 1024, "TOPK_P2": 512})  # fmt: skip
+    return [
+        dict(
+            case=case,
+            kernel="_indexer_topk_partial_kernel",
+            launch_index=0,
+            grid=[1, 512],
+            ctas=512,
+            occupancy={"ctas_per_sm": 1},
+            constexprs={"BLOCK_N": 64},
+            loops_full=[{"ops": {"HGMMA.64x64x16.SS": 8}, "cost": key_cost}],
+        ),  # fmt: skip
+        dict(radix, launch_index=1, grid=[1, 16]),
+        dict(radix, launch_index=2, grid=[1, 1]),
+        dict(case=case, kernel="_indexer_topk_merge_kernel", launch_index=3, grid=[1, 1], loops_full=[]),
+    ]
+
+
+SELECT_CONSTANTS = dict(CLK=1e9, LAT=[800, 1600], L2_LAT=[300, 600], IPC=[1.0, 0.5], LAUNCH_US=2.0, HBM_TBS=4.8,
+                        SMS=132)  # fmt: skip
+
+
+def test_select_path_model_charges_each_launch_by_its_rule():
+    """By hand, at 1 GHz: key kernel ceil(512 / 132) = 4 programs per SM x 8 iterations x 2506 clk + 4
+    waves x LAT (800 / 1600; issue at IPC 1 / 0.5: 5012 clk pessimistic); radix stage 1 over 16,384
+    keys (16 iterations) x (3 / 8 passes + the compaction) x (loop clk + L2_LAT), stage 2 over 16 x 512
+    candidates (8 iterations); write 2 x L2_LAT; 3 launch gaps of 2 us."""
+    est = sm90_model.select_path_model(_select_records(), SELECT_CONSTANTS)
+    (case,) = est
+    e = est[case]
+    assert e["parts"]["key kernel"] == [83.39, 166.78]
+    assert e["parts"]["radix select stage 1"] == [65.6, 307.2]  # 16 x (3 x 1100 + 800), 16 x (8 x 2200 + 1600)
+    assert e["parts"]["radix select stage 2"] == [32.8, 153.6]
+    assert e["parts"]["write"] == [0.6, 1.2] and e["parts"]["launch gaps"] == [6.0, 6.0]
+    assert (e["optimistic_us"], e["pessimistic_us"]) == (188.4, 634.8)
+    assert e["key_bytes"] == 262144 * 132 + 64 * (256 + 4)
+    assert e["hbm_fraction"][0] == round(e["key_bytes"] / 188.4e-6 / 4.8e12, 3)
+
+
+def test_select_path_model_never_beats_the_key_bytes():
+    """A key loop cheaper than the bytes it reads is charged the bytes at HBM_TBS (FP8: 34.6 MB = 7.21 us;
+    the loop: 4 x 8 x 1 clk + 4 waves x LAT = 3.2 / 6.4 us)."""
+    est = sm90_model.select_path_model(_select_records(issue_key=1.0, smem_key=1.0), SELECT_CONSTANTS)
+    (e,) = est.values()
+    assert e["parts"]["key kernel"] == [7.21, 7.21]
