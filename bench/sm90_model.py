@@ -25,8 +25,8 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   probe's ``loop_cost``, its issue term divided by ``IPC``: optimistic 1.0, pessimistic 0.5, since
   co-resident programs share the issue slots), plus one exposed ``LAT`` per wave (the cp.async pipeline's
   fill); never less than its key bytes at ``HBM_TBS``;
-- radix select, each stage: its programs run side by side (one per SM); each reads its span once per
-  pass, ``BLOCK`` keys per iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were
+- radix select, each stage: its programs run side by side (one per SM); each reads its span of the
+  stage's row (the entries, then the previous stage's lists) once per pass, ``BLOCK`` keys per iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were
   just written: L2-resident; the loads are not prefetched); 3 passes optimistic (the kernel's usual early
   stop for real scores), all 8 pessimistic; then the compaction loop once;
 - write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
@@ -269,7 +269,7 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
         parts: Dict[str, List[float]] = {}
         for i in range(2):  # optimistic, pessimistic
             ipc, lat, l2 = constants["IPC"][i], constants["LAT"][i], constants["L2_LAT"][i]
-            stage, span = 0, n
+            stage, row = 0, n  # row: the keys a radix stage's programs share (then: every list of the last)
             for r in recs:
                 if r["kernel"] == "_indexer_topk_partial_kernel":
                     loop = [lp for lp in r["loops_full"] if any(k.startswith("HGMMA") for k in lp["ops"])][-1]
@@ -284,12 +284,11 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
                     if len(loops) < 2:
                         raise RuntimeError(f"{case}: the radix select compiled without its pass loops")
                     programs = r["grid"][1]
-                    span = -(-n // programs) if stage == 1 else span  # stage 2: the candidates (below)
-                    iters = -(-span // r["constexprs"]["BLOCK"])
+                    iters = _cdiv(_cdiv(row, programs), r["constexprs"]["BLOCK"])  # over its span of the row
                     passes = loops[: min(SELECT_PASSES[i], len(loops) - 1)] + [loops[-1]]
                     clks = sum(iters * (_busy(lp["cost"], ipc) + l2) for lp in passes)
                     name, us = f"radix select stage {stage}", clks / clk * 1e6
-                    span = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: every sub-row's list
+                    row = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: these programs' lists
                 else:
                     name, us = "write", 2 * l2 / clk * 1e6
                 parts.setdefault(name, []).append(round(us, 2))

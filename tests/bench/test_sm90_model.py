@@ -98,7 +98,7 @@ def test_select_path_estimate_attaches_to_the_default_triton_rows():
     assert "model_us" not in doc["results"][1]  # the fused estimate belongs to the unpaged case
 
 
-def _select_records(issue_key=2506.0, smem_key=888.0):
+def _select_records(issue_key=2506.0, smem_key=888.0, radix_grids=((1, 16), (1, 1))):
     """Synthetic compiled launches of the FP8 select path (T = 1, 262,144 entries): a key kernel of 512
     programs (1 per SM at a time) of 8 x 64-entry iterations; radix stages of 16 and 1 programs, each
     with 8 pass loops and a compaction loop; the write kernel."""
@@ -120,9 +120,14 @@ def _select_records(issue_key=2506.0, smem_key=888.0):
             constexprs={"BLOCK_N": 64},
             loops_full=[{"ops": {"HGMMA.64x64x16.SS": 8}, "cost": key_cost}],
         ),  # fmt: skip
-        dict(radix, launch_index=1, grid=[1, 16]),
-        dict(radix, launch_index=2, grid=[1, 1]),
-        dict(case=case, kernel="_indexer_topk_merge_kernel", launch_index=3, grid=[1, 1], loops_full=[]),
+        *[dict(radix, launch_index=1 + i, grid=list(g)) for i, g in enumerate(radix_grids)],
+        dict(
+            case=case,
+            kernel="_indexer_topk_merge_kernel",
+            launch_index=1 + len(radix_grids),
+            grid=[1, 1],
+            loops_full=[],
+        ),  # fmt: skip
     ]
 
 
@@ -153,3 +158,13 @@ def test_select_path_model_never_beats_the_key_bytes():
     est = sm90_model.select_path_model(_select_records(issue_key=1.0, smem_key=1.0), SELECT_CONSTANTS)
     (e,) = est.values()
     assert e["parts"]["key kernel"] == [7.21, 7.21]
+
+
+def test_select_path_model_reads_each_stage_span_of_its_row():
+    """Three radix stages (64, 8, 1 programs): each program's span is its stage's row over its programs:
+    262,144 / 64, then 64 lists x 512 / 8, then 8 x 512: 4,096 keys (4 iterations) each; 4 launch gaps."""
+    recs = _select_records(radix_grids=((1, 64), (1, 8), (1, 1)))
+    (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
+    for stage in (1, 2, 3):
+        assert e["parts"][f"radix select stage {stage}"] == [16.4, 76.8], stage  # 4 x 4100 / 4 x 19200 clk
+    assert e["parts"]["launch gaps"] == [8.0, 8.0]

@@ -355,24 +355,28 @@ SELECT_SCORES = {
 }  # fmt: skip
 
 
-# (scores, n, topk_p2, sub_rows): every score kind in one and two stages; the interpreter runs tl.sort's
-# network op by op (~1 s per program at topk_p2 = 2048), so the wide lists take fewer kinds
+# (scores, n, topk_p2, stages): every score kind in one, two and three stages; the interpreter runs
+# tl.sort's network op by op (~1 s per program at topk_p2 = 2048), so the wide lists take fewer kinds
 RADIX_CASES = [
-    *[(kind, n, p2, r) for kind in SELECT_SCORES for n, p2, r in [(3000, 512, 1), (3000, 512, 2), (2500, 2, 1),
-                                                                   (2500, 2, 16)]],
-    *[(kind, 100, 512, r) for kind in ("few values (ties: id order)", "all equal (every radix pass)") for r in (1, 7)],
-    ("few values (ties: id order)", 1100, 2048, 2),
+    *[(kind, n, p2, st) for kind in SELECT_SCORES for n, p2, st in [(3000, 512, ()), (3000, 512, (2,)),
+                                                                     (2500, 2, ()), (2500, 2, (16,)),
+                                                                     (2500, 2, (16, 4))]],
+    *[(kind, 100, 512, st) for kind in ("few values (ties: id order)", "all equal (every radix pass)")
+      for st in ((), (7,))],
+    ("few values (ties: id order)", 1100, 2048, (2,)),
+    ("normal", 3000, 512, (2, 2)),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("scores,n,topk_p2,sub_rows", RADIX_CASES, ids=str)
-def test_radix_select_of_sort_keys(scores, n, topk_p2, sub_rows):
+@pytest.mark.parametrize("scores,n,topk_p2,stages", RADIX_CASES, ids=str)
+def test_radix_select_of_sort_keys(scores, n, topk_p2, stages):
     """``select_keys`` (the select path's radix select) against a full sort: random scores, one exponent
     range, ties and all-equal scores (the select must run every pass down to the id bits), signed
     zeros / infinities / extremes (the sign flip of the keys' unsigned order), NO_KEY entries (never
     taken), visible ends 0 / inside / past the row / negative, fewer candidates than wanted; in one
-    stage and in two (``sub_rows`` programs per row, then one over their candidates; sub-rows that end
-    inside, at or before a row's visible end); the output poisoned first, so an unwritten column shows."""
+    stage, in two (R programs per row, then one over their candidates; sub-rows that end inside, at or
+    before a row's visible end) and in three (R_1 programs, then R_2 over their lists, then one); the
+    output poisoned first, so an unwritten column shows."""
     g = torch.Generator().manual_seed(n + topk_p2)
     T = 5
     keys = sort_keys(SELECT_SCORES[scores](g, T, n))
@@ -381,20 +385,24 @@ def test_radix_select_of_sort_keys(scores, n, topk_p2, sub_rows):
     visible = torch.tensor([n, n - 3, 0, 10**7, -4], dtype=torch.int32)
     k_sel = min(topk_p2, n)
     out = torch.full((T, topk_p2 + 3), 12345, dtype=torch.int64, device=DEVICE)[:, 1:-2]  # row-strided, poisoned
-    ti.select_keys(keys.to(DEVICE), visible.to(DEVICE), k_sel, topk_p2, out, sub_rows=sub_rows)
+    ti.select_keys(keys.to(DEVICE), visible.to(DEVICE), k_sel, topk_p2, out, stages=stages)
     assert torch.equal(out.cpu(), expected_best(keys, visible, k_sel, topk_p2)), scores
 
 
-def test_radix_select_sub_rows_choice(monkeypatch):
-    """Two stages where a decode step's rows would leave SMs idle (132 SMs): a power of two near
-    sqrt(n / topk_p2) per row, within the SMs, sub-rows of >= 4 x topk_p2 keys; one stage otherwise."""
+def test_radix_select_stages_choice(monkeypatch):
+    """Reducing stages where a decode step's rows would leave SMs idle (132 SMs): the plan of at most two
+    reducing stages (powers of two within the SMs, spans of >= 4 x topk_p2 keys) with the fewest keys
+    read in sequence plus SELECT_LAUNCH_KEYS per extra launch; one stage where no plan is cheaper."""
     monkeypatch.setattr(ti, "_num_sms", lambda device: 132)
     dev = torch.device(DEVICE)
-    assert ti.choose_sub_rows(1, 262144, 512, dev) == 16  # 16 x 16,384 keys, then 8,192 candidates
-    assert ti.choose_sub_rows(8, 262144, 512, dev) == 16 and ti.choose_sub_rows(64, 262144, 512, dev) == 2
-    assert ti.choose_sub_rows(132, 262144, 512, dev) == 1 and ti.choose_sub_rows(1, 4000, 512, dev) == 1
-
-
+    # 64 x 4,096 keys, 8 x 4,096 candidates, 1 x 4,096: 12,288 + 2 launches (two stages, 16 then 1: 24,576 + 1)
+    assert ti.choose_select_stages(1, 262144, 512, dev) == (64, 8)
+    assert ti.choose_select_stages(8, 262144, 512, dev) == (16, 4)  # 8 x 16 programs: within 132 SMs
+    assert ti.choose_select_stages(64, 262144, 512, dev) == (2,)  # 64 x 2 programs
+    assert ti.choose_select_stages(64, 8192, 512, dev) == (2,)  # the V4 batch decode (compile test: 2 grids)
+    assert ti.choose_select_stages(132, 262144, 512, dev) == ()  # no SM left for a second program per row
+    assert ti.choose_select_stages(1, 4000, 512, dev) == ()  # sub-rows would be under 4 x 512 keys
+    assert ti.choose_select_stages(1, 8192, 512, dev) == (4,)  # 2,048 + 1,024 (launch) + 2,048 < 8,192
 def test_radix_select_boundary_keys():
     """Keys at the edges of the signed range (the select works on their unsigned order: key ^ INT64_MIN):
     INT64_MAX, INT64_MIN + 1, -1, 0, 1, and pairs differing only in the lowest bit."""

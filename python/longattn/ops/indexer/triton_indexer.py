@@ -27,7 +27,7 @@ a NaN score of either sign ranks as +inf (ties by id), as in the reference.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -984,48 +984,67 @@ SELECT_BLOCK = 1024  # keys per step of _select_keys_kernel (8 warps: 4 per thre
 SELECT_DIGIT_BITS = 8  # radix digit: a 256-bin histogram per pass, at most 8 passes over a row
 
 
-def choose_sub_rows(T: int, n: int, topk_p2: int, device: torch.device) -> int:
-    """Programs per row for ``select_keys``' first stage: a power of two near sqrt(n / topk_p2), which
-    evens out the two stages' bytes per program (a sub-row of n / R keys; R * topk_p2 candidates for the
-    second), as long as the T x R programs stay within the SMs and each sub-row has >= 4 x topk_p2 keys
-    (else 1: one stage)."""
+# A further dependent launch of _select_keys_kernel costs about what one program's passes over this many
+# keys do (sm_90 model, bench/sm90_model.py: ~2 us per launch against ~4 clk per key over ~4 passes)
+SELECT_LAUNCH_KEYS = 1024
+
+
+def choose_select_stages(T: int, n: int, topk_p2: int, device: torch.device) -> Tuple[int, ...]:
+    """Programs per row of each reducing stage of ``select_keys`` (() = one program per row): the plan of
+    at most two reducing stages, R_i powers of two with T x R_i within the SMs and spans of >= 4 x topk_p2
+    keys (so a stage shrinks its row at least 4x), that minimises the keys one row's programs read in
+    sequence (n / R_1 + R_1 x topk_p2 / R_2 + ... + the last row) plus ``SELECT_LAUNCH_KEYS`` per extra
+    launch. A decode step's few rows would otherwise leave most SMs idle (T = 1, 262,144 entries, top 512:
+    64 programs of 4,096 keys, then 8 of 4,096 candidates, then one of 4,096: 12,288 keys in sequence
+    instead of 262,144)."""
     sms = _num_sms(device)
-    r = 1
-    while 4 * r * r * topk_p2 <= n and (2 * r) * T <= sms and n // (2 * r) >= 4 * topk_p2:
-        r *= 2
-    return r
+
+    def plans(m: int, r_max: int, depth: int):
+        yield ()
+        r = 2
+        while depth and r <= r_max and r * T <= sms and cdiv(m, r) >= 4 * topk_p2:
+            for rest in plans(r * topk_p2, r // 2, depth - 1):
+                yield (r, *rest)
+            r *= 2
+
+    def cost(plan: Tuple[int, ...]) -> int:
+        m, keys = n, 0
+        for r in plan:
+            keys += cdiv(m, r) + SELECT_LAUNCH_KEYS
+            m = r * topk_p2
+        return keys + m
+
+    return min(plans(n, n, 2), key=lambda plan: (cost(plan), len(plan)))
 
 
 def select_keys(keys: torch.Tensor, visible_end: torch.Tensor, k_sel: int, topk_p2: int,
-                out: Optional[torch.Tensor] = None, sub_rows: Optional[int] = None) -> torch.Tensor:  # fmt: skip
+                out: Optional[torch.Tensor] = None, stages: Optional[Sequence[int]] = None) -> torch.Tensor:  # fmt: skip
     """The ``k_sel`` largest of each row's first ``visible_end[t]`` int64 sort keys (NO_KEY never taken),
     sorted descending into ``out`` [T, topk_p2] (NO_KEY after them), by ``_select_keys_kernel``. With
-    ``sub_rows`` R > 1 (default ``choose_sub_rows``: a decode step's few rows would leave most SMs idle)
-    in two stages: R programs per row each select the top ``k_sel`` of their n / R entries into a
-    [T, R, topk_p2] workspace, then one program per row selects from those R * topk_p2 candidates
-    (exact: a row's top k_sel are among its sub-rows' top k_sel). Rows of ``keys`` and ``out``
-    unit-strided (any row stride)."""
+    ``stages`` (R_1, R_2, ...) (default ``choose_select_stages``: a decode step's few rows would leave
+    most SMs idle) in reducing stages: R_1 programs per row each select the top ``k_sel`` of their n / R_1
+    entries into a [T, R_1, topk_p2] workspace, R_2 programs per row then each select from R_1 / R_2 of
+    those lists, ..., and one program per row from the last stage's lists (exact: a row's top k_sel are
+    among its sub-rows' top k_sel). Rows of ``keys`` and ``out`` unit-strided (any row stride)."""
     T, n = keys.shape
     if out is None:
         out = torch.empty(T, topk_p2, dtype=torch.int64, device=keys.device)
     assert keys.stride(1) == 1 and out.stride(1) == 1 and out.shape == (T, topk_p2), (keys.stride(), out.shape)
     if T == 0:
         return out
-    r = max(1, min(sub_rows if sub_rows is not None else choose_sub_rows(T, n, topk_p2, keys.device), max(n, 1)))
-    if r == 1:
-        _select_keys_kernel[(T, 1)](
-            keys, keys.stride(0), visible_end, n, max(n, 1), out, out.stride(0), 0, k_sel,
-            HAS_VIS=True, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+    plan = tuple(stages) if stages is not None else choose_select_stages(T, n, topk_p2, keys.device)
+    rows, row_len, has_vis = keys, n, True
+    for r in plan:
+        r = max(1, min(r, max(row_len, 1)))
+        cand = torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # every column written
+        _select_keys_kernel[(T, r)](
+            rows, rows.stride(0), visible_end, row_len, cdiv(row_len, r), cand, cand.stride(0), cand.stride(1), k_sel,
+            HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
         )  # fmt: skip
-        return out
-    cand = torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # every column written
-    _select_keys_kernel[(T, r)](
-        keys, keys.stride(0), visible_end, n, cdiv(n, r), cand, cand.stride(0), cand.stride(1), k_sel,
-        HAS_VIS=True, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
-    )  # fmt: skip
+        rows, row_len, has_vis = cand.view(T, r * topk_p2), r * topk_p2, False
     _select_keys_kernel[(T, 1)](
-        cand, cand.stride(0), visible_end, r * topk_p2, r * topk_p2, out, out.stride(0), 0, k_sel,
-        HAS_VIS=False, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+        rows, rows.stride(0), visible_end, row_len, max(row_len, 1), out, out.stride(0), 0, k_sel,
+        HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
     )  # fmt: skip
     return out
 
