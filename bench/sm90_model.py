@@ -26,9 +26,10 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   co-resident programs share the issue slots), plus one exposed ``LAT`` per wave (the cp.async pipeline's
   fill); never less than its key bytes at ``HBM_TBS``;
 - radix select, each stage: its programs run side by side (one per SM); each reads its span of the
-  stage's row (the entries, then the previous stage's lists) once per pass, ``BLOCK`` keys per iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were
-  just written: L2-resident; the loads are not prefetched); 3 passes optimistic (the kernel's usual early
-  stop for real scores), all 8 pessimistic; then the compaction loop once;
+  stage's row (the entries, then the previous stage's lists) once per pass, ``BLOCK`` keys per
+  iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were just written:
+  L2-resident; the loads are not prefetched); 3 passes optimistic (the kernel's usual early stop for
+  real scores), all 8 pessimistic; then the compaction loop once;
 - write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
 """
 

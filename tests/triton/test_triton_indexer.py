@@ -403,6 +403,8 @@ def test_radix_select_stages_choice(monkeypatch):
     assert ti.choose_select_stages(132, 262144, 512, dev) == ()  # no SM left for a second program per row
     assert ti.choose_select_stages(1, 4000, 512, dev) == ()  # sub-rows would be under 4 x 512 keys
     assert ti.choose_select_stages(1, 8192, 512, dev) == (4,)  # 2,048 + 1,024 (launch) + 2,048 < 8,192
+
+
 def test_radix_select_boundary_keys():
     """Keys at the edges of the signed range (the select works on their unsigned order: key ^ INT64_MIN):
     INT64_MAX, INT64_MIN + 1, -1, 0, 1, and pairs differing only in the lowest bit."""

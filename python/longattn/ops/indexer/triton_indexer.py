@@ -1017,8 +1017,14 @@ def choose_select_stages(T: int, n: int, topk_p2: int, device: torch.device) -> 
     return min(plans(n, n, 2), key=lambda plan: (cost(plan), len(plan)))
 
 
-def select_keys(keys: torch.Tensor, visible_end: torch.Tensor, k_sel: int, topk_p2: int,
-                out: Optional[torch.Tensor] = None, stages: Optional[Sequence[int]] = None) -> torch.Tensor:  # fmt: skip
+def select_keys(
+    keys: torch.Tensor,
+    visible_end: torch.Tensor,
+    k_sel: int,
+    topk_p2: int,
+    out: Optional[torch.Tensor] = None,
+    stages: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
     """The ``k_sel`` largest of each row's first ``visible_end[t]`` int64 sort keys (NO_KEY never taken),
     sorted descending into ``out`` [T, topk_p2] (NO_KEY after them), by ``_select_keys_kernel``. With
     ``stages`` (R_1, R_2, ...) (default ``choose_select_stages``: a decode step's few rows would leave
