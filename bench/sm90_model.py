@@ -276,8 +276,8 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
                     loop = [lp for lp in r["loops_full"] if any(k.startswith("HGMMA") for k in lp["ops"])][-1]
                     bn = r["constexprs"]["BLOCK_N"]
                     per = _cdiv(_cdiv(n, r["grid"][1]), bn) * bn  # entries per program, whole blocks
-                    waves = -(-r["ctas"] // (sms * max(1, r["occupancy"]["ctas_per_sm"])))
-                    clks = -(-r["ctas"] // sms) * (per // bn) * _busy(loop["cost"], ipc) + waves * lat
+                    waves = _cdiv(r["ctas"], sms * max(1, r["occupancy"]["ctas_per_sm"]))
+                    clks = _cdiv(r["ctas"], sms) * (per // bn) * _busy(loop["cost"], ipc) + waves * lat
                     name, us = "key kernel", max(clks / clk * 1e6, key_bytes / hbm * 1e6)
                 elif r["kernel"] == "_select_keys_kernel":
                     stage += 1
