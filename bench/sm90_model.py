@@ -27,9 +27,10 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   fill); never less than its key bytes at ``HBM_TBS``;
 - radix select, each stage: its programs run side by side (one per SM); each reads its span of the
   stage's row (the entries, then the previous stage's lists) once per pass, ``BLOCK`` keys per
-  iteration: the pass loop's issue clk / ``IPC`` + one ``L2_LAT`` (the keys were just written:
-  L2-resident; the loads are not prefetched); 3 passes optimistic (the kernel's usual early stop for
-  real scores), all 8 pessimistic; then the compaction loop once;
+  iteration: the pass loop's issue clk / ``IPC``, plus one ``L2_LAT`` (the keys were just written:
+  L2-resident) per pass when its loads are pipelined by cp.async (the probe's ``has_prefetch``), per
+  iteration when not; 3 passes optimistic (the kernel's usual early stop for real scores), all 8
+  pessimistic; then the compaction loop once;
 - write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
 """
 
@@ -287,7 +288,10 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
                     programs = r["grid"][1]
                     iters = _cdiv(_cdiv(row, programs), r["constexprs"]["BLOCK"])  # over its span of the row
                     passes = loops[: min(SELECT_PASSES[i], len(loops) - 1)] + [loops[-1]]
-                    clks = sum(iters * (_busy(lp["cost"], ipc) + l2) for lp in passes)
+                    # a pass whose loads are pipelined (cp.async: the probe's has_prefetch) waits for L2
+                    # once; one without, once per block
+                    clks = sum(iters * _busy(lp["cost"], ipc) + (l2 if lp["cost"][2] else iters * l2)
+                               for lp in passes)  # fmt: skip
                     name, us = f"radix select stage {stage}", clks / clk * 1e6
                     row = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: these programs' lists
                 else:

@@ -98,14 +98,16 @@ def test_select_path_estimate_attaches_to_the_default_triton_rows():
     assert "model_us" not in doc["results"][1]  # the fused estimate belongs to the unpaged case
 
 
-def _select_records(issue_key=2506.0, smem_key=888.0, radix_grids=((1, 16), (1, 1))):
+def _select_records(issue_key=2506.0, smem_key=888.0, radix_grids=((1, 16), (1, 1)), radix_prefetch=False):
     """Synthetic compiled launches of the FP8 select path (T = 1, 262,144 entries): a key kernel of 512
     programs (1 per SM at a time) of 8 x 64-entry iterations; radix stages of 16 and 1 programs, each
-    with 8 pass loops and a compaction loop; the write kernel."""
+    with 8 pass loops and a compaction loop (loads pipelined by cp.async with ``radix_prefetch``); the
+    write kernel."""
     comp = {"smem_clk": smem_key, "mma_sync_clk": 0.0, "wgmma_clk": min(256.0, smem_key), "issue_clk": issue_key}
     key_cost = [max(comp.values()), comp, True]
-    passes = [{"ops": {"LDG": 4}, "cost": [800.0, {"smem_clk": 16.0, "issue_clk": 800.0}, False]}] * 8
-    compaction = {"ops": {"LDG": 4}, "cost": [500.0, {"smem_clk": 320.0, "issue_clk": 500.0}, False]}
+    ops = {"LDGSTS.E.64": 4} if radix_prefetch else {"LDG.E.64": 4}
+    passes = [{"ops": ops, "cost": [800.0, {"smem_clk": 16.0, "issue_clk": 800.0}, radix_prefetch]}] * 8
+    compaction = {"ops": ops, "cost": [500.0, {"smem_clk": 320.0, "issue_clk": 500.0}, radix_prefetch]}
     case = "indexer select top-512 decode fp8-pool N=262144 T=1"
     radix = dict(case=case, kernel="_select_keys_kernel", loops_full=passes + [compaction],
                  constexprs={"BLOCK": 1024, "TOPK_P2": 512})  # fmt: skip
@@ -168,3 +170,14 @@ def test_select_path_model_reads_each_stage_span_of_its_row():
     for stage in (1, 2, 3):
         assert e["parts"][f"radix select stage {stage}"] == [16.4, 76.8], stage  # 4 x 4100 / 4 x 19200 clk
     assert e["parts"]["launch gaps"] == [8.0, 8.0]
+
+
+def test_select_path_model_waits_for_l2_once_per_pipelined_pass():
+    """Pass loops whose loads are pipelined (cp.async, the probe's has_prefetch) pay L2_LAT once per pass,
+    not per iteration: each stage of 4 iterations, at 1 GHz, 3 x (4 x 800 + 300) + 4 x 500 + 300 =
+    12,800 clk optimistic, 8 x (4 x 1600 + 600) + 4 x 1000 + 600 = 60,600 pessimistic (IPC 0.5); without
+    the prefetch 16.4 / 76.8 us (above)."""
+    recs = _select_records(radix_grids=((1, 64), (1, 8), (1, 1)), radix_prefetch=True)
+    (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
+    for stage in (1, 2, 3):
+        assert e["parts"][f"radix select stage {stage}"] == [12.8, 60.6], stage

@@ -64,7 +64,8 @@ def ptx_properties(ptx: str) -> dict:
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
                 tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2], ld_global_v4=v4,
                 cp_async_16=cp16, atom_shared=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.shared\b", ptx)),
-                atom_global=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.global\b", ptx)))  # fmt: skip
+                atom_global=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.global\b", ptx)),
+                int_div=len(re.findall(r"\b(?:div|rem)(?:\.\w+)*\.[su](?:32|64)\b", ptx)))  # fmt: skip
 
 
 def amdgcn_properties(asm: str) -> dict:
@@ -238,7 +239,8 @@ def compile_all(arch=90) -> list:
     def indexer_partial(name, cfg, fp8=False, **mode):  # the partial kernel over paged bf16 / FP8 keys, top-512
         cx = dict(PAGED=True, FINAL=False, TOPK_P2=512, BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"],
                   BLOCK_N=cfg["BLOCK_N"], ONE_TILE=True, CDT=tl.bfloat16, DOT_PREC=None,
-                  stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=True, K_GROUP=16 if fp8 else 8)  # fmt: skip
+                  stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=True, K_GROUP=16 if fp8 else 8,
+                  PAGE_SIZE=64)  # fmt: skip
         types = dict(itypes, p_k="*u8") if fp8 else itypes
         build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, types, dict(cx, **mode), cfg["num_warps"],
               cfg["num_stages"])  # fmt: skip

@@ -491,13 +491,16 @@ def test_fp8_tiled_heads_and_dims():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method, per, bitonic", [("select", None, None), ("fused", 8, False), ("fused", 16, True)])
-def test_fp8_adversarial_scales_and_nan_bytes(method, per, bitonic):
+def test_fp8_adversarial_scales_and_nan_bytes(method, per, bitonic, q_dtype):
     """Scales 0 / negative / NaN / +-inf and e4m3 NaN bytes (0x7F, 0xFF) written into the pool: the scale
-    multiplies the per-head logits before the ReLU, NaN scores rank as +inf (ties by id)."""
+    multiplies the per-head logits before the ReLU, NaN scores rank as +inf (ties by id). bf16 q: the
+    e4m3 values are converted to bf16 (V4's path; on a GPU this checks that the hardware conversion
+    makes the NaN codes NaN, which the kernels rely on outside the interpreter)."""
     page, Di, Hi = 8, 16, 2
     g = torch.Generator().manual_seed(31)
-    q = torch.randint(-2, 3, (3, Hi, Di), generator=g).float()
+    q = torch.randint(-2, 3, (3, Hi, Di), generator=g).float().to(q_dtype)  # small integers: exact in bf16
     w = torch.randint(1, 3, (3, Hi), generator=g).float()
     keys = torch.randint(-2, 3, (4, page, Di), generator=g).float()
     keys[1, 2] = 0.0

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache.fp8_index import Fp8IndexKeyPool
-from ..triton_utils import and_flag, cdiv, dummy, interpreting, next_power_of_2
+from ..triton_utils import and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -44,6 +44,7 @@ _HIGH = tl.constexpr(2**32)  # keys: ordered(score) * 2^32 + (2^32 - 1 - id); in
 _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
 _RANK_NUMEL = tl.constexpr(1 << 18)  # largest compare matrix of the interpreter's rank merge
+SELECT_STAGES = tl.constexpr(3)  # key blocks in flight per radix-select pass (sm_90: no spills, 17 KiB)
 
 MIN_DOT = 16
 FANIN = 8  # lists merged per program per merge level
@@ -117,7 +118,10 @@ def _entry_rows(
     FP8 keys (``KEY_FP8``, an ``Fp8IndexKeyPool``: ``stride_kp`` = page bytes, ``stride_ko`` = Di): the row
     offset is the byte of the entry's first e4m3 value, the scale offset the fp32 element of its scale
     (``page * stride_kp / 4 + page_size * Di / 4 + offset``); flat FP8 keys are slot j = entry j, in page
-    j // page_size. ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it; float keys:
+    j // page_size. The top-k kernel passes ``page_size`` as a compile-time constant (its PAGE_SIZE: one
+    compile per page size in use), so there an entry's page / offset are a shift and a mask (a multiply
+    for other sizes), not the emulated 64-bit divide and remainder (~25 integer instructions and a branch
+    per value). ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it; float keys:
     a multiple of ``K_GROUP`` elements, the 16-byte group). Float keys: the scale offsets are unused."""
     if PAGED:
         o_j64 = o_j.to(tl.int64)
@@ -167,10 +171,7 @@ def _load_keys(
     if KEY_FP8:
         m_k = m_row[:, None] & ((o_d // 16) < (Di // 16))[None, :]
         b_raw = tl.load(p_k + o_row[:, None] + o_d[None, :], mask=m_k, other=0)
-        b_k = b_raw.to(tl.float8e4nv, bitcast=True).to(CDT)
-        # e4m3fn's NaN codes (0x7F / 0xFF): NaN whatever the conversion does with them (the interpreter's
-        # gives +-480), as the reference's
-        return tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_k).to(CDT)
+        return e4m3_values(b_raw, CDT)  # the NaN codes NaN, as the reference's
     else:
         m_k = m_row[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :]
         return tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_k, other=0.0).to(CDT)
@@ -354,7 +355,6 @@ def _write_topk(
     do_not_specialize=[
         "num_seqs",
         "num_pages",
-        "page_size",
         "num_entries",
         "entries_per_prog",
         "stride_ws_t",
@@ -385,7 +385,7 @@ def _indexer_topk_partial_kernel(
     p_seq,
     num_seqs,
     num_pages,
-    page_size,
+    PAGE_SIZE: tl.constexpr,
     p_vis,
     num_entries,
     entries_per_prog,
@@ -452,7 +452,7 @@ def _indexer_topk_partial_kernel(
             p_bt_row,
             stride_bt_p,
             seq_ok,
-            page_size,
+            PAGE_SIZE,
             num_pages,
             stride_kp,
             stride_ko,
@@ -511,7 +511,7 @@ def _indexer_topk_partial_kernel(
             p_bt_row,
             stride_bt_p,
             seq_ok,
-            page_size,
+            PAGE_SIZE,
             TO_SLOTS,
             TOPK_P2,
         )
@@ -623,7 +623,9 @@ def _select_keys_kernel(
     digits chosen so far, then keeps the digit where the running count reaches ``k_sel``; it stops as
     soon as that digit's keys are all wanted (the usual case after 2-4 of the 64 / DIGIT_BITS passes
     for real scores; equal scores take every pass). The keys >= the threshold found are then compacted
-    into ``p_best`` in one more pass and sorted there (at most TOPK_P2 of them)."""
+    into ``p_best`` in one more pass and sorted there (at most TOPK_P2 of them). Each pass's loads are
+    software-pipelined (``SELECT_STAGES`` blocks in flight by cp.async), so a pass waits for L2 once,
+    not once per block."""
     i_t = tl.program_id(0).to(tl.int64)
     i_r = tl.program_id(1).to(tl.int64)
     n_vis = num_entries
@@ -641,7 +643,7 @@ def _select_keys_kernel(
         if not done:
             shift: tl.constexpr = 64 - DIGIT_BITS * (i_p + 1)
             b_hist = tl.zeros([NB], tl.int32)
-            for j0 in range(0, n_vis, BLOCK):
+            for j0 in tl.range(0, n_vis, BLOCK, num_stages=SELECT_STAGES):
                 o_j = j0 + tl.arange(0, BLOCK)
                 m_j = o_j < n_vis
                 b_key = tl.load(p_row + o_j, mask=m_j, other=_NO_KEY)
@@ -667,7 +669,7 @@ def _select_keys_kernel(
     tl.store(p_out + o_k, tl.full([TOPK_P2], _NO_KEY, tl.int64))
     tl.debug_barrier()
     base = tl.zeros([], tl.int32)
-    for j0 in range(0, n_vis, BLOCK):
+    for j0 in tl.range(0, n_vis, BLOCK, num_stages=SELECT_STAGES):
         o_j = j0 + tl.arange(0, BLOCK)
         m_j = o_j < n_vis
         b_key = tl.load(p_row + o_j, mask=m_j, other=_NO_KEY)
@@ -788,7 +790,8 @@ def _indexer_logits_kernel(
 # ---------------------------------------------------------------------------------------------------
 def _pool_args(index_k, block_table, seq_ids):
     """Uniform description of flat / paged index keys: (num_entries, stride_kp, stride_ko, stride_kn,
-    stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged). An FP8 pool:
+    stride_kd, bt, stride_bt_b, stride_bt_p, seq, num_seqs, num_pages, page_size, paged) (page_size: 1
+    for flat float keys; the top-k kernel's PAGE_SIZE constexpr). An FP8 pool:
     stride_kp = page bytes, stride_ko = Di (bytes per e4m3 row); flat, entry j = slot j."""
     unused = dummy(index_k.device)  # block table / sequence ids of flat keys, an empty table: never read
     fp8 = isinstance(index_k, Fp8IndexKeyPool)
@@ -805,9 +808,10 @@ def _pool_args(index_k, block_table, seq_ids):
         strides = (index_k.stride(0), index_k.stride(1), 0, index_k.stride(2))
     B, max_pages = block_table.shape
     bt = block_table if block_table.numel() else unused
+    # pages of no entries (a [P, 0, Di] pool) hold no entry to divide: any page size will do
     return (max_pages * page, *strides, bt,
             block_table.stride(0) if block_table.numel() else 0, block_table.stride(1) if block_table.numel() else 0,
-            seq_ids, B, P, page, True)  # fmt: skip
+            seq_ids, B, P, max(page, 1), True)  # fmt: skip
 
 
 def _nonempty(x: torch.Tensor) -> torch.Tensor:
