@@ -150,10 +150,11 @@ def test_index_key_kernels_as_the_jit_specialises_them_for_sm90():
             assert r["int_div"] == 0, f"an integer divide (emulated: ~25 instructions) in the key kernel: {r}"
 
 
-def test_radix_select_compiles_without_spills_for_sm90():
+def test_radix_select_compiles_pipelined_for_sm90():
     """The select path's radix select (``_select_keys_kernel``, replacing ``torch.topk`` over the int64
     sort keys) by its hand-written signature and as ``indexer_topk`` launches it for the V4 decode (its
-    two stages: 2 sub-row programs per token, then one per token; 8 warps): no spill, its 256-bin
+    two stages: 2 sub-row programs per token, then one per token; 8 warps): no spill (but 16 B with
+    triton 3.8.0, ``spill_budget``), its 256-bin
     histograms in shared memory (``atom.shared`` adds, no global atomics), a loop per radix pass (8)
     and the compaction pass, each pipelined by cp.async (SELECT_STAGES = 3: two blocks of 1,024 int64
     keys in flight, 16 KiB, + the histogram; before: 8 KiB and plain loads, an L2 wait per block). (Its
@@ -163,7 +164,8 @@ def test_radix_select_compiles_without_spills_for_sm90():
     for r in (*by_prefix(results, "indexer select radix"), *by_prefix(results, "jit select radix")):
         if "skipped" in r:
             continue
-        assert spill_bytes(r["ptxas"]) == 0 and r["loops"] >= 64 // 8 + 1, r  # 3.8 lowers histograms with loops
+        # 3.8 lowers histograms with loops
+        assert spill_bytes(r["ptxas"]) <= spill_budget(90, r["name"]) and r["loops"] >= 64 // 8 + 1, r
         assert r["atom_shared"] > 0 and r["atom_global"] == 0 and r["shared"] <= 20 * 1024, r
         assert r["cp_async"] >= 9, f"a radix pass or the compaction not pipelined by cp.async: {r}"
     stages = by_prefix(results, "jit select radix")
@@ -218,6 +220,10 @@ SPARSE_D512_SPILL_BUDGETS = {
     # loaded one at a time, 255 registers): 8 B with 3.7.1 (4 B before its q mask went per 16-dim group);
     # as the JIT launches it, 0 B (asserted)
     "indexer fp8 select keys": 16,
+    # the radix select, its passes pipelined (3 stages): 0 B with 3.6.0 / 3.7.1 / 3.9.0 (110 registers on
+    # 3.7.1); with 3.8.0 ptxas keeps it to 64 registers and spills 16 B in the launches as the JIT
+    # specialises them (hand-written: 0 B). With 2 stages 3.7.1 spilled 16-24 B (80 registers).
+    "jit select radix": 16,
 }
 
 
@@ -227,7 +233,8 @@ COMPRESS_SPILL_BUDGETS = {"compress_kv": 16}
 
 
 # sm_80 / sm_89: the fused indexer's bitonic merge of two 512-key lists spills 48 B with triton 3.9; the
-# radix select (the select path's top-k) 8 B on sm_89 with triton 3.8.0 (0 B with 3.6.0 / 3.7.1).
+# radix select (the select path's top-k) 8 B on sm_89 with triton 3.8.0 before its passes were pipelined
+# (0 B since, and with 3.6.0 / 3.7.1).
 OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64, "indexer select radix": 16}
 
 
