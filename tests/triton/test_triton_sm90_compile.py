@@ -217,8 +217,8 @@ SPARSE_D512_SPILL_BUDGETS = {
     "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 -> 220 / 80 / 280 B
     "jit sparse HCA decode bf16": 256,  # split-KV (33 splits): 420 B on 3.7.1 -> 220 / 100 / 244 B
     # the FP8 index-key select kernel by its hand-written signature (no pointer alignment: e4m3 bytes
-    # loaded one at a time, 255 registers): 8 B with 3.7.1 (4 B before its q mask went per 16-dim group);
-    # as the JIT launches it, 0 B (asserted)
+    # loaded one at a time): 8 B with 3.7.1 at 255 registers (4 B before its q mask went per 16-dim
+    # group), 0 B at 113 since its page division is by a constexpr; as the JIT launches it, 0 B (asserted)
     "indexer fp8 select keys": 16,
     # the radix select, its passes pipelined (3 stages): 0 B with 3.6.0 / 3.7.1 / 3.9.0 (110 registers on
     # 3.7.1); with 3.8.0 ptxas keeps it to 64 registers and spills 16 B in the launches as the JIT
