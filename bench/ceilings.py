@@ -5,13 +5,17 @@
   memory-bound case is compared with.
 - Matmul rate: square ``a @ b`` per dtype: fp32 and bf16 on CPU (n = 4096; quick: 1024), bf16 and
   fp32 on accelerators (n = 8192 / 4096; TF32 left as torch has it, recorded). The compute ceiling of
-  a run is the rate of the dtype its backend computes in (``compute_dtype``).
+  a run is the rate of the dtype its backend computes in (``compute_dtype``). On CPU the size is doubled
+  from 256 only while the next product is estimated within ``CPU_MATMUL_CALL_S`` (``matmul_size``): a
+  CPU without native bf16 (an AMD EPYC without AVX512-BF16: ~0.4 GFLOP/s, torch's fallback) would
+  otherwise spend ~25 minutes on the 4096^3 bf16 products; the size used is recorded ("shape").
 
 Rates use the median sample, like the cases they are compared with; the best sample is recorded too.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Dict
 
 import torch
@@ -37,6 +41,32 @@ def copy_bandwidth(device: torch.device, nbytes: int, policy: TimingPolicy) -> D
         "method": "dst.copy_(src), read + write counted",
         "time": {k: v for k, v in st.items() if k != "samples_s"},
     }
+
+
+# The longest one CPU matmul of the ceilings may take (seconds, extrapolated from the half size): fp32
+# 4096^3 takes 0.4-0.9 s on the 2-core CI machines, so only a slow dtype shrinks
+CPU_MATMUL_CALL_S = 2.0
+
+
+def matmul_size(device: torch.device, dtype: torch.dtype, n_max: int, call_s: float = CPU_MATMUL_CALL_S) -> int:
+    """``n_max`` on accelerators; on CPU the size doubles from 256 (timed: the faster of two products)
+    while 8x the last product's time, the estimate of the next, stays within ``call_s``."""
+    if device.type != "cpu" or n_max <= 256:
+        return n_max
+
+    def product_s(n: int) -> float:
+        a = torch.ones(n, n, dtype=dtype)
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            torch.matmul(a, a)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    n = 256
+    while n < n_max and 8 * product_s(n) <= call_s:
+        n *= 2
+    return n
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, policy: TimingPolicy) -> Dict[str, object]:
@@ -70,8 +100,10 @@ def measure(device: torch.device, quick: bool = False, log=print) -> Dict[str, o
     sizes = {"fp32": 1024 if quick else 4096, "bf16": 1024 if quick else 4096}
     if accel:
         sizes = {"bf16": 2048 if quick else 8192, "fp32": 1024 if quick else 4096}
-    for name, n in sizes.items():
-        log(f"ceilings: {name} matmul {n}x{n}x{n}...")
+    for name, n_max in sizes.items():
+        n = matmul_size(device, DTYPES[name], n_max)
+        why = f" (one {n_max}^3 product: over {CPU_MATMUL_CALL_S} s)" if n < n_max else ""
+        log(f"ceilings: {name} matmul {n}x{n}x{n}{why}...")
         try:
             out["matmul"][name] = matmul_rate(device, DTYPES[name], n, pol)
         except Exception as exc:  # a dtype the device cannot multiply: say so, go on

@@ -30,7 +30,9 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   iteration: the pass loop's issue clk / ``IPC``, plus one ``L2_LAT`` (the keys were just written:
   L2-resident) per pass when its loads are pipelined by cp.async (the probe's ``has_prefetch``), per
   iteration when not; 3 passes optimistic (the kernel's usual early stop for real scores), all 8
-  pessimistic; then the compaction loop once;
+  pessimistic; then the compaction loop once; plus the code outside the loops issued once (the passes'
+  histogram scans and the last stage's 512-key sort: ``_straight_line_clk``; in the optimistic bound
+  this over-counts the scans of the passes that do not run, ~200 instructions each);
 - write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
 """
 
@@ -252,6 +254,16 @@ def _busy(cost, ipc: float) -> float:
     return max(comp.values())
 
 
+def _straight_line_clk(rec: dict, ipc: float) -> float:
+    """Issue clk of a launch's code outside its loops (``sass_total`` minus the loops' instructions),
+    each instruction once, every warp issuing it, 4 schedulers per SM at ``ipc`` (the probe's issue
+    term). The radix select's passes are unrolled, so nothing there runs twice: its per-pass histogram
+    scans and, in a SORTED launch, the 512-key sort (~1,000 SASS instructions)."""
+    loop_instr = sum(int(lp.get("instructions", 0)) for lp in rec.get("loops_full", []))
+    straight = max(0, int(rec.get("sass_total", 0)) - loop_instr)
+    return straight * rec.get("num_warps", 4) / 4 / ipc
+
+
 def select_key_bytes(pool: str, n: int, T: int, di: int = 128) -> int:
     """Bytes the select path must read: the index keys once per sequence (FP8: e4m3 + a 4-byte scale)."""
     return n * (di + 4 if pool == "fp8-pool" else 2 * di) + T * 64 * (di * 2 + 4)
@@ -292,6 +304,7 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
                     # once; one without, once per block
                     clks = sum(iters * _busy(lp["cost"], ipc) + (l2 if lp["cost"][2] else iters * l2)
                                for lp in passes)  # fmt: skip
+                    clks += _straight_line_clk(r, ipc)
                     name, us = f"radix select stage {stage}", clks / clk * 1e6
                     row = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: these programs' lists
                 else:

@@ -445,6 +445,15 @@ def run_indexer_variants(name, args, pkw, want, select_ms, flops, nbytes, ceil, 
     same = all(torch.equal(x, y) for x, y in zip(fused, want))
     ms = bench_ms(lambda: ti.indexer_topk(q, w, k, ve, topk, bt, seq, method="fused"), quick)
     res.append(record(name, "triton-fused", ms, flops, nbytes, ceil, None, {"same_as_select": same}))
+    # the select path's key kernel with the other tile the offline model compared (8 warps: two warp
+    # groups and a cross-warp head sum; the default on sm_90 is 4, select_config)
+    cfg = ti.select_config(q.shape[1], q.shape[2], q.device)
+    other = dict(cfg, num_warps=8 if cfg["num_warps"] == 4 else 4)
+    got = ti.indexer_topk(q, w, k, ve, topk, bt, seq, method="select", config=other)
+    same = all(torch.equal(x, y) for x, y in zip(got, want))
+    ms = bench_ms(lambda: ti.indexer_topk(q, w, k, ve, topk, bt, seq, method="select", config=other), quick)
+    res.append(record(name, f"triton-select {other['num_warps']} warps", ms, flops, nbytes, ceil, None,
+                      {"same_as_select": same, "config": other}))  # fmt: skip
     n = ti._pool_args(k, bt, seq)[0]
     # sort keys of relu-like scores (one exponent range: the radix select's harder case)
     keys = pack_keys(torch.randn(q.shape[0], n, device=q.device).abs(), torch.arange(n, device=q.device))

@@ -181,3 +181,17 @@ def test_select_path_model_waits_for_l2_once_per_pipelined_pass():
     (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
     for stage in (1, 2, 3):
         assert e["parts"][f"radix select stage {stage}"] == [12.8, 60.6], stage
+
+
+def test_select_path_model_issues_code_outside_the_loops_once():
+    """A radix stage's code outside its loops (``sass_total`` minus the loops' instructions: the unrolled
+    passes' histogram scans, the last stage's sort) is issued once by each of its warps: 8 warps x
+    (2,000 - 9 loops x 100) instructions / 4 schedulers = 2,200 clk at IPC 1 (4,400 at 0.5), on top of
+    the loops' 12.8 / 60.6 us (1 GHz)."""
+    recs = _select_records(radix_grids=((1, 64), (1, 8), (1, 1)), radix_prefetch=True)
+    for r in recs:
+        if r["kernel"] == "_select_keys_kernel":
+            r.update(num_warps=8, sass_total=2000, loops_full=[dict(lp, instructions=100) for lp in r["loops_full"]])
+    (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
+    for stage in (1, 2, 3):
+        assert e["parts"][f"radix select stage {stage}"] == [15.0, 65.0], stage

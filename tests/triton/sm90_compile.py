@@ -48,10 +48,11 @@ def ptx_properties(ptx: str) -> dict:
 
     bulk = ptx.count("cp.async.bulk")
     narrow = {n: len(re.findall(rf"\bld\.global(?:\.[a-z]+)*\.[bus]{8 * n}\b", ptx)) for n in (1, 2)}
-    # 16-byte global reads: vector loads of four 32-bit words, cp.async copies of 16 bytes (cp-size 16)
+    # 16-byte global reads: vector loads of four 32-bit words, cp.async copies of 16 bytes (cp-size 16);
+    # and cp.async copies of 8 bytes ("cp.async.ca.shared.global [dst], [src], size")
     v4 = len(re.findall(r"\bld\.global(?:\.[\w:]+)*\.v4\.[bfsu]32\b", ptx))
-    cp16 = len(re.findall(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*(?:0x10|16)\b",
-                          ptx))  # fmt: skip
+    copy = r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s*\[[^]]*\],\s*\[[^]]*\],\s*"
+    cp16, cp8 = (len(re.findall(copy + size + r"\b", ptx)) for size in ("(?:0x10|16)", "(?:0x8|8)"))
     # loops: branches back to a label above them (PTX is emitted in block order)
     seen, loops = set(), 0
     for line in ptx.splitlines():
@@ -60,10 +61,14 @@ def ptx_properties(ptx: str) -> dict:
             seen.add(label.group(1))
         target = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
         loops += bool(target and target.group(1) in seen)
-    return dict(wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"), loops=loops,
+    # wgmma whose A operand is registers ({acc}, {a0..a3}, desc-b) rather than a shared-memory descriptor
+    wgmma_a_regs = len(re.findall(r"\bwgmma\.mma_async[^;]*\}\s*,\s*\{", ptx))
+    return dict(wgmma=ptx.count("wgmma.mma_async"), wgmma_a_regs=wgmma_a_regs, mma_sync=ptx.count("mma.sync"),
+                loops=loops,
                 cp_async=ptx.count("cp.async") - bulk - ptx.count("cp.async.wait") - ptx.count("cp.async.commit"),
                 tma=bulk, ld_global_1b=narrow[1], ld_global_2b=narrow[2], ld_global_v4=v4,
-                cp_async_16=cp16, atom_shared=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.shared\b", ptx)),
+                cp_async_16=cp16, cp_async_8=cp8,
+                atom_shared=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.shared\b", ptx)),
                 atom_global=len(re.findall(r"\b(?:atom|red)(?:\.\w+)*\.global\b", ptx)),
                 int_div=len(re.findall(r"\b(?:div|rem)(?:\.\w+)*\.[su](?:32|64)\b", ptx)))  # fmt: skip
 
@@ -246,11 +251,12 @@ def compile_all(arch=90) -> list:
               cfg["num_stages"])  # fmt: skip
 
     indexer_partial("indexer partial top-512 paged", icfg, TO_SLOTS=True, BITONIC=True)
-    indexer_partial("indexer select keys paged", ti.select_config(64, 128, cuda), TO_SLOTS=False, BITONIC=False,
+    scfg = ti.select_config(64, 128, cuda, capability)
+    indexer_partial("indexer select keys paged", scfg, TO_SLOTS=False, BITONIC=False,
                     KEYS_ONLY=True)  # fmt: skip
     if capability >= FP8_MIN_CAPABILITY:  # FP8 index keys: declined below sm_89 and on AMD (indexer/support.py)
         indexer_partial("indexer fp8 partial top-512 paged", icfg, fp8=True, TO_SLOTS=True, BITONIC=True)
-        indexer_partial("indexer fp8 select keys paged", ti.select_config(64, 128, cuda), fp8=True, TO_SLOTS=False,
+        indexer_partial("indexer fp8 select keys paged", scfg, fp8=True, TO_SLOTS=False,
                         BITONIC=False, KEYS_ONLY=True)  # fmt: skip
         build(
             "indexer fp8 logits",

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache.fp8_index import Fp8IndexKeyPool
-from ..triton_utils import and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2
+from ..triton_utils import and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2, tile_capability
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -178,14 +178,37 @@ def _load_keys(
 
 
 @triton.jit
-def _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8: tl.constexpr):
-    """Per-head logits [BLOCK_HI, BLOCK_N] times each FP8 entry's fp32 scale (before the ReLU, so any
-    scale, negative / NaN / inf included, gives the reference's result); float keys: unchanged."""
+def _logits(b_q, b_k, DOT_PREC: tl.constexpr, ENTRIES_FIRST: tl.constexpr):
+    """<q[h], k_j> of q [BLOCK_HI, BLOCK_DI] and keys [BLOCK_N, BLOCK_DI]: [BLOCK_N, BLOCK_HI] with
+    ENTRIES_FIRST, else [BLOCK_HI, BLOCK_N] (fp32)."""
+    if ENTRIES_FIRST:
+        return tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PREC)
+    else:
+        return tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8: tl.constexpr, ENTRIES_FIRST: tl.constexpr):
+    """Logits (``_logits``' layout) times each FP8 entry's fp32 scale (before the ReLU, so any scale,
+    negative / NaN / inf included, gives the reference's result); float keys: unchanged."""
     if KEY_FP8:
         b_sc = tl.load(p_ks + o_sc, mask=m_row, other=0.0)  # [BLOCK_N] fp32
-        return b_s * b_sc[None, :]
+        if ENTRIES_FIRST:
+            return b_s * b_sc[:, None]
+        else:
+            return b_s * b_sc[None, :]
     else:
         return b_s
+
+
+@triton.jit
+def _head_sum(b_s, b_w, m_h, ENTRIES_FIRST: tl.constexpr):
+    """[BLOCK_N] sum_h w[h] * relu(logit) of scaled logits (``_logits``' layout); padded heads (m_h
+    false) add nothing, not even 0 * NaN."""
+    if ENTRIES_FIRST:
+        return tl.sum(tl.where(m_h[None, :], b_w[None, :] * _relu(b_s), 0.0), 1)
+    else:
+        return tl.sum(tl.where(m_h[:, None], b_w[:, None] * _relu(b_s), 0.0), 0)
 
 
 @triton.jit
@@ -215,23 +238,31 @@ def _score_entries(
     K_GROUP: tl.constexpr = 1,
 ):
     """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0). FP8
-    keys: sum_h w[h] * relu(scale_j * <q[h], e4m3 values of j>)."""
+    keys: sum_h w[h] * relu(scale_j * <q[h], e4m3 values of j>). Blocks of >= 64 entries (the select
+    path's key kernel) take the logits as [entries, heads] (keys x q^T): on sm_90 the keys are wgmma's
+    A operand (M = 64 rows per warp group), used from the registers they were converted in (FP8: no
+    shared-memory round trip), and the head sum is a row sum (the [heads, entries] product cost 759
+    SASS instructions per 64 FP8 entries at 8 warps, this one 628; 901 at 4 warps, one warp group, no
+    cross-warp sum: ``select_config``). Narrower blocks (the fused and logits kernels' 32) keep heads
+    as the rows, so BLOCK_HI = 64 is still wgmma's M; the tiled path (heads or dims over one tile)
+    by the same rule."""
+    ENTRIES_FIRST: tl.constexpr = BLOCK_N >= 64
     if ONE_TILE:
         # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
         o_d = tl.arange(0, BLOCK_DI)
         # [BLOCK_N, BLOCK_DI]
         b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
-        # [BLOCK_HI, BLOCK_N]
-        b_s = _scaled(tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC), p_ks, o_sc, m_row, KEY_FP8)
-        m_h = tl.arange(0, BLOCK_HI) < Hi  # padded heads add nothing (not even 0 * NaN)
-        return tl.sum(tl.where(m_h[:, None], b_w[:, None] * _relu(b_s), 0.0), 0)
+        b_s = _scaled(_logits(b_q, b_k, DOT_PREC, ENTRIES_FIRST), p_ks, o_sc, m_row, KEY_FP8, ENTRIES_FIRST)
+        return _head_sum(b_s, b_w, tl.arange(0, BLOCK_HI) < Hi, ENTRIES_FIRST)
     else:
         b_score = tl.zeros([BLOCK_N], tl.float32)
         for h0 in range(0, Hi, BLOCK_HI):
             i_h = h0 + tl.arange(0, BLOCK_HI)
             m_h = i_h < Hi
-            # [BLOCK_HI, BLOCK_N]
-            b_s = tl.zeros([BLOCK_HI, BLOCK_N], tl.float32)
+            if ENTRIES_FIRST:
+                b_s = tl.zeros([BLOCK_N, BLOCK_HI], tl.float32)
+            else:
+                b_s = tl.zeros([BLOCK_HI, BLOCK_N], tl.float32)
             for d0 in range(0, Di, BLOCK_DI):
                 o_d = d0 + tl.arange(0, BLOCK_DI)
                 m_d = (o_d // K_GROUP) < (Di // K_GROUP)  # exact: K_GROUP divides Di
@@ -243,11 +274,11 @@ def _score_entries(
                 ).to(CDT)
                 # [BLOCK_N, BLOCK_DI]
                 b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
-                b_s += tl.dot(b_qc, tl.trans(b_k), input_precision=DOT_PREC)
-            b_s = _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8)
+                b_s += _logits(b_qc, b_k, DOT_PREC, ENTRIES_FIRST)
+            b_s = _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8, ENTRIES_FIRST)
             # [BLOCK_HI]
             b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
-            b_score += tl.sum(tl.where(m_h[:, None], b_wc[:, None] * _relu(b_s), 0.0), 0)
+            b_score += _head_sum(b_s, b_wc, m_h, ENTRIES_FIRST)
         return b_score
 
 
@@ -614,16 +645,19 @@ def _select_keys_kernel(
     TOPK_P2: tl.constexpr,
     BLOCK: tl.constexpr,
     DIGIT_BITS: tl.constexpr,
+    SORTED: tl.constexpr = True,
 ):
     """Program (t, r): the ``k_sel`` largest sort keys of entries ``[r * span, (r + 1) * span)`` of row t,
     those below ``visible_end[t]`` (all ``num_entries`` without HAS_VIS); keys are unique but for NO_KEY,
-    which is never selected. Sorted descending into ``p_best[t, r, :TOPK_P2]``, NO_KEY after them.
+    which is never selected. Into ``p_best[t, r, :TOPK_P2]``, NO_KEY after them: sorted descending with
+    SORTED, else in entry order (a reducing stage's lists: the next stage selects from them again, so
+    it skips the 512-key sort, ~1,000 of the kernel's ~6,400 SASS instructions on sm_90).
     Radix select, most significant digit first, on the keys' unsigned order (``key ^ INT64_MIN``):
     each pass reads the row once and histograms the next ``DIGIT_BITS`` of the keys that share the
     digits chosen so far, then keeps the digit where the running count reaches ``k_sel``; it stops as
     soon as that digit's keys are all wanted (the usual case after 2-4 of the 64 / DIGIT_BITS passes
     for real scores; equal scores take every pass). The keys >= the threshold found are then compacted
-    into ``p_best`` in one more pass and sorted there (at most TOPK_P2 of them). Each pass's loads are
+    into ``p_best`` in one more pass (and sorted there: at most TOPK_P2 of them). Each pass's loads are
     software-pipelined (``SELECT_STAGES`` blocks in flight by cp.async), so a pass waits for L2 once,
     not once per block."""
     i_t = tl.program_id(0).to(tl.int64)
@@ -677,10 +711,11 @@ def _select_keys_kernel(
         b_pos = base + tl.cumsum(m_sel.to(tl.int32), 0) - 1
         tl.store(p_out + b_pos, b_key, mask=m_sel & (b_pos < TOPK_P2))
         base += tl.sum(m_sel.to(tl.int32), 0)
-    tl.debug_barrier()
-    b_best = tl.sort(tl.load(p_out + o_k), descending=True)
-    tl.debug_barrier()
-    tl.store(p_out + o_k, b_best)
+    if SORTED:
+        tl.debug_barrier()
+        b_best = tl.sort(tl.load(p_out + o_k), descending=True)
+        tl.debug_barrier()
+        tl.store(p_out + o_k, b_best)
 
 
 @triton.jit(
@@ -971,16 +1006,32 @@ def indexer_topk(
     return indices, lengths
 
 
-def select_config(Hi: int, Di: int, device: torch.device) -> dict:
+def select_config(Hi: int, Di: int, device: torch.device, capability: Optional[Tuple[int, int]] = None) -> dict:
     """Tiles of the "select" path's key kernel: no running list in registers, so wider entry blocks
-    than the fused kernel's (``LONGATTN_TRITON_INDEXER_CFG`` overrides them as for ``default_config``)."""
+    than the fused kernel's (``LONGATTN_TRITON_INDEXER_CFG`` overrides them as for ``default_config``).
+    ``capability``: the GPU's (major, minor), queried from ``device`` when None (offline compiles pass
+    it)."""
     cfg = default_config(Hi, Di, device)
     if positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages"):
         return cfg
+    cfg.update(BLOCK_N=64)  # >= 64: the [entries, heads] logits (_score_entries), also in the interpreter
     if device.type == "cuda" and not interpreting():
-        # sm_90 offline compile: 64 heads x 128 dims x 64 entries, 212 registers and no spills at 8
-        # warps (4 warps spill 540 B)
-        cfg.update(BLOCK_N=64, num_warps=8, num_stages=3)
+        # offline compiles (triton 3.7.1) of the [entries, heads] logits, 64 heads x 128 dims x 64
+        # entries. sm_90: one warp group holds all 64 heads of its 64 entries (wgmma 64x64x16), so the
+        # head sum is a row sum; FP8 pool 174 registers, no spills, 901 SASS instructions per block at
+        # 4 warps (8 warps: 628 for 2 warp groups and a cross-warp sum through shared memory, 1,256
+        # issue clk against 901). sm_80 / sm_89 / AMD (mma.sync / MFMA, the logits in every warp's
+        # registers): 8 warps (4 spill 108 B on sm_89 with triton 3.8.0)
+        hopper = (capability or tile_capability(device)) >= (9, 0)
+        cfg.update(BLOCK_N=64, num_warps=4 if hopper else 8, num_stages=3)
+    return cfg
+    cfg.update(BLOCK_N=64)  # >= 64: the [entries, heads] logits (_score_entries), also in the interpreter
+    if device.type == "cuda" and not interpreting():
+        # sm_90 offline compile (triton 3.7.1) of the [entries, heads] product, 64 heads x 128 dims x 64
+        # entries: one warp group holds all 64 heads of its 64 entries (wgmma 64x64x16), so the head
+        # sum is a row sum; FP8 pool 174 registers, no spills, 901 SASS instructions per block for
+        # 4 warps (8 warps: 628 for 2 warp groups and a cross-warp sum through shared memory)
+        cfg.update(BLOCK_N=64, num_warps=4, num_stages=3)
     return cfg
 
 
@@ -1033,9 +1084,10 @@ def select_keys(
     sorted descending into ``out`` [T, topk_p2] (NO_KEY after them), by ``_select_keys_kernel``. With
     ``stages`` (R_1, R_2, ...) (default ``choose_select_stages``: a decode step's few rows would leave
     most SMs idle) in reducing stages: R_1 programs per row each select the top ``k_sel`` of their n / R_1
-    entries into a [T, R_1, topk_p2] workspace, R_2 programs per row then each select from R_1 / R_2 of
-    those lists, ..., and one program per row from the last stage's lists (exact: a row's top k_sel are
-    among its sub-rows' top k_sel). Rows of ``keys`` and ``out`` unit-strided (any row stride)."""
+    entries into a [T, R_1, topk_p2] workspace (unsorted: the next stage selects again), R_2 programs
+    per row then each select from R_1 / R_2 of those lists, ..., and one program per row from the last
+    stage's lists (exact: a row's top k_sel are among its sub-rows' top k_sel). Rows of ``keys`` and
+    ``out`` unit-strided (any row stride)."""
     T, n = keys.shape
     if out is None:
         out = torch.empty(T, topk_p2, dtype=torch.int64, device=keys.device)
@@ -1049,7 +1101,8 @@ def select_keys(
         cand = torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # every column written
         _select_keys_kernel[(T, r)](
             rows, rows.stride(0), visible_end, row_len, cdiv(row_len, r), cand, cand.stride(0), cand.stride(1), k_sel,
-            HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
+            HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, SORTED=False,
+            num_warps=8,
         )  # fmt: skip
         rows, row_len, has_vis = cand.view(T, r * topk_p2), r * topk_p2, False
     _select_keys_kernel[(T, 1)](

@@ -32,7 +32,7 @@ import triton.language as tl
 from ..._env import positive_ints
 from ...cache import fp8
 from ..triton_utils import cast_out as _cast_out
-from ..triton_utils import cdiv, cuda_capability, dummy, interpreting, nan_where, next_power_of_2
+from ..triton_utils import cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
 from ..triton_utils import num_sms as _num_sms
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,17 +81,6 @@ def head_dim_tiles(D: int) -> Tuple[int, int]:
     return d0, d1
 
 
-def _capability(device: torch.device) -> Tuple[int, int]:
-    """NVIDIA compute capability; (0, 0) on AMD GPUs (ROCm torch reports gfx versions there, e.g.
-    (9, 4) for an MI300X, which must not select the Hopper tiles). Without a CUDA runtime (tiles
-    planned offline, e.g. by a compile study for an H200): (9, 0)."""
-    if torch.version.hip:
-        return (0, 0)
-    if not torch.cuda.is_available():
-        return (9, 0)
-    return cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def default_config(
     H: int,
     D: int,
@@ -120,7 +109,7 @@ def default_config(
         return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
     if d_total <= 256:
         return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
-    if (capability or _capability(device)) < (9, 0):
+    if (capability or tile_capability(device)) < (9, 0):
         # sm_80 / sm_89 / AMD: no wgmma, so the 64-head tiles only spill (and sm_89 has 99 KiB of
         # shared memory per block): the spill-free 32-head tiles of the offline compiles (tests/triton)
         return dict(BLOCK_H=min(h_tile, 16 if fp8 else 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
