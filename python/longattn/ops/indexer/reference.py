@@ -193,11 +193,13 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             width = max(MIN_ENTRIES, CACHE_TILE_BYTES // (tg * Hi * 4))
             width = entries.block_width(min(width, max(1, budget // 2 // max(1, block_bytes(tg, 1)))))
             span = max(1, (budget - block_bytes(tg, width)) // (tg * per_pair) // width) * width
-            q_g = q[tokens].to(torch.float32).reshape(-1, Di)  # [Tg*Hi, Di]
-            w_g = weights[tokens].to(torch.float32).unsqueeze(1)  # [Tg, 1, Hi]
+            # [Di, Tg*Hi]: logits as [entries, heads] (keys x q^T), a taller GEMM than q x keys^T
+            # (AMD EPYC, 64 heads x 128 dims x 2,048 entries, 2 threads: 140 vs 88 GFLOP/s)
+            q_t = q[tokens].to(torch.float32).reshape(-1, Di).T.contiguous()
+            w_g = weights[tokens].to(torch.float32).unsqueeze(2)  # [Tg, Hi, 1]
             vis_g = vis[tokens].unsqueeze(1)  # [Tg, 1]
             keys = torch.empty(width, Di, dtype=torch.float32, device=q.device)  # reused block buffers
-            per_head = torch.empty(tg * Hi, width, dtype=torch.float32, device=q.device)
+            per_head = torch.empty(width, tg * Hi, dtype=torch.float32, device=q.device)
             weighted = torch.empty(tg if tg > 1 else 0, width, dtype=torch.float32, device=q.device)
             rows = entries.sequence(seq, n_vis, width, scratch=per_head)
             for s0 in range(0, n_vis, span):
@@ -206,16 +208,19 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
                 for j0 in range(s0, s1, width):
                     j1 = min(s1, j0 + width)
                     key_scales = rows.rows(j0, j1, keys)  # keys[:Nc] fp32 [Nc, Di]
-                    ph = per_head[:, : j1 - j0]
-                    torch.mm(q_g, keys[: j1 - j0].T, out=ph)
+                    nc = j1 - j0
+                    ph = per_head[:nc]  # [Nc, Tg*Hi]
+                    torch.mm(keys[:nc], q_t, out=ph)
                     if key_scales is not None:  # FP8 keys: the entry's scale times <q, e4m3 values>
-                        ph.mul_(key_scales)
-                    ph = torch.relu_(ph).view(tg, Hi, j1 - j0)  # [Tg, Hi, Nc]
+                        ph.mul_(key_scales.unsqueeze(1))
+                    ph = torch.relu_(ph)
                     dst = scores[:, j0 - s0 : j1 - s0]  # [Tg, Nc]
-                    if tg == 1:  # a contiguous row: bmm writes it directly
-                        torch.bmm(w_g, ph, out=dst.unsqueeze(1))
-                    else:  # bmm into a strided out falls back to one matmul per token: use a buffer
-                        dst.copy_(torch.bmm(w_g, ph, out=weighted.view(-1)[: dst.numel()].view(tg, 1, -1)).squeeze(1))
+                    if tg == 1:  # a contiguous row: mv writes it directly
+                        torch.mv(ph, w_g[0, :, 0], out=dst[0])
+                    else:  # [Tg, Nc, Hi] x [Tg, Hi, 1]; bmm into a strided out would go token by token
+                        per_token = ph.view(nc, tg, Hi).transpose(0, 1)
+                        buf = weighted.view(-1)[: dst.numel()].view(tg, nc, 1)
+                        dst.copy_(torch.bmm(per_token, w_g, out=buf)[..., 0])
                 if s1 == n_vis:  # last span: free the block buffers before the consumer's work
                     del keys, per_head, weighted
                     rows.release()
