@@ -1023,15 +1023,7 @@ def select_config(Hi: int, Di: int, device: torch.device, capability: Optional[T
         # issue clk against 901). sm_80 / sm_89 / AMD (mma.sync / MFMA, the logits in every warp's
         # registers): 8 warps (4 spill 108 B on sm_89 with triton 3.8.0)
         hopper = (capability or tile_capability(device)) >= (9, 0)
-        cfg.update(BLOCK_N=64, num_warps=4 if hopper else 8, num_stages=3)
-    return cfg
-    cfg.update(BLOCK_N=64)  # >= 64: the [entries, heads] logits (_score_entries), also in the interpreter
-    if device.type == "cuda" and not interpreting():
-        # sm_90 offline compile (triton 3.7.1) of the [entries, heads] product, 64 heads x 128 dims x 64
-        # entries: one warp group holds all 64 heads of its 64 entries (wgmma 64x64x16), so the head
-        # sum is a row sum; FP8 pool 174 registers, no spills, 901 SASS instructions per block for
-        # 4 warps (8 warps: 628 for 2 warp groups and a cross-warp sum through shared memory)
-        cfg.update(BLOCK_N=64, num_warps=4, num_stages=3)
+        cfg.update(num_warps=4 if hopper else 8, num_stages=3)
     return cfg
 
 
