@@ -46,10 +46,8 @@ def kernel_key(name: str) -> str:
 
 
 def spilled(rec: dict) -> Optional[int]:
-    """Spilled bytes (NVIDIA: ptxas spill stores) or registers (AMD); None when not reported."""
-    m = re.search(r"(\d+) bytes spill stores", rec.get("ptxas", "")) or re.search(
-        r"(\d+) registers spilled", rec.get("ptxas", "")
-    )
+    """NVIDIA: spilled bytes (ptxas spill stores); None when not reported."""
+    m = re.search(r"(\d+) bytes spill stores", rec.get("ptxas", ""))
     return int(m.group(1)) if m else None
 
 
@@ -73,9 +71,10 @@ def cell(rec: Optional[dict], amd: bool) -> str:
         parts.append("cp.async")
     if rec.get("tma"):
         parts.append("TMA")
-    n = spilled(rec)
-    if n is not None:
-        parts.append(f"{n} regs spilled" if amd else f"{n} B spill")
+    if amd and "vgpr_spills" in rec:  # VGPRs to scratch memory; SGPRs into VGPR lanes (no memory traffic)
+        parts.append(f"{rec['vgpr_spills']} VGPR spills ({rec['vgprs']} VGPRs), {rec['sgpr_spills']} SGPR spills")
+    elif not amd and spilled(rec) is not None:
+        parts.append(f"{spilled(rec)} B spill")
     if rec.get("shared") is not None:
         parts.append(f"{rec['shared'] / 1024:.0f} KiB smem")
     return ", ".join(parts)

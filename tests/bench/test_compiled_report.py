@@ -18,7 +18,8 @@ RECORDS = {
     ],
     "gfx942": [
         {"name": "sparse bf16 D=512 {'BLOCK_H': 32}", "ok": True, "shared": 16384, "mfma": 64,
-         "ptxas": "266 registers spilled (VGPR + SGPR)"},
+         "vgpr_spills": 0, "sgpr_spills": 7, "vgprs": 237, "agprs": 0,
+         "ptxas": "0 VGPRs spilled to scratch, 7 SGPRs spilled"},
     ],
 }  # fmt: skip
 
@@ -33,7 +34,7 @@ def test_table_rows_cells_and_model_column():
                           "indexer fp8 logits"]  # fmt: skip
     assert rows["sparse bf16 D=512"] == ["wgmma, cp.async, 3794 B spill, 128 KiB smem",
                                          "mma.sync, 0 B spill, 80 KiB smem",
-                                         "MFMA, 266 regs spilled, 16 KiB smem", " |"]  # fmt: skip
+                                         "MFMA, 0 VGPR spills (237 VGPRs), 7 SGPR spills, 16 KiB smem", " |"]  # fmt: skip
     assert rows["jit sparse CSA decode T=64"][0].startswith("wgmma, cp.async, 80 B spill")
     assert rows["jit sparse CSA decode T=64"][1:] == ["-", "-", "38.3 us |"]
     assert rows["jit sparse HCA decode T=1"][0].startswith("not compiled (") and rows["jit sparse HCA decode T=1"][3]

@@ -3,6 +3,8 @@ the Triton-specific tests (tests/triton). Imports triton only when a function is
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from tests import oracle
@@ -65,17 +67,14 @@ def check_pool_kernel(a, b, ratio, overlap, config=None):
 
 
 def gpu_config(module, fn, *args, capability=(9, 0), **kw):
-    """``fn(*args)`` of ``module`` as it answers for a CUDA device of compute ``capability`` (an
-    H100 / H200 by default) outside the interpreter (the config functions return the interpreter's
-    tiles whenever TRITON_INTERPRET=1)."""
-    saved = module.interpreting, getattr(module, "_capability", None)
+    """``fn(*args)`` of ``module`` as it answers for a GPU of compute ``capability`` (an H100 / H200 by
+    default; ``AMD_TILES`` for an AMD GPU) outside the interpreter (the config functions return the
+    interpreter's tiles whenever TRITON_INTERPRET=1). ``capability`` goes to ``fn`` when it takes one."""
+    saved = module.interpreting
     module.interpreting = lambda: False
-    if saved[1] is not None:
-        module._capability = lambda device: capability
     try:
-        cfg = fn(*args, **kw)
+        if "capability" in inspect.signature(fn).parameters:
+            kw["capability"] = capability
+        return fn(*args, **kw)
     finally:
-        module.interpreting = saved[0]
-        if saved[1] is not None:
-            module._capability = saved[1]
-    return cfg
+        module.interpreting = saved

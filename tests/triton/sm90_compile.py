@@ -74,11 +74,18 @@ def ptx_properties(ptx: str) -> dict:
 
 
 def amdgcn_properties(asm: str) -> dict:
-    """MFMA (matrix core) instruction count and the compiler's VGPR / SGPR spill counts."""
+    """MFMA (matrix core) instruction count and the compiler's spill counts: VGPRs spilled to scratch
+    (memory: what costs) and SGPRs spilled (into VGPR lanes by v_writelane, no memory traffic while
+    VGPRs are left), with the registers a wave holds (vgprs counts the AGPRs of the unified file)."""
     import re
 
-    spills = sum(int(n) for n in re.findall(r"\.[vs]gpr_spill_count:\s*(\d+)", asm))
-    return dict(mfma=len(re.findall(r"\bv_mfma_", asm)), ptxas=f"{spills} registers spilled (VGPR + SGPR)")
+    def total(field):
+        return sum(int(n) for n in re.findall(rf"\.{field}:\s*(\d+)", asm))
+
+    vgpr_spills, sgpr_spills = total("vgpr_spill_count"), total("sgpr_spill_count")
+    return dict(mfma=len(re.findall(r"\bv_mfma_", asm)), vgpr_spills=vgpr_spills, sgpr_spills=sgpr_spills,
+                vgprs=total("vgpr_count"), agprs=total("agpr_count"),
+                ptxas=f"{vgpr_spills} VGPRs spilled to scratch, {sgpr_spills} SGPRs spilled")
 
 
 def compile_all(arch=90) -> list:
@@ -224,7 +231,7 @@ def compile_all(arch=90) -> list:
         4,
         1,
     )
-    icfg = ti.default_config(64, 128, cuda)
+    icfg = ti.default_config(64, 128, cuda, capability)
     itypes = dict(
         p_q="*bf16",
         p_w="*fp32",

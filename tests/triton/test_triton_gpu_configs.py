@@ -31,6 +31,16 @@ if CAN_RUN_TRITON:
     from longattn.ops.sparse_attention import triton_sparse_attention as tsa
 
 CUDA = torch.device("cuda")  # only passed to the config functions; nothing runs on it
+# the architectures whose tiles differ: H100 / H200 (wgmma tiles), A100 / L40S (mma.sync), AMD MI300X
+ARCHS = {"sm90": (9, 0), "sm80": (8, 0), "amd": (0, 0)}  # (0, 0): triton_utils.AMD_TILES
+
+
+def arch_config(arch, module, fn, *args, **kw):
+    """The tiles ``fn`` picks for ``arch``; skips when they are sm_90's (tested there)."""
+    cfg = gpu_config(module, fn, *args, capability=ARCHS[arch], **kw)
+    if arch != "sm90" and cfg == gpu_config(module, fn, *args, **kw):
+        pytest.skip(f"{arch} uses the sm_90 tiles here ({cfg})")
+    return cfg
 
 
 @pytest.mark.parametrize(
@@ -46,10 +56,11 @@ CUDA = torch.device("cuda")  # only passed to the config functions; nothing runs
     ],
     ids=str,
 )
-def test_sparse_attention_gpu_tiles(case):
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sparse_attention_gpu_tiles(case, arch):
     args = to_device(make_sparse_inputs(case))
     cdt = torch.float32 if case.dtype == torch.float32 else case.dtype
-    cfg = gpu_config(tsa, tsa.default_config, case.H, case.D, cdt, CUDA)
+    cfg = arch_config(arch, tsa, tsa.default_config, case.H, case.D, cdt, CUDA)
     for splits in (1, 3, tsa.MAX_SPLITS):  # MAX_SPLITS: the combine's widest split axis, most splits empty
         out, lse = run_kernel(args, num_splits=splits, config=cfg)
         check_sparse(out, lse, args, f"{case.name} {cfg} splits={splits}", "triton")
@@ -76,8 +87,9 @@ def test_sparse_attention_fp8_gpu_tiles():
         check_sparse(out, lse, args, f"fp8 {cfg} splits={splits}", "triton")
 
 
-def test_indexer_topk_gpu_tiles():
-    """64 heads x 128 dims (one tile), 32-entry blocks, bitonic merges, paged keys, top-96."""
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_indexer_topk_gpu_tiles(arch):
+    """64 heads x 128 dims (one tile), 32-entry blocks (AMD: 16), bitonic merges, paged keys, top-96."""
     g = torch.Generator().manual_seed(1)
     T, Hi, Di, page, topk = 2, 64, 128, 16, 96
     n_pages = 20
@@ -89,7 +101,7 @@ def test_indexer_topk_gpu_tiles():
     seq = torch.tensor([0, 1], dtype=torch.int32)
     ve = torch.tensor([128, 101], dtype=torch.int32)
     ref = oracle.indexer_topk(q, w, pool, ve, topk, block_table=table, seq_ids=seq)
-    cfg = gpu_config(ti, ti.default_config, Hi, Di, CUDA)
+    cfg = arch_config(arch, ti, ti.default_config, Hi, Di, CUDA)
     got = ti.indexer_topk(
         *(x.to(DEVICE) for x in (q, w, pool, ve)), topk, block_table=table.to(DEVICE), seq_ids=seq.to(DEVICE),
         config=cfg, bitonic=True,
@@ -126,14 +138,18 @@ def test_compress_pool_gpu_tiles():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
-@pytest.mark.parametrize("dtype,D", [(torch.float32, 64), (torch.bfloat16, 512)], ids=["fp32_d64", "bf16_d512"])
-def test_sparse_attention_nonfinite_gpu_tiles(dtype, D):
+@pytest.mark.parametrize(
+    "dtype,D", [(torch.float32, 64), (torch.float32, 512), (torch.bfloat16, 512)], ids=["fp32_d64", "fp32_d512", "bf16_d512"]
+)
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):
     """The non-finite logit rule (tests/helpers/sparse.py ``sparse_nonfinite_inputs``) at the GPU
-    tiles (fp32: 16 heads x 32 keys, 2 key blocks per row; bf16 D = 512: 32 x 32), one and several
-    splits; MAX_SPLITS splits (most of them empty) on three tokens: a NaN key in the last block; +inf
-    and all--inf heads; a +inf logit early and a NaN key late."""
+    tiles (fp32: 16 heads x 32 keys, 2 key blocks per row, AMD at D = 512: 16 keys; bf16 D = 512: 16
+    heads x 64 keys, sm_80: x 32, AMD: x 16), one and several splits; MAX_SPLITS splits (most of them
+    empty) on three tokens: a NaN key in the last block; +inf and all--inf heads; a +inf logit early
+    and a NaN key late."""
     args, want = sparse_nonfinite_inputs(D=D, dtype=dtype)
-    cfg = gpu_config(tsa, tsa.default_config, 4, D, dtype, CUDA)
+    cfg = arch_config(arch, tsa, tsa.default_config, 4, D, dtype, CUDA)
     ref_out, ref_lse = longattn.sparse_attention(**args, backend="reference")
     rtol = 1e-5 if dtype == torch.float32 else 2.0**-7
     for splits in (1, 2) if dtype == torch.float32 else (2,):
@@ -149,6 +165,9 @@ def test_sparse_attention_nonfinite_gpu_tiles(dtype, D):
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the launchers' own tiles are the GPU tiles")
 def test_gpu_tiles_differ_from_the_interpreters():
     """Guard: the configs above really are the GPU ones (else this file tests the interpreter tiles again)."""
+    from longattn.ops.triton_utils import AMD_TILES
+
+    assert ARCHS["amd"] == AMD_TILES
     assert gpu_config(tsa, tsa.default_config, 64, 512, torch.bfloat16, CUDA) != tsa.default_config(
         64, 512, torch.bfloat16, CUDA
     )

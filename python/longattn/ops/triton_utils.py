@@ -23,12 +23,15 @@ def num_sms(device: torch.device) -> int:
     return CPU_NOTIONAL_SMS
 
 
+AMD_TILES = (0, 0)  # what tile_capability answers on an AMD GPU: the config functions' AMD branch
+
+
 def tile_capability(device: torch.device) -> Tuple[int, int]:
-    """The NVIDIA compute capability tiles are chosen for; (0, 0) on AMD GPUs (ROCm torch reports gfx
+    """The NVIDIA compute capability tiles are chosen for; ``AMD_TILES`` on AMD GPUs (ROCm torch reports gfx
     versions there, e.g. (9, 4) for an MI300X, which must not select the Hopper tiles). Without a CUDA
     runtime (tiles planned offline, e.g. by a compile study for an H200): (9, 0)."""
     if torch.version.hip:
-        return (0, 0)
+        return AMD_TILES
     if not torch.cuda.is_available():
         return (9, 0)
     return cuda_capability(device.index if device.index is not None else torch.cuda.current_device())

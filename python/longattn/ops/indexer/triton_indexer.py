@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache.fp8_index import Fp8IndexKeyPool
-from ..triton_utils import and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2, tile_capability
+from ..triton_utils import AMD_TILES, and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2, tile_capability
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -64,9 +64,10 @@ def compute_dtype(q: torch.Tensor, index_k) -> torch.dtype:
     return q.dtype if q.dtype == index_k.dtype else torch.float32
 
 
-def default_config(Hi: int, Di: int, device: torch.device) -> dict:
+def default_config(Hi: int, Di: int, device: torch.device, capability: Optional[Tuple[int, int]] = None) -> dict:
     """Tile sizes (README.md). ``LONGATTN_TRITON_INDEXER_CFG`` = "BLOCK_N,num_warps,num_stages"
-    overrides them for tuning."""
+    overrides them for tuning. ``capability``: the GPU's (major, minor), queried from ``device`` when
+    None (offline compiles pass it)."""
     block_hi = max(MIN_DOT, min(64, next_power_of_2(Hi)))
     block_di = max(MIN_DOT, min(128, next_power_of_2(Di)))
     env = positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages")
@@ -76,8 +77,10 @@ def default_config(Hi: int, Di: int, device: torch.device) -> dict:
     if device.type != "cuda" or interpreting():
         return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=4, num_stages=1)
     # sm_90 offline compiles: 64 heads x 128 dims x 32 entries with a running top-2048 list: 224
-    # registers, no spills at 8 warps (64 entries or 4 warps spill)
-    return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=8, num_stages=2)
+    # registers, no spills at 8 warps (64 entries or 4 warps spill). AMD (gfx942, offline compiles
+    # only): 16 entries, 207 VGPRs (32 entries spill 20 VGPRs to scratch; 4 warps: over 256 VGPRs)
+    amd = (capability or tile_capability(device)) == AMD_TILES
+    return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=16 if amd else 32, num_warps=8, num_stages=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1011,7 +1014,7 @@ def select_config(Hi: int, Di: int, device: torch.device, capability: Optional[T
     than the fused kernel's (``LONGATTN_TRITON_INDEXER_CFG`` overrides them as for ``default_config``).
     ``capability``: the GPU's (major, minor), queried from ``device`` when None (offline compiles pass
     it)."""
-    cfg = default_config(Hi, Di, device)
+    cfg = default_config(Hi, Di, device, capability)
     if positive_ints("LONGATTN_TRITON_INDEXER_CFG", "BLOCK_N,num_warps,num_stages"):
         return cfg
     cfg.update(BLOCK_N=64)  # >= 64: the [entries, heads] logits (_score_entries), also in the interpreter

@@ -32,7 +32,7 @@ import triton.language as tl
 from ..._env import positive_ints
 from ...cache import fp8
 from ..triton_utils import cast_out as _cast_out
-from ..triton_utils import cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
+from ..triton_utils import AMD_TILES, cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
 from ..triton_utils import num_sms as _num_sms
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,15 +102,18 @@ def default_config(
     if device.type != "cuda" or interpreting():
         # Interpreter: small key blocks so that short test rows still span several blocks.
         return dict(BLOCK_H=h_tile, BLOCK_N=16, num_warps=4, num_stages=1)
+    d_total = sum(head_dim_tiles(D))
+    capability = capability or tile_capability(device)
+    if capability == AMD_TILES:
+        return _amd_config(h_tile, d_total, compute_dtype)
     if compute_dtype == torch.float32:
         return dict(BLOCK_H=MIN_DOT, BLOCK_N=32, num_warps=8, num_stages=1)
-    d_total = sum(head_dim_tiles(D))
     if d_total <= 128:  # wgmma with M = 64 heads
         return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
     if d_total <= 256:
         return dict(BLOCK_H=min(h_tile, 32), BLOCK_N=32, num_warps=4, num_stages=2)
-    if (capability or tile_capability(device)) < (9, 0):
-        # sm_80 / sm_89 / AMD: no wgmma, so the 64-head tiles only spill (and sm_89 has 99 KiB of
+    if capability < (9, 0):
+        # sm_80 / sm_89: no wgmma, so the 64-head tiles only spill (and sm_89 has 99 KiB of
         # shared memory per block): the spill-free 32-head tiles of the offline compiles (tests/triton)
         return dict(BLOCK_H=min(h_tile, 16 if fp8 else 32), BLOCK_N=16 if fp8 else 32, num_warps=8, num_stages=1)
     # D = 512 / 576: 64-head blocks make Q.K^T a wgmma (M = 64) and 2 stages give cp.async gathers;
@@ -121,6 +124,27 @@ def default_config(
     if fp8:
         return dict(BLOCK_H=h_tile, BLOCK_N=32, num_warps=8, num_stages=2)
     return dict(BLOCK_H=h_tile, BLOCK_N=64, num_warps=8, num_stages=2)
+
+
+def _amd_config(h_tile: int, d_total: int, compute_dtype: torch.dtype) -> dict:
+    """AMD (gfx942, MI300X) tiles, from offline compiles only (triton 3.7.1, hand-written signature;
+    no AMD GPU has run them): among the tiles whose compile spills no VGPRs to scratch and keeps to
+    256 VGPRs (two waves per SIMD, so one hides the other's gathers), the most heads per program (each
+    gathered row is re-read once per head block), then the longest key block, then 2 stages. The
+    NVIDIA tiles spill there: 194 VGPRs (D = 512), 288 (576), 6 (128). SGPR spills (into VGPR lanes,
+    no memory traffic) are allowed. fp32 compute above D = 128: no tile within 256 VGPRs is
+    spill-free at every D, so one wave per SIMD (4 warps). FP8 pools are declined on AMD."""
+    if compute_dtype == torch.float32:
+        bh, bn, nw, ns = (MIN_DOT, 32, 8, 1) if d_total <= 128 else (MIN_DOT, 16, 4, 1)
+    elif d_total <= 128:
+        bh, bn, nw, ns = 64, 64, 8, 1  # 227 VGPRs (64 x 64 x 8 x 2: 6 VGPRs spilled)
+    elif d_total <= 256:
+        bh, bn, nw, ns = 64, 16, 8, 1  # 182 VGPRs
+    elif d_total <= 512:
+        bh, bn, nw, ns = 32, 16, 8, 2  # 237 VGPRs (64 heads: 4 warps, 387 VGPRs; 32 keys: spills)
+    else:
+        bh, bn, nw, ns = 16, 16, 8, 1  # D = 576: 233 VGPRs (32 heads spill at 8 warps)
+    return dict(BLOCK_H=min(h_tile, bh), BLOCK_N=bn, num_warps=nw, num_stages=ns)
 
 
 def split_cost_us(
