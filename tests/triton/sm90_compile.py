@@ -83,9 +83,14 @@ def amdgcn_properties(asm: str) -> dict:
         return sum(int(n) for n in re.findall(rf"\.{field}:\s*(\d+)", asm))
 
     vgpr_spills, sgpr_spills = total("vgpr_spill_count"), total("sgpr_spill_count")
-    return dict(mfma=len(re.findall(r"\bv_mfma_", asm)), vgpr_spills=vgpr_spills, sgpr_spills=sgpr_spills,
-                vgprs=total("vgpr_count"), agprs=total("agpr_count"),
-                ptxas=f"{vgpr_spills} VGPRs spilled to scratch, {sgpr_spills} SGPRs spilled")
+    return dict(
+        mfma=len(re.findall(r"\bv_mfma_", asm)),
+        vgpr_spills=vgpr_spills,
+        sgpr_spills=sgpr_spills,
+        vgprs=total("vgpr_count"),
+        agprs=total("agpr_count"),
+        ptxas=f"{vgpr_spills} VGPRs spilled to scratch, {sgpr_spills} SGPRs spilled",
+    )
 
 
 def compile_all(arch=90) -> list:

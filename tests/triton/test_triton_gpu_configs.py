@@ -139,7 +139,9 @@ def test_compress_pool_gpu_tiles():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf, all-NaN reductions
 @pytest.mark.parametrize(
-    "dtype,D", [(torch.float32, 64), (torch.float32, 512), (torch.bfloat16, 512)], ids=["fp32_d64", "fp32_d512", "bf16_d512"]
+    "dtype,D",
+    [(torch.float32, 64), (torch.float32, 512), (torch.bfloat16, 512)],
+    ids=["fp32_d64", "fp32_d512", "bf16_d512"],
 )
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):

@@ -31,8 +31,8 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import AMD_TILES, cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
+from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
 # ---------------------------------------------------------------------------------------------------
