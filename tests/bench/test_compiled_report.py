@@ -32,9 +32,12 @@ def test_table_rows_cells_and_model_column():
     rows = {ln.split(" | ")[0][2:]: ln.split(" | ")[1:] for ln in lines[2:]}
     assert list(rows) == ["sparse bf16 D=512", "jit sparse CSA decode T=64", "jit sparse HCA decode T=1",
                           "indexer fp8 logits"]  # fmt: skip
-    assert rows["sparse bf16 D=512"] == ["wgmma, cp.async, 3794 B spill, 128 KiB smem",
-                                         "mma.sync, 0 B spill, 80 KiB smem",
-                                         "MFMA, 0 VGPR spills (237 VGPRs), 7 SGPR spills, 16 KiB smem", " |"]  # fmt: skip
+    assert rows["sparse bf16 D=512"] == [
+        "wgmma, cp.async, 3794 B spill, 128 KiB smem",
+        "mma.sync, 0 B spill, 80 KiB smem",
+        "MFMA, 0 VGPR spills (237 VGPRs), 7 SGPR spills, 16 KiB smem",
+        " |",
+    ]
     assert rows["jit sparse CSA decode T=64"][0].startswith("wgmma, cp.async, 80 B spill")
     assert rows["jit sparse CSA decode T=64"][1:] == ["-", "-", "38.3 us |"]
     assert rows["jit sparse HCA decode T=1"][0].startswith("not compiled (") and rows["jit sparse HCA decode T=1"][3]
