@@ -67,6 +67,8 @@ def cell(rec: Optional[dict], amd: bool) -> str:
     else:
         mma = "no MMA"
     parts = [mma]
+    if rec.get("dot_replication", 1) > 1:  # warps computing the same product elements (sm90_compile.dot_replication)
+        parts.append(f"{rec['dot_replication']}x MMA work")
     if rec.get("cp_async"):
         parts.append("cp.async")
     if rec.get("tma"):

@@ -6,7 +6,8 @@ from bench import compiled_report as cr
 RECORDS = {
     90: [
         {"name": "sparse bf16 D=512 {'BLOCK_H': 64}", "ok": True, "shared": 131072, "wgmma": 144, "mma_sync": 0,
-         "cp_async": 68, "tma": 0, "ptxas": "0 bytes stack frame, 3794 bytes spill stores, 3992 bytes spill loads"},
+         "cp_async": 68, "tma": 0, "dot_replication": 2,
+         "ptxas": "0 bytes stack frame, 3794 bytes spill stores, 3992 bytes spill loads"},
         {"name": "jit sparse CSA decode T=64 {'BLOCK_H': 64}", "ok": True, "shared": 197632, "wgmma": 1,
          "cp_async": 1, "ptxas": "80 bytes spill stores"},
         {"name": "jit sparse HCA decode T=1", "ok": True, "skipped": "this triton's JIT binder differs"},
@@ -33,7 +34,7 @@ def test_table_rows_cells_and_model_column():
     assert list(rows) == ["sparse bf16 D=512", "jit sparse CSA decode T=64", "jit sparse HCA decode T=1",
                           "indexer fp8 logits"]  # fmt: skip
     assert rows["sparse bf16 D=512"] == [
-        "wgmma, cp.async, 3794 B spill, 128 KiB smem",
+        "wgmma, 2x MMA work, cp.async, 3794 B spill, 128 KiB smem",
         "mma.sync, 0 B spill, 80 KiB smem",
         "MFMA, 0 VGPR spills (237 VGPRs), 7 SGPR spills, 16 KiB smem",
         " |",

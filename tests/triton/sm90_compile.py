@@ -93,6 +93,28 @@ def amdgcn_properties(asm: str) -> dict:
     )
 
 
+def dot_replication(ttgir: str) -> int:
+    """How many warps compute each element of a matrix product (the largest over the kernel's dots;
+    1: none computed twice), from the TTGIR's MMA layouts: a layout's warps cover warpsPerCTA x the
+    instruction's rows / columns per warp (16 rows on NVIDIA), so a product with fewer rows or columns
+    than its warps cover is computed once per covering (e.g. Q.K^T of 64 heads with 8 warps stacked
+    along the rows, as Triton lays out a dot whose result feeds another: 2 warp groups, each all 64)."""
+    import re
+
+    layouts = {}
+    for m in re.finditer(r"^(#\w+) = #ttg\.(?:nvidia_mma|amd_mfma)<\{([^}]*)\}>", ttgir, re.M):
+        warps = re.search(r"warpsPerCTA = \[(\d+), (\d+)\]", m.group(2))
+        instr = re.search(r"instrShape = \[(\d+), (\d+)", m.group(2))
+        if warps and instr:
+            layouts[m.group(1)] = (int(warps[1]), int(warps[2]), int(instr[1]), int(instr[2]))
+    worst = 1
+    for m in re.finditer(r"(?:tt\.dot|ttng\.warp_group_dot)\b[^\n]*?-> tensor<(\d+)x(\d+)x\w+, (#\w+)>", ttgir):
+        if m.group(3) in layouts:
+            wm, wn, im, inn = layouts[m.group(3)]
+            worst = max(worst, max(1, wm * im // int(m.group(1))) * max(1, wn * inn // int(m.group(2))))
+    return worst
+
+
 def compile_all(arch=90) -> list:
     """Compile every configuration for sm_<arch>; returns [{name, ok, error?, shared?, ptxas?, wgmma?,
     mma_sync?, cp_async?, tma?}] (run with TRITON_INTERPRET unset)."""
@@ -130,6 +152,7 @@ def compile_all(arch=90) -> list:
             )
             rec["ok"] = True
             rec["shared"] = k.metadata.shared
+            rec["dot_replication"] = dot_replication(k.asm["ttgir"])
             if amd:
                 rec.update(amdgcn_properties(k.asm["amdgcn"]))
             else:

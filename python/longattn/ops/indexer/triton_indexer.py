@@ -78,9 +78,11 @@ def default_config(Hi: int, Di: int, device: torch.device, capability: Optional[
         return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=4, num_stages=1)
     # sm_90 offline compiles: 64 heads x 128 dims x 32 entries with a running top-2048 list: 224
     # registers, no spills at 8 warps (64 entries or 4 warps spill). AMD (gfx942, offline compiles
-    # only): 16 entries, 207 VGPRs (32 entries spill 20 VGPRs to scratch; 4 warps: over 256 VGPRs)
-    amd = (capability or tile_capability(device)) == AMD_TILES
-    return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=16 if amd else 32, num_warps=8, num_stages=2)
+    # only): 16 entries x 4 warps, 195 VGPRs, no VGPR spilled and no product computed twice (the
+    # NVIDIA tiles there: 20 VGPRs spilled; 16 x 8 warps: the logits computed 4 times)
+    if (capability or tile_capability(device)) == AMD_TILES:
+        return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=16, num_warps=4, num_stages=2)
+    return dict(BLOCK_HI=block_hi, BLOCK_DI=block_di, BLOCK_N=32, num_warps=8, num_stages=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1023,10 +1025,11 @@ def select_config(Hi: int, Di: int, device: torch.device, capability: Optional[T
         # entries. sm_90: one warp group holds all 64 heads of its 64 entries (wgmma 64x64x16), so the
         # head sum is a row sum; FP8 pool 174 registers, no spills, 901 SASS instructions per block at
         # 4 warps (8 warps: 628 for 2 warp groups and a cross-warp sum through shared memory, 1,256
-        # issue clk against 901). sm_80 / sm_89 / AMD (mma.sync / MFMA, the logits in every warp's
-        # registers): 8 warps (4 spill 108 B on sm_89 with triton 3.8.0)
-        hopper = (capability or tile_capability(device)) >= (9, 0)
-        cfg.update(num_warps=4 if hopper else 8, num_stages=3)
+        # issue clk against 901). sm_80 / sm_89 (mma.sync, the logits in every warp's registers): 8
+        # warps (4 spill 108 B on sm_89 with triton 3.8.0). AMD (gfx942): 4 warps, 136 VGPRs, no VGPR
+        # spilled (8 warps compute the logits twice)
+        capability = capability or tile_capability(device)
+        cfg.update(num_warps=4 if capability >= (9, 0) or capability == AMD_TILES else 8, num_stages=3)
     return cfg
 
 
