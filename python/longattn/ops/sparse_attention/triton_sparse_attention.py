@@ -127,8 +127,8 @@ def default_config(
 
 
 def _amd_config(h_tile: int, d_total: int, compute_dtype: torch.dtype) -> dict:
-    """AMD (gfx942, MI300X) tiles, from offline compiles only (triton 3.7.1, hand-written signature;
-    no AMD GPU has run them). Among the tiles whose compile spills no VGPR to scratch: those that
+    """AMD (gfx942, MI300X) tiles, from offline compiles only (triton 3.6.0-3.9.0, hand-written
+    signature; no AMD GPU has run them). Among the tiles whose compile spills no VGPR to scratch: those that
     compute no product twice (Triton stacks the warps of a dot that feeds another, Q.K^T, along its
     rows, 16 per wave: 8 waves over 32 heads compute it 4 times, as the sm_80 tiles AMD had before
     did, besides spilling 194 VGPRs at D = 512), then the most heads per program (each gathered row is
@@ -136,11 +136,12 @@ def _amd_config(h_tile: int, d_total: int, compute_dtype: torch.dtype) -> dict:
     release CI compiles (3.6.0-3.9.0). So 64 heads x 16 keys x 4 warps (one wave per SIMD: 366 VGPRs
     at D = 512; no tile within 256 is both spill- and repeat-free there), 2 stages up to D = 256
     (at 512 they spill 58 VGPRs with triton 3.6.0). D = 576: every repeat-free tile spills with
-    3.6.0 (this one 74 VGPRs; none with 3.7-3.9). fp32 compute: the same up to D = 512; above it no
-    such tile fits the 64 KiB of LDS, so 16 heads (Q.K^T computed 4 times). SGPR spills (into VGPR
-    lanes, no memory traffic) are allowed. FP8 pools are declined on AMD."""
+    3.6.0 (this one 74 VGPRs; none with 3.7-3.9). fp32 compute: the same up to D = 256 (1 stage);
+    above it the repeat-free tiles spill with 3.6.0 or overflow the 64 KiB of LDS, so 16 heads (Q.K^T
+    computed 4 times). SGPR spills (into VGPR lanes, no memory traffic) are allowed. FP8 pools are
+    declined on AMD."""
     if compute_dtype == torch.float32:
-        bh, ns = (64, 1) if d_total <= 512 else (MIN_DOT, 1)
+        bh, ns = (64, 1) if d_total <= 256 else (MIN_DOT, 1)
     else:
         bh, ns = 64, (2 if d_total <= 256 else 1)
     return dict(BLOCK_H=min(h_tile, bh), BLOCK_N=16, num_warps=4, num_stages=ns)
