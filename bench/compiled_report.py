@@ -75,8 +75,8 @@ def cell(rec: Optional[dict], amd: bool) -> str:
         parts.append("TMA")
     if amd and "vgpr_spills" in rec:  # VGPRs to scratch memory; SGPRs into VGPR lanes (no memory traffic)
         parts.append(f"{rec['vgpr_spills']} VGPR spills ({rec['vgprs']} VGPRs), {rec['sgpr_spills']} SGPR spills")
-    elif not amd and spilled(rec) is not None:
-        parts.append(f"{spilled(rec)} B spill")
+    elif not amd and (spill_bytes := spilled(rec)) is not None:
+        parts.append(f"{spill_bytes} B spill")
     if rec.get("shared") is not None:
         parts.append(f"{rec['shared'] / 1024:.0f} KiB smem")
     return ", ".join(parts)

@@ -325,3 +325,68 @@ def assert_rule_cells(want_out, want_lse, cells) -> None:
             assert want_lse[t, h] == INF and torch.isnan(want_out[t, h]).all(), (t, h, what)
         else:
             assert want_lse[t, h] == -INF and (want_out[t, h] == 0).all(), (t, h, what)
+
+
+# --- the Triton backward against the PyTorch one (tests/triton) ---
+
+
+def backward_case(seed, T, H, D, n1, n2, K1, K2, sink):
+    """fp32 inputs of a two-stream backward: ``(q, kv, idx, extra, eidx, elen, sink, dout, dlse)``,
+    window indices with invalid / out-of-range entries, a repeated extra index, partial and zero
+    extra lengths, and (T > 2) a token 1 without any key."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(T, H, D, generator=g)
+    kv, extra = torch.randn(n1, D, generator=g), torch.randn(n2, D, generator=g)
+    idx = torch.randint(-2, n1 + 3, (T, K1), generator=g, dtype=torch.int32)
+    eidx = torch.randint(0, n2, (T, K2), generator=g, dtype=torch.int32)
+    if K2 > 1:
+        eidx[:, 1] = eidx[:, 0]  # repeated
+    elen = torch.randint(0, K2 + 2, (T,), generator=g, dtype=torch.int32)
+    if T > 2:
+        idx[1], elen[1] = -1, 0  # a token without any key
+    s = {"none": None, "finite": torch.randn(H, generator=g), "+inf": torch.full((H,), float("inf")),
+         "-inf": torch.full((H,), float("-inf"))}[sink]  # fmt: skip
+    dout, dlse = torch.randn(T, H, D, generator=g), torch.randn(T, H, generator=g)
+    return q, kv, idx, extra, eidx, elen, s, dout, dlse
+
+
+def forward_for_backward(q, kv, idx, extra, eidx, elen, sink, scale):
+    """The reference forward's ``(out, lse)`` of a ``backward_case``."""
+    import longattn
+
+    return longattn.sparse_attention(q, kv, idx, extra_kv=extra, extra_indices=eidx, extra_topk_length=elen,
+                                     attn_sink=sink, softmax_scale=scale, backend="reference")  # fmt: skip
+
+
+def check_triton_backward(case, config=None):
+    """The Triton backward (``config``: its tiles; None: the launcher's) of a ``backward_case`` against
+    the PyTorch backward (itself checked against float64 autograd in tests/ops), atomic and
+    deterministic paths. fp32 both ways, different summation orders: each gradient element is a sum of
+    <= K + D products and O(10) elementwise terms, so 8 (K + D + 8) units of fp32 rounding, relative to
+    the gradient's largest element."""
+    from longattn.ops.sparse_attention import backward as ref_bwd
+    from longattn.ops.sparse_attention import triton_backward as tri_bwd
+
+    from tests.helpers.device import DEVICE
+
+    q, kv, idx, extra, eidx, elen, s, dout, dlse = case
+    T, K1, K2, D = q.shape[0], idx.shape[1], eidx.shape[1], q.shape[2]
+    scale = D**-0.5
+    out, lse = forward_for_backward(q, kv, idx, extra, eidx, elen, s, scale)
+    want = ref_bwd.sparse_attention_backward(q, [(kv, idx, None), (extra, eidx, elen)], s, scale, lse, dout, dlse)
+    cpu_inputs = (q, kv, idx, extra, eidx, elen, s, out, lse, dout, dlse)
+    q_, kv_, idx_, extra_, eidx_, elen_, s_, out_, lse_, dout_, dlse_ = (
+        x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in cpu_inputs
+    )
+    tol = 8 * (K1 + K2 + D + 8) * 2.0**-24
+    for deterministic in (False, True):
+        got = tri_bwd.sparse_attention_backward(q_, [(kv_, idx_, None), (extra_, eidx_, elen_)], s_, scale, out_, lse_,
+                                                dout_, dlse_, deterministic=deterministic, config=config)  # fmt: skip
+        what = f"config={config} deterministic={deterministic}"
+        for name, a, b in (("dq", got[0], want[0]), ("dkv", got[1][0], want[1][0]), ("dextra", got[1][1], want[1][1])):
+            err = (a.cpu() - b).abs().max().item() if b.numel() else 0.0
+            assert err <= tol * (1 + b.abs().max().item() if b.numel() else 1), f"{name} {what}: {err:.3e}"
+        if want[2] is not None:
+            assert torch.allclose(got[2].cpu(), want[2], atol=tol, rtol=tol), what
+        if T > 2:
+            assert bool((got[0][1] == 0).all()), what  # token 1 used no key

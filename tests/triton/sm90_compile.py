@@ -193,7 +193,7 @@ def compile_all(arch=90) -> list:
     from longattn.ops.sparse_attention import triton_backward as tbw
 
     for D, atomic in [(512, True), (576, False), (128, True)]:
-        bcfg = tbw.default_config(D)
+        bcfg = tbw.default_config(128, D, cuda, capability)
         build(
             f"sparse backward bf16 D={D} atomic={atomic} {bcfg}",
             tbw._sparse_attn_bwd_kernel,

@@ -16,7 +16,14 @@ from tests import oracle
 from tests.helpers.compress import Cache, check_float_run, make_steps, run_both
 from tests.helpers.device import CAN_RUN_TRITON, DEVICE, INTERPRET, TRITON_SKIP_REASON, to_device
 from tests.helpers.indexer import assert_same
-from tests.helpers.sparse import check_sparse, check_sparse_nonfinite, fp8_pool, sparse_nonfinite_inputs
+from tests.helpers.sparse import (
+    backward_case,
+    check_sparse,
+    check_sparse_nonfinite,
+    check_triton_backward,
+    fp8_pool,
+    sparse_nonfinite_inputs,
+)
 from tests.helpers.triton_kernels import check_pool_kernel as check_pool
 from tests.helpers.triton_kernels import gpu_config
 from tests.helpers.triton_kernels import run_sparse_kernel as run_kernel
@@ -146,10 +153,10 @@ def test_compress_pool_gpu_tiles():
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):
     """The non-finite logit rule (tests/helpers/sparse.py ``sparse_nonfinite_inputs``) at the GPU
-    tiles (fp32: 16 heads x 32 keys, 2 key blocks per row, AMD at D = 512: 16 keys; bf16 D = 512: 16
-    heads x 64 keys, sm_80: x 32, AMD: x 16), one and several splits; MAX_SPLITS splits (most of them
-    empty) on three tokens: a NaN key in the last block; +inf and all--inf heads; a +inf logit early
-    and a NaN key late."""
+    tiles (fp32: 16 heads x 32 keys, 2 key blocks per row; AMD: 64 heads at D = 64, 16 at 512, x 16
+    keys; bf16 D = 512: 16 heads x 64 keys, sm_80: x 32, AMD: x 16), one and several splits;
+    MAX_SPLITS splits (most of them empty) on three tokens: a NaN key in the last block; +inf and
+    all--inf heads; a +inf logit early and a NaN key late."""
     args, want = sparse_nonfinite_inputs(D=D, dtype=dtype)
     cfg = arch_config(arch, tsa, tsa.default_config, 4, D, dtype, CUDA)
     ref_out, ref_lse = longattn.sparse_attention(**args, backend="reference")
@@ -162,6 +169,17 @@ def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):
         a = dict(args, q=args["q"][sub], indices=args["indices"][sub], topk_length=args["topk_length"][sub])
         out, lse = run_kernel(to_device(a), num_splits=tsa.MAX_SPLITS, config=cfg)
         check_sparse_nonfinite(out, lse, [want[t] for t in sub], ref_out[sub], ref_lse[sub], what="MAX_SPLITS")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sparse_attention_backward_gpu_tiles(arch):
+    """The Triton backward at each GPU's tiles (AMD: 64 heads x 16 keys): H = 80 is a full and a
+    partial head block, D = 100 a full and a masked head-dim tile, 2-3 key blocks per stream, against
+    the PyTorch backward, atomic and deterministic paths."""
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    cfg = arch_config(arch, tbw, tbw.default_config, 80, 100, CUDA)
+    check_triton_backward(backward_case(7, 3, 80, 100, 29, 31, 37, 21, "finite"), config=cfg)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the launchers' own tiles are the GPU tiles")

@@ -201,19 +201,22 @@ def test_kernels_compile_for_ampere_and_ada(arch, max_shared):
 def test_kernels_compile_for_amd_mi300x():
     """gfx942 (MI300X) through the triton wheel's AMD backend, offline to hsaco: every kernel compiles,
     fits the 64 KiB of LDS per workgroup, the tensor-core kernels use MFMA, no kernel spills a VGPR to
-    scratch memory, and the bf16 sparse and the indexer tiles compute no product twice (the AMD tiles'
-    rule, triton_sparse_attention._amd_config; no AMD GPU has been measured). SGPR spills (into VGPR lanes)
+    scratch memory, and the bf16 sparse attention (forward and backward) and the indexer tiles compute no
+    product twice (the AMD tiles' rule, triton_sparse_attention._amd_config; no AMD GPU has been
+    measured). SGPR spills (into VGPR lanes)
     are printed, not budgeted. FP8 pool reads are declined on AMD GPUs (the record is e4m3fn; MI300's
     native FP8 is e4m3fnuz)."""
     results = check_compiled("gfx942", 64 * 1024)
-    for prefix in ("sparse bf16", "indexer select keys", "indexer partial"):
+    for prefix in ("sparse bf16", "sparse backward", "indexer select keys", "indexer partial"):
         for r in by_prefix(results, prefix):
             assert r["mfma"] > 0, f"{r['name']}: MFMA expected on gfx942, got {r}"
-    # D = 576 (not a V4 shape): every repeat-free tile spills with triton 3.6.0 (74 VGPRs; 0 on 3.7-3.9)
+    # D = 576 (not a V4 shape): every repeat-free tile spills with triton 3.6.0 (74 VGPRs; 0 on 3.7-3.9);
+    # the backward's 32- and 64-head tiles: 2 VGPRs with 3.6.0 (0 on 3.7-3.9; triton_backward.default_config)
+    budgets = {"sparse bf16 D=576": 96, "sparse backward": 2}
     spilled = [f"{r['name']}: {r['vgpr_spills']}" for r in results
-               if r["vgpr_spills"] > (96 if r["name"].startswith("sparse bf16 D=576") else 0)]  # fmt: skip
+               if r["vgpr_spills"] > next((b for p, b in budgets.items() if r["name"].startswith(p)), 0)]  # fmt: skip
     assert not spilled, f"gfx942: VGPRs spilled to scratch: {spilled}"
-    for r in by_prefix(results, "sparse bf16") + by_prefix(results, "indexer"):
+    for r in by_prefix(results, "sparse bf16") + by_prefix(results, "sparse backward") + by_prefix(results, "indexer"):
         assert r["dot_replication"] == 1, f"{r['name']}: a product computed {r['dot_replication']} times"
 
 

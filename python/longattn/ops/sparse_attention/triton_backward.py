@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ...memory import chunk_budget_bytes, rows_per_chunk
+from ..triton_utils import AMD_TILES, interpreting, next_power_of_2, tile_capability
 from .reference import valid_mask
 
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -133,10 +134,24 @@ def _sparse_attn_bwd_kernel(
                         D, HAS_DLSE, ATOMIC, BLOCK_N, BLOCK_D)  # fmt: skip
 
 
-def default_config(D: int) -> dict:
-    """Tiles: 16 heads x 16 keys x 64 head dims, 8 warps (sm_90, D = 512 / 576: 178 registers, no
-    spills; 4 warps spill)."""
-    return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=min(64, max(16, triton.next_power_of_2(D))), num_warps=8)
+def default_config(
+    H: int, D: int, device: Optional[torch.device] = None, capability: Optional[Tuple[int, int]] = None
+) -> dict:
+    """Tiles: ``BLOCK_H`` heads x ``BLOCK_N`` keys x ``BLOCK_D`` head dims, warps. ``capability`` as
+    in the forward's ``default_config`` (queried from ``device`` when None). NVIDIA and the
+    interpreter: 16 x 16 x 64, 8 warps (sm_90, D = 512 / 576: fp32 FMA dots, 178 registers, no
+    spills; 4 warps spill). AMD (gfx942; offline compiles with triton 3.6.0-3.9.0, never run): the
+    forward's AMD rule (no product computed twice, no VGPR spilled to scratch, then the most heads),
+    so up to 64 heads with one wave per 16 of them (fp32 MFMA gives each wave 16 rows): 64 x 16 x 64
+    x 4 waves at H >= 64, 200-228 VGPRs, no spill but 2 VGPRs with triton 3.6.0 (the 32- and
+    64-head tiles each spill 2 there in one of the atomic / deterministic variants; budgeted in
+    tests/triton). The NVIDIA tile's 8 waves computed every product 8 times there."""
+    block_d = min(64, max(16, next_power_of_2(D)))
+    gpu = device is not None and device.type == "cuda" and not interpreting()
+    if gpu and (capability or tile_capability(device)) == AMD_TILES:
+        block_h = max(16, min(64, next_power_of_2(H)))
+        return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=block_h // 16)
+    return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
 
 
 def sparse_attention_backward(
@@ -178,7 +193,7 @@ def sparse_attention_backward(
     extra = streams[1] if len(streams) > 1 else None
     (kv2, idx2, length2) = extra if extra is not None else (kv, idx, None)
     K, K2 = idx.shape[1], (idx2.shape[1] if extra is not None else 0)
-    cfg = default_config(D)
+    cfg = default_config(H, D, dev)
     if config:
         cfg.update(config)
     dummy = torch.zeros(1, dtype=torch.int32, device=dev)
