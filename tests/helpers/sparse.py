@@ -358,18 +358,22 @@ def forward_for_backward(q, kv, idx, extra, eidx, elen, sink, scale):
                                      attn_sink=sink, softmax_scale=scale, backend="reference")  # fmt: skip
 
 
-def check_triton_backward(case, config=None):
+def check_triton_backward(case, config=None, dtype=torch.float32):
     """The Triton backward (``config``: its tiles; None: the launcher's) of a ``backward_case`` against
     the PyTorch backward (itself checked against float64 autograd in tests/ops), atomic and
     deterministic paths. fp32 both ways, different summation orders: each gradient element is a sum of
     <= K + D products and O(10) elementwise terms, so 8 (K + D + 8) units of fp32 rounding, relative to
-    the gradient's largest element."""
+    the gradient's largest element. ``dtype`` bf16 / fp16: q, the pools and dout are rounded to it
+    and the kernel gets them so (its q.k^T and dout.k^T then run on 16-bit inputs, whose products
+    are exact in fp32); the PyTorch backward gets the same values in fp32, so the same bound holds."""
     from longattn.ops.sparse_attention import backward as ref_bwd
     from longattn.ops.sparse_attention import triton_backward as tri_bwd
 
     from tests.helpers.device import DEVICE
 
     q, kv, idx, extra, eidx, elen, s, dout, dlse = case
+    low = [x.to(dtype) for x in (q, kv, extra, dout)]  # what the kernel gets
+    q, kv, extra, dout = (x.float() for x in low)
     T, K1, K2, D = q.shape[0], idx.shape[1], eidx.shape[1], q.shape[2]
     scale = D**-0.5
     out, lse = forward_for_backward(q, kv, idx, extra, eidx, elen, s, scale)
@@ -378,6 +382,7 @@ def check_triton_backward(case, config=None):
     q_, kv_, idx_, extra_, eidx_, elen_, s_, out_, lse_, dout_, dlse_ = (
         x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in cpu_inputs
     )
+    q_, kv_, extra_, dout_ = (x.to(DEVICE) for x in low)
     tol = 8 * (K1 + K2 + D + 8) * 2.0**-24
     for deterministic in (False, True):
         got = tri_bwd.sparse_attention_backward(q_, [(kv_, idx_, None), (extra_, eidx_, elen_)], s_, scale, out_, lse_,

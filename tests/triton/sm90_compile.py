@@ -192,23 +192,25 @@ def compile_all(arch=90) -> list:
         )
     from longattn.ops.sparse_attention import triton_backward as tbw
 
-    for D, atomic in [(512, True), (576, False), (128, True)]:
-        bcfg = tbw.default_config(128, D, cuda, capability)
+    for dt, D, atomic in [("bf16", 512, True), ("bf16", 576, False), ("bf16", 128, True), ("fp32", 512, True)]:
+        ptr = {"bf16": "*bf16", "fp32": "*fp32"}[dt]
+        cdt = torch.bfloat16 if dt == "bf16" else torch.float32
+        bcfg = tbw.default_config(128, D, cuda, capability, cdt)
         build(
-            f"sparse backward bf16 D={D} atomic={atomic} {bcfg}",
+            f"sparse backward {dt} D={D} atomic={atomic} {bcfg}",
             tbw._sparse_attn_bwd_kernel,
             dict(
-                p_q="*bf16",
-                p_do="*bf16",
+                p_q=ptr,
+                p_do=ptr,
                 p_L="*fp32",
                 p_lse="*fp32",
                 p_delta="*fp32",
                 p_dlse="*fp32",
                 p_dq="*fp32",
-                p_kv="*bf16",
+                p_kv=ptr,
                 p_idx="*i32",
                 p_len="*i32",
-                p_kv2="*bf16",
+                p_kv2=ptr,
                 p_idx2="*i32",
                 p_len2="*i32",
                 p_dkv="*fp32",
@@ -228,6 +230,7 @@ def compile_all(arch=90) -> list:
                 BLOCK_H=bcfg["BLOCK_H"],
                 BLOCK_N=bcfg["BLOCK_N"],
                 BLOCK_D=bcfg["BLOCK_D"],
+                CDT=tl.bfloat16 if dt == "bf16" else tl.float32,
                 stride_qd=1,
                 stride_dod=1,
                 stride_kd=1,

@@ -171,15 +171,16 @@ def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):
         check_sparse_nonfinite(out, lse, [want[t] for t in sub], ref_out[sub], ref_lse[sub], what="MAX_SPLITS")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_sparse_attention_backward_gpu_tiles(arch):
-    """The Triton backward at each GPU's tiles (AMD: 64 heads x 16 keys): H = 80 is a full and a
-    partial head block, D = 100 a full and a masked head-dim tile, 2-3 key blocks per stream, against
-    the PyTorch backward, atomic and deterministic paths."""
+def test_sparse_attention_backward_gpu_tiles(arch, dtype):
+    """The Triton backward at each GPU's tiles (64 heads x 16 keys on AMD, and on NVIDIA for 16-bit
+    inputs): H = 80 is a full and a partial head block, D = 100 a full and a masked head-dim tile, 2-3
+    key blocks per stream, against the PyTorch backward, atomic and deterministic paths."""
     from longattn.ops.sparse_attention import triton_backward as tbw
 
-    cfg = arch_config(arch, tbw, tbw.default_config, 80, 100, CUDA)
-    check_triton_backward(backward_case(7, 3, 80, 100, 29, 31, 37, 21, "finite"), config=cfg)
+    cfg = arch_config(arch, tbw, tbw.default_config, 80, 100, CUDA, dtype=dtype)
+    check_triton_backward(backward_case(7, 3, 80, 100, 29, 31, 37, 21, "finite"), config=cfg, dtype=dtype)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the launchers' own tiles are the GPU tiles")

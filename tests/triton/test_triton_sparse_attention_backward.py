@@ -8,7 +8,7 @@ import pytest
 import torch
 from longattn.ops.sparse_attention import triton_backward as tri_bwd
 
-from tests.helpers.device import CAN_RUN_TRITON, DEVICE, TRITON_SKIP_REASON
+from tests.helpers.device import CAN_RUN_TRITON, DEVICE, INTERPRET, TRITON_SKIP_REASON
 from tests.helpers.sparse import backward_case, check_triton_backward, forward_for_backward
 
 pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
@@ -26,6 +26,20 @@ pytestmark = pytest.mark.skipif(not CAN_RUN_TRITON, reason=TRITON_SKIP_REASON)
 )
 def test_matches_the_pytorch_backward(T, H, D, K1, K2, sink):
     check_triton_backward(backward_case(T * H + D, T, H, D, 13, 11, K1, K2, sink))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_inputs(dtype):
+    """q, pools and dout in one 16-bit dtype: on a GPU q.k^T and dout.k^T run on those inputs (tensor
+    cores; triton_backward.compute_dtype), the other products in fp32; the interpreter widens them
+    all (its bf16 dots are wrong), so there this checks the 16-bit loads and the 16-bit tiles."""
+    from longattn.ops.sparse_attention.triton_backward import compute_dtype
+
+    q, kv = torch.zeros(1, 1, 8, dtype=dtype), torch.zeros(3, 8, dtype=dtype)
+    assert compute_dtype(q, q, [kv, kv]) == (torch.float32 if INTERPRET else dtype)
+    assert compute_dtype(q, q, [kv, kv.float()]) == torch.float32  # mixed: widened
+    assert compute_dtype(q.float(), q.float(), [kv.float()]) == torch.float32
+    check_triton_backward(backward_case(11, 4, 20, 100, 13, 11, 7, 40, "finite"), dtype=dtype)
 
 
 def test_deterministic_path_reruns_bit_identically():

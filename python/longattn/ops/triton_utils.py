@@ -23,6 +23,9 @@ def num_sms(device: torch.device) -> int:
     return CPU_NOTIONAL_SMS
 
 
+# torch float dtype -> the Triton dtype a kernel computes in (a constexpr argument)
+TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
 AMD_TILES = (0, 0)  # what tile_capability answers on an AMD GPU: the config functions' AMD branch
 
 

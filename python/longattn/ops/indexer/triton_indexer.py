@@ -35,7 +35,17 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache.fp8_index import Fp8IndexKeyPool
-from ..triton_utils import AMD_TILES, and_flag, cdiv, dummy, e4m3_values, interpreting, next_power_of_2, tile_capability
+from ..triton_utils import (
+    AMD_TILES,
+    TL_DTYPE,
+    and_flag,
+    cdiv,
+    dummy,
+    e4m3_values,
+    interpreting,
+    next_power_of_2,
+    tile_capability,
+)
 from ..triton_utils import num_sms as _num_sms
 
 _NO_KEY = tl.constexpr(-(2**63))  # sort key of an entry that must never be selected
@@ -49,9 +59,6 @@ SELECT_STAGES = tl.constexpr(3)  # key blocks in flight per radix-select pass (2
 MIN_DOT = 16
 FANIN = 8  # lists merged per program per merge level
 WORKSPACE_BYTES = 256 << 20  # cap on the partial-list workspace (T x ranges x TOPK_P2 int64)
-
-
-_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def compute_dtype(q: torch.Tensor, index_k) -> torch.dtype:
@@ -912,7 +919,7 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         pa[5], pa[6], pa[7], pa[8], pa[9], pa[10], pa[11],
         visible_end, n, out, out.stride(0), Hi, Di,
         PAGED=pa[12], BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=cfg["BLOCK_N"],
-        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
+        CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
         KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
@@ -990,7 +997,7 @@ def indexer_topk(
         indices, indices.stride(0), lengths, topk, Hi, Di,
         PAGED=paged, FINAL=final, TO_SLOTS=to_slots, TOPK_P2=topk_p2,
         BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
-        CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=bitonic,
+        CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=bitonic,
         KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
@@ -1164,7 +1171,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 indices, indices.stride(0), lengths, topk, Hi, Di,
                 PAGED=paged, FINAL=False, TO_SLOTS=False, TOPK_P2=topk_p2,
                 BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
-                CDT=_TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
+                CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
                 KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip

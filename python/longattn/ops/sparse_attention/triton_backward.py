@@ -16,9 +16,11 @@ in token chunks (deterministic; costs one workspace write and read, ``T * K * D 
 
 The head dim is walked in tiles of ``BLOCK_D`` (64): per key block, ``s`` and ``dp`` are summed over
 the tiles, then each tile's ``dq`` (the token's own fp32 rows: read, add, write) and row gradient are
-produced; nothing spills at D = 512 on sm_90 (tests/triton/sm90_compile.py). Correctness first: fp32
-dots (inputs widened on load), q / dout tiles reloaded per key block; not tuned (no wgmma, no async
-copies).
+produced; nothing spills at D = 512 (tests/triton/sm90_compile.py). ``s`` and ``dp`` take their
+inputs as they are when q, dout and both pools share one 16-bit dtype (``CDT``: tensor cores, and the
+products of two bf16 / fp16 numbers are exact in fp32, so nothing is lost), else widened to fp32;
+the other three products have an fp32 operand (``ds``, ``p``) and are fp32 dots (FMA on NVIDIA,
+fp32 MFMA on AMD). q / dout tiles are reloaded per key block; no async copies.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ...memory import chunk_budget_bytes, rows_per_chunk
-from ..triton_utils import AMD_TILES, interpreting, next_power_of_2, tile_capability
+from ..triton_utils import AMD_TILES, TL_DTYPE, interpreting, next_power_of_2, tile_capability
 from .reference import valid_mask
 
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -41,6 +43,7 @@ def _stream_bwd(
     p_q_t, stride_qh, stride_qd, p_do_t, stride_doh, stride_dod, p_dq_t, b_L, b_lse, b_delta, b_dlse, b_has,
     o_h, m_h, p_kv, stride_row, stride_d, num_slots, p_idx_row, stride_ik, n_pos, p_dkv, p_ws_row, ws_col0,
     scale, D, HAS_DLSE: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,
 ):  # fmt: skip
     """One index row of one token for a block of heads ``o_h``. Per key block: ``s`` and ``dp`` summed
     over head-dim tiles, then per tile: ``dq`` (this token's fp32 rows, owned by this program: read,
@@ -57,12 +60,12 @@ def _stream_bwd(
             o_d = d0 + tl.arange(0, BLOCK_D)
             m_d = o_d < D
             b_k = tl.load(p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d,
-                          mask=m_n[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                          mask=m_n[:, None] & m_d[None, :], other=0.0).to(CDT)  # fmt: skip
             m_hd = m_h[:, None] & m_d[None, :]
             b_q = tl.load(p_q_t + o_h[:, None] * stride_qh + o_d[None, :] * stride_qd, mask=m_hd, other=0.0)
             b_do = tl.load(p_do_t + o_h[:, None] * stride_doh + o_d[None, :] * stride_dod, mask=m_hd, other=0.0)
-            b_s += tl.dot(b_q.to(tl.float32), tl.trans(b_k), input_precision="ieee")
-            b_dp += tl.dot(b_do.to(tl.float32), tl.trans(b_k), input_precision="ieee")
+            b_s += tl.dot(b_q.to(CDT), tl.trans(b_k), input_precision="ieee")
+            b_dp += tl.dot(b_do.to(CDT), tl.trans(b_k), input_precision="ieee")
         b_s = tl.where(m_n[None, :], b_s * scale, _NEG_INF)
         b_p = tl.where(b_has[:, None] & m_h[:, None], tl.exp(b_s - b_L[:, None]), 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -103,6 +106,7 @@ def _sparse_attn_bwd_kernel(
     p_dkv, p_dkv2, p_ws, t_base, H, D, scale,
     HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_ELEN: tl.constexpr, HAS_DLSE: tl.constexpr,
     ATOMIC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,
 ):  # fmt: skip
     """Program = one query token (``t_base + program id``); ``p_dq`` fp32 ``[T, H, D]`` zeroed."""
     i_loc = tl.program_id(0).to(tl.int64)
@@ -126,31 +130,54 @@ def _sparse_attn_bwd_kernel(
         _stream_bwd(p_q + t * stride_qt, stride_qh, stride_qd, p_do + t * stride_dot, stride_doh, stride_dod,
                     p_dq + t * H * D, b_L, b_lse, b_delta, b_dlse, b_has, o_h, m_h, p_kv, stride_kr, stride_kd,
                     num_slots, p_idx + t * stride_it, stride_ik, n1, p_dkv, p_ws_row, 0, scale, D,
-                    HAS_DLSE, ATOMIC, BLOCK_N, BLOCK_D)  # fmt: skip
+                    HAS_DLSE, ATOMIC, BLOCK_N, BLOCK_D, CDT)  # fmt: skip
         if HAS_EXTRA:
             _stream_bwd(p_q + t * stride_qt, stride_qh, stride_qd, p_do + t * stride_dot, stride_doh, stride_dod,
                         p_dq + t * H * D, b_L, b_lse, b_delta, b_dlse, b_has, o_h, m_h, p_kv2, stride_k2r,
                         stride_k2d, num_slots2, p_idx2 + t * stride_i2t, stride_i2k, n2, p_dkv2, p_ws_row, K, scale,
-                        D, HAS_DLSE, ATOMIC, BLOCK_N, BLOCK_D)  # fmt: skip
+                        D, HAS_DLSE, ATOMIC, BLOCK_N, BLOCK_D, CDT)  # fmt: skip
+
+
+def compute_dtype(q: torch.Tensor, dout: torch.Tensor, pools: List[torch.Tensor]) -> torch.dtype:
+    """The dtype ``s = q k^T`` and ``dp = dout k^T`` are computed in: the inputs' own when they share a
+    16-bit float dtype (exact products, fp32 accumulation), else fp32; fp32 under the interpreter
+    (its bf16 dots are wrong: ../shared/docs/toolchain.md), as the forward's ``compute_dtype``."""
+    dtypes = {q.dtype, dout.dtype, *(p.dtype for p in pools)}
+    if interpreting() or len(dtypes) > 1 or q.dtype not in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return q.dtype
 
 
 def default_config(
-    H: int, D: int, device: Optional[torch.device] = None, capability: Optional[Tuple[int, int]] = None
+    H: int,
+    D: int,
+    device: Optional[torch.device] = None,
+    capability: Optional[Tuple[int, int]] = None,
+    dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """Tiles: ``BLOCK_H`` heads x ``BLOCK_N`` keys x ``BLOCK_D`` head dims, warps. ``capability`` as
-    in the forward's ``default_config`` (queried from ``device`` when None). NVIDIA and the
-    interpreter: 16 x 16 x 64, 8 warps (sm_90, D = 512 / 576: fp32 FMA dots, 178 registers, no
-    spills; 4 warps spill). AMD (gfx942; offline compiles with triton 3.6.0-3.9.0, never run): the
-    forward's AMD rule (no product computed twice, no VGPR spilled to scratch, then the most heads),
-    so up to 64 heads with one wave per 16 of them (fp32 MFMA gives each wave 16 rows): 64 x 16 x 64
-    x 4 waves at H >= 64, 200-228 VGPRs, no spill but 2 VGPRs with triton 3.6.0 (the 32- and
-    64-head tiles each spill 2 there in one of the atomic / deterministic variants; budgeted in
-    tests/triton). The NVIDIA tile's 8 waves computed every product 8 times there."""
+    """Tiles: ``BLOCK_H`` heads x ``BLOCK_N`` keys x ``BLOCK_D`` head dims, warps, for ``s`` / ``dp``
+    computed in ``dtype`` (``compute_dtype``). ``capability`` as in the forward's ``default_config``
+    (queried from ``device`` when None). Chosen from offline compiles (D = 512 / 576, triton
+    3.6.0-3.9.0; never timed on a GPU). A head block re-reads its keys and adds its share of each
+    row's gradient (atomics), so fewer, larger head blocks move less.
+
+    - NVIDIA, 16-bit: up to 64 heads x 16 x 64, 8 warps: no spills (sm_90 wgmma for ``s`` / ``dp``,
+      248 registers; sm_80 / sm_89 mma.sync, 227-255 registers, Triton's layout computing them twice).
+    - NVIDIA fp32, and the interpreter: 16 x 16 x 64, 8 warps (178 registers, no spills; 64-head
+      fp32 tiles spill 640+ B on sm_90, 4 warps 8 B).
+    - AMD (gfx942): the forward's AMD rule (no product computed twice, no VGPR spilled to scratch,
+      then the most heads): up to 64 heads with one wave per 16 of them (an MFMA gives each wave 16
+      rows), 64 x 16 x 64 x 4 waves at H >= 64: 200-228 VGPRs, no spill but 2 VGPRs with triton 3.6.0
+      (budgeted in tests/triton). The NVIDIA fp32 tile's 8 waves computed every product 8 times
+      there."""
     block_d = min(64, max(16, next_power_of_2(D)))
-    gpu = device is not None and device.type == "cuda" and not interpreting()
-    if gpu and (capability or tile_capability(device)) == AMD_TILES:
-        block_h = max(16, min(64, next_power_of_2(H)))
+    block_h = max(16, min(64, next_power_of_2(H)))
+    if device is None or device.type != "cuda" or interpreting():
+        return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
+    if (capability or tile_capability(device)) == AMD_TILES:
         return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=block_h // 16)
+    if dtype != torch.float32:
+        return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
     return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
 
 
@@ -193,7 +220,8 @@ def sparse_attention_backward(
     extra = streams[1] if len(streams) > 1 else None
     (kv2, idx2, length2) = extra if extra is not None else (kv, idx, None)
     K, K2 = idx.shape[1], (idx2.shape[1] if extra is not None else 0)
-    cfg = default_config(H, D, dev)
+    cdt = compute_dtype(q, do, [rows for rows, _, _ in streams])
+    cfg = default_config(H, D, dev, dtype=cdt)
     if config:
         cfg.update(config)
     dummy = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -211,7 +239,7 @@ def sparse_attention_backward(
             length2 if length2 is not None else dummy, K2,
             drows[0], drows[-1], ws, t0, H, D, float(scale),
             HAS_LEN=length is not None, HAS_EXTRA=extra is not None, HAS_ELEN=length2 is not None,
-            HAS_DLSE=dlse is not None, ATOMIC=not deterministic, **cfg,
+            HAS_DLSE=dlse is not None, ATOMIC=not deterministic, CDT=TL_DTYPE[cdt], **cfg,
         )  # fmt: skip
         if deterministic:  # sum the workspace rows into the pools' rows in a fixed order
             w = ws.view(t1 - t0, K + K2, D)

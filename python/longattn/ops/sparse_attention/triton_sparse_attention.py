@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import AMD_TILES, cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
+from ..triton_utils import AMD_TILES, TL_DTYPE, cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
@@ -563,7 +563,6 @@ def _combine_splits_kernel(
 # ---------------------------------------------------------------------------------------------------
 # launcher
 # ---------------------------------------------------------------------------------------------------
-_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _LOG2E_HOST = math.log2(math.e)  # the softmax scale into base 2, once
 
 
@@ -687,7 +686,7 @@ def sparse_attention(
         BLOCK_D0=block_d0,
         BLOCK_D1=max(block_d1, MIN_DOT),
         HAS_TAIL=block_d1 > 0,
-        CDT=_TL_DTYPE[cdt],
+        CDT=TL_DTYPE[cdt],
         DOT_PREC=prec,
         num_warps=cfg.get("num_warps", 4),
         num_stages=cfg.get("num_stages", 1),
