@@ -161,8 +161,10 @@ def default_config(
     3.6.0-3.9.0; never timed on a GPU). A head block re-reads its keys and adds its share of each
     row's gradient (atomics), so fewer, larger head blocks move less.
 
-    - NVIDIA, 16-bit: up to 64 heads x 16 x 64, 8 warps: no spills (sm_90 wgmma for ``s`` / ``dp``,
-      248 registers; sm_80 / sm_89 mma.sync, 227-255 registers, Triton's layout computing them twice).
+    - NVIDIA, 16-bit: sm_90 up to 64 heads x 16 x 64, 8 warps (wgmma for ``s`` / ``dp``, computed
+      once, 248 registers, no spills); sm_80 / sm_89 up to 32 heads x 16 x 64, 8 warps (mma.sync,
+      Triton's layout computing ``s`` / ``dp`` 4 times; 175-244 registers, no spills: 64 heads spill
+      160-348 B with triton 3.9.0, 64 x 16 x 32 20 B on sm_89).
     - NVIDIA fp32, and the interpreter: 16 x 16 x 64, 8 warps (178 registers, no spills; 64-head
       fp32 tiles spill 640+ B on sm_90, 4 warps 8 B).
     - AMD (gfx942): the forward's AMD rule (no product computed twice, no VGPR spilled to scratch,
@@ -174,10 +176,12 @@ def default_config(
     block_h = max(16, min(64, next_power_of_2(H)))
     if device is None or device.type != "cuda" or interpreting():
         return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
-    if (capability or tile_capability(device)) == AMD_TILES:
+    capability = capability or tile_capability(device)
+    if capability == AMD_TILES:
         return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=block_h // 16)
     if dtype != torch.float32:
-        return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
+        return dict(BLOCK_H=block_h if capability >= (9, 0) else min(block_h, 32), BLOCK_N=16, BLOCK_D=block_d,
+                    num_warps=8)  # fmt: skip
     return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
 
 
