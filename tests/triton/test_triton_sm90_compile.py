@@ -263,7 +263,7 @@ COMPRESS_SPILL_BUDGETS = {"compress_kv": 16}
 # sm_80 / sm_89: the fused indexer's bitonic merge of two 512-key lists spills 48 B with triton 3.9; the
 # radix select (the select path's top-k) 8 B on sm_89 with triton 3.8.0 before its passes were pipelined
 # (0 B since, and with 3.6.0 / 3.7.1). The sparse backward's fp32 tile (16 x 16 x 64, 8 warps, FMA dots;
-# first compiled with fp32 pointers on 2026-12-06): 4 B on sm_80 with 3.7.1 (ptxas holds it to 128
+# first compiled with fp32 pointers on 2026-12-06): 4 B on sm_80 / sm_89 with 3.7.1 (ptxas holds it to 128
 # registers), 20 B on sm_80 / sm_89 with 3.9.0.
 OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64, "indexer select radix": 16, "sparse backward fp32": 32}
 
