@@ -378,11 +378,10 @@ def check_triton_backward(case, config=None, dtype=torch.float32):
     scale = D**-0.5
     out, lse = forward_for_backward(q, kv, idx, extra, eidx, elen, s, scale)
     want = ref_bwd.sparse_attention_backward(q, [(kv, idx, None), (extra, eidx, elen)], s, scale, lse, dout, dlse)
-    cpu_inputs = (q, kv, idx, extra, eidx, elen, s, out, lse, dout, dlse)
-    q_, kv_, idx_, extra_, eidx_, elen_, s_, out_, lse_, dout_, dlse_ = (
-        x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in cpu_inputs
-    )
     q_, kv_, extra_, dout_ = (x.to(DEVICE) for x in low)
+    idx_, eidx_, elen_, s_, out_, lse_, dlse_ = (
+        x.to(DEVICE) if isinstance(x, torch.Tensor) else x for x in (idx, eidx, elen, s, out, lse, dlse)
+    )
     tol = 8 * (K1 + K2 + D + 8) * 2.0**-24
     for deterministic in (False, True):
         got = tri_bwd.sparse_attention_backward(q_, [(kv_, idx_, None), (extra_, eidx_, elen_)], s_, scale, out_, lse_,

@@ -174,9 +174,10 @@ def test_sparse_attention_nonfinite_gpu_tiles(dtype, D, arch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sparse_attention_backward_gpu_tiles(arch, dtype):
-    """The Triton backward at each GPU's tiles (64 heads x 16 keys on AMD, and on NVIDIA for 16-bit
-    inputs): H = 80 is a full and a partial head block, D = 100 a full and a masked head-dim tile, 2-3
-    key blocks per stream, against the PyTorch backward, atomic and deterministic paths."""
+    """The Triton backward at each GPU's tiles (64 heads x 16 keys on AMD and on sm_90 for 16-bit
+    inputs, 32 heads on sm_80 for them, 16 for fp32 on NVIDIA): H = 80 is a full and a partial head
+    block, D = 100 a full and a masked head-dim tile, 2-3 key blocks per stream, against the PyTorch
+    backward, atomic and deterministic paths."""
     from longattn.ops.sparse_attention import triton_backward as tbw
 
     cfg = arch_config(arch, tbw, tbw.default_config, 80, 100, CUDA, dtype=dtype)

@@ -175,14 +175,16 @@ def default_config(
     block_d = min(64, max(16, next_power_of_2(D)))
     block_h = max(16, min(64, next_power_of_2(H)))
     if device is None or device.type != "cuda" or interpreting():
-        return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
-    capability = capability or tile_capability(device)
+        capability = None
+    else:
+        capability = capability or tile_capability(device)
     if capability == AMD_TILES:
         return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=block_h // 16)
-    if dtype != torch.float32:
-        return dict(BLOCK_H=block_h if capability >= (9, 0) else min(block_h, 32), BLOCK_N=16, BLOCK_D=block_d,
-                    num_warps=8)  # fmt: skip
-    return dict(BLOCK_H=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
+    if capability is not None and dtype != torch.float32:  # NVIDIA, 16-bit
+        block_h = block_h if capability >= (9, 0) else min(block_h, 32)
+    else:  # NVIDIA fp32, or the interpreter
+        block_h = 16
+    return dict(BLOCK_H=block_h, BLOCK_N=16, BLOCK_D=block_d, num_warps=8)
 
 
 def sparse_attention_backward(
