@@ -147,6 +147,30 @@ def test_paged_exact(backend, page, return_slots):
     assert torch.equal(logits_of(backend, q, w, pool, ve, **kw).double(), oracle.indexer_logits(q, w, pool, ve, **kw))
 
 
+@pytest.mark.parametrize("paged", [False, True], ids=["flat", "paged"])
+@pytest.mark.parametrize("tile_tokens", [1, 2, 3])
+def test_reference_token_tiles(monkeypatch, tile_tokens, paged):
+    """The reference scores a block of entries for a tile of tokens at a time (the per-head scores of
+    one tile ~CACHE_TILE_BYTES) and skips the blocks none of a tile's tokens sees. Shrunk here to
+    blocks of <= 8 entries and tiles of 1-3 tokens over groups of up to 6 tokens: partial tiles,
+    skipped blocks, paged blocks of 6 entries; integer inputs, so scores and top-k are exact."""
+    from longattn.ops.indexer import reference
+
+    if paged:
+        q, w, keys, ve, kw = paged_inputs(3)
+    else:
+        q, w, keys = int_inputs(7, 4, 16, 40)
+        ve, kw = torch.tensor([40, 0, 33, 12, 5, 40, 1], dtype=torch.int32), {}
+    Hi, Di = q.shape[1:]
+    monkeypatch.setattr(reference, "MIN_ENTRIES", 8)
+    monkeypatch.setattr(reference, "CACHE_TILE_BYTES", tile_tokens * 8 * Hi * 4)
+    with chunk_budget(4 * 8 * (Di * 4 + Di * 4)):  # keys: at most a quarter of it, 8 fp32 + 8 fp32 rows
+        idx = longattn.indexer_topk(q, w, keys, ve, 9, backend="reference", **kw)
+        logits = longattn.indexer_logits(q, w, keys, ve, backend="reference", **kw)
+    assert_same(idx, oracle.indexer_topk(q, w, keys, ve, 9, **kw), f"tile={tile_tokens}")
+    assert torch.equal(logits.double(), oracle.indexer_logits(q, w, keys, ve, **kw))
+
+
 def test_invalid_sequence_id_selects_nothing(backend):
     q, w, _ = int_inputs(3, 2, 16, 1)
     pool = torch.randn(4, 2, 16)
