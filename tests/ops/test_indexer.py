@@ -171,6 +171,22 @@ def test_reference_token_tiles(monkeypatch, tile_tokens, paged):
     assert torch.equal(logits.double(), oracle.indexer_logits(q, w, keys, ve, **kw))
 
 
+@pytest.mark.parametrize("heads", [2, 64])
+def test_reference_spans_stay_within_the_budget(heads):
+    """A span's per-pair buffers (scores, mask, temporaries, the top-k's sort keys: 45 bytes a pair)
+    fit the chunk budget, also when few heads make a cache-sized block of entries wide (2 heads: a
+    512 KiB tile is 65,536 entries) and the token step is many tokens."""
+    from longattn.ops.indexer import reference
+
+    budget, T, N = 4 << 20, 320, 4096
+    q, w, k = int_inputs(T, heads, 16, N)
+    ve = torch.full((T,), N, dtype=torch.int32)
+    with chunk_budget(budget):
+        spans = [scores.shape for _, _, _, scores, _ in reference.score_blocks(q, w, k, ve, pair_bytes=16)]
+    assert sum(n for _, n in spans) == N * -(-T // max(t for t, _ in spans))  # every entry of every step
+    assert max(t * n for t, n in spans) * (4 + 1 + 24 + 16) <= budget, spans
+
+
 def test_invalid_sequence_id_selects_nothing(backend):
     q, w, _ = int_inputs(3, 2, 16, 1)
     pool = torch.randn(4, 2, 16)

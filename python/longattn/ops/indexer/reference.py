@@ -191,10 +191,12 @@ def score_blocks(q, weights, index_k, visible_end, block_table=None, seq_ids=Non
             # matmul's output, its relu and the head sum stay in the CPU's cache. Entries first (a
             # block's keys are gathered once for all the group's tokens): up to CACHE_TILE_BYTES of one
             # token's per-head scores (2,048 entries at 64 heads), whole pages, at most a quarter of
-            # the budget in keys; then as many tokens as fit. Span: as many blocks as the rest of the
-            # budget holds. (One [entries, Tg * heads] product per block, the layout before, wrote
-            # 128 MiB per block at 2,048 tokens: 29 GFLOP/s on a 2-thread AMD EPYC against 80-90.)
-            width = min(max(MIN_ENTRIES, CACHE_TILE_BYTES // (Hi * 4)), n_vis, max(1, budget // 4 // row_bytes))
+            # the budget in keys and a one-block span in the rest (>= MIN_ENTRIES: the token step
+            # leaves room for them); then as many tokens as fit. Span: as many blocks as the rest of
+            # the budget holds. (One [entries, Tg * heads] product per block, the layout before, wrote
+            # 128 MiB per block at 2,048 tokens: 52 useful GFLOP/s on a 2-thread AMD EPYC against 77.)
+            width = min(max(MIN_ENTRIES, CACHE_TILE_BYTES // (Hi * 4)), n_vis)
+            width = min(width, max(1, budget // 4 // row_bytes), max(MIN_ENTRIES, budget * 3 // 4 // (tg * per_pair)))
             width = entries.block_width(width)
             tile = max(1, min(tg, CACHE_TILE_BYTES // (width * Hi * 4)))
             block_bytes = width * (row_bytes + tile * (Hi + 1) * 4)  # keys, per-head and weighted scores
