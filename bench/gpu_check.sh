@@ -71,7 +71,7 @@ run_shard sparse_split $T/test_triton_sparse_attention.py -k "cases_split_kv" &
 run_shard sparse_rest  $T/test_triton_sparse_attention.py -k "not cases_split_kv" &
 run_shard indexer      $T/test_triton_indexer.py &
 run_shard configs      $T/test_triton_backend.py $T/test_triton_gpu_configs.py $T/test_triton_sparse_attention_backward.py \
-                       $T/test_triton_cuda_graph.py &
+                       $T/test_triton_cuda_graph.py $T/test_triton_conversions.py &
 run_shard cache_ops    $T/test_triton_cache_ops.py $T/test_triton_compress_pool.py $T/test_triton_large_offsets.py &
 run_shard warmup       $T/test_triton_warmup.py &
 wait

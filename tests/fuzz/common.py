@@ -158,6 +158,20 @@ def dot_classes(a: torch.Tensor, b: torch.Tensor):
     return cls, val, mag, amb
 
 
+def round_overflow(want: torch.Tensor, dtype: torch.dtype, atol, rtol: float):
+    """``want`` (float64, the exact result) as an output in ``dtype`` holds it: values at or past the
+    dtype's overflow threshold (its max plus half an ulp there, where round-to-nearest-even goes to
+    inf) are +-inf. Returns (want, ambiguous): ambiguous marks finite values whose error bound
+    (``atol + rtol * |want|``) straddles the threshold, so either a finite value or an inf is right."""
+    fi = torch.finfo(dtype)
+    thr = fi.max + 0.5 * fi.eps * fi.max / (2.0 - fi.eps)
+    mag = want.abs()
+    bound = atol + rtol * mag + thr * 2.0**-20  # + a margin for the oracle's own rounding near the threshold
+    ambiguous = torch.isfinite(want) & (mag + bound >= thr) & (mag - bound < thr)
+    over = torch.isfinite(want) & (mag >= thr)
+    return torch.where(over, want.sign() * INF, want), ambiguous
+
+
 def scalar_class(x: float) -> int:
     if math.isnan(x):
         return NANC

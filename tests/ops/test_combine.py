@@ -101,6 +101,27 @@ def test_apply_sink_matches_oracle(backend, sink_kind, dtype):
     assert not torch.isnan(got).any()
 
 
+def test_bf16_subnormals_are_read_exactly(backend):
+    """bf16 subnormal outs pass unchanged where the math is exact (Triton under the interpreter: its own
+    bf16 <-> fp32 conversions garble subnormals, triton_utils.cast_in / cast_out): a merge with an empty
+    side (lse -inf) is the other side, a sink of -inf (factor 1) leaves out as it is."""
+    skip_unless_implements(MERGE, backend)
+    g = torch.Generator().manual_seed(8)
+    T, H, D = 2, 3, 40
+    out_b = torch.randn(T, H, D, generator=g).bfloat16()
+    sub = torch.tensor([2.0**-133, -(2.0**-130), 1e-38, -2e-39, 2.0**-127, 1.1e-38]).bfloat16()
+    out_b.view(-1)[:: D // 2][: sub.numel()] = sub
+    assert (out_b.float().abs() < 2.0**-126).sum() >= 5
+    lse_b = torch.randn(T, H, generator=g)
+    out_a = torch.randn(T, H, D, generator=g).bfloat16()
+    lse_a = torch.full((T, H), -INF)
+    out, lse = call(longattn.merge_attention_states, *dev(out_a, lse_a, out_b, lse_b), backend=backend)
+    assert torch.equal(out.cpu(), out_b) and torch.equal(lse.cpu(), lse_b)
+    skip_unless_implements(SINK, backend)
+    got = call(longattn.apply_attention_sink, *dev(out_b, lse_b, torch.full((H,), -INF)), backend=backend)
+    assert torch.equal(got.cpu(), out_b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_merge_nonfinite_lse(backend, dtype):
     """NaN lse -> NaN / NaN, +inf -> +inf / NaN, both -inf -> -inf / 0 (MERGE_NONFINITE), without

@@ -461,6 +461,26 @@ def test_mixed_dtypes_are_widened_not_rounded(backend, q_dtype):
     assert torch.equal(ln.cpu(), rln) and torch.equal(idx[:, :3].cpu(), ridx[:, :3])  # the huge entries lead
 
 
+def test_bf16_subnormals_are_read_exactly(backend):
+    """bf16 subnormal q and keys are read exactly (Triton under the interpreter: its own bf16 -> fp32
+    conversion garbles them, triton_utils.cast_in): 2**-133 * 2**100 = 2**-33 exactly, and a subnormal
+    times a -inf key is a -inf logit (score 0), not 0 * -inf = NaN."""
+    Hi, Di, N = 2, 16, 4
+    q = torch.zeros(1, Hi, Di)
+    q[0, 0, 3] = 2.0**-133  # bf16 subnormals (the smallest normal is 2**-126)
+    q[0, 1, 3] = 2.0**-130
+    q[0, 1, 5] = -(2.0**-130)
+    k = torch.zeros(N, Di)
+    k[0, 3] = 2.0**100
+    k[1, 3] = float("-inf")
+    k[2, 5] = -(2.0**100)
+    k[3, 3] = 3 * 2.0**-128  # a subnormal key: 2**-133 * 3 * 2**-128 underflows to 0 in fp32
+    w = torch.tensor([[1.0, 2.0]])
+    ve = torch.tensor([N])
+    logits = logits_of(backend, q.bfloat16(), w, k.bfloat16(), ve).cpu()
+    assert logits.tolist() == [[2.0**-33 + 2 * 2.0**-30, 0.0, 2 * 2.0**-30, 0.0]]
+
+
 @pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16], ids=str)
 def test_wider_q_over_bf16_keys(backend, q_dtype):
     """fp32 / fp16 q over a bf16 key pool (the Ascend C kernel reads the pool as it is, q as exact bf16

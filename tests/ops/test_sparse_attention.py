@@ -293,6 +293,56 @@ def test_fp8_pool_reads_like_its_dequantised_rows(backend):
     check_against_oracle(out, lse, args, "fp8 pool")
 
 
+def test_bf16_subnormals_are_read_exactly(backend):
+    """bf16 subnormal values pass unchanged where the math is exact: a token attending to one key gets
+    that key's row (Triton under the interpreter: its own bf16 <-> fp32 conversions garble subnormals,
+    triton_utils.cast_in / cast_out); a subnormal q against a 2**100 key is a logit of 2**-33 (not 0)."""
+    g = torch.Generator().manual_seed(9)
+    T, H, D, N = 3, 4, 64, 6
+    kv = torch.randn(N, D, generator=g)
+    kv[:, ::7] = torch.tensor([2.0**-133, -(2.0**-130), 1e-38, -2e-39, 2.0**-127, 1.1e-38, 3e-39, -1e-40, 5e-39, 2e-40])
+    kv = kv.bfloat16()
+    q = torch.randn(T, H, D, generator=g).bfloat16()
+    idx = torch.tensor([[2, -1], [0, -1], [5, -1]], dtype=torch.int32)
+    q_d, kv_d, idx_d = dev(q, kv, idx)
+    out, _ = call(longattn.sparse_attention, q_d, kv_d, idx_d, backend=backend)
+    assert torch.equal(out.cpu(), kv[idx[:, 0]].unsqueeze(1).expand(T, H, D))
+    # q = 2**-133 against a key of 2**100 (and a zero key), scale 2**33: logits 1 and 0 (0 and 0 if the
+    # subnormal were lost): lse = log(e + 1), out = e / (e + 1) * 2**100 in dim 0
+    q2 = torch.zeros(1, 1, D)
+    q2[0, 0, 0] = 2.0**-133
+    kv2 = torch.zeros(2, D)
+    kv2[0, 0] = 2.0**100
+    args2 = dev(q2.bfloat16(), kv2.bfloat16(), torch.tensor([[0, 1]], dtype=torch.int32))
+    out2, lse2 = call(longattn.sparse_attention, *args2, softmax_scale=2.0**33, backend=backend)
+    p0 = math.e / (math.e + 1)
+    assert abs(float(lse2) - math.log(math.e + 1)) < 1e-6
+    assert abs(float(out2[0, 0, 0]) / 2.0**100 - p0) < 2.0**-8  # bf16 out
+
+
+def test_fp8_pool_nan_codes_make_the_key_nan(backend):
+    """A record whose e4m3 bytes hold a NaN code (0x7F, 0xFF) reads as a NaN key, as its dequantised row:
+    the rows that select it are NaN, the others finite. (The Triton kernel converts e4m3 natively on
+    GPUs, where the conversion itself must give the NaN; gpu_check runs this test there.)"""
+    from longattn.cache import dequantize_kv_fp8, quantize_kv_fp8
+
+    g = torch.Generator().manual_seed(5)
+    pool = quantize_kv_fp8(torch.randn(3, 4, 512, generator=g).to(DEVICE))
+    for slot, dim, code in ((1, 5, 0x7F), (6, 300, 0xFF)):  # nope dims: e4m3 bytes of the record
+        p, o = divmod(slot, pool.page_size)
+        pool.data[p, o * 576 + dim] = code
+    deq = dequantize_kv_fp8(pool)
+    q = torch.randn(3, 4, 512, generator=g)
+    idx = torch.tensor([[0, 1, 2, 3], [6, 7, -1, 4], [0, 2, 3, 11]], dtype=torch.int32)
+    q, idx = dev(q, idx)
+    out, lse = call(longattn.sparse_attention, q, pool, idx, backend=backend)
+    ref_out, ref_lse = call(longattn.sparse_attention, q, deq, idx, backend=backend)
+    assert out[:2].isnan().all() and lse[:2].isnan().all(), "a NaN-coded key must make its rows NaN"
+    assert torch.isfinite(out[2]).all() and torch.isfinite(lse[2]).all()
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6, equal_nan=True)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-6, rtol=1e-6, equal_nan=True)
+
+
 # ---------------------------------------------------------------------------------------------------
 # non-finite logits (README.md "Edge semantics")
 # ---------------------------------------------------------------------------------------------------

@@ -240,6 +240,8 @@ SPARSE_D512_SPILL_BUDGETS = {
     # without its in-loop key count, and the cost model's split choice (CSA T = 64: one split):
     "jit sparse CSA decode bf16": 320,  # 628 / 444 / 464 -> 372 / 420 / 340 -> 220 / 80 / 280 B
     "jit sparse CSA decode fp8-pool": 352,  # 408 / 276 / 384 -> 324 / 288 / 340 -> 332 / 256 / 296 B
+    # -> 348 / 272 / 320 B since the e4m3 NaN-code fix-up runs only under the interpreter (2026-12-06: the
+    # hot loop's SASS 2,124 / 1,751 / 1,669 -> 1,896 / 1,405 / 1,395 instructions)
     "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 -> 220 / 80 / 280 B
     "jit sparse HCA decode bf16": 256,  # split-KV (33 splits): 420 B on 3.7.1 -> 220 / 100 / 244 B
     # the FP8 index-key select kernel by its hand-written signature (no pointer alignment: e4m3 bytes

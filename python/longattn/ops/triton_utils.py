@@ -74,17 +74,29 @@ def dummy(device: torch.device, dtype: torch.dtype = torch.int32) -> torch.Tenso
 
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")  # as triton itself: read at import
 _BF16_ROUND_BIAS = tl.constexpr(0x7FFF)
-_BF16_KEEP = tl.constexpr(-65536)  # 0xFFFF0000 as int32
+_BF16_QNAN = tl.constexpr(0x7FC0)
 
 
 @triton.jit
 def cast_out(x, DST: tl.constexpr):
-    """fp32 -> DST with round-to-nearest-even. The interpreter truncates fp32 -> bf16, so there the
-    rounding is done on the bits first (the final cast is then exact); GPUs round natively."""
+    """fp32 -> DST with round-to-nearest-even. The interpreter's fp32 -> bf16 conversion truncates and
+    garbles subnormals, so there the bf16 bits are made from the fp32 bits (rounded to nearest even;
+    NaN -> 0x7FC0) and bitcast; GPUs round natively."""
     if _INTERPRET and DST == tl.bfloat16:
         b_bits = x.to(tl.int32, bitcast=True)
-        b_bits = (b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) & _BF16_KEEP
-        x = b_bits.to(tl.float32, bitcast=True)
+        b_bits = ((b_bits + _BF16_ROUND_BIAS + ((b_bits >> 16) & 1)) >> 16) & 0xFFFF
+        b_bits = tl.where(x != x, _BF16_QNAN, b_bits)
+        return b_bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return x.to(DST)
+
+
+@triton.jit
+def cast_in(x, DST: tl.constexpr):
+    """A loaded float tile -> DST. The interpreter's own bf16 -> fp32 conversion garbles subnormals
+    (1e-38 -> 8.3e-39, 9e-41 -> 0: docs/toolchain.md), so there bf16 is widened on the bits first (exact);
+    GPUs convert natively (the same shift), and this is ``x.to(DST)``."""
+    if _INTERPRET and x.dtype == tl.bfloat16 and DST != tl.bfloat16:
+        x = ((x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
     return x.to(DST)
 
 

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import cast_in, cdiv, nan_where, next_power_of_2
 from ..triton_utils import cast_out as _cast_out
-from ..triton_utils import cdiv, nan_where, next_power_of_2
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _POS_INF = tl.constexpr(float("inf"))
@@ -52,8 +52,8 @@ def _merge_states_kernel(
     i_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = i_h < H
     # [BLOCK_H]
-    b_la = tl.load(p_la + i_t * stride_la_t + i_h * stride_la_h, mask=m_h, other=_NEG_INF).to(tl.float32)
-    b_lb = tl.load(p_lb + i_t * stride_lb_t + i_h * stride_lb_h, mask=m_h, other=_NEG_INF).to(tl.float32)
+    b_la = cast_in(tl.load(p_la + i_t * stride_la_t + i_h * stride_la_h, mask=m_h, other=_NEG_INF), tl.float32)
+    b_lb = cast_in(tl.load(p_lb + i_t * stride_lb_t + i_h * stride_lb_h, mask=m_h, other=_NEG_INF), tl.float32)
     # Non-finite lse (README.md): NaN on either side -> NaN, NaN; else +inf -> +inf, NaN; both -inf
     # -> -inf, 0. Explicit tests: tl.maximum drops NaN on GPUs (maxnum) but not in the interpreter.
     m_nan = (b_la != b_la) | (b_lb != b_lb)
@@ -75,16 +75,22 @@ def _merge_states_kernel(
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_d = o_d < D
         # [BLOCK_H, BLOCK_D]; a side with weight 0 is not loaded
-        b_oa = tl.load(
-            p_oa + i_t * stride_oa_t + i_h[:, None] * stride_oa_h + o_d[None, :] * stride_oa_d,
-            mask=m_a[:, None] & m_d[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        b_ob = tl.load(
-            p_ob + i_t * stride_ob_t + i_h[:, None] * stride_ob_h + o_d[None, :] * stride_ob_d,
-            mask=m_b[:, None] & m_d[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        b_oa = cast_in(
+            tl.load(
+                p_oa + i_t * stride_oa_t + i_h[:, None] * stride_oa_h + o_d[None, :] * stride_oa_d,
+                mask=m_a[:, None] & m_d[None, :],
+                other=0.0,
+            ),
+            tl.float32,
+        )
+        b_ob = cast_in(
+            tl.load(
+                p_ob + i_t * stride_ob_t + i_h[:, None] * stride_ob_h + o_d[None, :] * stride_ob_d,
+                mask=m_b[:, None] & m_d[None, :],
+                other=0.0,
+            ),
+            tl.float32,
+        )
         b_o = b_oa * b_ca[:, None] + b_ob * b_cb[:, None]
         tl.store(
             p_out + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d,
@@ -118,17 +124,20 @@ def _apply_sink_kernel(
     m_h = i_h < H
     # [BLOCK_H]: g = sigmoid(lse - sink) = 1 / (1 + exp(sink - lse)); 0 where lse = -inf (whatever the
     # sink); IEEE elsewhere: lse +inf -> 1 (sink finite / -inf), NaN lse or sink -> NaN
-    b_lse = tl.load(p_lse + i_t * stride_l_t + i_h * stride_l_h, mask=m_h, other=_NEG_INF).to(tl.float32)
-    b_sink = tl.load(p_sink + i_h * stride_s, mask=m_h, other=0.0).to(tl.float32)
+    b_lse = cast_in(tl.load(p_lse + i_t * stride_l_t + i_h * stride_l_h, mask=m_h, other=_NEG_INF), tl.float32)
+    b_sink = cast_in(tl.load(p_sink + i_h * stride_s, mask=m_h, other=0.0), tl.float32)
     m_empty = b_lse == _NEG_INF
     b_g = tl.where(m_empty, 0.0, 1.0 / (1.0 + tl.exp(b_sink - tl.where(m_empty, 0.0, b_lse))))
     for d0 in range(0, D, BLOCK_D):
         o_d = d0 + tl.arange(0, BLOCK_D)
         m_hd = m_h[:, None] & (o_d < D)[None, :]
         # [BLOCK_H, BLOCK_D]
-        b_o = tl.load(
-            p_o + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d, mask=m_hd, other=0.0
-        ).to(tl.float32)
+        b_o = cast_in(
+            tl.load(
+                p_o + i_t * stride_o_t + i_h[:, None] * stride_o_h + o_d[None, :] * stride_o_d, mask=m_hd, other=0.0
+            ),
+            tl.float32,
+        )
         tl.store(
             p_out + i_t * stride_r_t + i_h[:, None] * stride_r_h + o_d[None, :] * stride_r_d,
             _cast_out(b_o * b_g[:, None], p_out.dtype.element_ty),

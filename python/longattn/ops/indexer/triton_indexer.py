@@ -39,6 +39,7 @@ from ..triton_utils import (
     AMD_TILES,
     TL_DTYPE,
     and_flag,
+    cast_in,
     cdiv,
     dummy,
     e4m3_values,
@@ -186,7 +187,7 @@ def _load_keys(
         return e4m3_values(b_raw, CDT)  # the NaN codes NaN, as the reference's
     else:
         m_k = m_row[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :]
-        return tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_k, other=0.0).to(CDT)
+        return cast_in(tl.load(p_k + o_row[:, None] + o_d[None, :] * stride_kd, mask=m_k, other=0.0), CDT)
 
 
 @triton.jit
@@ -279,17 +280,20 @@ def _score_entries(
                 o_d = d0 + tl.arange(0, BLOCK_DI)
                 m_d = (o_d // K_GROUP) < (Di // K_GROUP)  # exact: K_GROUP divides Di
                 # [BLOCK_HI, BLOCK_DI]
-                b_qc = tl.load(
-                    p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
-                    mask=m_h[:, None] & m_d[None, :],
-                    other=0.0,
-                ).to(CDT)
+                b_qc = cast_in(
+                    tl.load(
+                        p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+                        mask=m_h[:, None] & m_d[None, :],
+                        other=0.0,
+                    ),
+                    CDT,
+                )
                 # [BLOCK_N, BLOCK_DI]
                 b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
                 b_s += _logits(b_qc, b_k, DOT_PREC, ENTRIES_FIRST)
             b_s = _scaled(b_s, p_ks, o_sc, m_row, KEY_FP8, ENTRIES_FIRST)
             # [BLOCK_HI]
-            b_wc = tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0).to(tl.float32)
+            b_wc = cast_in(tl.load(p_w_t + i_h * stride_wh, mask=m_h, other=0.0), tl.float32)
             b_score += _head_sum(b_s, b_wc, m_h, ENTRIES_FIRST)
         return b_score
 
@@ -474,12 +478,15 @@ def _indexer_topk_partial_kernel(
     o_d = tl.arange(0, BLOCK_DI)
     if ONE_TILE:
         # [BLOCK_HI, BLOCK_DI], [BLOCK_HI]
-        b_q = tl.load(
-            p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
-            mask=(i_h < Hi)[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :],  # K_GROUP divides Di
-            other=0.0,
-        ).to(CDT)
-        b_w = tl.load(p_w_t + i_h * stride_wh, mask=i_h < Hi, other=0.0).to(tl.float32)
+        b_q = cast_in(
+            tl.load(
+                p_q_t + i_h[:, None] * stride_qh + o_d[None, :] * stride_qd,
+                mask=(i_h < Hi)[:, None] & ((o_d // K_GROUP) < (Di // K_GROUP))[None, :],  # K_GROUP divides Di
+                other=0.0,
+            ),
+            CDT,
+        )
+        b_w = cast_in(tl.load(p_w_t + i_h * stride_wh, mask=i_h < Hi, other=0.0), tl.float32)
     else:
         b_q = tl.zeros([BLOCK_HI, BLOCK_DI], CDT)
         b_w = tl.zeros([BLOCK_HI], tl.float32)

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ...memory import chunk_budget_bytes, rows_per_chunk
-from ..triton_utils import AMD_TILES, TL_DTYPE, interpreting, next_power_of_2, tile_capability
+from ..triton_utils import AMD_TILES, TL_DTYPE, cast_in, interpreting, next_power_of_2, tile_capability
 from .reference import valid_mask
 
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -59,13 +59,13 @@ def _stream_bwd(
         for d0 in range(0, D, BLOCK_D):  # [BLOCK_H, BLOCK_N] = sum over head-dim tiles
             o_d = d0 + tl.arange(0, BLOCK_D)
             m_d = o_d < D
-            b_k = tl.load(p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d,
-                          mask=m_n[:, None] & m_d[None, :], other=0.0).to(CDT)  # fmt: skip
+            b_k = cast_in(tl.load(p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d,
+                                  mask=m_n[:, None] & m_d[None, :], other=0.0), CDT)  # fmt: skip
             m_hd = m_h[:, None] & m_d[None, :]
             b_q = tl.load(p_q_t + o_h[:, None] * stride_qh + o_d[None, :] * stride_qd, mask=m_hd, other=0.0)
             b_do = tl.load(p_do_t + o_h[:, None] * stride_doh + o_d[None, :] * stride_dod, mask=m_hd, other=0.0)
-            b_s += tl.dot(b_q.to(CDT), tl.trans(b_k), input_precision="ieee")
-            b_dp += tl.dot(b_do.to(CDT), tl.trans(b_k), input_precision="ieee")
+            b_s += tl.dot(cast_in(b_q, CDT), tl.trans(b_k), input_precision="ieee")
+            b_dp += tl.dot(cast_in(b_do, CDT), tl.trans(b_k), input_precision="ieee")
         b_s = tl.where(m_n[None, :], b_s * scale, _NEG_INF)
         b_p = tl.where(b_has[:, None] & m_h[:, None], tl.exp(b_s - b_L[:, None]), 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -77,12 +77,12 @@ def _stream_bwd(
             m_d = o_d < D
             m_nd = m_n[:, None] & m_d[None, :]
             m_hd = m_h[:, None] & m_d[None, :]
-            b_k = tl.load(p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d, mask=m_nd,
-                          other=0.0).to(tl.float32)  # fmt: skip
+            b_k = cast_in(tl.load(p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d, mask=m_nd,
+                                  other=0.0), tl.float32)  # fmt: skip
             b_q = tl.load(p_q_t + o_h[:, None] * stride_qh + o_d[None, :] * stride_qd, mask=m_hd, other=0.0)
             b_do = tl.load(p_do_t + o_h[:, None] * stride_doh + o_d[None, :] * stride_dod, mask=m_hd, other=0.0)
-            b_q = b_q.to(tl.float32)
-            b_do = b_do.to(tl.float32)
+            b_q = cast_in(b_q, tl.float32)
+            b_do = cast_in(b_do, tl.float32)
             p_dq = p_dq_t + o_h[:, None] * D + o_d[None, :]
             b_dq = tl.load(p_dq, mask=m_hd, other=0.0) + tl.dot(b_ds, b_k, input_precision="ieee") * scale
             tl.store(p_dq, b_dq, mask=m_hd)

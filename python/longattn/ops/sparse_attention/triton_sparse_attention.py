@@ -31,7 +31,18 @@ import triton.language as tl
 
 from ..._env import positive_ints
 from ...cache import fp8
-from ..triton_utils import AMD_TILES, TL_DTYPE, cdiv, dummy, interpreting, nan_where, next_power_of_2, tile_capability
+from ..triton_utils import (
+    AMD_TILES,
+    TL_DTYPE,
+    cast_in,
+    cdiv,
+    dummy,
+    e4m3_values,
+    interpreting,
+    nan_where,
+    next_power_of_2,
+    tile_capability,
+)
 from ..triton_utils import cast_out as _cast_out
 from ..triton_utils import num_sms as _num_sms
 
@@ -234,18 +245,17 @@ def _load_kv_rows(
         b_raw = tl.load(p_kv + o_data[:, None] + o_d[None, :], mask=m_nope, other=0)
         b_sc = tl.load(p_kv + o_scale[:, None] + (o_d // _FP8_TILE)[None, :], mask=m_nope, other=127)
         b_scale = (b_sc.to(tl.int32) << _FP32_EXP_SHIFT).to(tl.float32, bitcast=True)
-        b_nope = b_raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * b_scale
-        # e4m3fn's NaN codes (0x7F / 0xFF): NaN whatever the conversion does with them (the interpreter's
-        # gives a finite value); the record of a NaN key must make the key NaN, as the reference's does
-        b_nope = tl.where((b_raw & 0x7F) == 0x7F, float("nan"), b_nope)
+        # e4m3fn's NaN codes (0x7F / 0xFF) give NaN (a NaN key's record makes the key NaN, as the
+        # reference's does): natively on GPUs, by a fix-up under the interpreter (e4m3_values)
+        b_nope = e4m3_values(b_raw, tl.float32) * b_scale
         # [BLOCK_N, BLOCK_D] bf16 rope values (bf16 view of the same bytes; data rows are even)
         o_rope16 = (o_data + _FP8_NOPE) // 2
         b_rope = tl.load(p_kv16 + o_rope16[:, None] + (o_d - _FP8_NOPE)[None, :], mask=m_rope, other=0.0)
-        b_k = tl.where((o_d < _FP8_NOPE)[None, :], b_nope, b_rope.to(tl.float32))
+        b_k = tl.where((o_d < _FP8_NOPE)[None, :], b_nope, cast_in(b_rope, tl.float32))
         return b_k.to(CDT)
     else:
         p_rows = p_kv + i_slot[:, None] * stride_row + o_d[None, :] * stride_d
-        return tl.load(p_rows, mask=m_nd, other=0.0).to(CDT)
+        return cast_in(tl.load(p_rows, mask=m_nd, other=0.0), CDT)
 
 
 @triton.jit
@@ -411,10 +421,10 @@ def _sparse_attn_fwd_kernel(
 
     p_q_t = p_q + i_t * stride_qt + i_h[:, None] * stride_qh
     # [BLOCK_H, BLOCK_D0]
-    b_q0 = tl.load(p_q_t + o_d0[None, :] * stride_qd, mask=m_h[:, None] & m_d0[None, :], other=0.0).to(CDT)
+    b_q0 = cast_in(tl.load(p_q_t + o_d0[None, :] * stride_qd, mask=m_h[:, None] & m_d0[None, :], other=0.0), CDT)
     if HAS_TAIL:
         # [BLOCK_H, BLOCK_D1]
-        b_q1 = tl.load(p_q_t + o_d1[None, :] * stride_qd, mask=m_h[:, None] & m_d1[None, :], other=0.0).to(CDT)
+        b_q1 = cast_in(tl.load(p_q_t + o_d1[None, :] * stride_qd, mask=m_h[:, None] & m_d1[None, :], other=0.0), CDT)
     else:
         b_q1 = tl.zeros([BLOCK_H, BLOCK_D1], CDT)
 
@@ -481,7 +491,7 @@ def _sparse_attn_fwd_kernel(
         if HAS_SINK:
             # g = exp(lse) / (exp(lse) + exp(sink)) = 1 / (1 + 2^(sink * log2e - lse2)); 0 for rows with lse
             # -inf whatever the sink; a NaN sink gives NaN
-            b_sink = tl.load(p_sink + i_h, mask=m_h, other=0.0).to(tl.float32)
+            b_sink = cast_in(tl.load(p_sink + i_h, mask=m_h, other=0.0), tl.float32)
             b_lse2_safe = tl.where(m_zero, 0.0, b_lse2)
             b_g = tl.where(m_zero, 0.0, b_inv / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
         p_o = p_out + i_t * stride_ot + i_h[:, None] * stride_oh
@@ -546,7 +556,7 @@ def _combine_splits_kernel(
     b_lse2 = tl.where(m_ok, b_m_safe + tl.log2(b_total_safe), nan_where(m_nan, b_m))
     b_g = nan_where(m_bad, 1.0 / b_total_safe)
     if HAS_SINK:
-        b_sink = tl.load(p_sink + i_h).to(tl.float32)
+        b_sink = cast_in(tl.load(p_sink + i_h), tl.float32)
         b_lse2_safe = tl.where(m_empty, 0.0, b_lse2)
         b_g = tl.where(m_empty, 0.0, b_g / (1.0 + tl.exp2(b_sink * _LOG2E - b_lse2_safe)))
     if i_d == 0:
