@@ -91,12 +91,18 @@ def cast_out(x, DST: tl.constexpr):
 
 
 @triton.jit
+def widen_bf16(x):
+    """A bf16 tile -> fp32, exactly, on the bits (a 16-bit shift)."""
+    return ((x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def cast_in(x, DST: tl.constexpr):
     """A loaded float tile -> DST. The interpreter's own bf16 -> fp32 conversion garbles subnormals
     (1e-38 -> 8.3e-39, 9e-41 -> 0: docs/toolchain.md), so there bf16 is widened on the bits first (exact);
-    GPUs convert natively (the same shift), and this is ``x.to(DST)``."""
+    GPUs convert natively, and this is ``x.to(DST)``."""
     if _INTERPRET and x.dtype == tl.bfloat16 and DST != tl.bfloat16:
-        x = ((x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+        x = widen_bf16(x)
     return x.to(DST)
 
 

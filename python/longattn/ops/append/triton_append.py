@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ...cache import fp8
-from ..triton_utils import and_flag, cast_in, cdiv, next_power_of_2
+from ..triton_utils import and_flag, cdiv, next_power_of_2, widen_bf16
 
 # FP8 record (FlashMLA MODEL1 / vLLM fp8_ds_mla): the facts are longattn/cache/fp8.py's
 _FP8_DATA_BYTES = tl.constexpr(fp8.DATA_BYTES)
@@ -68,10 +68,11 @@ def _bf16_bits(x):
 
 @triton.jit
 def _to_f32(x):
-    """A loaded float tile -> fp32, exactly (bf16: ``cast_in``, which widens it on the bits under the
-    interpreter, whose own conversion garbles subnormals)."""
+    """A loaded float tile -> fp32, exactly. bf16 is widened on the bits on every device (the
+    interpreter's own conversion garbles subnormals; on sm_90 the shift also compiles to fewer
+    instructions in the compressor's loop than the native conversion: 1,341 against 1,357)."""
     if x.dtype == tl.bfloat16:
-        return cast_in(x, tl.float32)
+        return widen_bf16(x)
     elif x.dtype == tl.float16:
         # cvt.f32.f16 turns every NaN into the canonical +NaN (seen on an H200): the sign bit is put
         # back from the fp16 bits (for every other value it is unchanged), so -NaN stays -NaN
