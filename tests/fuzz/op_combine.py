@@ -153,6 +153,22 @@ def merge_run(kwargs, backend):
     return longattn.merge_attention_states(**kwargs, backend=backend)
 
 
+def _first_difference(out, want, lse: float, want_lse: float) -> str:
+    """Name what an exact comparison found different: the lse, and/or the out's first differing element
+    (NaN equals NaN; -0.0 equals 0.0, as in the check)."""
+    parts = []
+    if lse != want_lse:
+        parts.append(f"lse {lse!r}, want {want_lse!r}")
+    differs = (torch.isnan(out) != torch.isnan(want)) | (~torch.isnan(out) & (out != want))
+    if bool(differs.any()):
+        i = int(differs.nonzero()[0])
+        parts.append(
+            f"out differs at {int(differs.sum())} of {out.numel()} elements, first [{i}]: "
+            f"{float(out[i])!r}, want {float(want[i])!r}"
+        )
+    return "; ".join(parts) or "no difference found"
+
+
 def merge_check(spec, kwargs, ctx, result, report: Report):
     oa, ob, la, lb = ctx["out_a"], ctx["out_b"], ctx["lse_a"], ctx["lse_b"]
     T, H, D = oa.shape
@@ -202,11 +218,10 @@ def merge_check(spec, kwargs, ctx, result, report: Report):
                 same = torch.equal(torch.isnan(o), torch.isnan(want)) and torch.equal(
                     o[~torch.isnan(o)], want[~torch.isnan(want)]
                 )
-                if not (same and l == float(torch.tensor(sl, dtype=torch.float32))):
+                want_lse = float(torch.tensor(sl, dtype=torch.float32))
+                if not (same and l == want_lse):
                     report.fail(
-                        "one_neginf",
-                        f"{where}: want exactly the other side (lse {sl!r}), got lse {l!r}, "
-                        f"out[:4] {o[:4].tolist()} vs {want[:4].tolist()}",
+                        "one_neginf", f"{where}: want exactly the other side; {_first_difference(o, want, l, want_lse)}"
                     )
                 continue
             m = max(a, b)
