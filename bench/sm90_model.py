@@ -13,10 +13,12 @@ run checks the model as well as the kernels:
   the estimates (``bench/results/sm90-model-<date>.json``).
 - ``attach(doc)`` (called by triton_grid): adds ``model_us`` = [optimistic, pessimistic] and
   ``measured_over_model`` (measured / optimistic) to every grid row the model covers: the ``triton`` rows
-  (op call) and, better matched, the CUDA-graph rows of ``decode_graph`` (kernel time without host
-  cost). The probe's indexer estimate is for the fused path (running top-k lists + merge tree), so it is
-  only attached to ``triton-fused`` rows; the default select path (key kernel -> radix select -> write)
-  has its own estimate, ``select_path_model``, from the same probe's compile of its launches.
+  (op call), the CUDA-graph rows of ``decode_graph`` (kernel time without host cost, better matched) and
+  the ``triton backward`` rows of the backward section (launcher call: the kernel plus a few ``[T, H]``
+  PyTorch terms and the zeroing of the fp32 gradients). The probe's indexer estimate is for the fused
+  path (running top-k lists + merge tree), so it is only attached to ``triton-fused`` rows; the default
+  select path (key kernel -> radix select -> write) has its own estimate, ``select_path_model``, from
+  the same probe's compile of its launches.
 
 The select path's model (``select_path_model``; the probe has no case for it): its launches at the V4
 decode (T = 1, 262,144 entries, 64 heads x 128 dims) are captured and compiled by the probe's own
@@ -34,6 +36,21 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   histogram scans and the last stage's 512-key sort: ``_straight_line_clk``; in the optimistic bound
   this over-counts the scans of the passes that do not run, ~200 instructions each);
 - write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
+
+The sparse backward's model (``backward_model``; the probe has no backward case): the launcher's one
+launch at a V4 prefill chunk (``BACKWARD_CASES``: bf16 q / dout / pools, atomic row gradients, the sm_90
+tiles of ``triton_backward.default_config``) is captured and compiled the same way
+(``_backward_driver``). Its loops nest as the source does: a head-block loop around, per index stream,
+a key-block loop around two head-dim loops (``s`` / ``dp`` with wgmma, then ``dq`` and the row gradient
+with FMA dots). Per key block: ``ceil(D / BLOCK_D)`` iterations of each head-dim loop at its busy clk
+(``loop_cost``, issue at ``IPC``), plus the key-block loop's own code between them, issued once; in
+the pessimistic bound one ``L2_LAT`` per iteration of a head-dim loop that reads global memory with
+plain loads (the token's fp32 ``dq`` rows: read, add, write), which the optimistic bound takes as hidden
+by the other warps. Per SM: ``ceil(T / SMS)`` programs, whose busy clk add up (co-resident programs
+share the SM's shared memory and issue slots). The first case is also modelled at the tiles of
+``BACKWARD_SWEEP_TILES``, which triton_grid times beside the default. Not charged: the row gradients'
+fp32 atomics (their bytes are reported, ``atomic_bytes``; no offline figure for the L2's atomic rate)
+and the launcher's ``[T, H]`` PyTorch terms.
 """
 
 from __future__ import annotations
@@ -78,6 +95,38 @@ SELECT_CASES: Dict[str, Tuple[str, int, int]] = {
     "indexer select top-512 decode bf16-pool N=262144 T=1": ("bf16-pool", 262144, 1),
     "indexer select top-512 decode bf16-flat N=262144 T=1": ("bf16-flat", 262144, 1),
 }
+# the sparse backward's modelled cases (bench/backward.py's model_h200 cases): name -> (tokens, heads,
+# window keys, top-k compressed keys); D = 512, bf16, atomic row gradients
+BACKWARD_CASES: Dict[str, Tuple[int, int, int, int]] = {
+    "sparse backward V4-Flash prefill chunk bf16 T=4096 H=64 128+512": (4096, 64, 128, 512),
+    "sparse backward V4-Pro prefill chunk bf16 T=2048 H=128 128+1024": (2048, 128, 128, 1024),
+}
+BACKWARD_D = 512
+BACKWARD_BACKEND = "triton backward"  # triton_grid's backend name of the backward's rows
+# other sm_90 tiles of the backward (BLOCK_H, BLOCK_N, BLOCK_D, num_warps), modelled for the first case
+# and timed by triton_grid's backward section: the spill-free ones of an offline sweep (2026-12-06,
+# triton 3.7.1: BLOCK_H 32 / 64 x BLOCK_N 16 / 32 / 64 x BLOCK_D 32 / 64 / 128 x 4 / 8 warps) that the
+# model puts ahead of the default (64, 16, 64, 8)
+BACKWARD_SWEEP_TILES: Tuple[Tuple[int, int, int, int], ...] = (
+    (64, 16, 64, 4),
+    (64, 32, 32, 4),
+    (64, 32, 64, 8),
+    (64, 64, 32, 8),
+    (32, 32, 64, 4),
+    (32, 64, 32, 4),
+)
+
+
+def backward_tile_case(case: str, tile: Tuple[int, int, int, int]) -> str:
+    """The name of ``case`` at a swept tile (the model's key and triton_grid's row name)."""
+    return f"{case} cfg={','.join(str(v) for v in tile)}"
+
+
+def backward_shape(name: str) -> Optional[Tuple[int, int, int, int]]:
+    """(tokens, heads, window, top-k) of a backward case or of one of its swept tiles; None if neither."""
+    return BACKWARD_CASES.get(name.split(" cfg=")[0])
+
+
 SELECT_PASSES = (3, 8)  # radix passes charged: optimistic (usual early stop), pessimistic (every pass)
 
 _ROW = re.compile(r"^\|\s*(?P<case>[^|]+?)\s*\|\s*(?P<bound>optimistic|pessimistic)\s*\|\s*(?P<us>[0-9.]+)\s*\|")
@@ -114,6 +163,9 @@ def load(path: Optional[str] = None) -> Optional[dict]:
 
 
 def _estimate(model: dict, grid_case: str, backend: Optional[str]) -> Optional[List[float]]:
+    if backward_shape(grid_case) is not None:  # the backward's rows carry the model's own case names
+        est = model["estimates"].get(grid_case) if backend in (None, BACKWARD_BACKEND) else None
+        return [est["optimistic_us"], est["pessimistic_us"]] if est else None
     for mapping in (GRID_TO_PROBE, GRID_TO_SELECT_MODEL):
         probe_case, backends = mapping.get(grid_case, (None, ()))
         if probe_case is None or (backend is not None and backend not in backends):
@@ -199,23 +251,47 @@ def _probe_constants(probe: str) -> Tuple[Tuple[float, float], float]:
     return (float(lo), float(hi)), float(consts["CLK"])
 
 
-def _select_driver(probe: str, outdir: str) -> None:
-    """(Run in a subprocess: importing the probe parses its arguments and sets up the compiler.) Captures
-    the select path's launches for every ``SELECT_CASES`` case as the launcher makes them for 132 SMs,
-    compiles and inspects each with the probe's ``inspect``, prices every compiled loop with its
-    ``loop_cost``, and prints {"records": [...], "constants": {...}} as JSON."""
+def _import_probe(probe: str, outdir: str):
+    """The probe as a module (only in a driver subprocess: importing it parses its arguments and sets up
+    the compiler)."""
     import importlib.util
 
     sys.argv = [probe, "--repo", os.path.dirname(HERE), "--out", outdir]
     spec = importlib.util.spec_from_file_location("triton_sass_probe", probe)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def _compile_launches(mod, case: str, module, names: List[str], call, outdir: str) -> List[dict]:
+    """``call``'s launches of ``module.names`` captured, compiled and inspected by the probe, every
+    compiled loop priced with its ``loop_cost``; in launch order (``launch_index``)."""
+    records = []
+    for i, (fn, grid, args, kwargs) in enumerate(mod.capture(module, names, call)):
+        rec = mod.inspect(case, fn, grid, args, kwargs, outdir)
+        rec["launch_index"] = i
+        for loop in rec.get("loops_full", []):
+            loop["cost"] = list(mod.loop_cost(loop, rec["num_warps"]))
+        records.append(rec)
+    return records
+
+
+def _print_records(mod, records: List[dict]) -> None:
+    consts = {k: getattr(mod, k) for k in ("CLK", "LAT", "L2_LAT", "IPC", "LAUNCH_US", "HBM_TBS", "SMS")}
+    print(json.dumps({"records": records, "constants": consts}, default=str))
+
+
+def _select_driver(probe: str, outdir: str) -> None:
+    """(Run in a subprocess.) Captures the select path's launches for every ``SELECT_CASES`` case as the
+    launcher makes them for 132 SMs, compiles and prices them (``_compile_launches``), and prints
+    {"records": [...], "constants": {...}} as JSON."""
+    mod = _import_probe(probe, outdir)
     import torch
     from longattn.cache import Fp8IndexKeyPool
 
     ti = mod.ti
     names = ["_indexer_topk_partial_kernel", "_select_keys_kernel", "_indexer_topk_merge_kernel"]
-    records = []
+    records: List[dict] = []
     for case, (pool, n, T) in SELECT_CASES.items():
         hi, di, page = 64, 128, 64
         q, w = torch.empty(T, hi, di, dtype=torch.bfloat16), torch.empty(T, hi, dtype=torch.float32)
@@ -233,14 +309,38 @@ def _select_driver(probe: str, outdir: str) -> None:
         def call(keys=keys, ve=ve, q=q, w=w, kw=kw, cfg=cfg):
             ti.indexer_topk(q, w, keys, ve, 512, method="select", config=cfg, **kw)
 
-        for i, (fn, grid, args, kwargs) in enumerate(mod.capture(ti, names, call)):
-            rec = mod.inspect(case, fn, grid, args, kwargs, outdir)
-            rec["launch_index"] = i
-            for loop in rec.get("loops_full", []):
-                loop["cost"] = list(mod.loop_cost(loop, rec["num_warps"]))
-            records.append(rec)
-    consts = {k: getattr(mod, k) for k in ("CLK", "LAT", "L2_LAT", "IPC", "LAUNCH_US", "HBM_TBS", "SMS")}
-    print(json.dumps({"records": records, "constants": consts}, default=str))
+        records += _compile_launches(mod, case, ti, names, call, outdir)
+    _print_records(mod, records)
+
+
+def _backward_driver(probe: str, outdir: str) -> None:
+    """(Run in a subprocess.) The sparse backward's launch for every ``BACKWARD_CASES`` case, as the
+    launcher makes it on an sm_90 GPU (its 16-bit tiles: ``default_config`` with capability (9, 0)),
+    compiled and priced like ``_select_driver``'s."""
+    mod = _import_probe(probe, outdir)
+    import torch
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    records = []
+    for i, (case, (T, H, window, topk)) in enumerate(BACKWARD_CASES.items()):
+        D, bf16 = BACKWARD_D, torch.bfloat16
+        q = torch.empty(T, H, D, dtype=bf16)
+        rows, entries = torch.empty(window + T, D, dtype=bf16), torch.empty(4 * topk, D, dtype=bf16)
+        streams = [(rows, torch.zeros(T, window, dtype=torch.int32), None),
+                   (entries, torch.zeros(T, topk, dtype=torch.int32), None)]  # fmt: skip
+        tiles = [(case, tbw.default_config(H, D, mod.CUDA, (9, 0), bf16))]
+        if i == 0:
+            tiles += [(backward_tile_case(case, t), dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), t)))
+                      for t in BACKWARD_SWEEP_TILES]  # fmt: skip
+        for name, cfg in tiles:
+
+            def call(q=q, streams=streams, H=H, cfg=cfg):
+                lse = torch.zeros(q.shape[:2])
+                tbw.sparse_attention_backward(q, streams, torch.zeros(H), 0.04, q, lse, q, None, deterministic=False,
+                                              config=cfg)  # fmt: skip
+
+            records += _compile_launches(mod, name, tbw, ["_sparse_attn_bwd_kernel"], call, outdir)
+    _print_records(mod, records)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -323,17 +423,125 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
     return out
 
 
-def select_path_estimates(probe: str) -> Dict[str, Dict[str, object]]:
-    """``select_path_model`` of the probe's compile of this checkout's select path (a subprocess)."""
+def _key_block_loops(loops: List[dict]) -> List[Tuple[dict, List[dict]]]:
+    """The backward's per-stream key-block loops with their head-dim loops, in address order:
+    [(key-block loop, [s / dp loop, gradient loop])]. A head-dim loop is a loop holding no other; its
+    key-block loop is the smallest loop around it."""
+    span = [(int(lp["lo"], 16), int(lp["hi"], 16)) for lp in loops]
+
+    def inside(i: int, j: int) -> bool:
+        return i != j and span[j][0] <= span[i][0] and span[i][1] <= span[j][1]
+
+    leaves = [i for i in range(len(loops)) if not any(inside(j, i) for j in range(len(loops)))]
+    groups: Dict[int, List[int]] = {}
+    for i in leaves:
+        around = [j for j in range(len(loops)) if inside(i, j)]
+        if around:
+            groups.setdefault(min(around, key=lambda j: span[j][1] - span[j][0]), []).append(i)
+    out = []
+    for parent in sorted(groups, key=lambda j: span[j][0]):
+        inner = sorted(groups[parent], key=lambda i: span[i][0])
+        if len(inner) != 2 or not any(k.startswith(("HGMMA", "HMMA")) for k in loops[inner[0]]["ops"]):
+            raise RuntimeError(f"a key-block loop at {loops[parent]['lo']} without its s / dp and gradient loops")
+        out.append((loops[parent], [loops[i] for i in inner]))
+    return out
+
+
+def _plain_loads(loop: dict) -> bool:
+    """The loop reads global memory with plain loads (LDG; not cp.async's LDGSTS)."""
+    return any(op.split(".")[0] == "LDG" for op in loop["ops"])
+
+
+def backward_model(records: List[dict], constants: dict) -> Dict[str, Dict[str, object]]:
+    """Estimates of the sparse backward per ``BACKWARD_CASES`` case from its compiled launch (the rules in
+    the module doc): {case: optimistic_us, pessimistic_us, parts {stream: [opt, pess] us},
+    per_key_block_clk {stream: {loop: [opt, pess]}}, bound (the gradient loop's largest busy term),
+    issue_only_us (every loop at its issue term, IPC 1: the time if shared memory kept up; the probe's
+    shared-memory term counts 32 lanes' bytes per LDS, while the FMA dots' operand reads are partly
+    broadcasts, which take fewer cycles), flops, fma_flops (the three products with an fp32 operand),
+    fma_peak_fraction [opt, pess] (of SMS x 128 FMA lanes x CLK), atomic_bytes, tile, registers,
+    spill_bytes, ctas_per_sm}."""
+    clk, sms = constants["CLK"], constants["SMS"]
+    fma_peak = sms * 128 * 2 * clk
+    out: Dict[str, Dict[str, object]] = {}
+    for rec in records:
+        case = rec.get("case", "")
+        shape = backward_shape(case)
+        if shape is None or rec.get("kernel") != "_sparse_attn_bwd_kernel":
+            continue
+        T, H, window, topk = shape
+        cx, warps = rec["constexprs"], rec["num_warps"]
+        d_iters, head_blocks = _cdiv(BACKWARD_D, cx["BLOCK_D"]), _cdiv(H, cx["BLOCK_H"])
+        streams = _key_block_loops(rec["loops_full"])
+        if len(streams) != 2:
+            raise RuntimeError(f"{case}: {len(streams)} key-block loops compiled, expected one per stream")
+        parts: Dict[str, List[float]] = {}
+        per_block: Dict[str, Dict[str, List[float]]] = {}
+        for (parent, inner), name, keys in zip(streams, ("window", "compressed"), (window, topk)):
+            between = max(0, parent["instructions"] - sum(lp["instructions"] for lp in inner))
+            per_block[name] = {"s / dp loop": [], "gradient loop": [], "between": [], "exposed L2": []}
+            us = []
+            for i in range(3):  # optimistic, pessimistic, issue only (IPC 1, no other term)
+                ipc = constants["IPC"][min(i, 1)] if i < 2 else 1.0
+                busy = [_busy(lp["cost"], ipc) if i < 2 else lp["cost"][1]["issue_clk"] for lp in inner]
+                dp_clk, grad_clk = (d_iters * b for b in busy)
+                mid = between * warps / 4 / ipc
+                lat = d_iters * constants["L2_LAT"][1] * sum(_plain_loads(lp) for lp in inner) if i == 1 else 0.0
+                if i < 2:
+                    for k, v in zip(per_block[name], (dp_clk, grad_clk, mid, lat)):
+                        per_block[name][k].append(round(v, 1))
+                block_clk = dp_clk + grad_clk + mid + lat
+                programs = _cdiv(T, sms)
+                us.append(round(programs * head_blocks * _cdiv(keys, cx["BLOCK_N"]) * block_clk / clk * 1e6, 1))
+            parts[name] = us
+        total = [round(sum(v[i] for v in parts.values()), 1) for i in range(3)]
+        for v in parts.values():
+            del v[2]
+        grad_cost = streams[-1][1][1]["cost"][1]
+        keys = window + topk
+        flops = T * H * keys * BACKWARD_D * 2 * 5  # s, dp, dq, ds^T q, p^T dout
+        fma_flops = T * H * keys * BACKWARD_D * 2 * 3
+        out[case] = {
+            "optimistic_us": total[0],
+            "pessimistic_us": total[1],
+            "issue_only_us": total[2],
+            "parts": parts,
+            "per_key_block_clk": per_block,
+            "bound": max(grad_cost, key=grad_cost.get),
+            "flops": flops,
+            "fma_flops": fma_flops,
+            "fma_peak_fraction": [round(fma_flops / (t * 1e-6) / fma_peak, 3) for t in total[:2]],
+            "atomic_bytes": head_blocks * T * keys * BACKWARD_D * 4,
+            "tile": [cx["BLOCK_H"], cx["BLOCK_N"], cx["BLOCK_D"], warps],
+            "registers": rec.get("regs"),
+            "spill_bytes": rec.get("spill_stores"),
+            "ctas_per_sm": rec.get("occupancy", {}).get("ctas_per_sm"),
+        }
+    return out
+
+
+def _run_driver(driver: str, probe: str) -> dict:
+    """``driver`` (a ``_*_driver`` of this module) in a subprocess without the interpreter; its JSON."""
     repo = os.path.dirname(HERE)
     with tempfile.TemporaryDirectory() as tmp:
-        code = f"from bench.sm90_model import _select_driver; _select_driver({probe!r}, {tmp!r})"
+        code = f"from bench.sm90_model import {driver}; {driver}({probe!r}, {tmp!r})"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(repo, "python"), repo]))
         env.pop("TRITON_INTERPRET", None)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               cwd=repo, env=env)  # fmt: skip
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def select_path_estimates(probe: str) -> Dict[str, Dict[str, object]]:
+    """``select_path_model`` of the probe's compile of this checkout's select path (a subprocess)."""
+    doc = _run_driver("_select_driver", probe)
     return select_path_model(doc["records"], doc["constants"])
+
+
+def backward_estimates(probe: str) -> Dict[str, Dict[str, object]]:
+    """``backward_model`` of the probe's compile of this checkout's sparse backward (a subprocess)."""
+    doc = _run_driver("_backward_driver", probe)
+    return backward_model(doc["records"], doc["constants"])
 
 
 def export(probe: str, out: Optional[str] = None) -> str:
@@ -351,14 +559,16 @@ def export(probe: str, out: Optional[str] = None) -> str:
     l2_lat, clk = _probe_constants(probe)
     estimates = one_pass_combine(estimates, summary, l2_lat, clk)
     estimates.update(select_path_estimates(probe))
+    estimates.update(backward_estimates(probe))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo).stdout
     import triton
 
     doc = {
         "what": "kernel-time estimates of an offline sm_90a compile (H200: 132 SMs), optimistic and pessimistic "
         "bounds of the probe's per-SM cost model (its split-KV combine term corrected where the compiled combine "
-        "has no loop: bench/sm90_model.py one_pass_combine) and of the indexer's select path from the probe's "
-        "compile of its launches (select_path_model); a model, never a measurement",
+        "has no loop: bench/sm90_model.py one_pass_combine), of the indexer's select path and of the sparse "
+        "backward from the probe's compile of their launches (select_path_model, backward_model); a model, never a "
+        "measurement",
         "tool": os.path.basename(probe),
         "commit": commit.strip(),
         "triton": triton.__version__,

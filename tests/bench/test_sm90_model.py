@@ -195,3 +195,92 @@ def test_select_path_model_issues_code_outside_the_loops_once():
     (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
     for stage in (1, 2, 3):
         assert e["parts"][f"radix select stage {stage}"] == [15.0, 65.0], stage
+
+
+BWD_CASE = "sparse backward V4-Flash prefill chunk bf16 T=4096 H=64 128+512"
+BWD_CONSTANTS = dict(SELECT_CONSTANTS, CLK=1e9)
+
+
+def _loop(lo, hi, instructions, ops, smem, issue):
+    return dict(lo=hex(lo), hi=hex(hi), instructions=instructions, ops=ops,
+                cost=[max(smem, issue), {"smem_clk": smem, "issue_clk": issue}, True])  # fmt: skip
+
+
+def _backward_record(case=BWD_CASE, grad_ops=None):
+    """A compiled backward as the source nests its loops: a head-block loop around two key-block loops
+    (one per stream, 1,000 instructions each), each around an s / dp loop (wgmma; 300 smem / 200 issue
+    clk) and a gradient loop (6,000 / 2,000 clk; the dq rows by a plain load unless ``grad_ops``)."""
+    grad_ops = grad_ops if grad_ops is not None else {"FFMA": 700, "LDG.E.128": 4, "LDGSTS.E.BYPASS.128": 4}
+    loops = [_loop(0x100, 0x9000, 2100, {"FFMA": 1}, 0, 1)]
+    for base in (0x200, 0x5000):
+        loops += [
+            _loop(base, base + 0x3000, 1000, {"FFMA": 1}, 0, 1),
+            _loop(base + 0x100, base + 0x600, 100, {"HGMMA.64x16x16.F32.BF16.SS": 8}, 300, 200),
+            _loop(base + 0x700, base + 0x2F00, 800, grad_ops, 6000, 2000),
+        ]
+    return dict(case=case, kernel="_sparse_attn_bwd_kernel", num_warps=8, loops_full=loops, regs=113,
+                spill_stores=0, occupancy={"ctas_per_sm": 2},
+                constexprs={"BLOCK_H": 64, "BLOCK_N": 16, "BLOCK_D": 64})  # fmt: skip
+
+
+def test_backward_model_charges_each_key_block_by_its_loops():
+    """By hand, at 1 GHz: per key block 8 head-dim tiles x (s / dp loop + gradient loop) + the key-block
+    loop's own 100 instructions x 8 warps / 4: optimistic 8 x 300 + 8 x 6000 + 200 = 50,600 clk;
+    pessimistic (IPC 0.5) 8 x 400 + 8 x 6000 + 400 + 8 x L2_LAT 600 (the gradient loop's plain dq load)
+    = 56,400; issue only 8 x 200 + 8 x 2000 + 200 = 17,800. ceil(4096 / 132) = 32 programs per SM, one
+    head block, 128 / 16 = 8 window and 512 / 16 = 32 compressed key blocks."""
+    (e,) = sm90_model.backward_model([_backward_record()], BWD_CONSTANTS).values()
+    assert e["per_key_block_clk"]["window"] == {"s / dp loop": [2400.0, 3200.0], "gradient loop": [48000.0, 48000.0],
+                                                "between": [200.0, 400.0], "exposed L2": [0.0, 4800.0]}  # fmt: skip
+    assert e["parts"] == {"window": [12953.6, 14438.4], "compressed": [51814.4, 57753.6]}
+    assert (e["optimistic_us"], e["pessimistic_us"], e["issue_only_us"]) == (64768.0, 72192.0, 22784.0)
+    assert e["bound"] == "smem_clk" and e["tile"] == [64, 16, 64, 8]
+    assert e["fma_flops"] == 4096 * 64 * 640 * 512 * 2 * 3 and e["flops"] == e["fma_flops"] // 3 * 5
+    assert e["atomic_bytes"] == 4096 * 640 * 512 * 4
+
+
+def test_backward_model_without_plain_loads_pays_no_l2_wait():
+    rec = _backward_record(grad_ops={"FFMA": 700, "LDGSTS.E.BYPASS.128": 4})
+    (e,) = sm90_model.backward_model([rec], BWD_CONSTANTS).values()
+    assert e["per_key_block_clk"]["compressed"]["exposed L2"] == [0.0, 0.0]
+    assert e["pessimistic_us"] == round(32 * 40 * 51600 / 1e3, 1)
+
+
+def test_backward_model_names_a_tile_case_and_rejects_a_strange_nesting():
+    tile = sm90_model.backward_tile_case(BWD_CASE, (32, 32, 64, 4))
+    assert tile == BWD_CASE + " cfg=32,32,64,4" and sm90_model.backward_shape(tile) == (4096, 64, 128, 512)
+    rec = _backward_record(case=tile)
+    rec["constexprs"]["BLOCK_H"] = 32  # two head blocks: twice the time
+    (e,) = sm90_model.backward_model([rec], BWD_CONSTANTS).values()
+    assert e["optimistic_us"] == 2 * 64768.0
+    rec["loops_full"] = [lp for lp in rec["loops_full"] if "HGMMA.64x16x16.F32.BF16.SS" not in lp["ops"]]
+    try:
+        sm90_model.backward_model([rec], BWD_CONSTANTS)
+    except RuntimeError as exc:
+        assert "without its s / dp and gradient loops" in str(exc)
+    else:
+        raise AssertionError("a key-block loop with one inner loop was accepted")
+
+
+def test_backward_rows_get_their_own_estimates():
+    model = {"path": "x.json", "estimates": {BWD_CASE: {"optimistic_us": 30000.0, "pessimistic_us": 40000.0}}}
+    doc = {"results": [{"case": BWD_CASE, "backend": "triton backward", "ms": 60.0},
+                       {"case": BWD_CASE, "backend": "reference backward", "ms": 900.0},
+                       {"case": BWD_CASE + " cfg=32,32,64,4", "backend": "triton backward", "ms": 50.0}]}  # fmt: skip
+    sm90_model.attach(doc, model)
+    r = doc["results"]
+    assert r[0]["model_us"] == [30000.0, 40000.0] and r[0]["measured_over_model"] == 2.0
+    assert "model_us" not in r[1] and "model_us" not in r[2]  # no estimate stored for that tile here
+
+
+def test_the_stored_json_models_the_backward_at_every_tile():
+    est = sm90_model.load()["estimates"]
+    first = next(iter(sm90_model.BACKWARD_CASES))
+    names = [
+        *sm90_model.BACKWARD_CASES,
+        *(sm90_model.backward_tile_case(first, t) for t in sm90_model.BACKWARD_SWEEP_TILES),
+    ]
+    for name in names:
+        e = est[name]
+        assert 0 < e["issue_only_us"] <= e["optimistic_us"] <= e["pessimistic_us"], name
+        assert e["spill_bytes"] == 0 and {"window", "compressed"} == e["parts"].keys(), name
