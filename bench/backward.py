@@ -1,6 +1,6 @@
 """Training cost of sparse attention: forward + backward of ``sparse_attention`` against the dense masked
-formulation of the same function, at 8K-128K tokens of context on the CPU; and a model of the Triton
-backward on an H200 (labelled as a model: no GPU was measured).
+formulation of the same function, at 8K-128K tokens of context on the CPU; and models of the Triton
+backward on an H200 (labelled as models: its GPU timings are bench/triton_grid.py's backward section).
 
     python -m bench.backward [--contexts 8192 32768 131072] [--tokens 64] [--heads 16] [--json PATH]
 
@@ -88,17 +88,37 @@ def measure(fn, case, repeats: int) -> Dict[str, float]:
 
 
 def model_h200(tokens: int, heads: int, topk: int) -> Dict[str, float]:
-    """The Triton backward kernel at V4 shapes on an H200, from its loops (triton_backward.py): every
-    key row tile is read twice (s/dp, then dq/dk), q and dout tiles once per key block, fp32 atomics
-    into the rows; six [16 x 16 x 64] fp32 dots per tile step on CUDA cores (input_precision ieee).
-    Spec-sheet ceilings: 4.8 TB/s HBM, 67 TFLOP/s fp32. A model, not a measurement."""
+    """Spec-sheet bound of the Triton backward at V4 shapes on an H200 (bf16 inputs, its sm_90 tiles:
+    64 heads x 16 keys x 64 dims; triton_backward.py): every key row tile read twice per head block
+    (s / dp, then dq / row gradient), q and dout tiles once per key block, fp32 atomics into the rows;
+    ``s`` and ``dp`` on tensor cores (989 TFLOP/s dense bf16), ``dq`` and the rows' two products fp32
+    FMA (67 TFLOP/s); 4.8 TB/s HBM. A model, not a measurement; the compiled code's own model
+    (``bench/sm90_model.backward_model``, from the kernel's SASS loops) is beside it in the JSON."""
     K = WINDOW + topk
-    blocks_h = -(-heads // 16)
-    bytes_ = tokens * blocks_h * K * D * (2 * 2 + 4) + tokens * blocks_h * (K // 16) * 16 * D * 2 * 2
-    flops = tokens * heads * K * D * 2 * 4  # s, dp, dq, dk (and the p^T dout term): ~4 GEMM-equivalents
-    t_bytes, t_flops = bytes_ / 4.8e12, flops / 67e12
-    return {"bytes": bytes_, "flops": flops, "seconds": max(t_bytes, t_flops),
-            "bound": "memory" if t_bytes > t_flops else "compute (fp32 CUDA cores)"}  # fmt: skip
+    block_h = min(heads, 64)
+    blocks_h = -(-heads // block_h)
+    bytes_ = tokens * blocks_h * K * D * (2 * 2 + 4) + tokens * blocks_h * (K // 16) * block_h * D * 2 * 2
+    tc_flops = tokens * heads * K * D * 2 * 2  # s, dp
+    fma_flops = tokens * heads * K * D * 2 * 3  # dq, ds^T q, p^T dout
+    t_bytes, t_flops = bytes_ / 4.8e12, tc_flops / 989e12 + fma_flops / 67e12
+    return {"bytes": bytes_, "flops": tc_flops + fma_flops, "seconds": max(t_bytes, t_flops),
+            "bound": "memory" if t_bytes > t_flops else "compute (fp32 FMA for 3 of the 5 products)"}  # fmt: skip
+
+
+def compiled_model() -> Dict[str, object]:
+    """The stored sm_90a estimates of the backward from its compiled code (bench/results/sm90-model-*.json,
+    ``python -m bench.sm90_model``), seconds per case; a model, never a measurement."""
+    from . import sm90_model
+
+    model = sm90_model.load()
+    est = (model or {}).get("estimates", {})
+    cases = {name: {"seconds": [est[name]["optimistic_us"] * 1e-6, est[name]["pessimistic_us"] * 1e-6],
+                    "issue_only_seconds": est[name]["issue_only_us"] * 1e-6, "bound": est[name]["bound"],
+                    "tile": est[name]["tile"]}
+             for name in est if sm90_model.backward_shape(name) is not None}  # fmt: skip
+    if not cases:
+        return {"status": "no backward estimates stored (python -m bench.sm90_model --probe ...)"}
+    return {"source": model["path"], "commit": model.get("commit"), "triton": model.get("triton"), "cases": cases}
 
 
 def main(argv=None) -> int:
@@ -139,9 +159,11 @@ def main(argv=None) -> int:
         },  # fmt: skip
         "cpu": rows,
         "model_h200_triton_backward": {
-            "note": "a model from the kernel's loops and spec-sheet ceilings, not a measurement",
+            "note": "a model, not a measurement: spec-sheet ceilings of the kernel's traffic and FLOPs, and the "
+            "offline sm_90a compile's loops (compiled_sm90)",
             "v4_flash_prefill_chunk": model_h200(4096, 64, 512),
             "v4_pro_prefill_chunk": model_h200(2048, 128, 1024),
+            "compiled_sm90": compiled_model(),
         },
     }
     if a.json:

@@ -14,7 +14,11 @@ Cases (DeepSeek-V4 shapes, bf16, D = 512):
   T = 1, the same keys in 64-entry pages scattered over the pool (block table);
 - cache writes: append_kv (bf16 pool T = 64; FP8 pool T = 64, 8,192) and compress_kv (CSA decode of
   64 sequences, CSA / HCA prefill of 8,192 tokens; d = 512, bf16 inputs);
-- compress_pool (stateless pooling) of a 65,536-token prefill, CSA and HCA, d = 512.
+- compress_pool (stateless pooling) of a 65,536-token prefill, CSA and HCA, d = 512;
+- backward: the sparse attention backward (Triton kernel, atomic row gradients; and the PyTorch
+  backward on the same device) at the V4-Flash (H = 64, 128 + 512 keys, T = 4,096) and V4-Pro (H = 128,
+  128 + 1,024, T = 2,048) prefill chunks, bf16, gradients checked against the PyTorch backward; the
+  first case also at the tiles of ``sm90_model.BACKWARD_SWEEP_TILES`` (not with ``--no-sweep``).
 Each is timed with ``triton.testing.do_bench`` (median ms) on backend="triton" and "reference", checked
 against the reference (max abs error), and reported as ms, TFLOP/s and GB/s with fractions of the
 ceilings measured in the same run (device-to-device copy bandwidth, bf16 matmul throughput). The
@@ -986,7 +990,93 @@ def run_op_cases(device, cases, ceil, quick, res, save):
         save()
 
 
-SECTIONS = ("ops", "decode-graph", "split-sweep", "layer-graph", "cache-writes", "compress-pool", "tile-sweep")
+def backward_cases():
+    """The sparse backward's cases (``sm90_model.BACKWARD_CASES``: V4 prefill chunks, D = 512); tiny
+    under --smoke."""
+    cases = [(name, dict(T=T, H=H, D=sm90_model.BACKWARD_D, window=w, topk=k))
+             for name, (T, H, w, k) in sm90_model.BACKWARD_CASES.items()]  # fmt: skip
+    return [(n, dict(T=2, H=5, D=64, window=8, topk=16)) for n, _ in cases] if SMOKE else cases
+
+
+def backward_case(device, T, H, D, window, topk, seed=0):
+    """A CSA prefill chunk's backward: ``T`` bf16 query tokens, token t attending to window rows
+    t .. t + window - 1 and to ``topk`` random entries of a 16,384-entry pool (a 64K-token context), a
+    sink; ``out`` / ``lse`` from the Triton forward. Returns (the launcher's arguments, FLOPs, bytes):
+    FLOPs of the five products (s, dp, dq, the rows' two), bytes the least a backward moves (each
+    token's rows read once, q / dout / out read, dq written in fp32, each token's row gradients added
+    once in fp32)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n_entries = max(4 * topk, 256 if SMOKE else 16384)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device, torch.bfloat16)
+
+    q, dout, rows, entries = rnd(T, H, D), rnd(T, H, D), rnd(T + window, D), rnd(n_entries, D)
+    win = (torch.arange(T)[:, None] + torch.arange(window)[None, :]).int().to(device)
+    ids = torch.randint(0, n_entries, (T, topk), generator=g).int().to(device)
+    sink = torch.randn(H, generator=g).to(device)
+    out, lse = longattn.sparse_attention(q, rows, win, extra_kv=entries, extra_indices=ids, attn_sink=sink,
+                                         backend="triton")  # fmt: skip
+    args = dict(q=q, streams=[(rows, win, None), (entries, ids, None)], attn_sink=sink, scale=D**-0.5, out=out,
+                lse=lse, dout=dout)  # fmt: skip
+    keys = window + topk
+    flops = 2 * T * H * keys * D * 5
+    nbytes = T * keys * D * (2 + 4) + 3 * T * H * D * 2 + T * H * D * 4
+    return args, flops, nbytes
+
+
+def run_backward(device, ceil, quick, res, sweep, want, save):
+    """The Triton backward (``triton_backward.sparse_attention_backward``, atomic row gradients) at its
+    default tile and, for the first case unless ``sweep`` is off, at ``sm90_model.BACKWARD_SWEEP_TILES``;
+    the PyTorch backward on the same device beside it. Each row: the launcher call's median ms and the
+    largest difference of dq / row gradients from the PyTorch backward (``max_abs_err_vs_reference``,
+    and relative to the largest reference gradient: ~2^-11 is expected, since the kernel's launcher
+    takes ``delta = <dout, out>`` from the forward's bf16 output where the PyTorch backward recomputes
+    ``out`` in fp32)."""
+    from longattn.ops.sparse_attention import backward as ref_bwd
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    for i, (name, kw) in enumerate(backward_cases()):
+        if not want("backward"):
+            break
+        try:
+            a, flops, nbytes = backward_case(device, **kw)
+
+            def reference(a=a):
+                return ref_bwd.sparse_attention_backward(a["q"], a["streams"], a["attn_sink"], a["scale"], a["lse"],
+                                                         a["dout"], None)  # fmt: skip
+
+            want_dq, want_rows, _ = reference()
+            scale_ref = max(float(x.abs().max()) for x in [want_dq, *want_rows])
+            tiles = [None] + (list(sm90_model.BACKWARD_SWEEP_TILES) if sweep and i == 0 else [])
+            for tile in tiles:
+                cfg = None if tile is None else dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
+                row = name if tile is None else sm90_model.backward_tile_case(name, tile)
+
+                def call(a=a, cfg=cfg):
+                    return tbw.sparse_attention_backward(**a, dlse=None, deterministic=False, config=cfg)
+
+                try:
+                    dq, drows, _ = call()
+                    got, ref = [dq, *drows], [want_dq, *want_rows]
+                    err = max(float((x.float() - y.float()).abs().max()) for x, y in zip(got, ref))
+                    ms = bench_ms(call, quick)
+                    cdt = tbw.compute_dtype(a["q"], a["dout"], [r for r, _, _ in a["streams"]])
+                    used = cfg or tbw.default_config(kw["H"], kw["D"], device, dtype=cdt)
+                    extra = {"config": used, "rel_err_vs_reference": err / max(scale_ref, 1e-30)}
+                    res.append(record(row, sm90_model.BACKWARD_BACKEND, ms, flops, nbytes, ceil, err, extra))
+                except Exception as exc:  # a tile may not compile / fit shared memory on this GPU
+                    print(f"  {row}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                    res.append({"case": row, "backend": sm90_model.BACKWARD_BACKEND, "error": repr(exc)[:500]})
+            res.append(record(name, "reference backward", bench_ms(reference, quick), flops, nbytes, ceil))
+        except Exception:
+            traceback.print_exc()
+            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+        save()
+
+
+SECTIONS = ("ops", "decode-graph", "split-sweep", "layer-graph", "cache-writes", "compress-pool", "backward",
+            "tile-sweep")  # fmt: skip
 
 
 def main(argv=None):
@@ -1086,6 +1176,8 @@ def main(argv=None):
     if want("compress-pool"):
         run_compress_pool(device, ceil, a.quick, res)
     save()
+    if "backward" in only:
+        run_backward(device, ceil, a.quick, res, not a.no_sweep, want, save)
     if not a.no_sweep and "tile-sweep" in only:
         for name, kw in [c for c in cases if c[0] in SWEPT]:
             if not want("tile-sweep"):

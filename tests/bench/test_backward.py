@@ -19,3 +19,16 @@ def test_small_run_writes_every_figure(tmp_path):
 
 def test_model_grows_with_the_keys():
     assert model_h200(64, 64, 1024)["bytes"] > model_h200(64, 64, 512)["bytes"]
+
+
+def test_the_compiled_model_of_both_cases_is_in_the_output():
+    from bench.backward import compiled_model
+
+    m = compiled_model()
+    names = [n for n in m["cases"] if " cfg=" not in n]
+    assert names == ["sparse backward V4-Flash prefill chunk bf16 T=4096 H=64 128+512",
+                     "sparse backward V4-Pro prefill chunk bf16 T=2048 H=128 128+1024"], m  # fmt: skip
+    for c in m["cases"].values():
+        assert 0 < c["issue_only_seconds"] <= c["seconds"][0] <= c["seconds"][1]
+    # the spec-sheet bound is below what the compiled loops give (it assumes the FMA peak)
+    assert model_h200(4096, 64, 512)["seconds"] < m["cases"][names[0]]["seconds"][0]

@@ -63,7 +63,7 @@ def test_gpu_check_smoke_run(tmp_path):
     errors = [r["case"] for r in grid["results"] if "error" in r]
     assert not errors, errors
     cases = {r["case"] for r in grid["results"]}
-    for name in [n for n, _ in triton_grid.sparse_cases()] + [n for n, _ in triton_grid.indexer_cases()]:
+    for name in [n for n, _ in triton_grid.sparse_cases() + triton_grid.indexer_cases() + triton_grid.backward_cases()]:
         assert name in cases
     assert [g["goal"] for g in grid["goals"]] == [g[0] for g in triton_grid.GOALS]
     assert all(g["value"] is not None for g in grid["goals"]), grid["goals"]

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench import triton_grid
+from bench import sm90_model, triton_grid
 from tests.helpers.device import HAS_TRITON, INTERPRET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -210,3 +210,37 @@ def test_graph_rows_bookkeeping(fake_graphs, skip):
     row = triton_grid.layer_graph_row(name, kind, B, ctx, torch.device("cpu"), True)
     assert row["graph_status"] == "measured" and row["replay_equals_eager"] is (not skip)
     assert row["host_overhead_ms"] == row["eager_run_ms"] - row["graph_ms"]
+
+
+@needs_interpreter
+def test_backward_rows_check_every_tile_against_the_pytorch_backward(smoke, monkeypatch):
+    """The backward section at interpreter size: a row per case at the default tile and, for the first
+    case, per swept tile, each checked against the PyTorch backward; a tile whose dq is wrong shows it.
+    Tolerance 2^-8 of the largest gradient: the launcher's ``delta = <dout, out>`` takes the forward's
+    bf16 out (2^-9 relative rounding per element), the PyTorch backward its own fp32 out."""
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    real = tbw.sparse_attention_backward
+
+    def wrong_at_64_keys(*args, config=None, **kw):
+        dq, drows, dsink = real(*args, config=config, **kw)
+        return (dq + 0.5 if config and config["BLOCK_N"] == 64 else dq), drows, dsink
+
+    monkeypatch.setattr(tbw, "sparse_attention_backward", wrong_at_64_keys)
+    res = []
+    ceil = {"bf16_matmul_TFLOPs": 1.0, "copy_GBps": 1.0}
+    triton_grid.run_backward(torch.device("cpu"), ceil, True, res, True, lambda section: True, lambda: None)
+    (first, _), (second, _) = triton_grid.backward_cases()
+    tiles = [sm90_model.backward_tile_case(first, t) for t in sm90_model.BACKWARD_SWEEP_TILES]
+    assert [(r["case"], r["backend"]) for r in res] == [
+        *[(n, "triton backward") for n in [first, *tiles]],
+        (first, "reference backward"),
+        (second, "triton backward"),
+        (second, "reference backward"),
+    ]
+    for r in res:
+        assert "error" not in r and r["ms"] > 0, r
+        if r["backend"] == "triton backward":
+            wrong = r["config"]["BLOCK_N"] == 64
+            assert (r["rel_err_vs_reference"] > 0.1) if wrong else (r["rel_err_vs_reference"] < 2**-8), r
+    assert [r["config"]["BLOCK_H"] for r in res[1:7]] == [t[0] for t in sm90_model.BACKWARD_SWEEP_TILES]
