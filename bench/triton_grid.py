@@ -1027,51 +1027,56 @@ def backward_case(device, T, H, D, window, topk, seed=0):
 
 def run_backward(device, ceil, quick, res, sweep, want, save):
     """The Triton backward (``triton_backward.sparse_attention_backward``, atomic row gradients) at its
-    default tile and, for the first case unless ``sweep`` is off, at ``sm90_model.BACKWARD_SWEEP_TILES``;
-    the PyTorch backward on the same device beside it. Each row: the launcher call's median ms and the
-    largest difference of dq / row gradients from the PyTorch backward (``max_abs_err_vs_reference``,
+    default tile, with the PyTorch backward on the same device beside it, for every case; then, unless
+    ``sweep`` is off, the first case at ``sm90_model.BACKWARD_SWEEP_TILES`` (``want`` is asked before
+    each row, so a spent budget cuts the sweep first). Each Triton row: the launcher call's median ms and
+    the largest difference of dq / row gradients from the PyTorch backward (``max_abs_err_vs_reference``,
     and relative to the largest reference gradient: ~2^-11 is expected, since the kernel's launcher
     takes ``delta = <dout, out>`` from the forward's bf16 output where the PyTorch backward recomputes
     ``out`` in fp32)."""
     from longattn.ops.sparse_attention import backward as ref_bwd
     from longattn.ops.sparse_attention import triton_backward as tbw
 
-    for i, (name, kw) in enumerate(backward_cases()):
-        if not want("backward"):
-            break
-        try:
+    cases = backward_cases()
+    built = {}  # case -> (launcher arguments, FLOPs, bytes, reference call, its gradients, their scale)
+
+    def case(name, kw):
+        if name not in built:
             a, flops, nbytes = backward_case(device, **kw)
 
             def reference(a=a):
                 return ref_bwd.sparse_attention_backward(a["q"], a["streams"], a["attn_sink"], a["scale"], a["lse"],
                                                          a["dout"], None)  # fmt: skip
 
-            want_dq, want_rows, _ = reference()
-            scale_ref = max(float(x.abs().max()) for x in [want_dq, *want_rows])
-            tiles = [None] + (list(sm90_model.BACKWARD_SWEEP_TILES) if sweep and i == 0 else [])
-            for tile in tiles:
-                cfg = None if tile is None else dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
-                row = name if tile is None else sm90_model.backward_tile_case(name, tile)
+            dq, drows, _ = reference()
+            built[name] = (a, flops, nbytes, reference, [dq, *drows], max(float(x.abs().max()) for x in [dq, *drows]))
+        return built[name]
 
-                def call(a=a, cfg=cfg):
-                    return tbw.sparse_attention_backward(**a, dlse=None, deterministic=False, config=cfg)
+    jobs = [(name, kw, None) for name, kw in cases]
+    jobs += [(cases[0][0], cases[0][1], t) for t in (sm90_model.BACKWARD_SWEEP_TILES if sweep else ())]
+    for name, kw, tile in jobs:
+        if not want("backward"):
+            break
+        row = name if tile is None else sm90_model.backward_tile_case(name, tile)
+        try:
+            a, flops, nbytes, reference, want_grads, scale_ref = case(name, kw)
+            cfg = None if tile is None else dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
 
-                try:
-                    dq, drows, _ = call()
-                    got, ref = [dq, *drows], [want_dq, *want_rows]
-                    err = max(float((x.float() - y.float()).abs().max()) for x, y in zip(got, ref))
-                    ms = bench_ms(call, quick)
-                    cdt = tbw.compute_dtype(a["q"], a["dout"], [r for r, _, _ in a["streams"]])
-                    used = cfg or tbw.default_config(kw["H"], kw["D"], device, dtype=cdt)
-                    extra = {"config": used, "rel_err_vs_reference": err / max(scale_ref, 1e-30)}
-                    res.append(record(row, sm90_model.BACKWARD_BACKEND, ms, flops, nbytes, ceil, err, extra))
-                except Exception as exc:  # a tile may not compile / fit shared memory on this GPU
-                    print(f"  {row}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                    res.append({"case": row, "backend": sm90_model.BACKWARD_BACKEND, "error": repr(exc)[:500]})
-            res.append(record(name, "reference backward", bench_ms(reference, quick), flops, nbytes, ceil))
-        except Exception:
+            def call(a=a, cfg=cfg):
+                return tbw.sparse_attention_backward(**a, dlse=None, deterministic=False, config=cfg)
+
+            dq, drows, _ = call()
+            err = max(float((x.float() - y.float()).abs().max()) for x, y in zip([dq, *drows], want_grads))
+            ms = bench_ms(call, quick)
+            cdt = tbw.compute_dtype(a["q"], a["dout"], [r for r, _, _ in a["streams"]])
+            used = cfg or tbw.default_config(kw["H"], kw["D"], device, dtype=cdt)
+            extra = {"config": used, "rel_err_vs_reference": err / max(scale_ref, 1e-30)}
+            res.append(record(row, sm90_model.BACKWARD_BACKEND, ms, flops, nbytes, ceil, err, extra))
+            if tile is None:
+                res.append(record(name, "reference backward", bench_ms(reference, quick), flops, nbytes, ceil))
+        except Exception as exc:  # a tile may not compile / fit shared memory on this GPU
             traceback.print_exc()
-            res.append({"case": name, "error": traceback.format_exc()[-2000:]})
+            res.append({"case": row, "backend": sm90_model.BACKWARD_BACKEND, "error": repr(exc)[:500]})
         save()
 
 

@@ -233,14 +233,21 @@ def test_backward_rows_check_every_tile_against_the_pytorch_backward(smoke, monk
     (first, _), (second, _) = triton_grid.backward_cases()
     tiles = [sm90_model.backward_tile_case(first, t) for t in sm90_model.BACKWARD_SWEEP_TILES]
     assert [(r["case"], r["backend"]) for r in res] == [
-        *[(n, "triton backward") for n in [first, *tiles]],
+        (first, "triton backward"),
         (first, "reference backward"),
         (second, "triton backward"),
         (second, "reference backward"),
+        *[(n, "triton backward") for n in tiles],
     ]
     for r in res:
         assert "error" not in r and r["ms"] > 0, r
         if r["backend"] == "triton backward":
             wrong = r["config"]["BLOCK_N"] == 64
             assert (r["rel_err_vs_reference"] > 0.1) if wrong else (r["rel_err_vs_reference"] < 2**-8), r
-    assert [r["config"]["BLOCK_H"] for r in res[1:7]] == [t[0] for t in sm90_model.BACKWARD_SWEEP_TILES]
+    assert [tuple(r["config"].values()) for r in res[4:]] == list(sm90_model.BACKWARD_SWEEP_TILES)
+    # a spent budget stops the section before its next row
+    asked = []
+    res = []
+    triton_grid.run_backward(torch.device("cpu"), ceil, True, res, True, lambda s: asked.append(s) or len(asked) < 3,
+                             lambda: None)  # fmt: skip
+    assert [r["case"] for r in res] == [first, first, second, second] and len(asked) == 3
