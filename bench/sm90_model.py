@@ -122,6 +122,11 @@ def backward_tile_case(case: str, tile: Tuple[int, int, int, int]) -> str:
     return f"{case} cfg={','.join(str(v) for v in tile)}"
 
 
+def backward_tile_config(tile: Tuple[int, int, int, int]) -> Dict[str, int]:
+    """A ``BACKWARD_SWEEP_TILES`` entry as the launcher's ``config``."""
+    return dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
+
+
 def backward_shape(name: str) -> Optional[Tuple[int, int, int, int]]:
     """(tokens, heads, window, top-k) of a backward case or of one of its swept tiles; None if neither."""
     return BACKWARD_CASES.get(name.split(" cfg=")[0])
@@ -330,7 +335,7 @@ def _backward_driver(probe: str, outdir: str) -> None:
                    (entries, torch.zeros(T, topk, dtype=torch.int32), None)]  # fmt: skip
         tiles = [(case, tbw.default_config(H, D, mod.CUDA, (9, 0), bf16))]
         if i == 0:
-            tiles += [(backward_tile_case(case, t), dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), t)))
+            tiles += [(backward_tile_case(case, t), backward_tile_config(t))
                       for t in BACKWARD_SWEEP_TILES]  # fmt: skip
         for name, cfg in tiles:
 

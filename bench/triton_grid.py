@@ -1060,7 +1060,7 @@ def run_backward(device, ceil, quick, res, sweep, want, save):
         row = name if tile is None else sm90_model.backward_tile_case(name, tile)
         try:
             a, flops, nbytes, reference, want_grads, scale_ref = case(name, kw)
-            cfg = None if tile is None else dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
+            cfg = None if tile is None else sm90_model.backward_tile_config(tile)
 
             def call(a=a, cfg=cfg):
                 return tbw.sparse_attention_backward(**a, dlse=None, deterministic=False, config=cfg)
