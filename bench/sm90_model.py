@@ -127,6 +127,15 @@ def backward_tile_config(tile: Tuple[int, int, int, int]) -> Dict[str, int]:
     return dict(zip(("BLOCK_H", "BLOCK_N", "BLOCK_D", "num_warps"), tile))
 
 
+def backward_model_cases() -> List[Tuple[str, str, Optional[Tuple[int, int, int, int]]]]:
+    """(model / grid row name, case, swept tile or None for the launcher's default) of every modelled
+    backward row: each case at its default tile, then the first case at ``BACKWARD_SWEEP_TILES``."""
+    first = next(iter(BACKWARD_CASES))
+    return [(c, c, None) for c in BACKWARD_CASES] + [
+        (backward_tile_case(first, t), first, t) for t in BACKWARD_SWEEP_TILES
+    ]
+
+
 def backward_shape(name: str) -> Optional[Tuple[int, int, int, int]]:
     """(tokens, heads, window, top-k) of a backward case or of one of its swept tiles; None if neither."""
     return BACKWARD_CASES.get(name.split(" cfg=")[0])
@@ -167,11 +176,14 @@ def load(path: Optional[str] = None) -> Optional[dict]:
     return doc
 
 
+# the backward's grid rows carry the model's own names (triton_grid's backward section)
+GRID_TO_BACKWARD_MODEL: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    name: (name, (BACKWARD_BACKEND,)) for name, _, _ in backward_model_cases()
+}
+
+
 def _estimate(model: dict, grid_case: str, backend: Optional[str]) -> Optional[List[float]]:
-    if backward_shape(grid_case) is not None:  # the backward's rows carry the model's own case names
-        est = model["estimates"].get(grid_case) if backend in (None, BACKWARD_BACKEND) else None
-        return [est["optimistic_us"], est["pessimistic_us"]] if est else None
-    for mapping in (GRID_TO_PROBE, GRID_TO_SELECT_MODEL):
+    for mapping in (GRID_TO_PROBE, GRID_TO_SELECT_MODEL, GRID_TO_BACKWARD_MODEL):
         probe_case, backends = mapping.get(grid_case, (None, ()))
         if probe_case is None or (backend is not None and backend not in backends):
             continue
@@ -327,24 +339,21 @@ def _backward_driver(probe: str, outdir: str) -> None:
     from longattn.ops.sparse_attention import triton_backward as tbw
 
     records = []
-    for i, (case, (T, H, window, topk)) in enumerate(BACKWARD_CASES.items()):
+    for name, case, tile in backward_model_cases():
+        T, H, window, topk = BACKWARD_CASES[case]
         D, bf16 = BACKWARD_D, torch.bfloat16
         q = torch.empty(T, H, D, dtype=bf16)
         rows, entries = torch.empty(window + T, D, dtype=bf16), torch.empty(4 * topk, D, dtype=bf16)
         streams = [(rows, torch.zeros(T, window, dtype=torch.int32), None),
                    (entries, torch.zeros(T, topk, dtype=torch.int32), None)]  # fmt: skip
-        tiles = [(case, tbw.default_config(H, D, mod.CUDA, (9, 0), bf16))]
-        if i == 0:
-            tiles += [(backward_tile_case(case, t), backward_tile_config(t))
-                      for t in BACKWARD_SWEEP_TILES]  # fmt: skip
-        for name, cfg in tiles:
+        cfg = backward_tile_config(tile) if tile else tbw.default_config(H, D, mod.CUDA, (9, 0), bf16)
 
-            def call(q=q, streams=streams, H=H, cfg=cfg):
-                lse = torch.zeros(q.shape[:2])
-                tbw.sparse_attention_backward(q, streams, torch.zeros(H), 0.04, q, lse, q, None, deterministic=False,
-                                              config=cfg)  # fmt: skip
+        def call(q=q, streams=streams, H=H, cfg=cfg):
+            lse = torch.zeros(q.shape[:2])
+            tbw.sparse_attention_backward(q, streams, torch.zeros(H), 0.04, q, lse, q, None, deterministic=False,
+                                          config=cfg)  # fmt: skip
 
-            records += _compile_launches(mod, name, tbw, ["_sparse_attn_bwd_kernel"], call, outdir)
+        records += _compile_launches(mod, name, tbw, ["_sparse_attn_bwd_kernel"], call, outdir)
     _print_records(mod, records)
 
 
@@ -457,6 +466,17 @@ def _plain_loads(loop: dict) -> bool:
     return any(op.split(".")[0] == "LDG" for op in loop["ops"])
 
 
+def _backward_block_clk(inner: List[dict], between: int, bound: int, d_iters: int, warps: int,
+                        constants: dict) -> List[float]:  # fmt: skip
+    """The backward's clk per key block of one stream: [s / dp loop, gradient loop, the key-block loop's
+    code between them, exposed L2], at ``bound``: 0 optimistic, 1 pessimistic, 2 issue only (IPC 1, no
+    other term). ``inner``: the two head-dim loops, run ``d_iters`` times each."""
+    ipc = constants["IPC"][bound] if bound < 2 else 1.0
+    loops = [d_iters * (_busy(lp["cost"], ipc) if bound < 2 else lp["cost"][1]["issue_clk"]) for lp in inner]
+    lat = d_iters * constants["L2_LAT"][1] * sum(map(_plain_loads, inner)) if bound == 1 else 0.0
+    return [*loops, between * warps / 4 / ipc, lat]
+
+
 def backward_model(records: List[dict], constants: dict) -> Dict[str, Dict[str, object]]:
     """Estimates of the sparse backward per ``BACKWARD_CASES`` case from its compiled launch (the rules in
     the module doc): {case: optimistic_us, pessimistic_us, parts {stream: [opt, pess] us},
@@ -480,28 +500,17 @@ def backward_model(records: List[dict], constants: dict) -> Dict[str, Dict[str, 
         streams = _key_block_loops(rec["loops_full"])
         if len(streams) != 2:
             raise RuntimeError(f"{case}: {len(streams)} key-block loops compiled, expected one per stream")
-        parts: Dict[str, List[float]] = {}
+        stream_us: Dict[str, List[float]] = {}
         per_block: Dict[str, Dict[str, List[float]]] = {}
         for (parent, inner), name, keys in zip(streams, ("window", "compressed"), (window, topk)):
             between = max(0, parent["instructions"] - sum(lp["instructions"] for lp in inner))
-            per_block[name] = {"s / dp loop": [], "gradient loop": [], "between": [], "exposed L2": []}
-            us = []
-            for i in range(3):  # optimistic, pessimistic, issue only (IPC 1, no other term)
-                ipc = constants["IPC"][min(i, 1)] if i < 2 else 1.0
-                busy = [_busy(lp["cost"], ipc) if i < 2 else lp["cost"][1]["issue_clk"] for lp in inner]
-                dp_clk, grad_clk = (d_iters * b for b in busy)
-                mid = between * warps / 4 / ipc
-                lat = d_iters * constants["L2_LAT"][1] * sum(_plain_loads(lp) for lp in inner) if i == 1 else 0.0
-                if i < 2:
-                    for k, v in zip(per_block[name], (dp_clk, grad_clk, mid, lat)):
-                        per_block[name][k].append(round(v, 1))
-                block_clk = dp_clk + grad_clk + mid + lat
-                programs = _cdiv(T, sms)
-                us.append(round(programs * head_blocks * _cdiv(keys, cx["BLOCK_N"]) * block_clk / clk * 1e6, 1))
-            parts[name] = us
-        total = [round(sum(v[i] for v in parts.values()), 1) for i in range(3)]
-        for v in parts.values():
-            del v[2]
+            clks = [_backward_block_clk(inner, between, bound, d_iters, warps, constants) for bound in range(3)]
+            labels = ("s / dp loop", "gradient loop", "between", "exposed L2")
+            per_block[name] = {k: [round(clks[0][j], 1), round(clks[1][j], 1)] for j, k in enumerate(labels)}
+            blocks_per_sm = _cdiv(T, sms) * head_blocks * _cdiv(keys, cx["BLOCK_N"])
+            stream_us[name] = [round(blocks_per_sm * sum(c) / clk * 1e6, 1) for c in clks]
+        parts = {name: us[:2] for name, us in stream_us.items()}
+        total = [round(sum(us[bound] for us in stream_us.values()), 1) for bound in range(3)]
         grad_cost = streams[-1][1][1]["cost"][1]
         keys = window + topk
         flops = T * H * keys * BACKWARD_D * 2 * 5  # s, dp, dq, ds^T q, p^T dout

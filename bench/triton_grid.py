@@ -1037,7 +1037,6 @@ def run_backward(device, ceil, quick, res, sweep, want, save):
     from longattn.ops.sparse_attention import backward as ref_bwd
     from longattn.ops.sparse_attention import triton_backward as tbw
 
-    cases = backward_cases()
     built = {}  # case -> (launcher arguments, FLOPs, bytes, reference call, its gradients, their scale)
 
     def case(name, kw):
@@ -1052,12 +1051,13 @@ def run_backward(device, ceil, quick, res, sweep, want, save):
             built[name] = (a, flops, nbytes, reference, [dq, *drows], max(float(x.abs().max()) for x in [dq, *drows]))
         return built[name]
 
-    jobs = [(name, kw, None) for name, kw in cases]
-    jobs += [(cases[0][0], cases[0][1], t) for t in (sm90_model.BACKWARD_SWEEP_TILES if sweep else ())]
-    for name, kw, tile in jobs:
+    shapes = dict(backward_cases())
+    for row, name, tile in sm90_model.backward_model_cases():
+        if tile is not None and not sweep:
+            continue
         if not want("backward"):
             break
-        row = name if tile is None else sm90_model.backward_tile_case(name, tile)
+        kw = shapes[name]
         try:
             a, flops, nbytes, reference, want_grads, scale_ref = case(name, kw)
             cfg = None if tile is None else sm90_model.backward_tile_config(tile)
@@ -1068,8 +1068,9 @@ def run_backward(device, ceil, quick, res, sweep, want, save):
             dq, drows, _ = call()
             err = max(float((x.float() - y.float()).abs().max()) for x, y in zip([dq, *drows], want_grads))
             ms = bench_ms(call, quick)
-            cdt = tbw.compute_dtype(a["q"], a["dout"], [r for r, _, _ in a["streams"]])
-            used = cfg or tbw.default_config(kw["H"], kw["D"], device, dtype=cdt)
+            used = cfg or tbw.default_config(
+                kw["H"], kw["D"], device, dtype=tbw.compute_dtype(a["q"], a["dout"], [r for r, _, _ in a["streams"]])
+            )
             extra = {"config": used, "rel_err_vs_reference": err / max(scale_ref, 1e-30)}
             res.append(record(row, sm90_model.BACKWARD_BACKEND, ms, flops, nbytes, ceil, err, extra))
             if tile is None:

@@ -90,8 +90,9 @@ def test_harness_reports_a_dead_worker_and_continues(tmp_path):
 
 
 def test_exact_rule_messages_name_what_differs():
-    """The merge's exact rules (one side -inf) say whether the out or the lse differs, and where: an out
-    mismatch under an equal lse (0.0 against -0.0 compares equal) once read as a wrong lse."""
+    """The merge's exact rule (one side -inf) is this comparison; it says whether the out or the lse
+    differs, and where: an out mismatch under an equal lse (0.0 against -0.0 compares equal) once read as
+    a wrong lse."""
     from .op_combine import _first_difference
 
     want = torch.tensor([1.0, float("nan"), 0.0, 3.0], dtype=torch.float64)
@@ -100,5 +101,6 @@ def test_exact_rule_messages_name_what_differs():
     assert "lse" not in msg and "at 1 of 4 elements, first [3]: 2.5, want 3.0" in msg, msg
     msg = _first_difference(want, want, 1.0, 2.0)
     assert msg == "lse 1.0, want 2.0", msg
+    assert _first_difference(want, want.clone(), 2.0, 2.0) == ""  # NaN equals NaN: no difference
     msg = _first_difference(torch.tensor([float("nan")]), torch.tensor([0.0]), 0.0, 0.0)
     assert msg.startswith("out differs at 1 of 1 elements, first [0]: nan, want 0.0"), msg
