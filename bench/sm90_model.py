@@ -17,8 +17,8 @@ run checks the model as well as the kernels:
   the ``triton backward`` rows of the backward section (launcher call: the kernel plus a few ``[T, H]``
   PyTorch terms and the zeroing of the fp32 gradients). The probe's indexer estimate is for the fused
   path (running top-k lists + merge tree), so it is only attached to ``triton-fused`` rows; the default
-  select path (key kernel -> radix select -> write) has its own estimate, ``select_path_model``, from
-  the same probe's compile of its launches.
+  select path (key kernel -> radix select, whose last stage writes the indices) has its own estimate,
+  ``select_path_model``, from the same probe's compile of its launches.
 
 The select path's model (``select_path_model``; the probe has no case for it): its launches at the V4
 decode (T = 1, 262,144 entries, 64 heads x 128 dims) are captured and compiled by the probe's own
@@ -34,8 +34,9 @@ functions (``_select_driver``, run in a subprocess) and charged with the probe's
   iteration when not; 3 passes optimistic (the kernel's usual early stop for real scores), all 8
   pessimistic; then the compaction loop once; plus the code outside the loops issued once (the passes'
   histogram scans and the last stage's 512-key sort: ``_straight_line_clk``; in the optimistic bound
-  this over-counts the scans of the passes that do not run, ~200 instructions each);
-- write kernel: two dependent L2 round trips; every launch after the first: ``LAUNCH_US``.
+  this over-counts the scans of the passes that do not run, ~200 instructions each); the last stage
+  also writes the indices and lengths (FINAL: in its code outside the loops);
+- every launch after the first: ``LAUNCH_US``.
 
 The sparse backward's model (``backward_model``; the probe has no backward case): the launcher's one
 launch at a V4 prefill chunk (``BACKWARD_CASES``: bf16 q / dout / pools, atomic row gradients, the sm_90
@@ -307,6 +308,7 @@ def _select_driver(probe: str, outdir: str) -> None:
     from longattn.cache import Fp8IndexKeyPool
 
     ti = mod.ti
+    # the merge kernel is captured too: the select path no longer launches it, and the model refuses one
     names = ["_indexer_topk_partial_kernel", "_select_keys_kernel", "_indexer_topk_merge_kernel"]
     records: List[dict] = []
     for case, (pool, n, T) in SELECT_CASES.items():
@@ -421,8 +423,8 @@ def select_path_model(records: List[dict], constants: dict) -> Dict[str, Dict[st
                     clks += _straight_line_clk(r, ipc)
                     name, us = f"radix select stage {stage}", clks / clk * 1e6
                     row = programs * r["constexprs"]["TOPK_P2"]  # the next stage's row: these programs' lists
-                else:
-                    name, us = "write", 2 * l2 / clk * 1e6
+                else:  # the last radix stage writes the output itself (FINAL): no other launch is modelled
+                    raise RuntimeError(f"{case}: a select-path launch of {r['kernel']} has no rule")
                 parts.setdefault(name, []).append(round(us, 2))
         launches = len(recs) - 1
         total = [sum(v[i] for v in parts.values()) + launches * constants["LAUNCH_US"] for i in range(2)]

@@ -440,7 +440,8 @@ GOALS = [
 def run_indexer_variants(name, args, pkw, want, select_ms, flops, nbytes, ceil, quick, res):
     """The fused path (running top-k lists + merge tree) beside the default select path (``select_ms``),
     and the select path's parts: its radix select over [T, N] int64 keys timed alone (beside torch.topk
-    over the same keys, which the path used before), and the key kernel + write launch, the rest."""
+    over the same keys, which the path used before), and the key kernel (with the write of the indices
+    from the sorted keys, which the radix select's last launch does) as the rest."""
     from longattn.ops.indexer import triton_indexer as ti
 
     q, w, k, ve, topk = args
@@ -471,7 +472,7 @@ def run_indexer_variants(name, args, pkw, want, select_ms, flops, nbytes, ceil, 
     res.append(record(name, "part: radix select of the int64 keys", sel_ms, 0, keys.numel() * 8, ceil, None,
                       {"same_as_torch_topk": same}))  # fmt: skip
     rest_ms = max(select_ms - sel_ms, 1e-6)
-    res.append(record(name, "part: key kernel + write (select - radix select)", rest_ms, flops, nbytes, ceil))
+    res.append(record(name, "part: key kernel + index write (select - radix select)", rest_ms, flops, nbytes, ceil))
 
 
 def goals(results):

@@ -1,6 +1,8 @@
 """The offline sm_90a model's estimates: parsing the probe's table, the stored JSON, and attaching them
 to triton_grid rows (the only place they are shown beside measurements)."""
 
+import pytest
+
 from bench import sm90_model
 
 PROBE_TAIL = """
@@ -31,7 +33,8 @@ def test_the_stored_json_covers_every_mapped_case():
         assert 0 < est["optimistic_us"] <= est["pessimistic_us"], grid_case
     for case in sm90_model.SELECT_CASES:  # every select-path case, with its parts
         est = model["estimates"][case]
-        assert {"key kernel", "radix select stage 1", "write", "launch gaps"} <= est["parts"].keys(), case
+        assert {"key kernel", "radix select stage 1", "launch gaps"} <= est["parts"].keys(), case
+        assert "write" not in est["parts"], case  # the last radix stage writes the indices (no launch)
     assert "model" in model["what"] and model["commit"]
 
 
@@ -101,8 +104,8 @@ def test_select_path_estimate_attaches_to_the_default_triton_rows():
 def _select_records(issue_key=2506.0, smem_key=888.0, radix_grids=((1, 16), (1, 1)), radix_prefetch=False):
     """Synthetic compiled launches of the FP8 select path (T = 1, 262,144 entries): a key kernel of 512
     programs (1 per SM at a time) of 8 x 64-entry iterations; radix stages of 16 and 1 programs, each
-    with 8 pass loops and a compaction loop (loads pipelined by cp.async with ``radix_prefetch``); the
-    write kernel."""
+    with 8 pass loops and a compaction loop (loads pipelined by cp.async with ``radix_prefetch``), the
+    last of which writes the indices."""
     comp = {"smem_clk": smem_key, "mma_sync_clk": 0.0, "wgmma_clk": min(256.0, smem_key), "issue_clk": issue_key}
     key_cost = [max(comp.values()), comp, True]
     ops = {"LDGSTS.E.64": 4} if radix_prefetch else {"LDG.E.64": 4}
@@ -123,13 +126,6 @@ def _select_records(issue_key=2506.0, smem_key=888.0, radix_grids=((1, 16), (1, 
             loops_full=[{"ops": {"HGMMA.64x64x16.SS": 8}, "cost": key_cost}],
         ),  # fmt: skip
         *[dict(radix, launch_index=1 + i, grid=list(g)) for i, g in enumerate(radix_grids)],
-        dict(
-            case=case,
-            kernel="_indexer_topk_merge_kernel",
-            launch_index=1 + len(radix_grids),
-            grid=[1, 1],
-            loops_full=[],
-        ),  # fmt: skip
     ]
 
 
@@ -141,17 +137,26 @@ def test_select_path_model_charges_each_launch_by_its_rule():
     """By hand, at 1 GHz: key kernel ceil(512 / 132) = 4 programs per SM x 8 iterations x 2506 clk + 4
     waves x LAT (800 / 1600; issue at IPC 1 / 0.5: 5012 clk pessimistic); radix stage 1 over 16,384
     keys (16 iterations) x (3 / 8 passes + the compaction) x (loop clk + L2_LAT), stage 2 over 16 x 512
-    candidates (8 iterations); write 2 x L2_LAT; 3 launch gaps of 2 us."""
+    candidates (8 iterations), which also writes the indices; 2 launch gaps of 2 us."""
     est = sm90_model.select_path_model(_select_records(), SELECT_CONSTANTS)
     (case,) = est
     e = est[case]
     assert e["parts"]["key kernel"] == [83.39, 166.78]
     assert e["parts"]["radix select stage 1"] == [65.6, 307.2]  # 16 x (3 x 1100 + 800), 16 x (8 x 2200 + 1600)
     assert e["parts"]["radix select stage 2"] == [32.8, 153.6]
-    assert e["parts"]["write"] == [0.6, 1.2] and e["parts"]["launch gaps"] == [6.0, 6.0]
-    assert (e["optimistic_us"], e["pessimistic_us"]) == (188.4, 634.8)
+    assert e["parts"]["launch gaps"] == [4.0, 4.0] and "write" not in e["parts"]
+    assert (e["optimistic_us"], e["pessimistic_us"]) == (185.8, 631.6)
     assert e["key_bytes"] == 262144 * 132 + 64 * (256 + 4)
-    assert e["hbm_fraction"][0] == round(e["key_bytes"] / 188.4e-6 / 4.8e12, 3)
+    assert e["hbm_fraction"][0] == round(e["key_bytes"] / 185.8e-6 / 4.8e12, 3)
+
+
+def test_select_path_model_refuses_a_launch_it_has_no_rule_for():
+    """The select path's launches are the key kernel and the radix stages (the last one writes the
+    indices); a separate write launch (the merge kernel, as before 2026-12-06) is not silently priced."""
+    recs = _select_records()
+    recs.append(dict(recs[-1], kernel="_indexer_topk_merge_kernel", launch_index=len(recs), loops_full=[]))
+    with pytest.raises(RuntimeError, match="_indexer_topk_merge_kernel"):
+        sm90_model.select_path_model(recs, SELECT_CONSTANTS)
 
 
 def test_select_path_model_never_beats_the_key_bytes():
@@ -164,12 +169,12 @@ def test_select_path_model_never_beats_the_key_bytes():
 
 def test_select_path_model_reads_each_stage_span_of_its_row():
     """Three radix stages (64, 8, 1 programs): each program's span is its stage's row over its programs:
-    262,144 / 64, then 64 lists x 512 / 8, then 8 x 512: 4,096 keys (4 iterations) each; 4 launch gaps."""
+    262,144 / 64, then 64 lists x 512 / 8, then 8 x 512: 4,096 keys (4 iterations) each; 3 launch gaps."""
     recs = _select_records(radix_grids=((1, 64), (1, 8), (1, 1)))
     (e,) = sm90_model.select_path_model(recs, SELECT_CONSTANTS).values()
     for stage in (1, 2, 3):
         assert e["parts"][f"radix select stage {stage}"] == [16.4, 76.8], stage  # 4 x 4100 / 4 x 19200 clk
-    assert e["parts"]["launch gaps"] == [8.0, 8.0]
+    assert e["parts"]["launch gaps"] == [6.0, 6.0]
 
 
 def test_select_path_model_waits_for_l2_once_per_pipelined_pass():

@@ -317,23 +317,13 @@ def compile_all(arch=90) -> list:
             icfg["num_warps"],
             1,
         )
-    build(
-        "indexer select write top-512",
-        ti._indexer_topk_merge_kernel,
-        itypes,
-        dict(FANIN_C=1, PAGED=True, FINAL=True, TO_SLOTS=True, TOPK_P2=512, BITONIC=True),
-        4,
-        1,
-    )
-    build(
-        "indexer select radix top-512",
-        ti._select_keys_kernel,
-        dict(p_keys="*i64", p_vis="*i32", p_best="*i64", stride_keys_t="i64", stride_best_t="i64",
-             stride_best_r="i64", num_entries="i64", span="i64", k_sel="i32"),
-        dict(HAS_VIS=True, TOPK_P2=512, BLOCK=ti.SELECT_BLOCK, DIGIT_BITS=ti.SELECT_DIGIT_BITS),
-        8,
-        1,
-    )  # fmt: skip
+    select_types = dict(itypes, p_keys="*i64", p_best="*i64", stride_keys_t="i64", stride_best_t="i64",
+                        stride_best_r="i64", num_entries="i64", span="i64")  # fmt: skip
+    select_cx = dict(HAS_VIS=True, TOPK_P2=512, BLOCK=ti.SELECT_BLOCK, DIGIT_BITS=ti.SELECT_DIGIT_BITS)
+    build("indexer select radix top-512", ti._select_keys_kernel, select_types, select_cx, 8, 1)
+    # the last select launch writes the indices itself (slots through the block table)
+    build("indexer select radix write top-512", ti._select_keys_kernel, select_types,
+          dict(select_cx, FINAL=True, PAGED=True, TO_SLOTS=True), 8, 1)  # fmt: skip
     build(
         "indexer merge top-512",
         ti._indexer_topk_merge_kernel,

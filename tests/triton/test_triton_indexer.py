@@ -268,7 +268,8 @@ def test_indexer_large_topk(topk, per):
 
 
 # ---------------------------------------------------------------------------------------------------
-# the "select" path (every entry's key, a radix select, one write launch): exact like the fused path
+# the "select" path (every entry's key, a radix select whose last launch writes the indices): exact like
+# the fused path
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("workspace", [None, 3 * 70 * 8], ids=["one_chunk", "token_chunks_of_3"])
@@ -309,6 +310,43 @@ def test_select_path_paged_exact(page, return_slots):
     assert_same(got, ref, f"select paged page={page} slots={return_slots}")
     fused = ti.indexer_topk(*d, 9, method="fused", **dargs)
     assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, fused))
+
+
+@pytest.mark.parametrize("stages", [(), (4,), (4, 2)], ids=["one_stage", "2_stages", "3_stages"])
+def test_select_path_last_stage_writes_the_indices(monkeypatch, stages):
+    """The select path is the key kernel and the radix select's stages, the last of which writes the
+    indices (slots through the block table, -1 padding, lengths) itself: no other launch. Exact against
+    the oracle after 0-2 reducing stages, with a page -1, an invalid sequence id and empty rows; the
+    outputs are poisoned first, so an element the write misses shows."""
+    from tests.triton.sm90_compile import captured_launches
+
+    monkeypatch.setattr(ti, "choose_select_stages", lambda *a: stages)
+    B, max_pages, page, Di, Hi, topk = 2, 8, 16, 8, 4, 12
+    q, w, _ = int_inputs(5, Hi, Di, 1)
+    pool = torch.randint(-2, 3, (B * max_pages, page, Di)).float()
+    bt = torch.randperm(B * max_pages).view(B, max_pages).int()
+    bt[1, 3] = -1
+    seq = torch.tensor([0, 1, 1, 7, 0], dtype=torch.int32)
+    ve = torch.tensor([max_pages * page, max_pages * page, 5, 9, 0], dtype=torch.int32)
+    args = dict(block_table=bt, seq_ids=seq, return_slots=True)
+    ref = oracle.indexer_topk(q, w, pool, ve, topk, **args)
+    qd, wd, pd, ved, btd, seqd = (x.to(DEVICE) for x in (q, w, pool, ve, bt, seq))
+    pa = ti._pool_args(pd, btd, seqd)
+
+    def select(indices, lengths):
+        ti._select_topk(qd, wd, pd, ved, seqd, pa, topk, True, None, indices, lengths)
+
+    names = ["_indexer_topk_partial_kernel", "_select_keys_kernel", "_indexer_topk_merge_kernel"]
+    outputs = torch.empty(5, topk, dtype=torch.int32, device=DEVICE), torch.empty(5, dtype=torch.int32, device=DEVICE)
+    launches = captured_launches(ti, names, lambda: select(*outputs))
+    kernels = [(fn.fn.__name__, kw.get("FINAL")) for fn, _, _, kw in launches]
+    want = [("_indexer_topk_partial_kernel", False)] + [("_select_keys_kernel", False)] * len(stages)
+    assert kernels == want + [("_select_keys_kernel", True)], kernels
+    assert [grid[1] for _, grid, _, _ in launches[1:]] == [*stages, 1]  # R_i programs per token, then one
+    got = (torch.full((5, topk), 12345, dtype=torch.int32, device=DEVICE),
+           torch.full((5,), 777, dtype=torch.int32, device=DEVICE))  # fmt: skip
+    select(*got)
+    assert_same(got, ref, f"select, stages {stages}")
 
 
 def test_select_path_rejects_unknown_method():

@@ -213,8 +213,9 @@ def test_a_short_or_bf16_warmup_misses_variants(tiles):
         workload(csa)
     used = keys(launches)
     short = used - warmup_keys(csa, max_context=15 * PAGE * 4)
+    # (the select kernel's last stage writes slots through the block table: its stride is specialised)
     assert short and {k[0] for k in short} <= {"_compress_kv_kernel", "_indexer_topk_partial_kernel",
-                                               "_indexer_topk_merge_kernel"}, short  # fmt: skip
+                                               "_select_keys_kernel"}, short  # fmt: skip
     fp8 = make_layer("csa", "fp8")
     with recorded_launches(MODULES) as launches:
         workload(fp8)

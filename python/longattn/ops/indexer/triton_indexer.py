@@ -27,7 +27,7 @@ a NaN score of either sign ranks as +inf (ties by id), as in the reference.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -649,7 +649,19 @@ def _indexer_topk_merge_kernel(
             tl.store(p_ws_out + i_t * stride_out_t + i_g * stride_out_b + o_k, b_run)
 
 
-@triton.jit(do_not_specialize=["num_entries", "span", "stride_best_t", "stride_best_r", "k_sel"])
+@triton.jit(
+    do_not_specialize=[
+        "num_entries",
+        "span",
+        "stride_best_t",
+        "stride_best_r",
+        "k_sel",
+        "num_seqs",
+        "page_size",
+        "stride_oi",
+        "topk",
+    ]
+)
 def _select_keys_kernel(
     p_keys,
     stride_keys_t,
@@ -660,17 +672,34 @@ def _select_keys_kernel(
     stride_best_t,
     stride_best_r,
     k_sel,
+    p_seq,
+    num_seqs,
+    p_bt,
+    stride_bt_b,
+    stride_bt_p,
+    page_size,
+    p_out_idx,
+    stride_oi,
+    p_out_len,
+    topk,
     HAS_VIS: tl.constexpr,
     TOPK_P2: tl.constexpr,
     BLOCK: tl.constexpr,
     DIGIT_BITS: tl.constexpr,
     SORTED: tl.constexpr = True,
+    FINAL: tl.constexpr = False,
+    PAGED: tl.constexpr = False,
+    TO_SLOTS: tl.constexpr = False,
 ):
     """Program (t, r): the ``k_sel`` largest sort keys of entries ``[r * span, (r + 1) * span)`` of row t,
     those below ``visible_end[t]`` (all ``num_entries`` without HAS_VIS); keys are unique but for NO_KEY,
     which is never selected. Into ``p_best[t, r, :TOPK_P2]``, NO_KEY after them: sorted descending with
     SORTED, else in entry order (a reducing stage's lists: the next stage selects from them again, so
-    it skips the 512-key sort, ~1,000 of the kernel's ~6,400 SASS instructions on sm_90).
+    it skips the 512-key sort, ~1,000 of the kernel's ~6,400 SASS instructions on sm_90). FINAL (one
+    program per row, SORTED): ``p_best`` is only the compaction's scratch; the sorted keys are written
+    as ``indexer_topk``'s output instead (``_write_topk``: entry ids or, with TO_SLOTS, pool slots
+    through the sequence's block-table row; -1 padding; ``lengths[t]``), which saves the select path a
+    dependent launch.
     Radix select, most significant digit first, on the keys' unsigned order (``key ^ INT64_MIN``):
     each pass reads the row once and histograms the next ``DIGIT_BITS`` of the keys that share the
     digits chosen so far, then keeps the digit where the running count reaches ``k_sel``; it stops as
@@ -733,8 +762,15 @@ def _select_keys_kernel(
     if SORTED:
         tl.debug_barrier()
         b_best = tl.sort(tl.load(p_out + o_k), descending=True)
-        tl.debug_barrier()
-        tl.store(p_out + o_k, b_best)
+        if FINAL:
+            p_bt_row, seq_ok = _sequence_row(p_seq, i_t, num_seqs, p_bt, stride_bt_b, PAGED)
+            _write_topk(
+                b_best, i_t, p_out_idx, stride_oi, p_out_len, topk, p_bt_row, stride_bt_p, seq_ok, page_size,
+                TO_SLOTS, TOPK_P2,
+            )  # fmt: skip
+        else:
+            tl.debug_barrier()
+            tl.store(p_out + o_k, b_best)
 
 
 @triton.jit(
@@ -959,8 +995,9 @@ def indexer_topk(
     method: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernels (canonical op args). ``method``: "select" (default: every entry's sort key
-    written, ``torch.topk`` over them, one write launch) or "fused" (running top-k lists in registers
-    and a merge tree; the default when ``entries_per_program`` or ``bitonic`` is given, its knobs).
+    written, a radix select over them whose last launch writes the indices: ``_select_topk``) or
+    "fused" (running top-k lists in registers and a merge tree; the default when
+    ``entries_per_program`` or ``bitonic`` is given, its knobs).
     ``config`` overrides the tiles of either."""
     if method is None:
         method = "fused" if entries_per_program is not None or bitonic is not None else "select"
@@ -1084,6 +1121,26 @@ def choose_select_stages(T: int, n: int, topk_p2: int, device: torch.device) -> 
     return min(plans(n, n, 2), key=lambda plan: (cost(plan), len(plan)))
 
 
+class SelectWrite(NamedTuple):
+    """Where ``select_keys``'s last launch writes ``indexer_topk``'s output itself (``_write_topk``)
+    instead of the sorted keys: ``indices`` [T, >= topk] int32 and ``lengths`` [T] (rows of the keys'
+    tokens), the sequence of each token and its block-table row (``_pool_args``' ``seq``, ``num_seqs``,
+    ``bt``, ``stride_bt_b``, ``stride_bt_p``, ``page_size``, ``paged``), and whether to map entry ids
+    to pool slots."""
+
+    indices: torch.Tensor
+    lengths: torch.Tensor
+    topk: int
+    seq: torch.Tensor
+    num_seqs: int
+    bt: torch.Tensor
+    stride_bt_b: int
+    stride_bt_p: int
+    page_size: int
+    paged: bool
+    to_slots: bool
+
+
 def select_keys(
     keys: torch.Tensor,
     visible_end: torch.Tensor,
@@ -1091,6 +1148,7 @@ def select_keys(
     topk_p2: int,
     out: Optional[torch.Tensor] = None,
     stages: Optional[Sequence[int]] = None,
+    write: Optional[SelectWrite] = None,
 ) -> torch.Tensor:
     """The ``k_sel`` largest of each row's first ``visible_end[t]`` int64 sort keys (NO_KEY never taken),
     sorted descending into ``out`` [T, topk_p2] (NO_KEY after them), by ``_select_keys_kernel``. With
@@ -1098,8 +1156,9 @@ def select_keys(
     most SMs idle) in reducing stages: R_1 programs per row each select the top ``k_sel`` of their n / R_1
     entries into a [T, R_1, topk_p2] workspace (unsorted: the next stage selects again), R_2 programs
     per row then each select from R_1 / R_2 of those lists, ..., and one program per row from the last
-    stage's lists (exact: a row's top k_sel are among its sub-rows' top k_sel). Rows of ``keys`` and
-    ``out`` unit-strided (any row stride)."""
+    stage's lists (exact: a row's top k_sel are among its sub-rows' top k_sel). With ``write``, that last
+    launch writes the indices and lengths of ``write`` instead, and ``out`` is only its scratch (left
+    holding the selected keys unsorted). Rows of ``keys`` and ``out`` unit-strided (any row stride)."""
     T, n = keys.shape
     if out is None:
         out = torch.empty(T, topk_p2, dtype=torch.int64, device=keys.device)
@@ -1107,20 +1166,23 @@ def select_keys(
     if T == 0:
         return out
     plan = tuple(stages) if stages is not None else choose_select_stages(T, n, topk_p2, keys.device)
+    # a launch that writes no output gets any tensors for those arguments (never read)
+    w = write or SelectWrite(out, out, 0, visible_end, 0, visible_end, 0, 0, 1, False, False)
     rows, row_len, has_vis = keys, n, True
-    for r in plan:
+    for i, r in enumerate(plan + (1,)):
+        last = i == len(plan)  # one program per row, sorted (or written as indices)
         r = max(1, min(r, max(row_len, 1)))
-        cand = torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # every column written
+        dst = out if last else torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # all written
         _select_keys_kernel[(T, r)](
-            rows, rows.stride(0), visible_end, row_len, cdiv(row_len, r), cand, cand.stride(0), cand.stride(1), k_sel,
-            HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, SORTED=False,
-            num_warps=8,
+            rows, rows.stride(0), visible_end, row_len, max(row_len, 1) if last else cdiv(row_len, r),
+            dst, dst.stride(0), 0 if last else dst.stride(1), k_sel,
+            w.seq, w.num_seqs, w.bt, w.stride_bt_b, w.stride_bt_p, w.page_size,
+            w.indices, w.indices.stride(0), w.lengths, w.topk,
+            HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, SORTED=last,
+            FINAL=last and write is not None, PAGED=w.paged, TO_SLOTS=w.to_slots, num_warps=8,
         )  # fmt: skip
-        rows, row_len, has_vis = cand.view(T, r * topk_p2), r * topk_p2, False
-    _select_keys_kernel[(T, 1)](
-        rows, rows.stride(0), visible_end, row_len, max(row_len, 1), out, out.stride(0), 0, k_sel,
-        HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, num_warps=8,
-    )  # fmt: skip
+        if not last:
+            rows, row_len, has_vis = dst.view(T, r * topk_p2), r * topk_p2, False
     return out
 
 
@@ -1133,7 +1195,8 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
        (keys are unique per entry, so the result is exact and its order, score descending then id
        ascending, is fixed: no tie is left to the select; ``torch.topk`` did this before: 180 us of the
        620 us of a 262,144-entry decode on an H200);
-    3. ``_indexer_topk_merge_kernel`` (FINAL, one list per token): ids or slots, -1 padding, lengths.
+       and its last launch writes the output from them (``SelectWrite``): ids or slots, -1 padding,
+       lengths (a separate write launch before 2026-12-06: one dependent launch fewer per call).
     No host synchronisation: the launches are CUDA-graph capturable for fixed shapes."""
     T, Hi, Di = q.shape
     device = q.device
@@ -1146,9 +1209,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
     rows = max(1, min(T, WORKSPACE_BYTES // max(1, n * 8)))
     keys = torch.empty(rows, max(n, 1), dtype=torch.int64, device=device)
     k_sel = min(topk_p2, n)
-    best = torch.empty(rows, 1, topk_p2, dtype=torch.int64, device=device)  # every column written
-    if n == 0:
-        best.fill_(_NO_KEY.value)
+    best = torch.empty(rows, topk_p2, dtype=torch.int64, device=device)  # the last select's scratch
     p_k, p_ks, key_fp8, align16, k_group = _key_args(index_k)
     for t0 in range(0, T, rows):
         t1 = min(T, t0 + rows)
@@ -1182,15 +1243,9 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
-            select_keys(keys[:tc], vis, k_sel, topk_p2, best[:tc, 0])
-        _indexer_topk_merge_kernel[(tc, 1)](
-            best, best.stride(0), best.stride(1), best, best.stride(0), best.stride(1),
-            vis, n, max(n, 1),
-            pa[5], pa[6], pa[7], seq, pa[9], pa[11],
-            out_idx, out_idx.stride(0), out_len, topk,
-            FANIN_C=1, PAGED=paged, FINAL=True, TO_SLOTS=to_slots, TOPK_P2=topk_p2, BITONIC=not interpreting(),
-            num_warps=4,
-        )  # fmt: skip
+        # n = 0: no key to select, the launch writes -1 rows and zero lengths
+        write = SelectWrite(out_idx, out_len, topk, seq, pa[9], pa[5], pa[6], pa[7], pa[11], paged, to_slots)
+        select_keys(keys[:tc, :n], vis, k_sel, topk_p2, best[:tc], write=write)
 
 
 def run_logits(inp):
