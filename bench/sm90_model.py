@@ -337,26 +337,37 @@ def _backward_driver(probe: str, outdir: str) -> None:
     launcher makes it on an sm_90 GPU (its 16-bit tiles: ``default_config`` with capability (9, 0)),
     compiled and priced like ``_select_driver``'s."""
     mod = _import_probe(probe, outdir)
-    import torch
     from longattn.ops.sparse_attention import triton_backward as tbw
 
     records = []
     for name, case, tile in backward_model_cases():
-        T, H, window, topk = BACKWARD_CASES[case]
-        D, bf16 = BACKWARD_D, torch.bfloat16
-        q = torch.empty(T, H, D, dtype=bf16)
-        rows, entries = torch.empty(window + T, D, dtype=bf16), torch.empty(4 * topk, D, dtype=bf16)
-        streams = [(rows, torch.zeros(T, window, dtype=torch.int32), None),
-                   (entries, torch.zeros(T, topk, dtype=torch.int32), None)]  # fmt: skip
-        cfg = backward_tile_config(tile) if tile else tbw.default_config(H, D, mod.CUDA, (9, 0), bf16)
-
-        def call(q=q, streams=streams, H=H, cfg=cfg):
-            lse = torch.zeros(q.shape[:2])
-            tbw.sparse_attention_backward(q, streams, torch.zeros(H), 0.04, q, lse, q, None, deterministic=False,
-                                          config=cfg)  # fmt: skip
-
+        cfg, call = backward_call(case, tile)
         records += _compile_launches(mod, name, tbw, ["_sparse_attn_bwd_kernel"], call, outdir)
     _print_records(mod, records)
+
+
+def backward_call(case: str, tile: Optional[Tuple[int, int, int, int]] = None):
+    """(config, call): the launcher's call of the sparse backward at a ``BACKWARD_CASES`` case on CPU
+    tensors (bf16 q / dout / pools, atomic row gradients), at ``tile`` or the sm_90 default tiles
+    (``default_config`` with capability (9, 0)): for capturing its launch (no CUDA call is made), here and
+    in the CI compile test (tests/triton/sm90_compile.py)."""
+    import torch
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    T, H, window, topk = BACKWARD_CASES[case]
+    D, bf16 = BACKWARD_D, torch.bfloat16
+    q = torch.empty(T, H, D, dtype=bf16)
+    rows, entries = torch.empty(window + T, D, dtype=bf16), torch.empty(4 * topk, D, dtype=bf16)
+    streams = [(rows, torch.zeros(T, window, dtype=torch.int32), None),
+               (entries, torch.zeros(T, topk, dtype=torch.int32), None)]  # fmt: skip
+    cfg = backward_tile_config(tile) if tile else tbw.default_config(H, D, torch.device("cuda"), (9, 0), bf16)
+
+    def call():
+        lse = torch.zeros(q.shape[:2])
+        tbw.sparse_attention_backward(q, streams, torch.zeros(H), 0.04, q, lse, q, None, deterministic=False,
+                                      config=cfg)  # fmt: skip
+
+    return cfg, call
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -433,7 +433,7 @@ def compile_all(arch=90) -> list:
             1,
         )
     if arch == 90:
-        for name, fn, grid, args, kwargs in jit_launches(tsa) + jit_indexer_launches(ti):
+        for name, fn, grid, args, kwargs in jit_launches(tsa) + jit_indexer_launches(ti) + jit_backward_launches():
             jit = jit_specialisation(fn, args, kwargs, target)
             if jit is None:
                 results.append({"name": f"jit {name}", "ok": True, "skipped": "this triton's JIT binder differs"})
@@ -517,6 +517,22 @@ def jit_launches(tsa) -> list:
     finally:
         tsa._num_sms = sms
     return out
+
+
+def jit_backward_launches() -> list:
+    """[(name, fn, grid, args, kwargs)]: the sparse backward's launch at the V4-Flash prefill chunk (4,096
+    tokens, 64 heads, 128 + 512 keys, bf16, atomic row gradients) with the sm_90 tiles, as the offline
+    model prices it (bench/sm90_model.py ``backward_call``; named as its estimate)."""
+    from longattn.ops.sparse_attention import triton_backward as tbw
+
+    from bench import sm90_model
+
+    case = next(iter(sm90_model.BACKWARD_CASES))
+    cfg, call = sm90_model.backward_call(case)
+    return [
+        (f"{case} {cfg}", fn, grid, a, kw)
+        for fn, grid, a, kw in captured_launches(tbw, ["_sparse_attn_bwd_kernel"], call)
+    ]
 
 
 def jit_indexer_launches(ti) -> list:
