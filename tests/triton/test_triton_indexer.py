@@ -288,7 +288,7 @@ def test_select_path_flat_exact(topk, workspace, monkeypatch):
     assert_same(got, want, f"select topk={topk} workspace={workspace}")
 
 
-@pytest.mark.parametrize("page", [1, 5, 16])
+@pytest.mark.parametrize("page", [1, 5, 16, 64, 128])  # 64 / 128: a 64-entry block in one page (BLOCK_PAGE)
 @pytest.mark.parametrize("return_slots", [False, True])
 def test_select_path_paged_exact(page, return_slots):
     """Pages -1 / past the pool, invalid sequence ids, slots: the select path equals the oracle and
@@ -312,8 +312,9 @@ def test_select_path_paged_exact(page, return_slots):
     assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, fused))
 
 
+@pytest.mark.parametrize("page", [16, 64])  # 64: the key kernel looks each block's page up once (BLOCK_PAGE)
 @pytest.mark.parametrize("stages", [(), (4,), (4, 2)], ids=["one_stage", "2_stages", "3_stages"])
-def test_select_path_last_stage_writes_the_indices(monkeypatch, stages):
+def test_select_path_last_stage_writes_the_indices(monkeypatch, stages, page):
     """The select path is the key kernel and the radix select's stages, the last of which writes the
     indices (slots through the block table, -1 padding, lengths) itself: no other launch. Exact against
     the oracle after 0-2 reducing stages, with a page -1, an invalid sequence id and empty rows; the
@@ -321,11 +322,11 @@ def test_select_path_last_stage_writes_the_indices(monkeypatch, stages):
     from tests.triton.sm90_compile import captured_launches
 
     monkeypatch.setattr(ti, "choose_select_stages", lambda *a: stages)
-    B, max_pages, page, Di, Hi, topk = 2, 8, 16, 8, 4, 12
+    B, max_pages, Di, Hi, topk = 2, 128 // page, 8, 4, 12
     q, w, _ = int_inputs(5, Hi, Di, 1)
     pool = torch.randint(-2, 3, (B * max_pages, page, Di)).float()
     bt = torch.randperm(B * max_pages).view(B, max_pages).int()
-    bt[1, 3] = -1
+    bt[1, -1] = -1
     seq = torch.tensor([0, 1, 1, 7, 0], dtype=torch.int32)
     ve = torch.tensor([max_pages * page, max_pages * page, 5, 9, 0], dtype=torch.int32)
     args = dict(block_table=bt, seq_ids=seq, return_slots=True)
@@ -342,6 +343,7 @@ def test_select_path_last_stage_writes_the_indices(monkeypatch, stages):
     kernels = [(fn.fn.__name__, kw.get("FINAL")) for fn, _, _, kw in launches]
     want = [("_indexer_topk_partial_kernel", False)] + [("_select_keys_kernel", False)] * len(stages)
     assert kernels == want + [("_select_keys_kernel", True)], kernels
+    assert launches[0][3]["BLOCK_PAGE"] == (page % launches[0][3]["BLOCK_N"] == 0), launches[0][3]
     assert [grid[1] for _, grid, _, _ in launches[1:]] == [*stages, 1]  # R_i programs per token, then one
     got = (torch.full((5, topk), 12345, dtype=torch.int32, device=DEVICE),
            torch.full((5,), 777, dtype=torch.int32, device=DEVICE))  # fmt: skip

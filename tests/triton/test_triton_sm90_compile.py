@@ -268,7 +268,8 @@ SPARSE_D512_SPILL_BUDGETS = {
     # loaded one at a time): 8 B with 3.7.1 at 255 registers (4 B before its q mask went per 16-dim
     # group), 0 B at 113 since its page division is by a constexpr, 192 B since its logits are
     # [entries, heads] at 4 warps (one warp group holds the 64 x 64 fp32 logits and the byte-wise key
-    # addresses; 8 warps: 0 B); as the JIT launches it, 0 B at 174 registers (asserted)
+    # addresses; 8 warps: 0 B); as the JIT launches it, 0 B at 167 registers (174 before its blocks looked
+    # their page up once, BLOCK_PAGE; asserted)
     "indexer fp8 select keys": 192,
     # the radix select, its passes pipelined (3 stages): 0 B with 3.6.0 / 3.7.1 / 3.9.0 (110 registers on
     # 3.7.1); with 3.8.0 ptxas keeps it to 64 registers and spills 16 B in the launches as the JIT
@@ -287,7 +288,10 @@ COMPRESS_SPILL_BUDGETS = {"compress_kv": 16}
 # (0 B since, and with 3.6.0 / 3.7.1). The sparse backward's fp32 tile (16 x 16 x 64, 8 warps, FMA dots;
 # first compiled with fp32 pointers on 2026-12-06): 4 B on sm_80 / sm_89 with 3.7.1 (ptxas holds it to 128
 # registers), 20 B on sm_80 / sm_89 with 3.9.0.
-OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64, "indexer select radix": 16, "sparse backward fp32": 32}
+# The FP8 index-key select kernel (8 warps) on sm_89 with triton 3.6.0: 4 B since its blocks look their
+# page up once (BLOCK_PAGE, 2026-12-06; 0 B on 3.7-3.9 and before).
+OTHER_ARCH_SPILL_BUDGETS = {"indexer merge top-512": 64, "indexer select radix": 16, "sparse backward fp32": 32,
+                            "indexer fp8 select keys": 4}  # fmt: skip
 
 
 def spill_budget(arch, name: str) -> int:

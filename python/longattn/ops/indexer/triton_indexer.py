@@ -125,6 +125,8 @@ def _entry_rows(
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
     K_GROUP: tl.constexpr = 1,
+    j0=0,
+    BLOCK_PAGE: tl.constexpr = False,
 ):
     """(row offsets [BLOCK_N] int64, scale offsets [BLOCK_N] int64, whether each entry has a valid slot).
 
@@ -135,8 +137,27 @@ def _entry_rows(
     compile per page size in use), so there an entry's page / offset are a shift and a mask (a multiply
     for other sizes), not the emulated 64-bit divide and remainder (~25 integer instructions and a branch
     per value). ``K_ALIGN16``: every row starts 16-byte aligned (the launcher checked it; float keys:
-    a multiple of ``K_GROUP`` elements, the 16-byte group). Float keys: the scale offsets are unused."""
-    if PAGED:
+    a multiple of ``K_GROUP`` elements, the 16-byte group). Float keys: the scale offsets are unused.
+    ``BLOCK_PAGE`` (paged or FP8 keys; the launcher's promise that ``o_j`` is ``j0 + arange`` and lies in
+    one page: page_size a multiple of the block, blocks aligned to it): the block's page is looked up
+    once, a scalar, and the rows are that page's base plus the entries' offsets (the per-entry lookup,
+    masks and 64-bit address arithmetic cost the V4 paged key kernel ~270 of its 720 SASS instructions
+    per 64-entry step on sm_90)."""
+    if BLOCK_PAGE and (PAGED or KEY_FP8):
+        j0 = tl.zeros([], tl.int64) + j0  # int64 (the interpreter's loop counter is a Python int)
+        i_page = j0 // page_size  # < the block table's width: the block holds a visible entry
+        o_first = j0 % page_size
+        if PAGED:
+            b_page = tl.load(p_bt_row + i_page * stride_bt_p, mask=seq_ok, other=-1).to(tl.int64)
+            page_ok = seq_ok & (b_page >= 0) & (b_page < num_pages)
+            b_page = tl.where(page_ok, b_page, 0)
+            m_row = and_flag(m_j, page_ok)
+        else:
+            b_page = i_page
+            m_row = m_j
+        b_off = o_first + (o_j - j0)  # [BLOCK_N], < page_size
+        o_row = b_page * stride_kp + b_off * stride_ko
+    elif PAGED:
         o_j64 = o_j.to(tl.int64)
         m_pg = and_flag(m_j, seq_ok)
         b_page = tl.load(p_bt_row + (o_j64 // page_size) * stride_bt_p, mask=m_pg, other=-1).to(tl.int64)
@@ -154,7 +175,7 @@ def _entry_rows(
         m_row = m_j
         o_row = tl.where(m_j, o_j, 0).to(tl.int64) * stride_kn
     if KEY_FP8:
-        o_sc = b_page * (stride_kp // 4) + (page_size * stride_ko) // 4 + b_off
+        o_sc = b_page * (stride_kp // 4) + (page_size * stride_ko) // 4 + b_off  # (a scalar page with BLOCK_PAGE)
         if K_ALIGN16:
             o_row = tl.multiple_of(o_row, 16)
     else:
@@ -460,10 +481,12 @@ def _indexer_topk_partial_kernel(
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
     K_GROUP: tl.constexpr = 1,
+    BLOCK_PAGE: tl.constexpr = False,
 ):
     """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t, or with
     ``KEYS_ONLY`` the sort key of every entry of the range (NO_KEY past visible_end) at
-    ``p_ws[t, j]``, for a top-k select by the launcher."""
+    ``p_ws[t, j]``, for a top-k select by the launcher. ``BLOCK_PAGE``: E and PAGE_SIZE are multiples
+    of BLOCK_N (the launcher's ``block_page``), so each block of entries lies in one page."""
     i_t = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_vis = tl.minimum(tl.maximum(tl.load(p_vis + i_t).to(tl.int64), 0), num_entries)
@@ -511,6 +534,8 @@ def _indexer_topk_partial_kernel(
             KEY_FP8,
             K_ALIGN16,
             K_GROUP,
+            j0,
+            BLOCK_PAGE,
         )
         # [BLOCK_N]
         b_score = _score_entries(
@@ -969,6 +994,15 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
     return out
 
 
+def block_page(pa, key_fp8: bool, per: int, block_n: int) -> bool:
+    """The partial kernel's ``BLOCK_PAGE`` in the select path's key launch: paged (or FP8) keys whose
+    pages and per-program ranges are whole numbers of ``block_n``-entry blocks, so that every block of
+    entries lies in one page (the V4 decode: 64-entry pages and blocks). The fused path keeps the
+    per-entry lookup: with its running top-512 list in registers, the block's page cost its sm_80 /
+    sm_89 compiles 12-56 B of spills (triton 3.6-3.9)."""
+    return bool((pa[12] or key_fp8) and pa[11] % block_n == 0 and per % block_n == 0)
+
+
 def choose_entries_per_program(T: int, num_entries: int, topk_p2: int, block_n: int, device) -> int:
     """Range of entries per partial program: enough programs to fill the SMs ~4x, ranges of at least
     4 x TOPK_P2 entries (so a range really reduces its entries), and a bounded workspace."""
@@ -1074,11 +1108,11 @@ def select_config(Hi: int, Di: int, device: torch.device, capability: Optional[T
     if device.type == "cuda" and not interpreting():
         # offline compiles (triton 3.7.1) of the [entries, heads] logits, 64 heads x 128 dims x 64
         # entries. sm_90: one warp group holds all 64 heads of its 64 entries (wgmma 64x64x16), so the
-        # head sum is a row sum; FP8 pool 174 registers, no spills, 901 SASS instructions per block at
-        # 4 warps (8 warps: 628 for 2 warp groups and a cross-warp sum through shared memory, 1,256
-        # issue clk against 901). sm_80 / sm_89 (mma.sync, the logits in every warp's registers): 8
-        # warps (4 spill 108 B on sm_89 with triton 3.8.0). AMD (gfx942): 4 warps, 136 VGPRs, no VGPR
-        # spilled (8 warps compute the logits twice)
+        # head sum is a row sum; FP8 pool 167 registers, no spills, 690 SASS instructions per block at
+        # 4 warps (901 before a block's page was looked up once; 8 warps then: 628 for 2 warp groups and
+        # a cross-warp sum through shared memory, 1,256 issue clk against 901). sm_80 / sm_89 (mma.sync,
+        # the logits in every warp's registers): 8 warps (4 spill 108 B on sm_89 with triton 3.8.0). AMD
+        # (gfx942): 4 warps, 136 VGPRs, no VGPR spilled (8 warps compute the logits twice)
         capability = capability or tile_capability(device)
         cfg.update(num_warps=4 if capability >= (9, 0) or capability == AMD_TILES else 8, num_stages=3)
     return cfg
@@ -1241,6 +1275,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
                 CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
                 KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
+                BLOCK_PAGE=block_page(pa, key_fp8, per, block_n),
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
         # n = 0: no key to select, the launch writes -1 rows and zero lengths
