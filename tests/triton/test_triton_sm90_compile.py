@@ -264,13 +264,12 @@ SPARSE_D512_SPILL_BUDGETS = {
     # hot loop's SASS 2,124 / 1,751 / 1,669 -> 1,896 / 1,405 / 1,395 instructions)
     "jit sparse prefill V4-Pro": 320,  # 232 / 160 / 292 -> 220 / 80 / 280 B
     "jit sparse HCA decode bf16": 256,  # split-KV (33 splits): 420 B on 3.7.1 -> 220 / 100 / 244 B
-    # the FP8 index-key select kernel by its hand-written signature (no pointer alignment: e4m3 bytes
-    # loaded one at a time): 8 B with 3.7.1 at 255 registers (4 B before its q mask went per 16-dim
-    # group), 0 B at 113 since its page division is by a constexpr, 192 B since its logits are
-    # [entries, heads] at 4 warps (one warp group holds the 64 x 64 fp32 logits and the byte-wise key
-    # addresses; 8 warps: 0 B); as the JIT launches it, 0 B at 167 registers (174 before its blocks looked
-    # their page up once, BLOCK_PAGE; asserted)
-    "indexer fp8 select keys": 192,
+    # (no budget, 0 B: the FP8 index-key select kernel by its hand-written signature, no pointer
+    # alignment, e4m3 bytes loaded one at a time: 8 B with 3.7.1 at 255 registers, 4 B before its q mask
+    # went per 16-dim group, 0 B at 113 since its page division is by a constexpr, 192 B since its logits
+    # are [entries, heads] at 4 warps, 0 B on 3.6.0 / 3.7.1 / 3.8.0 since its 64-entry blocks look their
+    # page up once (BLOCK_PAGE, 2026-12-06: 214 / 152 / 142 registers); as the JIT launches it, 0 B at 167
+    # registers on 3.7.1, 174 before BLOCK_PAGE; asserted)
     # the radix select, its passes pipelined (3 stages): 0 B with 3.6.0 / 3.7.1 / 3.9.0 (110 registers on
     # 3.7.1); with 3.8.0 ptxas keeps it to 64 registers and spills 16 B in the launches as the JIT
     # specialises them (hand-written: 0 B). With 2 stages 3.7.1 spilled 16-24 B (80 registers).
