@@ -341,7 +341,7 @@ def _backward_driver(probe: str, outdir: str) -> None:
 
     records = []
     for name, case, tile in backward_model_cases():
-        cfg, call = backward_call(case, tile)
+        _, call = backward_call(case, tile)
         records += _compile_launches(mod, name, tbw, ["_sparse_attn_bwd_kernel"], call, outdir)
     _print_records(mod, records)
 

@@ -1200,11 +1200,13 @@ def select_keys(
     if T == 0:
         return out
     plan = tuple(stages) if stages is not None else choose_select_stages(T, n, topk_p2, keys.device)
-    # a launch that writes no output gets any tensors for those arguments (never read)
-    w = write or SelectWrite(out, out, 0, visible_end, 0, visible_end, 0, 0, 1, False, False)
+    # the launches that write no indices get any tensors for those arguments (never read)
+    w = write or SelectWrite(indices=out, lengths=out, topk=0, seq=visible_end, num_seqs=0, bt=visible_end,
+                             stride_bt_b=0, stride_bt_p=0, page_size=1, paged=False, to_slots=False)  # fmt: skip
     rows, row_len, has_vis = keys, n, True
     for i, r in enumerate(plan + (1,)):
         last = i == len(plan)  # one program per row, sorted (or written as indices)
+        final = last and write is not None
         r = max(1, min(r, max(row_len, 1)))
         dst = out if last else torch.empty(T, r, topk_p2, dtype=torch.int64, device=keys.device)  # all written
         _select_keys_kernel[(T, r)](
@@ -1213,7 +1215,7 @@ def select_keys(
             w.seq, w.num_seqs, w.bt, w.stride_bt_b, w.stride_bt_p, w.page_size,
             w.indices, w.indices.stride(0), w.lengths, w.topk,
             HAS_VIS=has_vis, TOPK_P2=topk_p2, BLOCK=SELECT_BLOCK, DIGIT_BITS=SELECT_DIGIT_BITS, SORTED=last,
-            FINAL=last and write is not None, PAGED=w.paged, TO_SLOTS=w.to_slots, num_warps=8,
+            FINAL=final, PAGED=final and w.paged, TO_SLOTS=final and w.to_slots, num_warps=8,
         )  # fmt: skip
         if not last:
             rows, row_len, has_vis = dst.view(T, r * topk_p2), r * topk_p2, False
