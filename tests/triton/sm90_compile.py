@@ -286,8 +286,10 @@ def compile_all(arch=90) -> list:
         cx = dict(PAGED=True, FINAL=False, TOPK_P2=512, BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"],
                   BLOCK_N=cfg["BLOCK_N"], ONE_TILE=True, CDT=tl.bfloat16, DOT_PREC=None,
                   stride_qd=1, stride_kd=1, KEY_FP8=fp8, K_ALIGN16=True, K_GROUP=16 if fp8 else 8,
-                  PAGE_SIZE=64, BLOCK_PAGE=bool(mode.get("KEYS_ONLY")))  # fmt: skip
-        # BLOCK_PAGE: the select path's key launch on 64-entry pages looks a block's page up once
+                  PAGE_SIZE=64, BLOCK_PAGE=bool(mode.get("KEYS_ONLY")),
+                  HEADS_FULL=bool(mode.get("KEYS_ONLY")))  # fmt: skip
+        # BLOCK_PAGE: the select path's key launch on 64-entry pages looks a block's page up once;
+        # and, with V4's 64 index heads filling its head tile, drops the head mask (HEADS_FULL)
         types = dict(itypes, p_k="*u8") if fp8 else itypes
         build(f"{name} {cfg}", ti._indexer_topk_partial_kernel, types, dict(cx, **mode), cfg["num_warps"],
               cfg["num_stages"])  # fmt: skip
@@ -314,6 +316,7 @@ def compile_all(arch=90) -> list:
                 KEY_FP8=True,
                 K_ALIGN16=True,
                 K_GROUP=16,
+                HEADS_FULL=True,
             ),  # fmt: skip
             icfg["num_warps"],
             1,
@@ -347,6 +350,7 @@ def compile_all(arch=90) -> list:
             KEY_FP8=False,
             K_ALIGN16=True,
             K_GROUP=8,
+            HEADS_FULL=True,
         ),  # fmt: skip
         icfg["num_warps"],
         1,

@@ -514,11 +514,12 @@ def test_fp8_flat_multi_page_pool(method, per):
     assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, 3, ve))
 
 
-def test_fp8_tiled_heads_and_dims():
+@pytest.mark.parametrize("Hi", [70, 128])  # 70: the last head tile padded; 128: two full tiles (HEADS_FULL)
+def test_fp8_tiled_heads_and_dims(Hi):
     """Hi > 64 and Di > 128 (the scoring loops over head and dim tiles; the scale applied once to the
     per-head logits summed over the dim tiles), fused and select paths and the logits kernel."""
     g = torch.Generator().manual_seed(9)
-    q, w, _ = int_inputs(2, 70, 160, 1, lo=-1, hi=2, g=g)
+    q, w, _ = int_inputs(2, Hi, 160, 1, lo=-1, hi=2, g=g)
     keys = torch.randint(-2, 3, (2, 20, 160), generator=g).float()
     pool = _fp8(keys)
     ve = torch.tensor([40, 23], dtype=torch.int32)
@@ -530,15 +531,43 @@ def test_fp8_tiled_heads_and_dims():
     assert torch.equal(logits.double(), oracle.indexer_logits_fp8(q, w, pool.data, 20, ve))
 
 
+@pytest.mark.parametrize("Hi", [3, 16, 48, 64, 70, 128])
+def test_head_mask_dropped_only_for_whole_head_tiles(Hi):
+    """The select path's key kernel and the logits kernel pass HEADS_FULL exactly when Hi is a multiple of
+    their BLOCK_HI: then they drop the head mask (on sm_90 the FP8 select key kernel's step 690 -> 564
+    SASS instructions); a padded head must keep it (the adversarial tests below: a padded head's logit
+    can be NaN). The fused path's kernel always keeps it (its merge dominates)."""
+    from tests.triton.sm90_compile import captured_launches
+
+    q, w, k = (x.to(DEVICE) for x in int_inputs(2, Hi, 16, 40))
+    ve = torch.tensor([40, 7], dtype=torch.int32, device=DEVICE)
+    names = ["_indexer_topk_partial_kernel", "_select_keys_kernel", "_indexer_topk_merge_kernel",
+             "_indexer_logits_kernel"]  # fmt: skip
+
+    def calls():
+        for method in ("select", "fused"):
+            ti.indexer_topk(q, w, k, ve, 4, method=method)
+        ti.indexer_logits(q, w, k, ve)
+
+    scoring = [(fn.fn.__name__, kw) for fn, _, _, kw in captured_launches(ti, names, calls)
+               if "BLOCK_HI" in kw]  # fmt: skip
+    assert len(scoring) == 3, scoring
+    for name, kw in scoring:
+        fused = name == "_indexer_topk_partial_kernel" and not kw.get("KEYS_ONLY")
+        assert kw.get("HEADS_FULL", False) == (not fused and Hi % kw["BLOCK_HI"] == 0), (name, Hi, kw["BLOCK_HI"])
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method, per, bitonic", [("select", None, None), ("fused", 8, False), ("fused", 16, True)])
-def test_fp8_adversarial_scales_and_nan_bytes(method, per, bitonic, q_dtype):
+@pytest.mark.parametrize("Hi", [2, 16])  # 2: 14 padded heads of a 16-head tile; 16: none (HEADS_FULL, no mask)
+def test_fp8_adversarial_scales_and_nan_bytes(method, per, bitonic, q_dtype, Hi):
     """Scales 0 / negative / NaN / +-inf and e4m3 NaN bytes (0x7F, 0xFF) written into the pool: the scale
     multiplies the per-head logits before the ReLU, NaN scores rank as +inf (ties by id). bf16 q: the
     e4m3 values are converted to bf16 (V4's path; on a GPU this checks that the hardware conversion
-    makes the NaN codes NaN, which the kernels rely on outside the interpreter)."""
-    page, Di, Hi = 8, 16, 2
+    makes the NaN codes NaN, which the kernels rely on outside the interpreter). A padded head's
+    logit is 0 x NaN or 0 x inf = NaN here, so with Hi = 2 a kernel that skips the head mask fails."""
+    page, Di = 8, 16
     g = torch.Generator().manual_seed(31)
     q = torch.randint(-2, 3, (3, Hi, Di), generator=g).float().to(q_dtype)  # small integers: exact in bf16
     w = torch.randint(1, 3, (3, Hi), generator=g).float()

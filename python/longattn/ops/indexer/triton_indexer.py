@@ -246,6 +246,16 @@ def _head_sum(b_s, b_w, m_h, ENTRIES_FIRST: tl.constexpr):
 
 
 @triton.jit
+def _head_mask(h0, Hi, BLOCK_HI: tl.constexpr, HEADS_FULL: tl.constexpr):
+    """[BLOCK_HI] heads h0 + i that exist (< Hi); a constant true with HEADS_FULL, which the compiler
+    folds out of every select it guards."""
+    if HEADS_FULL:
+        return tl.full([BLOCK_HI], 1, tl.int1)
+    else:
+        return (h0 + tl.arange(0, BLOCK_HI)) < Hi
+
+
+@triton.jit
 def _score_entries(
     b_q,
     b_w,
@@ -270,6 +280,7 @@ def _score_entries(
     DOT_PREC: tl.constexpr,
     KEY_FP8: tl.constexpr,
     K_GROUP: tl.constexpr = 1,
+    HEADS_FULL: tl.constexpr = False,
 ):
     """[BLOCK_N] fp32 scores sum_h w[h] * relu(<q[h], k_j>) of the rows ``o_row`` (masked rows: 0). FP8
     keys: sum_h w[h] * relu(scale_j * <q[h], e4m3 values of j>). Blocks of >= 64 entries (the select
@@ -279,7 +290,14 @@ def _score_entries(
     SASS instructions per 64 FP8 entries at 8 warps, this one 628; 901 at 4 warps, one warp group, no
     cross-warp sum: ``select_config``). Narrower blocks (the fused and logits kernels' 32) keep heads
     as the rows, so BLOCK_HI = 64 is still wgmma's M; the tiled path (heads or dims over one tile)
-    by the same rule."""
+    by the same rule. ``HEADS_FULL`` (the select and logits launchers': Hi a multiple of BLOCK_HI, as
+    V4's 64 heads; the fused path keeps the mask: its merge dominates, 5,859 -> 5,846 SASS instructions
+    per step on sm_90, and without the mask it spilled 12 B on sm_89 with triton 3.8.0): no
+    padded head, so no head mask (a padded head's logit can be 0 x NaN, so the mask is needed
+    otherwise). On sm_90 (triton 3.7.1) the mask cost the select path's key kernel a select per logit,
+    the predicates of a thread's head columns parked in registers, and w x relu unfused from the row
+    sum: per 64-entry step FP8 pool 690 -> 564 SASS instructions (167 -> 144 registers), bf16 pool
+    519 -> 401 (117 -> 86), flat bf16 448 -> 334 (96 -> 63)."""
     ENTRIES_FIRST: tl.constexpr = BLOCK_N >= 64
     if ONE_TILE:
         # q [BLOCK_HI, BLOCK_DI] and w [BLOCK_HI] were loaded once per program
@@ -287,12 +305,12 @@ def _score_entries(
         # [BLOCK_N, BLOCK_DI]
         b_k = _load_keys(p_k, o_row, m_row, o_d, Di, stride_kd, KEY_FP8, CDT, K_GROUP)
         b_s = _scaled(_logits(b_q, b_k, DOT_PREC, ENTRIES_FIRST), p_ks, o_sc, m_row, KEY_FP8, ENTRIES_FIRST)
-        return _head_sum(b_s, b_w, tl.arange(0, BLOCK_HI) < Hi, ENTRIES_FIRST)
+        return _head_sum(b_s, b_w, _head_mask(0, Hi, BLOCK_HI, HEADS_FULL), ENTRIES_FIRST)
     else:
         b_score = tl.zeros([BLOCK_N], tl.float32)
         for h0 in range(0, Hi, BLOCK_HI):
             i_h = h0 + tl.arange(0, BLOCK_HI)
-            m_h = i_h < Hi
+            m_h = _head_mask(h0, Hi, BLOCK_HI, HEADS_FULL)
             if ENTRIES_FIRST:
                 b_s = tl.zeros([BLOCK_N, BLOCK_HI], tl.float32)
             else:
@@ -482,6 +500,7 @@ def _indexer_topk_partial_kernel(
     K_ALIGN16: tl.constexpr = False,
     K_GROUP: tl.constexpr = 1,
     BLOCK_PAGE: tl.constexpr = False,
+    HEADS_FULL: tl.constexpr = False,
 ):
     """Program (t, b): running top-TOPK_P2 keys of entries [b * E, (b + 1) * E) of token t, or with
     ``KEYS_ONLY`` the sort key of every entry of the range (NO_KEY past visible_end) at
@@ -562,6 +581,7 @@ def _indexer_topk_partial_kernel(
             DOT_PREC,
             KEY_FP8,
             K_GROUP,
+            HEADS_FULL,
         )
         b_key = _sort_keys(b_score, o_j, m_row)
         if KEYS_ONLY:
@@ -845,6 +865,7 @@ def _indexer_logits_kernel(
     KEY_FP8: tl.constexpr = False,
     K_ALIGN16: tl.constexpr = False,
     K_GROUP: tl.constexpr = 1,
+    HEADS_FULL: tl.constexpr = False,
 ):
     """Program (t, c): scores of entries [c * BLOCK_N, (c + 1) * BLOCK_N) of token t; -inf if unusable."""
     i_t = tl.program_id(0).to(tl.int64)
@@ -896,6 +917,7 @@ def _indexer_logits_kernel(
         DOT_PREC,
         KEY_FP8,
         K_GROUP,
+        HEADS_FULL,
     )
     tl.store(p_out + i_t * stride_out_t + o_j, tl.where(m_row, b_score, _NEG_INF), mask=m_out)
 
@@ -988,7 +1010,7 @@ def indexer_logits(q, weights, index_k, visible_end, block_table=None, seq_ids=N
         visible_end, n, out, out.stride(0), Hi, Di,
         PAGED=pa[12], BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=cfg["BLOCK_N"],
         CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None,
-        KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
+        KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group, HEADS_FULL=Hi % cfg["BLOCK_HI"] == 0,
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )  # fmt: skip
     return out
@@ -1277,7 +1299,7 @@ def _select_topk(q, weights, index_k, visible_end, seq_ids, pa, topk, to_slots, 
                 BLOCK_HI=cfg["BLOCK_HI"], BLOCK_DI=cfg["BLOCK_DI"], BLOCK_N=block_n, ONE_TILE=one_tile,
                 CDT=TL_DTYPE[cdt], DOT_PREC="ieee" if cdt == torch.float32 else None, BITONIC=False,
                 KEYS_ONLY=True, KEY_FP8=key_fp8, K_ALIGN16=align16, K_GROUP=k_group,
-                BLOCK_PAGE=block_page(pa, key_fp8, per, block_n),
+                BLOCK_PAGE=block_page(pa, key_fp8, per, block_n), HEADS_FULL=Hi % cfg["BLOCK_HI"] == 0,
                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
             )  # fmt: skip
         # n = 0: no key to select, the launch writes -1 rows and zero lengths
