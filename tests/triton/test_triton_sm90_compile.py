@@ -268,8 +268,9 @@ SPARSE_D512_SPILL_BUDGETS = {
     # alignment, e4m3 bytes loaded one at a time: 8 B with 3.7.1 at 255 registers, 4 B before its q mask
     # went per 16-dim group, 0 B at 113 since its page division is by a constexpr, 192 B since its logits
     # are [entries, heads] at 4 warps, 0 B on 3.6.0 / 3.7.1 / 3.8.0 since its 64-entry blocks look their
-    # page up once (BLOCK_PAGE, 2026-12-06: 214 / 152 / 142 registers); as the JIT launches it, 0 B at 167
-    # registers on 3.7.1, 174 before BLOCK_PAGE; asserted)
+    # page up once (BLOCK_PAGE, 2026-12-06: 214 / 152 / 142 registers); as the JIT launches it, 0 B at 144
+    # registers on 3.7.1 since it drops the head mask for V4's 64 heads (HEADS_FULL), 167 before, 174
+    # before BLOCK_PAGE; asserted)
     # the radix select, its passes pipelined (3 stages): 0 B with 3.6.0 / 3.7.1 / 3.9.0 (110 registers on
     # 3.7.1); with 3.8.0 ptxas keeps it to 64 registers and spills 16 B in the launches as the JIT
     # specialises them (hand-written: 0 B). With 2 stages 3.7.1 spilled 16-24 B (80 registers).
